@@ -1,0 +1,46 @@
+from django.contrib import admin
+
+from annotate.models import Assignment, Completion, Judgement, ModelVersion, Pair, Prompt
+
+
+@admin.register(Prompt)
+class PromptAdmin(admin.ModelAdmin):
+    list_display = ["id", "__str__", "prompt_set", "source", "is_active", "created_at"]
+    list_filter = ["prompt_set", "is_active", "source"]
+    search_fields = ["messages"]
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ["name", "status", "parent", "adapter_path", "serving_since", "created_at"]
+    list_filter = ["status"]
+
+
+@admin.register(Completion)
+class CompletionAdmin(admin.ModelAdmin):
+    list_display = ["id", "prompt", "model_version", "seed", "finish_reason", "completion_tokens", "latency_ms"]
+    list_filter = ["model_version", "finish_reason"]
+    readonly_fields = [field.name for field in Completion._meta.fields]
+
+
+@admin.register(Pair)
+class PairAdmin(admin.ModelAdmin):
+    list_display = ["id", "prompt", "sampled_from", "judgement_count", "judgements_required", "created_at"]
+    list_filter = ["sampled_from"]
+    raw_id_fields = ["prompt", "completion_a", "completion_b"]
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = ["id", "pair", "annotator", "status", "a_on_left", "leased_at", "expires_at"]
+    list_filter = ["status"]
+    raw_id_fields = ["pair"]
+
+
+@admin.register(Judgement)
+class JudgementAdmin(admin.ModelAdmin):
+    list_display = ["id", "pair", "annotator", "choice", "strength", "source", "created_at"]
+    list_filter = ["choice", "source"]
+    raw_id_fields = ["pair", "assignment"]
+    # Votes are evidence: they are looked at here, never edited.
+    readonly_fields = [field.name for field in Judgement._meta.fields]

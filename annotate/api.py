@@ -1,0 +1,118 @@
+"""The annotation API: the same services as the HTML views. Outside clients rely on these shapes: extend, don't rename."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from annotate import services
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's errors, always as JSON with a `detail` or the fields named; annotation errors as 409 / 400."""
+    if isinstance(exc, services.InvalidJudgement):
+        return Response({"errors": exc.errors}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, services.LeaseConflict):
+        return Response({"detail": str(exc), "code": exc.code}, status=status.HTTP_409_CONFLICT)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(exc, ValidationError):
+        response.data = {"errors": response.data}
+    return response
+
+
+class AnswerSerializer(serializers.Serializer[Any]):
+    text = serializers.CharField()
+
+
+class NextPairOutput(serializers.Serializer[Any]):
+    pair = serializers.IntegerField(source="pair_id")
+    prompt = serializers.ListField(child=serializers.DictField(), source="pair.prompt.messages")
+    left = AnswerSerializer()
+    right = AnswerSerializer()
+    lease_expires = serializers.DateTimeField(source="expires_at")
+
+
+@extend_schema(
+    responses={200: NextPairOutput, 204: OpenApiResponse(description="No pair is ready; try again shortly.")},
+    summary="Lease the next pair to compare",
+)
+@api_view(["GET"])
+def pairs_next(request: Request) -> Response:
+    assignment = services.assignment_lease_next(annotator=request.user)
+    if assignment is None:
+        services.pairs_refill_request()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+    return Response(NextPairOutput(assignment).data)
+
+
+class JudgementInput(serializers.Serializer[Any]):
+    pair = serializers.IntegerField(min_value=1)
+    choice = serializers.ChoiceField(choices=services.SCREEN_CHOICES)
+    strength = serializers.IntegerField(required=False, allow_null=True, default=None)
+    rationale = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=True)
+    idempotency_key = serializers.UUIDField()
+
+
+class JudgementOutput(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    pair = serializers.IntegerField(source="pair_id")
+    choice = serializers.CharField(source="choice_on_screen", help_text="As shown: left, right, tie or both_bad.")
+    choice_relative_to_pair = serializers.CharField(source="choice", help_text="a, b, tie or both_bad.")
+    strength = serializers.IntegerField(allow_null=True)
+    rationale = serializers.CharField()
+    idempotency_key = serializers.UUIDField()
+    time_spent_ms = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
+@extend_schema(
+    request=JudgementInput,
+    responses={
+        201: JudgementOutput,
+        200: OpenApiResponse(JudgementOutput, description="This idempotency key was already recorded."),
+        400: OpenApiResponse(description="Invalid fields, named in `errors`."),
+        409: OpenApiResponse(description="The pair is not leased to you (reason in `detail`)."),
+    },
+    summary="Record a vote on a leased pair",
+)
+@api_view(["POST"])
+def judgements_create(request: Request) -> Response:
+    data = JudgementInput(data=request.data)
+    data.is_valid(raise_exception=True)
+    recorded = services.judgement_record(
+        annotator=request.user,
+        pair_id=data.validated_data["pair"],
+        choice=data.validated_data["choice"],
+        strength=data.validated_data["strength"],
+        rationale=data.validated_data["rationale"],
+        idempotency_key=data.validated_data["idempotency_key"],
+    )
+    return Response(
+        JudgementOutput(recorded.judgement).data,
+        status=status.HTTP_201_CREATED if recorded.created else status.HTTP_200_OK,
+    )
+
+
+class SkipInput(serializers.Serializer[Any]):
+    pair = serializers.IntegerField(min_value=1)
+
+
+@extend_schema(
+    request=SkipInput,
+    responses={204: None, 409: OpenApiResponse(description="The pair is not leased to you.")},
+    summary="Skip a leased pair (it is not shown to you again)",
+)
+@api_view(["POST"])
+def pairs_skip(request: Request) -> Response:
+    data = SkipInput(data=request.data)
+    data.is_valid(raise_exception=True)
+    services.assignment_skip(annotator=request.user, pair_id=data.validated_data["pair"])
+    return Response(status=status.HTTP_204_NO_CONTENT)
+

@@ -1,0 +1,248 @@
+"""The lineage of every vote: prompt -> completions (model version, sampling) -> pair -> assignment -> judgement."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Exists, F, OuterRef, Q
+from django.utils import timezone
+
+
+def conversation_hash(messages: list[dict[str, Any]]) -> str:
+    """A stable digest of a conversation, so the same prompt is stored once."""
+    canonical = json.dumps(
+        [{"role": m["role"], "content": m["content"]} for m in messages], ensure_ascii=False, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Prompt(models.Model):
+    """A conversation to be answered: one or more messages, the last one from the user."""
+
+    messages = models.JSONField(help_text='OpenAI-style messages: [{"role": "user", "content": "..."}, ...]')
+    content_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prompt_set = models.CharField(max_length=100, default="default", db_index=True)
+    tags = models.JSONField(default=list, blank=True)
+    source = models.CharField(max_length=200, blank=True, help_text="Where it came from: a file, 'demo', 'api'...")
+    is_active = models.BooleanField(default=True, help_text="Inactive prompts are not sampled for new pairs.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"Prompt {self.pk}: {self.last_user_message[:60]}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.content_hash = conversation_hash(self.messages)
+        super().save(*args, **kwargs)
+
+    @property
+    def last_user_message(self) -> str:
+        return str(self.messages[-1]["content"]) if self.messages else ""
+
+    @property
+    def earlier_messages(self) -> list[dict[str, Any]]:
+        return list(self.messages[:-1])
+
+
+class ModelVersion(models.Model):
+    """The base model or a trained adapter, under the name the model server serves it as."""
+
+    class Status(models.TextChoices):
+        CANDIDATE = "candidate", "Candidate"
+        SERVING = "serving", "Serving"
+        RETIRED = "retired", "Retired"
+        REJECTED = "rejected", "Rejected"
+
+    name = models.CharField(max_length=200, unique=True, help_text="The model name as served by vLLM.")
+    base_model = models.CharField(max_length=500, help_text="Base model directory or hub id.")
+    adapter_path = models.CharField(max_length=500, blank=True, help_text="LoRA adapter directory; empty for a base.")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.CANDIDATE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    serving_since = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["status"], condition=Q(status="serving"), name="one_serving_model_version"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_adapter(self) -> bool:
+        return bool(self.adapter_path)
+
+
+class Completion(models.Model):
+    """One answer sampled from one model version, with everything needed to sample it again."""
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.PROTECT, related_name="completions")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="completions")
+    text = models.TextField()
+    # The exact request parameters: temperature, top_p, max_tokens, seed, and anything else sent.
+    sampling = models.JSONField()
+    seed = models.BigIntegerField()
+    finish_reason = models.CharField(max_length=30, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True)
+    completion_tokens = models.PositiveIntegerField(null=True)
+    latency_ms = models.PositiveIntegerField(null=True)
+    response_id = models.CharField(max_length=200, blank=True, help_text="The id the model server gave the answer.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"Completion {self.pk} ({self.model_version})"
+
+
+class PairQuerySet(models.QuerySet["Pair"]):
+    def needing_judgements(self) -> PairQuerySet:
+        return self.filter(judgement_count__lt=F("judgements_required"))
+
+    def available_for(self, user: Any, now: Any = None) -> PairQuerySet:
+        """Pairs this user may be given: still needing votes, never assigned to them, not leased to anyone else."""
+        now = now or timezone.now()
+        seen_by_user = Assignment.objects.filter(pair=OuterRef("pk"), annotator=user)
+        leased_to_other = Assignment.objects.filter(
+            pair=OuterRef("pk"), status=Assignment.Status.LEASED, expires_at__gt=now
+        )
+        return self.needing_judgements().filter(~Exists(seen_by_user), ~Exists(leased_to_other))
+
+
+class Pair(models.Model):
+    """Two answers to one prompt, to be compared. "A" and "B" are the pair's own labels, not screen sides."""
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.PROTECT, related_name="pairs")
+    completion_a = models.ForeignKey(Completion, on_delete=models.PROTECT, related_name="+")
+    completion_b = models.ForeignKey(Completion, on_delete=models.PROTECT, related_name="+")
+    # The version that was serving when the pair was sampled: both answers coming from it makes the pair on-policy.
+    sampled_from = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="pairs")
+    judgements_required = models.PositiveSmallIntegerField(default=1)
+    # Kept in step with the judgements inside the same transaction, so the annotation queue can filter on it
+    # with an index instead of counting judgements on every request.
+    judgement_count = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = PairQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["judgement_count", "judgements_required"], name="pair_open_idx")]
+        constraints = [
+            models.CheckConstraint(condition=~Q(completion_a=F("completion_b")), name="pair_two_distinct_completions")
+        ]
+
+    def __str__(self) -> str:
+        return f"Pair {self.pk}"
+
+    @property
+    def is_complete(self) -> bool:
+        return self.judgement_count >= self.judgements_required
+
+
+class Assignment(models.Model):
+    """A pair shown to one annotator: the lease, and which answer was on which side of their screen."""
+
+    class Status(models.TextChoices):
+        LEASED = "leased", "Leased"
+        JUDGED = "judged", "Judged"
+        SKIPPED = "skipped", "Skipped"
+        EXPIRED = "expired", "Expired"
+
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    a_on_left = models.BooleanField(help_text="True when completion A was shown on the left.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.LEASED)
+    leased_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # An annotator never sees the same pair twice.
+            models.UniqueConstraint(fields=["pair", "annotator"], name="assignment_once_per_annotator"),
+            # A pair is leased to one annotator at a time.
+            models.UniqueConstraint(fields=["pair"], condition=Q(status="leased"), name="assignment_one_lease"),
+        ]
+        indexes = [models.Index(fields=["annotator", "status"], name="assignment_annotator_idx")]
+
+    def __str__(self) -> str:
+        return f"Assignment {self.pk} of {self.pair} to {self.annotator}"
+
+    @property
+    def left(self) -> Completion:
+        return self.pair.completion_a if self.a_on_left else self.pair.completion_b
+
+    @property
+    def right(self) -> Completion:
+        return self.pair.completion_b if self.a_on_left else self.pair.completion_a
+
+
+class Judgement(models.Model):
+    """One vote on a pair. The choice is stored relative to the pair (A/B), never to the screen."""
+
+    class Choice(models.TextChoices):
+        A = "a", "A is better"
+        B = "b", "B is better"
+        TIE = "tie", "Tie"
+        BOTH_BAD = "both_bad", "Both bad"
+
+    class Strength(models.IntegerChoices):
+        SLIGHTLY = 1, "Slightly better"
+        CLEARLY = 2, "Clearly better"
+        MUCH = 3, "Much better"
+
+    class Source(models.TextChoices):
+        HUMAN = "human", "Human annotator"
+        SIMULATED = "simulated", "Simulated annotator"
+        IMPORTED = "imported", "Imported"
+
+    pair = models.ForeignKey(Pair, on_delete=models.PROTECT, related_name="judgements")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="judgements"
+    )
+    assignment = models.OneToOneField(
+        Assignment, null=True, blank=True, on_delete=models.PROTECT, related_name="judgement"
+    )
+    choice = models.CharField(max_length=10, choices=Choice.choices)
+    strength = models.PositiveSmallIntegerField(choices=Strength.choices, null=True, blank=True)
+    rationale = models.TextField(blank=True)
+    a_on_left = models.BooleanField(null=True, help_text="Which side A was shown on; empty for imported votes.")
+    time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    idempotency_key = models.UUIDField(unique=True, default=uuid.uuid4)
+    source = models.CharField(max_length=20, choices=Source.choices, default=Source.HUMAN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["pair", "annotator"], name="judgement_once_per_annotator"),
+            models.CheckConstraint(
+                condition=Q(strength__isnull=True) | Q(choice__in=["a", "b"]), name="judgement_strength_only_for_a_b"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Judgement {self.pk} on {self.pair}: {self.choice}"
+
+    @property
+    def choice_on_screen(self) -> str:
+        """The choice as the annotator saw it: left, right, tie or both_bad."""
+        if self.choice not in (self.Choice.A, self.Choice.B) or self.a_on_left is None:
+            return str(self.choice)
+        chose_a = self.choice == self.Choice.A
+        return "left" if chose_a == self.a_on_left else "right"

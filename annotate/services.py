@@ -1,0 +1,356 @@
+"""Everything that writes: sampling pairs, leasing them to annotators, recording votes."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from annotate.generation import ModelServerClient, Sample, SamplingParams, client_from_settings
+from annotate.models import Assignment, Completion, Judgement, ModelVersion, Pair, Prompt
+
+logger = logging.getLogger(__name__)
+
+User = AbstractBaseUser | AnonymousUser
+
+SCREEN_CHOICES = ("left", "right", "tie", "both_bad")
+
+
+class AnnotationError(Exception):
+    """An annotator's request that cannot be carried out; the message is shown to them."""
+
+    code = "invalid"
+
+
+class LeaseConflict(AnnotationError):
+    code = "conflict"
+
+
+class InvalidJudgement(AnnotationError):
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
+        self.errors = errors
+
+
+# --- Model versions ------------------------------------------------------------------------------------------
+
+
+def model_version_serving() -> ModelVersion | None:
+    return ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).first()
+
+
+def model_version_ensure_base(*, name: str, base_model: str) -> ModelVersion:
+    """The base model's version, made the serving one when nothing serves yet."""
+    version, _ = ModelVersion.objects.get_or_create(name=name, defaults={"base_model": base_model})
+    if model_version_serving() is None:
+        with transaction.atomic():
+            if not ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).exists():
+                ModelVersion.objects.filter(pk=version.pk).update(
+                    status=ModelVersion.Status.SERVING, serving_since=timezone.now()
+                )
+        version.refresh_from_db()
+    return version
+
+
+# --- Sampling pairs ------------------------------------------------------------------------------------------
+
+
+def pairs_ready_count(version: ModelVersion | None = None) -> int:
+    """Pairs that still need votes, from `version` or from any version."""
+    pairs = Pair.objects.needing_judgements()
+    if version is not None:
+        pairs = pairs.filter(sampled_from=version)
+    return pairs.count()
+
+
+def _prompts_least_sampled(version: ModelVersion, count: int) -> list[Prompt]:
+    # Spread pairs over prompts: those with the fewest pairs from this version first, ties in random order.
+    return list(
+        Prompt.objects.filter(is_active=True)
+        .annotate(pair_total=Count("pairs", filter=Q(pairs__sampled_from=version)))
+        .order_by("pair_total", "?")[:count]
+    )
+
+
+def _new_seed() -> int:
+    return secrets.randbits(31)
+
+
+def _completion_create(prompt: Prompt, version: ModelVersion, sample: Sample) -> Completion:
+    return Completion.objects.create(
+        prompt=prompt,
+        model_version=version,
+        text=sample.text,
+        sampling=sample.sampling,
+        seed=sample.sampling["seed"],
+        finish_reason=sample.finish_reason,
+        prompt_tokens=sample.prompt_tokens,
+        completion_tokens=sample.completion_tokens,
+        latency_ms=sample.latency_ms,
+        response_id=sample.response_id,
+    )
+
+
+def pair_create(*, prompt: Prompt, version: ModelVersion, first: Sample, second: Sample) -> Pair | None:
+    """Store two answers as a pair, unless they are the same text (nothing to compare)."""
+    if first.text.strip() == second.text.strip():
+        logger.info("prompt %s: version %s gave identical twin answers; not making a pair", prompt.pk, version)
+        return None
+    with transaction.atomic():
+        return Pair.objects.create(
+            prompt=prompt,
+            completion_a=_completion_create(prompt, version, first),
+            completion_b=_completion_create(prompt, version, second),
+            sampled_from=version,
+            judgements_required=settings.JUDGEMENTS_PER_PAIR,
+        )
+
+
+def pairs_sample(*, version: ModelVersion, prompts: list[Prompt], client: ModelServerClient) -> list[Pair]:
+    """Sample two seeded answers per prompt, all requests in flight together so the server batches them."""
+
+    def sample(prompt: Prompt) -> Sample:
+        return client.chat(
+            model=version.name, messages=prompt.messages, params=SamplingParams.from_settings(_new_seed())
+        )
+
+    workers = max(1, settings.PAIR_GENERATION_CONCURRENCY * 2)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sample") as pool:
+        futures = [(prompt, pool.submit(sample, prompt), pool.submit(sample, prompt)) for prompt in prompts]
+        results = [(prompt, first.result(), second.result()) for prompt, first, second in futures]
+    pairs = [pair_create(prompt=prompt, version=version, first=a, second=b) for prompt, a, b in results]
+    return [pair for pair in pairs if pair is not None]
+
+
+REFILL_LOCK = "pairloop:pairs-refill"
+
+
+def pairs_refill(*, client_factory: Callable[[], ModelServerClient] = client_from_settings) -> int:
+    """Top the buffer of ready pairs from the serving version up to PAIR_BUFFER_TARGET; returns pairs made.
+
+    Raises ModelServerUnavailable when the model server cannot be reached (the task retries).
+    """
+    if not cache.add(REFILL_LOCK, "1", timeout=settings.VLLM_TIMEOUT * 3):
+        logger.info("another refill is running; leaving the buffer to it")
+        return 0
+    try:
+        version = model_version_serving()
+        if version is None:
+            logger.warning("no model version is serving; run `manage.py seed_demo` or start a round")
+            return 0
+        missing = settings.PAIR_BUFFER_TARGET - pairs_ready_count(version)
+        if missing <= 0:
+            return 0
+        prompts = _prompts_least_sampled(version, missing)
+        if not prompts:
+            logger.warning("no active prompts to sample pairs from")
+            return 0
+        with client_factory() as client:
+            made = pairs_sample(version=version, prompts=prompts, client=client)
+        logger.info("made %d pairs from %s (%d were missing)", len(made), version, missing)
+        return len(made)
+    finally:
+        cache.delete(REFILL_LOCK)
+
+
+# --- Leasing pairs to annotators -----------------------------------------------------------------------------
+
+
+def _lease_expiry() -> Any:
+    return timezone.now() + timedelta(seconds=settings.LEASE_SECONDS)
+
+
+def assignment_current(*, annotator: User) -> Assignment | None:
+    """The pair this annotator holds and has not answered yet, if any (a reload shows the same pair)."""
+    return (
+        Assignment.objects.select_related("pair__prompt", "pair__completion_a", "pair__completion_b")
+        .filter(annotator=annotator, status=Assignment.Status.LEASED)
+        .filter(pair__judgement_count__lt=F("pair__judgements_required"))
+        .order_by("-leased_at")
+        .first()
+    )
+
+
+def assignment_lease_next(*, annotator: User) -> Assignment | None:
+    """Lease a pair to this annotator: theirs already, or the oldest one they may see. None if none is ready."""
+    current = assignment_current(annotator=annotator)
+    if current is not None:
+        # Still theirs (nobody else was given the pair, or its status would be expired): renew the lease.
+        Assignment.objects.filter(pk=current.pk, status=Assignment.Status.LEASED).update(expires_at=_lease_expiry())
+        current.refresh_from_db(fields=["expires_at", "status"])
+        return current
+    for pair_id in Pair.objects.available_for(annotator).order_by("id").values_list("id", flat=True)[:20]:
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                # A lease that ran out is taken back before the pair goes to someone else.
+                Assignment.objects.filter(
+                    pair_id=pair_id, status=Assignment.Status.LEASED, expires_at__lte=now
+                ).update(status=Assignment.Status.EXPIRED, finished_at=now)
+                assignment = Assignment.objects.create(
+                    pair_id=pair_id,
+                    annotator=annotator,
+                    a_on_left=secrets.randbits(1) == 1,
+                    leased_at=now,
+                    expires_at=_lease_expiry(),
+                )
+        except IntegrityError:
+            continue  # another annotator leased it between our query and our insert
+        return Assignment.objects.select_related(
+            "pair__prompt", "pair__completion_a", "pair__completion_b"
+        ).get(pk=assignment.pk)
+    return None
+
+
+def _assignment_for_answer(*, annotator: User, pair_id: int) -> Assignment:
+    assignment = Assignment.objects.filter(pair_id=pair_id, annotator=annotator).first()
+    if assignment is None:
+        raise LeaseConflict("this pair is not leased to you")
+    if assignment.status == Assignment.Status.JUDGED:
+        raise LeaseConflict("you have already judged this pair")
+    if assignment.status == Assignment.Status.SKIPPED:
+        raise LeaseConflict("you skipped this pair")
+    if assignment.status == Assignment.Status.EXPIRED:
+        raise LeaseConflict("your lease on this pair expired and it was given to someone else")
+    return assignment
+
+
+def assignment_skip(*, annotator: User, pair_id: int) -> None:
+    assignment = _assignment_for_answer(annotator=annotator, pair_id=pair_id)
+    updated = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED).update(
+        status=Assignment.Status.SKIPPED, finished_at=timezone.now()
+    )
+    if updated != 1:
+        raise LeaseConflict("this pair was answered or taken back while you were skipping it")
+
+
+# --- Recording votes -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedJudgement:
+    judgement: Judgement
+    created: bool
+
+
+def _validate_vote(choice: str, strength: int | None, rationale: str) -> dict[str, str]:
+    errors = {}
+    if choice not in SCREEN_CHOICES:
+        errors["choice"] = f"must be one of {', '.join(SCREEN_CHOICES)}"
+    if choice in ("left", "right"):
+        if strength not in (1, 2, 3):
+            errors["strength"] = "must be 1 (slightly), 2 (clearly) or 3 (much better)"
+    elif strength is not None:
+        errors["strength"] = "is only given when one answer is better"
+    if len(rationale) > settings.RATIONALE_MAX_LENGTH:
+        errors["rationale"] = f"must be at most {settings.RATIONALE_MAX_LENGTH} characters"
+    return errors
+
+
+def _existing_for_key(*, key: uuid.UUID, annotator: User, pair_id: int) -> RecordedJudgement | None:
+    existing = Judgement.objects.filter(idempotency_key=key).first()
+    if existing is None:
+        return None
+    if existing.annotator_id != annotator.pk or existing.pair_id != pair_id:
+        raise LeaseConflict("this idempotency key was already used for another vote")
+    return RecordedJudgement(existing, created=False)
+
+
+def judgement_record(
+    *,
+    annotator: User,
+    pair_id: int,
+    choice: str,
+    strength: int | None,
+    rationale: str,
+    idempotency_key: uuid.UUID,
+    source: str = Judgement.Source.HUMAN,
+) -> RecordedJudgement:
+    """Record one vote given on screen sides (left/right/tie/both_bad), stored relative to the pair.
+
+    Sending the same idempotency key again returns the vote already stored and writes nothing.
+    """
+    rationale = rationale.strip()
+    errors = _validate_vote(choice, strength, rationale)
+    if errors:
+        raise InvalidJudgement(errors)
+    replay = _existing_for_key(key=idempotency_key, annotator=annotator, pair_id=pair_id)
+    if replay is not None:
+        return replay
+    assignment = _assignment_for_answer(annotator=annotator, pair_id=pair_id)
+    if choice in ("left", "right"):
+        chose_a = (choice == "left") == assignment.a_on_left
+        stored_choice = Judgement.Choice.A if chose_a else Judgement.Choice.B
+    else:
+        stored_choice = Judgement.Choice(choice)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            claimed = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED).update(
+                status=Assignment.Status.JUDGED, finished_at=now
+            )
+            if claimed != 1:
+                raise LeaseConflict("this pair was answered or taken back while you were voting")
+            judgement = Judgement.objects.create(
+                pair_id=pair_id,
+                annotator=annotator,
+                assignment=assignment,
+                choice=stored_choice,
+                strength=strength if stored_choice in (Judgement.Choice.A, Judgement.Choice.B) else None,
+                rationale=rationale,
+                a_on_left=assignment.a_on_left,
+                time_spent_ms=int((now - assignment.leased_at).total_seconds() * 1000),
+                idempotency_key=idempotency_key,
+                source=source,
+            )
+            Pair.objects.filter(pk=pair_id).update(judgement_count=F("judgement_count") + 1)
+    except (IntegrityError, LeaseConflict):
+        # The same key sent twice at once: the other request stored the vote; answer with it.
+        replay = _existing_for_key(key=idempotency_key, annotator=annotator, pair_id=pair_id)
+        if replay is not None:
+            return replay
+        raise
+    transaction.on_commit(_refill_if_low)
+    return RecordedJudgement(judgement, created=True)
+
+
+def _refill_if_low() -> None:
+    if pairs_ready_count() < settings.PAIR_BUFFER_LOW_WATERMARK:
+        pairs_refill_request()
+
+
+def pairs_refill_request() -> None:
+    """Ask the worker for more pairs, at most once every few seconds however many pages ask."""
+    from annotate.tasks import pairs_refill as pairs_refill_task
+
+    if cache.add("pairloop:pairs-refill-requested", "1", timeout=10):
+        transaction.on_commit(pairs_refill_task.delay)
+
+
+# --- Progress ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    today: int
+    total: int
+
+
+def annotator_progress(*, annotator: User) -> Progress:
+    start_of_day = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    counts = Judgement.objects.filter(annotator=annotator).aggregate(
+        total=Count("id"), today=Count("id", filter=Q(created_at__gte=start_of_day))
+    )
+    return Progress(today=counts["today"], total=counts["total"])

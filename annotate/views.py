@@ -1,0 +1,142 @@
+"""HTML views. Each serves the full page, or only its fragment when htmx asks; every form also works without JS."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from annotate import services
+from annotate.generation import client_from_settings
+from annotate.models import Assignment, Judgement
+
+logger = logging.getLogger(__name__)
+
+ANNOTATE_TEMPLATE = "annotate/annotate.html"
+
+
+def _annotate_context(request: HttpRequest, assignment: Assignment | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "assignment": assignment,
+        "idempotency_key": uuid.uuid4(),
+        "progress": services.annotator_progress(annotator=request.user),
+        "strengths": Judgement.Strength.choices,
+        **extra,
+    }
+
+
+def _render_annotate(request: HttpRequest, context: dict[str, Any], status: int = 200) -> HttpResponse:
+    template_name = ANNOTATE_TEMPLATE + "#pair" if request.htmx else ANNOTATE_TEMPLATE
+    return render(request, template_name, context, status=status)
+
+
+@never_cache
+@require_GET
+@login_required
+def annotate(request: HttpRequest) -> HttpResponse:
+    assignment = services.assignment_lease_next(annotator=request.user)
+    if assignment is None:
+        services.pairs_refill_request()
+    return _render_annotate(request, _annotate_context(request, assignment))
+
+
+def _parse_strength(raw: str | None) -> int | None:
+    if raw in (None, ""):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return -1  # reported by the service as an invalid strength
+
+
+def _after_answer(request: HttpRequest, **extra: Any) -> HttpResponse:
+    if not request.htmx:
+        return HttpResponseRedirect(reverse("annotate"))
+    assignment = services.assignment_lease_next(annotator=request.user)
+    if assignment is None:
+        services.pairs_refill_request()
+    return _render_annotate(request, _annotate_context(request, assignment, **extra))
+
+
+def _answer_failed(request: HttpRequest, pair_id: int, error: services.AnnotationError) -> HttpResponse:
+    """Show the error with the pair still in place (or the next one when this pair is no longer theirs)."""
+    status = 409 if isinstance(error, services.LeaseConflict) else 400
+    assignment = services.assignment_current(annotator=request.user)
+    if assignment is None or assignment.pair_id != pair_id:
+        assignment = services.assignment_lease_next(annotator=request.user)
+    return _render_annotate(request, _annotate_context(request, assignment, error=str(error)), status=status)
+
+
+@require_POST
+@login_required
+def judge(request: HttpRequest, pair_id: int) -> HttpResponse:
+    choice = request.POST.get("choice", "")
+    strength = _parse_strength(request.POST.get("strength")) if choice in ("left", "right") else None
+    try:
+        key = uuid.UUID(request.POST.get("idempotency_key", ""))
+    except ValueError:
+        return _answer_failed(request, pair_id, services.InvalidJudgement({"idempotency_key": "must be a UUID"}))
+    try:
+        recorded = services.judgement_record(
+            annotator=request.user,
+            pair_id=pair_id,
+            choice=choice,
+            strength=strength,
+            rationale=request.POST.get("rationale", ""),
+            idempotency_key=key,
+        )
+    except services.AnnotationError as error:
+        return _answer_failed(request, pair_id, error)
+    return _after_answer(request, saved=recorded.judgement)
+
+
+@require_POST
+@login_required
+def skip(request: HttpRequest, pair_id: int) -> HttpResponse:
+    try:
+        services.assignment_skip(annotator=request.user, pair_id=pair_id)
+    except services.AnnotationError as error:
+        return _answer_failed(request, pair_id, error)
+    return _after_answer(request, skipped=True)
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness and readiness: 200 when the database answers, with the state of each part beside it."""
+    report: dict[str, Any] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        report["database"] = "ok"
+    except Exception as error:
+        logger.exception("health check: database")
+        report["database"] = f"error: {error}"
+    report["broker"] = _broker_state()
+    with client_from_settings(timeout=3) as client:
+        report["vllm"] = "ok" if client.is_healthy() else "unreachable"
+    if report["database"] == "ok":
+        serving = services.model_version_serving()
+        report["serving_model_version"] = serving.name if serving else None
+        report["ready_pairs"] = services.pairs_ready_count()
+    report["status"] = "ok" if all(report[part] == "ok" for part in ("database", "broker", "vllm")) else "degraded"
+    return JsonResponse(report, status=200 if report["database"] == "ok" else 503)
+
+
+def _broker_state() -> str:
+    from annotate.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return "ok"
+    except Exception as error:
+        return f"unreachable: {error}"
