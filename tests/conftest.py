@@ -1,0 +1,88 @@
+"""Fixtures shared by the whole suite (the test environment itself is set in tests/settings.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI the PostgreSQL and Redis services are expected: fail at once, never skip, when they are missing."""
+    if os.environ.get("CI", "").lower() not in ("1", "true"):
+        return
+    database, broker = os.environ.get("DATABASE_URL", ""), os.environ.get("CELERY_BROKER_URL", "")
+    if database and not database.startswith("postgres"):
+        pytest.exit(f"CI expects PostgreSQL, DATABASE_URL is {database!r}", returncode=3)
+    if database and not broker.startswith("redis"):
+        pytest.exit(f"CI expects Redis, CELERY_BROKER_URL is {broker!r}", returncode=3)
+
+
+@pytest.fixture
+def annotator(django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user("ann", password="ann-password-1")
+
+
+@pytest.fixture
+def other_annotator(django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user("bea", password="bea-password-1")
+
+
+@pytest.fixture
+def staff(django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user("sam", password="sam-password-1", is_staff=True)
+
+
+@pytest.fixture
+def serving_version(db):  # type: ignore[no-untyped-def]
+    from annotate.models import ModelVersion
+
+    return ModelVersion.objects.create(
+        name="policy-v0-secret-name", base_model="/models/base", status=ModelVersion.Status.SERVING
+    )
+
+
+@pytest.fixture
+def make_pair(serving_version) -> Callable[..., object]:  # type: ignore[no-untyped-def]
+    """Make a pair from the serving version without a model server: for tests of what happens after sampling."""
+    from annotate.models import Completion, Pair, Prompt
+
+    counter = iter(range(1, 10_000))
+
+    def make(
+        texts: tuple[str, str] = ("Answer one.", "Answer two."),
+        messages: list[dict[str, str]] | None = None,
+        required: int = 1,
+    ) -> Pair:
+        number = next(counter)
+        prompt = Prompt.objects.create(
+            messages=messages or [{"role": "user", "content": f"Question number {number}?"}], source="test"
+        )
+        completions = [
+            Completion.objects.create(
+                prompt=prompt,
+                model_version=serving_version,
+                text=text,
+                sampling={"temperature": 0.8, "top_p": 0.95, "max_tokens": 64, "seed": seed, "n": 1},
+                seed=seed,
+                finish_reason="stop",
+                prompt_tokens=10,
+                completion_tokens=5,
+                latency_ms=100,
+            )
+            for seed, text in enumerate(texts, start=number * 10)
+        ]
+        return Pair.objects.create(
+            prompt=prompt,
+            completion_a=completions[0],
+            completion_b=completions[1],
+            sampled_from=serving_version,
+            judgements_required=required,
+        )
+
+    return make

@@ -1,0 +1,109 @@
+"""Real processes for the integration tests: a vLLM server with the default model and a Celery worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LOG_DIR = REPO / "var" / "log" / "tests"
+
+
+def _start(name: str, command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"{name}.log"
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so stopping it stops its children too
+    )
+    return process, log_path
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, process=None, log_path=None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        if process is not None and process.poll() is not None:
+            break
+        time.sleep(1)
+    tail = log_path.read_text(errors="replace")[-3000:] if log_path and log_path.exists() else ""
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n--- log tail ---\n{tail}")
+
+
+def _process_env(**overrides: str) -> dict[str, str]:
+    return {**os.environ, "DJANGO_SETTINGS_MODULE": "annotate.settings", **overrides}
+
+
+@pytest.fixture(scope="session")
+def vllm_server() -> Iterator[str]:
+    """The default model served by a real vLLM server (the model is prepared once and cached under var/)."""
+    from annotate.generation import model_server_url
+
+    process, log_path = _start("vllm", [sys.executable, "manage.py", "serve_model"], _process_env())
+    url = model_server_url()
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, 420, "the vLLM server to answer /health", process, log_path)
+        yield url
+    finally:
+        _stop(process)
+
+
+def _test_database_url() -> str:
+    from django.db import connection
+
+    database = connection.settings_dict
+    if database["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{database['NAME']}"
+    credentials = database["USER"] + (f":{database['PASSWORD']}" if database["PASSWORD"] else "")
+    return f"postgres://{credentials}@{database['HOST'] or 'localhost'}:{database['PORT'] or 5432}/{database['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker process on the test database and this run's own queue."""
+    env = _process_env(
+        DATABASE_URL=_test_database_url(),
+        PAIR_BUFFER_TARGET=os.environ.get("PAIR_BUFFER_TARGET", "2"),
+        SAMPLING_MAX_TOKENS="48",
+    )
+    command = [sys.executable, "-m", "celery", "-A", "annotate", "worker", "--pool", "solo", "--loglevel", "INFO",
+               "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+    process, log_path = _start("celery-worker", command, env)
+    wait_until(lambda: b"ready." in log_path.read_bytes(), 120, "the Celery worker to start", process, log_path)
+    process.log_path = log_path  # type: ignore[attr-defined]
+    try:
+        yield process
+    finally:
+        _stop(process)
