@@ -1,0 +1,89 @@
+"""The annotate page in a real browser: Debian's Chromium driven by Playwright, against a live server."""
+
+import shutil
+
+import pytest
+
+from annotate.models import Judgement
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)"),
+]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def log_in(page, live_server, username, password):
+    page.goto(f"{live_server.url}/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
+def test_keyboard_votes_swap_in_the_next_pair_without_a_reload(browser, live_server, annotator, make_pair):
+    make_pair(texts=("**first** left or right", "first other")), make_pair(texts=("second one", "second two"))
+    page = browser.new_page()
+    log_in(page, live_server, "ann", "ann-password-1")
+    page.wait_for_selector("[data-testid=answer-left] strong")
+    page.evaluate("window.notReloaded = true")
+
+    page.keyboard.press("3")  # tie
+    page.wait_for_selector("text=second one")
+
+    assert page.evaluate("window.notReloaded") is True  # htmx swapped the fragment; the page did not reload
+    assert page.inner_text("[data-testid=done-today]") == "1"
+    assert Judgement.objects.get().choice == "tie"
+
+    page.fill("textarea[name=rationale]", "names a real use")
+    page.check("input[name=strength][value='3']")
+    page.keyboard.press("2")
+    page.wait_for_selector("[data-testid=waiting]")
+    judgement = Judgement.objects.order_by("id").last()
+    assert judgement.choice_on_screen == "right"
+    assert (judgement.strength, judgement.rationale) == (3, "names a real use")
+    page.close()
+
+
+def test_the_page_works_without_javascript(browser, live_server, annotator, make_pair):
+    make_pair(texts=("one", "two")), make_pair(texts=("three", "four"))
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    log_in(page, live_server, "ann", "ann-password-1")
+    page.wait_for_selector("[data-testid=answer-left]")
+
+    page.click("button[value=both_bad]")
+    page.wait_for_selector("text=three")
+    page.click("text=Skip this pair")
+    page.wait_for_selector("[data-testid=waiting]")
+
+    assert Judgement.objects.get().choice == "both_bad"
+    assert page.inner_text("[data-testid=done-total]") == "1"
+    context.close()
+
+
+def test_screenshot_of_the_annotate_page(browser, live_server, annotator, make_pair, tmp_path):
+    make_pair(
+        texts=("Here are two:\n\n1. **Hold papers**\n2. Reset a router", "A paper clip can hold paper."),
+        messages=[{"role": "user", "content": "Name two uses for a paper clip."}],
+    )
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    log_in(page, live_server, "ann", "ann-password-1")
+    page.wait_for_selector("[data-testid=answer-left]")
+    shot = page.screenshot(path=str(tmp_path / "annotate.png"), full_page=True)
+    assert len(shot) > 10_000  # a rendered page, not a blank one
+    assert page.is_visible("text=Keys:")
+    page.close()
