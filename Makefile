@@ -7,6 +7,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# manage.py with the secret key that `make` generated (unless SECRET_KEY is set already).
+MANAGE := SECRET_KEY="$${SECRET_KEY:-$$(cat var/secret-key)}" $(PY) manage.py
 PORT ?= 8000
 # Used only when the CPU build of torch is not found on the configured package indexes.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -38,17 +40,17 @@ $(VENV)/.installed: pyproject.toml
 var/secret-key:
 	@mkdir -p var && umask 077 && $(PY) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
 
-model: install
-	$(PY) manage.py prepare_model
+model: install var/secret-key
+	$(MANAGE) prepare_model
 
 db: install var/secret-key
-	SECRET_KEY=$$(cat var/secret-key) $(PY) manage.py migrate --noinput
-	SECRET_KEY=$$(cat var/secret-key) $(PY) manage.py createcachetable
-	SECRET_KEY=$$(cat var/secret-key) $(PY) manage.py collectstatic --noinput -v0
+	$(MANAGE) migrate --noinput
+	$(MANAGE) createcachetable
+	$(MANAGE) collectstatic --noinput -v0
 
 # --- Running --------------------------------------------------------------------------------------------------
 run: install model db
-	@export SECRET_KEY=$$(cat var/secret-key); \
+	@export SECRET_KEY="$${SECRET_KEY:-$$(cat var/secret-key)}"; \
 	$(PY) manage.py seed_demo; \
 	mkdir -p var/log; \
 	if [ -n "$${VLLM_BASE_URL:-}" ]; then processes="web worker beat"; server="$$VLLM_BASE_URL"; \

@@ -1,9 +1,13 @@
-"""The annotation API: the same services as the HTML views. Outside clients rely on these shapes: extend, don't rename."""
+"""The annotation API: the same services as the HTML views.
+
+Outside clients rely on these shapes: extend them, never rename.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from django.contrib.auth.models import User
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
@@ -27,6 +31,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return response
 
 
+def _annotator(request: Request) -> User:
+    return cast(User, request.user)  # IsAuthenticated, the default permission, let only users through
+
+
 class AnswerSerializer(serializers.Serializer[Any]):
     text = serializers.CharField()
 
@@ -45,7 +53,7 @@ class NextPairOutput(serializers.Serializer[Any]):
 )
 @api_view(["GET"])
 def pairs_next(request: Request) -> Response:
-    assignment = services.assignment_lease_next(annotator=request.user)
+    assignment = services.assignment_lease_next(annotator=_annotator(request))
     if assignment is None:
         services.pairs_refill_request()
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -87,7 +95,7 @@ def judgements_create(request: Request) -> Response:
     data = JudgementInput(data=request.data)
     data.is_valid(raise_exception=True)
     recorded = services.judgement_record(
-        annotator=request.user,
+        annotator=_annotator(request),
         pair_id=data.validated_data["pair"],
         choice=data.validated_data["choice"],
         strength=data.validated_data["strength"],
@@ -113,6 +121,5 @@ class SkipInput(serializers.Serializer[Any]):
 def pairs_skip(request: Request) -> Response:
     data = SkipInput(data=request.data)
     data.is_valid(raise_exception=True)
-    services.assignment_skip(annotator=request.user, pair_id=data.validated_data["pair"])
+    services.assignment_skip(annotator=_annotator(request), pair_id=data.validated_data["pair"])
     return Response(status=status.HTTP_204_NO_CONTENT)
-

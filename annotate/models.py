@@ -71,9 +71,7 @@ class ModelVersion(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["status"], condition=Q(status="serving"), name="one_serving_model_version"
-            ),
+            models.UniqueConstraint(fields=["status"], condition=Q(status="serving"), name="one_serving_model_version"),
         ]
 
     def __str__(self) -> str:

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
@@ -22,8 +22,6 @@ from annotate.generation import ModelServerClient, Sample, SamplingParams, clien
 from annotate.models import Assignment, Completion, Judgement, ModelVersion, Pair, Prompt
 
 logger = logging.getLogger(__name__)
-
-User = AbstractBaseUser | AnonymousUser
 
 SCREEN_CHOICES = ("left", "right", "tie", "both_bad")
 
@@ -196,9 +194,9 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
         try:
             with transaction.atomic():
                 # A lease that ran out is taken back before the pair goes to someone else.
-                Assignment.objects.filter(
-                    pair_id=pair_id, status=Assignment.Status.LEASED, expires_at__lte=now
-                ).update(status=Assignment.Status.EXPIRED, finished_at=now)
+                Assignment.objects.filter(pair_id=pair_id, status=Assignment.Status.LEASED, expires_at__lte=now).update(
+                    status=Assignment.Status.EXPIRED, finished_at=now
+                )
                 assignment = Assignment.objects.create(
                     pair_id=pair_id,
                     annotator=annotator,
@@ -208,9 +206,9 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
                 )
         except IntegrityError:
             continue  # another annotator leased it between our query and our insert
-        return Assignment.objects.select_related(
-            "pair__prompt", "pair__completion_a", "pair__completion_b"
-        ).get(pk=assignment.pk)
+        return Assignment.objects.select_related("pair__prompt", "pair__completion_a", "pair__completion_b").get(
+            pk=assignment.pk
+        )
     return None
 
 

@@ -16,4 +16,4 @@ _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("
 
 @register.filter(name="markdown")
 def render_markdown(text: str) -> SafeString:
-    return mark_safe(nh3.clean(_markdown.render(text or ""), link_rel="noopener noreferrer nofollow"))  # noqa: S308
+    return mark_safe(nh3.clean(_markdown.render(text or ""), link_rel="noopener noreferrer nofollow"))

@@ -17,7 +17,13 @@ def api(annotator):
 
 
 def judgement_body(pair_id, **overrides):
-    body = {"pair": pair_id, "choice": "left", "strength": 2, "rationale": "clearer", "idempotency_key": str(uuid.uuid4())}
+    body = {
+        "pair": pair_id,
+        "choice": "left",
+        "strength": 2,
+        "rationale": "clearer",
+        "idempotency_key": str(uuid.uuid4()),
+    }
     return {**body, **overrides}
 
 
