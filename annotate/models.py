@@ -59,6 +59,7 @@ class ModelVersion(models.Model):
         SERVING = "serving", "Serving"
         RETIRED = "retired", "Retired"
         REJECTED = "rejected", "Rejected"
+        EXTERNAL = "external", "External (imported answers; never served)"
 
     name = models.CharField(max_length=200, unique=True, help_text="The model name as served by vLLM.")
     base_model = models.CharField(max_length=500, help_text="Base model directory or hub id.")
@@ -89,8 +90,8 @@ class Completion(models.Model):
     model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="completions")
     text = models.TextField()
     # The exact request parameters: temperature, top_p, max_tokens, seed, and anything else sent.
-    sampling = models.JSONField()
-    seed = models.BigIntegerField()
+    sampling = models.JSONField(default=dict, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True, help_text="Empty for imported answers.")
     finish_reason = models.CharField(max_length=30, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True)
     completion_tokens = models.PositiveIntegerField(null=True)
@@ -222,6 +223,7 @@ class Judgement(models.Model):
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
     idempotency_key = models.UUIDField(unique=True, default=uuid.uuid4)
     source = models.CharField(max_length=20, choices=Source.choices, default=Source.HUMAN)
+    source_detail = models.CharField(max_length=300, blank=True, help_text="For imported votes: file and format.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -244,3 +246,30 @@ class Judgement(models.Model):
             return str(self.choice)
         chose_a = self.choice == self.Choice.A
         return "left" if chose_a == self.a_on_left else "right"
+
+
+class Export(models.Model):
+    """A preference dataset written to a file, with its dataset card beside it."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    dataset_format = models.CharField(max_length=30, help_text="trl-preference, trl-unpaired, arena or hh-rlhf")
+    file_format = models.CharField(max_length=10, default="jsonl", help_text="jsonl or parquet")
+    filters = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    row_count = models.PositiveIntegerField(null=True, blank=True)
+    path = models.CharField(max_length=500, blank=True, help_text="The data file; the card is beside it.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Export {self.pk} ({self.dataset_format}, {self.file_format})"

@@ -1,0 +1,132 @@
+"""From votes to preference data: how several votes on one pair are combined, and what is left out.
+
+Training rounds and exports read preference data through here, so both follow the same rules.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any, Literal
+
+from django.db.models import QuerySet
+
+from annotate.models import Judgement, Pair
+
+Combine = Literal["majority", "all", "unanimous"]
+DECISIVE = (Judgement.Choice.A, Judgement.Choice.B)
+
+
+@dataclass(frozen=True)
+class PreferenceRules:
+    """majority: one row per pair, the most common vote (a draw between A and B gives no row);
+    all: one row per vote; unanimous: one row per pair whose votes all agree."""
+
+    combine: Combine = "majority"
+    include_ties: bool = False
+    include_both_bad: bool = False
+    min_agreement: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.combine not in ("majority", "all", "unanimous"):
+            raise ValueError(f"combine must be majority, all or unanimous, not {self.combine!r}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError("min_agreement must be between 0 and 1")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "combine": self.combine,
+            "include_ties": self.include_ties,
+            "include_both_bad": self.include_both_bad,
+            "min_agreement": self.min_agreement,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the votes on one pair say, under the rules."""
+
+    pair: Pair
+    outcome: str  # a, b, tie or both_bad
+    votes: int  # all votes on the pair
+    agreement: float  # share of the votes that agree with the outcome
+    strength: float | None  # mean strength of the votes for the outcome (a or b only)
+    judgement_ids: list[int] = field(default_factory=list)
+
+    @property
+    def chosen(self) -> str | None:
+        if self.outcome == Judgement.Choice.A:
+            return self.pair.completion_a.text
+        if self.outcome == Judgement.Choice.B:
+            return self.pair.completion_b.text
+        return None
+
+    @property
+    def rejected(self) -> str | None:
+        if self.outcome == Judgement.Choice.A:
+            return self.pair.completion_b.text
+        if self.outcome == Judgement.Choice.B:
+            return self.pair.completion_a.text
+        return None
+
+
+def judgements_for_preferences(judgements: QuerySet[Judgement] | None = None) -> QuerySet[Judgement]:
+    """Votes with what a verdict needs, ordered by pair so they can be grouped while streaming."""
+    judgements = Judgement.objects.all() if judgements is None else judgements
+    return judgements.select_related(
+        "pair__prompt", "pair__completion_a", "pair__completion_b", "pair__sampled_from"
+    ).order_by("pair_id", "id")
+
+
+def _mean_strength(votes: list[Judgement]) -> float | None:
+    strengths = [vote.strength for vote in votes if vote.strength is not None]
+    return sum(strengths) / len(strengths) if strengths else None
+
+
+def _pair_verdicts(pair: Pair, votes: list[Judgement], rules: PreferenceRules) -> Iterator[Verdict]:
+    counts = Counter(vote.choice for vote in votes)
+    if rules.combine == "all":
+        for vote in votes:
+            yield Verdict(pair, vote.choice, len(votes), counts[vote.choice] / len(votes), vote.strength, [vote.pk])
+        return
+    (top, top_count), *rest = counts.most_common()
+    if rest and rest[0][1] == top_count:
+        return  # a draw between outcomes: the votes say nothing clear
+    if rules.combine == "unanimous" and rest:
+        return
+    backing = [vote for vote in votes if vote.choice == top]
+    yield Verdict(pair, top, len(votes), top_count / len(votes), _mean_strength(backing), [v.pk for v in votes])
+
+
+def _kept(verdict: Verdict, rules: PreferenceRules) -> bool:
+    if verdict.outcome == Judgement.Choice.TIE and not rules.include_ties:
+        return False
+    if verdict.outcome == Judgement.Choice.BOTH_BAD and not rules.include_both_bad:
+        return False
+    return verdict.agreement >= rules.min_agreement
+
+
+def verdicts(judgements: Iterable[Judgement], rules: PreferenceRules) -> Iterator[Verdict]:
+    """Combine votes into verdicts. `judgements` must be ordered by pair (see judgements_for_preferences)."""
+    for _, group in groupby(judgements, key=lambda judgement: judgement.pair_id):
+        votes = list(group)
+        for verdict in _pair_verdicts(votes[0].pair, votes, rules):
+            if _kept(verdict, rules):
+                yield verdict
+
+
+def assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def trl_preference_row(verdict: Verdict) -> dict[str, Any]:
+    """TRL's conversational preference format (prompt / chosen / rejected); only for A-or-B verdicts."""
+    if verdict.chosen is None or verdict.rejected is None:
+        raise ValueError(f"pair {verdict.pair.pk}: a {verdict.outcome} verdict has no chosen and rejected answer")
+    return {
+        "prompt": verdict.pair.prompt.messages,
+        "chosen": assistant(verdict.chosen),
+        "rejected": assistant(verdict.rejected),
+    }

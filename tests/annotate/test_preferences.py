@@ -1,0 +1,80 @@
+import pytest
+
+from annotate.models import Judgement
+from annotate.preferences import PreferenceRules, judgements_for_preferences, trl_preference_row, verdicts
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def voted(make_pair, django_user_model):
+    """Make a pair with the given votes (a, b, tie, both_bad), each from its own annotator."""
+    users = iter(django_user_model.objects.create_user(f"voter{i}") for i in range(100))
+
+    def make(*choices, texts=("answer A", "answer B")):
+        pair = make_pair(texts=texts, required=len(choices))
+        for choice in choices:
+            Judgement.objects.create(
+                pair=pair,
+                annotator=next(users),
+                choice=choice,
+                strength=2 if choice in ("a", "b") else None,
+                source=Judgement.Source.SIMULATED,
+            )
+        return pair
+
+    return make
+
+
+def outcomes(rules=None):
+    rules = rules or PreferenceRules()
+    return [(v.pair.pk, v.outcome, round(v.agreement, 2)) for v in verdicts(judgements_for_preferences(), rules)]
+
+
+def test_majority_gives_one_row_per_pair_and_skips_draws(voted):
+    clear = voted("a", "a", "b")
+    voted("a", "b")  # a draw says nothing
+    single = voted("b")
+    assert outcomes() == [(clear.pk, "a", 0.67), (single.pk, "b", 1.0)]
+
+
+def test_ties_and_both_bad_are_left_out_unless_asked_for(voted):
+    tie, both_bad = voted("tie"), voted("both_bad", "both_bad", "a")
+    assert outcomes() == []
+    rules = PreferenceRules(include_ties=True, include_both_bad=True)
+    assert outcomes(rules) == [(tie.pk, "tie", 1.0), (both_bad.pk, "both_bad", 0.67)]
+
+
+def test_unanimous_keeps_only_pairs_whose_votes_agree(voted):
+    agreed, _split = voted("b", "b"), voted("a", "a", "b")
+    assert outcomes(PreferenceRules(combine="unanimous")) == [(agreed.pk, "b", 1.0)]
+
+
+def test_all_gives_one_row_per_vote(voted):
+    pair = voted("a", "a", "b")
+    expected = [(pair.pk, "a", 0.67), (pair.pk, "a", 0.67), (pair.pk, "b", 0.33)]
+    assert outcomes(PreferenceRules(combine="all")) == expected
+
+
+def test_min_agreement_filters_contested_pairs(voted):
+    voted("a", "a", "b")
+    sure = voted("b", "b")
+    assert outcomes(PreferenceRules(min_agreement=0.75)) == [(sure.pk, "b", 1.0)]
+
+
+def test_trl_row_puts_the_winner_as_chosen(voted):
+    voted("b", texts=("loser", "winner"))
+    (verdict,) = verdicts(judgements_for_preferences(), PreferenceRules())
+    row = trl_preference_row(verdict)
+    assert row == {
+        "prompt": [{"role": "user", "content": "Question number 1?"}],
+        "chosen": [{"role": "assistant", "content": "winner"}],
+        "rejected": [{"role": "assistant", "content": "loser"}],
+    }
+
+
+def test_bad_rules_are_refused():
+    with pytest.raises(ValueError, match="combine"):
+        PreferenceRules(combine="mean")
+    with pytest.raises(ValueError, match="min_agreement"):
+        PreferenceRules(min_agreement=2)
