@@ -108,6 +108,19 @@ class ModelServerClient:
         response.raise_for_status()
         return [entry["id"] for entry in response.json().get("data", [])]
 
+    def load_lora_adapter(self, *, name: str, path: str) -> None:
+        """Serve a LoRA adapter under `name` (needs --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
+        response = self._request("POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        if response.status_code != 200 and "already been loaded" not in response.text:
+            raise ValueError(f"model server refused adapter {name}: HTTP {response.status_code}: {response.text[:500]}")
+
+    def unload_lora_adapter(self, *, name: str) -> None:
+        response = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
+        if response.status_code not in (200, 404):
+            raise ValueError(
+                f"model server refused to unload {name}: HTTP {response.status_code}: {response.text[:500]}"
+            )
+
 
 def client_from_settings(timeout: float | None = None) -> ModelServerClient:
     return ModelServerClient(

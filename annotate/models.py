@@ -273,3 +273,79 @@ class Export(models.Model):
 
     def __str__(self) -> str:
         return f"Export {self.pk} ({self.dataset_format}, {self.file_format})"
+
+
+class TrainingRound(models.Model):
+    """One DPO round: the frozen votes it used, its config, what happened, and the model version it produced."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        PREPARING = "preparing", "Preparing data"
+        TRAINING = "training", "Training"
+        EVALUATING = "evaluating", "Evaluating"
+        TRAINED = "trained", "Trained, not deployed"
+        DEPLOYING = "deploying", "Deploying"
+        SERVING = "serving", "Serving"
+        REJECTED = "rejected", "Rejected by the eval gate"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Trigger(models.TextChoices):
+        PAGE = "page", "Start round page"
+        API = "api", "API"
+        COMMAND = "command", "Management command"
+        AUTOMATIC = "automatic", "Enough new votes"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.PREPARING, Status.TRAINING, Status.EVALUATING, Status.DEPLOYING)
+
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    trigger = models.CharField(max_length=20, choices=Trigger.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    # True while the round runs, NULL after: the unique constraint lets only one round run at a time.
+    active = models.BooleanField(null=True, default=True, unique=True)
+    parent_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="rounds_started")
+    result_version = models.OneToOneField(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="training_round"
+    )
+    config = models.JSONField(help_text="The training config (training.config.RoundConfig fields).")
+    rules = models.JSONField(help_text="How votes became pairs (annotate.preferences.PreferenceRules).")
+    judgement_ids = models.JSONField(default=list, blank=True, help_text="Every vote the round read, frozen.")
+    train_pairs = models.PositiveIntegerField(null=True, blank=True)
+    heldout_pairs = models.PositiveIntegerField(null=True, blank=True)
+    directory = models.CharField(max_length=500, blank=True, help_text="Data, adapter, metrics and logs.")
+    metrics = models.JSONField(default=list, blank=True, help_text="One entry per training step, as it runs.")
+    evaluation = models.JSONField(default=dict, blank=True)
+    override_reason = models.TextField(blank=True, help_text="Why an admin promoted a round the gate rejected.")
+    error = models.TextField(blank=True)
+    log_tail = models.TextField(blank=True)
+    process_id = models.IntegerField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Round {self.pk} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def last_metrics(self) -> dict[str, Any]:
+        return self.metrics[-1] if self.metrics else {}
+
+    @property
+    def progress_percent(self) -> int:
+        last = self.last_metrics
+        if self.status in (self.Status.SERVING, self.Status.TRAINED, self.Status.REJECTED):
+            return 100
+        if not last.get("max_steps"):
+            return 0
+        return min(100, int(100 * last.get("step", 0) / last["max_steps"]))

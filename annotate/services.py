@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Case, Count, F, Q, When
 from django.utils import timezone
 
 from annotate.generation import ModelServerClient, Sample, SamplingParams, client_from_settings
@@ -60,6 +60,32 @@ def model_version_ensure_base(*, name: str, base_model: str) -> ModelVersion:
                 )
         version.refresh_from_db()
     return version
+
+
+def model_version_ensure_loaded(version: ModelVersion, client: ModelServerClient) -> None:
+    """Make sure the model server serves `version`: vLLM forgets run-time adapters when it restarts."""
+    if version.is_adapter and version.name not in client.served_models():
+        logger.info("loading adapter %s into the model server", version.name)
+        client.load_lora_adapter(name=version.name, path=version.adapter_path)
+
+
+def model_version_serve(*, version: ModelVersion, client: ModelServerClient) -> None:
+    """Make `version` the one new pairs are sampled from: a promotion or a rollback.
+
+    Raises ModelServerUnavailable, and changes nothing, when its adapter cannot be loaded.
+    """
+    if version.status in (ModelVersion.Status.EXTERNAL, ModelVersion.Status.REJECTED):
+        raise ValueError(f"{version.name} is {version.get_status_display().lower()}; it cannot serve")
+    model_version_ensure_loaded(version, client)
+    with transaction.atomic():
+        ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).exclude(pk=version.pk).update(
+            status=ModelVersion.Status.RETIRED
+        )
+        ModelVersion.objects.filter(pk=version.pk).update(
+            status=ModelVersion.Status.SERVING, serving_since=timezone.now()
+        )
+    version.refresh_from_db()
+    pairs_refill_request()
 
 
 # --- Sampling pairs ------------------------------------------------------------------------------------------
@@ -156,6 +182,7 @@ def pairs_refill(*, client_factory: Callable[[], ModelServerClient] = client_fro
             logger.warning("no active prompts to sample pairs from")
             return 0
         with client_factory() as client:
+            model_version_ensure_loaded(version, client)
             made = pairs_sample(version=version, prompts=prompts, client=client)
         logger.info("made %d pairs from %s (%d were missing)", len(made), version, missing)
         return len(made)
@@ -189,7 +216,10 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
         Assignment.objects.filter(pk=current.pk, status=Assignment.Status.LEASED).update(expires_at=_lease_expiry())
         current.refresh_from_db(fields=["expires_at", "status"])
         return current
-    for pair_id in Pair.objects.available_for(annotator).order_by("id").values_list("id", flat=True)[:20]:
+    # Pairs from the serving version first (the freshest on-policy data), then the oldest first.
+    from_serving = Case(When(sampled_from__status=ModelVersion.Status.SERVING, then=0), default=1)
+    candidates = Pair.objects.available_for(annotator).order_by(from_serving, "id").values_list("id", flat=True)
+    for pair_id in candidates[:20]:
         now = timezone.now()
         try:
             with transaction.atomic():

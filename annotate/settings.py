@@ -190,8 +190,15 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Training runs on its own queue, served by a worker that takes one task at a time (the `trainer` process).
+CELERY_TRAINING_QUEUE = env_str("CELERY_TRAINING_QUEUE", "pairloop-training")
+CELERY_TASK_ROUTES = {
+    "annotate.tasks.round_run": {"queue": CELERY_TRAINING_QUEUE},
+    "annotate.tasks.round_deploy": {"queue": CELERY_TRAINING_QUEUE},
+}
 CELERY_BEAT_SCHEDULE = {
     "pairs-refill": {"task": "annotate.tasks.pairs_refill", "schedule": env_float("PAIR_REFILL_INTERVAL", 30.0)},
+    "rounds-start-when-due": {"task": "annotate.tasks.rounds_start_when_due", "schedule": 60.0},
 }
 
 # --- Model server and sampling ---------------------------------------------------------------------------------
@@ -218,6 +225,31 @@ JUDGEMENTS_PER_PAIR = env_int("JUDGEMENTS_PER_PAIR", 1)
 LEASE_SECONDS = env_int("LEASE_SECONDS", 600)
 RATIONALE_MAX_LENGTH = env_int("RATIONALE_MAX_LENGTH", 2000)
 
+# --- Training rounds -----------------------------------------------------------------------------------------
+ROUND_DIR = Path(env_str("ROUND_DIR", str(VAR_DIR / "rounds")))
+# Prefix for `-m training ...`, e.g. "accelerate launch" or "torchrun --nproc-per-node 4"; empty: this Python.
+TRAINING_LAUNCHER = env_str("TRAINING_LAUNCHER", "")
+ROUND_AUTO_MIN_NEW_VOTES = env_int("ROUND_AUTO_MIN_NEW_VOTES", 0)  # 0: rounds start only when someone starts one
+ROUND_MIN_TRAIN_PAIRS = env_int("ROUND_MIN_TRAIN_PAIRS", 8)
+ROUND_HOLDOUT_FRACTION = env_float("ROUND_HOLDOUT_FRACTION", 0.2)
+ROUND_COMBINE = env_str("ROUND_COMBINE", "majority")
+ROUND_MIN_AGREEMENT = env_float("ROUND_MIN_AGREEMENT", 0.0)
+ROUND_GATE_MIN_ACCURACY = env_float("ROUND_GATE_MIN_ACCURACY", 0.5)
+ROUND_GATE_TOLERANCE = env_float("ROUND_GATE_TOLERANCE", 0.05)
+ROUND_LENGTH_PROMPTS = env_int("ROUND_LENGTH_PROMPTS", 8)
+ROUND_POLL_SECONDS = env_float("ROUND_POLL_SECONDS", 2.0)
+ROUND_STALE_SECONDS = env_int("ROUND_STALE_SECONDS", 600)
+ROUND_CONFIG_DEFAULTS = {
+    "beta": env_float("ROUND_BETA", 0.1),
+    "learning_rate": env_float("ROUND_LEARNING_RATE", 5e-5),
+    "epochs": env_int("ROUND_EPOCHS", 1),
+    "batch_size": env_int("ROUND_BATCH_SIZE", 8),
+    "max_length": env_int("ROUND_MAX_LENGTH", 256),
+    "max_steps": env_int("ROUND_MAX_STEPS", -1),
+    "lora_rank": env_int("ROUND_LORA_RANK", 16),
+    "loss_type": env_str("ROUND_LOSS_TYPE", "sigmoid"),
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -225,4 +257,19 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"httpx": {"level": "WARNING"}},
+}
+
+# --- Data import and export ----------------------------------------------------------------------------------
+# An import file (upload or command) larger than this, or with more rows, is refused before anything is read.
+DATA_IMPORT_MAX_BYTES = env_int("DATA_IMPORT_MAX_BYTES", 100 * 1024 * 1024)
+DATA_IMPORT_MAX_ROWS = env_int("DATA_IMPORT_MAX_ROWS", 200_000)
+EXPORT_DIR = Path(env_str("EXPORT_DIR", str(VAR_DIR / "exports")))
+# Exports from the web page and the API run inside the request; larger ones go through `manage.py export_preferences`.
+EXPORT_WEB_MAX_VOTES = env_int("EXPORT_WEB_MAX_VOTES", 200_000)
+EXPORT_LICENSE = env_str("EXPORT_LICENSE", "")  # the licence written on dataset cards unless an export names one
+API_PAGE_SIZE = env_int("API_PAGE_SIZE", 100)
+# Several models have a `status` with its own choices: name each enum in the API schema after its model.
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
+    "ModelVersionStatusEnum": "annotate.models.ModelVersion.Status",
+    "ExportStatusEnum": "annotate.models.Export.Status",
 }

@@ -1,11 +1,20 @@
-"""Celery tasks: thin wrappers that call one service each."""
+"""Celery tasks: thin wrappers that load by id and call one service each."""
 
 from __future__ import annotations
 
-from celery import shared_task
+import logging
+from typing import Any
 
-from annotate import services
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+from django.db.models import Max
+
+from annotate import rounds, services
 from annotate.generation import ModelServerUnavailable
+from annotate.models import TrainingRound
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -18,3 +27,46 @@ from annotate.generation import ModelServerUnavailable
 def pairs_refill() -> int:
     """Top up the buffer of ready pairs; retried with backoff while the model server is down."""
     return services.pairs_refill()
+
+
+# A round runs for minutes to hours: acknowledged on receipt, so a broker's visibility timeout never hands it to a
+# second worker. A worker lost mid-round leaves a stale round, which the next start marks failed.
+@shared_task(acks_late=False)
+def round_run(round_id: int) -> None:
+    rounds.round_run(round_id)
+
+
+@shared_task(
+    acks_late=False,
+    autoretry_for=(ModelServerUnavailable,),
+    retry_backoff=10,
+    retry_backoff_max=300,
+    max_retries=10,
+)
+def round_deploy(round_id: int) -> None:
+    training_round = TrainingRound.objects.get(pk=round_id)
+    if training_round.status not in (TrainingRound.Status.TRAINED, TrainingRound.Status.REJECTED):
+        logger.info("round %s is %s; not deploying", round_id, training_round.status)
+        return
+    rounds.round_deploy(training_round)
+
+
+@shared_task
+def rounds_start_when_due() -> int | None:
+    """Start a round once ROUND_AUTO_MIN_NEW_VOTES usable votes have come in since the last round began."""
+    if settings.ROUND_AUTO_MIN_NEW_VOTES <= 0:
+        return None
+    last_start = TrainingRound.objects.aggregate(last=Max("created_at"))["last"]
+    if rounds.usable_votes_since(last_start) < settings.ROUND_AUTO_MIN_NEW_VOTES:
+        return None
+    try:
+        return rounds.round_start(trigger=TrainingRound.Trigger.AUTOMATIC).pk
+    except rounds.RoundError as error:
+        logger.info("automatic round not started: %s", error)
+        return None
+
+
+@worker_ready.connect
+def _fill_the_buffer_at_start(sender: Any, **kwargs: Any) -> None:
+    # A fresh start (or a restarted vLLM) gets pairs, and the serving adapter reloaded, without waiting for beat.
+    pairs_refill.delay()

@@ -6,6 +6,7 @@ import logging
 import uuid
 from typing import Any
 
+import httpx
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.db import connection
@@ -17,8 +18,8 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.middleware import HtmxDetails
 
 from annotate import services
-from annotate.generation import client_from_settings
-from annotate.models import Assignment, Judgement
+from annotate.generation import ModelServerUnavailable, client_from_settings
+from annotate.models import Assignment, Judgement, TrainingRound
 
 logger = logging.getLogger(__name__)
 
@@ -130,12 +131,20 @@ def healthz(request: HttpRequest) -> JsonResponse:
         logger.exception("health check: database")
         report["database"] = f"error: {error}"
     report["broker"] = _broker_state()
+    served: list[str] | None = None
     with client_from_settings(timeout=3) as client:
-        report["vllm"] = "ok" if client.is_healthy() else "unreachable"
+        try:
+            served = client.served_models()
+            report["vllm"] = "ok"
+        except (ModelServerUnavailable, httpx.HTTPError):
+            report["vllm"] = "unreachable"
     if report["database"] == "ok":
         serving = services.model_version_serving()
         report["serving_model_version"] = serving.name if serving else None
+        report["serving_model_loaded"] = bool(serving and served and serving.name in served)
         report["ready_pairs"] = services.pairs_ready_count()
+        last_round = TrainingRound.objects.order_by("-id").first()
+        report["last_round"] = {"id": last_round.pk, "status": last_round.status} if last_round else None
     report["status"] = "ok" if all(report[part] == "ok" for part in ("database", "broker", "vllm")) else "degraded"
     return JsonResponse(report, status=200 if report["database"] == "ok" else 503)
 

@@ -17,6 +17,8 @@ def test_health_reports_every_part(client, make_pair, settings):
     assert report["status"] == "degraded"
     assert report["serving_model_version"] == "policy-v0-secret-name"
     assert report["ready_pairs"] == 2
+    assert report["serving_model_loaded"] is False
+    assert report["last_round"] is None
 
 
 def test_health_needs_no_login_and_reports_an_unreachable_broker(client, settings):

@@ -1,0 +1,44 @@
+"""Sample data and paths the training tests share (conftest.py turns them into fixtures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.config import RoundConfig
+from training.data import PreferenceRow
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_MODEL_DIR = REPO / "var" / "models" / "smollm2-135m-instruct"
+HH_RLHF_PATH = REPO.parent / "shared" / "data" / "hh_rlhf_harmless_dev.jsonl"
+
+
+def pair(question: str, good: str, bad: str) -> PreferenceRow:
+    return {
+        "prompt": [{"role": "user", "content": question}],
+        "chosen": [{"role": "assistant", "content": good}],
+        "rejected": [{"role": "assistant", "content": bad}],
+    }
+
+
+TINY_PAIRS = [
+    pair("What is 2 + 2?", "4.", "I don't know, maybe 5."),
+    pair("Name a colour.", "Blue.", "No."),
+    pair("Say hello.", "Hello!", "Go away."),
+    pair("What is the capital of France?", "Paris.", "London, I think."),
+    pair("Is ice cold?", "Yes, ice is cold.", "Ice is hot."),
+    pair("How many legs has a cat?", "Four.", "Seven legs."),
+]
+
+
+def tiny_round_config(base_model_dir: Path, output_dir: Path, **overrides: object) -> RoundConfig:
+    """Three steps of batch 2 over TINY_PAIRS; the large learning rate moves the adapter measurably in three steps."""
+    values: dict[str, object] = {
+        "base_model_dir": str(base_model_dir),
+        "output_dir": str(output_dir),
+        "max_length": 64,
+        "batch_size": 2,
+        "max_steps": 3,
+        "learning_rate": 1e-3,
+        **overrides,
+    }
+    return RoundConfig.from_dict(values)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from training.config import RoundConfig
+
+REQUIRED = {"base_model_dir": "/models/base", "output_dir": "/runs/round-1"}
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    config = RoundConfig(**REQUIRED)
+
+    assert config.parent_adapter_dir is None
+    assert (config.beta, config.learning_rate, config.epochs, config.batch_size) == (0.1, 5e-5, 1, 8)
+    assert (config.lora_rank, config.lora_alpha, config.lora_targets) == (16, 32, "all-linear")
+    assert (config.loss_type, config.max_length, config.max_steps) == ("sigmoid", 256, -1)
+
+
+def test_json_round_trip_keeps_every_field() -> None:
+    config = RoundConfig(**REQUIRED, parent_adapter_dir="/runs/round-0/adapter", beta=0.2, loss_type="ipo", seed=7)
+
+    again = RoundConfig.from_json(config.to_json())
+
+    assert again == config
+    assert json.loads(config.to_json()) == dataclasses.asdict(config)
+
+
+def test_integer_is_accepted_where_a_float_is_expected() -> None:
+    assert RoundConfig.from_dict({**REQUIRED, "beta": 1}).beta == 1
+
+
+def test_unknown_field_is_named_in_the_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown RoundConfig field\(s\) \['learning_rat'\]"):
+        RoundConfig.from_dict({**REQUIRED, "learning_rat": 1e-4})
+
+
+def test_missing_required_field_is_named_in_the_error() -> None:
+    with pytest.raises(ValueError, match=r"missing required field\(s\) \['output_dir'\]"):
+        RoundConfig.from_dict({"base_model_dir": "/models/base"})
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+def test_supported_loss_types_are_accepted(loss_type: str) -> None:
+    assert RoundConfig(**REQUIRED, loss_type=loss_type).loss_type == loss_type
+
+
+def test_unknown_loss_type_lists_the_supported_ones() -> None:
+    with pytest.raises(ValueError, match=r"loss_type must be one of \['sigmoid', 'ipo', 'hinge'\], got 'kto'"):
+        RoundConfig(**REQUIRED, loss_type="kto")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("beta", 0.0, "beta must be > 0"),
+        ("learning_rate", -1e-5, "learning_rate must be > 0"),
+        ("epochs", 0, "epochs must be >= 1"),
+        ("batch_size", 0, "batch_size must be >= 1"),
+        ("gradient_accumulation_steps", 0, "gradient_accumulation_steps must be >= 1"),
+        ("lora_rank", 0, "lora_rank must be >= 1"),
+        ("lora_dropout", 1.0, r"lora_dropout must be in \[0, 1\)"),
+        ("max_length", 8, "max_length must be >= 16"),
+        ("max_steps", 0, "max_steps must be -1"),
+        ("max_steps", -2, "max_steps must be -1"),
+        ("seed", -1, "seed must be >= 0"),
+        ("output_dir", " ", "output_dir must not be empty"),
+    ],
+)
+def test_out_of_range_values_are_rejected_with_the_field_name(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RoundConfig.from_dict({**REQUIRED, field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("batch_size", "8"), ("batch_size", 8.0), ("batch_size", True), ("beta", "0.1"), ("parent_adapter_dir", 3)],
+)
+def test_wrong_types_are_rejected(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"RoundConfig.{field} must be"):
+        RoundConfig.from_dict({**REQUIRED, field: value})
+
+
+@pytest.mark.parametrize(("text", "message"), [("{", "not valid JSON"), ("[1, 2]", "must be an object")])
+def test_from_json_rejects_what_is_not_a_json_object(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RoundConfig.from_json(text)

@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.training.samples import HH_RLHF_PATH, TINY_PAIRS, pair
+from training.data import (
+    hh_rlhf_to_trl,
+    load_hh_rlhf,
+    load_pairs,
+    parse_pair,
+    prompt_key,
+    split_by_prompt,
+    write_pairs,
+)
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_load_pairs_reads_what_write_pairs_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    write_pairs(TINY_PAIRS, path)
+
+    assert load_pairs(path) == TINY_PAIRS
+
+
+def test_load_pairs_skips_blank_lines_and_drops_extra_keys(tmp_path: Path) -> None:
+    row = {**TINY_PAIRS[0], "pair_id": 17, "annotator": "ann"}
+    path = write_lines(tmp_path / "pairs.jsonl", ["", json.dumps(row), "   "])
+
+    assert load_pairs(path) == [TINY_PAIRS[0]]
+
+
+def test_load_pairs_names_every_bad_line(tmp_path: Path) -> None:
+    good = json.dumps(TINY_PAIRS[0])
+    no_rejected = json.dumps({"prompt": TINY_PAIRS[1]["prompt"], "chosen": TINY_PAIRS[1]["chosen"]})
+    user_answer = json.dumps({**TINY_PAIRS[2], "chosen": [{"role": "user", "content": "Hi"}]})
+    path = write_lines(tmp_path / "pairs.jsonl", [good, "{not json", good, no_rejected, user_answer])
+
+    with pytest.raises(ValueError) as error:
+        load_pairs(path)
+
+    message = str(error.value)
+    assert message.startswith("3 invalid preference pair(s)")
+    assert f"{path}:2: not valid JSON" in message
+    assert f"{path}:4: missing key(s) ['rejected']" in message
+    assert f"{path}:5: chosen[0].role must be one of ['assistant'], got 'user'" in message
+    assert f"{path}:1:" not in message and f"{path}:3:" not in message
+
+
+def test_load_pairs_rejects_a_file_without_pairs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="holds no preference pairs"):
+        load_pairs(write_lines(tmp_path / "empty.jsonl", ["", ""]))
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ([1, 2], "must be a JSON object"),
+        ({**TINY_PAIRS[0], "rejected": TINY_PAIRS[0]["chosen"]}, "chosen and rejected are identical"),
+        ({**TINY_PAIRS[0], "prompt": []}, "prompt must be a non-empty list"),
+        ({**TINY_PAIRS[0], "prompt": "Hi"}, "prompt must be a non-empty list"),
+        (
+            {**TINY_PAIRS[0], "prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
+            "the prompt must end with a user message",
+        ),
+        ({**TINY_PAIRS[0], "chosen": [{"role": "assistant", "content": 3}]}, r"chosen\[0\].content must be a string"),
+        ({**TINY_PAIRS[0], "chosen": [{"role": "assistant"}]}, r"chosen\[0\] must be an object with exactly"),
+        ({**TINY_PAIRS[0], "rejected": [{"role": "tool", "content": "x"}]}, r"rejected\[0\].role must be one of"),
+    ],
+)
+def test_parse_pair_explains_what_is_wrong(row: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_pair(row)
+
+
+def test_an_empty_answer_is_a_valid_choice() -> None:
+    row = pair("Tell me how to pick a lock.", "", "Sure, first you ...")
+
+    assert parse_pair(row) == row
+
+
+def test_split_by_prompt_keeps_each_prompt_on_one_side() -> None:
+    rows = [pair(f"Question {number % 7}?", f"Good {number}.", f"Bad {number}.") for number in range(30)]
+
+    train, holdout = split_by_prompt(rows, holdout_fraction=0.3, seed=1)
+
+    assert len(train) + len(holdout) == len(rows)
+    assert {prompt_key(row["prompt"]) for row in train}.isdisjoint(prompt_key(row["prompt"]) for row in holdout)
+    assert len(holdout) >= round(0.3 * len(rows))
+    # input order is kept on both sides
+    assert train == [row for row in rows if row in train] and holdout == [row for row in rows if row in holdout]
+
+
+def test_split_by_prompt_depends_on_the_seed_only() -> None:
+    rows = [pair(f"Question {number}?", "Yes.", "No.") for number in range(40)]
+
+    first = split_by_prompt(rows, 0.25, seed=3)
+
+    assert split_by_prompt(rows, 0.25, seed=3) == first
+    assert split_by_prompt(list(reversed(rows)), 0.25, seed=3)[1] == list(reversed(first[1]))
+    assert split_by_prompt(rows, 0.25, seed=4) != first
+
+
+def test_split_by_prompt_with_no_holdout() -> None:
+    assert split_by_prompt(TINY_PAIRS, 0.0, seed=0) == (TINY_PAIRS, [])
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_split_by_prompt_rejects_impossible_fractions(fraction: float) -> None:
+    with pytest.raises(ValueError, match=r"holdout_fraction must be in \[0, 1\)"):
+        split_by_prompt(TINY_PAIRS, fraction, seed=0)
+
+
+def test_hh_rlhf_row_becomes_a_conversational_pair() -> None:
+    shared = "\n\nHuman: How do I bake bread?\n\nAssistant: With flour.\n\nHuman: And then?"
+    row = {"chosen": shared + "\n\nAssistant: Knead it and bake it.", "rejected": shared + "\n\nAssistant: Give up."}
+
+    assert hh_rlhf_to_trl(row) == {
+        "prompt": [
+            {"role": "user", "content": "How do I bake bread?"},
+            {"role": "assistant", "content": "With flour."},
+            {"role": "user", "content": "And then?"},
+        ],
+        "chosen": [{"role": "assistant", "content": "Knead it and bake it."}],
+        "rejected": [{"role": "assistant", "content": "Give up."}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"chosen": "\n\nHuman: Hi\n\nAssistant: Yo", "rejected": "\n\nHuman: Hi\n\nAssistant: Yo"}, "identical"),
+        (
+            {"chosen": "\n\nHuman: Hi\n\nAssistant: Yo", "rejected": "\n\nHuman: Hello\n\nAssistant: Yo"},
+            "differ before their last assistant turn",
+        ),
+        (
+            {"chosen": "\n\nHuman: Hi\n\nAssistant: Yo", "rejected": "\n\nHuman: Hi\n\nAssistant: Yo "},
+            "chosen and rejected are identical",
+        ),
+        ({"chosen": "Hi there", "rejected": "\n\nHuman: Hi\n\nAssistant: Yo"}, "not .* turns"),
+        ({"chosen": "\n\nHuman: Hi", "rejected": "\n\nHuman: Hi\n\nAssistant: Yo"}, "not .* turns"),
+        (
+            {"chosen": "\n\nAssistant: Hi\n\nHuman: Yo", "rejected": "\n\nAssistant: Hi\n\nHuman: No"},
+            "must end with a human turn followed by an assistant turn",
+        ),
+        ({"chosen": "\n\nHuman: Hi\n\nAssistant: Yo"}, 'string "chosen" and "rejected"'),
+    ],
+)
+def test_hh_rlhf_rows_without_a_usable_preference_are_refused_with_a_reason(row: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        hh_rlhf_to_trl(row)
+
+
+def test_real_hh_rlhf_rows_convert_and_split_cleanly() -> None:
+    pairs, skipped = load_hh_rlhf(HH_RLHF_PATH)
+
+    assert len(pairs) + len(skipped) == 1000
+    assert len(pairs) >= 990
+    assert all(parse_pair(row) == row for row in pairs)
+    assert all(row["prompt"][0]["role"] == "user" and len(row["chosen"]) == 1 for row in pairs)
+    train, holdout = split_by_prompt(pairs, 0.2, seed=0)
+    assert 200 <= len(holdout) < 220
+    assert {prompt_key(row["prompt"]) for row in train}.isdisjoint(prompt_key(row["prompt"]) for row in holdout)
+
+
+def test_load_hh_rlhf_reports_bad_rows_by_line(tmp_path: Path) -> None:
+    good = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}
+    same = {"chosen": good["chosen"], "rejected": good["chosen"]}
+    path = write_lines(tmp_path / "hh.jsonl", [json.dumps(good), json.dumps(same), "{oops"])
+
+    pairs, skipped = load_hh_rlhf(path)
+
+    assert pairs == [hh_rlhf_to_trl(good)]
+    assert skipped[0] == "line 2: chosen and rejected transcripts are identical"
+    assert skipped[1].startswith("line 3: ")

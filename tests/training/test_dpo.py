@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from safetensors import safe_open
+from transformers import AutoTokenizer, TrainerCallback
+from trl.trainer.utils import use_adapter
+
+from tests.training.samples import TINY_PAIRS, tiny_round_config
+from training.config import RoundConfig
+from training.dpo import MetricsFileCallback, TrainResult, build_trainer, metrics_record, train_round
+from training.evaluate import POLICY_ADAPTER, active_adapter, load_model, sequence_logprob
+
+METRIC_KEYS = (
+    "step", "max_steps", "epoch", "loss", "rewards/accuracies", "rewards/margins", "tokens_per_second",
+    "eta_seconds", "time",
+)  # fmt: skip
+LORA_TARGETS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def adapter_tensor_names(adapter_dir: str | Path) -> list[str]:
+    with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), "pt") as tensors:
+        return list(tensors.keys())
+
+
+class RoundTwo(NamedTuple):
+    result: TrainResult
+    trained_model: Any  # the PeftModel as training left it: adapters "default" (trained) and "ref" (TRL's copy)
+
+
+class KeepModel(TrainerCallback):
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.model = model
+
+
+@pytest.fixture(scope="module")
+def round_two(
+    round_one: TrainResult, base_model_dir: Path, tiny_pairs_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> RoundTwo:
+    output_dir = tmp_path_factory.mktemp("rounds") / "round-2"
+    config = tiny_round_config(base_model_dir, output_dir, parent_adapter_dir=round_one.adapter_dir, max_steps=2)
+    keep = KeepModel()
+    result = train_round(config, tiny_pairs_path, callbacks=[keep])
+    return RoundTwo(result, keep.model)
+
+
+@pytest.mark.slow
+def test_round_writes_its_config_metrics_and_result(round_one: TrainResult, base_model_dir: Path) -> None:
+    output_dir = Path(round_one.output_dir)
+
+    saved_config = RoundConfig.from_json((output_dir / "config.json").read_text())
+    assert saved_config == tiny_round_config(base_model_dir, output_dir)
+    lines = read_metrics(output_dir)
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    for line in lines:
+        for key in METRIC_KEYS:
+            assert isinstance(line[key], int | float) and math.isfinite(line[key]), (key, line)
+        assert line["max_steps"] == 3 and line["tokens_per_second"] > 0
+    assert lines[0]["eta_seconds"] > 0 and lines[-1]["eta_seconds"] == 0
+    assert lines[0]["time"] <= lines[1]["time"] <= lines[2]["time"]
+    # a fresh LoRA adapter starts as the base model, which is the reference: zero rewards, loss log 2
+    assert lines[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert lines[0]["rewards/margins"] == 0
+    result = json.loads((output_dir / "result.json").read_text())
+    assert result["steps"] == round_one.steps == 3
+    assert result["pairs"] == len(TINY_PAIRS)
+    assert result["runtime_seconds"] > 0 and math.isfinite(result["train_loss"])
+    assert result["final_metrics"] == lines[-1]
+
+
+@pytest.mark.slow
+def test_round_saves_a_lora_adapter_vllm_can_read(round_one: TrainResult) -> None:
+    adapter_dir = Path(round_one.adapter_dir)
+
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert (adapter_config["r"], adapter_config["lora_alpha"], adapter_config["peft_type"]) == (16, 32, "LORA")
+    assert set(adapter_config["target_modules"]) == LORA_TARGETS
+    names = adapter_tensor_names(adapter_dir)
+    assert len(names) == 30 * len(LORA_TARGETS) * 2  # 30 layers, A and B per target
+    assert all(name.startswith("base_model.model.model.layers.") for name in names)
+    assert all(name.endswith((".lora_A.weight", ".lora_B.weight")) for name in names)
+
+
+@pytest.mark.slow
+def test_vllm_lora_loader_accepts_the_adapter(round_one: TrainResult) -> None:
+    pytest.importorskip("vllm")
+    from vllm.config.lora import LoRAConfig
+    from vllm.lora.lora_model import LoRAModel
+    from vllm.lora.peft_helper import PEFTHelper
+
+    helper = PEFTHelper.from_local_dir(round_one.adapter_dir, max_position_embeddings=8192)
+    helper.validate_legal(LoRAConfig(max_lora_rank=16))
+    lora = LoRAModel.from_local_checkpoint(
+        round_one.adapter_dir, LORA_TARGETS, helper, device="cpu", model_vocab_size=49152
+    )
+
+    assert len(lora.loras) == 30 * len(LORA_TARGETS)
+
+
+@pytest.mark.slow
+def test_round_two_starts_with_the_parent_adapter_as_its_reference(round_one: TrainResult, round_two: RoundTwo) -> None:
+    first, second = read_metrics(round_one.output_dir), read_metrics(round_two.result.output_dir)
+
+    # Same seed and data, so step 1 of both rounds sees the same pairs. Round 2's policy starts as round 1's adapter,
+    # which is far from the base model; zero rewards mean the reference is that adapter too, not the base model.
+    assert abs(second[0]["logps/chosen"] - first[0]["logps/chosen"]) > 0.5
+    assert second[0]["rewards/chosen"] == pytest.approx(0, abs=1e-4)
+    assert second[0]["rewards/rejected"] == pytest.approx(0, abs=1e-4)
+    assert second[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_round_two_saves_only_its_own_adapter(round_two: RoundTwo) -> None:
+    adapter_dir = Path(round_two.result.adapter_dir)
+
+    assert sorted(path.name for path in adapter_dir.iterdir() if path.is_dir()) == []
+    names = adapter_tensor_names(adapter_dir)
+    assert len(names) == 30 * len(LORA_TARGETS) * 2
+    assert not any(".ref." in name for name in names)
+
+
+@pytest.mark.slow
+def test_reference_stays_the_frozen_round_one_policy_while_round_two_trains(
+    round_one: TrainResult, round_two: RoundTwo, base_model_dir: Path
+) -> None:
+    trained, max_length = round_two.trained_model, 64
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    round_one_model, _ = load_model(base_model_dir, round_one.adapter_dir)
+
+    for row in TINY_PAIRS[:2]:
+        with use_adapter(trained, "ref"):  # what TRL's DPOTrainer activates for its reference pass
+            reference = sequence_logprob(trained, tokenizer, row["prompt"], row["chosen"], max_length)
+        with use_adapter(trained, "default"):
+            round_two_policy = sequence_logprob(trained, tokenizer, row["prompt"], row["chosen"], max_length)
+        with active_adapter(round_one_model, POLICY_ADAPTER):
+            round_one_policy = sequence_logprob(round_one_model, tokenizer, row["prompt"], row["chosen"], max_length)
+        with active_adapter(round_one_model, None):
+            base = sequence_logprob(round_one_model, tokenizer, row["prompt"], row["chosen"], max_length)
+
+        assert reference == pytest.approx(round_one_policy, abs=1e-3)
+        assert abs(reference - base) > 0.1
+        assert abs(round_two_policy - reference) > 1e-3  # the trained copy moved, the reference did not
+
+
+@pytest.mark.slow
+def test_ipo_loss_reaches_trl_and_metrics_stream_during_training(base_model_dir: Path, tmp_path: Path) -> None:
+    class LinesSeenDuringTraining(TrainerCallback):
+        def __init__(self) -> None:
+            self.counts: list[int] = []
+
+        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.counts.append(len((tmp_path / "metrics.jsonl").read_text().splitlines()))
+
+    probe = LinesSeenDuringTraining()
+    config = tiny_round_config(base_model_dir, tmp_path, loss_type="ipo", max_steps=2, beta=0.1)
+    trainer = build_trainer(config, TINY_PAIRS, callbacks=[MetricsFileCallback(tmp_path / "metrics.jsonl"), probe])
+    trainer.train()
+
+    assert probe.counts[:2] == [1, 2]  # the probe runs after the metrics callback at every log
+    # IPO's loss with policy == reference is (0 - 1 / (2 beta))^2 = 25 for beta = 0.1; sigmoid's would be log 2
+    assert read_metrics(tmp_path)[0]["loss"] == pytest.approx(25.0, rel=1e-4)
+
+
+def test_metrics_record_adds_progress_and_keeps_trl_values() -> None:
+    logs = {"loss": 0.5, "num_tokens": 300.0, "rewards/margins": 0.25, "grad_norm": math.nan, "note": "text"}
+
+    record = metrics_record(logs, step=2, max_steps=10, epoch=0.4, elapsed_seconds=3.0, now=1000.0)
+
+    assert record["tokens_per_second"] == 100.0
+    assert record["eta_seconds"] == 12.0  # 1.5 s a step, 8 steps left
+    assert (record["step"], record["max_steps"], record["epoch"], record["time"]) == (2, 10, 0.4, 1000.0)
+    assert (record["loss"], record["rewards/margins"]) == (0.5, 0.25)
+    assert "note" not in record
+    assert record["grad_norm"] is None  # NaN is not JSON
+    json.loads(json.dumps(record, allow_nan=False))
+
+
+def test_round_refuses_a_directory_holding_another_round(base_model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+
+    with pytest.raises(FileExistsError, match="already holds the outputs of a round"):
+        train_round(tiny_round_config(base_model_dir, tmp_path), tmp_path / "unused.jsonl")
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
+def test_round_refuses_bad_pairs_before_loading_the_model(base_model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps(TINY_PAIRS[0]) + "\n" + '{"prompt": []}\n')
+
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: missing key"):
+        train_round(tiny_round_config(base_model_dir, tmp_path / "out"), data)
+
+    assert not (tmp_path / "out").exists()
+
+
+def test_round_refuses_a_parent_that_is_not_an_adapter(
+    base_model_dir: Path, tiny_pairs_path: Path, tmp_path: Path
+) -> None:
+    config = tiny_round_config(base_model_dir, tmp_path / "out", parent_adapter_dir=str(tmp_path))
+
+    with pytest.raises(FileNotFoundError, match=r"holds no adapter_config\.json"):
+        train_round(config, tiny_pairs_path)
+
+    assert not (tmp_path / "out").exists()

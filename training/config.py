@@ -1,0 +1,112 @@
+"""The settings of one DPO round, saved beside the adapter it produced so every adapter carries its recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Pairwise losses TRL computes from the chosen/rejected log-ratios alone, with no extra hyper-parameter to tune.
+SUPPORTED_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    base_model_dir: str
+    output_dir: str
+    # Round 2 and later: continue training this adapter, and keep a frozen copy of it as the DPO reference.
+    parent_adapter_dir: str | None = None
+    beta: float = 0.1
+    # LoRA adapters need a far larger step than full fine-tuning (TRL's 1e-6 default barely moves them).
+    learning_rate: float = 5e-5
+    epochs: int = 1
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 256  # prompt + answer tokens; longer pairs are cut from the end
+    lora_rank: int = 16  # the vLLM server is started with --max-lora-rank 16
+    lora_alpha: int = 32
+    # Written into adapter_config.json; TRL's DPOTrainer switches every dropout off during DPO (disable_dropout=True),
+    # so that the policy and reference passes see the same network.
+    lora_dropout: float = 0.05
+    lora_targets: str = "all-linear"  # or comma-separated module names, e.g. "q_proj,v_proj"
+    loss_type: str = "sigmoid"
+    seed: int = 0
+    max_steps: int = -1  # -1: run `epochs` full passes over the pairs
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_ranges(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RoundConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown RoundConfig field(s) {unknown}; known fields are {sorted(known)}")
+        required = {field.name for field in dataclasses.fields(cls) if field.default is dataclasses.MISSING}
+        missing = sorted(required - set(values))
+        if missing:
+            raise ValueError(f"RoundConfig is missing required field(s) {missing}")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> RoundConfig:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"RoundConfig is not valid JSON: {error}") from error
+        if not isinstance(values, dict):
+            raise ValueError(f"RoundConfig JSON must be an object, got {type(values).__name__}")
+        return cls.from_dict(values)
+
+
+def _check_types(config: RoundConfig) -> None:
+    hints = typing.get_type_hints(RoundConfig)
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        allowed = typing.get_args(hints[field.name]) or (hints[field.name],)
+        if not any(_is_instance(value, kind) for kind in allowed):
+            names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
+            raise ValueError(f"RoundConfig.{field.name} must be {names}, got {value!r}")
+
+
+def _is_instance(value: object, kind: type) -> bool:
+    if isinstance(value, bool):  # JSON true/false must not pass for 1/0
+        return kind is bool
+    if kind is float:
+        return isinstance(value, int | float)
+    return isinstance(value, kind)
+
+
+def _check_ranges(config: RoundConfig) -> None:
+    problems = []
+    for name in ("base_model_dir", "output_dir", "lora_targets"):
+        if not getattr(config, name).strip():
+            problems.append(f"{name} must not be empty")
+    for name in ("beta", "learning_rate", "lora_alpha"):
+        if not getattr(config, name) > 0:
+            problems.append(f"{name} must be > 0, got {getattr(config, name)}")
+    for name in ("epochs", "batch_size", "gradient_accumulation_steps", "lora_rank"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.max_length < 16:
+        problems.append(f"max_length must be >= 16 (a chat template alone takes about 20), got {config.max_length}")
+    if not 0 <= config.lora_dropout < 1:
+        problems.append(f"lora_dropout must be in [0, 1), got {config.lora_dropout}")
+    if config.loss_type not in SUPPORTED_LOSS_TYPES:
+        problems.append(f"loss_type must be one of {list(SUPPORTED_LOSS_TYPES)}, got {config.loss_type!r}")
+    if config.seed < 0:
+        problems.append(f"seed must be >= 0, got {config.seed}")
+    if config.max_steps == 0 or config.max_steps < -1:
+        problems.append(f"max_steps must be -1 (use epochs) or >= 1, got {config.max_steps}")
+    if problems:
+        raise ValueError("invalid RoundConfig: " + "; ".join(problems))

@@ -1,0 +1,227 @@
+"""One round of DPO with a LoRA adapter, on TRL's DPOTrainer.
+
+Round 1 trains a fresh adapter on the base model; TRL's reference is then the base model (adapter disabled).
+Round n > 1 continues from the parent round's adapter; TRL then keeps a frozen copy of that adapter (named "ref")
+as the reference, so each round is pulled towards the votes while staying close to the policy that produced them.
+
+Writes into config.output_dir:
+    config.json     the exact RoundConfig
+    metrics.jsonl   one JSON object per optimizer step, appended while training runs
+    adapter/        the PEFT adapter (adapter_config.json + adapter_model.safetensors), what vLLM loads
+    result.json     runtime, steps and final metrics, written last: its presence means the round finished
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from trl import DPOConfig, DPOTrainer
+
+from training.config import RoundConfig
+from training.data import PreferenceRow, load_pairs
+
+ADAPTER_DIR = "adapter"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+RESULT_FILE = "result.json"
+# What a finished round leaves behind; training into a directory that holds any of them would mix two rounds.
+ROUND_OUTPUTS = (ADAPTER_DIR, METRICS_FILE, RESULT_FILE)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: str
+    adapter_dir: str
+    steps: int
+    pairs: int  # pairs trained on, after TRL drops those whose prompt alone fills max_length
+    runtime_seconds: float
+    train_loss: float
+    final_metrics: dict[str, Any]  # the last metrics.jsonl line
+
+
+def train_round(
+    config: RoundConfig, dataset_path: Path | str, callbacks: Sequence[TrainerCallback] = ()
+) -> TrainResult:
+    """Train one DPO round on the pairs in dataset_path and write its outputs (see the module docstring).
+
+    Extra callbacks run after the metrics writer, e.g. one that sets `control.should_training_stop` to cancel.
+    """
+    output_dir = Path(config.output_dir)
+    leftovers = [name for name in ROUND_OUTPUTS if (output_dir / name).exists()]
+    if leftovers:
+        raise FileExistsError(f"{output_dir} already holds the outputs of a round ({', '.join(leftovers)})")
+    rows = load_pairs(dataset_path)
+    metrics_path = output_dir / METRICS_FILE
+    metrics = MetricsFileCallback(metrics_path)
+    trainer = build_trainer(config, rows, callbacks=[metrics, *callbacks])
+
+    is_main_process = trainer.accelerator.is_main_process
+    if is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / CONFIG_FILE).write_text(config.to_json())
+        metrics_path.write_text("")
+    output = trainer.train()
+
+    adapter_dir = output_dir / ADAPTER_DIR
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    # Only the trained adapter: TRL's frozen "ref" copy (round 2 and later) would land in a sub-folder.
+    policy.save_pretrained(str(adapter_dir), selected_adapters=["default"], is_main_process=is_main_process)
+    result = TrainResult(
+        output_dir=str(output_dir),
+        adapter_dir=str(adapter_dir),
+        steps=output.global_step,
+        pairs=trained_pair_count(trainer),
+        runtime_seconds=float(output.metrics["train_runtime"]),
+        train_loss=float(output.training_loss),
+        final_metrics=metrics.last_record,
+    )
+    if is_main_process:
+        (output_dir / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+    return result
+
+
+def build_trainer(
+    config: RoundConfig, rows: Sequence[PreferenceRow], callbacks: Sequence[TrainerCallback] = ()
+) -> DPOTrainer:
+    """The DPOTrainer for one round, ready to `.train()`."""
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir)
+    trainer = DPOTrainer(
+        model=load_policy(config),
+        ref_model=None,  # PEFT: base with the adapter disabled (round 1) or a frozen copy of the parent adapter
+        args=dpo_arguments(config),
+        train_dataset=Dataset.from_list(list(rows)),
+        processing_class=tokenizer,
+        peft_config=None if config.parent_adapter_dir else lora_config(config),
+        callbacks=list(callbacks),
+    )
+    if trained_pair_count(trainer) == 0:
+        raise ValueError(f"every pair's prompt fills max_length={config.max_length} tokens: nothing left to train on")
+    return trainer
+
+
+def trained_pair_count(trainer: DPOTrainer) -> int:
+    return len(cast(Dataset, trainer.train_dataset))  # given a Dataset, TRL's preprocessing returns one
+
+
+def load_policy(config: RoundConfig) -> PreTrainedModel | PeftModel:
+    """The base model in fp32 (bf16 weights swallow small updates), with the parent adapter made trainable if any."""
+    model = AutoModelForCausalLM.from_pretrained(config.base_model_dir, dtype=torch.float32)
+    if config.parent_adapter_dir is None:
+        return model
+    if not (Path(config.parent_adapter_dir) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"parent_adapter_dir {config.parent_adapter_dir} holds no adapter_config.json")
+    # The parent's LoRA shape (rank, alpha, targets) carries over; the lora_* fields of this config do not apply.
+    return PeftModel.from_pretrained(model, config.parent_adapter_dir, is_trainable=True)
+
+
+def lora_config(config: RoundConfig) -> LoraConfig:
+    targets: str | list[str] = config.lora_targets
+    if targets != "all-linear":
+        targets = [name.strip() for name in config.lora_targets.split(",") if name.strip()]
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def dpo_arguments(config: RoundConfig) -> DPOConfig:
+    on_gpu = torch.cuda.is_available()
+    return DPOConfig(
+        output_dir=config.output_dir,
+        beta=config.beta,
+        loss_type=[config.loss_type],
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        seed=config.seed,
+        # Weights stay fp32; on a GPU the forward passes autocast to bf16. CPU autocast is slower here, not faster.
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        # A 135M model fits easily; recomputing activations would only cost time.
+        gradient_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        push_to_hub=False,
+    )
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Append one JSON line per logging step to `path` while training runs, so a UI can follow the round."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.started = time.monotonic()
+        self.last_record: dict[str, Any] = {}
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.started = time.monotonic()
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # The end-of-training summary is logged too; it has no "loss" and goes to result.json instead.
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        record = metrics_record(
+            logs,
+            step=state.global_step,
+            max_steps=state.max_steps,
+            epoch=state.epoch or 0.0,
+            elapsed_seconds=time.monotonic() - self.started,
+            now=time.time(),
+        )
+        with self.path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+        self.last_record = record
+
+
+def metrics_record(
+    logs: Mapping[str, Any], step: int, max_steps: int, epoch: float, elapsed_seconds: float, now: float
+) -> dict[str, Any]:
+    """One metrics.jsonl line: TRL's logged values plus progress, throughput and time left."""
+    record: dict[str, Any] = {
+        "step": step,
+        "max_steps": max_steps,
+        "epoch": epoch,
+        "time": now,
+        "elapsed_seconds": elapsed_seconds,
+        "tokens_per_second": logs.get("num_tokens", 0) / elapsed_seconds if elapsed_seconds > 0 else 0.0,
+        "eta_seconds": elapsed_seconds / step * (max_steps - step) if step > 0 else None,
+    }
+    for key, value in logs.items():
+        if isinstance(value, int | float) and key not in record:
+            # NaN and infinity are not JSON: readers (and PostgreSQL's jsonb) would refuse the whole line
+            record[key] = value if math.isfinite(value) else None
+    return record
