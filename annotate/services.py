@@ -85,7 +85,7 @@ def model_version_serve(*, version: ModelVersion, client: ModelServerClient) -> 
             status=ModelVersion.Status.SERVING, serving_since=timezone.now()
         )
     version.refresh_from_db()
-    pairs_refill_request()
+    pairs_refill_request(throttle=False)
 
 
 # --- Sampling pairs ------------------------------------------------------------------------------------------
@@ -174,15 +174,16 @@ def pairs_refill(*, client_factory: Callable[[], ModelServerClient] = client_fro
         if version is None:
             logger.warning("no model version is serving; run `manage.py seed_demo` or start a round")
             return 0
-        missing = settings.PAIR_BUFFER_TARGET - pairs_ready_count(version)
-        if missing <= 0:
-            return 0
-        prompts = _prompts_least_sampled(version, missing)
-        if not prompts:
-            logger.warning("no active prompts to sample pairs from")
-            return 0
         with client_factory() as client:
+            # Every refill checks the serving adapter is loaded, so a restarted vLLM gets it back within one beat.
             model_version_ensure_loaded(version, client)
+            missing = settings.PAIR_BUFFER_TARGET - pairs_ready_count(version)
+            if missing <= 0:
+                return 0
+            prompts = _prompts_least_sampled(version, missing)
+            if not prompts:
+                logger.warning("no active prompts to sample pairs from")
+                return 0
             made = pairs_sample(version=version, prompts=prompts, client=client)
         logger.info("made %d pairs from %s (%d were missing)", len(made), version, missing)
         return len(made)
@@ -359,11 +360,11 @@ def _refill_if_low() -> None:
         pairs_refill_request()
 
 
-def pairs_refill_request() -> None:
-    """Ask the worker for more pairs, at most once every few seconds however many pages ask."""
+def pairs_refill_request(*, throttle: bool = True) -> None:
+    """Ask the worker for more pairs; throttled to once every few seconds however many pages ask."""
     from annotate.tasks import pairs_refill as pairs_refill_task
 
-    if cache.add("pairloop:pairs-refill-requested", "1", timeout=10):
+    if not throttle or cache.add("pairloop:pairs-refill-requested", "1", timeout=10):
         transaction.on_commit(pairs_refill_task.delay)
 
 

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
     retry_backoff=5,
     retry_backoff_max=120,
     retry_jitter=True,
-    max_retries=8,
+    max_retries=3,  # beat asks again every PAIR_REFILL_INTERVAL, so a long outage does not pile up retries
 )
 def pairs_refill() -> int:
     """Top up the buffer of ready pairs; retried with backoff while the model server is down."""

@@ -90,20 +90,39 @@ def _test_database_url() -> str:
     return f"postgres://{credentials}@{database['HOST'] or 'localhost'}:{database['PORT'] or 5432}/{database['NAME']}"
 
 
-@pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker) -> Iterator[subprocess.Popen[bytes]]:
-    """A real Celery worker process on the test database and this run's own queue."""
-    env = _process_env(
-        DATABASE_URL=_test_database_url(),
-        PAIR_BUFFER_TARGET=os.environ.get("PAIR_BUFFER_TARGET", "2"),
-        SAMPLING_MAX_TOKENS="48",
-    )
+# Small and fast settings for the worker processes: the tests check behaviour, not model quality.
+WORKER_SETTINGS = {
+    "PAIR_BUFFER_TARGET": "2",
+    "SAMPLING_MAX_TOKENS": "48",
+    "ROUND_MIN_TRAIN_PAIRS": "4",
+    "ROUND_HOLDOUT_FRACTION": "0.25",
+    "ROUND_GATE_MIN_ACCURACY": "0",  # the gate itself is tested on its own; here every round may deploy
+    "ROUND_LENGTH_PROMPTS": "3",
+    "ROUND_POLL_SECONDS": "0.5",
+}
+
+
+def _worker(name: str, queue: str) -> Iterator[subprocess.Popen[bytes]]:
+    env = _process_env(DATABASE_URL=_test_database_url(), **WORKER_SETTINGS)
     command = [sys.executable, "-m", "celery", "-A", "annotate", "worker", "--pool", "solo", "--loglevel", "INFO",
+               "--queues", queue, "--hostname", f"{name}@%h",
                "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
-    process, log_path = _start("celery-worker", command, env)
-    wait_until(lambda: b"ready." in log_path.read_bytes(), 120, "the Celery worker to start", process, log_path)
+    process, log_path = _start(name, command, env)
+    wait_until(lambda: b"ready." in log_path.read_bytes(), 120, f"the Celery {name} to start", process, log_path)
     process.log_path = log_path  # type: ignore[attr-defined]
     try:
         yield process
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker process on the test database and this run's own queue."""
+    yield from _worker("celery-worker", os.environ["CELERY_TASK_DEFAULT_QUEUE"])
+
+
+@pytest.fixture(scope="session")
+def trainer_worker(django_db_setup) -> Iterator[subprocess.Popen[bytes]]:
+    """The training worker: one task at a time, on the training queue, as in the Procfile."""
+    yield from _worker("trainer-worker", os.environ["CELERY_TRAINING_QUEUE"])

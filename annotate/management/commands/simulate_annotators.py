@@ -1,3 +1,4 @@
+import time
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -28,15 +29,19 @@ class Command(BaseCommand):
             User.objects.get_or_create(username=f"simulated-{options['prefer']}-{number}")[0]
             for number in range(1, options["annotators"] + 1)
         ]
-        given = 0
+        given, idle_since = 0, time.monotonic()
         while given < options["count"]:
             votes = simulated_annotator_judge(
                 annotators=annotators, preference=preference, limit=options["count"] - given
             )
             given += votes
-            if votes == 0:
-                if not options["sample"]:
-                    break
-                if services.pairs_refill() == 0 and services.pairs_ready_count() == 0:
-                    raise CommandError("no pairs to judge and none could be sampled")
+            if votes:
+                idle_since = time.monotonic()
+                continue
+            if not options["sample"]:
+                break
+            if time.monotonic() - idle_since > 120:
+                raise CommandError(f"no new pairs to judge for two minutes; {given} votes given")
+            if services.pairs_refill() == 0:
+                time.sleep(2)  # a worker's refill holds the lock, or the server is busy: look again shortly
         self.stdout.write(f"{given} votes given preferring {options['prefer']}")

@@ -1,0 +1,243 @@
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from annotate import rounds, tasks
+from annotate.models import Judgement, ModelVersion, TrainingRound
+from annotate.simulation import prefer_keyword, prefer_longer, prefer_shorter, preference_from_spec
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def votes(make_pair, django_user_model):
+    """`votes(n)` makes n pairs with one decisive vote each (the shorter answer wins)."""
+    voter = django_user_model.objects.create_user("voter")
+
+    def make(count, choice="a"):
+        pairs = []
+        for number in range(count):
+            pair = make_pair(texts=(f"short {number}", f"a much longer answer {number}"))
+            Judgement.objects.create(pair=pair, annotator=voter, choice=choice, strength=2 if choice in "ab" else None)
+            pairs.append(pair)
+        return pairs
+
+    return make
+
+
+@pytest.fixture
+def round_settings(settings, tmp_path):
+    settings.ROUND_DIR = tmp_path / "rounds"
+    settings.ROUND_MIN_TRAIN_PAIRS = 4
+    settings.ROUND_HOLDOUT_FRACTION = 0.25
+    return settings
+
+
+def test_start_queues_a_round_on_the_serving_version(round_settings, votes, serving_version, staff):
+    votes(4)
+    training_round = rounds.round_start(trigger="page", started_by=staff, overrides={"beta": 0.2})
+    assert training_round.status == TrainingRound.Status.QUEUED
+    assert training_round.parent_version == serving_version
+    assert training_round.config["beta"] == 0.2
+    assert training_round.config["loss_type"] == "sigmoid"
+    assert training_round.rules == {"combine": "majority", "include_ties": False, "include_both_bad": False,
+                                    "min_agreement": 0.0}  # fmt: skip
+
+
+def test_a_second_round_cannot_start_while_one_runs(round_settings, votes, serving_version):
+    votes(4)
+    first = rounds.round_start(trigger="api")
+    with pytest.raises(rounds.RoundError, match=f"round {first.pk} is still queued"):
+        rounds.round_start(trigger="api")
+    assert TrainingRound.objects.count() == 1
+
+
+def test_a_round_whose_worker_vanished_no_longer_blocks(round_settings, votes, serving_version):
+    votes(4)
+    lost = rounds.round_start(trigger="api")
+    TrainingRound.objects.filter(pk=lost.pk).update(
+        status="training", heartbeat_at=timezone.now() - timedelta(seconds=round_settings.ROUND_STALE_SECONDS + 1)
+    )
+    fresh = rounds.round_start(trigger="api")
+    lost.refresh_from_db()
+    assert lost.status == TrainingRound.Status.FAILED and "stopped reporting" in lost.error
+    assert fresh.is_active
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"loss_type": "hinge-ish"}, "invalid config"), ({"output_dir": "/tmp"}, "chosen by the round"),
+     ({"beta": "high"}, "invalid config"), ({"unknown": 1}, "invalid config")],
+)  # fmt: skip
+def test_bad_config_is_refused_with_the_reason(round_settings, votes, serving_version, overrides, message):
+    votes(4)
+    with pytest.raises(rounds.RoundError, match=message):
+        rounds.round_start(trigger="api", overrides=overrides)
+    assert TrainingRound.objects.count() == 0
+
+
+def test_too_few_votes_is_refused(round_settings, votes, serving_version):
+    votes(3)
+    votes(5, choice="tie")  # ties make no DPO pair
+    with pytest.raises(rounds.RoundError, match="only 3 votes"):
+        rounds.round_start(trigger="api")
+
+
+def test_prepare_freezes_votes_and_splits_by_prompt(round_settings, votes, serving_version):
+    pairs = votes(40)
+    votes(3, choice="tie")
+    training_round = rounds.round_start(trigger="api")
+    later = votes(1)[0]  # arrives after the round started: not part of it
+
+    train_path, heldout_path = rounds.round_prepare(training_round)
+
+    train = [json.loads(line) for line in train_path.read_text().splitlines()]
+    heldout = [json.loads(line) for line in heldout_path.read_text().splitlines()]
+    assert len(train) + len(heldout) == 40
+    assert 0 < len(heldout) < 20  # about a quarter, decided by each prompt's hash
+    assert not {json.dumps(r["prompt"]) for r in train} & {json.dumps(r["prompt"]) for r in heldout}
+    assert all(row["chosen"][0]["content"].startswith("short") for row in train + heldout)
+    training_round.refresh_from_db()
+    assert (training_round.train_pairs, training_round.heldout_pairs) == (len(train), len(heldout))
+    frozen = set(training_round.judgement_ids)
+    assert {j.pk for j in Judgement.objects.filter(pair__in=pairs)} <= frozen
+    assert not Judgement.objects.filter(pair=later, pk__in=frozen).exists()
+    # The same prompt stays on the same side in every round.
+    assert [rounds._is_heldout(p.prompt) for p in pairs] == [rounds._is_heldout(p.prompt) for p in pairs]
+
+
+def test_prepare_fails_the_round_when_the_rules_leave_too_little(round_settings, votes, serving_version):
+    votes(4)
+    round_settings.ROUND_MIN_TRAIN_PAIRS = 4
+    round_settings.ROUND_HOLDOUT_FRACTION = 0.9
+    training_round = rounds.round_start(trigger="api")
+    with pytest.raises(rounds.RoundStopped):
+        rounds.round_prepare(training_round)
+    training_round.refresh_from_db()
+    assert training_round.status == TrainingRound.Status.FAILED
+    assert "training pairs after the rules" in training_round.error
+    assert training_round.active is None
+
+
+def test_cancelling_a_queued_round_ends_it_at_once(round_settings, votes, serving_version):
+    votes(4)
+    training_round = rounds.round_start(trigger="api")
+    rounds.round_cancel(training_round=training_round)
+    training_round.refresh_from_db()
+    assert training_round.status == TrainingRound.Status.CANCELLED and training_round.active is None
+    rounds.round_run(training_round.pk)  # a task delivered late does nothing
+    training_round.refresh_from_db()
+    assert training_round.status == TrainingRound.Status.CANCELLED
+
+
+def test_cancelling_a_running_round_asks_the_worker(round_settings, votes, serving_version):
+    votes(4)
+    training_round = rounds.round_start(trigger="api")
+    TrainingRound.objects.filter(pk=training_round.pk).update(status="training")
+    training_round.refresh_from_db()
+    rounds.round_cancel(training_round=training_round)
+    training_round.refresh_from_db()
+    assert training_round.cancel_requested and training_round.status == "training"
+
+
+def test_a_failing_training_process_fails_the_round_with_its_log(round_settings, votes, serving_version, settings):
+    votes(8)
+    settings.TRAINING_LAUNCHER = "false"  # a launcher that fails at once, as a crashed trainer would
+    serving_before = ModelVersion.objects.get(status="serving")
+    training_round = rounds.round_start(trigger="api")
+
+    rounds.round_run(training_round.pk)
+
+    training_round.refresh_from_db()
+    assert training_round.status == TrainingRound.Status.FAILED
+    assert "`python -m training train` failed (exit 1)" in training_round.error
+    assert training_round.active is None and training_round.result_version is None
+    assert ModelVersion.objects.get(status="serving") == serving_before
+
+
+def test_a_killed_training_process_fails_the_round(round_settings, votes, serving_version, settings, tmp_path):
+    votes(8)
+    killer = tmp_path / "killer.sh"
+    killer.write_text("#!/bin/sh\necho about to die\nkill -9 $$\n")
+    killer.chmod(0o755)
+    settings.TRAINING_LAUNCHER = str(killer)
+    training_round = rounds.round_start(trigger="api")
+
+    rounds.round_run(training_round.pk)
+
+    training_round.refresh_from_db()
+    assert "killed by signal 9" in training_round.error
+    assert "about to die" in training_round.log_tail
+
+
+def test_metrics_are_read_line_by_line_as_they_are_written(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "lo')
+    rows, offset = rounds._read_new_metrics(path, 0)
+    assert rows == [{"step": 1, "loss": 0.7}]
+    with path.open("a") as file:
+        file.write('ss": 0.6}\n')
+    rows, offset = rounds._read_new_metrics(path, offset)
+    assert rows == [{"step": 2, "loss": 0.6}]
+    assert rounds._read_new_metrics(path, offset) == ([], offset)
+    assert rounds._read_new_metrics(Path(tmp_path / "missing"), 0) == ([], 0)
+
+
+def test_promoting_a_rejected_round_needs_a_reason(round_settings, votes, serving_version, staff):
+    votes(4)
+    training_round = rounds.round_start(trigger="api")
+    candidate = ModelVersion.objects.create(name="cand", base_model="/m", adapter_path="/a", parent=serving_version)
+    TrainingRound.objects.filter(pk=training_round.pk).update(status="rejected", active=None, result_version=candidate)
+    training_round.refresh_from_db()
+    with pytest.raises(rounds.RoundError, match="needs a reason"):
+        rounds.round_promote(training_round=training_round, by=staff, reason=" ")
+    rounds.round_promote(training_round=training_round, by=staff, reason="looked fine to me")
+    training_round.refresh_from_db()
+    assert training_round.override_reason == "looked fine to me (promoted by sam)"
+
+
+def test_automatic_rounds_start_after_enough_new_votes(round_settings, votes, serving_version):
+    round_settings.ROUND_AUTO_MIN_NEW_VOTES = 0
+    votes(6)
+    assert tasks.rounds_start_when_due() is None  # off
+    round_settings.ROUND_AUTO_MIN_NEW_VOTES = 5
+    first = tasks.rounds_start_when_due()
+    assert TrainingRound.objects.get(pk=first).trigger == "automatic"
+    TrainingRound.objects.filter(pk=first).update(status="serving", active=None)
+    votes(4)
+    assert tasks.rounds_start_when_due() is None  # only 4 new votes since the last round
+    votes(1)
+    assert tasks.rounds_start_when_due() is not None
+
+
+# --- simulated annotators -------------------------------------------------------------------------------------
+
+
+def test_simulated_preferences():
+    assert prefer_shorter("abc", "abcdefgh") == ("left", 3)
+    assert prefer_shorter("abcdefghij", "abcdefgh") == ("right", 1)
+    assert prefer_shorter("same", "size") == ("tie", None)
+    assert prefer_longer("abc", "abcdefgh") == ("right", 3)
+    assert prefer_keyword("Banana")("I like bananas", "apples") == ("left", 3)
+    assert prefer_keyword("banana")("pear", "plum") == ("both_bad", None)
+    assert preference_from_spec("keyword:kiwi")("kiwi!", "no") == ("left", 3)
+    with pytest.raises(ValueError, match="--prefer"):
+        preference_from_spec("keyword:")
+
+
+def test_simulate_annotators_votes_through_the_services(make_pair, serving_version):
+    from django.core.management import call_command
+
+    for _ in range(5):
+        make_pair(texts=("tiny", "a considerably longer answer"), required=2)
+    call_command("simulate_annotators", "--prefer", "shorter", "--count", "7", "--annotators", "2")
+
+    judgements = Judgement.objects.all()
+    assert judgements.count() == 7
+    assert {j.source for j in judgements} == {"simulated"}
+    assert all(j.choice_on_screen == ("left" if j.a_on_left else "right") for j in judgements)  # "tiny" is A
+    assert all(j.choice == "a" for j in judgements)
+    assert judgements.values("annotator").distinct().count() == 2

@@ -1,0 +1,97 @@
+"""The training half of the loop with real parts: simulated votes, a DPO round in the training worker, the adapter
+hot-loaded into vLLM, new pairs from it, and a rollback."""
+
+import pytest
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from annotate import services, tasks
+from annotate.generation import client_from_settings
+from annotate.models import Judgement, ModelVersion, Pair, Prompt, TrainingRound
+from tests.integration.conftest import wait_until
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+TOPICS = ["sleep", "tea", "running", "saving money", "reading", "cooking rice", "learning a language", "stretching",
+          "house plants", "email", "walking", "drawing", "cycling", "packing a bag", "writing notes", "focus",
+          "drinking water", "breakfast", "cleaning a desk", "listening"]  # fmt: skip
+
+
+def pairs_from(version):
+    return Pair.objects.filter(sampled_from=version)
+
+
+def test_round_trains_deploys_serves_and_rolls_back(vllm_server, celery_worker, trainer_worker, staff, settings):
+    settings.PAIR_BUFFER_TARGET = 20
+    settings.SAMPLING_MAX_TOKENS = 48
+    base = services.model_version_ensure_base(name=settings.SERVED_MODEL_NAME, base_model=services_base_model())
+    for topic in TOPICS:
+        Prompt.objects.create(messages=[{"role": "user", "content": f"Give me one tip about {topic}."}])
+    call_command("simulate_annotators", "--prefer", "shorter", "--count", "20", "--sample")
+    assert Judgement.objects.filter(source="simulated").count() == 20
+
+    api = APIClient()
+    api.force_authenticate(staff)
+    created = api.post("/api/rounds/", {"max_steps": 2, "batch_size": 4, "max_length": 128}, format="json")
+    assert created.status_code == 201, created.content
+    round_id = created.json()["id"]
+
+    def finished():
+        training_round = TrainingRound.objects.get(pk=round_id)
+        return None if training_round.is_active else training_round
+
+    training_round = wait_until(finished, 900, "the round to finish", trainer_worker, trainer_worker.log_path)
+    assert training_round.status == "serving", (training_round.error, training_round.log_tail)
+
+    # What the round recorded.
+    assert len(training_round.judgement_ids) == 20
+    assert training_round.train_pairs + training_round.heldout_pairs <= 20 and training_round.heldout_pairs > 0
+    assert [row["step"] for row in training_round.metrics] == [1, 2]
+    assert all("loss" in row and "rewards/accuracies" in row for row in training_round.metrics)
+    assert 0 <= training_round.evaluation["accuracy"] <= 1
+    assert training_round.evaluation["mean_tokens_before"] > 0 and training_round.evaluation["mean_tokens_after"] > 0
+    new = training_round.result_version
+    assert new.parent == base and new.status == "serving"
+    base.refresh_from_db()
+    assert base.status == "retired"
+
+    # The adapter is served by vLLM, and new pairs come from it; the old pairs keep their lineage.
+    with client_from_settings() as client:
+        assert new.name in client.served_models()
+    health = APIClient().get("/healthz").json()
+    assert health["serving_model_version"] == new.name and health["serving_model_loaded"] is True
+    assert health["last_round"] == {"id": round_id, "status": "serving"}
+    old_pairs = set(pairs_from(base).values_list("id", flat=True))
+    wait_until(
+        lambda: pairs_from(new).exists(), 300, "pairs from the new version", celery_worker, celery_worker.log_path
+    )
+    fresh = pairs_from(new).select_related("completion_a__model_version", "completion_b__model_version")
+    assert {pair.completion_a.model_version for pair in fresh} | {
+        pair.completion_b.model_version for pair in fresh
+    } == {new}
+    assert set(pairs_from(base).values_list("id", flat=True)) == old_pairs
+
+    # vLLM forgets run-time adapters when it restarts: the worker's next refill loads the serving one again.
+    with client_from_settings() as client:
+        client.unload_lora_adapter(name=new.name)
+        assert new.name not in client.served_models()
+        tasks.pairs_refill.delay()
+        wait_until(lambda: new.name in client.served_models(), 120, "the adapter to be loaded again")
+
+    # Roll back: the base model serves again, and the worker samples new pairs from it.
+    before = pairs_from(base).count()
+    response = api.post(f"/api/model-versions/{base.pk}/serve/")
+    assert response.status_code == 200 and response.json()["status"] == "serving"
+    new.refresh_from_db()
+    assert new.status == "retired"
+    assert ModelVersion.objects.get(status="serving") == base
+    # The buffer from the base model may still be full; asking for one pair more shows sampling uses it again.
+    settings.PAIR_BUFFER_TARGET = services.pairs_ready_count(base) + 1
+    wait_until(lambda: services.pairs_refill() > 0, 120, "a refill (the worker's may hold the lock)")
+    assert pairs_from(base).count() == before + 1
+
+
+def services_base_model():
+    from annotate.model_server import base_model_prepare
+
+    return base_model_prepare()
