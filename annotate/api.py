@@ -156,8 +156,8 @@ class RoundOutput(serializers.ModelSerializer[TrainingRound]):
         model = TrainingRound
         fields = [
             "id", "status", "trigger", "parent_version", "result_version", "config", "rules", "votes_read",
-            "train_pairs", "heldout_pairs", "progress_percent", "metrics", "evaluation", "override_reason", "error",
-            "log_tail", "created_at", "started_at", "finished_at",
+            "train_pairs", "heldout_pairs", "progress_percent", "metrics", "evaluation", "phase_seconds",
+            "override_reason", "error", "log_tail", "created_at", "started_at", "finished_at",
         ]  # fmt: skip
 
     def get_votes_read(self, training_round: TrainingRound) -> int:

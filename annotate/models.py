@@ -317,6 +317,7 @@ class TrainingRound(models.Model):
     directory = models.CharField(max_length=500, blank=True, help_text="Data, adapter, metrics and logs.")
     metrics = models.JSONField(default=list, blank=True, help_text="One entry per training step, as it runs.")
     evaluation = models.JSONField(default=dict, blank=True)
+    phase_seconds = models.JSONField(default=dict, blank=True, help_text="Wall time of each phase, in seconds.")
     override_reason = models.TextField(blank=True, help_text="Why an admin promoted a round the gate rejected.")
     error = models.TextField(blank=True)
     log_tail = models.TextField(blank=True)

@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -177,6 +179,18 @@ def _is_heldout(prompt: Prompt) -> bool:
     return int(prompt.content_hash[:8], 16) % 1000 < settings.ROUND_HOLDOUT_FRACTION * 1000
 
 
+@contextmanager
+def _phase(training_round: TrainingRound, name: str) -> Iterator[None]:
+    """Record how long a phase took, also when it ends early."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        seconds = round(time.monotonic() - started, 1)
+        training_round.phase_seconds = {**training_round.phase_seconds, name: seconds}
+        TrainingRound.objects.filter(pk=training_round.pk).update(phase_seconds=training_round.phase_seconds)
+
+
 def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     """Freeze the votes and write the round's train and held-out files (TRL's conversational format)."""
     directory = Path(settings.ROUND_DIR) / f"round-{training_round.pk}"
@@ -309,13 +323,29 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
     config_path = directory / "config.json"
     config_path.write_text(config.to_json())
     _save(training_round, status=Status.TRAINING, config=config.to_dict(), started_at=timezone.now())
-    _run_training_process(
-        training_round,
-        ["train", "--config", str(config_path), "--data", str(train_path)],
-        directory / "train.log",
-        metrics_path=output_dir / "metrics.jsonl",
+    with _phase(training_round, "train"):
+        _run_training_process(
+            training_round,
+            ["train", "--config", str(config_path), "--data", str(train_path)],
+            directory / "train.log",
+            metrics_path=output_dir / "metrics.jsonl",
+        )
+    with _phase(training_round, "evaluate"):
+        evaluation = _evaluate_candidate(training_round, parent, str(output_dir / "adapter"), heldout_path)
+    version = ModelVersion.objects.create(
+        name=f"{settings.SERVED_MODEL_NAME}-round-{training_round.pk}",
+        base_model=parent.base_model,
+        adapter_path=str(output_dir / "adapter"),
+        parent=parent,
     )
-    adapter_dir = str(output_dir / "adapter")
+    _save(training_round, evaluation=evaluation, result_version=version)
+    return version
+
+
+def _evaluate_candidate(
+    training_round: TrainingRound, parent: ModelVersion, adapter_dir: str, heldout_path: Path
+) -> dict[str, Any]:
+    """Held-out implicit-reward accuracy of the new adapter, and of its parent on the same votes, and the gate."""
     _save(training_round, status=Status.EVALUATING)
     evaluation: dict[str, Any] = {"heldout_pairs": training_round.heldout_pairs}
     if training_round.heldout_pairs:
@@ -345,14 +375,7 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
         evaluation["gate"] = {"promote": gate.promote, "reason": gate.reason}
     else:
         evaluation["gate"] = {"promote": False, "reason": "no held-out votes to evaluate on"}
-    version = ModelVersion.objects.create(
-        name=f"{settings.SERVED_MODEL_NAME}-round-{training_round.pk}",
-        base_model=parent.base_model,
-        adapter_path=adapter_dir,
-        parent=parent,
-    )
-    _save(training_round, evaluation=evaluation, result_version=version)
-    return version
+    return evaluation
 
 
 def _mean_answer_tokens(client: ModelServerClient, model: str, prompts: list[list[dict[str, Any]]]) -> float:
@@ -422,7 +445,8 @@ def round_run(round_id: int) -> None:
         return
     training_round = TrainingRound.objects.select_related("parent_version__parent").get(pk=round_id)
     try:
-        train_path, heldout_path = round_prepare(training_round)
+        with _phase(training_round, "prepare"):
+            train_path, heldout_path = round_prepare(training_round)
         round_train_and_evaluate(training_round, train_path, heldout_path)
     except RoundStopped:
         return
@@ -430,4 +454,5 @@ def round_run(round_id: int) -> None:
         logger.exception("round %s failed", round_id)
         _finish(training_round, Status.FAILED, error=f"{type(error).__name__}: {error}")
         return
-    round_deploy(training_round)
+    with _phase(training_round, "deploy"):
+        round_deploy(training_round)
