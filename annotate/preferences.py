@@ -54,6 +54,7 @@ class Verdict:
     agreement: float  # share of the votes that agree with the outcome
     strength: float | None  # mean strength of the votes for the outcome (a or b only)
     judgement_ids: list[int] = field(default_factory=list)
+    judgements: list[Judgement] = field(default_factory=list)  # the same votes as judgement_ids, for their lineage
 
     @property
     def chosen(self) -> str | None:
@@ -89,7 +90,8 @@ def _pair_verdicts(pair: Pair, votes: list[Judgement], rules: PreferenceRules) -
     counts = Counter(vote.choice for vote in votes)
     if rules.combine == "all":
         for vote in votes:
-            yield Verdict(pair, vote.choice, len(votes), counts[vote.choice] / len(votes), vote.strength, [vote.pk])
+            agreement = counts[vote.choice] / len(votes)
+            yield Verdict(pair, vote.choice, len(votes), agreement, vote.strength, [vote.pk], [vote])
         return
     (top, top_count), *rest = counts.most_common()
     if rest and rest[0][1] == top_count:
@@ -97,7 +99,8 @@ def _pair_verdicts(pair: Pair, votes: list[Judgement], rules: PreferenceRules) -
     if rules.combine == "unanimous" and rest:
         return
     backing = [vote for vote in votes if vote.choice == top]
-    yield Verdict(pair, top, len(votes), top_count / len(votes), _mean_strength(backing), [v.pk for v in votes])
+    ids = [vote.pk for vote in votes]
+    yield Verdict(pair, top, len(votes), top_count / len(votes), _mean_strength(backing), ids, list(votes))
 
 
 def _kept(verdict: Verdict, rules: PreferenceRules) -> bool:

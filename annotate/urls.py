@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from annotate import api, round_views, views
@@ -27,6 +27,7 @@ urlpatterns = [
     path("api/rounds/<int:round_id>/cancel/", api.rounds_cancel, name="api-round-cancel"),
     path("api/rounds/<int:round_id>/promote/", api.rounds_promote, name="api-round-promote"),
     path("api/model-versions/<int:version_id>/serve/", api.model_versions_serve, name="api-version-serve"),
+    path("", include("annotate.data_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

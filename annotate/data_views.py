@@ -1,0 +1,237 @@
+"""Staff pages for data in and out: upload prompts, upload preference data, export datasets and read their cards.
+
+Each page serves the full page, or only its `panel` fragment when htmx posts the form; every form works without JS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods
+from django_htmx.middleware import HtmxDetails
+
+from annotate import exports, imports
+from annotate.exports import ExportFilters
+from annotate.models import Export, ModelVersion, Prompt
+from annotate.preferences import PreferenceRules
+
+EXPORTS_SHOWN = 50
+
+
+class StaffRequest(HttpRequest):
+    user: User
+    htmx: HtmxDetails
+
+
+def staff_required(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """Logged in (else the login page) and staff (else 403)."""
+
+    @wraps(view)
+    def checked(request: StaffRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if not request.user.is_staff:
+            raise PermissionDenied("staff only")
+        return view(request, *args, **kwargs)
+
+    return login_required(checked)
+
+
+def _render(request: StaffRequest, template_name: str, context: dict[str, Any], status: int = 200) -> HttpResponse:
+    return render(request, template_name + "#panel" if request.htmx else template_name, context, status=status)
+
+
+# --- Imports ---------------------------------------------------------------------------------------------------
+
+
+class PromptUploadForm(forms.Form):
+    file = forms.FileField(help_text="JSON Lines, CSV with a prompt column, or text with one prompt a line.")
+    format = forms.ChoiceField(
+        choices=[("", "from the file name"), *((name, name) for name in imports.PROMPT_FILE_FORMATS)], required=False
+    )
+    prompt_set = forms.CharField(max_length=100, initial="default", required=False, help_text="Empty: default.")
+
+
+class PreferenceUploadForm(forms.Form):
+    file = forms.FileField(help_text="JSON Lines.")
+    format = forms.ChoiceField(choices=[(name, name) for name in imports.PREFERENCE_FORMATS])
+    skip_bad = forms.BooleanField(required=False, label="Skip bad rows (import the good ones and list the others)")
+    prompt_set = forms.CharField(
+        max_length=100, initial="imported", required=False, help_text="For prompts not stored yet. Empty: imported."
+    )
+
+
+def _upload_text(form: forms.Form) -> str:
+    upload = form.cleaned_data["file"]
+    imports.check_size(upload.size or 0)
+    return imports.decode(upload.read())
+
+
+@require_http_methods(["GET", "POST"])
+@staff_required
+def prompts_import(request: StaffRequest) -> HttpResponse:
+    form = PromptUploadForm(request.POST or None, request.FILES or None)
+    context: dict[str, Any] = {"form": form}
+    if request.method == "POST":
+        if not form.is_valid():
+            return _render(request, "data/prompts_import.html", context, status=400)
+        name = form.cleaned_data["file"].name
+        try:
+            rows = imports.parse_prompts(
+                _upload_text(form), file_format=imports.prompt_file_format(name, form.cleaned_data["format"])
+            )
+            context["result"] = imports.prompts_import(
+                rows=rows, prompt_set=form.cleaned_data["prompt_set"] or "default", source=name
+            )
+        except imports.ImportRejected as rejected:
+            context["rejected"] = rejected.details()
+            return _render(request, "data/prompts_import.html", context, status=400)
+        context["form"] = PromptUploadForm()
+    return _render(request, "data/prompts_import.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@staff_required
+def preferences_import(request: StaffRequest) -> HttpResponse:
+    form = PreferenceUploadForm(request.POST or None, request.FILES or None)
+    context: dict[str, Any] = {"form": form}
+    if request.method == "POST":
+        if not form.is_valid():
+            return _render(request, "data/preferences_import.html", context, status=400)
+        try:
+            parsed = imports.parse_preferences(
+                _upload_text(form), dataset_format=form.cleaned_data["format"], skip_bad=form.cleaned_data["skip_bad"]
+            )
+            context["result"] = imports.preferences_import(
+                preference_file=parsed,
+                dataset_format=form.cleaned_data["format"],
+                file_name=form.cleaned_data["file"].name,
+                prompt_set=form.cleaned_data["prompt_set"] or "imported",
+            )
+        except imports.ImportRejected as rejected:
+            context["rejected"] = rejected.details()
+            return _render(request, "data/preferences_import.html", context, status=400)
+        context["form"] = PreferenceUploadForm()
+    return _render(request, "data/preferences_import.html", context)
+
+
+# --- Exports ---------------------------------------------------------------------------------------------------
+
+
+class ExportForm(forms.Form):
+    dataset_format = forms.ChoiceField(choices=[(name, name) for name in exports.DATASET_FORMATS], label="Format")
+    file_format = forms.ChoiceField(choices=[("jsonl", "JSON Lines"), ("parquet", "Parquet")], label="File")
+    date_from = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="Votes from")
+    date_to = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="Votes until")
+    prompt_sets = forms.MultipleChoiceField(required=False, help_text="None selected: all.")
+    model_versions = forms.ModelMultipleChoiceField(
+        queryset=ModelVersion.objects.order_by("id"), to_field_name="name", required=False,
+        label="Pairs sampled from", help_text="None selected: all.",
+    )  # fmt: skip
+    annotators = forms.ModelMultipleChoiceField(
+        queryset=User.objects.order_by("username"), to_field_name="username", required=False,
+        help_text="None selected: all.",
+    )  # fmt: skip
+    sources = forms.MultipleChoiceField(
+        choices=[(name, name) for name in exports.SOURCES], required=False, help_text="None selected: all."
+    )
+    on_policy = forms.BooleanField(required=False, label="On-policy pairs only")
+    combine = forms.ChoiceField(
+        choices=[("majority", "majority"), ("all", "all votes"), ("unanimous", "unanimous only")],
+        label="Several votes on a pair",
+    )
+    include_ties = forms.BooleanField(required=False)
+    include_both_bad = forms.BooleanField(required=False)
+    min_agreement = forms.FloatField(min_value=0.0, max_value=1.0, initial=0.0)
+    license = forms.CharField(required=False, max_length=100, help_text="Stated on the dataset card.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        prompt_sets = Prompt.objects.order_by("prompt_set").values_list("prompt_set", flat=True).distinct()
+        self.fields["prompt_sets"].choices = [(name, name) for name in prompt_sets]  # type: ignore[attr-defined]
+
+    def to_filters(self) -> ExportFilters:
+        data = self.cleaned_data
+        return ExportFilters(
+            date_from=data["date_from"],
+            date_to=data["date_to"],
+            prompt_sets=tuple(data["prompt_sets"]),
+            model_versions=tuple(version.name for version in data["model_versions"]),
+            annotators=tuple(user.username for user in data["annotators"]),
+            sources=tuple(data["sources"]),
+            on_policy=data["on_policy"],
+            rules=PreferenceRules(
+                combine=data["combine"],
+                include_ties=data["include_ties"],
+                include_both_bad=data["include_both_bad"],
+                min_agreement=data["min_agreement"],
+            ),
+            license=data["license"],
+        )
+
+
+def _exports_context(form: ExportForm, **extra: Any) -> dict[str, Any]:
+    recent = Export.objects.select_related("created_by").order_by("-id")[:EXPORTS_SHOWN]
+    return {"form": form, "exports": recent, "max_votes": settings.EXPORT_WEB_MAX_VOTES, **extra}
+
+
+@require_http_methods(["GET", "POST"])
+@staff_required
+def exports_page(request: StaffRequest) -> HttpResponse:
+    form = ExportForm(request.POST or None)
+    if request.method == "GET":
+        return _render(request, "data/exports.html", _exports_context(form))
+    if form.is_valid():
+        try:
+            export = exports.export_create(
+                created_by=request.user,
+                dataset_format=form.cleaned_data["dataset_format"],
+                file_format=form.cleaned_data["file_format"],
+                filters=form.to_filters(),
+                max_votes=settings.EXPORT_WEB_MAX_VOTES,
+            )
+        except exports.InvalidExport as invalid:
+            for name, message in invalid.errors.items():
+                form.add_error(name if name in form.fields else None, message)
+        else:
+            export = exports.export_run(export=export)
+            if not request.htmx:
+                return HttpResponseRedirect(reverse("data-export", args=[export.pk]), status=303)
+            return _render(request, "data/exports.html", _exports_context(ExportForm(), finished=export))
+    return _render(request, "data/exports.html", _exports_context(form), status=400)
+
+
+def _card_parts(text: str) -> tuple[str, str]:
+    """(YAML front matter, Markdown body) of a dataset card."""
+    if text.startswith("---\n"):
+        front, _, body = text[4:].partition("\n---\n")
+        return front, body
+    return "", text
+
+
+@require_GET
+@staff_required
+def export_detail(request: StaffRequest, export_id: int) -> HttpResponse:
+    export = get_object_or_404(Export.objects.select_related("created_by"), pk=export_id)
+    files = exports.export_files(export)
+    front, body = _card_parts(files["card"].read_text(encoding="utf-8")) if "card" in files else ("", "")
+    context = {"export": export, "files": files, "card_front_matter": front, "card_body": body}
+    return render(request, "data/export_detail.html", context)
+
+
+@require_GET
+@staff_required
+def export_download(request: StaffRequest, export_id: int) -> FileResponse:
+    export = get_object_or_404(Export, pk=export_id)
+    path = exports.export_files(export).get(request.GET.get("file", "data"))
+    if path is None:
+        raise Http404("no such file for this export")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)

@@ -1,0 +1,583 @@
+"""Bringing data in: prompt files, and preference data sets in the formats the field publishes them in.
+
+Every import reads and checks the whole file before it writes anything, and writes in one transaction: a file with
+a bad line changes nothing (preference imports may be told to skip bad rows instead), and the error names the lines.
+Imported votes are marked as imported (source, file and format), belong to no annotator, and were shown on no screen.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from annotate.models import Completion, Judgement, ModelVersion, Pair, Prompt, conversation_hash
+from training.data import hh_rlhf_to_trl
+
+Message = dict[str, str]
+Progress = Callable[[int], None]
+T = TypeVar("T")
+
+PROMPT_FILE_FORMATS = ("jsonl", "csv", "text")
+PREFERENCE_FORMATS = ("trl", "hh-rlhf", "ultrafeedback")
+MAX_ERRORS_SHOWN = 20
+WRITE_BATCH = 500
+
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "text"}
+# OpenAI roles as they are; ShareGPT's "from" values mapped to them.
+_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
+
+
+def _ignore_progress(done: int) -> None:
+    pass
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """itertools.batched, which Python 3.11 lacks."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+@dataclass(frozen=True)
+class LineError:
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+class ImportRejected(Exception):
+    """A file that cannot be imported as it is. Nothing was written; `errors` names the bad lines."""
+
+    def __init__(self, message: str, errors: Sequence[LineError] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = list(errors)
+
+    def details(self) -> list[str]:
+        """The message and the first bad lines, ready to show."""
+        shown = [str(error) for error in self.errors[:MAX_ERRORS_SHOWN]]
+        more = len(self.errors) - len(shown)
+        return [self.message, *shown, *([f"... and {more} more bad lines"] if more > 0 else [])]
+
+    def __str__(self) -> str:
+        return "\n".join(self.details())
+
+
+def _rejected_lines(errors: list[LineError], what: str) -> ImportRejected:
+    return ImportRejected(f"{len(errors)} bad {what}{'s' if len(errors) != 1 else ''}; nothing was imported", errors)
+
+
+# --- Reading files ---------------------------------------------------------------------------------------------
+
+
+def check_size(size: int) -> None:
+    if size > settings.DATA_IMPORT_MAX_BYTES:
+        raise ImportRejected(
+            f"the file has {size:,} bytes; the limit is {settings.DATA_IMPORT_MAX_BYTES:,} (DATA_IMPORT_MAX_BYTES)"
+        )
+
+
+def decode(data: bytes) -> str:
+    """The file's text (UTF-8, with or without a byte order mark), after checking its size."""
+    check_size(len(data))
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ImportRejected(f"the file is not UTF-8 text (byte {error.start} cannot be read)") from None
+
+
+def read_file(path: Path) -> str:
+    check_size(path.stat().st_size)
+    return decode(path.read_bytes())
+
+
+def lines_of(text: str) -> list[str]:
+    # Not str.splitlines(): it also splits on characters JSON strings may hold as they are (U+2028, form feed).
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _check_row_count(count: int) -> None:
+    if count > settings.DATA_IMPORT_MAX_ROWS:
+        raise ImportRejected(
+            f"the file has {count:,} rows; the limit is {settings.DATA_IMPORT_MAX_ROWS:,} (DATA_IMPORT_MAX_ROWS)"
+        )
+
+
+def _json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any | LineError]]:
+    """(line number, decoded value or the reason it is not JSON) for every line that is not blank."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as error:
+            yield number, LineError(number, f"not valid JSON ({error.msg} at column {error.colno})")
+
+
+# --- Messages --------------------------------------------------------------------------------------------------
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where} must be a non-empty string")
+    return value
+
+
+def messages_from(value: Any, where: str) -> list[Message]:
+    """OpenAI-style ({role, content}) or ShareGPT-style ({from: human|gpt|system, value}) messages, as OpenAI's."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where} must be a non-empty list of messages")
+    messages = []
+    for index, message in enumerate(value):
+        here = f"{where}[{index}]"
+        if not isinstance(message, dict):
+            raise ValueError(f"{here} must be an object")
+        role_key, content_key = ("role", "content") if "role" in message else ("from", "value")
+        if role_key not in message or content_key not in message:
+            raise ValueError(f'{here} needs "role" and "content" (or ShareGPT\'s "from" and "value")')
+        role = _ROLES.get(message[role_key]) if isinstance(message[role_key], str) else None
+        if role is None:
+            raise ValueError(f"{here}.{role_key} must be one of {sorted(_ROLES)}, not {message[role_key]!r}")
+        messages.append({"role": role, "content": _text(message[content_key], f"{here}.{content_key}")})
+    return messages
+
+
+def _prompt_conversation(messages: list[Message], where: str) -> list[Message]:
+    """A conversation to be answered: cut after its last user turn (a ShareGPT record carries its answers)."""
+    last_user = max((index for index, message in enumerate(messages) if message["role"] == "user"), default=None)
+    if last_user is None:
+        raise ValueError(f"{where} has no user message")
+    return messages[: last_user + 1]
+
+
+# --- Prompts ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    messages: list[Message]
+    tags: list[str] = field(default_factory=list)
+
+
+def _tags(value: dict[str, Any]) -> list[str]:
+    tags = value.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(tag, str) and tag.strip() for tag in tags):
+        raise ValueError('"tags" must be a list of non-empty strings')
+    category = value.get("category")
+    if category is not None:
+        tags = [*tags, _text(category, '"category"')]
+    return [tag.strip() for tag in dict.fromkeys(tags)]
+
+
+def prompt_row_from(value: Any) -> PromptRow:
+    """One prompt from a decoded JSON object, in any of the shapes the import accepts (see README)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"each line must be a JSON object, not {type(value).__name__}")
+    shapes = [key for key in ("prompt", "messages", "conversations", "turns") if key in value]
+    if len(shapes) != 1:
+        raise ValueError('needs exactly one of "prompt", "messages", "conversations" (ShareGPT) or "turns" (MT-Bench)')
+    shape = shapes[0]
+    if shape == "turns":
+        turns = value["turns"]
+        if not isinstance(turns, list) or not turns:
+            raise ValueError('"turns" must be a non-empty list of strings')
+        # MT-Bench's later turns only make sense after the model's answer to the first: the first is the prompt.
+        messages = [{"role": "user", "content": _text(turns[0], '"turns"[0]')}]
+    elif shape == "prompt" and isinstance(value["prompt"], str):
+        messages = [{"role": "user", "content": _text(value["prompt"], '"prompt"')}]
+        if value.get("system") is not None:
+            messages.insert(0, {"role": "system", "content": _text(value["system"], '"system"')})
+    else:
+        messages = _prompt_conversation(messages_from(value[shape], f'"{shape}"'), f'"{shape}"')
+    return PromptRow(messages=messages, tags=_tags(value))
+
+
+def _prompts_from_jsonl(lines: list[str]) -> Iterator[tuple[int, PromptRow | LineError]]:
+    for number, value in _json_lines(lines):
+        if isinstance(value, LineError):
+            yield number, value
+            continue
+        try:
+            yield number, prompt_row_from(value)
+        except ValueError as error:
+            yield number, LineError(number, str(error))
+
+
+def _prompts_from_csv(text: str) -> Iterator[tuple[int, PromptRow | LineError]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+        yield 1, LineError(1, 'the header row must name a "prompt" column')
+        return
+    for record in reader:
+        number = reader.line_num
+        try:
+            row: dict[str, Any] = {"prompt": record["prompt"] or ""}
+            for optional in ("system", "category"):
+                if record.get(optional):
+                    row[optional] = record[optional]
+            yield number, prompt_row_from(row)
+        except ValueError as error:
+            yield number, LineError(number, str(error))
+
+
+def _prompts_from_text(lines: list[str]) -> Iterator[tuple[int, PromptRow | LineError]]:
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            yield number, PromptRow(messages=[{"role": "user", "content": line.strip()}])
+
+
+def prompt_file_format(name: str, requested: str | None = None) -> str:
+    """The format asked for, or the one the file name says (.jsonl/.json, .csv, .txt)."""
+    if requested:
+        if requested not in PROMPT_FILE_FORMATS:
+            raise ImportRejected(f"unknown format {requested!r}: use one of {', '.join(PROMPT_FILE_FORMATS)}")
+        return requested
+    detected = _SUFFIX_FORMATS.get(Path(name).suffix.lower())
+    if detected is None:
+        raise ImportRejected(
+            f"cannot tell the format of {name!r} from its name: name it .jsonl, .csv or .txt, or give the format"
+        )
+    return detected
+
+
+def parse_prompts(text: str, *, file_format: str) -> list[PromptRow]:
+    """Every prompt in the file, or ImportRejected naming the bad lines (the first 20) when any line is bad."""
+    if file_format == "csv":
+        parsed = list(_prompts_from_csv(text))
+    elif file_format == "text":
+        parsed = list(_prompts_from_text(lines_of(text)))
+    else:
+        parsed = list(_prompts_from_jsonl(lines_of(text)))
+    errors = [row for _, row in parsed if isinstance(row, LineError)]
+    if errors:
+        raise _rejected_lines(errors, "line")
+    rows = [row for _, row in parsed if isinstance(row, PromptRow)]
+    if not rows:
+        raise ImportRejected("the file holds no prompts")
+    _check_row_count(len(rows))
+    return rows
+
+
+@dataclass(frozen=True)
+class PromptImportResult:
+    created: int
+    duplicates: int  # already stored, or earlier in the same file
+    prompt_set: str
+
+
+def _existing_hashes(hashes: Iterable[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in batched(hashes, WRITE_BATCH):
+        found.update(Prompt.objects.filter(content_hash__in=chunk).values_list("content_hash", flat=True))
+    return found
+
+
+def prompts_import(
+    *, rows: Sequence[PromptRow], prompt_set: str, source: str, on_progress: Progress = _ignore_progress
+) -> PromptImportResult:
+    """Store the prompts that are not stored yet (the same conversation is one prompt), in one transaction."""
+    by_hash: dict[str, PromptRow] = {}
+    for row in rows:
+        by_hash.setdefault(conversation_hash(row.messages), row)
+    try:
+        with transaction.atomic():
+            stored = _existing_hashes(by_hash)
+            new = {digest: row for digest, row in by_hash.items() if digest not in stored}
+            for chunk in batched(new.items(), WRITE_BATCH):
+                Prompt.objects.bulk_create(
+                    Prompt(
+                        messages=row.messages,
+                        content_hash=digest,
+                        prompt_set=prompt_set,
+                        tags=row.tags,
+                        source=source[:200],
+                    )
+                    for digest, row in chunk
+                )
+                on_progress(len(chunk))
+    except IntegrityError:
+        raise ImportRejected("another import stored some of these prompts at the same moment; try again") from None
+    return PromptImportResult(created=len(new), duplicates=len(rows) - len(new), prompt_set=prompt_set)
+
+
+class PromptExists(Exception):
+    def __init__(self, prompt: Prompt) -> None:
+        super().__init__(f"this conversation is already stored as prompt {prompt.pk}")
+        self.prompt = prompt
+
+
+def prompt_create(*, row: PromptRow, prompt_set: str, source: str) -> Prompt:
+    """Store one prompt; PromptExists when the same conversation is stored already."""
+    existing = Prompt.objects.filter(content_hash=conversation_hash(row.messages)).first()
+    if existing is not None:
+        raise PromptExists(existing)
+    return Prompt.objects.create(messages=row.messages, prompt_set=prompt_set, tags=row.tags, source=source[:200])
+
+
+# --- Preference data -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreferenceRow:
+    prompt: list[Message]
+    chosen: str
+    rejected: str
+
+
+def _single_answer(messages: list[Message], where: str) -> str:
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise ValueError(f"{where} must be exactly one assistant message after the prompt")
+    return messages[0]["content"]
+
+
+def _checked(prompt: list[Message], chosen: str, rejected: str) -> PreferenceRow:
+    if not prompt or prompt[-1]["role"] != "user":
+        raise ValueError("the prompt must end with a user message")
+    for name, answer in (("chosen", chosen), ("rejected", rejected)):
+        if not answer.strip():
+            raise ValueError(f"the {name} answer is empty")
+    if chosen.strip() == rejected.strip():
+        raise ValueError("chosen and rejected are the same answer: the row carries no preference")
+    return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def _split_implicit(chosen: list[Message], rejected: list[Message]) -> tuple[list[Message], str, str]:
+    """The shared turns are the prompt; what follows must be one assistant answer on each side."""
+    if chosen[:-1] != rejected[:-1]:
+        raise ValueError("chosen and rejected differ before their last message, so they share no prompt")
+    return chosen[:-1], _single_answer(chosen[-1:], '"chosen"'), _single_answer(rejected[-1:], '"rejected"')
+
+
+def _trl_string_prefix(chosen: str, rejected: str) -> int:
+    """Where TRL's extract_prompt splits two strings with an implicit prompt: after their longest common
+    beginning, less a space just before the point where they differ (the space starts the answers)."""
+    pairs = zip(chosen, rejected, strict=False)
+    split = next((index for index, (a, b) in enumerate(pairs) if a != b), min(len(chosen), len(rejected)))
+    if split and chosen[split - 1] == " ":
+        split -= 1
+    return split
+
+
+def trl_row(value: Any) -> PreferenceRow:
+    """A TRL preference row: standard (strings) or conversational (messages), explicit or implicit prompt."""
+    if not isinstance(value, dict) or "chosen" not in value or "rejected" not in value:
+        raise ValueError('a TRL preference row needs "chosen" and "rejected"')
+    chosen, rejected, prompt = value["chosen"], value["rejected"], value.get("prompt")
+    if isinstance(chosen, list):
+        chosen_messages = messages_from(chosen, '"chosen"')
+        rejected_messages = messages_from(rejected, '"rejected"')
+        if isinstance(prompt, list):
+            return _checked(
+                messages_from(prompt, '"prompt"'),
+                _single_answer(chosen_messages, '"chosen"'),
+                _single_answer(rejected_messages, '"rejected"'),
+            )
+        return _checked(*_split_implicit(chosen_messages, rejected_messages))
+    chosen, rejected = _text(chosen, '"chosen"'), _text(rejected, '"rejected"')
+    if prompt is None:
+        split = _trl_string_prefix(chosen, rejected)
+        # The split falls inside running text: the space TRL leaves at the start of each answer is not content.
+        prompt, chosen, rejected = chosen[:split].strip(), chosen[split:].strip(), rejected[split:].strip()
+        if not prompt.strip():
+            raise ValueError("chosen and rejected share no beginning, so there is no implicit prompt")
+    return _checked([{"role": "user", "content": _text(prompt, '"prompt"')}], chosen, rejected)
+
+
+def hh_rlhf_row(value: Any) -> PreferenceRow:
+    """An Anthropic HH-RLHF row: two whole transcripts whose shared turns are the prompt."""
+    pair = hh_rlhf_to_trl(value)
+    return _checked(pair["prompt"], pair["chosen"][0]["content"], pair["rejected"][0]["content"])
+
+
+def _score(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where} must be a number")
+    return float(value)
+
+
+def ultrafeedback_row(value: Any) -> PreferenceRow:
+    """An UltraFeedback-binarized row: prompt, chosen and rejected conversations, score_chosen > score_rejected."""
+    if not isinstance(value, dict):
+        raise ValueError("each line must be a JSON object")
+    missing = [key for key in ("prompt", "chosen", "rejected", "score_chosen", "score_rejected") if key not in value]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    if _score(value["score_chosen"], '"score_chosen"') <= _score(value["score_rejected"], '"score_rejected"'):
+        raise ValueError("score_chosen is not higher than score_rejected: the row carries no preference")
+    prompt, chosen, rejected = _split_implicit(
+        messages_from(value["chosen"], '"chosen"'), messages_from(value["rejected"], '"rejected"')
+    )
+    if prompt and prompt[-1]["content"].strip() != _text(value["prompt"], '"prompt"').strip():
+        raise ValueError('"prompt" is not the last user turn of the conversations')
+    return _checked(prompt, chosen, rejected)
+
+
+_PREFERENCE_PARSERS: dict[str, Callable[[Any], PreferenceRow]] = {
+    "trl": trl_row,
+    "hh-rlhf": hh_rlhf_row,
+    "ultrafeedback": ultrafeedback_row,
+}
+
+
+@dataclass(frozen=True)
+class PreferenceFile:
+    rows: list[PreferenceRow]
+    skipped: list[LineError]
+
+
+def parse_preferences(text: str, *, dataset_format: str, skip_bad: bool = False) -> PreferenceFile:
+    """Every preference row in a JSON Lines file. Bad rows reject the file (naming them) unless skip_bad."""
+    parse = _PREFERENCE_PARSERS.get(dataset_format)
+    if parse is None:
+        raise ImportRejected(f"unknown format {dataset_format!r}: use one of {', '.join(PREFERENCE_FORMATS)}")
+    rows: list[PreferenceRow] = []
+    errors: list[LineError] = []
+    for number, value in _json_lines(lines_of(text)):
+        if isinstance(value, LineError):
+            errors.append(value)
+            continue
+        try:
+            rows.append(parse(value))
+        except ValueError as error:
+            errors.append(LineError(number, str(error)))
+    if errors and not skip_bad:
+        raise _rejected_lines(errors, "row")
+    if not rows:
+        raise ImportRejected("the file holds no usable preference rows", errors)
+    _check_row_count(len(rows) + len(errors))
+    return PreferenceFile(rows=rows, skipped=errors)
+
+
+@dataclass(frozen=True)
+class PreferenceImportResult:
+    imported: int
+    duplicates: int  # the same preference (prompt, chosen, rejected) stored by an earlier import or earlier here
+    new_prompts: int
+    skipped: list[LineError]
+    model_version: str
+
+
+def external_version(*, dataset_format: str) -> ModelVersion:
+    """The stand-in model version that imported answers of this format belong to; it never serves."""
+    version, _ = ModelVersion.objects.get_or_create(
+        name=f"imported:{dataset_format}",
+        defaults={
+            "base_model": f"unknown: answers imported from {dataset_format} data",
+            "status": ModelVersion.Status.EXTERNAL,
+        },
+    )
+    return version
+
+
+def _prompts_for(rows: Sequence[PreferenceRow], *, prompt_set: str, source: str) -> tuple[dict[str, Prompt], int]:
+    """The stored prompt of every row's conversation (existing ones reused), and how many were new."""
+    wanted = {conversation_hash(row.prompt): row.prompt for row in rows}
+    prompts = {prompt.content_hash: prompt for prompt in Prompt.objects.filter(content_hash__in=list(wanted))}
+    # Prompts that come with someone else's preference data are not sampled for new pairs unless staff say so.
+    new = Prompt.objects.bulk_create(
+        Prompt(messages=messages, content_hash=digest, prompt_set=prompt_set, source=source[:200], is_active=False)
+        for digest, messages in wanted.items()
+        if digest not in prompts
+    )
+    prompts.update((prompt.content_hash, prompt) for prompt in new)
+    return prompts, len(new)
+
+
+def _stored_preferences(version: ModelVersion, prompt_ids: Iterable[int]) -> set[tuple[int, str, str]]:
+    """(prompt, chosen, rejected) of the votes already imported for these prompts."""
+    stored = set()
+    votes = Judgement.objects.filter(
+        source=Judgement.Source.IMPORTED, pair__sampled_from=version, pair__prompt_id__in=list(prompt_ids)
+    ).values_list("pair__prompt_id", "choice", "pair__completion_a__text", "pair__completion_b__text")
+    for prompt_id, choice, text_a, text_b in votes:
+        chosen, rejected = (text_a, text_b) if choice == Judgement.Choice.A else (text_b, text_a)
+        stored.add((prompt_id, chosen, rejected))
+    return stored
+
+
+def _completion(prompt: Prompt, version: ModelVersion, text: str) -> Completion:
+    return Completion(prompt=prompt, model_version=version, text=text, sampling={}, seed=None)
+
+
+def preferences_import(
+    *,
+    preference_file: PreferenceFile,
+    dataset_format: str,
+    file_name: str,
+    prompt_set: str = "imported",
+    on_progress: Progress = _ignore_progress,
+) -> PreferenceImportResult:
+    """Store each row as a pair of external answers with one imported vote, all in one transaction.
+
+    Which of chosen and rejected becomes answer A is random, so the position carries no signal.
+    """
+    detail = f"{file_name} ({dataset_format})"[:300]
+    imported = duplicates = new_prompts = 0
+    seen: set[tuple[int, str, str]] = set()
+    with transaction.atomic():
+        version = external_version(dataset_format=dataset_format)
+        for chunk in batched(preference_file.rows, WRITE_BATCH):
+            prompts, created = _prompts_for(chunk, prompt_set=prompt_set, source=file_name)
+            new_prompts += created
+            seen |= _stored_preferences(version, {prompt.pk for prompt in prompts.values()})
+            fresh: list[tuple[Prompt, PreferenceRow]] = []
+            for row in chunk:
+                prompt = prompts[conversation_hash(row.prompt)]
+                key = (prompt.pk, row.chosen, row.rejected)
+                if key in seen:
+                    duplicates += 1
+                    continue
+                seen.add(key)
+                fresh.append((prompt, row))
+            chosen_first = [secrets.randbits(1) == 1 for _ in fresh]
+            answers = Completion.objects.bulk_create(
+                completion
+                for (prompt, row), first in zip(fresh, chosen_first, strict=True)
+                for completion in (
+                    _completion(prompt, version, row.chosen if first else row.rejected),
+                    _completion(prompt, version, row.rejected if first else row.chosen),
+                )
+            )
+            pairs = Pair.objects.bulk_create(
+                Pair(
+                    prompt=prompt,
+                    completion_a=answers[2 * index],
+                    completion_b=answers[2 * index + 1],
+                    sampled_from=version,
+                    judgements_required=1,
+                    judgement_count=1,
+                )
+                for index, (prompt, _) in enumerate(fresh)
+            )
+            Judgement.objects.bulk_create(
+                Judgement(
+                    pair=pair,
+                    annotator=None,
+                    choice=Judgement.Choice.A if first else Judgement.Choice.B,
+                    a_on_left=None,
+                    source=Judgement.Source.IMPORTED,
+                    source_detail=detail,
+                )
+                for pair, first in zip(pairs, chosen_first, strict=True)
+            )
+            imported += len(fresh)
+            on_progress(len(chunk))
+    return PreferenceImportResult(
+        imported=imported,
+        duplicates=duplicates,
+        new_prompts=new_prompts,
+        skipped=preference_file.skipped,
+        model_version=version.name,
+    )

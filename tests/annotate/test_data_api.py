@@ -1,0 +1,358 @@
+import json
+import re
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+from drf_spectacular.generators import SchemaGenerator
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from annotate.models import Export, Judgement, ModelVersion, Pair, Prompt
+from tests.conftest import SHARED_DATA
+
+pytestmark = pytest.mark.django_db
+
+MT_BENCH = SHARED_DATA / "mt_bench_questions.jsonl"
+HH_RLHF = SHARED_DATA / "hh_rlhf_harmless_dev.jsonl"
+
+# The data endpoints: staff only. Annotator tokens may use only the annotation endpoints.
+DATA_OPERATIONS = [
+    ("get", "/api/prompts/"),
+    ("post", "/api/prompts/"),
+    ("post", "/api/prompts/import/"),
+    ("post", "/api/preferences/import/"),
+    ("get", "/api/pairs/"),
+    ("get", "/api/judgements/list/"),
+    ("get", "/api/model-versions/"),
+    ("get", "/api/exports/"),
+    ("post", "/api/exports/"),
+    ("get", "/api/exports/1/"),
+    ("get", "/api/exports/1/download/"),
+]
+ANNOTATION_OPERATIONS = {("get", "/api/pairs/next/"), ("post", "/api/judgements/"), ("post", "/api/pairs/skip/")}
+
+
+def _schema_operations():
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    return [
+        (method, path, operation)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if method in ("get", "post", "put", "patch", "delete")
+    ]
+
+
+SCHEMA_OPERATIONS = _schema_operations()
+
+
+def client_for(user=None, token=False):
+    client = APIClient()
+    if user is not None and token:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    elif user is not None:
+        client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def staff_api(staff):
+    return client_for(staff)
+
+
+def upload(path, name=None):
+    return SimpleUploadedFile(name or path.name, path.read_bytes())
+
+
+# --- Every endpoint in the schema: authentication and roles ------------------------------------------------------
+
+
+def test_every_data_endpoint_is_in_the_schema():
+    documented = {(method, re.sub(r"\{\w+\}", "1", path)) for method, path, _ in SCHEMA_OPERATIONS}
+    assert set(DATA_OPERATIONS) <= documented
+
+
+def test_the_schema_validates_with_no_warnings(tmp_path):
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yml"))
+    assert "/api/exports/{export_id}/download/" in (tmp_path / "schema.yml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "operation"), SCHEMA_OPERATIONS, ids=[f"{m.upper()} {p}" for m, p, _ in SCHEMA_OPERATIONS]
+)
+def test_every_schema_path_checks_who_is_asking(method, path, operation, annotator, staff):
+    """Anonymous: 401. Annotators (by token): only the annotation endpoints. Staff: never a server error."""
+    url = re.sub(r"\{\w+\}", "999999", path)
+
+    def call(client):
+        return getattr(client, method)(url, {}, format="json") if method != "get" else client.get(url)
+
+    if {} not in operation.get("security", []):
+        anonymous = call(APIClient())
+        assert anonymous.status_code == 401 and anonymous["WWW-Authenticate"] == "Token"
+    as_annotator = call(client_for(annotator, token=True))
+    if (method, path) in ANNOTATION_OPERATIONS:
+        assert as_annotator.status_code in (200, 204, 400)
+    else:
+        assert as_annotator.status_code == 403 and "detail" in as_annotator.json()
+    if method == "get" or (method, re.sub(r"\{\w+\}", "1", path)) in DATA_OPERATIONS:
+        # Other teams' write endpoints are left to their own tests: an empty POST could start real work.
+        assert call(client_for(staff, token=True)).status_code < 500
+
+
+def test_staff_tokens_reach_the_data_endpoints(staff):
+    response = client_for(staff, token=True).get("/api/model-versions/")
+    assert response.status_code == 200 and response.json()["results"] == []
+
+
+# --- Prompts ---------------------------------------------------------------------------------------------------
+
+
+def test_prompts_are_listed_a_page_at_a_time_with_filters(staff_api, settings):
+    settings.API_PAGE_SIZE = 2
+    for number in range(3):
+        Prompt.objects.create(messages=[{"role": "user", "content": f"Q{number}?"}], prompt_set="a" if number else "b")
+    Prompt.objects.filter(messages__0__content="Q2?").update(is_active=False)
+
+    first = staff_api.get("/api/prompts/").json()
+    assert first["count"] == 3 and len(first["results"]) == 2 and first["next"].endswith("?page=2")
+    assert first["results"][0] == {
+        "id": first["results"][0]["id"],
+        "messages": [{"role": "user", "content": "Q0?"}],
+        "prompt_set": "b",
+        "tags": [],
+        "source": "",
+        "is_active": True,
+        "created_at": first["results"][0]["created_at"],
+    }
+    assert staff_api.get("/api/prompts/?page=2").json()["results"][0]["messages"][0]["content"] == "Q2?"
+    assert [p["messages"][0]["content"] for p in staff_api.get("/api/prompts/?prompt_set=a").json()["results"]] == [
+        "Q1?",
+        "Q2?",
+    ]
+    assert staff_api.get("/api/prompts/?active=false&page_size=10").json()["count"] == 1
+    bad = staff_api.get("/api/prompts/?active=maybe")
+    assert bad.status_code == 400 and set(bad.json()["errors"]) == {"active"}
+
+
+def test_a_prompt_is_created_once(staff_api):
+    body = {"prompt": "What is DPO?", "system": "Be brief.", "prompt_set": "api", "tags": ["ml"]}
+    created = staff_api.post("/api/prompts/", body, format="json")
+    again = staff_api.post("/api/prompts/", body, format="json")
+
+    assert created.status_code == 201
+    data = created.json()
+    assert data["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is DPO?"}]
+    assert (data["prompt_set"], data["tags"], data["source"]) == ("api", ["ml"], "api")
+    assert again.status_code == 409 and again.json()["prompt"] == data["id"]
+    assert Prompt.objects.count() == 1
+
+
+def test_a_prompt_from_messages(staff_api):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Tell me a joke"}]  # fmt: skip
+    response = staff_api.post("/api/prompts/", {"messages": messages}, format="json")
+    assert response.status_code == 201 and Prompt.objects.get().messages == messages
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "prompt"),
+        ({"prompt": "  "}, "prompt"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages"),
+        ({"messages": [{"role": "assistant", "content": "I only answer"}]}, "messages"),
+        ({"prompt": "ok", "tags": "x"}, "tags"),
+        ({"prompt": "ok", "prompt_set": "x" * 101}, "prompt_set"),
+    ],
+)
+def test_bad_prompts_are_a_400_naming_the_field(staff_api, body, field):
+    response = staff_api.post("/api/prompts/", body, format="json")
+    assert response.status_code == 400 and field in response.json()["errors"]
+    assert not Prompt.objects.exists()
+
+
+def test_prompt_file_import(staff_api):
+    response = staff_api.post(
+        "/api/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "mt-bench"}, format="multipart"
+    )
+    assert response.status_code == 201
+    assert response.json() == {"created": 80, "duplicates": 0, "prompt_set": "mt-bench"}
+    again = staff_api.post("/api/prompts/import/", {"file": upload(MT_BENCH)}, format="multipart")
+    assert again.json() == {"created": 0, "duplicates": 80, "prompt_set": "default"}
+
+
+def test_a_rejected_prompt_file_names_the_bad_lines_and_stores_nothing(staff_api, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "fine"}\n{"prompt": ""}\nnot json\n')
+    response = staff_api.post("/api/prompts/import/", {"file": upload(path)}, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["errors"]["file"] == [
+        "2 bad lines; nothing was imported",
+        'line 2: "prompt" must be a non-empty string',
+        "line 3: not valid JSON (Expecting value at column 1)",
+    ]
+    missing = staff_api.post("/api/prompts/import/", {}, format="multipart")
+    assert missing.status_code == 400 and "file" in missing.json()["errors"]
+    unknown = staff_api.post("/api/prompts/import/", {"file": upload(path, "prompts.xlsx")}, format="multipart")
+    assert unknown.status_code == 400 and "cannot tell the format" in unknown.json()["errors"]["file"][0]
+    assert not Prompt.objects.exists()
+
+
+def test_an_upload_over_the_size_limit_is_refused(staff_api, settings):
+    settings.DATA_IMPORT_MAX_BYTES = 100
+    response = staff_api.post("/api/prompts/import/", {"file": upload(MT_BENCH)}, format="multipart")
+    assert response.status_code == 400 and "DATA_IMPORT_MAX_BYTES" in response.json()["errors"]["file"][0]
+
+
+# --- Preference data -------------------------------------------------------------------------------------------
+
+
+def test_preference_import_all_or_nothing_or_skipping_bad_rows(staff_api):
+    rejected = staff_api.post(
+        "/api/preferences/import/", {"file": upload(HH_RLHF), "format": "hh-rlhf"}, format="multipart"
+    )
+    assert rejected.status_code == 400
+    assert rejected.json()["errors"]["file"][1:] == [
+        "line 87: the chosen answer is empty",
+        "line 517: the chosen answer is empty",
+        "line 926: the chosen answer is empty",
+    ]
+    assert not Pair.objects.exists()
+
+    imported = staff_api.post(
+        "/api/preferences/import/",
+        {"file": upload(HH_RLHF), "format": "hh-rlhf", "skip_bad": "true"},
+        format="multipart",
+    )
+    assert imported.status_code == 201
+    data = imported.json()
+    assert (data["imported"], data["duplicates"], data["new_prompts"]) == (997, 0, 997)
+    assert data["model_version"] == "imported:hh-rlhf"
+    assert [error["line"] for error in data["skipped"]] == [87, 517, 926]
+    assert Judgement.objects.filter(source="imported", annotator=None).count() == 997
+
+
+def test_preference_import_needs_a_known_format(staff_api):
+    response = staff_api.post("/api/preferences/import/", {"file": upload(HH_RLHF)}, format="multipart")
+    assert response.status_code == 400 and set(response.json()["errors"]) == {"format"}
+    response = staff_api.post(
+        "/api/preferences/import/", {"file": upload(HH_RLHF), "format": "csv"}, format="multipart"
+    )
+    assert response.status_code == 400 and set(response.json()["errors"]) == {"format"}
+
+
+# --- Pairs, votes, model versions ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_vote_each_way(make_pair, annotator, staff_api):
+    """A human vote on a served pair, and an imported vote."""
+    pair = make_pair(texts=("left text", "right text"))
+    Judgement.objects.create(pair=pair, annotator=annotator, choice="a", strength=2, a_on_left=False)
+    Pair.objects.filter(pk=pair.pk).update(judgement_count=1)
+    make_pair()  # still needs its vote
+    staff_api.post(
+        "/api/preferences/import/",
+        {"file": SimpleUploadedFile("one.jsonl", b'{"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}'),
+         "format": "trl"},
+        format="multipart",
+    )  # fmt: skip
+    return pair
+
+
+def test_pairs_list_with_filters(staff_api, one_vote_each_way, serving_version):
+    pair = one_vote_each_way
+    everything = staff_api.get("/api/pairs/").json()
+    assert everything["count"] == 3
+    first = everything["results"][0]
+    assert first["id"] == pair.pk and first["messages"] == pair.prompt.messages
+    assert (first["completion_a"]["text"], first["completion_a"]["model_version"]) == (
+        "left text",
+        serving_version.name,
+    )
+    assert first["sampled_from"] == serving_version.name and first["judgement_count"] == 1
+
+    def ids(query):
+        return [item["id"] for item in staff_api.get(f"/api/pairs/?{query}").json()["results"]]
+
+    imported = Pair.objects.get(sampled_from__name="imported:trl").pk
+    assert ids("model_version=imported:trl") == [imported]
+    assert ids("complete=true") == [pair.pk, imported]
+    assert ids("complete=false") == [pair.pk + 1]
+    assert ids("prompt_set=imported") == [imported]
+
+
+def test_judgements_list_with_filters(staff_api, one_vote_each_way, annotator):
+    votes = staff_api.get("/api/judgements/list/").json()["results"]
+    assert [(v["annotator"], v["source"], v["a_on_left"], v["choice"]) for v in votes] == [
+        (annotator.username, "human", False, "a"),
+        (None, "imported", None, votes[1]["choice"]),
+    ]
+    assert votes[1]["source_detail"] == "one.jsonl (trl)"
+    assert [v["source"] for v in staff_api.get("/api/judgements/list/?source=imported").json()["results"]] == [
+        "imported"
+    ]
+    assert staff_api.get(f"/api/judgements/list/?annotator={annotator.username}").json()["count"] == 1
+    assert staff_api.get(f"/api/judgements/list/?pair={one_vote_each_way.pk}").json()["count"] == 1
+    assert staff_api.get("/api/judgements/list/?date_to=2000-01-01").json()["count"] == 0
+    bad = staff_api.get("/api/judgements/list/?date_from=yesterday&source=robots")
+    assert bad.status_code == 400 and set(bad.json()["errors"]) == {"date_from", "source"}
+
+
+def test_model_versions_list(staff_api, one_vote_each_way, serving_version):
+    versions = staff_api.get("/api/model-versions/").json()["results"]
+    assert [(v["name"], v["status"], v["parent_version"]) for v in versions] == [
+        (serving_version.name, "serving", None),
+        ("imported:trl", "external", None),
+    ]
+    external = staff_api.get("/api/model-versions/?status=external").json()
+    assert [v["name"] for v in external["results"]] == ["imported:trl"]
+
+
+# --- Exports ---------------------------------------------------------------------------------------------------
+
+
+def test_export_create_status_and_download(staff_api, one_vote_each_way, settings, tmp_path, staff):
+    settings.EXPORT_DIR = tmp_path
+    response = staff_api.post(
+        "/api/exports/", {"dataset_format": "trl-preference", "sources": ["human"], "license": "mit"}, format="json"
+    )
+
+    assert response.status_code == 201
+    created = response.json()
+    assert (created["status"], created["row_count"], created["created_by"]) == ("done", 1, staff.username)
+    assert created["filters"]["sources"] == ["human"] and created["filters"]["license"] == "mit"
+    assert created["download"].startswith("http://testserver/api/exports/")
+    assert staff_api.get(f"/api/exports/{created['id']}/").json() == created
+    assert staff_api.get("/api/exports/").json()["results"] == [created]
+
+    data = staff_api.get(f"/api/exports/{created['id']}/download/")
+    assert data.status_code == 200 and "attachment" in data["Content-Disposition"]
+    (row,) = [json.loads(line) for line in b"".join(data.streaming_content).decode().splitlines()]
+    assert row["chosen"] == [{"role": "assistant", "content": "left text"}] and row["source"] == "human"
+    card = staff_api.get(created["card"].removeprefix("http://testserver"))
+    assert b"".join(card.streaming_content).decode().startswith("---\nlicense: mit\n")
+
+
+def test_bad_exports_are_a_400_naming_the_fields(staff_api, one_vote_each_way, settings):
+    response = staff_api.post("/api/exports/", {"dataset_format": "csv", "min_agreement": 2}, format="json")
+    assert response.status_code == 400 and set(response.json()["errors"]) == {"dataset_format", "min_agreement"}
+    response = staff_api.post("/api/exports/", {"dataset_format": "arena", "model_versions": ["nope"]}, format="json")
+    assert response.status_code == 400 and response.json()["errors"] == {"model_versions": "unknown: nope"}
+    settings.EXPORT_WEB_MAX_VOTES = 1
+    response = staff_api.post("/api/exports/", {"dataset_format": "arena"}, format="json")
+    assert response.status_code == 400 and "manage.py export_preferences" in response.json()["errors"]["filters"]
+    assert not Export.objects.exists()
+
+
+def test_downloads_that_do_not_exist(staff_api, settings, tmp_path, serving_version):
+    settings.EXPORT_DIR = tmp_path
+    assert staff_api.get("/api/exports/999/download/").status_code == 404
+    created = staff_api.post("/api/exports/", {"dataset_format": "arena"}, format="json").json()
+    assert staff_api.get(f"/api/exports/{created['id']}/download/?file=secrets").status_code == 400
+    (tmp_path / f"export-{created['id']}-arena.jsonl").unlink()
+    gone = staff_api.get(f"/api/exports/{created['id']}/download/")
+    assert gone.status_code == 404 and "no data file" in gone.json()["detail"]
+    assert staff_api.get(f"/api/exports/{created['id']}/").json()["download"] is None
+    assert ModelVersion.objects.count() == 1

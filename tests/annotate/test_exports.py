@@ -1,0 +1,429 @@
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from jsonschema import Draft202012Validator
+
+from annotate import exports
+from annotate.exports import ExportFilters
+from annotate.models import Completion, Export, Judgement, ModelVersion, Pair
+from annotate.preferences import PreferenceRules
+from tests.conftest import REPO, SHARED_DATA
+from training.data import hh_rlhf_to_trl
+
+pytestmark = pytest.mark.django_db
+
+HH_RLHF = SHARED_DATA / "hh_rlhf_harmless_dev.jsonl"
+BASE_MODEL_DIR = REPO / "var" / "models" / "smollm2-135m-instruct"
+
+MESSAGES_SCHEMA = {
+    "type": "array",
+    "minItems": 2,
+    "items": {
+        "type": "object",
+        "required": ["role", "content"],
+        "additionalProperties": False,
+        "properties": {"role": {"enum": ["system", "user", "assistant"]}, "content": {"type": "string"}},
+    },
+}
+ARENA_ROW_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "question_id", "model_a", "model_b", "winner", "judge", "conversation_a", "conversation_b", "turn", "anony",
+        "tstamp",
+    ],
+    "properties": {
+        "question_id": {"type": "string", "minLength": 1},
+        "model_a": {"type": "string", "minLength": 1},
+        "model_b": {"type": "string", "minLength": 1},
+        "winner": {"enum": ["model_a", "model_b", "tie", "tie (bothbad)"]},
+        "judge": {"type": "string", "pattern": "^(judge|imported)_[0-9a-f]{16}$"},
+        "conversation_a": MESSAGES_SCHEMA,
+        "conversation_b": MESSAGES_SCHEMA,
+        "turn": {"type": "integer", "minimum": 1},
+        "anony": {"const": True},
+        "tstamp": {"type": "number"},
+    },
+}  # fmt: skip
+ARENA_ROW = Draft202012Validator(ARENA_ROW_SCHEMA)
+
+
+@pytest.fixture
+def voted(make_pair, django_user_model):
+    """Make a pair with votes (a, b, tie, both_bad), each from its own annotator (voter0, voter1, ...)."""
+    users = [django_user_model.objects.create_user(f"voter{i}") for i in range(5)]
+
+    def make(*choices, texts=("answer A", "answer B"), strength=2, **pair_options):
+        pair = make_pair(texts=texts, required=len(choices), **pair_options)
+        for user, choice in zip(users, choices, strict=False):
+            Judgement.objects.create(
+                pair=pair,
+                annotator=user,
+                choice=choice,
+                strength=strength if choice in ("a", "b") else None,
+                a_on_left=True,
+            )
+        Pair.objects.filter(pk=pair.pk).update(judgement_count=len(choices))
+        return pair
+
+    return make
+
+
+def export(tmp_path, dataset_format, file_format="jsonl", **filters):
+    path = tmp_path / f"out.{file_format}"
+    stats = exports.export_write(
+        dataset_format=dataset_format, file_format=file_format, filters=ExportFilters(**filters), path=path
+    )
+    return read_rows(path), stats
+
+
+def read_rows(path):
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_trl_preference_rows_carry_the_winner_and_their_lineage(tmp_path, voted, serving_version):
+    pair = voted("b", "b", "a", texts=("loser", "winner"), strength=3)
+    voted("tie")
+    voted("both_bad")
+
+    rows, stats = export(tmp_path, "trl-preference", rules=PreferenceRules(include_ties=True, include_both_bad=True))
+
+    assert rows == [
+        {
+            "prompt": pair.prompt.messages,
+            "chosen": [{"role": "assistant", "content": "winner"}],
+            "rejected": [{"role": "assistant", "content": "loser"}],
+            "margin": 1.0,
+            "pair_id": pair.pk,
+            "prompt_id": pair.prompt_id,
+            "prompt_set": "default",
+            "chosen_model": serving_version.name,
+            "rejected_model": serving_version.name,
+            "sampled_from": serving_version.name,
+            "on_policy": True,
+            "votes": 3,
+            "agreement": 0.6667,
+            "source": "human",
+        }
+    ]
+    assert (stats.rows, stats.verdicts, stats.votes_read) == (1, 1, 5)
+    assert stats.left_out == {"tie": 1, "both_bad": 1}
+
+
+def test_trl_unpaired_gives_a_positive_and_a_negative_and_both_bad_gives_two_negatives(tmp_path, voted):
+    won = voted("a", texts=("good", "bad"))
+    both_bad = voted("both_bad", texts=("bad one", "bad two"))
+    voted("tie")
+
+    rows, stats = export(tmp_path, "trl-unpaired", rules=PreferenceRules(include_ties=True, include_both_bad=True))
+
+    assert [(row["pair_id"], row["completion"][0]["content"], row["label"], row["verdict"]) for row in rows] == [
+        (won.pk, "good", True, "a"),
+        (won.pk, "bad", False, "a"),
+        (both_bad.pk, "bad one", False, "both_bad"),
+        (both_bad.pk, "bad two", False, "both_bad"),
+    ]
+    assert all(row["prompt"][-1]["role"] == "user" for row in rows)
+    assert rows[0]["completion_id"] == won.completion_a_id and rows[0]["model"] == "policy-v0-secret-name"
+    assert stats.left_out == {"tie": 1}
+
+
+def test_arena_is_one_row_per_vote_with_pseudonymous_judges(tmp_path, voted, django_user_model):
+    pair = voted("a", "b", "b")
+    voted("tie", "both_bad")
+
+    rows, stats = export(tmp_path, "arena", rules=PreferenceRules(include_ties=True, include_both_bad=True))
+
+    assert len(rows) == 5 and stats.rows == 5
+    for row in rows:
+        ARENA_ROW.validate(row)
+    first_pair = [row for row in rows if row["question_id"] == str(pair.pk)]
+    assert [row["winner"] for row in first_pair] == ["model_a", "model_b", "model_b"]
+    assert sorted(row["winner"] for row in rows if row["question_id"] != str(pair.pk)) == ["tie", "tie (bothbad)"]
+    judges = [row["judge"] for row in rows]
+    assert judges[0] == judges[3] and len(set(judges[:3])) == 3  # voter0 voted on both pairs
+    usernames = set(django_user_model.objects.values_list("username", flat=True))
+    assert not usernames & set(judges) and not any(name in judge for judge in judges for name in usernames)
+    assert first_pair[0]["conversation_a"][-1] == {"role": "assistant", "content": "answer A"}
+    assert first_pair[0]["conversation_a"][:-1] == pair.prompt.messages
+
+
+def test_hh_rlhf_rows_are_transcripts_that_read_back_as_the_same_preference(tmp_path, voted):
+    pair = voted(
+        "a",
+        texts=("Paris.", "Lyon."),
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Which France?"},
+            {"role": "user", "content": "The country."},
+        ],
+    )
+    rows, _ = export(tmp_path, "hh-rlhf")
+    assert rows[0]["chosen"] == (
+        "\n\nHuman: Capital of France?\n\nAssistant: Which France?\n\nHuman: The country.\n\nAssistant: Paris."
+    )
+    assert rows[0]["pair_id"] == pair.pk
+    back = hh_rlhf_to_trl(rows[0])
+    assert back["prompt"] == pair.prompt.messages[1:]  # the system turn has no place in HH-RLHF
+    assert (back["chosen"][0]["content"], back["rejected"][0]["content"]) == ("Paris.", "Lyon.")
+
+
+def test_filters(tmp_path, voted, make_pair, serving_version, django_user_model):
+    old = voted("a")
+    Judgement.objects.filter(pair=old).update(created_at=timezone.now() - timedelta(days=10))
+    recent = voted("b")
+    other_set = voted("a")
+    other_set.prompt.prompt_set = "other"
+    other_set.prompt.save()
+    candidate = ModelVersion.objects.create(name="candidate-1", base_model="/models/base")
+    off_policy = voted("a")
+    Completion.objects.filter(pk=off_policy.completion_b_id).update(model_version=candidate)
+    contested = voted("a", "a", "b")
+
+    def pair_ids(**filters):
+        return [row["pair_id"] for row in export(tmp_path, "trl-preference", **filters)[0]]
+
+    everything = [old.pk, recent.pk, other_set.pk, off_policy.pk, contested.pk]
+    assert pair_ids() == everything
+    today = timezone.now().date()
+    assert pair_ids(date_from=today - timedelta(days=1)) == everything[1:]
+    assert pair_ids(date_to=today - timedelta(days=5)) == [old.pk]
+    assert pair_ids(prompt_sets=("other",)) == [other_set.pk]
+    assert pair_ids(model_versions=(serving_version.name,)) == everything
+    assert pair_ids(model_versions=("candidate-1",)) == []
+    assert pair_ids(on_policy=True) == [old.pk, recent.pk, other_set.pk, contested.pk]
+    assert pair_ids(annotators=("voter2",)) == [contested.pk]  # only voter2's vote: b
+    assert pair_ids(sources=("imported",)) == []
+    assert pair_ids(rules=PreferenceRules(min_agreement=0.8)) == everything[:4]
+    assert pair_ids(rules=PreferenceRules(combine="unanimous")) == everything[:4]
+    assert pair_ids(rules=PreferenceRules(combine="all")) == [*everything, contested.pk, contested.pk]
+
+
+def test_imported_pairs_are_never_on_policy(tmp_path):
+    call_command("import_preferences", str(HH_RLHF), "--format", "hh-rlhf", "--skip-bad", verbosity=0)
+    rows, _ = export(tmp_path, "trl-preference")
+    assert len(rows) == 997 and not any(row["on_policy"] for row in rows)
+    assert {(row["source"], row["sampled_from"], row["margin"]) for row in rows} == {
+        ("imported", "imported:hh-rlhf", 0.0)
+    }
+    assert export(tmp_path, "trl-preference", on_policy=True)[0] == []
+
+
+def test_votes_of_one_pair_split_across_read_chunks_are_combined(tmp_path, voted, monkeypatch):
+    monkeypatch.setattr(exports, "READ_CHUNK", 2)
+    pairs = [voted("a", "b", "b"), voted("a", "a", "b"), voted("b")]
+    rows, stats = export(tmp_path, "trl-preference")
+    assert [(row["pair_id"], row["votes"]) for row in rows] == [(pairs[0].pk, 3), (pairs[1].pk, 3), (pairs[2].pk, 1)]
+    assert stats.votes_read == 7
+
+
+@pytest.mark.parametrize("dataset_format", exports.DATASET_FORMATS)
+def test_the_queries_do_not_grow_with_the_rows(tmp_path, voted, dataset_format):
+    def queries_for_export():
+        with CaptureQueriesContext(connection) as queries:
+            export(tmp_path, dataset_format, rules=PreferenceRules(include_ties=True, include_both_bad=True))
+        return len(queries)
+
+    voted("a", "b", "b")
+    voted("tie")
+    few = queries_for_export()
+    for _ in range(10):
+        voted("a", "both_bad")
+        voted("b")
+    assert queries_for_export() == few <= 3
+
+
+@pytest.mark.parametrize("dataset_format", exports.DATASET_FORMATS)
+def test_parquet_holds_the_same_rows_as_json_lines_in_batches(tmp_path, voted, monkeypatch, dataset_format):
+    monkeypatch.setattr(exports, "PARQUET_BATCH", 2)
+    for choices in (("a",), ("b", "b"), ("a", "b", "a"), ("both_bad",), ("tie",)):
+        voted(*choices)
+    rules = PreferenceRules(include_ties=True, include_both_bad=True)
+
+    json_rows, _ = export(tmp_path, dataset_format, "jsonl", rules=rules)
+    parquet_rows, _ = export(tmp_path, dataset_format, "parquet", rules=rules)
+
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.schema.equals(exports.FORMATS[dataset_format].schema)
+    assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_row_groups == -(-len(json_rows) // 2)
+    assert parquet_rows == json_rows and json_rows
+
+
+def test_an_empty_export_is_a_valid_empty_file(tmp_path, serving_version):
+    assert export(tmp_path, "arena", "parquet")[0] == []
+    assert export(tmp_path, "arena", "jsonl")[0] == []
+
+
+def test_export_run_records_the_export_and_writes_a_card_beside_it(tmp_path, voted, staff, settings):
+    settings.EXPORT_DIR = tmp_path / "exports"
+    voted("a", strength=1)
+    voted("tie")
+    filters = ExportFilters(prompt_sets=("default",), license="cc-by-4.0")
+    created = exports.export_create(
+        created_by=staff, dataset_format="trl-preference", file_format="parquet", filters=filters
+    )
+    assert (created.status, created.filters["prompt_sets"]) == ("queued", ["default"])
+    assert created.filters["license"] == "cc-by-4.0"
+
+    done = exports.export_run(export=created)
+
+    assert (done.status, done.row_count, done.error) == ("done", 1, "")
+    data = Path(done.path)
+    assert data == settings.EXPORT_DIR / f"export-{done.pk}-trl-preference.parquet" and data.is_file()
+    assert exports.export_files(done) == {"data": data, "card": data.with_suffix(".md")}
+    card = data.with_suffix(".md").read_text()
+    assert card.startswith("---\nlicense: cc-by-4.0\n")
+    for expected in (
+        "| rows | 1 |",
+        "| votes read (after the filters) | 2 |",
+        "| left out: no row in this format | none |",
+        "| prompt sets | default |",
+        "| ties | left out |",
+        "| margin | double |",
+        "| policy-v0-secret-name | serving | /models/base | - | - | 2 |",
+        'load_dataset("parquet", data_files="' + data.name,
+        f"by {staff.username}",
+        "Tie and both-bad verdicts have no chosen answer",
+    ):
+        assert expected in card, expected
+    assert exports.export_run(export=done).status == "done"  # runs once
+
+
+def test_a_failed_export_is_recorded_and_leaves_no_partial_file(tmp_path, voted, staff):
+    voted("a")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    created = exports.export_create(
+        created_by=staff, dataset_format="arena", file_format="jsonl", filters=ExportFilters()
+    )
+    failed = exports.export_run(export=created, path=blocker / "out.jsonl")
+    assert failed.status == "failed" and "FileExistsError" in failed.error and failed.finished_at
+    assert exports.export_files(failed) == {}
+
+
+def test_invalid_exports_name_the_fields_and_record_nothing(voted):
+    voted("a", "b", "a")
+    filters = ExportFilters(
+        model_versions=("nope",), annotators=("ghost", "voter0"), prompt_sets=("missing",), sources=("robots",)
+    )
+    with pytest.raises(exports.InvalidExport) as raised:
+        exports.export_create(created_by=None, dataset_format="csv", file_format="xlsx", filters=filters)
+    assert raised.value.errors == {
+        "dataset_format": "must be one of trl-preference, trl-unpaired, arena, hh-rlhf",
+        "file_format": "must be one of jsonl, parquet",
+        "model_versions": "unknown: nope",
+        "annotators": "unknown: ghost",
+        "prompt_sets": "unknown: missing",
+        "sources": "unknown: robots (use human, simulated, imported)",
+    }
+    with pytest.raises(exports.InvalidExport, match="3 votes match; exports over 2 votes"):
+        exports.export_create(
+            created_by=None, dataset_format="arena", file_format="jsonl", filters=ExportFilters(), max_votes=2
+        )
+    assert not Export.objects.exists()
+
+
+def test_export_command_writes_data_and_card_and_records_it(tmp_path, voted, capsys):
+    voted("a")
+    voted("b", "b")
+    output = tmp_path / "prefs.parquet"
+
+    call_command("export_preferences", "--format", "trl-preference", "--output", str(output), "--combine", "all")
+
+    printed = capsys.readouterr().out
+    export_row = Export.objects.get()
+    assert f"export {export_row.pk}: 3 rows in {output}" in printed
+    assert (export_row.file_format, export_row.created_by, export_row.filters["combine"]) == ("parquet", None, "all")
+    assert len(pq.read_table(output)) == 3 and (tmp_path / "prefs.md").is_file()
+    with pytest.raises(CommandError, match="model_versions: unknown: nope"):
+        call_command("export_preferences", "--format", "arena", "--model-version", "nope")
+    with pytest.raises(CommandError, match=r"must end with \.jsonl or \.parquet"):
+        call_command("export_preferences", "--format", "arena", "--output", str(tmp_path / "x.csv"))
+
+
+def test_hh_rlhf_round_trip_exports_arena_and_parquet(tmp_path):
+    call_command("import_preferences", str(HH_RLHF), "--format", "hh-rlhf", "--skip-bad", verbosity=0)
+
+    call_command("export_preferences", "--format", "arena", "--output", str(tmp_path / "arena.jsonl"), verbosity=0)
+    arena = read_rows(tmp_path / "arena.jsonl")
+    assert len(arena) == 997
+    for row in arena:
+        ARENA_ROW.validate(row)
+    assert {row["judge"] for row in arena} == {arena[0]["judge"]}  # one file: one pseudonym
+
+    output = tmp_path / "hh.parquet"
+    call_command("export_preferences", "--format", "hh-rlhf", "--output", str(output), verbosity=0)
+    table = pq.read_table(output)
+    assert table.num_rows == 997 and table.column_names[:2] == ["chosen", "rejected"]
+    originals = {
+        json.dumps(pair["prompt"]): pair["chosen"][0]["content"]
+        for pair in (_maybe_pair(line) for line in HH_RLHF.read_text().splitlines())
+        if pair
+    }
+    for row in table.slice(0, 100).to_pylist():
+        back = hh_rlhf_to_trl(row)
+        assert originals[json.dumps(back["prompt"])] == back["chosen"][0]["content"]
+
+
+def _maybe_pair(line):
+    try:
+        return hh_rlhf_to_trl(json.loads(line))
+    except ValueError:
+        return None
+
+
+@pytest.mark.slow
+def test_hh_rlhf_export_trains_one_dpo_step_with_no_glue(tmp_path):
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from training.model_prep import prepare_model
+
+    call_command("import_preferences", str(HH_RLHF), "--format", "hh-rlhf", "--skip-bad", verbosity=0)
+    output = tmp_path / "train.jsonl"
+    call_command("export_preferences", "--format", "trl-preference", "--output", str(output), verbosity=0)
+
+    dataset = load_dataset("json", data_files=str(output), split="train")
+    assert dataset.num_rows == 997
+    # Four rows whose prompts leave room for an answer within max_length=64 (TRL drops the others).
+    sizes = [sum(len(message["content"]) for message in prompt) for prompt in dataset["prompt"]]
+    shortest = sorted(range(len(sizes)), key=sizes.__getitem__)[:4]
+    model_dir = prepare_model(None, BASE_MODEL_DIR)
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        args=DPOConfig(
+            output_dir=str(tmp_path / "dpo"),
+            max_length=64,
+            per_device_train_batch_size=2,
+            max_steps=1,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            bf16=False,
+            dataloader_pin_memory=False,
+        ),
+        train_dataset=dataset.select(shortest),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    # One thread: on a busy two-core machine, two threads fighting other processes made this step 20x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    assert result.global_step == 1 and result.training_loss > 0
