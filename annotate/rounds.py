@@ -253,9 +253,18 @@ def _run_training_process(
     """Run `python -m training ...` to its end, streaming metrics and obeying a cancel request."""
     command = _training_command(*arguments)
     logger.info("round %s: %s", training_round.pk, shlex.join(command))
+    # More CPU threads than cores, shared with a vLLM server on the same CPU, makes OpenMP spin-wait: measured here,
+    # a DPO step went from seconds to minutes. The thread budget is explicit.
+    threads = str(settings.TRAINING_CPU_THREADS)
+    environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, cwd=settings.BASE_DIR, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=settings.BASE_DIR,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     _save(training_round, process_id=process.pid)
     offset = 0

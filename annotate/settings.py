@@ -229,6 +229,8 @@ RATIONALE_MAX_LENGTH = env_int("RATIONALE_MAX_LENGTH", 2000)
 ROUND_DIR = Path(env_str("ROUND_DIR", str(VAR_DIR / "rounds")))
 # Prefix for `-m training ...`, e.g. "accelerate launch" or "torchrun --nproc-per-node 4"; empty: this Python.
 TRAINING_LAUNCHER = env_str("TRAINING_LAUNCHER", "")
+# CPU threads for training and evaluation processes; the default leaves half the cores to the model server.
+TRAINING_CPU_THREADS = env_int("TRAINING_CPU_THREADS", max(1, (os.cpu_count() or 2) // 2))
 ROUND_AUTO_MIN_NEW_VOTES = env_int("ROUND_AUTO_MIN_NEW_VOTES", 0)  # 0: rounds start only when someone starts one
 ROUND_MIN_TRAIN_PAIRS = env_int("ROUND_MIN_TRAIN_PAIRS", 8)
 ROUND_HOLDOUT_FRACTION = env_float("ROUND_HOLDOUT_FRACTION", 0.2)

@@ -241,3 +241,19 @@ def test_simulate_annotators_votes_through_the_services(make_pair, serving_versi
     assert all(j.choice_on_screen == ("left" if j.a_on_left else "right") for j in judgements)  # "tiny" is A
     assert all(j.choice == "a" for j in judgements)
     assert judgements.values("annotator").distinct().count() == 2
+
+
+def test_training_processes_get_the_cpu_thread_budget(round_settings, votes, serving_version, settings, tmp_path):
+    votes(8)
+    settings.TRAINING_CPU_THREADS = 3
+    reporter = tmp_path / "reporter.sh"
+    reporter.write_text('#!/bin/sh\necho "threads=$OMP_NUM_THREADS/$MKL_NUM_THREADS"\nexit 3\n')
+    reporter.chmod(0o755)
+    settings.TRAINING_LAUNCHER = str(reporter)
+    training_round = rounds.round_start(trigger="api")
+
+    rounds.round_run(training_round.pk)
+
+    training_round.refresh_from_db()
+    assert "threads=3/3" in training_round.log_tail
+    assert "(exit 3)" in training_round.error
