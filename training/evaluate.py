@@ -122,9 +122,14 @@ def pair_logprobs(
             continue
         answers += [chosen, rejected]
         kept.append(index)
-    scores: list[float] = []
-    for start in range(0, len(answers), 2 * batch_size):
-        scores += answer_logprobs(model, answers[start : start + 2 * batch_size], tokenizer.pad_token_id).tolist()
+    # Batch answers of similar length together: less padding to run through the model.
+    order = sorted(range(len(answers)), key=lambda index: len(answers[index].input_ids))
+    scores = [0.0] * len(answers)
+    for start in range(0, len(order), 2 * batch_size):
+        batch = order[start : start + 2 * batch_size]
+        batch_scores = answer_logprobs(model, [answers[index] for index in batch], tokenizer.pad_token_id)
+        for index, score in zip(batch, batch_scores.tolist(), strict=True):
+            scores[index] = score
     return PairLogprobs(chosen=scores[0::2], rejected=scores[1::2], kept=kept)
 
 
@@ -133,7 +138,10 @@ def implicit_rewards(policy_logprobs: Sequence[float], reference_logprobs: Seque
 
 
 def reward_accuracy(chosen_rewards: Sequence[float], rejected_rewards: Sequence[float], skipped: int = 0) -> EvalResult:
-    """Score rewards of paired answers. A tie counts as half a win: an untrained adapter scores 0.5 (chance), not 0."""
+    """Score rewards of paired answers. A tie counts as half a win, so an untrained adapter scores 0.5 (chance).
+
+    (TRL's training metric rewards/accuracies counts a tie as a loss: it starts at 0 on the first step.)
+    """
     if len(chosen_rewards) != len(rejected_rewards):
         raise ValueError("chosen_rewards and rejected_rewards must have the same length")
     if not chosen_rewards:

@@ -32,13 +32,14 @@ def log_in(page, live_server, username, password):
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
+    page.wait_for_load_state("load")  # deferred scripts (htmx, the key bindings) have run
 
 
 def test_keyboard_votes_swap_in_the_next_pair_without_a_reload(browser, live_server, annotator, make_pair):
     make_pair(texts=("**first** left or right", "first other")), make_pair(texts=("second one", "second two"))
     page = browser.new_page()
     log_in(page, live_server, "ann", "ann-password-1")
-    page.wait_for_selector("[data-testid=answer-left] strong")
+    page.wait_for_selector(".answers strong")  # the Markdown answer, on whichever side it was dealt
     page.evaluate("window.notReloaded = true")
 
     page.keyboard.press("3")  # tie
