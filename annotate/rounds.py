@@ -247,6 +247,18 @@ def _read_new_metrics(path: Path, offset: int) -> tuple[list[dict[str, Any]], in
     return rows, offset + len(complete)
 
 
+def process_group_stop(process: subprocess.Popen[bytes], grace_seconds: float = 30) -> None:
+    """Stop a process started with start_new_session=True, and its children: SIGTERM, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def _run_training_process(
     training_round: TrainingRound, arguments: list[str], log_path: Path, metrics_path: Path | None = None
 ) -> None:
@@ -279,12 +291,7 @@ def _run_training_process(
             break
         training_round.refresh_from_db(fields=["cancel_requested"])
         if training_round.cancel_requested:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            process_group_stop(process)
             _finish(training_round, Status.CANCELLED, log_tail=_log_tail(log_path), error="cancelled by an admin")
             raise RoundStopped
         _save(training_round)  # heartbeat

@@ -14,7 +14,6 @@ import argparse
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -76,15 +75,6 @@ def start(name: str, command: list[str], scratch: Path) -> subprocess.Popen[byte
     return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 def answers(client: Any, model: str, prompts: list[Any], samples: int) -> list[tuple[Any, str, int]]:
     """Seeded answers: the same prompts and seeds for every model, so lengths compare like with like."""
     from concurrent.futures import ThreadPoolExecutor
@@ -120,6 +110,7 @@ def main() -> int:
     from annotate import rounds
     from annotate.generation import client_from_settings
     from annotate.models import Judgement, Prompt, TrainingRound
+    from annotate.rounds import process_group_stop
 
     call_command("migrate", verbosity=0)
     call_command("createcachetable", verbosity=0)
@@ -193,7 +184,7 @@ def main() -> int:
         results["baseline_tokens"] = baseline
     finally:
         for process in processes:
-            stop(process)
+            process_group_stop(process)
     if arguments.output:
         arguments.output.write_text(json.dumps(results, indent=2))
     print(f"\nlogs and data: {scratch}")

@@ -257,3 +257,31 @@ def test_training_processes_get_the_cpu_thread_budget(round_settings, votes, ser
     training_round.refresh_from_db()
     assert "threads=3/3" in training_round.log_tail
     assert "(exit 3)" in training_round.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_stops_the_running_training_process(round_settings, votes, serving_version, settings, tmp_path):
+    import threading
+    import time
+
+    votes(8)
+    settings.ROUND_POLL_SECONDS = 0.1
+    sleeper = tmp_path / "sleeper.sh"
+    sleeper.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 120\n")
+    sleeper.chmod(0o755)
+    settings.TRAINING_LAUNCHER = str(sleeper)
+    training_round = rounds.round_start(trigger="api")
+    runner = threading.Thread(target=rounds.round_run, args=(training_round.pk,))
+    started = time.monotonic()
+    runner.start()
+    while not (tmp_path / "pid").exists() and time.monotonic() - started < 30:
+        time.sleep(0.1)
+    training_round.refresh_from_db()
+    rounds.round_cancel(training_round=training_round)
+    runner.join(timeout=60)
+
+    assert not runner.is_alive() and time.monotonic() - started < 60  # not the 120 s the process would sleep
+    training_round.refresh_from_db()
+    assert training_round.status == TrainingRound.Status.CANCELLED and training_round.active is None
+    pid = int((tmp_path / "pid").read_text())
+    assert not Path(f"/proc/{pid}").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from annotate.rounds import process_group_stop
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO / "var" / "log" / "tests"
@@ -30,16 +31,6 @@ def _start(name: str, command: list[str], env: dict[str, str]) -> tuple[subproce
         start_new_session=True,  # its own process group, so stopping it stops its children too
     )
     return process, log_path
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, process=None, log_path=None) -> Any:
@@ -77,7 +68,7 @@ def vllm_server() -> Iterator[str]:
         wait_until(healthy, 420, "the vLLM server to answer /health", process, log_path)
         yield url
     finally:
-        _stop(process)
+        process_group_stop(process)
 
 
 def _test_database_url() -> str:
@@ -113,7 +104,7 @@ def _worker(name: str, queue: str) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        _stop(process)
+        process_group_stop(process)
 
 
 @pytest.fixture(scope="session")
