@@ -35,7 +35,6 @@ from rest_framework.response import Response
 from annotate import exports, imports
 from annotate.exports import ExportFilters
 from annotate.models import Export, Judgement, ModelVersion, Pair, Prompt
-from annotate.preferences import PreferenceRules
 
 ROLES = ("system", "user", "assistant")
 
@@ -409,23 +408,7 @@ class ExportInput(serializers.Serializer[Any]):
     license = serializers.CharField(default="", allow_blank=True, max_length=100, help_text="Stated on the card.")
 
     def to_filters(self) -> ExportFilters:
-        data = self.validated_data
-        return ExportFilters(
-            date_from=data["date_from"],
-            date_to=data["date_to"],
-            prompt_sets=tuple(data["prompt_sets"]),
-            model_versions=tuple(data["model_versions"]),
-            annotators=tuple(data["annotators"]),
-            sources=tuple(data["sources"]),
-            on_policy=data["on_policy"],
-            rules=PreferenceRules(
-                combine=data["combine"],
-                include_ties=data["include_ties"],
-                include_both_bad=data["include_both_bad"],
-                min_agreement=data["min_agreement"],
-            ),
-            license=data["license"],
-        )
+        return ExportFilters.from_values(self.validated_data)
 
 
 class ExportItem(serializers.ModelSerializer[Export]):

@@ -23,7 +23,6 @@ from django_htmx.middleware import HtmxDetails
 from annotate import exports, imports
 from annotate.exports import ExportFilters
 from annotate.models import Export, ModelVersion, Prompt
-from annotate.preferences import PreferenceRules
 
 EXPORTS_SHOWN = 50
 
@@ -160,21 +159,12 @@ class ExportForm(forms.Form):
 
     def to_filters(self) -> ExportFilters:
         data = self.cleaned_data
-        return ExportFilters(
-            date_from=data["date_from"],
-            date_to=data["date_to"],
-            prompt_sets=tuple(data["prompt_sets"]),
-            model_versions=tuple(version.name for version in data["model_versions"]),
-            annotators=tuple(user.username for user in data["annotators"]),
-            sources=tuple(data["sources"]),
-            on_policy=data["on_policy"],
-            rules=PreferenceRules(
-                combine=data["combine"],
-                include_ties=data["include_ties"],
-                include_both_bad=data["include_both_bad"],
-                min_agreement=data["min_agreement"],
-            ),
-            license=data["license"],
+        return ExportFilters.from_values(
+            {
+                **data,
+                "model_versions": [version.name for version in data["model_versions"]],
+                "annotators": [user.username for user in data["annotators"]],
+            }
         )
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -67,6 +67,26 @@ class ExportFilters:
     on_policy: bool = False  # both answers from the version that served when the pair was sampled
     rules: PreferenceRules = field(default_factory=PreferenceRules)
     license: str = ""  # not a filter: the licence the dataset card states
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> ExportFilters:
+        """From validated form, serializer or command-line values named like the fields (rules flattened)."""
+        return cls(
+            date_from=values["date_from"],
+            date_to=values["date_to"],
+            prompt_sets=tuple(values["prompt_sets"]),
+            model_versions=tuple(values["model_versions"]),
+            annotators=tuple(values["annotators"]),
+            sources=tuple(values["sources"]),
+            on_policy=values["on_policy"],
+            rules=PreferenceRules(
+                combine=values["combine"],
+                include_ties=values["include_ties"],
+                include_both_bad=values["include_both_bad"],
+                min_agreement=values["min_agreement"],
+            ),
+            license=values["license"],
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {

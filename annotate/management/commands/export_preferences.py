@@ -9,7 +9,6 @@ from tqdm import tqdm
 
 from annotate import exports
 from annotate.models import Export
-from annotate.preferences import PreferenceRules
 
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
@@ -47,25 +46,11 @@ class Command(BaseCommand):
         if file_format is None:
             raise CommandError("--output must end with .jsonl or .parquet (or give --file-format)")
         try:
-            rules = PreferenceRules(
-                combine=options["combine"],
-                include_ties=options["include_ties"],
-                include_both_bad=options["include_both_bad"],
-                min_agreement=options["min_agreement"],
+            filters = exports.ExportFilters.from_values(
+                {**options, "date_from": options["since"], "date_to": options["until"]}
             )
         except ValueError as error:
             raise CommandError(str(error)) from None
-        filters = exports.ExportFilters(
-            date_from=options["since"],
-            date_to=options["until"],
-            prompt_sets=tuple(options["prompt_sets"]),
-            model_versions=tuple(options["model_versions"]),
-            annotators=tuple(options["annotators"]),
-            sources=tuple(options["sources"]),
-            on_policy=options["on_policy"],
-            rules=rules,
-            license=options["license"],
-        )
         try:
             export = exports.export_create(
                 created_by=None, dataset_format=options["dataset_format"], file_format=file_format, filters=filters
