@@ -293,3 +293,35 @@ def test_base_version_becomes_serving_only_when_nothing_serves(db):
     other = services.model_version_ensure_base(name="other", base_model="/m")
     assert other.status == ModelVersion.Status.CANDIDATE
     assert services.model_version_serving() == base
+
+
+def test_pairs_from_the_serving_version_are_served_first(make_pair, annotator, serving_version):
+    old_pair = make_pair()  # sampled from serving_version, which is about to be replaced
+    newer = ModelVersion.objects.create(name="round-1", base_model="/m", adapter_path="/a", parent=serving_version)
+    new_pair = make_pair()
+    Pair.objects.filter(pk=new_pair.pk).update(sampled_from=newer)
+    ModelVersion.objects.filter(pk=serving_version.pk).update(status=ModelVersion.Status.RETIRED)
+    ModelVersion.objects.filter(pk=newer.pk).update(status=ModelVersion.Status.SERVING)
+
+    assert services.assignment_lease_next(annotator=annotator).pair == new_pair  # newer, yet served first
+    vote(annotator, new_pair.pk)
+    assert services.assignment_lease_next(annotator=annotator).pair == old_pair  # old pairs stay valid
+
+
+def test_a_vote_that_leaves_the_buffer_low_asks_for_more(
+    make_pair, annotator, settings, django_capture_on_commit_callbacks
+):
+    from annotate import tasks
+
+    settings.PAIR_BUFFER_LOW_WATERMARK = 2
+    pair = make_pair()
+    services.assignment_lease_next(annotator=annotator)
+    requested = []
+    original = tasks.pairs_refill.delay
+    tasks.pairs_refill.delay = lambda: requested.append(True)  # the broker is the edge here; the call is what counts
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            vote(annotator, pair.pk)
+    finally:
+        tasks.pairs_refill.delay = original
+    assert requested == [True]
