@@ -1,4 +1,4 @@
-"""The annotation API: the same services as the HTML views.
+"""The annotation API, for annotators: lease a pair, vote, skip. The same services as the HTML views.
 
 Outside clients rely on these shapes: extend them, never rename.
 """
@@ -8,32 +8,13 @@ from __future__ import annotations
 from typing import Any, cast
 
 from django.contrib.auth.models import User
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.decorators import api_view, permission_classes
-from rest_framework.exceptions import ValidationError
-from rest_framework.permissions import IsAdminUser
+from rest_framework.decorators import api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
 
-from annotate import rounds, services
-from annotate.generation import ModelServerUnavailable, client_from_settings
-from annotate.models import ModelVersion, TrainingRound
-from training.config import SUPPORTED_LOSS_TYPES
-
-
-def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's errors, always as JSON with a `detail` or the fields named; annotation errors as 409 / 400."""
-    if isinstance(exc, services.InvalidJudgement):
-        return Response({"errors": exc.errors}, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, services.LeaseConflict):
-        return Response({"detail": str(exc), "code": exc.code}, status=status.HTTP_409_CONFLICT)
-    response = drf_exception_handler(exc, context)
-    if response is not None and isinstance(exc, ValidationError):
-        response.data = {"errors": response.data}
-    return response
+from annotate import services
 
 
 def _annotator(request: Request) -> User:
@@ -128,134 +109,3 @@ def pairs_skip(request: Request) -> Response:
     data.is_valid(raise_exception=True)
     services.assignment_skip(annotator=_annotator(request), pair_id=data.validated_data["pair"])
     return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-# --- Training rounds (staff) -------------------------------------------------------------------------------------
-
-
-class RoundInput(serializers.Serializer[Any]):
-    """Config overrides; anything left out takes the defaults in settings (ROUND_*)."""
-
-    beta = serializers.FloatField(required=False, min_value=0.001, max_value=10)
-    learning_rate = serializers.FloatField(required=False, min_value=1e-8, max_value=1e-2)
-    epochs = serializers.IntegerField(required=False, min_value=1, max_value=20)
-    batch_size = serializers.IntegerField(required=False, min_value=1, max_value=512)
-    max_length = serializers.IntegerField(required=False, min_value=32, max_value=8192)
-    max_steps = serializers.IntegerField(required=False, min_value=-1)
-    lora_rank = serializers.IntegerField(required=False, min_value=1, max_value=256)
-    loss_type = serializers.ChoiceField(required=False, choices=SUPPORTED_LOSS_TYPES)
-
-
-class RoundOutput(serializers.ModelSerializer[TrainingRound]):
-    parent_version = serializers.CharField(source="parent_version.name", read_only=True)
-    result_version = serializers.CharField(source="result_version.name", read_only=True, allow_null=True)
-    progress_percent = serializers.IntegerField(read_only=True)
-    votes_read = serializers.SerializerMethodField()
-
-    class Meta:
-        model = TrainingRound
-        fields = [
-            "id", "status", "trigger", "parent_version", "result_version", "config", "rules", "votes_read",
-            "train_pairs", "heldout_pairs", "progress_percent", "metrics", "evaluation", "phase_seconds",
-            "override_reason", "error", "log_tail", "created_at", "started_at", "finished_at",
-        ]  # fmt: skip
-
-    def get_votes_read(self, training_round: TrainingRound) -> int:
-        return len(training_round.judgement_ids)
-
-
-def _round_error(error: rounds.RoundError) -> Response:
-    return Response({"detail": str(error), "code": "conflict"}, status=status.HTTP_409_CONFLICT)
-
-
-@extend_schema(
-    request=RoundInput,
-    responses={201: RoundOutput, 400: OpenApiResponse(description="Invalid config fields, named in `errors`."),
-               409: OpenApiResponse(description="A round is running, or there are too few votes (`detail`).")},
-    summary="Start a training round",
-)  # fmt: skip
-@api_view(["POST"])
-@permission_classes([IsAdminUser])
-def rounds_create(request: Request) -> Response:
-    data = RoundInput(data=request.data)
-    data.is_valid(raise_exception=True)
-    try:
-        training_round = rounds.round_start(
-            trigger=TrainingRound.Trigger.API, started_by=_annotator(request), overrides=dict(data.validated_data)
-        )
-    except rounds.RoundError as error:
-        return _round_error(error)
-    return Response(RoundOutput(training_round).data, status=status.HTTP_201_CREATED)
-
-
-@extend_schema(responses={200: RoundOutput}, summary="A training round, with its live metrics and evaluation")
-@api_view(["GET"])
-@permission_classes([IsAdminUser])
-def rounds_detail(request: Request, round_id: int) -> Response:
-    return Response(RoundOutput(get_object_or_404(TrainingRound, pk=round_id)).data)
-
-
-@extend_schema(request=None, responses={202: RoundOutput, 409: OpenApiResponse(description="Not running.")},
-               summary="Cancel a running round")  # fmt: skip
-@api_view(["POST"])
-@permission_classes([IsAdminUser])
-def rounds_cancel(request: Request, round_id: int) -> Response:
-    training_round = get_object_or_404(TrainingRound, pk=round_id)
-    try:
-        rounds.round_cancel(training_round=training_round)
-    except rounds.RoundError as error:
-        return _round_error(error)
-    training_round.refresh_from_db()
-    return Response(RoundOutput(training_round).data, status=status.HTTP_202_ACCEPTED)
-
-
-class PromoteInput(serializers.Serializer[Any]):
-    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
-
-
-@extend_schema(
-    request=PromoteInput,
-    responses={202: RoundOutput, 409: OpenApiResponse(description="Nothing to promote, or a reason is missing.")},
-    summary="Deploy a round the eval gate rejected (with a reason), or retry a deploy",
-)
-@api_view(["POST"])
-@permission_classes([IsAdminUser])
-def rounds_promote(request: Request, round_id: int) -> Response:
-    training_round = get_object_or_404(TrainingRound, pk=round_id)
-    data = PromoteInput(data=request.data)
-    data.is_valid(raise_exception=True)
-    try:
-        rounds.round_promote(
-            training_round=training_round, by=_annotator(request), reason=data.validated_data["reason"]
-        )
-    except rounds.RoundError as error:
-        return _round_error(error)
-    return Response(RoundOutput(training_round).data, status=status.HTTP_202_ACCEPTED)
-
-
-class VersionOutput(serializers.ModelSerializer[ModelVersion]):
-    parent_version = serializers.CharField(source="parent.name", read_only=True, allow_null=True)
-
-    class Meta:
-        model = ModelVersion
-        fields = ["id", "name", "parent_version", "status", "adapter_path", "base_model", "created_at", "serving_since"]
-
-
-@extend_schema(
-    request=None,
-    responses={200: VersionOutput, 409: OpenApiResponse(description="It cannot serve (rejected or imported)."),
-               503: OpenApiResponse(description="The model server could not load it; nothing changed.")},
-    summary="Make a model version serve new pairs (roll back or forward)",
-)  # fmt: skip
-@api_view(["POST"])
-@permission_classes([IsAdminUser])
-def model_versions_serve(request: Request, version_id: int) -> Response:
-    version = get_object_or_404(ModelVersion, pk=version_id)
-    try:
-        with client_from_settings() as client:
-            services.model_version_serve(version=version, client=client)
-    except ModelServerUnavailable as error:
-        return Response({"detail": str(error), "code": "unavailable"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-    except ValueError as error:
-        return Response({"detail": str(error), "code": "conflict"}, status=status.HTTP_409_CONFLICT)
-    return Response(VersionOutput(version).data)

@@ -5,47 +5,26 @@ Each page serves the full page, or only its `panel` fragment when htmx posts the
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
-from django_htmx.middleware import HtmxDetails
 
 from annotate import exports, imports
 from annotate.exports import ExportFilters
 from annotate.models import Export, ModelVersion, Prompt
+from annotate.web import AppRequest, render_page, staff_required
 
 EXPORTS_SHOWN = 50
 
 
-class StaffRequest(HttpRequest):
-    user: User
-    htmx: HtmxDetails
-
-
-def staff_required(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-    """Logged in (else the login page) and staff (else 403)."""
-
-    @wraps(view)
-    def checked(request: StaffRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        if not request.user.is_staff:
-            raise PermissionDenied("staff only")
-        return view(request, *args, **kwargs)
-
-    return login_required(checked)
-
-
-def _render(request: StaffRequest, template_name: str, context: dict[str, Any], status: int = 200) -> HttpResponse:
-    return render(request, template_name + "#panel" if request.htmx else template_name, context, status=status)
+def _render(request: AppRequest, template_name: str, context: dict[str, Any], status: int = 200) -> HttpResponse:
+    return render_page(request, template_name, "panel", context, status=status)
 
 
 # --- Imports ---------------------------------------------------------------------------------------------------
@@ -76,7 +55,7 @@ def _upload_text(form: forms.Form) -> str:
 
 @require_http_methods(["GET", "POST"])
 @staff_required
-def prompts_import(request: StaffRequest) -> HttpResponse:
+def prompts_import(request: AppRequest) -> HttpResponse:
     form = PromptUploadForm(request.POST or None, request.FILES or None)
     context: dict[str, Any] = {"form": form}
     if request.method == "POST":
@@ -99,7 +78,7 @@ def prompts_import(request: StaffRequest) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 @staff_required
-def preferences_import(request: StaffRequest) -> HttpResponse:
+def preferences_import(request: AppRequest) -> HttpResponse:
     form = PreferenceUploadForm(request.POST or None, request.FILES or None)
     context: dict[str, Any] = {"form": form}
     if request.method == "POST":
@@ -175,7 +154,7 @@ def _exports_context(form: ExportForm, **extra: Any) -> dict[str, Any]:
 
 @require_http_methods(["GET", "POST"])
 @staff_required
-def exports_page(request: StaffRequest) -> HttpResponse:
+def exports_page(request: AppRequest) -> HttpResponse:
     form = ExportForm(request.POST or None)
     if request.method == "GET":
         return _render(request, "data/exports.html", _exports_context(form))
@@ -209,7 +188,7 @@ def _card_parts(text: str) -> tuple[str, str]:
 
 @require_GET
 @staff_required
-def export_detail(request: StaffRequest, export_id: int) -> HttpResponse:
+def export_detail(request: AppRequest, export_id: int) -> HttpResponse:
     export = get_object_or_404(Export.objects.select_related("created_by"), pk=export_id)
     files = exports.export_files(export)
     front, body = _card_parts(files["card"].read_text(encoding="utf-8")) if "card" in files else ("", "")
@@ -219,7 +198,7 @@ def export_detail(request: StaffRequest, export_id: int) -> HttpResponse:
 
 @require_GET
 @staff_required
-def export_download(request: StaffRequest, export_id: int) -> FileResponse:
+def export_download(request: AppRequest, export_id: int) -> FileResponse:
     export = get_object_or_404(Export, pk=export_id)
     path = exports.export_files(export).get(request.GET.get("file", "data"))
     if path is None:

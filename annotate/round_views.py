@@ -6,23 +6,16 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from annotate import rounds, services
 from annotate.generation import ModelServerUnavailable, client_from_settings
 from annotate.models import ModelVersion, TrainingRound
-from annotate.views import AnnotatorRequest
+from annotate.web import AppRequest, render_page, staff_required
 from training.config import SUPPORTED_LOSS_TYPES
-
-
-def _require_staff(request: AnnotatorRequest) -> None:
-    if not request.user.is_staff:
-        raise PermissionDenied("Only staff can manage training rounds.")
 
 
 class RoundStartForm(forms.Form):
@@ -59,13 +52,12 @@ def _charts(training_round: TrainingRound) -> list[dict[str, Any]]:
 
 
 @require_GET
-@login_required
-def rounds_list(request: AnnotatorRequest) -> HttpResponse:
-    _require_staff(request)
+@staff_required
+def rounds_list(request: AppRequest) -> HttpResponse:
     return _render_list(request, RoundStartForm(initial=rounds.round_config_defaults()))
 
 
-def _render_list(request: AnnotatorRequest, form: RoundStartForm, status: int = 200) -> HttpResponse:
+def _render_list(request: AppRequest, form: RoundStartForm, status: int = 200) -> HttpResponse:
     context = {
         "rounds": TrainingRound.objects.select_related("parent_version", "result_version", "started_by")[:50],
         "versions": ModelVersion.objects.exclude(status=ModelVersion.Status.EXTERNAL).select_related("parent"),
@@ -73,14 +65,12 @@ def _render_list(request: AnnotatorRequest, form: RoundStartForm, status: int = 
         "rules": rounds.round_rules(),
         "ready_pairs": services.pairs_ready_count(),
     }
-    template = "rounds/list.html#rounds" if request.htmx else "rounds/list.html"
-    return render(request, template, context, status=status)
+    return render_page(request, "rounds/list.html", "rounds", context, status=status)
 
 
 @require_POST
-@login_required
-def round_start(request: AnnotatorRequest) -> HttpResponse:
-    _require_staff(request)
+@staff_required
+def round_start(request: AppRequest) -> HttpResponse:
     form = RoundStartForm(request.POST)
     if not form.is_valid():
         return _render_list(request, form, status=400)
@@ -94,25 +84,23 @@ def round_start(request: AnnotatorRequest) -> HttpResponse:
     return HttpResponseRedirect(reverse("round-detail", args=[training_round.pk]))
 
 
-def _get_round(request: AnnotatorRequest, round_id: int) -> TrainingRound:
-    _require_staff(request)
+def _get_round(request: AppRequest, round_id: int) -> TrainingRound:
     return get_object_or_404(
         TrainingRound.objects.select_related("parent_version", "result_version", "started_by"), pk=round_id
     )
 
 
 @require_GET
-@login_required
-def round_detail(request: AnnotatorRequest, round_id: int) -> HttpResponse:
+@staff_required
+def round_detail(request: AppRequest, round_id: int) -> HttpResponse:
     training_round = _get_round(request, round_id)
     context = {"round": training_round, "charts": _charts(training_round), "last": training_round.last_metrics}
-    template = "rounds/detail.html#round" if request.htmx else "rounds/detail.html"
-    return render(request, template, context)
+    return render_page(request, "rounds/detail.html", "round", context)
 
 
 @require_POST
-@login_required
-def round_cancel(request: AnnotatorRequest, round_id: int) -> HttpResponse:
+@staff_required
+def round_cancel(request: AppRequest, round_id: int) -> HttpResponse:
     training_round = _get_round(request, round_id)
     try:
         rounds.round_cancel(training_round=training_round)
@@ -123,8 +111,8 @@ def round_cancel(request: AnnotatorRequest, round_id: int) -> HttpResponse:
 
 
 @require_POST
-@login_required
-def round_promote(request: AnnotatorRequest, round_id: int) -> HttpResponse:
+@staff_required
+def round_promote(request: AppRequest, round_id: int) -> HttpResponse:
     training_round = _get_round(request, round_id)
     try:
         rounds.round_promote(training_round=training_round, by=request.user, reason=request.POST.get("reason", ""))
@@ -135,10 +123,9 @@ def round_promote(request: AnnotatorRequest, round_id: int) -> HttpResponse:
 
 
 @require_POST
-@login_required
-def version_serve(request: AnnotatorRequest, version_id: int) -> HttpResponse:
+@staff_required
+def version_serve(request: AppRequest, version_id: int) -> HttpResponse:
     """Roll back (or forward) to any earlier version: it serves new pairs from now on."""
-    _require_staff(request)
     version = get_object_or_404(ModelVersion, pk=version_id)
     try:
         with client_from_settings() as client:

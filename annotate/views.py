@@ -8,32 +8,23 @@ from typing import Any
 
 import httpx
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
-from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.middleware import HtmxDetails
 
 from annotate import services
 from annotate.generation import ModelServerUnavailable, client_from_settings
 from annotate.models import Assignment, Judgement, TrainingRound
+from annotate.web import AppRequest, render_page
 
 logger = logging.getLogger(__name__)
 
 ANNOTATE_TEMPLATE = "annotate/annotate.html"
 
 
-class AnnotatorRequest(HttpRequest):
-    """A request as the views below see it: logged in (login_required) and with htmx details (the middleware)."""
-
-    user: User
-    htmx: HtmxDetails
-
-
-def _annotate_context(request: AnnotatorRequest, assignment: Assignment | None, **extra: Any) -> dict[str, Any]:
+def _annotate_context(request: AppRequest, assignment: Assignment | None, **extra: Any) -> dict[str, Any]:
     return {
         "assignment": assignment,
         "idempotency_key": uuid.uuid4(),
@@ -43,15 +34,14 @@ def _annotate_context(request: AnnotatorRequest, assignment: Assignment | None, 
     }
 
 
-def _render_annotate(request: AnnotatorRequest, context: dict[str, Any], status: int = 200) -> HttpResponse:
-    template_name = ANNOTATE_TEMPLATE + "#pair" if request.htmx else ANNOTATE_TEMPLATE
-    return render(request, template_name, context, status=status)
+def _render_annotate(request: AppRequest, context: dict[str, Any], status: int = 200) -> HttpResponse:
+    return render_page(request, ANNOTATE_TEMPLATE, "pair", context, status=status)
 
 
 @never_cache
 @require_GET
 @login_required
-def annotate(request: AnnotatorRequest) -> HttpResponse:
+def annotate(request: AppRequest) -> HttpResponse:
     assignment = services.assignment_lease_next(annotator=request.user)
     if assignment is None:
         services.pairs_refill_request()
@@ -67,7 +57,7 @@ def _parse_strength(raw: str | None) -> int | None:
         return -1  # reported by the service as an invalid strength
 
 
-def _after_answer(request: AnnotatorRequest, **extra: Any) -> HttpResponse:
+def _after_answer(request: AppRequest, **extra: Any) -> HttpResponse:
     if not request.htmx:
         return HttpResponseRedirect(reverse("annotate"))
     assignment = services.assignment_lease_next(annotator=request.user)
@@ -76,7 +66,7 @@ def _after_answer(request: AnnotatorRequest, **extra: Any) -> HttpResponse:
     return _render_annotate(request, _annotate_context(request, assignment, **extra))
 
 
-def _answer_failed(request: AnnotatorRequest, pair_id: int, error: services.AnnotationError) -> HttpResponse:
+def _answer_failed(request: AppRequest, pair_id: int, error: services.AnnotationError) -> HttpResponse:
     """Show the error with the pair still in place (or the next one when this pair is no longer theirs)."""
     status = 409 if isinstance(error, services.LeaseConflict) else 400
     assignment = services.assignment_current(annotator=request.user)
@@ -87,7 +77,7 @@ def _answer_failed(request: AnnotatorRequest, pair_id: int, error: services.Anno
 
 @require_POST
 @login_required
-def judge(request: AnnotatorRequest, pair_id: int) -> HttpResponse:
+def judge(request: AppRequest, pair_id: int) -> HttpResponse:
     choice = request.POST.get("choice", "")
     strength = _parse_strength(request.POST.get("strength")) if choice in ("left", "right") else None
     try:
@@ -110,7 +100,7 @@ def judge(request: AnnotatorRequest, pair_id: int) -> HttpResponse:
 
 @require_POST
 @login_required
-def skip(request: AnnotatorRequest, pair_id: int) -> HttpResponse:
+def skip(request: AppRequest, pair_id: int) -> HttpResponse:
     try:
         services.assignment_skip(annotator=request.user, pair_id=pair_id)
     except services.AnnotationError as error:

@@ -1,7 +1,7 @@
-"""The data API, for staff: prompts, pairs, votes and model versions; imports; exports with their dataset cards.
+"""The staff API: prompts, pairs, votes, model versions and training rounds; imports; exports with their cards.
 
-It calls the same services as the staff pages (annotate.imports, annotate.exports). Annotator tokens get 403 here:
-they can only use the annotation endpoints of annotate/api.py. Lists are paginated (?page=, ?page_size=).
+It calls the same services as the staff pages. Every endpoint here is staff only (IsAdminUser): annotator tokens
+get 403 and can only use the annotation endpoints of annotate/api.py. Lists are paginated (?page=, ?page_size=).
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate import exports, imports
+from annotate import exports, imports, rounds, services
 from annotate.exports import ExportFilters
-from annotate.models import Export, Judgement, ModelVersion, Pair, Prompt
+from annotate.generation import ModelServerUnavailable, client_from_settings
+from annotate.models import Export, Judgement, ModelVersion, Pair, Prompt, TrainingRound
+from training.config import SUPPORTED_LOSS_TYPES
 
 ROLES = ("system", "user", "assistant")
 
@@ -511,3 +513,124 @@ def exports_download(request: Request, export_id: int) -> FileResponse | Respons
     if path is None:
         return Response({"detail": f"export {export.pk} has no {which} file (status {export.status})"}, status=404)
     return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+
+
+# --- Training rounds and model versions ------------------------------------------------------------------
+
+
+class RoundInput(serializers.Serializer[Any]):
+    """Config overrides; anything left out takes the defaults in settings (ROUND_*)."""
+
+    beta = serializers.FloatField(required=False, min_value=0.001, max_value=10)
+    learning_rate = serializers.FloatField(required=False, min_value=1e-8, max_value=1e-2)
+    epochs = serializers.IntegerField(required=False, min_value=1, max_value=20)
+    batch_size = serializers.IntegerField(required=False, min_value=1, max_value=512)
+    max_length = serializers.IntegerField(required=False, min_value=32, max_value=8192)
+    max_steps = serializers.IntegerField(required=False, min_value=-1)
+    lora_rank = serializers.IntegerField(required=False, min_value=1, max_value=256)
+    loss_type = serializers.ChoiceField(required=False, choices=SUPPORTED_LOSS_TYPES)
+
+
+class RoundOutput(serializers.ModelSerializer[TrainingRound]):
+    parent_version = serializers.CharField(source="parent_version.name", read_only=True)
+    result_version = serializers.CharField(source="result_version.name", read_only=True, allow_null=True)
+    progress_percent = serializers.IntegerField(read_only=True)
+    votes_read = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TrainingRound
+        fields = [
+            "id", "status", "trigger", "parent_version", "result_version", "config", "rules", "votes_read",
+            "train_pairs", "heldout_pairs", "progress_percent", "metrics", "evaluation", "phase_seconds",
+            "override_reason", "error", "log_tail", "created_at", "started_at", "finished_at",
+        ]  # fmt: skip
+
+    def get_votes_read(self, training_round: TrainingRound) -> int:
+        return len(training_round.judgement_ids)
+
+
+def _round_error(error: rounds.RoundError) -> Response:
+    return Response({"detail": str(error), "code": "conflict"}, status=status.HTTP_409_CONFLICT)
+
+
+@extend_schema(
+    request=RoundInput,
+    responses={201: RoundOutput, 400: OpenApiResponse(description="Invalid config fields, named in `errors`."),
+               409: OpenApiResponse(description="A round is running, or there are too few votes (`detail`).")},
+    summary="Start a training round",
+)  # fmt: skip
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def rounds_create(request: Request) -> Response:
+    data = RoundInput(data=request.data)
+    data.is_valid(raise_exception=True)
+    try:
+        training_round = rounds.round_start(
+            trigger=TrainingRound.Trigger.API, started_by=_staff(request), overrides=dict(data.validated_data)
+        )
+    except rounds.RoundError as error:
+        return _round_error(error)
+    return Response(RoundOutput(training_round).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(responses={200: RoundOutput}, summary="A training round, with its live metrics and evaluation")
+@api_view(["GET"])
+@permission_classes([IsAdminUser])
+def rounds_detail(request: Request, round_id: int) -> Response:
+    return Response(RoundOutput(get_object_or_404(TrainingRound, pk=round_id)).data)
+
+
+@extend_schema(request=None, responses={202: RoundOutput, 409: OpenApiResponse(description="Not running.")},
+               summary="Cancel a running round")  # fmt: skip
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def rounds_cancel(request: Request, round_id: int) -> Response:
+    training_round = get_object_or_404(TrainingRound, pk=round_id)
+    try:
+        rounds.round_cancel(training_round=training_round)
+    except rounds.RoundError as error:
+        return _round_error(error)
+    training_round.refresh_from_db()
+    return Response(RoundOutput(training_round).data, status=status.HTTP_202_ACCEPTED)
+
+
+class PromoteInput(serializers.Serializer[Any]):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+@extend_schema(
+    request=PromoteInput,
+    responses={202: RoundOutput, 409: OpenApiResponse(description="Nothing to promote, or a reason is missing.")},
+    summary="Deploy a round the eval gate rejected (with a reason), or retry a deploy",
+)
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def rounds_promote(request: Request, round_id: int) -> Response:
+    training_round = get_object_or_404(TrainingRound, pk=round_id)
+    data = PromoteInput(data=request.data)
+    data.is_valid(raise_exception=True)
+    try:
+        rounds.round_promote(training_round=training_round, by=_staff(request), reason=data.validated_data["reason"])
+    except rounds.RoundError as error:
+        return _round_error(error)
+    return Response(RoundOutput(training_round).data, status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(
+    request=None,
+    responses={200: ModelVersionItem, 409: OpenApiResponse(description="It cannot serve (rejected or imported)."),
+               503: OpenApiResponse(description="The model server could not load it; nothing changed.")},
+    summary="Make a model version serve new pairs (roll back or forward)",
+)  # fmt: skip
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def model_versions_serve(request: Request, version_id: int) -> Response:
+    version = get_object_or_404(ModelVersion, pk=version_id)
+    try:
+        with client_from_settings() as client:
+            services.model_version_serve(version=version, client=client)
+    except ModelServerUnavailable as error:
+        return Response({"detail": str(error), "code": "unavailable"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+    except ValueError as error:
+        return Response({"detail": str(error), "code": "conflict"}, status=status.HTTP_409_CONFLICT)
+    return Response(ModelVersionItem(version).data)
