@@ -14,7 +14,7 @@ from rest_framework.decorators import api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate import services
+from annotate import sampling, services
 
 
 def _annotator(request: Request) -> User:
@@ -41,7 +41,7 @@ class NextPairOutput(serializers.Serializer[Any]):
 def pairs_next(request: Request) -> Response:
     assignment = services.assignment_lease_next(annotator=_annotator(request))
     if assignment is None:
-        services.pairs_refill_request()
+        sampling.pairs_refill_request()
         return Response(status=status.HTTP_204_NO_CONTENT)
     return Response(NextPairOutput(assignment).data)
 

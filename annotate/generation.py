@@ -17,6 +17,11 @@ class ModelServerUnavailable(Exception):
     """The model server could not be reached or answered with an error; worth retrying later."""
 
 
+class ModelServerRefused(Exception):
+    """The model server answered that this request is wrong (HTTP 4xx: prompt too long, unknown model, adapter rank
+    above its limit...): sending it again will not help."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float
@@ -83,7 +88,7 @@ class ModelServerClient:
         latency_ms = int((time.monotonic() - started) * 1000)
         if response.status_code != 200:
             # A 4xx means the request itself is wrong (unknown model, prompt too long): retrying will not help.
-            raise ValueError(f"model server refused the request: HTTP {response.status_code}: {response.text[:500]}")
+            raise ModelServerRefused(f"HTTP {response.status_code}: {response.text[:500]}")
         body = response.json()
         choice = body["choices"][0]
         usage = body.get("usage") or {}
@@ -112,14 +117,12 @@ class ModelServerClient:
         """Serve a LoRA adapter under `name` (needs --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
         response = self._request("POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
         if response.status_code != 200 and "already been loaded" not in response.text:
-            raise ValueError(f"model server refused adapter {name}: HTTP {response.status_code}: {response.text[:500]}")
+            raise ModelServerRefused(f"adapter {name}: HTTP {response.status_code}: {response.text[:500]}")
 
     def unload_lora_adapter(self, *, name: str) -> None:
         response = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
         if response.status_code not in (200, 404):
-            raise ValueError(
-                f"model server refused to unload {name}: HTTP {response.status_code}: {response.text[:500]}"
-            )
+            raise ModelServerRefused(f"unloading {name}: HTTP {response.status_code}: {response.text[:500]}")
 
 
 def client_from_settings(timeout: float | None = None) -> ModelServerClient:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -51,8 +51,41 @@ class Prompt(models.Model):
         return list(self.messages[:-1])
 
 
+class Conflict(Exception):
+    """A request the current state does not allow (a transition a state machine refuses, a lease that is not
+    yours, ...). The message says why and is shown to the user; nothing was changed."""
+
+    code = "conflict"
+
+
+class ModelServer(Protocol):
+    """What model-version transitions need from the model server (annotate.generation.ModelServerClient)."""
+
+    def served_models(self) -> list[str]: ...
+    def load_lora_adapter(self, *, name: str, path: str) -> None: ...
+    def unload_lora_adapter(self, *, name: str) -> None: ...
+
+
+class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
+    def serving(self) -> ModelVersion | None:
+        return self.filter(status=ModelVersion.Status.SERVING).first()
+
+    def ensure_base(self, *, name: str, base_model: str) -> ModelVersion:
+        """The base model's version, made the serving one when nothing serves yet."""
+        version, _ = self.get_or_create(name=name, defaults={"base_model": base_model})
+        with transaction.atomic():
+            if not self.filter(status=ModelVersion.Status.SERVING).exists():
+                self.filter(pk=version.pk).update(status=ModelVersion.Status.SERVING, serving_since=timezone.now())
+        version.refresh_from_db()
+        return version
+
+
 class ModelVersion(models.Model):
-    """The base model or a trained adapter, under the name the model server serves it as."""
+    """The base model or a trained adapter, under the name the model server serves it as.
+
+    Its status is a state machine owned here: candidate -> serving -> retired (-> serving again, a rollback),
+    candidate -> rejected; external versions (imported answers) never change. Other modules call the methods.
+    """
 
     class Status(models.TextChoices):
         CANDIDATE = "candidate", "Candidate"
@@ -69,6 +102,8 @@ class ModelVersion(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     serving_since = models.DateTimeField(null=True, blank=True)
 
+    objects = ModelVersionQuerySet.as_manager()
+
     class Meta:
         ordering = ["id"]
         constraints = [
@@ -81,6 +116,55 @@ class ModelVersion(models.Model):
     @property
     def is_adapter(self) -> bool:
         return bool(self.adapter_path)
+
+    @property
+    def can_serve(self) -> bool:
+        return self.status in (self.Status.CANDIDATE, self.Status.SERVING, self.Status.RETIRED)
+
+    def ensure_loaded(self, server: ModelServer) -> None:
+        """Make sure the model server has this version: vLLM forgets run-time adapters when it restarts.
+
+        Raises ModelServerUnavailable when the server cannot be reached, ModelServerRefused when it refuses.
+        """
+        if self.is_adapter and self.name not in server.served_models():
+            server.load_lora_adapter(name=self.name, path=self.adapter_path)
+
+    def unload(self, server: ModelServer) -> None:
+        """Free the server's adapter slot (a no-op for a base model, or an adapter the server does not hold)."""
+        if self.is_adapter and self.status != self.Status.SERVING:
+            server.unload_lora_adapter(name=self.name)
+
+    def serve(self, server: ModelServer) -> None:
+        """Make this version the one new pairs are sampled from: a promotion or a rollback.
+
+        Loads it first: when the server cannot load it, this raises and nothing changes. Conflict when its status
+        does not allow serving (rejected, external).
+        """
+        if not self.can_serve:
+            raise Conflict(f"{self.name} is {self.get_status_display().lower()}; it cannot serve")
+        self.ensure_loaded(server)
+        now = timezone.now()
+        with transaction.atomic():
+            type(self).objects.filter(status=self.Status.SERVING).exclude(pk=self.pk).update(status=self.Status.RETIRED)
+            type(self).objects.filter(pk=self.pk).update(status=self.Status.SERVING, serving_since=now)
+        self.refresh_from_db()
+
+    def approve(self) -> None:
+        """An admin overrides the gate: a rejected version becomes a candidate again, so it may be served."""
+        if self.status == self.Status.CANDIDATE:
+            return
+        if self.status != self.Status.REJECTED:
+            raise Conflict(f"{self.name} is {self.get_status_display().lower()}; only a rejected version is approved")
+        type(self).objects.filter(pk=self.pk, status=self.Status.REJECTED).update(status=self.Status.CANDIDATE)
+        self.refresh_from_db()
+
+    def reject(self) -> None:
+        """A candidate that must not serve (the gate, or an admin, said no)."""
+        if self.status != self.Status.CANDIDATE:
+            state = self.get_status_display().lower()
+            raise Conflict(f"{self.name} is {state}, not a candidate; it cannot be rejected")
+        type(self).objects.filter(pk=self.pk, status=self.Status.CANDIDATE).update(status=self.Status.REJECTED)
+        self.refresh_from_db()
 
 
 class Completion(models.Model):

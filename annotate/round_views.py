@@ -11,9 +11,9 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from annotate import rounds, services
-from annotate.generation import ModelServerUnavailable, client_from_settings
-from annotate.models import ModelVersion, TrainingRound
+from annotate import rounds, sampling
+from annotate.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
+from annotate.models import Conflict, ModelVersion, TrainingRound
 from annotate.web import AppRequest, render_page, staff_required
 from training.config import SUPPORTED_LOSS_TYPES
 
@@ -63,7 +63,7 @@ def _render_list(request: AppRequest, form: RoundStartForm, status: int = 200) -
         "versions": ModelVersion.objects.exclude(status=ModelVersion.Status.EXTERNAL).select_related("parent"),
         "form": form,
         "rules": rounds.round_rules(),
-        "ready_pairs": services.pairs_ready_count(),
+        "ready_pairs": sampling.pairs_ready_count(),
     }
     return render_page(request, "rounds/list.html", "rounds", context, status=status)
 
@@ -129,10 +129,10 @@ def version_serve(request: AppRequest, version_id: int) -> HttpResponse:
     version = get_object_or_404(ModelVersion, pk=version_id)
     try:
         with client_from_settings() as client:
-            services.model_version_serve(version=version, client=client)
+            version.serve(client)
         messages.info(request, f"{version.name} now serves new pairs.")
     except ModelServerUnavailable as error:
         messages.error(request, f"The model server could not load {version.name}: {error}. Nothing changed.")
-    except ValueError as error:
-        messages.error(request, str(error))
+    except (Conflict, ModelServerRefused) as error:
+        messages.error(request, f"{version.name} cannot serve: {error}. Nothing changed.")
     return HttpResponseRedirect(reverse("rounds"))

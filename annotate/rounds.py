@@ -27,7 +27,6 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from annotate import services
 from annotate.generation import ModelServerClient, ModelServerUnavailable, SamplingParams, client_from_settings
 from annotate.models import Judgement, ModelVersion, Prompt, TrainingRound
 from annotate.preferences import Combine, PreferenceRules, judgements_for_preferences, trl_preference_row, verdicts
@@ -96,7 +95,7 @@ def round_start(
         raise RoundError(
             f"round {running.pk} is still {running.get_status_display().lower()}; wait for it or cancel it"
         )
-    parent = services.model_version_serving()
+    parent = ModelVersion.objects.serving()
     if parent is None:
         raise RoundError("no model version is serving yet")
     config = {**round_config_defaults(), **(overrides or {})}
@@ -434,14 +433,14 @@ def round_deploy(training_round: TrainingRound) -> None:
     _save(training_round, status=Status.DEPLOYING, active=True)
     try:
         with client_from_settings() as client:
-            services.model_version_ensure_loaded(version, client)
+            version.ensure_loaded(client)
             evaluation = {**training_round.evaluation, **_answer_length_change(training_round, client)}
             _save(training_round, evaluation=evaluation)
             if not promote:
                 client.unload_lora_adapter(name=version.name)
                 _reject(training_round, version)
                 return
-            services.model_version_serve(version=version, client=client)
+            version.serve(client)
     except ModelServerUnavailable as error:
         if not promote:
             _reject(training_round, version, error=f"answer lengths not measured: {error}")

@@ -32,10 +32,10 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate import exports, imports, rounds, services
+from annotate import exports, imports, rounds
 from annotate.exports import ExportFilters
-from annotate.generation import ModelServerUnavailable, client_from_settings
-from annotate.models import Export, Judgement, ModelVersion, Pair, Prompt, TrainingRound
+from annotate.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
+from annotate.models import Conflict, Export, Judgement, ModelVersion, Pair, Prompt, TrainingRound
 from training.config import SUPPORTED_LOSS_TYPES
 
 ROLES = ("system", "user", "assistant")
@@ -628,9 +628,9 @@ def model_versions_serve(request: Request, version_id: int) -> Response:
     version = get_object_or_404(ModelVersion, pk=version_id)
     try:
         with client_from_settings() as client:
-            services.model_version_serve(version=version, client=client)
+            version.serve(client)
     except ModelServerUnavailable as error:
         return Response({"detail": str(error), "code": "unavailable"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-    except ValueError as error:
+    except (Conflict, ModelServerRefused) as error:
         return Response({"detail": str(error), "code": "conflict"}, status=status.HTTP_409_CONFLICT)
     return Response(ModelVersionItem(version).data)

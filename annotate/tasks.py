@@ -10,7 +10,7 @@ from celery.signals import worker_ready
 from django.conf import settings
 from django.db.models import Max
 
-from annotate import rounds, services
+from annotate import rounds, sampling
 from annotate.generation import ModelServerUnavailable
 from annotate.models import TrainingRound
 
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 )
 def pairs_refill() -> int:
     """Top up the buffer of ready pairs; retried with backoff while the model server is down."""
-    return services.pairs_refill()
+    return sampling.pairs_refill()
 
 
 # A round runs for minutes to hours: acknowledged on receipt, so a broker's visibility timeout never hands it to a

@@ -14,9 +14,9 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from annotate import services
+from annotate import sampling, services
 from annotate.generation import ModelServerUnavailable, client_from_settings
-from annotate.models import Assignment, Judgement, TrainingRound
+from annotate.models import Assignment, Judgement, ModelVersion, TrainingRound
 from annotate.web import AppRequest, render_page
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def _render_annotate(request: AppRequest, context: dict[str, Any], status: int =
 def annotate(request: AppRequest) -> HttpResponse:
     assignment = services.assignment_lease_next(annotator=request.user)
     if assignment is None:
-        services.pairs_refill_request()
+        sampling.pairs_refill_request()
     return _render_annotate(request, _annotate_context(request, assignment))
 
 
@@ -62,7 +62,7 @@ def _after_answer(request: AppRequest, **extra: Any) -> HttpResponse:
         return HttpResponseRedirect(reverse("annotate"))
     assignment = services.assignment_lease_next(annotator=request.user)
     if assignment is None:
-        services.pairs_refill_request()
+        sampling.pairs_refill_request()
     return _render_annotate(request, _annotate_context(request, assignment, **extra))
 
 
@@ -129,10 +129,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
         except (ModelServerUnavailable, httpx.HTTPError):
             report["vllm"] = "unreachable"
     if report["database"] == "ok":
-        serving = services.model_version_serving()
+        serving = ModelVersion.objects.serving()
         report["serving_model_version"] = serving.name if serving else None
         report["serving_model_loaded"] = bool(serving and served and serving.name in served)
-        report["ready_pairs"] = services.pairs_ready_count()
+        report["ready_pairs"] = sampling.pairs_ready_count()
         last_round = TrainingRound.objects.order_by("-id").first()
         report["last_round"] = {"id": last_round.pk, "status": last_round.status} if last_round else None
     report["status"] = "ok" if all(report[part] == "ok" for part in ("database", "broker", "vllm")) else "degraded"

@@ -131,7 +131,7 @@ def main() -> int:
                 raise SystemExit(f"vLLM did not start; see {scratch / 'vllm.log'}")
             time.sleep(2)
         heldout = [prompt for prompt in Prompt.objects.all() if rounds._is_heldout(prompt)]
-        base_name = rounds.services.model_version_serving().name
+        base_name = rounds.ModelVersion.objects.serving().name
         base_answers = answers(client, base_name, heldout, arguments.samples)
         baseline = mean([tokens for _, _, tokens in base_answers])
         print(f"{len(heldout)} held-out prompts x {arguments.samples} seeds; base model: {baseline:.1f} tokens")

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotate import services
+from annotate import sampling, services
 from annotate.generation import ModelServerClient, ModelServerUnavailable, Sample
 from annotate.models import Assignment, Judgement, ModelVersion, Pair, Prompt
 
@@ -252,7 +252,7 @@ def test_refill_tops_the_buffer_up_to_its_target(serving_version, settings):
     prompts = [Prompt.objects.create(messages=[{"role": "user", "content": f"q{i}"}]) for i in range(5)]
     server = ScriptedModelServer()
 
-    made = services.pairs_refill(client_factory=lambda: server)
+    made = sampling.pairs_refill(client_factory=lambda: server)
 
     assert made == 3
     assert Pair.objects.count() == 3
@@ -265,7 +265,7 @@ def test_refill_tops_the_buffer_up_to_its_target(serving_version, settings):
     assert pair.completion_a.seed != pair.completion_b.seed
     assert pair.completion_a.sampling["seed"] == pair.completion_a.seed
     assert {pair.prompt for pair in Pair.objects.all()} <= set(prompts)
-    assert services.pairs_refill(client_factory=lambda: server) == 0  # full: nothing more is asked for
+    assert sampling.pairs_refill(client_factory=lambda: server) == 0  # full: nothing more is asked for
 
 
 def test_identical_twin_answers_do_not_become_a_pair(serving_version, settings):
@@ -274,7 +274,7 @@ def test_identical_twin_answers_do_not_become_a_pair(serving_version, settings):
     Prompt.objects.create(messages=[{"role": "user", "content": "q2"}])
     server = ScriptedModelServer({"q1": ["Same.", " Same. "], "q2": ["One", "Two"]})
 
-    assert services.pairs_refill(client_factory=lambda: server) == 1
+    assert sampling.pairs_refill(client_factory=lambda: server) == 1
     pair = Pair.objects.get()
     assert {pair.completion_a.text, pair.completion_b.text} == {"One", "Two"}
 
@@ -283,16 +283,16 @@ def test_refill_against_a_server_that_is_down_raises_for_retry(serving_version, 
     settings.VLLM_BASE_URL = "http://127.0.0.1:9"  # the discard port: nothing listens
     Prompt.objects.create(messages=[{"role": "user", "content": "hello"}])
     with pytest.raises(ModelServerUnavailable):
-        services.pairs_refill()
+        sampling.pairs_refill()
     assert Pair.objects.count() == 0
 
 
 def test_base_version_becomes_serving_only_when_nothing_serves(db):
-    base = services.model_version_ensure_base(name="base", base_model="/m")
+    base = ModelVersion.objects.ensure_base(name="base", base_model="/m")
     assert base.status == ModelVersion.Status.SERVING
-    other = services.model_version_ensure_base(name="other", base_model="/m")
+    other = ModelVersion.objects.ensure_base(name="other", base_model="/m")
     assert other.status == ModelVersion.Status.CANDIDATE
-    assert services.model_version_serving() == base
+    assert ModelVersion.objects.serving() == base
 
 
 def test_pairs_from_the_serving_version_are_served_first(make_pair, annotator, serving_version):

@@ -6,16 +6,16 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from annotate import services, tasks
+from annotate import tasks
 from annotate.generation import client_from_settings
-from annotate.models import Assignment, Judgement, Pair, Prompt
+from annotate.models import Assignment, Judgement, ModelVersion, Pair, Prompt
 from tests.integration.conftest import wait_until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def test_pairs_from_vllm_through_the_worker_to_a_vote_with_full_lineage(vllm_server, celery_worker, annotator):
-    version = services.model_version_ensure_base(name=settings.SERVED_MODEL_NAME, base_model="default")
+    version = ModelVersion.objects.ensure_base(name=settings.SERVED_MODEL_NAME, base_model="default")
     Prompt.objects.create(messages=[{"role": "user", "content": "Name two uses for a paper clip."}], source="test")
     Prompt.objects.create(
         messages=[

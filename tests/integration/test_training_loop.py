@@ -5,7 +5,7 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from annotate import services, tasks
+from annotate import sampling, tasks
 from annotate.generation import client_from_settings
 from annotate.models import Judgement, ModelVersion, Pair, Prompt, TrainingRound
 from tests.integration.conftest import wait_until
@@ -24,7 +24,7 @@ def pairs_from(version):
 def test_round_trains_deploys_serves_and_rolls_back(vllm_server, celery_worker, trainer_worker, staff, settings):
     settings.PAIR_BUFFER_TARGET = 20
     settings.SAMPLING_MAX_TOKENS = 48
-    base = services.model_version_ensure_base(name=settings.SERVED_MODEL_NAME, base_model=services_base_model())
+    base = ModelVersion.objects.ensure_base(name=settings.SERVED_MODEL_NAME, base_model=services_base_model())
     for topic in TOPICS:
         Prompt.objects.create(messages=[{"role": "user", "content": f"Give me one tip about {topic}."}])
     call_command("simulate_annotators", "--prefer", "shorter", "--count", "20", "--sample")
@@ -86,8 +86,8 @@ def test_round_trains_deploys_serves_and_rolls_back(vllm_server, celery_worker, 
     assert new.status == "retired"
     assert ModelVersion.objects.get(status="serving") == base
     # The buffer from the base model may still be full; asking for one pair more shows sampling uses it again.
-    settings.PAIR_BUFFER_TARGET = services.pairs_ready_count(base) + 1
-    wait_until(lambda: services.pairs_refill() > 0, 120, "a refill (the worker's may hold the lock)")
+    settings.PAIR_BUFFER_TARGET = sampling.pairs_ready_count(base) + 1
+    wait_until(lambda: sampling.pairs_refill() > 0, 120, "a refill (the worker's may hold the lock)")
     assert pairs_from(base).count() == before + 1
 
 

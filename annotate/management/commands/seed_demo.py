@@ -9,9 +9,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from annotate import services
 from annotate.model_server import base_model_prepare
-from annotate.models import Prompt, conversation_hash
+from annotate.models import ModelVersion, Prompt, conversation_hash
 
 DEMO_PROMPTS = Path(__file__).resolve().parents[2] / "demo_prompts.json"
 DEMO_USERS = (("admin", True), ("annotator", False))
@@ -23,7 +22,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         added = self._load_prompts()
         self.stdout.write(f"demo prompts: {added} added, {Prompt.objects.count()} in all")
-        version = services.model_version_ensure_base(name=settings.SERVED_MODEL_NAME, base_model=base_model_prepare())
+        version = ModelVersion.objects.ensure_base(name=settings.SERVED_MODEL_NAME, base_model=base_model_prepare())
         self.stdout.write(f"model version: {version.name} ({version.status})")
         for username, password in self._ensure_users().items():
             self.stdout.write(f"login: {username} / {password}")

@@ -4,7 +4,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate import services
+from annotate import sampling
 from annotate.simulation import preference_from_spec, simulated_annotator_judge
 
 
@@ -42,6 +42,6 @@ class Command(BaseCommand):
                 break
             if time.monotonic() - idle_since > 120:
                 raise CommandError(f"no new pairs to judge for two minutes; {given} votes given")
-            if services.pairs_refill() == 0:
+            if sampling.pairs_refill() == 0:
                 time.sleep(2)  # a worker's refill holds the lock, or the server is busy: look again shortly
         self.stdout.write(f"{given} votes given preferring {options['prefer']}")
