@@ -8,9 +8,11 @@ import uuid
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db import IntegrityError, models, transaction
+from django.db.models import F, Q
 from django.utils import timezone
+
+from annotate.errors import Conflict
 
 
 def conversation_hash(messages: list[dict[str, Any]]) -> str:
@@ -19,6 +21,54 @@ def conversation_hash(messages: list[dict[str, Any]]) -> str:
         [{"role": m["role"], "content": m["content"]} for m in messages], ensure_ascii=False, separators=(",", ":")
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class CampaignQuerySet(models.QuerySet["Campaign"]):
+    def open_to(self, user: Any) -> CampaignQuerySet:
+        """Active campaigns this annotator may work on: those with no groups named, and those of their groups."""
+        groups = user.groups.all()
+        return self.filter(is_active=True).filter(Q(groups__isnull=True) | Q(groups__in=groups)).distinct()
+
+
+class Campaign(models.Model):
+    """A set of prompts annotated under one set of guidelines and rules. Prompts name it by `prompt_set`."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="The prompt set's name (prompts name it).")
+    title = models.CharField(max_length=200, blank=True)
+    guidelines = models.TextField(blank=True, help_text="Markdown, shown to annotators above every pair.")
+    votes_per_pair = models.PositiveSmallIntegerField(
+        default=1, help_text="Overlap k: annotators who vote on each pair (each new pair takes it from here)."
+    )
+    gold_rate = models.FloatField(default=0.0, help_text="Share of pairs served that are gold pairs (0 to 1).")
+    repeat_rate = models.FloatField(
+        default=0.0, help_text="Share of pairs served that repeat one the annotator judged earlier, sides swapped."
+    )
+    groups = models.ManyToManyField(
+        "auth.Group", blank=True, related_name="campaigns", help_text="Who may work on it; none: every annotator."
+    )
+    is_active = models.BooleanField(default=True, help_text="Paused campaigns serve no pairs.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = CampaignQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(votes_per_pair__gte=1), name="campaign_at_least_one_vote"),
+            models.CheckConstraint(condition=Q(gold_rate__gte=0, gold_rate__lte=1), name="campaign_gold_rate"),
+            models.CheckConstraint(condition=Q(repeat_rate__gte=0, repeat_rate__lte=1), name="campaign_repeat_rate"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or self.name
+
+    @classmethod
+    def for_prompt_set(cls, name: str) -> Campaign:
+        """The campaign of a prompt set, made with the deployment's defaults the first time a set is used."""
+        campaign, _ = cls.objects.get_or_create(
+            name=name, defaults={"title": name, "votes_per_pair": settings.JUDGEMENTS_PER_PAIR}
+        )
+        return campaign
 
 
 class Prompt(models.Model):
@@ -49,13 +99,6 @@ class Prompt(models.Model):
     @property
     def earlier_messages(self) -> list[dict[str, Any]]:
         return list(self.messages[:-1])
-
-
-class Conflict(Exception):
-    """A request the current state does not allow (a transition a state machine refuses, a lease that is not
-    yours, ...). The message says why and is shown to the user; nothing was changed."""
-
-    code = "conflict"
 
 
 class ModelServer(Protocol):
@@ -194,14 +237,9 @@ class PairQuerySet(models.QuerySet["Pair"]):
     def needing_judgements(self) -> PairQuerySet:
         return self.filter(judgement_count__lt=F("judgements_required"))
 
-    def available_for(self, user: Any, now: Any = None) -> PairQuerySet:
-        """Pairs this user may be given: still needing votes, never assigned to them, not leased to anyone else."""
-        now = now or timezone.now()
-        seen_by_user = Assignment.objects.filter(pair=OuterRef("pk"), annotator=user)
-        leased_to_other = Assignment.objects.filter(
-            pair=OuterRef("pk"), status=Assignment.Status.LEASED, expires_at__gt=now
-        )
-        return self.needing_judgements().filter(~Exists(seen_by_user), ~Exists(leased_to_other))
+    def open(self) -> PairQuerySet:
+        """Pairs with a free place: fewer votes plus live leases than they need. Gold pairs are served apart."""
+        return self.filter(gold_choice="", judgement_count__lt=F("judgements_required") - F("lease_count"))
 
 
 class Pair(models.Model):
@@ -212,27 +250,65 @@ class Pair(models.Model):
     completion_b = models.ForeignKey(Completion, on_delete=models.PROTECT, related_name="+")
     # The version that was serving when the pair was sampled: both answers coming from it makes the pair on-policy.
     sampled_from = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="pairs")
-    judgements_required = models.PositiveSmallIntegerField(default=1)
-    # Kept in step with the judgements inside the same transaction, so the annotation queue can filter on it
-    # with an index instead of counting judgements on every request.
+    campaign = models.ForeignKey(
+        Campaign, null=True, blank=True, on_delete=models.PROTECT, related_name="pairs", help_text="Its prompt's."
+    )
+    # Empty when the campaign's votes_per_pair is to be used (see save).
+    judgements_required = models.PositiveSmallIntegerField(default=None)
+    # Kept in step with the judgements and the live leases inside the same transactions, so the annotation queue
+    # finds a pair with a free place through an index instead of counting rows on every request.
     judgement_count = models.PositiveSmallIntegerField(default=0)
+    lease_count = models.PositiveSmallIntegerField(default=0, help_text="Live leases (not gold, not repeats).")
+    gold_choice = models.CharField(
+        max_length=10,
+        blank=True,
+        default="",
+        help_text="For a gold pair, the expected answer (a, b, tie or both_bad); its votes never train.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = PairQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["judgement_count", "judgements_required"], name="pair_open_idx")]
+        indexes = [
+            models.Index(fields=["judgement_count", "judgements_required"], name="pair_open_idx"),
+            # The annotation queue: open pairs, fewest votes first, oldest first; small because full pairs leave it.
+            models.Index(
+                fields=["judgement_count", "id"],
+                name="pair_queue_idx",
+                condition=Q(gold_choice="", judgement_count__lt=F("judgements_required") - F("lease_count")),
+            ),
+            models.Index(fields=["campaign", "gold_choice"], name="pair_gold_idx", condition=~Q(gold_choice="")),
+        ]
         constraints = [
-            models.CheckConstraint(condition=~Q(completion_a=F("completion_b")), name="pair_two_distinct_completions")
+            models.CheckConstraint(condition=~Q(completion_a=F("completion_b")), name="pair_two_distinct_completions"),
+            models.CheckConstraint(
+                condition=Q(gold_choice__in=["", "a", "b", "tie", "both_bad"]), name="pair_gold_choice_valid"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"Pair {self.pk}"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self._state.adding and self.campaign_id is None:
+            self.campaign = Campaign.for_prompt_set(self.prompt.prompt_set)
+        if self.judgements_required is None:
+            self.judgements_required = self.campaign.votes_per_pair if self.campaign else 1
+        super().save(*args, **kwargs)
+
     @property
     def is_complete(self) -> bool:
         return self.judgement_count >= self.judgements_required
+
+    @property
+    def is_gold(self) -> bool:
+        return bool(self.gold_choice)
+
+    @property
+    def is_head_to_head(self) -> bool:
+        return self.completion_a.model_version_id != self.completion_b.model_version_id
 
 
 class Assignment(models.Model):
@@ -247,7 +323,13 @@ class Assignment(models.Model):
     pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="assignments")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
     a_on_left = models.BooleanField(help_text="True when completion A was shown on the left.")
+    class Kind(models.TextChoices):
+        PAIR = "pair", "A pair that needs votes"
+        GOLD = "gold", "A gold pair (known answer)"
+        REPEAT = "repeat", "A pair judged earlier, shown again with sides swapped"
+
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.LEASED)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.PAIR)
     leased_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -255,12 +337,18 @@ class Assignment(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            # An annotator never sees the same pair twice.
-            models.UniqueConstraint(fields=["pair", "annotator"], name="assignment_once_per_annotator"),
-            # A pair is leased to one annotator at a time.
-            models.UniqueConstraint(fields=["pair"], condition=Q(status="leased"), name="assignment_one_lease"),
+            # An annotator never sees the same pair twice, but for one deliberate repeat.
+            models.UniqueConstraint(
+                fields=["pair", "annotator"], condition=~Q(kind="repeat"), name="assignment_once_per_annotator"
+            ),
+            models.UniqueConstraint(
+                fields=["pair", "annotator"], condition=Q(kind="repeat"), name="assignment_one_repeat_per_annotator"
+            ),
         ]
-        indexes = [models.Index(fields=["annotator", "status"], name="assignment_annotator_idx")]
+        indexes = [
+            models.Index(fields=["annotator", "status"], name="assignment_annotator_idx"),
+            models.Index(fields=["expires_at"], name="assignment_lease_expiry_idx", condition=Q(status="leased")),
+        ]
 
     def __str__(self) -> str:
         return f"Assignment {self.pk} of {self.pair} to {self.annotator}"
@@ -308,13 +396,21 @@ class Judgement(models.Model):
     idempotency_key = models.UUIDField(unique=True, default=uuid.uuid4)
     source = models.CharField(max_length=20, choices=Source.choices, default=Source.HUMAN)
     source_detail = models.CharField(max_length=300, blank=True, help_text="For imported votes: file and format.")
+    # A second vote on a pair the annotator judged before, shown again with sides swapped: it measures their
+    # self-consistency and is never counted as a vote on the pair (not in training, exports or the pair's count).
+    is_repeat = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["pair", "annotator"], name="judgement_once_per_annotator"),
+            models.UniqueConstraint(
+                fields=["pair", "annotator"], condition=Q(is_repeat=False), name="judgement_once_per_annotator"
+            ),
+            models.UniqueConstraint(
+                fields=["pair", "annotator"], condition=Q(is_repeat=True), name="judgement_one_repeat_per_annotator"
+            ),
             models.CheckConstraint(
                 condition=Q(strength__isnull=True) | Q(choice__in=["a", "b"]), name="judgement_strength_only_for_a_b"
             ),
@@ -330,6 +426,41 @@ class Judgement(models.Model):
             return str(self.choice)
         chose_a = self.choice == self.Choice.A
         return "left" if chose_a == self.a_on_left else "right"
+
+
+class AnnotatorStanding(models.Model):
+    """What staff decided about one annotator: paused (no pairs served), votes excluded (from training and exports).
+
+    Changed only through AnnotatorAction records (services.annotator_act), so every change says who and why."""
+
+    annotator = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="standing")
+    paused = models.BooleanField(default=False)
+    votes_excluded = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"Standing of {self.annotator}"
+
+
+class AnnotatorAction(models.Model):
+    """One decision about an annotator, kept for the record; the opposite action reverses it."""
+
+    class Action(models.TextChoices):
+        PAUSE = "pause", "Paused"
+        RESUME = "resume", "Resumed"
+        EXCLUDE = "exclude", "Votes excluded from training and exports"
+        INCLUDE = "include", "Votes included again"
+
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="actions_about")
+    action = models.CharField(max_length=10, choices=Action.choices)
+    reason = models.TextField()
+    by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()}: {self.annotator} by {self.by}"
 
 
 class Export(models.Model):
@@ -360,7 +491,11 @@ class Export(models.Model):
 
 
 class TrainingRound(models.Model):
-    """One DPO round: the frozen votes it used, its config, what happened, and the model version it produced."""
+    """One DPO round: the votes it froze, its config, what happened, and the model version it produced.
+
+    Its status is a state machine owned here (TRANSITIONS); other modules move it only through `advance`, `finish`
+    and `deploy_begin`, which refuse a move the table does not allow with Conflict.
+    """
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -381,6 +516,20 @@ class TrainingRound(models.Model):
         AUTOMATIC = "automatic", "Enough new votes"
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.PREPARING, Status.TRAINING, Status.EVALUATING, Status.DEPLOYING)
+    # Where each status may go. Failing is allowed from every running state (a crash, a lost worker); a round that
+    # could not be deployed (trained) or that the gate rejected may be deployed again (a retry, an admin's override).
+    TRANSITIONS: dict[str, tuple[str, ...]] = {
+        Status.QUEUED: (Status.PREPARING, Status.CANCELLED, Status.FAILED),
+        Status.PREPARING: (Status.TRAINING, Status.CANCELLED, Status.FAILED),
+        Status.TRAINING: (Status.EVALUATING, Status.CANCELLED, Status.FAILED),
+        Status.EVALUATING: (Status.DEPLOYING, Status.CANCELLED, Status.FAILED),
+        Status.DEPLOYING: (Status.SERVING, Status.REJECTED, Status.TRAINED, Status.FAILED),
+        Status.TRAINED: (Status.DEPLOYING, Status.FAILED),
+        Status.REJECTED: (Status.DEPLOYING,),
+        Status.SERVING: (),
+        Status.FAILED: (),
+        Status.CANCELLED: (),
+    }
 
     started_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -395,11 +544,15 @@ class TrainingRound(models.Model):
     )
     config = models.JSONField(help_text="The training config (training.config.RoundConfig fields).")
     rules = models.JSONField(help_text="How votes became pairs (annotate.preferences.PreferenceRules).")
-    judgement_ids = models.JSONField(default=list, blank=True, help_text="Every vote the round read, frozen.")
+    # The votes a round reads are every vote up to this id: frozen by a cut-off, not a list of ids.
+    last_judgement_id = models.BigIntegerField(null=True, blank=True, help_text="The newest vote the round read.")
+    votes_read = models.PositiveIntegerField(null=True, blank=True)
+    # Share of prompts held out for evaluation, fixed when the round starts: never above an earlier round's in the
+    # lineage, so no round evaluates on a prompt an earlier one trained on, even when the setting grows.
+    holdout_fraction = models.FloatField(default=0.2)
     train_pairs = models.PositiveIntegerField(null=True, blank=True)
     heldout_pairs = models.PositiveIntegerField(null=True, blank=True)
     directory = models.CharField(max_length=500, blank=True, help_text="Data, adapter, metrics and logs.")
-    metrics = models.JSONField(default=list, blank=True, help_text="One entry per training step, as it runs.")
     evaluation = models.JSONField(default=dict, blank=True)
     phase_seconds = models.JSONField(default=dict, blank=True, help_text="Wall time of each phase, in seconds.")
     override_reason = models.TextField(blank=True, help_text="Why an admin promoted a round the gate rejected.")
@@ -411,6 +564,8 @@ class TrainingRound(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Bumped by every change a watcher would see, so the round page's poll can answer "nothing new" cheaply.
+    revision = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-id"]
@@ -423,14 +578,85 @@ class TrainingRound(models.Model):
         return self.status in self.ACTIVE_STATUSES
 
     @property
+    def metrics(self) -> list[dict[str, Any]]:
+        return [step.values for step in self.steps.all()]
+
+    @property
     def last_metrics(self) -> dict[str, Any]:
-        return self.metrics[-1] if self.metrics else {}
+        last = self.steps.order_by("-step").first()
+        return last.values if last else {}
 
     @property
     def progress_percent(self) -> int:
-        last = self.last_metrics
         if self.status in (self.Status.SERVING, self.Status.TRAINED, self.Status.REJECTED):
             return 100
+        last = self.last_metrics
         if not last.get("max_steps"):
             return 0
         return min(100, int(100 * last.get("step", 0) / last["max_steps"]))
+
+    def record(self, **fields: Any) -> None:
+        """Save fields that are not the status (progress, results) with a heartbeat; the status is left alone."""
+        if "status" in fields or "active" in fields:
+            raise ValueError("a round's status changes through advance, finish or deploy_begin")
+        self._write(fields)
+
+    def record_steps(self, rows: list[dict[str, Any]]) -> None:
+        """Append training steps as they are logged (one row each: the page's charts read only new rows)."""
+        RoundStep.objects.bulk_create(
+            [RoundStep(training_round=self, step=int(row.get("step", 0)), values=row) for row in rows]
+        )
+        self._write({})
+
+    def advance(self, status: str, **fields: Any) -> None:
+        """Move to the next running phase (preparing -> training -> evaluating)."""
+        self._move(status, fields)
+
+    def finish(self, status: str, **fields: Any) -> None:
+        """End the round (serving, trained, rejected, failed, cancelled): it stops blocking the next round."""
+        if status in self.ACTIVE_STATUSES:
+            raise ValueError(f"{status} is not an end state")
+        self._move(status, {**fields, "active": None, "finished_at": timezone.now(), "process_id": None})
+
+    def deploy_begin(self) -> None:
+        """Trained, rejected-then-overridden, or evaluated: deploying makes the round active again (one at a time)."""
+        try:
+            with transaction.atomic():
+                self._move(self.Status.DEPLOYING, {"active": True})
+        except IntegrityError:
+            self.refresh_from_db()
+            raise Conflict("another round is running; deploy this one after it ends") from None
+
+    def _move(self, status: str, fields: dict[str, Any]) -> None:
+        if status not in self.TRANSITIONS[self.status]:
+            raise Conflict(f"round {self.pk} is {self.get_status_display().lower()}; it cannot become {status}")
+        self._write({**fields, "status": status}, expected_status=self.status)
+
+    def _write(self, fields: dict[str, Any], expected_status: str | None = None) -> None:
+        """A conditional update: when the status changed underneath (another process moved it), nothing is written."""
+        now = timezone.now()
+        values = {**fields, "heartbeat_at": now, "revision": F("revision") + 1}
+        rows = type(self).objects.filter(pk=self.pk)
+        if expected_status is not None:
+            rows = rows.filter(status=expected_status)
+        if rows.update(**values) != 1:
+            self.refresh_from_db()
+            raise Conflict(f"round {self.pk} changed meanwhile: it is {self.get_status_display().lower()}")
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self.heartbeat_at = now
+        self.refresh_from_db(fields=["revision"])
+
+
+class RoundStep(models.Model):
+    """One logged training step of a round (loss, reward accuracy, throughput, time left)."""
+
+    training_round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="steps")
+    step = models.PositiveIntegerField()
+    values = models.JSONField()
+
+    class Meta:
+        ordering = ["training_round", "step", "id"]
+
+    def __str__(self) -> str:
+        return f"Step {self.step} of round {self.training_round_id}"

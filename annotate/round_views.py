@@ -12,21 +12,43 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from annotate import rounds, sampling
+from annotate.errors import Conflict, Invalid
 from annotate.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
-from annotate.models import Conflict, ModelVersion, TrainingRound
+from annotate.models import ModelVersion, TrainingRound
 from annotate.web import AppRequest, render_page, staff_required
-from training.config import SUPPORTED_LOSS_TYPES
+from training.config import FieldSpec
+
+
+def config_form_field(spec: FieldSpec) -> forms.Field:
+    """A form field with exactly the spec's bounds (training.config, capped by the model server's LoRA limit)."""
+    if spec.choices:
+        return forms.ChoiceField(choices=[(choice, choice) for choice in spec.choices], help_text=spec.help)
+    lowest = min([spec.minimum, *spec.allowed_values]) if spec.minimum is not None else None
+    if spec.kind is int:
+        top = int(spec.maximum) if spec.maximum is not None else None
+        return forms.IntegerField(min_value=lowest, max_value=top, help_text=spec.help)
+    return forms.FloatField(min_value=lowest, max_value=spec.maximum, help_text=spec.help)
 
 
 class RoundStartForm(forms.Form):
-    beta = forms.FloatField(min_value=0.001, max_value=10)
-    learning_rate = forms.FloatField(min_value=1e-8, max_value=1e-2)
-    epochs = forms.IntegerField(min_value=1, max_value=20)
-    batch_size = forms.IntegerField(min_value=1, max_value=512)
-    max_length = forms.IntegerField(min_value=32, max_value=8192)
-    max_steps = forms.IntegerField(min_value=-1, help_text="-1: run the epochs in full")
-    lora_rank = forms.IntegerField(min_value=1, max_value=256)
-    loss_type = forms.ChoiceField(choices=[(loss, loss) for loss in SUPPORTED_LOSS_TYPES])
+    """One field per tunable config field, built from the spec so the bounds are never written twice."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.specs = {spec.name: spec for spec in rounds.round_config_fields()}
+        for name, spec in self.specs.items():
+            self.fields[name] = config_form_field(spec)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        present = {name: value for name, value in cleaned.items() if name in self.specs}
+        for name, message in rounds.round_config_errors(present).items():
+            self.add_error(name, message)
+        return cleaned
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(required=False, max_length=2000)
 
 
 def _sparkline(values: list[float], width: int = 320, height: int = 80) -> str:
@@ -41,10 +63,10 @@ def _sparkline(values: list[float], width: int = 320, height: int = 80) -> str:
     )
 
 
-def _charts(training_round: TrainingRound) -> list[dict[str, Any]]:
+def _charts(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
     charts = []
     for key, title in (("loss", "Loss"), ("rewards/accuracies", "Reward accuracy (training batches)")):
-        values = [float(row[key]) for row in training_round.metrics if row.get(key) is not None]
+        values = [float(row[key]) for row in metrics if row.get(key) is not None]
         if values:
             charts.append({"title": title, "points": _sparkline(values), "last": values[-1], "low": min(values),
                            "high": max(values)})  # fmt: skip
@@ -78,7 +100,11 @@ def round_start(request: AppRequest) -> HttpResponse:
         training_round = rounds.round_start(
             trigger=TrainingRound.Trigger.PAGE, started_by=request.user, overrides=form.cleaned_data
         )
-    except rounds.RoundError as error:
+    except Invalid as invalid:
+        for name, message in invalid.errors.items():
+            form.add_error(name if name in form.fields else None, message)
+        return _render_list(request, form, status=400)
+    except Conflict as error:
         form.add_error(None, str(error))
         return _render_list(request, form, status=409)
     return HttpResponseRedirect(reverse("round-detail", args=[training_round.pk]))
@@ -94,7 +120,12 @@ def _get_round(request: AppRequest, round_id: int) -> TrainingRound:
 @staff_required
 def round_detail(request: AppRequest, round_id: int) -> HttpResponse:
     training_round = _get_round(request, round_id)
-    context = {"round": training_round, "charts": _charts(training_round), "last": training_round.last_metrics}
+    # The page polls while the round runs, sending the revision it shows: nothing changed, nothing to send (htmx
+    # leaves the page as it is on a 204).
+    if request.htmx and request.GET.get("revision") == str(training_round.revision):
+        return HttpResponse(status=204)
+    metrics = training_round.metrics
+    context = {"round": training_round, "charts": _charts(metrics), "last": metrics[-1] if metrics else {}}
     return render_page(request, "rounds/detail.html", "round", context)
 
 
@@ -105,7 +136,7 @@ def round_cancel(request: AppRequest, round_id: int) -> HttpResponse:
     try:
         rounds.round_cancel(training_round=training_round)
         messages.info(request, f"Round {round_id} is being cancelled.")
-    except rounds.RoundError as error:
+    except Conflict as error:
         messages.error(request, str(error))
     return HttpResponseRedirect(reverse("round-detail", args=[round_id]))
 
@@ -114,10 +145,14 @@ def round_cancel(request: AppRequest, round_id: int) -> HttpResponse:
 @staff_required
 def round_promote(request: AppRequest, round_id: int) -> HttpResponse:
     training_round = _get_round(request, round_id)
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "; ".join(" ".join(str(e) for e in errors) for errors in form.errors.values()))
+        return HttpResponseRedirect(reverse("round-detail", args=[round_id]))
     try:
-        rounds.round_promote(training_round=training_round, by=request.user, reason=request.POST.get("reason", ""))
+        rounds.round_promote(training_round=training_round, by=request.user, reason=form.cleaned_data["reason"])
         messages.info(request, f"Round {round_id} is being deployed.")
-    except rounds.RoundError as error:
+    except (Conflict, Invalid) as error:
         messages.error(request, str(error))
     return HttpResponseRedirect(reverse("round-detail", args=[round_id]))
 
@@ -130,6 +165,7 @@ def version_serve(request: AppRequest, version_id: int) -> HttpResponse:
     try:
         with client_from_settings() as client:
             version.serve(client)
+        sampling.pairs_refill_request(throttle=False)
         messages.info(request, f"{version.name} now serves new pairs.")
     except ModelServerUnavailable as error:
         messages.error(request, f"The model server could not load {version.name}: {error}. Nothing changed.")

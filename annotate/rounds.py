@@ -16,7 +16,8 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -24,23 +25,29 @@ from typing import Any, cast
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
-from annotate.generation import ModelServerClient, ModelServerUnavailable, SamplingParams, client_from_settings
+from annotate.broker import enqueue
+from annotate.errors import Conflict, Invalid
+from annotate.generation import (
+    ModelServerClient,
+    ModelServerRefused,
+    ModelServerUnavailable,
+    SamplingParams,
+    client_from_settings,
+)
 from annotate.models import Judgement, ModelVersion, Prompt, TrainingRound
 from annotate.preferences import Combine, PreferenceRules, judgements_for_preferences, trl_preference_row, verdicts
-from training.config import RoundConfig
+from annotate.sampling import pairs_refill_request as request_refill
+from training.config import TUNABLE_FIELDS, FieldSpec, RoundConfig
+from training.jsonl import JsonLinesWriter
 
 logger = logging.getLogger(__name__)
 
 Status = TrainingRound.Status
 TRAIN_FILE, HELDOUT_FILE, OUTPUT_DIR = "train.jsonl", "heldout.jsonl", "output"
 CONFIG_FIELDS_SET_BY_ROUND = ("base_model_dir", "output_dir", "parent_adapter_dir")
-
-
-class RoundError(Exception):
-    """A request about rounds that cannot be carried out; the message says why."""
 
 
 class RoundStopped(Exception):
@@ -58,6 +65,39 @@ def round_rules() -> PreferenceRules:
 
 def round_config_defaults() -> dict[str, Any]:
     return dict(settings.ROUND_CONFIG_DEFAULTS)
+
+
+def round_config_fields() -> list[FieldSpec]:
+    """The tunable fields with the bounds this deployment accepts: the model server's LoRA limit caps the rank.
+
+    The Start round form, the rounds API and round_start all read this, so the three never disagree."""
+    fields = []
+    for spec in TUNABLE_FIELDS:
+        if spec.name == "lora_rank":
+            spec = replace(spec, maximum=min(spec.maximum or settings.VLLM_MAX_LORA_RANK, settings.VLLM_MAX_LORA_RANK))
+        fields.append(spec)
+    return fields
+
+
+def round_config_errors(overrides: dict[str, Any]) -> dict[str, str]:
+    """What is wrong with a round's config overrides, by field; empty when they can run."""
+    specs = {spec.name: spec for spec in round_config_fields()}
+    errors = {}
+    for name, value in overrides.items():
+        spec = specs.get(name)
+        if spec is None:
+            chosen_by_round = name in CONFIG_FIELDS_SET_BY_ROUND
+            errors[name] = "is chosen by the round itself" if chosen_by_round else f"unknown; use {', '.join(specs)}"
+            continue
+        expected = (int, float) if spec.kind is float else (spec.kind,)
+        if isinstance(value, bool) or not isinstance(value, expected):
+            errors[name] = f"must be {spec.kind.__name__}, got {value!r}"
+            continue
+        problem = spec.problem(value)
+        if problem:
+            limit = " (the model server's --max-lora-rank, VLLM_MAX_LORA_RANK)" if name == "lora_rank" else ""
+            errors[name] = problem + limit
+    return errors
 
 
 def usable_votes_since(when: Any) -> int:
@@ -82,33 +122,42 @@ def _fail_stale_rounds() -> None:
         logger.warning(
             "round %s: no heartbeat since %s; marking it failed", training_round.pk, training_round.heartbeat_at
         )
-        _finish(training_round, Status.FAILED, error="the training worker stopped reporting (lost or restarted)")
+        with suppress(Conflict):  # it moved on meanwhile: not stale after all
+            training_round.finish(Status.FAILED, error="the training worker stopped reporting (lost or restarted)")
+
+
+def _holdout_fraction(parent: ModelVersion) -> float:
+    """The setting, but never above the fraction of an earlier round in the parent's lineage (see the model)."""
+    fractions = [settings.ROUND_HOLDOUT_FRACTION]
+    version: ModelVersion | None = parent
+    while version is not None:
+        earlier = TrainingRound.objects.filter(result_version=version).values_list("holdout_fraction", flat=True)
+        fractions.extend(earlier)
+        version = version.parent
+    return min(fractions)
 
 
 def round_start(
     *, trigger: str, started_by: User | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainingRound:
-    """Queue a round on the serving version with the default config and `overrides`. Raises RoundError."""
+    """Queue a round on the serving version with the default config and `overrides`.
+
+    Invalid when an override is wrong; Conflict when a round runs, nothing serves, or there are too few votes."""
+    overrides = overrides or {}
+    errors = round_config_errors(overrides)
+    if errors:
+        raise Invalid(errors)
+    config = {**round_config_defaults(), **overrides}
     _fail_stale_rounds()
     running = TrainingRound.objects.filter(active=True).first()
     if running is not None:
-        raise RoundError(
-            f"round {running.pk} is still {running.get_status_display().lower()}; wait for it or cancel it"
-        )
+        raise Conflict(f"round {running.pk} is still {running.get_status_display().lower()}; wait for it or cancel it")
     parent = ModelVersion.objects.serving()
     if parent is None:
-        raise RoundError("no model version is serving yet")
-    config = {**round_config_defaults(), **(overrides or {})}
-    set_by_round = sorted(set(config) & set(CONFIG_FIELDS_SET_BY_ROUND))
-    if set_by_round:
-        raise RoundError(f"{', '.join(set_by_round)} are chosen by the round itself")
-    try:
-        RoundConfig.from_dict({**config, "base_model_dir": "-", "output_dir": "-"})
-    except (TypeError, ValueError) as error:
-        raise RoundError(f"invalid config: {error}") from error
+        raise Conflict("no model version is serving yet")
     usable = usable_votes_since(None)
     if usable < settings.ROUND_MIN_TRAIN_PAIRS:
-        raise RoundError(f"only {usable} votes prefer one answer; a round needs {settings.ROUND_MIN_TRAIN_PAIRS}")
+        raise Conflict(f"only {usable} votes prefer one answer; a round needs {settings.ROUND_MIN_TRAIN_PAIRS}")
     try:
         with transaction.atomic():
             training_round = TrainingRound.objects.create(
@@ -117,65 +166,61 @@ def round_start(
                 parent_version=parent,
                 config=config,
                 rules=round_rules().as_dict(),
+                last_judgement_id=Judgement.objects.aggregate(last=Max("id"))["last"] or 0,
+                holdout_fraction=_holdout_fraction(parent),
             )
     except IntegrityError:
-        raise RoundError("another round started at the same moment") from None
+        raise Conflict("another round started at the same moment") from None
     from annotate.tasks import round_run
 
-    transaction.on_commit(lambda: round_run.delay(training_round.pk))
+    transaction.on_commit(lambda: enqueue(round_run, training_round.pk))
     return training_round
 
 
 def round_cancel(*, training_round: TrainingRound) -> None:
     if not training_round.is_active:
-        raise RoundError(f"round {training_round.pk} is {training_round.get_status_display().lower()}, not running")
-    updated = TrainingRound.objects.filter(pk=training_round.pk, status=Status.QUEUED).update(
-        status=Status.CANCELLED, active=None, finished_at=timezone.now(), error="cancelled before it started"
-    )
-    if updated == 0:  # running: the worker stops the training process at its next look
-        TrainingRound.objects.filter(pk=training_round.pk).update(cancel_requested=True)
+        raise Conflict(f"round {training_round.pk} is {training_round.get_status_display().lower()}, not running")
+    if training_round.status == Status.QUEUED:
+        with suppress(Conflict):  # the worker took it meanwhile: ask it to stop below
+            training_round.finish(Status.CANCELLED, error="cancelled before it started")
+            return
+    # Running: the worker stops the training process at its next look.
+    TrainingRound.objects.filter(pk=training_round.pk).update(cancel_requested=True)
 
 
 def round_promote(*, training_round: TrainingRound, by: User | None, reason: str) -> None:
-    """Deploy a round the eval gate rejected, recording why; or retry a round that could not be deployed."""
+    """Deploy a round the eval gate rejected, recording why; or retry a round that could not be deployed.
+
+    The round becomes active (deploying) at once, so no other round starts before the deploy runs."""
     reason = reason.strip()
-    if training_round.status == Status.REJECTED and not reason:
-        raise RoundError("promoting a round the gate rejected needs a reason")
     if training_round.status not in (Status.REJECTED, Status.TRAINED):
         state = training_round.get_status_display().lower()
-        raise RoundError(f"round {training_round.pk} is {state}; nothing to promote")
-    if training_round.result_version is None:
-        raise RoundError(f"round {training_round.pk} produced no adapter")
-    running = TrainingRound.objects.filter(active=True).exclude(pk=training_round.pk).first()
-    if running is not None:
-        raise RoundError(f"round {running.pk} is running; promote this one after it ends")
-    if reason:
-        who = by.get_username() if by else "unknown"
-        training_round.override_reason = f"{reason} (promoted by {who})"
-        training_round.save(update_fields=["override_reason"])
+        raise Conflict(f"round {training_round.pk} is {state}; nothing to promote")
+    if training_round.status == Status.REJECTED and not reason:
+        raise Invalid({"reason": "promoting a round the gate rejected needs a reason"})
+    version = training_round.result_version
+    if version is None:
+        raise Conflict(f"round {training_round.pk} produced no adapter")
+    with transaction.atomic():
+        training_round.deploy_begin()
+        if reason:
+            who = by.get_username() if by else "unknown"
+            training_round.record(override_reason=f"{reason} (promoted by {who})")
+            version.approve()
     from annotate.tasks import round_deploy
 
-    transaction.on_commit(lambda: round_deploy.delay(training_round.pk))
+    if not enqueue(round_deploy, training_round.pk):
+        training_round.finish(Status.TRAINED, error="the task queue could not be reached; promote it again")
+        raise Conflict("the task queue could not be reached; nothing was deployed, try again shortly")
 
 
 # --- Running a round (in the training worker) -----------------------------------------------------------------
 
 
-def _save(training_round: TrainingRound, **fields: Any) -> None:
-    for name, value in fields.items():
-        setattr(training_round, name, value)
-    training_round.heartbeat_at = timezone.now()
-    training_round.save(update_fields=[*fields, "heartbeat_at"])
-
-
-def _finish(training_round: TrainingRound, status: str, **fields: Any) -> None:
-    _save(training_round, status=status, active=None, finished_at=timezone.now(), process_id=None, **fields)
-
-
-def _is_heldout(prompt: Prompt) -> bool:
+def is_heldout(prompt: Prompt, fraction: float) -> bool:
     # Decided by the prompt itself, so a prompt stays on the same side in every round: no round is ever evaluated
-    # on a prompt that it or any earlier round trained on.
-    return int(prompt.content_hash[:8], 16) % 1000 < settings.ROUND_HOLDOUT_FRACTION * 1000
+    # on a prompt that it or any earlier round trained on (the fraction never grows along a lineage).
+    return int(prompt.content_hash[:8], 16) % 1000 < fraction * 1000
 
 
 @contextmanager
@@ -191,39 +236,43 @@ def _phase(training_round: TrainingRound, name: str) -> Iterator[None]:
 
 
 def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
-    """Freeze the votes and write the round's train and held-out files (TRL's conversational format)."""
+    """Read the votes up to the round's cut-off and write its train and held-out files (TRL's conversational format)."""
     directory = Path(settings.ROUND_DIR) / f"round-{training_round.pk}"
     directory.mkdir(parents=True, exist_ok=True)
     rules = PreferenceRules(**training_round.rules)
-    last_vote = Judgement.objects.filter(created_at__lte=training_round.created_at).order_by("-id").first()
-    votes = judgements_for_preferences(Judgement.objects.filter(pk__lte=last_vote.pk if last_vote else 0))
-    read_ids: list[int] = []
-    train: list[dict[str, Any]] = []
-    heldout: list[dict[str, Any]] = []
-    for verdict in verdicts(_recording(votes, read_ids), rules):
-        if verdict.chosen is None:
-            continue
-        (heldout if _is_heldout(verdict.pair.prompt) else train).append(trl_preference_row(verdict))
+    cutoff = training_round.last_judgement_id or 0
+    votes = judgements_for_preferences(Judgement.objects.filter(pk__lte=cutoff))
+    counted = _Counted(votes.iterator(chunk_size=2000))
     train_path, heldout_path = directory / TRAIN_FILE, directory / HELDOUT_FILE
-    for path, rows in ((train_path, train), (heldout_path, heldout)):
-        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    _save(
-        training_round,
-        directory=str(directory),
-        judgement_ids=read_ids,
-        train_pairs=len(train),
-        heldout_pairs=len(heldout),
-    )
-    if len(train) < settings.ROUND_MIN_TRAIN_PAIRS:
-        _finish(training_round, Status.FAILED, error=f"only {len(train)} training pairs after the rules were applied")
+    train = heldout = 0
+    with JsonLinesWriter(train_path) as train_file, JsonLinesWriter(heldout_path) as heldout_file:
+        for verdict in verdicts(counted, rules):
+            if verdict.chosen is None:
+                continue
+            if is_heldout(verdict.pair.prompt, training_round.holdout_fraction):
+                heldout_file.write(trl_preference_row(verdict))
+                heldout += 1
+            else:
+                train_file.write(trl_preference_row(verdict))
+                train += 1
+    training_round.record(directory=str(directory), votes_read=counted.count, train_pairs=train, heldout_pairs=heldout)
+    if train < settings.ROUND_MIN_TRAIN_PAIRS:
+        training_round.finish(Status.FAILED, error=f"only {train} training pairs after the rules were applied")
         raise RoundStopped
     return train_path, heldout_path
 
 
-def _recording(votes: Any, read_ids: list[int]) -> Any:
-    for vote in votes.iterator(chunk_size=2000):
-        read_ids.append(vote.pk)
-        yield vote
+class _Counted:
+    """Counts the votes a round reads while they stream past."""
+
+    def __init__(self, votes: Iterator[Judgement]) -> None:
+        self._votes = votes
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Judgement]:
+        for vote in self._votes:
+            self.count += 1
+            yield vote
 
 
 def _training_command(*arguments: str) -> list[str]:
@@ -277,28 +326,39 @@ def _run_training_process(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    _save(training_round, process_id=process.pid)
+    try:
+        training_round.record(process_id=process.pid)
+        _follow(training_round, process, arguments, log_path, metrics_path)
+    finally:
+        process_group_stop(process)  # whatever ended the round (a cancel, a crash here), the process goes too
+
+
+def _follow(
+    training_round: TrainingRound,
+    process: subprocess.Popen[bytes],
+    arguments: list[str],
+    log_path: Path,
+    metrics_path: Path | None,
+) -> None:
     offset = 0
     while True:
         finished = process.poll() is not None
         if metrics_path is not None:
             rows, offset = _read_new_metrics(metrics_path, offset)
             if rows:
-                training_round.metrics = [*training_round.metrics, *rows]
-                _save(training_round, metrics=training_round.metrics)
+                training_round.record_steps(rows)
         if finished:
             break
         training_round.refresh_from_db(fields=["cancel_requested"])
         if training_round.cancel_requested:
             process_group_stop(process)
-            _finish(training_round, Status.CANCELLED, log_tail=_log_tail(log_path), error="cancelled by an admin")
+            training_round.finish(Status.CANCELLED, log_tail=_log_tail(log_path), error="cancelled by an admin")
             raise RoundStopped
-        _save(training_round)  # heartbeat
+        training_round.record()  # heartbeat
         time.sleep(settings.ROUND_POLL_SECONDS)
     if process.returncode != 0:
         how = f"killed by signal {-process.returncode}" if process.returncode < 0 else f"exit {process.returncode}"
-        _finish(
-            training_round,
+        training_round.finish(
             Status.FAILED,
             log_tail=_log_tail(log_path),
             error=f"`python -m training {arguments[0]}` failed ({how}); the log tail is below",
@@ -337,7 +397,7 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
     )
     config_path = directory / "config.json"
     config_path.write_text(config.to_json())
-    _save(training_round, status=Status.TRAINING, config=config.to_dict(), started_at=timezone.now())
+    training_round.advance(Status.TRAINING, config=config.to_dict(), started_at=timezone.now())
     with _phase(training_round, "train"):
         _run_training_process(
             training_round,
@@ -353,7 +413,7 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
         adapter_path=str(output_dir / "adapter"),
         parent=parent,
     )
-    _save(training_round, evaluation=evaluation, result_version=version)
+    training_round.record(evaluation=evaluation, result_version=version)
     return version
 
 
@@ -361,7 +421,7 @@ def _evaluate_candidate(
     training_round: TrainingRound, parent: ModelVersion, adapter_dir: str, heldout_path: Path
 ) -> dict[str, Any]:
     """Held-out implicit-reward accuracy of the new adapter, and of its parent on the same votes, and the gate."""
-    _save(training_round, status=Status.EVALUATING)
+    training_round.advance(Status.EVALUATING)
     evaluation: dict[str, Any] = {"heldout_pairs": training_round.heldout_pairs}
     if training_round.heldout_pairs:
         candidate = _evaluate(
@@ -404,70 +464,106 @@ def _mean_answer_tokens(client: ModelServerClient, model: str, prompts: list[lis
     return sum(lengths) / len(lengths) if lengths else 0.0
 
 
-def _answer_length_change(training_round: TrainingRound, client: ModelServerClient) -> dict[str, Any]:
-    """Mean length of fresh answers to held-out prompts, before (parent) and after (this round), same seeds."""
+def round_measure_lengths(training_round: TrainingRound) -> None:
+    """Mean length of fresh answers to held-out prompts, before (parent) and after (this round), same seeds.
+
+    Runs after the deploy decision, never in front of it: a rejected round's adapter is loaded for the measurement
+    and unloaded again. Best-effort: a model server that cannot answer leaves the lengths unmeasured."""
+    version = training_round.result_version
     heldout = Path(training_round.directory) / HELDOUT_FILE
+    if version is None or not heldout.is_file():
+        return
     prompts = [json.loads(line)["prompt"] for line in heldout.read_text().splitlines() if line.strip()]
     prompts = list({json.dumps(p): p for p in prompts}.values())[: settings.ROUND_LENGTH_PROMPTS]
     if not prompts:
-        return {}
-    assert training_round.result_version is not None
-    before = _mean_answer_tokens(client, training_round.parent_version.name, prompts)
-    after = _mean_answer_tokens(client, training_round.result_version.name, prompts)
-    return {"length_prompts": len(prompts), "mean_tokens_before": before, "mean_tokens_after": after}
-
-
-def _reject(training_round: TrainingRound, version: ModelVersion, error: str = "") -> None:
-    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.REJECTED)
-    _finish(training_round, Status.REJECTED, error=error)
-
-
-def round_deploy(training_round: TrainingRound) -> None:
-    """Load the round's adapter into vLLM, measure its answers, and make it serve if the gate or an admin says so.
-
-    Raises ModelServerUnavailable (after saving the round as trained, not deployed) for the task to retry.
-    """
-    version = training_round.result_version
-    assert version is not None
-    promote = bool(training_round.evaluation.get("gate", {}).get("promote") or training_round.override_reason)
-    _save(training_round, status=Status.DEPLOYING, active=True)
+        return
     try:
         with client_from_settings() as client:
             version.ensure_loaded(client)
-            evaluation = {**training_round.evaluation, **_answer_length_change(training_round, client)}
-            _save(training_round, evaluation=evaluation)
-            if not promote:
-                client.unload_lora_adapter(name=version.name)
-                _reject(training_round, version)
-                return
-            version.serve(client)
-    except ModelServerUnavailable as error:
+            training_round.parent_version.ensure_loaded(client)
+            lengths: dict[str, Any] = {
+                "length_prompts": len(prompts),
+                "mean_tokens_before": _mean_answer_tokens(client, training_round.parent_version.name, prompts),
+                "mean_tokens_after": _mean_answer_tokens(client, version.name, prompts),
+            }
+            version.refresh_from_db()
+            version.unload(client)  # a no-op for the serving version
+    except (ModelServerUnavailable, ModelServerRefused) as error:
+        logger.warning("round %s: answer lengths not measured: %s", training_round.pk, error)
+        lengths = {"length_error": str(error)}
+    training_round.refresh_from_db(fields=["evaluation"])
+    TrainingRound.objects.filter(pk=training_round.pk).update(
+        evaluation={**training_round.evaluation, **lengths}, revision=F("revision") + 1
+    )
+
+
+def round_deploy(training_round: TrainingRound) -> None:
+    """A deploying round: make its adapter serve if the gate or an admin says so, else reject it.
+
+    Every way this can end leaves the round in an end state with the reason shown and the serving version unchanged
+    unless it served: trained (the model server was unreachable; raises ModelServerUnavailable for the task to
+    retry), failed (the server refused the adapter, or anything unexpected), rejected, or serving.
+    """
+    version = training_round.result_version
+    if version is None:
+        training_round.finish(Status.FAILED, error="the round produced no adapter to deploy")
+        return
+    promote = bool(training_round.evaluation.get("gate", {}).get("promote") or training_round.override_reason)
+    try:
         if not promote:
-            _reject(training_round, version, error=f"answer lengths not measured: {error}")
-            return
-        _finish(training_round, Status.TRAINED, error=f"the model server was unreachable at deploy: {error}")
+            version.reject()
+            training_round.finish(Status.REJECTED, error="")
+        else:
+            with client_from_settings() as client:
+                version.serve(client)
+            training_round.finish(Status.SERVING, error="")
+    except ModelServerUnavailable as error:
+        training_round.finish(Status.TRAINED, error=f"the model server was unreachable at deploy: {error}")
         raise
-    _finish(training_round, Status.SERVING, error="")
+    except ModelServerRefused as error:
+        with suppress(Conflict):
+            version.reject()
+        training_round.finish(Status.FAILED, error=f"the model server refused the adapter: {error}")
+        return
+    except Exception as error:
+        logger.exception("round %s: deploy failed", training_round.pk)
+        training_round.refresh_from_db()
+        if training_round.status == Status.DEPLOYING:
+            training_round.finish(Status.FAILED, error=f"deploy failed: {type(error).__name__}: {error}")
+        return
+    from annotate.tasks import round_measure_lengths as measure_task
+
+    transaction.on_commit(lambda: enqueue(measure_task, training_round.pk))
+    if version.status == ModelVersion.Status.SERVING:
+        request_refill(throttle=False)
 
 
 def round_run(round_id: int) -> None:
     """The whole round, in the training worker. Safe to call twice: only a queued round runs."""
-    claimed = TrainingRound.objects.filter(pk=round_id, status=Status.QUEUED).update(
-        status=Status.PREPARING, heartbeat_at=timezone.now()
-    )
-    if claimed != 1:
-        logger.info("round %s is not queued; nothing to do", round_id)
-        return
     training_round = TrainingRound.objects.select_related("parent_version__parent").get(pk=round_id)
+    try:
+        training_round.advance(Status.PREPARING)
+    except Conflict:
+        logger.info("round %s is %s; nothing to do", round_id, training_round.status)
+        return
     try:
         with _phase(training_round, "prepare"):
             train_path, heldout_path = round_prepare(training_round)
         round_train_and_evaluate(training_round, train_path, heldout_path)
+        training_round.deploy_begin()
     except RoundStopped:
         return
     except Exception as error:
         logger.exception("round %s failed", round_id)
-        _finish(training_round, Status.FAILED, error=f"{type(error).__name__}: {error}")
+        training_round.refresh_from_db()
+        if training_round.is_active:
+            training_round.finish(Status.FAILED, error=f"{type(error).__name__}: {error}")
         return
-    with _phase(training_round, "deploy"):
-        round_deploy(training_round)
+    try:
+        with _phase(training_round, "deploy"):
+            round_deploy(training_round)
+    except ModelServerUnavailable:
+        # Saved as trained, not deployed: the deploy task retries it with backoff until the server is back.
+        from annotate.tasks import round_deploy as deploy_task
+
+        enqueue(deploy_task, training_round.pk)

@@ -1,8 +1,17 @@
-"""Everything that writes: sampling pairs, leasing them to annotators, recording votes."""
+"""Annotation services: leasing pairs to annotators (the queue), recording votes, gold pairs, decisions about
+annotators. Sampling pairs lives in sampling.py, training rounds in rounds.py.
+
+The queue under concurrency: a pair has `judgements_required` places (its campaign's overlap k); `judgement_count`
+votes and `lease_count` live leases take them. A lease takes the next open pair with a row lock that skips rows
+other annotators are locking, and re-checks the free place in the same transaction with a conditional update; a
+vote moves its place from the lease to the count. So a pair never collects more votes than it needs, annotators
+racing for the same pair each get another one, and nobody is told "no pair" while one is open for them.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -12,31 +21,25 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import Case, Count, F, Q, When
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from annotate import sampling
-from annotate.models import Assignment, Judgement, ModelVersion, Pair
+from annotate.errors import Conflict, Invalid
+from annotate.models import (
+    AnnotatorAction,
+    AnnotatorStanding,
+    Assignment,
+    Campaign,
+    Judgement,
+    ModelVersion,
+    Pair,
+)
 
 logger = logging.getLogger(__name__)
 
 SCREEN_CHOICES = ("left", "right", "tie", "both_bad")
-
-
-class AnnotationError(Exception):
-    """An annotator's request that cannot be carried out; the message is shown to them."""
-
-    code = "invalid"
-
-
-class LeaseConflict(AnnotationError):
-    code = "conflict"
-
-
-class InvalidJudgement(AnnotationError):
-    def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
-        self.errors = errors
+SELECTED = ("pair__prompt", "pair__completion_a", "pair__completion_b", "pair__campaign")
 
 
 # --- Leasing pairs to annotators -----------------------------------------------------------------------------
@@ -46,71 +49,189 @@ def _lease_expiry() -> Any:
     return timezone.now() + timedelta(seconds=settings.LEASE_SECONDS)
 
 
+def annotator_is_paused(annotator: User) -> bool:
+    return AnnotatorStanding.objects.filter(annotator=annotator, paused=True).exists()
+
+
 def assignment_current(*, annotator: User) -> Assignment | None:
     """The pair this annotator holds and has not answered yet, if any (a reload shows the same pair)."""
     return (
-        Assignment.objects.select_related("pair__prompt", "pair__completion_a", "pair__completion_b")
-        .filter(annotator=annotator, status=Assignment.Status.LEASED)
-        .filter(pair__judgement_count__lt=F("pair__judgements_required"))
+        Assignment.objects.select_related(*SELECTED)
+        .filter(annotator=annotator, status=Assignment.Status.LEASED, expires_at__gt=timezone.now())
         .order_by("-leased_at")
         .first()
     )
 
 
 def assignment_lease_next(*, annotator: User) -> Assignment | None:
-    """Lease a pair to this annotator: theirs already, or the oldest one they may see. None if none is ready."""
+    """Lease a pair to this annotator: theirs already, else the next open one they may see (at their campaign's
+    rates a gold pair or a repeat instead). None when none is open for them."""
     current = assignment_current(annotator=annotator)
     if current is not None:
-        # Still theirs (nobody else was given the pair, or its status would be expired): renew the lease.
         Assignment.objects.filter(pk=current.pk, status=Assignment.Status.LEASED).update(expires_at=_lease_expiry())
         current.refresh_from_db(fields=["expires_at", "status"])
         return current
-    # Pairs from the serving version first (the freshest on-policy data), then the oldest first.
-    from_serving = Case(When(sampled_from__status=ModelVersion.Status.SERVING, then=0), default=1)
-    candidates = Pair.objects.available_for(annotator).order_by(from_serving, "id").values_list("id", flat=True)
-    for pair_id in candidates[:20]:
-        now = timezone.now()
-        try:
+    if annotator_is_paused(annotator):
+        return None
+    campaigns = list(Campaign.objects.open_to(annotator).values_list("id", flat=True))
+    if not campaigns:
+        return None
+    pair = _pair_lease_open(annotator, campaigns)
+    if pair is None and leases_expire() > 0:
+        pair = _pair_lease_open(annotator, campaigns)  # leases that ran out freed places
+    if pair is None:
+        return None
+    assignment = _instead_gold_or_repeat(annotator, pair)
+    if assignment is None:
+        assignment = Assignment.objects.get(pair=pair, annotator=annotator, kind=Assignment.Kind.PAIR)
+    return Assignment.objects.select_related(*SELECTED).get(pk=assignment.pk)
+
+
+def _open_pairs_for(annotator: User, campaigns: list[int]) -> QuerySet[Pair]:
+    seen = Assignment.objects.filter(pair=OuterRef("pk"), annotator=annotator)
+    return Pair.objects.open().filter(campaign_id__in=campaigns).filter(~Exists(seen))
+
+
+def _pair_lease_open(annotator: User, campaigns: list[int]) -> Pair | None:
+    """Take a place on the open pair with the fewest votes (the serving version's pairs first, then the oldest)."""
+    serving = ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).values_list("id", flat=True).first()
+    scopes = [_open_pairs_for(annotator, campaigns)]
+    if serving is not None:
+        scopes.insert(0, scopes[0].filter(sampled_from_id=serving))
+    for scope in scopes:
+        for _attempt in range(5):
             with transaction.atomic():
-                # A lease that ran out is taken back before the pair goes to someone else.
-                Assignment.objects.filter(pair_id=pair_id, status=Assignment.Status.LEASED, expires_at__lte=now).update(
-                    status=Assignment.Status.EXPIRED, finished_at=now
-                )
-                assignment = Assignment.objects.create(
-                    pair_id=pair_id,
-                    annotator=annotator,
-                    a_on_left=secrets.randbits(1) == 1,
-                    leased_at=now,
-                    expires_at=_lease_expiry(),
-                )
-        except IntegrityError:
-            continue  # another annotator leased it between our query and our insert
-        return Assignment.objects.select_related("pair__prompt", "pair__completion_a", "pair__completion_b").get(
-            pk=assignment.pk
-        )
+                # Rows other annotators are leasing right now are skipped, not waited for: each gets another pair.
+                pair = scope.order_by("judgement_count", "id").select_for_update(skip_locked=True, of=("self",)).first()
+                if pair is None:
+                    break
+                taken = Pair.objects.filter(
+                    pk=pair.pk, judgement_count__lt=F("judgements_required") - F("lease_count")
+                ).update(lease_count=F("lease_count") + 1)
+                if taken != 1:
+                    continue  # filled between the read and the lock (a database without row locks): next one
+                try:
+                    with transaction.atomic():
+                        Assignment.objects.create(
+                            pair=pair,
+                            annotator=annotator,
+                            a_on_left=secrets.randbits(1) == 1,
+                            expires_at=_lease_expiry(),
+                        )
+                except IntegrityError:
+                    # They were given this pair meanwhile (two tabs asking at once): give the place back.
+                    Pair.objects.filter(pk=pair.pk).update(lease_count=F("lease_count") - 1)
+                    continue
+                return pair
     return None
 
 
+def _instead_gold_or_repeat(annotator: User, pair: Pair) -> Assignment | None:
+    """At the campaign's rates, swap the pair just leased for a gold pair or a repeat; None keeps the pair."""
+    campaign = pair.campaign
+    if campaign is None or (campaign.gold_rate <= 0 and campaign.repeat_rate <= 0):
+        return None
+    draw = random.random()
+    if draw < campaign.gold_rate:
+        replacement = _assignment_gold(annotator, campaign)
+    elif draw < campaign.gold_rate + campaign.repeat_rate:
+        replacement = _assignment_repeat(annotator, campaign)
+    else:
+        return None
+    if replacement is not None:
+        _lease_release(Assignment.objects.get(pair=pair, annotator=annotator, kind=Assignment.Kind.PAIR))
+        Assignment.objects.filter(pair=pair, annotator=annotator, kind=Assignment.Kind.PAIR).delete()
+    return replacement
+
+
+def _assignment_gold(annotator: User, campaign: Campaign) -> Assignment | None:
+    seen = Assignment.objects.filter(pair=OuterRef("pk"), annotator=annotator)
+    gold = Pair.objects.filter(campaign=campaign).exclude(gold_choice="").filter(~Exists(seen)).order_by("?").first()
+    if gold is None:
+        return None
+    try:
+        return Assignment.objects.create(
+            pair=gold,
+            annotator=annotator,
+            kind=Assignment.Kind.GOLD,
+            a_on_left=secrets.randbits(1) == 1,
+            expires_at=_lease_expiry(),
+        )
+    except IntegrityError:
+        return None
+
+
+def _assignment_repeat(annotator: User, campaign: Campaign) -> Assignment | None:
+    """A pair this annotator judged at least REPEAT_MIN_VOTES_BETWEEN votes ago, not repeated yet, sides swapped."""
+    recent = Judgement.objects.filter(annotator=annotator).order_by("-id")[: settings.REPEAT_MIN_VOTES_BETWEEN]
+    repeated = Assignment.objects.filter(pair=OuterRef("pair"), annotator=annotator, kind=Assignment.Kind.REPEAT)
+    earlier = (
+        Judgement.objects.filter(annotator=annotator, is_repeat=False, pair__campaign=campaign, pair__gold_choice="")
+        .exclude(pk__in=list(recent.values_list("id", flat=True)))
+        .filter(~Exists(repeated))
+        .select_related("assignment")
+        .order_by("?")
+        .first()
+    )
+    if earlier is None or earlier.a_on_left is None:
+        return None
+    try:
+        return Assignment.objects.create(
+            pair_id=earlier.pair_id,
+            annotator=annotator,
+            kind=Assignment.Kind.REPEAT,
+            a_on_left=not earlier.a_on_left,
+            expires_at=_lease_expiry(),
+        )
+    except IntegrityError:
+        return None
+
+
+def _lease_release(assignment: Assignment) -> None:
+    if assignment.kind == Assignment.Kind.PAIR:
+        Pair.objects.filter(pk=assignment.pair_id, lease_count__gt=0).update(lease_count=F("lease_count") - 1)
+
+
+def leases_expire() -> int:
+    """Take back leases that ran out, freeing their places; returns how many. Run by beat and by an empty queue."""
+    expired = 0
+    now = timezone.now()
+    stale = Assignment.objects.filter(status=Assignment.Status.LEASED, expires_at__lte=now)
+    for assignment in stale.only("id", "pair_id", "kind")[:1000]:
+        with transaction.atomic():
+            if Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED).update(
+                status=Assignment.Status.EXPIRED, finished_at=now
+            ):
+                _lease_release(assignment)
+                expired += 1
+    return expired
+
+
 def _assignment_for_answer(*, annotator: User, pair_id: int) -> Assignment:
-    assignment = Assignment.objects.filter(pair_id=pair_id, annotator=annotator).first()
+    """The annotator's assignment of this pair that an answer goes to: the open one, else the latest."""
+    assignments = Assignment.objects.filter(pair_id=pair_id, annotator=annotator).order_by("-id")
+    assignment = next((a for a in assignments if a.status == Assignment.Status.LEASED), None)
+    assignment = assignment or assignments.first()
     if assignment is None:
-        raise LeaseConflict("this pair is not leased to you")
+        raise Conflict("this pair is not leased to you")
     if assignment.status == Assignment.Status.JUDGED:
-        raise LeaseConflict("you have already judged this pair")
+        raise Conflict("you have already judged this pair")
     if assignment.status == Assignment.Status.SKIPPED:
-        raise LeaseConflict("you skipped this pair")
-    if assignment.status == Assignment.Status.EXPIRED:
-        raise LeaseConflict("your lease on this pair expired and it was given to someone else")
+        raise Conflict("you skipped this pair")
     return assignment
 
 
 def assignment_skip(*, annotator: User, pair_id: int) -> None:
     assignment = _assignment_for_answer(annotator=annotator, pair_id=pair_id)
-    updated = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED).update(
-        status=Assignment.Status.SKIPPED, finished_at=timezone.now()
-    )
-    if updated != 1:
-        raise LeaseConflict("this pair was answered or taken back while you were skipping it")
+    if assignment.status == Assignment.Status.EXPIRED:
+        return  # its place was given back already; skipping it again changes nothing
+    with transaction.atomic():
+        updated = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED).update(
+            status=Assignment.Status.SKIPPED, finished_at=timezone.now()
+        )
+        if updated != 1:
+            raise Conflict("this pair was answered or taken back while you were skipping it")
+        _lease_release(assignment)
 
 
 # --- Recording votes -----------------------------------------------------------------------------------------
@@ -133,6 +254,8 @@ def _validate_vote(choice: str, strength: int | None, rationale: str) -> dict[st
         errors["strength"] = "is only given when one answer is better"
     if len(rationale) > settings.RATIONALE_MAX_LENGTH:
         errors["rationale"] = f"must be at most {settings.RATIONALE_MAX_LENGTH} characters"
+    if "\x00" in rationale:
+        errors["rationale"] = "must not contain NUL characters"
     return errors
 
 
@@ -141,7 +264,7 @@ def _existing_for_key(*, key: uuid.UUID, annotator: User, pair_id: int) -> Recor
     if existing is None:
         return None
     if existing.annotator_id != annotator.pk or existing.pair_id != pair_id:
-        raise LeaseConflict("this idempotency key was already used for another vote")
+        raise Conflict("this idempotency key was already used for another vote")
     return RecordedJudgement(existing, created=False)
 
 
@@ -154,18 +277,53 @@ def judgement_record(
     rationale: str,
     idempotency_key: uuid.UUID,
     source: str = Judgement.Source.HUMAN,
+    time_spent_ms: int | None = None,
 ) -> RecordedJudgement:
     """Record one vote given on screen sides (left/right/tie/both_bad), stored relative to the pair.
 
-    Sending the same idempotency key again returns the vote already stored and writes nothing.
+    The same idempotency key always answers with the vote stored under it (created=False), whichever of several
+    requests sent at once wrote it. Invalid for bad fields; Conflict when the pair is not the annotator's to judge.
+    `time_spent_ms` overrides the time measured from the lease (simulated annotators).
     """
     rationale = rationale.strip()
     errors = _validate_vote(choice, strength, rationale)
     if errors:
-        raise InvalidJudgement(errors)
+        raise Invalid(errors)
     replay = _existing_for_key(key=idempotency_key, annotator=annotator, pair_id=pair_id)
     if replay is not None:
         return replay
+    try:
+        judgement = _judgement_write(
+            annotator=annotator,
+            pair_id=pair_id,
+            choice=choice,
+            strength=strength,
+            rationale=rationale,
+            idempotency_key=idempotency_key,
+            source=source,
+            time_spent_ms=time_spent_ms,
+        )
+    except (IntegrityError, Conflict):
+        # The same key sent twice at once: whichever request lost, the vote is stored; answer with it.
+        replay = _existing_for_key(key=idempotency_key, annotator=annotator, pair_id=pair_id)
+        if replay is not None:
+            return replay
+        raise
+    transaction.on_commit(sampling.refill_if_low)
+    return RecordedJudgement(judgement, created=True)
+
+
+def _judgement_write(
+    *,
+    annotator: User,
+    pair_id: int,
+    choice: str,
+    strength: int | None,
+    rationale: str,
+    idempotency_key: uuid.UUID,
+    source: str,
+    time_spent_ms: int | None,
+) -> Judgement:
     assignment = _assignment_for_answer(annotator=annotator, pair_id=pair_id)
     if choice in ("left", "right"):
         chose_a = (choice == "left") == assignment.a_on_left
@@ -173,34 +331,92 @@ def judgement_record(
     else:
         stored_choice = Judgement.Choice(choice)
     now = timezone.now()
-    try:
-        with transaction.atomic():
-            claimed = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED).update(
-                status=Assignment.Status.JUDGED, finished_at=now
-            )
-            if claimed != 1:
-                raise LeaseConflict("this pair was answered or taken back while you were voting")
-            judgement = Judgement.objects.create(
-                pair_id=pair_id,
-                annotator=annotator,
-                assignment=assignment,
-                choice=stored_choice,
-                strength=strength if stored_choice in (Judgement.Choice.A, Judgement.Choice.B) else None,
-                rationale=rationale,
-                a_on_left=assignment.a_on_left,
-                time_spent_ms=int((now - assignment.leased_at).total_seconds() * 1000),
-                idempotency_key=idempotency_key,
-                source=source,
-            )
+    with transaction.atomic():
+        was_leased = assignment.status == Assignment.Status.LEASED
+        claimed = Assignment.objects.filter(pk=assignment.pk, status=assignment.status).update(
+            status=Assignment.Status.JUDGED, finished_at=now
+        )
+        if claimed != 1:
+            raise Conflict("this pair was answered or taken back while you were voting")
+        if assignment.kind == Assignment.Kind.PAIR:
+            _place_to_vote(pair_id, was_leased)
+        elif assignment.kind == Assignment.Kind.GOLD:
+            # Gold pairs are outside the open queue: their count only says how often they were answered.
             Pair.objects.filter(pk=pair_id).update(judgement_count=F("judgement_count") + 1)
-    except (IntegrityError, LeaseConflict):
-        # The same key sent twice at once: the other request stored the vote; answer with it.
-        replay = _existing_for_key(key=idempotency_key, annotator=annotator, pair_id=pair_id)
-        if replay is not None:
-            return replay
-        raise
-    transaction.on_commit(sampling.refill_if_low)
-    return RecordedJudgement(judgement, created=True)
+        spent = time_spent_ms if time_spent_ms is not None else int((now - assignment.leased_at).total_seconds() * 1000)
+        return Judgement.objects.create(
+            pair_id=pair_id,
+            annotator=annotator,
+            assignment=assignment,
+            choice=stored_choice,
+            strength=strength if stored_choice in (Judgement.Choice.A, Judgement.Choice.B) else None,
+            rationale=rationale,
+            a_on_left=assignment.a_on_left,
+            time_spent_ms=max(0, spent),
+            idempotency_key=idempotency_key,
+            source=source,
+            is_repeat=assignment.kind == Assignment.Kind.REPEAT,
+        )
+
+
+def _place_to_vote(pair_id: int, was_leased: bool) -> None:
+    """The vote takes the place its lease held; a vote on a lease that ran out needs a place still free."""
+    pairs = Pair.objects.filter(pk=pair_id)
+    if was_leased:
+        moved = pairs.filter(judgement_count__lt=F("judgements_required"), lease_count__gt=0).update(
+            judgement_count=F("judgement_count") + 1, lease_count=F("lease_count") - 1
+        )
+    else:
+        moved = pairs.filter(judgement_count__lt=F("judgements_required") - F("lease_count")).update(
+            judgement_count=F("judgement_count") + 1
+        )
+    if moved != 1:
+        raise Conflict("your lease on this pair expired and it was given to someone else")
+
+
+# --- Gold pairs and decisions about annotators --------------------------------------------------------------
+
+
+def pair_mark_gold(*, pair: Pair, expected: str) -> Pair:
+    """Make `pair` a gold pair with its expected answer (a, b, tie or both_bad; empty: no longer gold).
+
+    Its votes, earlier and later, never train and are not exported unless asked; it is served at its campaign's
+    gold rate and never counts towards the open queue."""
+    if expected not in ("", *Judgement.Choice.values):
+        raise Invalid({"expected": f"must be one of {', '.join(Judgement.Choice.values)} (or empty)"})
+    Pair.objects.filter(pk=pair.pk).update(gold_choice=expected)
+    pair.refresh_from_db()
+    return pair
+
+
+def annotator_act(*, annotator: User, action: str, by: User | None, reason: str) -> AnnotatorStanding:
+    """Pause or resume an annotator, or exclude or include their votes; recorded with who and why."""
+    reason = reason.strip()
+    errors = {}
+    if action not in AnnotatorAction.Action.values:
+        errors["action"] = f"must be one of {', '.join(AnnotatorAction.Action.values)}"
+    if not reason:
+        errors["reason"] = "say why (it is kept with the decision)"
+    if errors:
+        raise Invalid(errors)
+    field, value = {
+        AnnotatorAction.Action.PAUSE: ("paused", True),
+        AnnotatorAction.Action.RESUME: ("paused", False),
+        AnnotatorAction.Action.EXCLUDE: ("votes_excluded", True),
+        AnnotatorAction.Action.INCLUDE: ("votes_excluded", False),
+    }[AnnotatorAction.Action(action)]
+    with transaction.atomic():
+        standing, _ = AnnotatorStanding.objects.select_for_update().get_or_create(annotator=annotator)
+        setattr(standing, field, value)
+        standing.save(update_fields=[field])
+        AnnotatorAction.objects.create(annotator=annotator, action=action, reason=reason, by=by)
+        if field == "paused" and value:
+            for assignment in Assignment.objects.filter(annotator=annotator, status=Assignment.Status.LEASED):
+                if Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.LEASED).update(
+                    status=Assignment.Status.EXPIRED, finished_at=timezone.now()
+                ):
+                    _lease_release(assignment)
+    return standing
 
 
 # --- Progress ------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from training.config import TUNABLE_FIELDS, FieldSpec
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("PAIRLOOP_VAR_DIR", BASE_DIR / "var"))
 
@@ -112,7 +114,10 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'pairloop.sqlite3'}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        # Connections are kept between requests (a new PostgreSQL connection per request halved the votes per
+        # second in bench/web.py), and checked before reuse so a restarted database costs no failed request.
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -195,10 +200,12 @@ CELERY_TRAINING_QUEUE = env_str("CELERY_TRAINING_QUEUE", "pairloop-training")
 CELERY_TASK_ROUTES = {
     "annotate.tasks.round_run": {"queue": CELERY_TRAINING_QUEUE},
     "annotate.tasks.round_deploy": {"queue": CELERY_TRAINING_QUEUE},
+    "annotate.tasks.round_measure_lengths": {"queue": CELERY_TRAINING_QUEUE},
 }
 CELERY_BEAT_SCHEDULE = {
     "pairs-refill": {"task": "annotate.tasks.pairs_refill", "schedule": env_float("PAIR_REFILL_INTERVAL", 30.0)},
     "rounds-start-when-due": {"task": "annotate.tasks.rounds_start_when_due", "schedule": 60.0},
+    "leases-expire": {"task": "annotate.tasks.leases_expire", "schedule": 30.0},
 }
 
 # --- Model server and sampling ---------------------------------------------------------------------------------
@@ -224,6 +231,8 @@ PAIR_GENERATION_CONCURRENCY = env_int("PAIR_GENERATION_CONCURRENCY", 4)
 JUDGEMENTS_PER_PAIR = env_int("JUDGEMENTS_PER_PAIR", 1)
 LEASE_SECONDS = env_int("LEASE_SECONDS", 600)
 RATIONALE_MAX_LENGTH = env_int("RATIONALE_MAX_LENGTH", 2000)
+# A repeat (self-consistency check) shows a pair judged at least this many votes earlier.
+REPEAT_MIN_VOTES_BETWEEN = env_int("REPEAT_MIN_VOTES_BETWEEN", 5)
 
 # --- Training rounds -----------------------------------------------------------------------------------------
 ROUND_DIR = Path(env_str("ROUND_DIR", str(VAR_DIR / "rounds")))
@@ -241,16 +250,23 @@ ROUND_GATE_TOLERANCE = env_float("ROUND_GATE_TOLERANCE", 0.05)
 ROUND_LENGTH_PROMPTS = env_int("ROUND_LENGTH_PROMPTS", 8)
 ROUND_POLL_SECONDS = env_float("ROUND_POLL_SECONDS", 2.0)
 ROUND_STALE_SECONDS = env_int("ROUND_STALE_SECONDS", 600)
-ROUND_CONFIG_DEFAULTS = {
-    "beta": env_float("ROUND_BETA", 0.1),
-    "learning_rate": env_float("ROUND_LEARNING_RATE", 5e-5),
-    "epochs": env_int("ROUND_EPOCHS", 1),
-    "batch_size": env_int("ROUND_BATCH_SIZE", 8),
-    "max_length": env_int("ROUND_MAX_LENGTH", 256),
-    "max_steps": env_int("ROUND_MAX_STEPS", -1),
-    "lora_rank": env_int("ROUND_LORA_RANK", 16),
-    "loss_type": env_str("ROUND_LOSS_TYPE", "sigmoid"),
-}
+
+
+def _round_config_default(spec: FieldSpec) -> object:
+    value = {int: env_int, float: env_float}.get(spec.kind, env_str)(spec.setting, spec.default)  # type: ignore[operator]
+    problem = spec.problem(value)
+    if problem:
+        raise ImproperlyConfigured(f"{spec.setting} {problem}")
+    return value
+
+
+# Each round's config starts from these (ROUND_BETA, ROUND_LEARNING_RATE, ...); bounds and defaults: training.config.
+ROUND_CONFIG_DEFAULTS = {spec.name: _round_config_default(spec) for spec in TUNABLE_FIELDS}
+if ROUND_CONFIG_DEFAULTS["lora_rank"] > VLLM_MAX_LORA_RANK:  # type: ignore[operator]
+    raise ImproperlyConfigured(
+        f"ROUND_LORA_RANK={ROUND_CONFIG_DEFAULTS['lora_rank']} is above VLLM_MAX_LORA_RANK={VLLM_MAX_LORA_RANK}, "
+        "the largest rank the model server loads"
+    )
 
 LOGGING = {
     "version": 1,

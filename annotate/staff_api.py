@@ -33,10 +33,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from annotate import exports, imports, rounds
+from annotate.errors import Conflict, Invalid
 from annotate.exports import ExportFilters
 from annotate.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
-from annotate.models import Conflict, Export, Judgement, ModelVersion, Pair, Prompt, TrainingRound
-from training.config import SUPPORTED_LOSS_TYPES
+from annotate.models import Export, Judgement, ModelVersion, Pair, Prompt, TrainingRound
+from training.config import FieldSpec
 
 ROLES = ("system", "user", "assistant")
 
@@ -518,39 +519,51 @@ def exports_download(request: Request, export_id: int) -> FileResponse | Respons
 # --- Training rounds and model versions ------------------------------------------------------------------
 
 
-class RoundInput(serializers.Serializer[Any]):
-    """Config overrides; anything left out takes the defaults in settings (ROUND_*)."""
+def _config_field(spec: FieldSpec) -> serializers.Field[Any, Any, Any, Any]:
+    """A serializer field with exactly the spec's bounds (training.config, capped by the model server's LoRA limit)."""
+    if spec.choices:
+        return serializers.ChoiceField(choices=spec.choices, required=False, help_text=spec.help)
+    lowest = min([spec.minimum, *spec.allowed_values]) if spec.minimum is not None else None
+    if spec.kind is int:
+        top = int(spec.maximum) if spec.maximum is not None else None
+        return serializers.IntegerField(required=False, min_value=lowest, max_value=top, help_text=spec.help)
+    return serializers.FloatField(required=False, min_value=lowest, max_value=spec.maximum, help_text=spec.help)
 
-    beta = serializers.FloatField(required=False, min_value=0.001, max_value=10)
-    learning_rate = serializers.FloatField(required=False, min_value=1e-8, max_value=1e-2)
-    epochs = serializers.IntegerField(required=False, min_value=1, max_value=20)
-    batch_size = serializers.IntegerField(required=False, min_value=1, max_value=512)
-    max_length = serializers.IntegerField(required=False, min_value=32, max_value=8192)
-    max_steps = serializers.IntegerField(required=False, min_value=-1)
-    lora_rank = serializers.IntegerField(required=False, min_value=1, max_value=256)
-    loss_type = serializers.ChoiceField(required=False, choices=SUPPORTED_LOSS_TYPES)
+
+class RoundInput(serializers.Serializer[Any]):
+    """Config overrides; anything left out takes the defaults in settings (ROUND_*). Fields and bounds come from
+    training.config's field spec, as the Start round form's do."""
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        return {spec.name: _config_field(spec) for spec in rounds.round_config_fields()}
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        errors = rounds.round_config_errors(attrs)
+        if errors:
+            raise ValidationError(errors)
+        return attrs
 
 
 class RoundOutput(serializers.ModelSerializer[TrainingRound]):
     parent_version = serializers.CharField(source="parent_version.name", read_only=True)
     result_version = serializers.CharField(source="result_version.name", read_only=True, allow_null=True)
     progress_percent = serializers.IntegerField(read_only=True)
-    votes_read = serializers.SerializerMethodField()
+    metrics = serializers.ListField(child=serializers.DictField(), read_only=True, help_text="One entry per step.")
 
     class Meta:
         model = TrainingRound
         fields = [
             "id", "status", "trigger", "parent_version", "result_version", "config", "rules", "votes_read",
-            "train_pairs", "heldout_pairs", "progress_percent", "metrics", "evaluation", "phase_seconds",
-            "override_reason", "error", "log_tail", "created_at", "started_at", "finished_at",
+            "last_judgement_id", "holdout_fraction", "train_pairs", "heldout_pairs", "progress_percent", "metrics",
+            "evaluation", "phase_seconds", "override_reason", "error", "log_tail", "created_at", "started_at",
+            "finished_at", "revision",
         ]  # fmt: skip
 
-    def get_votes_read(self, training_round: TrainingRound) -> int:
-        return len(training_round.judgement_ids)
 
-
-def _round_error(error: rounds.RoundError) -> Response:
-    return Response({"detail": str(error), "code": "conflict"}, status=status.HTTP_409_CONFLICT)
+def _app_error(error: Conflict | Invalid) -> Response:
+    if isinstance(error, Invalid):
+        return Response({"errors": error.errors}, status=status.HTTP_400_BAD_REQUEST)
+    return Response({"detail": str(error), "code": error.code}, status=status.HTTP_409_CONFLICT)
 
 
 @extend_schema(
@@ -568,8 +581,8 @@ def rounds_create(request: Request) -> Response:
         training_round = rounds.round_start(
             trigger=TrainingRound.Trigger.API, started_by=_staff(request), overrides=dict(data.validated_data)
         )
-    except rounds.RoundError as error:
-        return _round_error(error)
+    except (Conflict, Invalid) as error:
+        return _app_error(error)
     return Response(RoundOutput(training_round).data, status=status.HTTP_201_CREATED)
 
 
@@ -588,8 +601,8 @@ def rounds_cancel(request: Request, round_id: int) -> Response:
     training_round = get_object_or_404(TrainingRound, pk=round_id)
     try:
         rounds.round_cancel(training_round=training_round)
-    except rounds.RoundError as error:
-        return _round_error(error)
+    except (Conflict, Invalid) as error:
+        return _app_error(error)
     training_round.refresh_from_db()
     return Response(RoundOutput(training_round).data, status=status.HTTP_202_ACCEPTED)
 
@@ -611,8 +624,8 @@ def rounds_promote(request: Request, round_id: int) -> Response:
     data.is_valid(raise_exception=True)
     try:
         rounds.round_promote(training_round=training_round, by=_staff(request), reason=data.validated_data["reason"])
-    except rounds.RoundError as error:
-        return _round_error(error)
+    except (Conflict, Invalid) as error:
+        return _app_error(error)
     return Response(RoundOutput(training_round).data, status=status.HTTP_202_ACCEPTED)
 
 

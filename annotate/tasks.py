@@ -10,7 +10,8 @@ from celery.signals import worker_ready
 from django.conf import settings
 from django.db.models import Max
 
-from annotate import rounds, sampling
+from annotate import rounds, sampling, services
+from annotate.errors import Conflict, Invalid
 from annotate.generation import ModelServerUnavailable
 from annotate.models import TrainingRound
 
@@ -44,11 +45,31 @@ def round_run(round_id: int) -> None:
     max_retries=10,
 )
 def round_deploy(round_id: int) -> None:
-    training_round = TrainingRound.objects.get(pk=round_id)
-    if training_round.status not in (TrainingRound.Status.TRAINED, TrainingRound.Status.REJECTED):
+    """Deploy a round that is deploying (just evaluated, or promoted), or retry one the model server missed."""
+    training_round = TrainingRound.objects.select_related("result_version", "parent_version").get(pk=round_id)
+    if training_round.status == TrainingRound.Status.TRAINED:  # a retry after the model server was unreachable
+        try:
+            training_round.deploy_begin()
+        except Conflict as error:
+            logger.info("round %s not redeployed: %s", round_id, error)
+            return
+    if training_round.status != TrainingRound.Status.DEPLOYING:
         logger.info("round %s is %s; not deploying", round_id, training_round.status)
         return
     rounds.round_deploy(training_round)
+
+
+@shared_task(acks_late=False)
+def round_measure_lengths(round_id: int) -> None:
+    rounds.round_measure_lengths(
+        TrainingRound.objects.select_related("result_version", "parent_version").get(pk=round_id)
+    )
+
+
+@shared_task
+def leases_expire() -> int:
+    """Free the places of leases that ran out, so their pairs go to other annotators."""
+    return services.leases_expire()
 
 
 @shared_task
@@ -61,7 +82,7 @@ def rounds_start_when_due() -> int | None:
         return None
     try:
         return rounds.round_start(trigger=TrainingRound.Trigger.AUTOMATIC).pk
-    except rounds.RoundError as error:
+    except (Conflict, Invalid) as error:
         logger.info("automatic round not started: %s", error)
         return None
 

@@ -7,6 +7,8 @@ import uuid
 from typing import Any
 
 import httpx
+from django import forms
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -15,6 +17,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from annotate import sampling, services
+from annotate.errors import Conflict, Invalid
 from annotate.generation import ModelServerUnavailable, client_from_settings
 from annotate.models import Assignment, Judgement, ModelVersion, TrainingRound
 from annotate.web import AppRequest, render_page
@@ -27,6 +30,8 @@ ANNOTATE_TEMPLATE = "annotate/annotate.html"
 def _annotate_context(request: AppRequest, assignment: Assignment | None, **extra: Any) -> dict[str, Any]:
     return {
         "assignment": assignment,
+        "campaign": assignment.pair.campaign if assignment else None,
+        "paused": assignment is None and services.annotator_is_paused(request.user),
         "idempotency_key": uuid.uuid4(),
         "progress": services.annotator_progress(annotator=request.user),
         "strengths": Judgement.Strength.choices,
@@ -48,13 +53,24 @@ def annotate(request: AppRequest) -> HttpResponse:
     return _render_annotate(request, _annotate_context(request, assignment))
 
 
-def _parse_strength(raw: str | None) -> int | None:
-    if raw in (None, ""):
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        return -1  # reported by the service as an invalid strength
+class VoteForm(forms.Form):
+    """A vote as the page posts it: the screen side, how strongly, why, and the key that makes a resend harmless."""
+
+    choice = forms.ChoiceField(choices=[(choice, choice) for choice in services.SCREEN_CHOICES])
+    strength = forms.TypedChoiceField(
+        choices=Judgement.Strength.choices, coerce=int, required=False, empty_value=None
+    )
+    rationale = forms.CharField(required=False, max_length=settings.RATIONALE_MAX_LENGTH)
+    idempotency_key = forms.UUIDField()
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("choice") not in ("left", "right"):
+            cleaned["strength"] = None  # the page always sends its strength radio; it only counts with a winner
+        return cleaned
+
+    def errors_by_field(self) -> dict[str, str]:
+        return {name: " ".join(str(message) for message in messages) for name, messages in self.errors.items()}
 
 
 def _after_answer(request: AppRequest, **extra: Any) -> HttpResponse:
@@ -66,9 +82,9 @@ def _after_answer(request: AppRequest, **extra: Any) -> HttpResponse:
     return _render_annotate(request, _annotate_context(request, assignment, **extra))
 
 
-def _answer_failed(request: AppRequest, pair_id: int, error: services.AnnotationError) -> HttpResponse:
+def _answer_failed(request: AppRequest, pair_id: int, error: Invalid | Conflict) -> HttpResponse:
     """Show the error with the pair still in place (or the next one when this pair is no longer theirs)."""
-    status = 409 if isinstance(error, services.LeaseConflict) else 400
+    status = 409 if isinstance(error, Conflict) else 400
     assignment = services.assignment_current(annotator=request.user)
     if assignment is None or assignment.pair_id != pair_id:
         assignment = services.assignment_lease_next(annotator=request.user)
@@ -78,22 +94,19 @@ def _answer_failed(request: AppRequest, pair_id: int, error: services.Annotation
 @require_POST
 @login_required
 def judge(request: AppRequest, pair_id: int) -> HttpResponse:
-    choice = request.POST.get("choice", "")
-    strength = _parse_strength(request.POST.get("strength")) if choice in ("left", "right") else None
-    try:
-        key = uuid.UUID(request.POST.get("idempotency_key", ""))
-    except ValueError:
-        return _answer_failed(request, pair_id, services.InvalidJudgement({"idempotency_key": "must be a UUID"}))
+    form = VoteForm(request.POST)
+    if not form.is_valid():
+        return _answer_failed(request, pair_id, Invalid(form.errors_by_field()))
     try:
         recorded = services.judgement_record(
             annotator=request.user,
             pair_id=pair_id,
-            choice=choice,
-            strength=strength,
-            rationale=request.POST.get("rationale", ""),
-            idempotency_key=key,
+            choice=form.cleaned_data["choice"],
+            strength=form.cleaned_data["strength"],
+            rationale=form.cleaned_data["rationale"],
+            idempotency_key=form.cleaned_data["idempotency_key"],
         )
-    except services.AnnotationError as error:
+    except (Invalid, Conflict) as error:
         return _answer_failed(request, pair_id, error)
     return _after_answer(request, saved=recorded.judgement)
 
@@ -103,7 +116,7 @@ def judge(request: AppRequest, pair_id: int) -> HttpResponse:
 def skip(request: AppRequest, pair_id: int) -> HttpResponse:
     try:
         services.assignment_skip(annotator=request.user, pair_id=pair_id)
-    except services.AnnotationError as error:
+    except Conflict as error:
         return _answer_failed(request, pair_id, error)
     return _after_answer(request, skipped=True)
 

@@ -14,27 +14,78 @@ SUPPORTED_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
 @dataclass(frozen=True)
+class FieldSpec:
+    """One tunable field of a round: its type, default, bounds and meaning.
+
+    The single source for RoundConfig's defaults and checks, the Start round form, the rounds API serializer and the
+    ROUND_* settings (each reads this; none writes its own bounds).
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    allowed_values: tuple[Any, ...] = ()  # values accepted outside [minimum, maximum], e.g. -1 for "no limit"
+
+    @property
+    def setting(self) -> str:
+        """The environment variable and Django setting holding the deployment's default."""
+        return f"ROUND_{self.name.upper()}"
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not acceptable, or None."""
+        if self.choices:
+            return None if value in self.choices else f"must be one of {list(self.choices)}, got {value!r}"
+        if value in self.allowed_values:
+            return None
+        also = "".join(f"{allowed} or " for allowed in self.allowed_values)
+        if self.minimum is not None and value < self.minimum:
+            return f"must be {also}>= {self.minimum:g}, got {value}"
+        if self.maximum is not None and value > self.maximum:
+            return f"must be {also}<= {self.maximum:g}, got {value}"
+        return None
+
+
+TUNABLE_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("beta", float, 0.1, "DPO's beta: how far the policy may move from its reference", 0.001, 10.0),
+    # LoRA adapters need a far larger step than full fine-tuning (TRL's 1e-6 default barely moves them).
+    FieldSpec("learning_rate", float, 5e-5, "optimizer step size", 1e-8, 1e-2),
+    FieldSpec("epochs", int, 1, "passes over the training pairs", 1, 20),
+    FieldSpec("batch_size", int, 8, "pairs per optimizer step", 1, 512),
+    # A chat template alone takes about 20 tokens.
+    FieldSpec("max_length", int, 256, "prompt + answer tokens; longer pairs are cut from the end", 32, 8192),
+    FieldSpec("max_steps", int, -1, "stop after this many steps; -1 runs the epochs in full", 1, 1_000_000, (), (-1,)),
+    # The model server also bounds it (--max-lora-rank); the Django side checks that limit too.
+    FieldSpec("lora_rank", int, 16, "LoRA rank of a new adapter", 1, 256),
+    FieldSpec("loss_type", str, "sigmoid", "DPO loss", choices=SUPPORTED_LOSS_TYPES),
+)
+TUNABLE = {spec.name: spec for spec in TUNABLE_FIELDS}
+
+
+@dataclass(frozen=True)
 class RoundConfig:
     base_model_dir: str
     output_dir: str
     # Round 2 and later: continue training this adapter, and keep a frozen copy of it as the DPO reference.
     parent_adapter_dir: str | None = None
-    beta: float = 0.1
-    # LoRA adapters need a far larger step than full fine-tuning (TRL's 1e-6 default barely moves them).
-    learning_rate: float = 5e-5
-    epochs: int = 1
-    batch_size: int = 8
+    beta: float = TUNABLE["beta"].default
+    learning_rate: float = TUNABLE["learning_rate"].default
+    epochs: int = TUNABLE["epochs"].default
+    batch_size: int = TUNABLE["batch_size"].default
     gradient_accumulation_steps: int = 1
-    max_length: int = 256  # prompt + answer tokens; longer pairs are cut from the end
-    lora_rank: int = 16  # the vLLM server is started with --max-lora-rank 16
+    max_length: int = TUNABLE["max_length"].default
+    lora_rank: int = TUNABLE["lora_rank"].default
     lora_alpha: int = 32
     # Written into adapter_config.json; TRL's DPOTrainer switches every dropout off during DPO (disable_dropout=True),
     # so that the policy and reference passes see the same network.
     lora_dropout: float = 0.05
     lora_targets: str = "all-linear"  # or comma-separated module names, e.g. "q_proj,v_proj"
-    loss_type: str = "sigmoid"
+    loss_type: str = TUNABLE["loss_type"].default
     seed: int = 0
-    max_steps: int = -1  # -1: run `epochs` full passes over the pairs
+    max_steps: int = TUNABLE["max_steps"].default
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -89,24 +140,20 @@ def _is_instance(value: object, kind: type) -> bool:
 
 def _check_ranges(config: RoundConfig) -> None:
     problems = []
+    for spec in TUNABLE_FIELDS:
+        problem = spec.problem(getattr(config, spec.name))
+        if problem:
+            problems.append(f"{spec.name} {problem}")
     for name in ("base_model_dir", "output_dir", "lora_targets"):
         if not getattr(config, name).strip():
             problems.append(f"{name} must not be empty")
-    for name in ("beta", "learning_rate", "lora_alpha"):
-        if not getattr(config, name) > 0:
-            problems.append(f"{name} must be > 0, got {getattr(config, name)}")
-    for name in ("epochs", "batch_size", "gradient_accumulation_steps", "lora_rank"):
-        if getattr(config, name) < 1:
-            problems.append(f"{name} must be >= 1, got {getattr(config, name)}")
-    if config.max_length < 16:
-        problems.append(f"max_length must be >= 16 (a chat template alone takes about 20), got {config.max_length}")
+    if not config.lora_alpha > 0:
+        problems.append(f"lora_alpha must be > 0, got {config.lora_alpha}")
+    if config.gradient_accumulation_steps < 1:
+        problems.append(f"gradient_accumulation_steps must be >= 1, got {config.gradient_accumulation_steps}")
     if not 0 <= config.lora_dropout < 1:
         problems.append(f"lora_dropout must be in [0, 1), got {config.lora_dropout}")
-    if config.loss_type not in SUPPORTED_LOSS_TYPES:
-        problems.append(f"loss_type must be one of {list(SUPPORTED_LOSS_TYPES)}, got {config.loss_type!r}")
     if config.seed < 0:
         problems.append(f"seed must be >= 0, got {config.seed}")
-    if config.max_steps == 0 or config.max_steps < -1:
-        problems.append(f"max_steps must be -1 (use epochs) or >= 1, got {config.max_steps}")
     if problems:
         raise ValueError("invalid RoundConfig: " + "; ".join(problems))

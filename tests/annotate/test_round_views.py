@@ -1,7 +1,10 @@
 import pytest
 from rest_framework.test import APIClient
 
+from annotate import rounds, tasks
 from annotate.models import Judgement, ModelVersion, TrainingRound
+
+from .conftest import run_round
 
 pytestmark = pytest.mark.django_db
 
@@ -31,18 +34,19 @@ def staff_api(staff):
     return api
 
 
-def make_round(version, status="serving", **fields):
-    return TrainingRound.objects.create(
-        trigger="api", parent_version=version, config={"beta": 0.1}, rules={}, status=status,
-        active=True if status in TrainingRound.ACTIVE_STATUSES else None, **fields,
-    )  # fmt: skip
+def make_round(status="queued"):
+    """A round started as staff start one, moved on by the round's own methods as the training worker moves it."""
+    training_round = rounds.round_start(trigger="api")
+    for step in {"queued": [], "training": ["preparing", "training"]}[status]:
+        training_round.advance(step)
+    return training_round
 
 
 # --- pages ------------------------------------------------------------------------------------------------------
 
 
-def test_round_pages_are_for_staff_only(client, annotator, serving_version):
-    round_ = make_round(serving_version)
+def test_round_pages_are_for_staff_only(client, annotator, serving_version, enough_votes):
+    round_ = make_round()
     assert client.get("/rounds/").status_code == 302  # anonymous: to login
     client.force_login(annotator)
     assert client.get("/rounds/").status_code == 403
@@ -71,27 +75,31 @@ def test_start_form_names_bad_fields(staff_client, enough_votes, serving_version
 
 
 def test_start_form_explains_a_conflict(staff_client, enough_votes, serving_version):
-    make_round(serving_version, status="training")
+    make_round(status="training")
     response = staff_client.post("/rounds/start/", FORM)
     assert response.status_code == 409
     assert "is still training" in response.content.decode()
 
 
-def test_round_page_shows_progress_charts_and_evaluation(staff_client, serving_version):
-    metrics = [{"step": s, "max_steps": 4, "loss": 0.7 - s / 10, "rewards/accuracies": s / 4, "eta_seconds": 9.0}
-               for s in (1, 2)]  # fmt: skip
-    round_ = make_round(serving_version, status="training", metrics=metrics)
+def test_round_page_shows_progress_charts_and_evaluation(staff_client, loop, monkeypatch):
+    round_ = rounds.round_start(trigger="api")
+    # The steps the training worker takes, through the round's own methods.
+    round_.advance(TrainingRound.Status.PREPARING)
+    round_.advance(TrainingRound.Status.TRAINING)
+    round_.record_steps([{"step": s, "max_steps": 4, "loss": 0.7 - s / 10, "rewards/accuracies": s / 4,
+                          "eta_seconds": 9.0} for s in (1, 2)])  # fmt: skip
     body = staff_client.get(f"/rounds/{round_.pk}/", HTTP_HX_REQUEST="true").content.decode()
     assert body.lstrip().startswith('<section id="round"')  # the fragment the page polls for
     assert 'aria-valuenow="50"' in body and "Step 2 of 4" in body and "about 9 s left" in body
     assert body.count("<polyline") == 2
 
-    round_.status, round_.active = "rejected", None
-    round_.evaluation = {"accuracy": 0.41, "mean_margin": 0.01, "gate": {"promote": False, "reason": "too low"}}
-    round_.save()
-    body = staff_client.get(f"/rounds/{round_.pk}/").content.decode()
+    round_.finish(TrainingRound.Status.FAILED, error="the trainer crashed")  # as a crash ends it; the slot frees
+    monkeypatch.setenv("SCRIPTED_ACCURACY", "0.41")
+    rejected = run_round()
+    body = staff_client.get(f"/rounds/{rejected.pk}/").content.decode()
+    assert rejected.status == TrainingRound.Status.REJECTED
     assert "every 2s" not in body  # a finished round stops polling
-    assert "0.410" in body and "Gate: too low" in body and 'name="reason"' in body
+    assert "0.410" in body and "Gate: held-out accuracy 0.410 is below" in body and 'name="reason"' in body
 
 
 def test_rollback_makes_an_earlier_version_serve(staff_client, serving_version):
@@ -118,12 +126,12 @@ def test_rollback_to_an_adapter_the_server_cannot_load_changes_nothing(staff_cli
 # --- API --------------------------------------------------------------------------------------------------------
 
 
-def test_rounds_api_is_for_staff(annotator, serving_version):
+def test_rounds_api_is_for_staff(annotator, serving_version, enough_votes):
     assert APIClient().post("/api/rounds/", {}, format="json").status_code == 401
     api = APIClient()
     api.force_authenticate(annotator)
     assert api.post("/api/rounds/", {}, format="json").status_code == 403
-    round_ = make_round(serving_version)
+    round_ = make_round()
     assert api.get(f"/api/rounds/{round_.pk}/").status_code == 403
     assert api.post(f"/api/model-versions/{serving_version.pk}/serve/").status_code == 403
 
@@ -147,16 +155,19 @@ def test_round_api_names_bad_fields(staff_api, enough_votes, serving_version):
     assert TrainingRound.objects.count() == 0
 
 
-def test_cancel_and_promote_through_the_api(staff_api, serving_version):
-    queued = make_round(serving_version, status="queued")
+def test_cancel_and_promote_through_the_api(staff_api, loop, monkeypatch):
+    queued = rounds.round_start(trigger="api")
     assert staff_api.post(f"/api/rounds/{queued.pk}/cancel/").json()["status"] == "cancelled"
     assert staff_api.post(f"/api/rounds/{queued.pk}/cancel/").status_code == 409
-    candidate = ModelVersion.objects.create(name="cand", base_model="/m", adapter_path="/a", parent=serving_version)
-    rejected = make_round(serving_version, status="rejected", result_version=candidate)
+    monkeypatch.setenv("SCRIPTED_ACCURACY", "0.3")
+    rejected = run_round()
     missing_reason = staff_api.post(f"/api/rounds/{rejected.pk}/promote/", {}, format="json")
-    assert missing_reason.status_code == 409 and "reason" in missing_reason.json()["detail"]
+    assert missing_reason.status_code == 400 and "reason" in missing_reason.json()["errors"]
     promoted = staff_api.post(f"/api/rounds/{rejected.pk}/promote/", {"reason": "manual check"}, format="json")
     assert promoted.status_code == 202 and promoted.json()["override_reason"].startswith("manual check")
+    assert promoted.json()["status"] == "deploying"
+    tasks.round_deploy(rejected.pk)
+    assert staff_api.get(f"/api/rounds/{rejected.pk}/").json()["status"] == "serving"
 
 
 def test_serve_through_the_api(staff_api, serving_version):

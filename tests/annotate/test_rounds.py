@@ -6,6 +6,7 @@ import pytest
 from django.utils import timezone
 
 from annotate import rounds, tasks
+from annotate.errors import Conflict, Invalid
 from annotate.models import Judgement, ModelVersion, TrainingRound
 from annotate.simulation import prefer_keyword, prefer_longer, prefer_shorter, preference_from_spec
 
@@ -50,7 +51,7 @@ def test_start_queues_a_round_on_the_serving_version(round_settings, votes, serv
 def test_a_second_round_cannot_start_while_one_runs(round_settings, votes, serving_version):
     votes(4)
     first = rounds.round_start(trigger="api")
-    with pytest.raises(rounds.RoundError, match=f"round {first.pk} is still queued"):
+    with pytest.raises(Conflict, match=f"round {first.pk} is still queued"):
         rounds.round_start(trigger="api")
     assert TrainingRound.objects.count() == 1
 
@@ -68,21 +69,33 @@ def test_a_round_whose_worker_vanished_no_longer_blocks(round_settings, votes, s
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
-    [({"loss_type": "hinge-ish"}, "invalid config"), ({"output_dir": "/tmp"}, "chosen by the round"),
-     ({"beta": "high"}, "invalid config"), ({"unknown": 1}, "invalid config")],
+    ("overrides", "field", "message"),
+    [({"loss_type": "hinge-ish"}, "loss_type", "must be one of"), ({"output_dir": "/tmp"}, "output_dir", "chosen by"),
+     ({"beta": "high"}, "beta", "must be float"), ({"unknown": 1}, "unknown", "unknown"),
+     ({"max_length": 16}, "max_length", ">= 32"), ({"max_steps": 0}, "max_steps", "-1 or >= 1")],
 )  # fmt: skip
-def test_bad_config_is_refused_with_the_reason(round_settings, votes, serving_version, overrides, message):
+def test_bad_config_is_refused_with_the_reason(round_settings, votes, serving_version, overrides, field, message):
     votes(4)
-    with pytest.raises(rounds.RoundError, match=message):
+    with pytest.raises(Invalid) as refused:
         rounds.round_start(trigger="api", overrides=overrides)
+    assert message in refused.value.errors[field]
     assert TrainingRound.objects.count() == 0
+
+
+def test_a_lora_rank_above_the_model_servers_limit_is_refused_before_training(round_settings, votes, serving_version):
+    votes(4)
+    round_settings.VLLM_MAX_LORA_RANK = 16
+    with pytest.raises(Invalid) as refused:
+        rounds.round_start(trigger="api", overrides={"lora_rank": 32})
+    assert "<= 16" in refused.value.errors["lora_rank"] and "max-lora-rank" in refused.value.errors["lora_rank"]
+    assert TrainingRound.objects.count() == 0
+    assert rounds.round_start(trigger="api", overrides={"lora_rank": 16}).config["lora_rank"] == 16
 
 
 def test_too_few_votes_is_refused(round_settings, votes, serving_version):
     votes(3)
     votes(5, choice="tie")  # ties make no DPO pair
-    with pytest.raises(rounds.RoundError, match="only 3 votes"):
+    with pytest.raises(Conflict, match="only 3 votes"):
         rounds.round_start(trigger="api")
 
 
@@ -102,11 +115,45 @@ def test_prepare_freezes_votes_and_splits_by_prompt(round_settings, votes, servi
     assert all(row["chosen"][0]["content"].startswith("short") for row in train + heldout)
     training_round.refresh_from_db()
     assert (training_round.train_pairs, training_round.heldout_pairs) == (len(train), len(heldout))
-    frozen = set(training_round.judgement_ids)
-    assert {j.pk for j in Judgement.objects.filter(pair__in=pairs)} <= frozen
-    assert not Judgement.objects.filter(pair=later, pk__in=frozen).exists()
-    # The same prompt stays on the same side in every round.
-    assert [rounds._is_heldout(p.prompt) for p in pairs] == [rounds._is_heldout(p.prompt) for p in pairs]
+    # Frozen by a cut-off: every vote up to the start, none after it.
+    assert training_round.votes_read == 43
+    assert all(j.pk <= training_round.last_judgement_id for j in Judgement.objects.filter(pair__in=pairs))
+    assert Judgement.objects.get(pair=later).pk > training_round.last_judgement_id
+
+
+def test_a_larger_holdout_setting_never_holds_out_prompts_an_earlier_round_trained_on(
+    round_settings, votes, serving_version
+):
+    pairs = votes(60)
+    first = rounds.round_start(trigger="api")
+    first_train, _ = rounds.round_prepare(first)
+    trained_on = {json.dumps(json.loads(line)["prompt"]) for line in first_train.read_text().splitlines()}
+    version = ModelVersion.objects.create(name="round-1", base_model="/m", adapter_path="/a", parent=serving_version)
+    first.finish(TrainingRound.Status.FAILED)  # the slot is free; its result serves as if it had been promoted
+    TrainingRound.objects.filter(pk=first.pk).update(result_version=version)
+    version.serve(_NoServer())
+
+    round_settings.ROUND_HOLDOUT_FRACTION = 0.6  # someone raised the setting
+    second = rounds.round_start(trigger="api")
+    _, second_heldout = rounds.round_prepare(second)
+
+    assert second.holdout_fraction == first.holdout_fraction == 0.25
+    held_out = {json.dumps(json.loads(line)["prompt"]) for line in second_heldout.read_text().splitlines()}
+    assert held_out and not held_out & trained_on
+    assert len(pairs) == 60
+
+
+class _NoServer:
+    """A model server that already holds every adapter (the edge: no vLLM in this test)."""
+
+    def served_models(self) -> list[str]:
+        return ["round-1"]
+
+    def load_lora_adapter(self, *, name: str, path: str) -> None:
+        raise AssertionError("not expected")
+
+    def unload_lora_adapter(self, *, name: str) -> None:
+        raise AssertionError("not expected")
 
 
 def test_prepare_fails_the_round_when_the_rules_leave_too_little(round_settings, votes, serving_version):
@@ -184,19 +231,6 @@ def test_metrics_are_read_line_by_line_as_they_are_written(tmp_path):
     assert rows == [{"step": 2, "loss": 0.6}]
     assert rounds._read_new_metrics(path, offset) == ([], offset)
     assert rounds._read_new_metrics(Path(tmp_path / "missing"), 0) == ([], 0)
-
-
-def test_promoting_a_rejected_round_needs_a_reason(round_settings, votes, serving_version, staff):
-    votes(4)
-    training_round = rounds.round_start(trigger="api")
-    candidate = ModelVersion.objects.create(name="cand", base_model="/m", adapter_path="/a", parent=serving_version)
-    TrainingRound.objects.filter(pk=training_round.pk).update(status="rejected", active=None, result_version=candidate)
-    training_round.refresh_from_db()
-    with pytest.raises(rounds.RoundError, match="needs a reason"):
-        rounds.round_promote(training_round=training_round, by=staff, reason=" ")
-    rounds.round_promote(training_round=training_round, by=staff, reason="looked fine to me")
-    training_round.refresh_from_db()
-    assert training_round.override_reason == "looked fine to me (promoted by sam)"
 
 
 def test_automatic_rounds_start_after_enough_new_votes(round_settings, votes, serving_version):

@@ -6,6 +6,7 @@ import pytest
 from django.utils import timezone
 
 from annotate import sampling, services
+from annotate.errors import Conflict, Invalid
 from annotate.generation import ModelServerClient, ModelServerUnavailable, Sample
 from annotate.models import Assignment, Judgement, ModelVersion, Pair, Prompt
 
@@ -78,7 +79,7 @@ def test_expired_lease_goes_to_the_next_annotator_and_the_first_can_no_longer_vo
     assert second.pair == pair
     first.refresh_from_db()
     assert first.status == Assignment.Status.EXPIRED
-    with pytest.raises(services.LeaseConflict, match="expired"):
+    with pytest.raises(Conflict, match="expired"):
         vote(annotator, pair.pk)
     assert Judgement.objects.count() == 0
 
@@ -161,7 +162,7 @@ def test_idempotency_key_reused_for_another_pair_is_refused(make_pair, annotator
     services.assignment_lease_next(annotator=annotator)
     vote(annotator, first.pk, key=key)
     services.assignment_lease_next(annotator=annotator)
-    with pytest.raises(services.LeaseConflict, match="idempotency key"):
+    with pytest.raises(Conflict, match="idempotency key"):
         vote(annotator, second.pk, key=key)
     assert Judgement.objects.count() == 1
 
@@ -169,7 +170,7 @@ def test_idempotency_key_reused_for_another_pair_is_refused(make_pair, annotator
 def test_vote_on_a_pair_not_leased_to_you_is_refused(make_pair, annotator, other_annotator):
     pair = make_pair()
     services.assignment_lease_next(annotator=other_annotator)
-    with pytest.raises(services.LeaseConflict, match="not leased to you"):
+    with pytest.raises(Conflict, match="not leased to you"):
         vote(annotator, pair.pk)
     assert Judgement.objects.count() == 0
 
@@ -178,7 +179,7 @@ def test_second_vote_with_a_new_key_is_refused(make_pair, annotator):
     pair = make_pair(required=2)
     services.assignment_lease_next(annotator=annotator)
     vote(annotator, pair.pk)
-    with pytest.raises(services.LeaseConflict, match="already judged"):
+    with pytest.raises(Conflict, match="already judged"):
         vote(annotator, pair.pk)
     assert Judgement.objects.count() == 1
 
@@ -190,7 +191,7 @@ def test_second_vote_with_a_new_key_is_refused(make_pair, annotator):
 def test_invalid_vote_names_the_field_and_changes_nothing(make_pair, annotator, choice, strength, field):
     pair = make_pair()
     services.assignment_lease_next(annotator=annotator)
-    with pytest.raises(services.InvalidJudgement) as caught:
+    with pytest.raises(Invalid) as caught:
         services.judgement_record(
             annotator=annotator,
             pair_id=pair.pk,
@@ -208,7 +209,7 @@ def test_rationale_over_the_limit_is_refused(make_pair, annotator, settings):
     settings.RATIONALE_MAX_LENGTH = 10
     pair = make_pair()
     services.assignment_lease_next(annotator=annotator)
-    with pytest.raises(services.InvalidJudgement) as caught:
+    with pytest.raises(Invalid) as caught:
         vote(annotator, pair.pk, rationale="x" * 11)
     assert "rationale" in caught.value.errors
 

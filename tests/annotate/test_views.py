@@ -148,7 +148,7 @@ def test_invalid_vote_is_a_400_with_the_reason_and_keeps_the_pair(client_for, an
         **HTMX,
     )
     assert response.status_code == 400
-    assert "choice: must be one of" in response.content.decode()
+    assert "choice: Select a valid choice" in response.content.decode()
     assert f"/pairs/{assignment.pair_id}/judge/" in response.content.decode()
     assert Judgement.objects.count() == 0
 

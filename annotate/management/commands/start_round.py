@@ -5,6 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from annotate import rounds
+from annotate.errors import Conflict, Invalid
 from annotate.models import TrainingRound
 
 
@@ -31,7 +32,7 @@ class Command(BaseCommand):
         try:
             overrides = dict(_config_value(item) for item in options["set"])
             training_round = rounds.round_start(trigger=TrainingRound.Trigger.COMMAND, overrides=overrides)
-        except (ValueError, rounds.RoundError) as error:
+        except (ValueError, Conflict, Invalid) as error:
             raise CommandError(str(error)) from error
         self.stdout.write(f"round {training_round.pk} queued from {training_round.parent_version.name}")
         if options["wait"]:
