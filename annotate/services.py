@@ -76,14 +76,12 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
     campaigns = list(Campaign.objects.open_to(annotator).values_list("id", flat=True))
     if not campaigns:
         return None
-    pair = _pair_lease_open(annotator, campaigns)
-    if pair is None and leases_expire() > 0:
-        pair = _pair_lease_open(annotator, campaigns)  # leases that ran out freed places
-    if pair is None:
+    leased = _pair_lease_open(annotator, campaigns)
+    if leased is None and leases_expire() > 0:
+        leased = _pair_lease_open(annotator, campaigns)  # leases that ran out freed places
+    if leased is None:
         return None
-    assignment = _instead_gold_or_repeat(annotator, pair)
-    if assignment is None:
-        assignment = Assignment.objects.get(pair=pair, annotator=annotator, kind=Assignment.Kind.PAIR)
+    assignment = _instead_gold_or_repeat(annotator, leased) or leased
     return Assignment.objects.select_related(*SELECTED).get(pk=assignment.pk)
 
 
@@ -92,7 +90,7 @@ def _open_pairs_for(annotator: User, campaigns: list[int]) -> QuerySet[Pair]:
     return Pair.objects.open().filter(campaign_id__in=campaigns).filter(~Exists(seen))
 
 
-def _pair_lease_open(annotator: User, campaigns: list[int]) -> Pair | None:
+def _pair_lease_open(annotator: User, campaigns: list[int]) -> Assignment | None:
     """Take a place on the open pair with the fewest votes (the serving version's pairs first, then the oldest)."""
     serving = ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).values_list("id", flat=True).first()
     scopes = [_open_pairs_for(annotator, campaigns)]
@@ -102,7 +100,12 @@ def _pair_lease_open(annotator: User, campaigns: list[int]) -> Pair | None:
         for _attempt in range(5):
             with transaction.atomic():
                 # Rows other annotators are leasing right now are skipped, not waited for: each gets another pair.
-                pair = scope.order_by("judgement_count", "id").select_for_update(skip_locked=True, of=("self",)).first()
+                pair = (
+                    scope.select_related("campaign")
+                    .order_by("judgement_count", "id")
+                    .select_for_update(skip_locked=True, of=("self",))
+                    .first()
+                )
                 if pair is None:
                     break
                 taken = Pair.objects.filter(
@@ -112,7 +115,7 @@ def _pair_lease_open(annotator: User, campaigns: list[int]) -> Pair | None:
                     continue  # filled between the read and the lock (a database without row locks): next one
                 try:
                     with transaction.atomic():
-                        Assignment.objects.create(
+                        return Assignment.objects.create(
                             pair=pair,
                             annotator=annotator,
                             a_on_left=secrets.randbits(1) == 1,
@@ -122,13 +125,12 @@ def _pair_lease_open(annotator: User, campaigns: list[int]) -> Pair | None:
                     # They were given this pair meanwhile (two tabs asking at once): give the place back.
                     Pair.objects.filter(pk=pair.pk).update(lease_count=F("lease_count") - 1)
                     continue
-                return pair
     return None
 
 
-def _instead_gold_or_repeat(annotator: User, pair: Pair) -> Assignment | None:
+def _instead_gold_or_repeat(annotator: User, leased: Assignment) -> Assignment | None:
     """At the campaign's rates, swap the pair just leased for a gold pair or a repeat; None keeps the pair."""
-    campaign = pair.campaign
+    campaign = leased.pair.campaign
     if campaign is None or (campaign.gold_rate <= 0 and campaign.repeat_rate <= 0):
         return None
     draw = random.random()
@@ -139,8 +141,10 @@ def _instead_gold_or_repeat(annotator: User, pair: Pair) -> Assignment | None:
     else:
         return None
     if replacement is not None:
-        _lease_release(Assignment.objects.get(pair=pair, annotator=annotator, kind=Assignment.Kind.PAIR))
-        Assignment.objects.filter(pair=pair, annotator=annotator, kind=Assignment.Kind.PAIR).delete()
+        # The pair goes back to the queue as if it had never been offered (they may get it later).
+        with transaction.atomic():
+            _lease_release(leased)
+            leased.delete()
     return replacement
 
 

@@ -57,7 +57,7 @@ def make_pair(serving_version) -> Callable[..., object]:  # type: ignore[no-unty
     def make(
         texts: tuple[str, str] = ("Answer one.", "Answer two."),
         messages: list[dict[str, str]] | None = None,
-        required: int = 1,
+        required: int | None = None,
     ) -> Pair:
         number = next(counter)
         prompt = Prompt.objects.create(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import pytest
+from django.db import connection
 
 from annotate import rounds
 from annotate.models import Judgement, TrainingRound
@@ -40,3 +44,26 @@ def run_round(**overrides: object) -> TrainingRound:
     rounds.round_run(training_round.pk)
     training_round.refresh_from_db()
     return training_round
+
+
+def run_in_threads(jobs: list[Callable[[], None]]) -> None:
+    """Run the jobs at once, each in a thread with its own database connection; re-raise the first error."""
+    barrier = threading.Barrier(len(jobs))
+    errors: list[BaseException] = []
+
+    def run(job: Callable[[], None]) -> None:
+        try:
+            barrier.wait()
+            job()
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    if errors:
+        raise errors[0]
