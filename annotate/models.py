@@ -323,6 +323,7 @@ class Assignment(models.Model):
     pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="assignments")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
     a_on_left = models.BooleanField(help_text="True when completion A was shown on the left.")
+
     class Kind(models.TextChoices):
         PAIR = "pair", "A pair that needs votes"
         GOLD = "gold", "A gold pair (known answer)"

@@ -57,9 +57,7 @@ class VoteForm(forms.Form):
     """A vote as the page posts it: the screen side, how strongly, why, and the key that makes a resend harmless."""
 
     choice = forms.ChoiceField(choices=[(choice, choice) for choice in services.SCREEN_CHOICES])
-    strength = forms.TypedChoiceField(
-        choices=Judgement.Strength.choices, coerce=int, required=False, empty_value=None
-    )
+    strength = forms.TypedChoiceField(choices=Judgement.Strength.choices, coerce=int, required=False, empty_value=None)
     rationale = forms.CharField(required=False, max_length=settings.RATIONALE_MAX_LENGTH)
     idempotency_key = forms.UUIDField()
 

@@ -61,9 +61,7 @@ def test_overlap_k_under_concurrency_never_over_votes_nor_repeats_and_fills_ever
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_same_idempotency_key_sent_at_once_stores_one_vote_and_answers_it_to_every_request(
-    make_pair, annotator
-):
+def test_the_same_idempotency_key_sent_at_once_stores_one_vote_and_answers_it_to_every_request(make_pair, annotator):
     pair = make_pair()
     services.assignment_lease_next(annotator=annotator)
     key = str(uuid.uuid4())

@@ -7,7 +7,7 @@ import pytest
 
 from annotate import rounds, tasks
 from annotate.errors import Conflict, Invalid
-from annotate.models import Judgement, ModelVersion, TrainingRound
+from annotate.models import ModelVersion, TrainingRound
 
 from .conftest import run_round
 
