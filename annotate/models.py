@@ -548,6 +548,7 @@ class TrainingRound(models.Model):
     # The votes a round reads are every vote up to this id: frozen by a cut-off, not a list of ids.
     last_judgement_id = models.BigIntegerField(null=True, blank=True, help_text="The newest vote the round read.")
     votes_read = models.PositiveIntegerField(null=True, blank=True)
+    votes_left_out = models.JSONField(default=dict, blank=True, help_text="Votes the rules left out, by reason.")
     # Share of prompts held out for evaluation, fixed when the round starts: never above an earlier round's in the
     # lineage, so no round evaluates on a prompt an earlier one trained on, even when the setting grows.
     holdout_fraction = models.FloatField(default=0.2)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, Literal
 
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from annotate.models import Judgement, Pair
 
@@ -22,12 +22,18 @@ DECISIVE = (Judgement.Choice.A, Judgement.Choice.B)
 @dataclass(frozen=True)
 class PreferenceRules:
     """majority: one row per pair, the most common vote (a draw between A and B gives no row);
-    all: one row per vote; unanimous: one row per pair whose votes all agree."""
+    all: one row per vote; unanimous: one row per pair whose votes all agree.
+
+    Which votes count at all: votes on gold pairs (they test annotators), repeat votes (they test self-consistency)
+    and the votes of annotators staff excluded are left out unless included."""
 
     combine: Combine = "majority"
     include_ties: bool = False
     include_both_bad: bool = False
     min_agreement: float = 0.0
+    include_gold: bool = False
+    include_repeats: bool = False
+    include_excluded_annotators: bool = False
 
     def __post_init__(self) -> None:
         if self.combine not in ("majority", "all", "unanimous"):
@@ -41,7 +47,34 @@ class PreferenceRules:
             "include_ties": self.include_ties,
             "include_both_bad": self.include_both_bad,
             "min_agreement": self.min_agreement,
+            "include_gold": self.include_gold,
+            "include_repeats": self.include_repeats,
+            "include_excluded_annotators": self.include_excluded_annotators,
         }
+
+    def _left_out(self) -> dict[str, Q]:
+        """Each kind of vote these rules leave out, by the reason a page or a dataset card gives."""
+        reasons = {}
+        if not self.include_gold:
+            reasons["votes on gold pairs"] = ~Q(pair__gold_choice="")
+        if not self.include_repeats:
+            reasons["repeat votes (self-consistency checks)"] = Q(is_repeat=True)
+        if not self.include_excluded_annotators:
+            reasons["votes of excluded annotators"] = Q(annotator__standing__votes_excluded=True)
+        return reasons
+
+    def counted(self, judgements: QuerySet[Judgement]) -> QuerySet[Judgement]:
+        """The votes these rules let in, before they are combined."""
+        for condition in self._left_out().values():
+            judgements = judgements.exclude(condition)
+        return judgements
+
+    def left_out(self, judgements: QuerySet[Judgement]) -> dict[str, int]:
+        """How many of `judgements` each rule leaves out (a vote may be left out for several reasons)."""
+        counts = judgements.aggregate(
+            **{f"n{index}": Count("id", filter=q) for index, q in enumerate(self._left_out().values())}
+        )
+        return {reason: counts[f"n{index}"] for index, reason in enumerate(self._left_out())}
 
 
 @dataclass(frozen=True)
@@ -73,9 +106,12 @@ class Verdict:
         return None
 
 
-def judgements_for_preferences(judgements: QuerySet[Judgement] | None = None) -> QuerySet[Judgement]:
-    """Votes with what a verdict needs, ordered by pair so they can be grouped while streaming."""
+def judgements_for_preferences(
+    judgements: QuerySet[Judgement] | None = None, rules: PreferenceRules | None = None
+) -> QuerySet[Judgement]:
+    """The votes the rules count, with what a verdict needs, ordered by pair so they can be grouped while streaming."""
     judgements = Judgement.objects.all() if judgements is None else judgements
+    judgements = (rules or PreferenceRules()).counted(judgements)
     return judgements.select_related(
         "pair__prompt", "pair__completion_a", "pair__completion_b", "pair__sampled_from"
     ).order_by("pair_id", "id")

@@ -241,7 +241,8 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     rules = PreferenceRules(**training_round.rules)
     cutoff = training_round.last_judgement_id or 0
-    votes = judgements_for_preferences(Judgement.objects.filter(pk__lte=cutoff))
+    read = Judgement.objects.filter(pk__lte=cutoff)
+    votes = judgements_for_preferences(read, rules)
     counted = _Counted(votes.iterator(chunk_size=2000))
     train_path, heldout_path = directory / TRAIN_FILE, directory / HELDOUT_FILE
     train = heldout = 0
@@ -255,7 +256,13 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
             else:
                 train_file.write(trl_preference_row(verdict))
                 train += 1
-    training_round.record(directory=str(directory), votes_read=counted.count, train_pairs=train, heldout_pairs=heldout)
+    training_round.record(
+        directory=str(directory),
+        votes_read=counted.count,
+        train_pairs=train,
+        heldout_pairs=heldout,
+        votes_left_out=rules.left_out(read),
+    )
     if train < settings.ROUND_MIN_TRAIN_PAIRS:
         training_round.finish(Status.FAILED, error=f"only {train} training pairs after the rules were applied")
         raise RoundStopped

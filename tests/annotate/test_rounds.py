@@ -319,3 +319,47 @@ def test_cancelling_stops_the_running_training_process(round_settings, votes, se
     assert training_round.status == TrainingRound.Status.CANCELLED and training_round.active is None
     pid = int((tmp_path / "pid").read_text())
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_round_leaves_out_gold_repeat_and_excluded_votes_and_says_so(
+    round_settings, make_pair, django_user_model, serving_version, staff, settings
+):
+    import uuid
+
+    from annotate import services
+    from annotate.models import Campaign
+
+    settings.REPEAT_MIN_VOTES_BETWEEN = 0
+    careful, spammer = (django_user_model.objects.create_user(name) for name in ("careful", "spammer"))
+    for number in range(12):
+        make_pair(texts=(f"short {number}", f"a much longer answer {number}"))
+
+    def vote_next(annotator):
+        assignment = services.assignment_lease_next(annotator=annotator)
+        services.judgement_record(annotator=annotator, pair_id=assignment.pair_id, choice="left", strength=2,
+                                  rationale="", idempotency_key=uuid.uuid4())  # fmt: skip
+        return assignment
+
+    for _ in range(6):
+        vote_next(careful)
+    gold_pair = vote_next(careful).pair
+    services.pair_mark_gold(pair=gold_pair, expected="a")
+    Campaign.objects.update(repeat_rate=1.0)
+    assert vote_next(careful).kind == "repeat"
+    Campaign.objects.update(repeat_rate=0.0)
+    for _ in range(3):
+        vote_next(spammer)
+    services.annotator_act(annotator=spammer, action="exclude", by=staff, reason="left every time")
+
+    training_round = rounds.round_start(trigger="api")
+    train_path, heldout_path = rounds.round_prepare(training_round)
+
+    training_round.refresh_from_db()
+    assert training_round.votes_read == 6  # the careful annotator's six ordinary votes
+    assert training_round.votes_left_out == {
+        "votes on gold pairs": 1,
+        "repeat votes (self-consistency checks)": 1,
+        "votes of excluded annotators": 3,
+    }
+    rows = train_path.read_text().splitlines() + heldout_path.read_text().splitlines()
+    assert len(rows) == 6
