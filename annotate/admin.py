@@ -1,6 +1,16 @@
 from django.contrib import admin
 
-from annotate.models import Assignment, Completion, Judgement, ModelVersion, Pair, Prompt
+from annotate.models import (
+    AnnotatorAction,
+    AnnotatorStanding,
+    Assignment,
+    Campaign,
+    Completion,
+    Judgement,
+    ModelVersion,
+    Pair,
+    Prompt,
+)
 
 
 @admin.register(Prompt)
@@ -44,3 +54,24 @@ class JudgementAdmin(admin.ModelAdmin):
     raw_id_fields = ["pair", "assignment"]
     # Votes are evidence: they are looked at here, never edited.
     readonly_fields = [field.name for field in Judgement._meta.fields]
+
+
+@admin.register(Campaign)
+class CampaignAdmin(admin.ModelAdmin):
+    list_display = ["name", "title", "votes_per_pair", "gold_rate", "repeat_rate", "is_active"]
+    list_filter = ["is_active"]
+    filter_horizontal = ["groups"]
+
+
+@admin.register(AnnotatorStanding)
+class AnnotatorStandingAdmin(admin.ModelAdmin):
+    list_display = ["annotator", "paused", "votes_excluded"]
+    # Changed through the quality page or the API, which record who and why; here it is only read.
+    readonly_fields = ["annotator", "paused", "votes_excluded"]
+
+
+@admin.register(AnnotatorAction)
+class AnnotatorActionAdmin(admin.ModelAdmin):
+    list_display = ["annotator", "action", "by", "created_at", "reason"]
+    list_filter = ["action"]
+    readonly_fields = [field.name for field in AnnotatorAction._meta.fields]

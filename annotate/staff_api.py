@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.core.files.uploadedfile import UploadedFile
 from django.db.models import QuerySet
 from django.http import FileResponse
@@ -32,11 +32,11 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate import exports, imports, rounds
+from annotate import exports, imports, rounds, services
 from annotate.errors import Conflict, Invalid
 from annotate.exports import ExportFilters
 from annotate.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
-from annotate.models import Export, Judgement, ModelVersion, Pair, Prompt, TrainingRound
+from annotate.models import AnnotatorAction, Campaign, Export, Judgement, ModelVersion, Pair, Prompt, TrainingRound
 from training.config import FieldSpec
 
 ROLES = ("system", "user", "assistant")
@@ -647,3 +647,109 @@ def model_versions_serve(request: Request, version_id: int) -> Response:
     except (Conflict, ModelServerRefused) as error:
         return Response({"detail": str(error), "code": "conflict"}, status=status.HTTP_409_CONFLICT)
     return Response(ModelVersionItem(version).data)
+
+
+# --- Campaigns, gold pairs, decisions about annotators --------------------------------------------------------
+
+
+class CampaignItem(serializers.ModelSerializer[Campaign]):
+    groups = serializers.SlugRelatedField(
+        many=True, slug_field="name", queryset=Group.objects.all(), required=False, help_text="Empty: everyone."
+    )
+    votes_per_pair = serializers.IntegerField(min_value=1, max_value=50, default=1)
+    gold_rate = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.0)
+    repeat_rate = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.0)
+
+    class Meta:
+        model = Campaign
+        fields = [
+            "id", "name", "title", "guidelines", "votes_per_pair", "gold_rate", "repeat_rate", "groups", "is_active",
+            "created_at",
+        ]  # fmt: skip
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        gold = attrs.get("gold_rate", getattr(self.instance, "gold_rate", 0.0))
+        repeat = attrs.get("repeat_rate", getattr(self.instance, "repeat_rate", 0.0))
+        if gold + repeat > 1:
+            raise ValidationError({"repeat_rate": ["gold and repeat rates together must not exceed 1"]})
+        return attrs
+
+
+@extend_schema(methods=["GET"], responses={200: _page_of(CampaignItem), 403: NOT_STAFF}, operation_id="campaigns_list",
+               summary="List campaigns")  # fmt: skip
+@extend_schema(
+    methods=["POST"],
+    request=CampaignItem,
+    responses={201: CampaignItem, 400: OpenApiResponse(description="Invalid fields, named in `errors`.")},
+    summary="Create a campaign (its name is the prompt set its prompts name)",
+)
+@api_view(["GET", "POST"])
+@permission_classes([IsAdminUser])
+def campaigns(request: Request) -> Response:
+    if request.method == "GET":
+        return _paginated(request, Campaign.objects.prefetch_related("groups").order_by("name"), CampaignItem)
+    data = CampaignItem(data=request.data)
+    data.is_valid(raise_exception=True)
+    return Response(CampaignItem(data.save()).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(methods=["GET"], responses={200: CampaignItem, 404: OpenApiResponse(description="No such campaign.")},
+               summary="A campaign")  # fmt: skip
+@extend_schema(methods=["PATCH"], request=CampaignItem, responses={200: CampaignItem},
+               summary="Change a campaign (new pairs take its overlap; older ones keep theirs)")  # fmt: skip
+@api_view(["GET", "PATCH"])
+@permission_classes([IsAdminUser])
+def campaign_detail(request: Request, campaign_id: int) -> Response:
+    campaign = get_object_or_404(Campaign, pk=campaign_id)
+    if request.method == "GET":
+        return Response(CampaignItem(campaign).data)
+    data = CampaignItem(campaign, data=request.data, partial=True)
+    data.is_valid(raise_exception=True)
+    return Response(CampaignItem(data.save()).data)
+
+
+class GoldInput(serializers.Serializer[Any]):
+    expected = serializers.ChoiceField(
+        choices=["", *Judgement.Choice.values], allow_blank=True, help_text="a, b, tie or both_bad; empty: not gold."
+    )
+
+
+@extend_schema(request=GoldInput, responses={200: PairItem, 404: OpenApiResponse(description="No such pair.")},
+               summary="Mark a pair as gold with its expected answer (or unmark it)")  # fmt: skip
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def pairs_gold(request: Request, pair_id: int) -> Response:
+    pair = get_object_or_404(Pair, pk=pair_id)
+    data = GoldInput(data=request.data)
+    data.is_valid(raise_exception=True)
+    pair = services.pair_mark_gold(pair=pair, expected=data.validated_data["expected"])
+    return Response(PairItem(pair).data)
+
+
+class AnnotatorActionInput(serializers.Serializer[Any]):
+    action = serializers.ChoiceField(choices=AnnotatorAction.Action.choices)
+    reason = serializers.CharField(max_length=2000)
+
+
+class AnnotatorStandingItem(serializers.Serializer[Any]):
+    annotator = serializers.CharField(source="annotator.username")
+    paused = serializers.BooleanField()
+    votes_excluded = serializers.BooleanField()
+
+
+@extend_schema(
+    request=AnnotatorActionInput,
+    responses={200: AnnotatorStandingItem, 404: OpenApiResponse(description="No such user.")},
+    summary="Pause or resume an annotator, or exclude or include their votes (recorded with the reason)",
+)
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def annotators_act(request: Request, username: str) -> Response:
+    annotator = get_object_or_404(User, username=username)
+    data = AnnotatorActionInput(data=request.data)
+    data.is_valid(raise_exception=True)
+    standing = services.annotator_act(
+        annotator=annotator, action=data.validated_data["action"], by=_staff(request),
+        reason=data.validated_data["reason"],
+    )  # fmt: skip
+    return Response(AnnotatorStandingItem(standing).data)

@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from annotate import api, data_views, round_views, staff_api, views
+from annotate import api, campaign_views, data_views, round_views, staff_api, views
 
 annotator_pages = [
     path("", views.annotate, name="annotate"),
@@ -22,6 +22,10 @@ annotator_api = [
 ]
 
 staff_pages = [
+    path("campaigns/", campaign_views.campaigns, name="campaigns"),
+    path("campaigns/<int:campaign_id>/", campaign_views.campaign_edit, name="campaign-edit"),
+    path("pairs/<int:pair_id>/", campaign_views.pair_detail, name="pair-detail"),
+    path("pairs/<int:pair_id>/gold/", campaign_views.pair_gold, name="pair-gold"),
     path("rounds/", round_views.rounds_list, name="rounds"),
     path("rounds/start/", round_views.round_start, name="round-start"),
     path("rounds/<int:round_id>/", round_views.round_detail, name="round-detail"),
@@ -37,6 +41,10 @@ staff_pages = [
 ]
 
 staff_api_urls = [
+    path("api/campaigns/", staff_api.campaigns, name="api-campaigns"),
+    path("api/campaigns/<int:campaign_id>/", staff_api.campaign_detail, name="api-campaign"),
+    path("api/pairs/<int:pair_id>/gold/", staff_api.pairs_gold, name="api-pair-gold"),
+    path("api/annotators/<str:username>/actions/", staff_api.annotators_act, name="api-annotator-actions"),
     path("api/prompts/", staff_api.prompts, name="api-prompts"),
     path("api/prompts/import/", staff_api.prompts_import, name="api-prompts-import"),
     path("api/preferences/import/", staff_api.preferences_import, name="api-preferences-import"),
