@@ -252,6 +252,14 @@ ROUND_CONFIG_DEFAULTS = {
     "loss_type": env_str("ROUND_LOSS_TYPE", "sigmoid"),
 }
 
+# The leaderboard: bootstrap resamples of the head-to-head votes behind each rating's 95 % interval (more: steadier
+# interval ends, slower to compute; results are cached until the votes change).
+LEADERBOARD_BOOTSTRAP_ROUNDS = env_int("LEADERBOARD_BOOTSTRAP_ROUNDS", 200)
+if not 10 <= LEADERBOARD_BOOTSTRAP_ROUNDS <= 10_000:
+    raise ImproperlyConfigured(
+        f"LEADERBOARD_BOOTSTRAP_ROUNDS={LEADERBOARD_BOOTSTRAP_ROUNDS} is not between 10 and 10000"
+    )
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
