@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.cache import cache
@@ -24,6 +24,7 @@ from annotate.ratings import (
     POINTS_PER_LOGIT,
     Leaderboard,
     LengthEffect,
+    Outcome,
     Rating,
     Record,
     Vote,
@@ -51,7 +52,7 @@ def head_to_head_votes() -> list[Vote]:
             "length_b",
         )
     )
-    return [Vote(str(row[0]), str(row[1]), row[2], row[3], row[4]) for row in rows]
+    return [Vote(str(row[0]), str(row[1]), cast(Outcome, row[2]), row[3], row[4]) for row in rows]
 
 
 def _reference(versions: list[ModelVersion]) -> ModelVersion:

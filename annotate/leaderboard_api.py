@@ -40,7 +40,7 @@ class RecordItem(serializers.Serializer[Any]):
 class StandingItem(serializers.Serializer[Any]):
     id = serializers.IntegerField()
     name = serializers.CharField()
-    parent = serializers.CharField(allow_null=True, help_text="The parent version's name.")
+    parent_version = serializers.CharField(allow_null=True, help_text="The parent version's name.")
     status = serializers.CharField()
     rating = RatingItem()
     record = RecordItem()
@@ -96,7 +96,7 @@ def _output(board: Standings) -> dict[str, Any]:
             {
                 "id": standing.version.pk,
                 "name": standing.version.name,
-                "parent": standing.version.parent.name if standing.version.parent else None,
+                "parent_version": standing.version.parent.name if standing.version.parent else None,
                 "status": standing.version.status,
                 "rating": _rating(standing.rating),
                 "record": _record(standing.record),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
@@ -11,18 +13,15 @@ from annotate.web import AppRequest, render_page, staff_required
 
 
 class LeaderboardOptions(forms.Form):
-    length_control = forms.TypedChoiceField(
-        choices=[("0", "off"), ("1", "on")], coerce=lambda value: value == "1", required=False, empty_value=False
-    )
+    length_control = forms.ChoiceField(choices=[("0", "off"), ("1", "on")], required=False)
 
 
 @require_GET
 @staff_required
 def leaderboard(request: AppRequest) -> HttpResponse:
     options = LeaderboardOptions(request.GET)
+    context: dict[str, Any] = {"options": options, "board": None, "scale": SCALE_DESCRIPTION}
     if not options.is_valid():
-        context = {"options": options, "board": None}
         return render_page(request, "leaderboard/leaderboard.html", "leaderboard", context, status=400)
-    board = leaderboard_standings(length_control=options.cleaned_data["length_control"])
-    context = {"options": options, "board": board, "scale": SCALE_DESCRIPTION}
+    context["board"] = leaderboard_standings(length_control=options.cleaned_data["length_control"] == "1")
     return render_page(request, "leaderboard/leaderboard.html", "leaderboard", context)

@@ -145,8 +145,8 @@ def _design(votes: list[Vote], index: dict[str, int], *, length_control: bool) -
     count = len(votes)
     base = np.zeros((count, len(index) + (1 if length_control else 0)))
     rows = np.arange(count)
-    np.add.at(base, (rows, [index[vote.version_a] for vote in votes]), 1.0)
-    np.add.at(base, (rows, [index[vote.version_b] for vote in votes]), -1.0)
+    base[rows, [index[vote.version_a] for vote in votes]] = 1.0
+    base[rows, [index[vote.version_b] for vote in votes]] = -1.0  # never the same column: no self-votes
     if length_control:
         base[:, -1] = [vote.relative_length_difference for vote in votes]
     win, loss = (np.array([_OUTCOME_WEIGHTS[vote.outcome][side] for vote in votes]) / 2 for side in (0, 1))

@@ -57,7 +57,8 @@ def vote_everything(annotator, rng, strengths):
         left, right = assignment.left.model_version.name, assignment.right.model_version.name
         left_wins = 1 / (1 + math.exp(-(strengths[left] - strengths[right])))
         draw = rng.random()
-        choice = "tie" if draw < 0.08 else "both_bad" if draw < 0.12 else "left" if rng.random() < left_wins else "right"
+        decided = "left" if rng.random() < left_wins else "right"
+        choice = "tie" if draw < 0.08 else "both_bad" if draw < 0.12 else decided
         services.judgement_record(
             annotator=annotator,
             pair_id=assignment.pair_id,
@@ -154,7 +155,7 @@ def test_api_ratings_follow_the_planted_strengths(votes, staff_api, lineage):
         assert version["length_controlled"] is None
     assert body["versions"][0]["rating"]["lower"] > 1000  # round-2 clearly above the base
     assert body["versions"][0]["rating"]["rank"] == 1 and reference["rating"]["rank"] > 1
-    assert body["versions"][0]["parent"] == "round-1" and body["versions"][0]["status"] == "candidate"
+    assert body["versions"][0]["parent_version"] == "round-1" and body["versions"][0]["status"] == "candidate"
     assert body["length_effect"] is None and body["unconnected"] == []
 
     # The same numbers as the pure function on the same votes.
@@ -254,7 +255,7 @@ def test_a_branching_lineage_and_an_unconnected_version(lineage, annotator, sett
     )  # fmt: skip
     island = [ModelVersion.objects.create(name=f"island-{n}", base_model="other", status="external") for n in (1, 2)]
     for first, second in [("base-model", "round-1"), ("round-1", "round-2"), ("round-1", "round-2b")] * 3:
-        head_to_head_pair(lineage[first] if first in lineage else sibling, lineage.get(second, sibling))
+        head_to_head_pair(lineage.get(first, sibling), lineage.get(second, sibling))
     head_to_head_pair(*island)
     vote_everything(annotator, np.random.default_rng(1), {**STRENGTHS, "round-2b": -1.0, "island-1": 0, "island-2": 0})
 
