@@ -76,7 +76,7 @@
     if (existing) {
       existing.destroy();
     }
-    const yLimits = {};
+    const yLimits = { beginAtZero: false }; // interval bars would otherwise pull the axis down to zero
     if (spec.y && spec.y.min !== undefined) yLimits.min = spec.y.min;
     if (spec.y && spec.y.max !== undefined) yLimits.max = spec.y.max;
     return new window.Chart(canvas, {

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import uuid
 
 import numpy as np
@@ -264,3 +265,70 @@ def test_a_branching_lineage_and_an_unconnected_version(lineage, annotator, sett
     assert board.lineage_chart["series"][0]["line"] is False  # round-2b is round-2's sibling, not its child
     assert [version.name for version in board.unconnected] == ["island-1", "island-2"]
     assert {standing.version.name for standing in board.standings} == {"base-model", "round-1", "round-2", "round-2b"}
+
+
+# --- In a real browser, under a Content-Security-Policy that allows only our own origin ----------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+LINEAGE = "canvas[data-chart-spec=leaderboard-lineage-chart]"
+HTMX_INDICATOR_STYLE = "sha256-faU7yAF8NxuMTNEwVmBz+VcYeIoBQ2EMHW3WaVxCvnk="
+STRICT_CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'"
+
+
+def chart_labels(page):
+    return page.evaluate(f"Chart.getChart(document.querySelector('{LINEAGE}')).data.datasets.map(d => d.label)")
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_the_chart_draws_under_a_strict_csp_and_redraws_after_an_htmx_swap(live_server, lineage, staff, annotator):
+    from playwright.sync_api import sync_playwright
+
+    for first, second in [("base-model", "round-1"), ("round-1", "round-2"), ("base-model", "round-2")] * 4:
+        head_to_head_pair(lineage[first], lineage[second])
+    vote_everything(annotator, np.random.default_rng(2), STRENGTHS)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        problems = []
+        page.on("console", lambda message: message.type == "error" and problems.append(message.text))
+        page.on("pageerror", lambda error: problems.append(str(error)))
+
+        def with_csp(route):
+            response = route.fetch()
+            route.fulfill(response=response, headers={**response.headers, "content-security-policy": STRICT_CSP})
+
+        page.route(f"{live_server.url}/**", with_csp)
+        page.goto(f"{live_server.url}/accounts/login/")
+        page.fill("input[name=username]", "sam")
+        page.fill("input[name=password]", "sam-password-1")
+        page.click("button[type=submit]")
+        page.goto(f"{live_server.url}/leaderboard/")
+        page.wait_for_load_state("load")
+        page.wait_for_function(f"window.Chart && Chart.getChart(document.querySelector('{LINEAGE}'))")
+        assert chart_labels(page) == ["Rating", "Rating (interval)"]
+        page.evaluate("window.notReloaded = true")
+
+        page.click("text=Control for answer length")
+        page.wait_for_selector("#length-effect")
+        page.wait_for_function(f"Chart.getChart(document.querySelector('{LINEAGE}'))")
+        controlled = "Length-controlled rating"
+        assert chart_labels(page) == ["Rating", "Rating (interval)", controlled, f"{controlled} (interval)"]
+        assert page.evaluate("window.notReloaded") is True and page.url.endswith("/leaderboard/?length_control=1")
+        # The same function draws a plain line chart on a numeric axis (the round page's loss per step).
+        drawn = page.evaluate("""() => {
+            const canvas = document.createElement("canvas");
+            document.querySelector("#leaderboard").append(canvas);
+            const chart = PairloopCharts.lineChart(canvas, {title: "Loss", x: {label: "step", values: [1, 2, 4]},
+                y: {label: "loss"}, series: [{label: "loss", values: [0.69, 0.61, 0.52]}]});
+            return [chart.scales.x.type, chart.scales.x.max, chart.data.datasets.length, chart.scales.y.min > 0];
+        }""")
+        assert drawn == ["linear", 4, 1, True]
+        # htmx adds its indicator <style> to every page unless base.html's htmx-config sets includeIndicatorStyles
+        # to false: a base-template matter, left to the Content-Security-Policy work; nothing else may be refused.
+        assert [problem for problem in problems if HTMX_INDICATOR_STYLE not in problem] == []
+        browser.close()
