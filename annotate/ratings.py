@@ -14,7 +14,9 @@ answer B), as Chatbot Arena does. The rules, stated once:
   [1000, 1000]).
 - 95 % intervals: percentile bootstrap over votes (resampled with replacement, seeded, `bootstrap_rounds` times).
   With few votes, or one side winning every vote, every resample looks alike and the interval is too narrow:
-  read intervals of versions with few votes with care.
+  read intervals of versions with few votes with care. On simulated votes with known strengths (4 versions, 300
+  votes, 200 simulations) the intervals held the true difference 92 % (100 resamples) to 93 % (200) of the time:
+  slightly narrow, as percentile bootstrap intervals are at this size.
 - Rank: 1 + the number of versions whose lower bound lies above this version's upper bound, so versions whose
   intervals overlap share a rank.
 - Length control (optional, as Chatbot Arena's style control): one more column, the answers' relative length
