@@ -268,6 +268,14 @@ if ROUND_CONFIG_DEFAULTS["lora_rank"] > VLLM_MAX_LORA_RANK:  # type: ignore[oper
         "the largest rank the model server loads"
     )
 
+# The leaderboard: bootstrap resamples of the head-to-head votes behind each rating's 95 % interval (more: steadier
+# interval ends, slower to compute; results are cached until the votes change).
+LEADERBOARD_BOOTSTRAP_ROUNDS = env_int("LEADERBOARD_BOOTSTRAP_ROUNDS", 200)
+if not 10 <= LEADERBOARD_BOOTSTRAP_ROUNDS <= 10_000:
+    raise ImproperlyConfigured(
+        f"LEADERBOARD_BOOTSTRAP_ROUNDS={LEADERBOARD_BOOTSTRAP_ROUNDS} is not between 10 and 10000"
+    )
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

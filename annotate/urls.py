@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from annotate import api, campaign_views, data_views, round_views, staff_api, views
+from annotate import api, campaign_views, data_views, leaderboard_api, leaderboard_views, round_views, staff_api, views
 
 annotator_pages = [
     path("", views.annotate, name="annotate"),
@@ -38,6 +38,7 @@ staff_pages = [
     path("data/exports/<int:export_id>/", data_views.export_detail, name="data-export"),
     path("data/exports/<int:export_id>/download/", data_views.export_download, name="data-export-download"),
     path("admin/", admin.site.urls),
+    path("leaderboard/", leaderboard_views.leaderboard, name="leaderboard"),
 ]
 
 staff_api_urls = [
@@ -59,6 +60,7 @@ staff_api_urls = [
     path("api/exports/", staff_api.exports_collection, name="api-exports"),
     path("api/exports/<int:export_id>/", staff_api.exports_detail, name="api-export"),
     path("api/exports/<int:export_id>/download/", staff_api.exports_download, name="api-export-download"),
+    path("api/leaderboard/", leaderboard_api.leaderboard, name="api-leaderboard"),
 ]
 
 urlpatterns = [
