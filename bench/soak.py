@@ -162,7 +162,9 @@ class Annotator(threading.Thread):
         from django.db import connection
 
         try:
-            with httpx.Client(base_url=self.base_url, timeout=30, follow_redirects=False) as client:
+            hooks = {"response": [self._keep_cookies]}
+            with httpx.Client(base_url=self.base_url, timeout=30, follow_redirects=False, event_hooks=hooks) as client:
+                self.client = client
                 if self.html:
                     self._log_in(client)
                 else:
@@ -178,8 +180,15 @@ class Annotator(threading.Thread):
         finally:
             connection.close()
 
+    def _keep_cookies(self, response: httpx.Response) -> None:
+        # The standard cookie jar refuses cookies of a dotless host such as localhost: keep them by name instead.
+        for header in response.headers.get_list("set-cookie"):
+            name, _, rest = header.partition("=")
+            self.client.cookies.set(name.strip(), rest.split(";", 1)[0])
+
     def _log_in(self, client: httpx.Client) -> None:
         page = client.get("/accounts/login/")
+        self.record.saw("GET /accounts/login/", page)
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
         form = {
             "username": self.username,
@@ -421,6 +430,7 @@ def main() -> int:
 
         call_command("migrate", verbosity=0)
         call_command("createcachetable", verbosity=0)
+        call_command("collectstatic", "--noinput", verbosity=0)  # gunicorn serves them as in production
         make_pairs(args.pairs, args.votes_per_pair)
         tokens = make_annotators(args.annotators)
         for part in parts.values():
