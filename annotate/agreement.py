@@ -14,6 +14,7 @@ Conventions that hold everywhere below:
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -355,7 +356,10 @@ def competence(votes: Iterable[Vote], *, iterations: int = 50, seed: int = 0) ->
             "label": [vote.label for vote in firsts],
         }
     )
-    model = MACE(n_restarts=1, n_iter=iterations, random_state=seed).fit(frame)
+    with warnings.catch_warnings():
+        # crowd-kit 1.4.2 calls pandas methods with inplace=True, which pandas 3 deprecates; it still works.
+        warnings.filterwarnings("ignore", message="The inplace keyword", module="crowdkit")
+        model = MACE(n_restarts=1, n_iter=iterations, random_state=seed).fit(frame)
     worker_names = pd.factorize(frame["worker"])[1]  # the order MACE numbers its workers in
     knowing = {name: float(model.spamming_[position, 1]) for position, name in enumerate(worker_names)}
     return {annotator: knowing[str(annotator)] for annotator in annotators}
