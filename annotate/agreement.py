@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import combinations
-from typing import Literal
+from typing import Any, Literal
 
 import krippendorff
 import numpy as np
@@ -300,7 +300,7 @@ class GoldAccuracy:
         return self.correct / self.answered if self.answered else None
 
 
-def gold_accuracy(votes: Iterable[Vote], expected: Mapping[Hashable, str]) -> GoldAccuracy:
+def gold_accuracy(votes: Iterable[Vote], expected: Mapping[Any, str]) -> GoldAccuracy:
     """How many of one annotator's votes on gold items gave the expected label (relative to the pair)."""
     on_gold = [vote for vote in votes if vote.item in expected]
     return GoldAccuracy(sum(1 for vote in on_gold if vote.label == expected[vote.item]), len(on_gold))
@@ -476,8 +476,8 @@ def annotator_signals(
     votes: Sequence[Vote],
     *,
     thresholds: QualityThresholds,
-    gold: Mapping[Hashable, str] | None = None,
-    competences: Mapping[Hashable, float] | None = None,
+    gold: Mapping[Any, str] | None = None,
+    competences: Mapping[Any, float] | None = None,
 ) -> list[AnnotatorSignals]:
     """One row per annotator with every signal and its flags, in the order annotators first appear.
 

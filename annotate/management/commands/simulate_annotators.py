@@ -26,7 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--prefer", required=True, help="the taste: shorter, longer or keyword:WORD")
         parser.add_argument("--count", type=int, required=True, help="how many votes to give in all")
         parser.add_argument("--annotators", type=int, default=None,
-                            help="how many careful annotators share the votes (without --profile; default 1)")  # fmt: skip
+                            help="careful annotators sharing the votes (without --profile; default 1)")  # fmt: skip
         parser.add_argument("--profile", action="append", default=[], metavar="KIND[:P][*COUNT]",
                             help="one annotator per profile, COUNT of them with *COUNT; repeat the option to mix, "
                                  "e.g. --profile careful*6 --profile noisy:0.8*2 --profile left-biased:0.9 "
