@@ -9,6 +9,7 @@ import random
 import krippendorff
 import numpy as np
 import pytest
+from sklearn.metrics import cohen_kappa_score
 
 from annotate.agreement import (
     LABELS,
@@ -18,6 +19,7 @@ from annotate.agreement import (
     alpha_nominal,
     alpha_ordinal,
     annotator_signals,
+    cohen_kappa,
     competence,
     gold_accuracy,
     majority_agreement,
@@ -137,6 +139,14 @@ def test_cohen_kappa_on_a_hand_worked_case():
     assert (result.annotator, result.other, result.shared_items) == ("x", "y", 10)
     assert result.kappa == pytest.approx(0.38 / 0.58)
     assert len(pairwise_kappas(votes, min_shared_items=3)) == 3
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_cohen_kappa_agrees_with_scikit_learn(seed):
+    rng = random.Random(seed)
+    first = [rng.choice(LABELS) for _ in range(50)]
+    second = [label if rng.random() < 0.5 else rng.choice(LABELS[: 1 + seed % 4]) for label in first]
+    assert cohen_kappa(first, second) == pytest.approx(cohen_kappa_score(first, second, labels=list(LABELS)))
 
 
 def test_kappa_is_undefined_when_both_give_one_label_throughout():
