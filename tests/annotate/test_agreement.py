@@ -306,3 +306,12 @@ def test_alpha_on_simulated_votes_falls_as_spammers_join():
     mixed = alpha_nominal(_simulated_votes(careful | spammers, items=60, seed=5))
     assert clean == 1.0
     assert mixed is not None and not math.isnan(mixed) and mixed < 0.5
+
+
+def test_a_repeat_is_never_counted_as_a_vote_even_without_its_first_vote():
+    # A time window can hold a repeat whose first vote fell before the window: it still counts only as a repeat.
+    votes = [Vote("x", 1, "a", 1, is_repeat=True), Vote("y", 1, "b", 1), Vote("x", 2, "a", 1), Vote("y", 2, "a", 1)]
+    summary = agreement_summary(votes)
+    assert (summary.votes, summary.pairable_items) == (3, 1)
+    assert majority_agreement(votes)["y"].compared == 1
+    assert self_consistency(votes).repeats == 0
