@@ -237,16 +237,15 @@ def majority_agreement(votes: Iterable[Vote]) -> dict[Hashable, MajorityAgreemen
         all_counts = Counter(vote.label for vote in item_votes)
         for vote in item_votes:
             annotators.add(vote.annotator)
-            others = all_counts.copy()
-            others[vote.label] -= 1
-            ranked = [count for count in sorted(others.values(), reverse=True) if count > 0]
-            if not ranked:
+            others = {label: count - (label == vote.label) for label, count in all_counts.items()}
+            top = max(others.values())
+            if top == 0:
                 continue
-            if len(ranked) > 1 and ranked[0] == ranked[1]:
+            if sum(1 for count in others.values() if count == top) > 1:
                 split[vote.annotator] += 1
                 continue
             compared[vote.annotator] += 1
-            if others[vote.label] == ranked[0]:
+            if others[vote.label] == top:
                 agreed[vote.annotator] += 1
     return {
         annotator: MajorityAgreement(agreed[annotator], compared[annotator], split[annotator])

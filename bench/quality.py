@@ -74,7 +74,9 @@ def _pairs(count: int, rng: random.Random, run: int) -> list[Any]:
     version = ModelVersion.objects.create(name=f"bench-{run}", base_model="/models/base", status="retired")
     pairs = []
     for number in range(count):
-        prompt = Prompt.objects.create(messages=[{"role": "user", "content": f"Question {number}?"}], source="bench")
+        prompt = Prompt.objects.create(
+            messages=[{"role": "user", "content": f"Run {run}, question {number}?"}], source="bench"
+        )
         # Lengths from 5 to 80 words, never equal, so "prefer shorter" always has an answer.
         lengths = rng.sample(range(5, 81), 2)
         answers = [

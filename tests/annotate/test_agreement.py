@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import krippendorff
 import numpy as np
@@ -173,6 +174,25 @@ def test_agreement_with_the_leave_one_out_majority():
     assert (result["z"].agreed, result["z"].compared, result["z"].split) == (1, 1, 1)
     assert (result["y"].agreed, result["y"].compared, result["y"].split) == (1, 2, 0)
     assert result["y"].share == 0.5
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_majority_agreement_matches_a_brute_force_count(seed):
+    votes = _random_votes(seed, annotators=5, items=60)
+    expected: dict[str, list[int]] = {}
+    for vote in votes:
+        others = [other.label for other in votes if other.item == vote.item and other.annotator != vote.annotator]
+        counts = expected.setdefault(vote.annotator, [0, 0, 0])  # agreed, compared, split
+        if not others:
+            continue
+        modes = statistics.multimode(others)
+        if len(modes) > 1:
+            counts[2] += 1
+            continue
+        counts[1] += 1
+        counts[0] += modes[0] == vote.label
+    result = majority_agreement(votes)
+    assert {name: [row.agreed, row.compared, row.split] for name, row in result.items()} == expected
 
 
 def test_position_bias_with_a_two_sided_binomial_test():
