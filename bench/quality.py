@@ -211,6 +211,11 @@ def precision_recall(results: list[tuple[str, set[str]]]) -> None:
         f"\nflagged {flagged} of {len(results)} annotators; {bad} have a bad profile; "
         f"precision {precision:.2f} ({true_positive}/{flagged}), recall {recall:.2f} ({true_positive}/{bad})"
     )
+    codes = sorted({code for _, flags in results for code in flags})
+    for code in codes:
+        fired = [profile for profile, flags in results if code in flags]
+        on_bad = sum(1 for profile in fired if _is_bad(profile))
+        print(f"  flag {code:>15}: on {len(fired)} annotators, {on_bad} of them with a bad profile")
     by_profile: dict[str, list[set[str]]] = {}
     for profile, flags in results:
         by_profile.setdefault(profile, []).append(flags)
