@@ -6,13 +6,11 @@ import random
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 from django.contrib.auth.models import User
-from django.utils import timezone
 
 from annotate import services
-from annotate.models import Assignment, Judgement
+from annotate.models import Judgement
 
 # Given the left and the right answer: (choice as on screen, strength or None).
 Preference = Callable[[str, str], tuple[str, int | None]]
@@ -160,11 +158,7 @@ def simulated_annotator_judge(
         decision = annotator.profile.decide(
             left=assignment.left.text, right=assignment.right.text, preference=preference, rng=rng
         )
-        # The service measures the time spent from the start of the lease: a simulated annotator answers at once,
-        # so its lease is moved back by the time it would have taken.
-        Assignment.objects.filter(pk=assignment.pk).update(
-            leased_at=timezone.now() - timedelta(seconds=decision.seconds)
-        )
+        # A simulated annotator answers at once: it says how long a person of its profile would have taken.
         services.judgement_record(
             annotator=annotator.user,
             pair_id=assignment.pair_id,
@@ -173,6 +167,7 @@ def simulated_annotator_judge(
             rationale=f"simulated: {annotator.profile.name}",
             idempotency_key=uuid.uuid4(),
             source=Judgement.Source.SIMULATED,
+            time_spent_ms=round(decision.seconds * 1000),
         )
         given += 1
     return given
