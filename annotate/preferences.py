@@ -34,12 +34,17 @@ class PreferenceRules:
     include_gold: bool = False
     include_repeats: bool = False
     include_excluded_annotators: bool = False
+    # Leave out annotators whose MACE competence (annotate.agreement.competence, over the votes being read) is lower;
+    # 0 keeps everyone.
+    min_competence: float = 0.0
 
     def __post_init__(self) -> None:
         if self.combine not in ("majority", "all", "unanimous"):
             raise ValueError(f"combine must be majority, all or unanimous, not {self.combine!r}")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ValueError("min_agreement must be between 0 and 1")
+        if not 0.0 <= self.min_competence <= 1.0:
+            raise ValueError("min_competence must be between 0 and 1")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,11 +55,15 @@ class PreferenceRules:
             "include_gold": self.include_gold,
             "include_repeats": self.include_repeats,
             "include_excluded_annotators": self.include_excluded_annotators,
+            "min_competence": self.min_competence,
         }
 
-    def _left_out(self) -> dict[str, Q]:
+    def _left_out(self, judgements: QuerySet[Judgement]) -> dict[str, Q]:
         """Each kind of vote these rules leave out, by the reason a page or a dataset card gives."""
         reasons = {}
+        if self.min_competence > 0:
+            low = _annotators_below(judgements, self.min_competence)
+            reasons[f"votes of annotators with competence below {self.min_competence:g}"] = Q(annotator_id__in=low)
         if not self.include_gold:
             reasons["votes on gold pairs"] = ~Q(pair__gold_choice="")
         if not self.include_repeats:
@@ -65,16 +74,26 @@ class PreferenceRules:
 
     def counted(self, judgements: QuerySet[Judgement]) -> QuerySet[Judgement]:
         """The votes these rules let in, before they are combined."""
-        for condition in self._left_out().values():
+        for condition in self._left_out(judgements).values():
             judgements = judgements.exclude(condition)
         return judgements
 
     def left_out(self, judgements: QuerySet[Judgement]) -> dict[str, int]:
         """How many of `judgements` each rule leaves out (a vote may be left out for several reasons)."""
+        reasons = self._left_out(judgements)
         counts = judgements.aggregate(
-            **{f"n{index}": Count("id", filter=q) for index, q in enumerate(self._left_out().values())}
+            **{f"n{index}": Count("id", filter=q) for index, q in enumerate(reasons.values())}
         )
-        return {reason: counts[f"n{index}"] for index, reason in enumerate(self._left_out())}
+        return {reason: counts[f"n{index}"] for index, reason in enumerate(reasons)}
+
+
+def _annotators_below(judgements: QuerySet[Judgement], minimum: float) -> list[int]:
+    """Annotators whose competence, estimated from these votes (gold and repeats aside), is below `minimum`."""
+    from annotate.agreement import competence
+    from annotate.quality import votes_from_judgements
+
+    votes = votes_from_judgements(judgements.filter(is_repeat=False, pair__gold_choice=""))
+    return [int(str(annotator)) for annotator, score in competence(votes).items() if score < minimum]
 
 
 @dataclass(frozen=True)

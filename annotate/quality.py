@@ -59,25 +59,37 @@ def votes_from_judgements(
         .annotate(length_a=Length("pair__completion_a__text"), length_b=Length("pair__completion_b__text"))
         .order_by("id")
         .values_list(
-            "id", "annotator_id", "pair_id", "choice", "strength", "a_on_left", "time_spent_ms", "length_a", "length_b"
+            "id",
+            "annotator_id",
+            "pair_id",
+            "choice",
+            "strength",
+            "a_on_left",
+            "time_spent_ms",
+            "length_a",
+            "length_b",
+            "is_repeat",
         )
     )
-    return [
-        Vote(
-            annotator=annotator_id,
-            item=pair_id,
-            label=choice,
-            strength=strength,
-            a_on_left=a_on_left,
-            seconds=None if time_spent_ms is None else time_spent_ms / 1000,
-            a_is_longer=None if length_a == length_b else length_a > length_b,
-            is_repeat=judgement_id in repeats,
-            vote_id=judgement_id,
+    votes = []
+    for row in rows.iterator(chunk_size=5000):
+        judgement_id, annotator_id, pair_id, choice, strength, a_on_left, time_spent_ms, length_a, length_b, repeat = (
+            row
         )
-        for judgement_id, annotator_id, pair_id, choice, strength, a_on_left, time_spent_ms, length_a, length_b in (
-            rows.iterator(chunk_size=5000)
+        votes.append(
+            Vote(
+                annotator=annotator_id,
+                item=pair_id,
+                label=choice,
+                strength=strength,
+                a_on_left=a_on_left,
+                seconds=None if time_spent_ms is None else time_spent_ms / 1000,
+                a_is_longer=None if length_a == length_b else length_a > length_b,
+                is_repeat=repeat or judgement_id in repeats,
+                vote_id=judgement_id,
+            )
         )
-    ]
+    return votes
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,11 @@ class RoundStopped(Exception):
 def round_rules() -> PreferenceRules:
     # Ties and both-bad votes have no chosen and rejected answer, so they never become DPO pairs; they still count
     # as votes when several votes on one pair are combined.
-    return PreferenceRules(combine=cast(Combine, settings.ROUND_COMBINE), min_agreement=settings.ROUND_MIN_AGREEMENT)
+    return PreferenceRules(
+        combine=cast(Combine, settings.ROUND_COMBINE),
+        min_agreement=settings.ROUND_MIN_AGREEMENT,
+        min_competence=settings.ROUND_MIN_COMPETENCE,
+    )
 
 
 def round_config_defaults() -> dict[str, Any]:

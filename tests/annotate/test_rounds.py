@@ -364,3 +364,25 @@ def test_a_round_leaves_out_gold_repeat_and_excluded_votes_and_says_so(
     }
     rows = train_path.read_text().splitlines() + heldout_path.read_text().splitlines()
     assert len(rows) == 6
+
+
+@pytest.mark.slow
+def test_a_minimum_competence_leaves_out_a_random_annotator(round_settings, make_pair, serving_version):
+    from django.core.management import call_command
+
+    round_settings.ROUND_MIN_COMPETENCE = 0.5
+    round_settings.ROUND_HOLDOUT_FRACTION = 0.0
+    for number in range(24):
+        texts = ("short", "a considerably longer answer")
+        make_pair(texts=texts if number % 2 else texts[::-1], required=5)
+    call_command("simulate_annotators", "--prefer", "shorter", "--count", "120", "--seed", "3",
+                 "--profile", "careful*4", "--profile", "random", verbosity=0)  # fmt: skip
+    random_votes = Judgement.objects.filter(annotator__username__contains="random").count()
+    assert random_votes == 24
+
+    training_round = rounds.round_start(trigger="api")
+    rounds.round_prepare(training_round)
+
+    training_round.refresh_from_db()
+    assert training_round.votes_left_out["votes of annotators with competence below 0.5"] == random_votes
+    assert training_round.votes_read == 96
