@@ -178,21 +178,14 @@ def exports_page(request: AppRequest) -> HttpResponse:
     return _render(request, "data/exports.html", _exports_context(form), status=400)
 
 
-def _card_parts(text: str) -> tuple[str, str]:
-    """(YAML front matter, Markdown body) of a dataset card."""
-    if text.startswith("---\n"):
-        front, _, body = text[4:].partition("\n---\n")
-        return front, body
-    return "", text
-
-
 @require_GET
 @staff_required
 def export_detail(request: AppRequest, export_id: int) -> HttpResponse:
     export = get_object_or_404(Export.objects.select_related("created_by"), pk=export_id)
     files = exports.export_files(export)
-    front, body = _card_parts(files["card"].read_text(encoding="utf-8")) if "card" in files else ("", "")
-    context = {"export": export, "files": files, "card_front_matter": front, "card_body": body}
+    front, body = exports.card_read(files["card"].read_text(encoding="utf-8")) if "card" in files else ({}, "")
+    shown = [(key, ", ".join(map(str, value)) if isinstance(value, list) else value) for key, value in front.items()]
+    context = {"export": export, "files": files, "card_front_matter": shown, "card_body": body}
     return render(request, "data/export_detail.html", context)
 
 

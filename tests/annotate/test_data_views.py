@@ -105,6 +105,8 @@ def test_export_without_javascript_goes_to_the_export_with_its_card(staff_client
     page = staff_client.get(response["Location"]).content.decode()
     assert 'data-testid="status">Done<' in page and "1 row " in page
     assert "license: cc-by-4.0" in page and "<td>policy-v0-secret-name</td>" in page  # the card, rendered
+    assert "<dt>license</dt><dd>cc-by-4.0</dd>" in page  # its front matter, read as YAML
+    assert "<dt>tags</dt><dd>pairloop, preference, human-feedback, dpo</dd>" in page
     assert f'href="/data/exports/{export.pk}/download/?file=card"' in page
     download = staff_client.get(f"/data/exports/{export.pk}/download/")
     assert download.status_code == 200
