@@ -17,8 +17,10 @@ from annotate.exports.services import (
     InvalidExport,
     export_create,
     export_default_path,
+    export_enqueue,
     export_errors,
     export_files,
+    export_request,
     export_run,
 )
 from annotate.exports.stream import ExportStats, export_write
@@ -40,8 +42,10 @@ __all__ = [
     "date_errors",
     "export_create",
     "export_default_path",
+    "export_enqueue",
     "export_errors",
     "export_files",
+    "export_request",
     "export_run",
     "export_write",
     "filter_errors",

@@ -1,5 +1,5 @@
 import json
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -327,11 +327,31 @@ def test_invalid_exports_name_the_fields_and_record_nothing(voted):
         "prompt_sets": "unknown: missing",
         "sources": "unknown: robots (use human, simulated, imported)",
     }
-    with pytest.raises(exports.InvalidExport, match="3 votes match; exports over 2 votes"):
+    with pytest.raises(exports.InvalidExport) as raised:
         exports.export_create(
-            created_by=None, dataset_format="arena", file_format="jsonl", filters=ExportFilters(), max_votes=2
+            created_by=None, dataset_format="arena", file_format="jsonl", filters=ExportFilters(date_to=date.max)
         )
+    assert raised.value.errors == {"date_to": "9999-12-31 is too near the end of the calendar: use a real date"}
     assert not Export.objects.exists()
+
+
+def test_export_run_records_the_votes_read_while_it_runs(tmp_path, voted, monkeypatch):
+    monkeypatch.setattr(exports.stream, "READ_CHUNK", 2)
+    monkeypatch.setattr(exports.services, "PROGRESS_INTERVAL", 0)
+    for _ in range(3):
+        voted("a", "b", "b")
+    created = exports.export_create(
+        created_by=None, dataset_format="arena", file_format="jsonl", filters=ExportFilters()
+    )
+    seen = []  # what a poll of the Export would have shown after each chunk
+
+    def poll(done):
+        seen.append(Export.objects.values_list("status", "votes_read", "votes_total").get(pk=created.pk))
+
+    done = exports.export_run(export=created, path=tmp_path / "out.jsonl", on_progress=poll)
+
+    assert seen == [("running", 2, 9), ("running", 4, 9), ("running", 6, 9), ("running", 8, 9), ("running", 9, 9)]
+    assert (done.status, done.votes_read, done.votes_total, done.progress_percent) == ("done", 9, 9, 100)
 
 
 def test_export_command_writes_data_and_card_and_records_it(tmp_path, voted, capsys):
@@ -348,6 +368,9 @@ def test_export_command_writes_data_and_card_and_records_it(tmp_path, voted, cap
     assert len(pq.read_table(output)) == 3 and (tmp_path / "prefs.md").is_file()
     with pytest.raises(CommandError, match="model_versions: unknown: nope"):
         call_command("export_preferences", "--format", "arena", "--model-version", "nope")
+    with pytest.raises(CommandError, match="date_to: 9999-12-31 is too near the end of the calendar"):
+        call_command("export_preferences", "--format", "arena", "--until", "9999-12-31")
+    assert Export.objects.count() == 1
     with pytest.raises(CommandError, match=r"must end with \.jsonl or \.parquet"):
         call_command("export_preferences", "--format", "arena", "--output", str(tmp_path / "x.csv"))
 
