@@ -388,3 +388,36 @@ def test_downloads_that_do_not_exist(staff_api, settings, tmp_path, serving_vers
     assert gone.status_code == 404 and "no data file" in gone.json()["detail"]
     assert staff_api.get(f"/api/exports/{created['id']}/").json()["download"] is None
     assert ModelVersion.objects.count() == 1
+
+
+# --- Input the database cannot store ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "line"),
+    [
+        ("/api/prompts/import/", {}, '{"prompt": "before\\u0000after"}'),
+        ("/api/preferences/import/", {"format": "trl"}, '{"prompt": "Q", "chosen": "a\\u0000", "rejected": "b"}'),
+        ("/api/prompts/import/", {}, '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("/api/prompts/import/", {}, json.dumps({"prompt": "x" * 1_000_000})),
+    ],
+    ids=["prompt-nul", "preference-nul", "deep", "one-megabyte"],
+)
+def test_imports_refuse_lines_the_database_or_the_model_server_cannot_take(staff_api, url, extra, line):
+    good = '{"prompt": "Q2", "chosen": "yes", "rejected": "no"}'
+    upload = SimpleUploadedFile("rows.jsonl", f"{good}\n{line}\n".encode())
+    response = staff_api.post(url, {"file": upload, **extra}, format="multipart")
+    assert response.status_code == 400
+    (message, reason) = response.json()["errors"]["file"]
+    assert message == "1 bad line; nothing was imported" if "prompts" in url else "1 bad row; nothing was imported"
+    assert reason.startswith("line 2: ") and any(
+        expected in reason for expected in ("NUL character", "nested too deeply", "1,000,000 characters")
+    )
+    assert (Prompt.objects.count(), Pair.objects.count()) == (0, 0)
+
+
+def test_one_prompt_through_the_api_with_a_nul_or_over_the_limit_is_a_400(staff_api):
+    for body in ({"prompt": "a\u0000b"}, {"messages": [{"role": "user", "content": "x" * 20_001}]}):
+        response = staff_api.post("/api/prompts/", body, format="json")
+        assert response.status_code == 400 and set(response.json()["errors"]) == set(body)
+    assert not Prompt.objects.exists()
