@@ -1,22 +1,96 @@
 """The dataset formats an export can write: for each, its columns, how verdicts become rows, and what its dataset card
-says about it. A new format is one DatasetFormat in FORMATS (and its row builder here)."""
+says about it. A new format is one DatasetFormat in FORMATS (and its row builder here).
+
+Rows are built from plain records (ExportVote, ExportPair), not model objects: an export reads tuples, which is
+several times faster than building a Judgement, a Pair, a Prompt and two Completions for every vote.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 from django.conf import settings
 
-from annotate.models import Judgement, ModelVersion, Pair
-from annotate.preferences import DECISIVE, PreferenceRules, Verdict, assistant, trl_preference_row
+from annotate.models import Judgement, ModelVersion
+from annotate.preferences import DECISIVE, PreferenceRules, assistant, preference_row
 
 Row = dict[str, Any]
+Messages = list[dict[str, str]]
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+class ExportVote(NamedTuple):
+    """One vote as an export reads it (the fields annotate.preferences.combine reads, and the lineage)."""
+
+    id: int
+    pair_id: int
+    annotator_id: int | None
+    choice: str
+    strength: float | None
+    source: str
+    source_detail: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPair:
+    """A pair with what its rows show: the prompt, both answers and the version it was sampled from."""
+
+    id: int
+    prompt_id: int
+    prompt: Messages
+    prompt_set: str
+    completion_a_id: int
+    completion_a_text: str
+    completion_a_version: int
+    completion_b_id: int
+    completion_b_text: str
+    completion_b_version: int
+    sampled_from: int
+    sampled_from_status: str
+
+    @property
+    def on_policy(self) -> bool:
+        """Both answers from the version that served when the pair was sampled (never for imported pairs)."""
+        return (
+            self.sampled_from_status != ModelVersion.Status.EXTERNAL
+            and self.completion_a_version == self.sampled_from
+            and self.completion_b_version == self.sampled_from
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExportVerdict:
+    """A verdict (annotate.preferences.combine) on one pair, with the pair and the votes behind it."""
+
+    pair: ExportPair
+    outcome: str
+    votes: int
+    agreement: float
+    strength: float | None
+    judgements: Sequence[ExportVote]
+
+    @property
+    def chosen(self) -> str | None:
+        if self.outcome == Judgement.Choice.A:
+            return self.pair.completion_a_text
+        if self.outcome == Judgement.Choice.B:
+            return self.pair.completion_b_text
+        return None
+
+    @property
+    def rejected(self) -> str | None:
+        if self.outcome == Judgement.Choice.A:
+            return self.pair.completion_b_text
+        if self.outcome == Judgement.Choice.B:
+            return self.pair.completion_a_text
+        return None
 
 
 class RowContext:
@@ -25,27 +99,20 @@ class RowContext:
     def __init__(self) -> None:
         self.version_names: dict[int, str] = dict(ModelVersion.objects.values_list("id", "name"))
         self._key = settings.SECRET_KEY.encode()
-        self._judges: dict[str, str] = {}  # one entry per annotator or imported file
+        self._judges: dict[tuple[int | None, str], str] = {}  # one entry per annotator or imported file
 
     def name(self, version_id: int) -> str:
         return self.version_names[version_id]
 
-    def judge(self, vote: Judgement) -> str:
+    def judge(self, vote: ExportVote) -> str:
         """A stable pseudonym: the same annotator (or imported file) always gets the same one, never the name."""
-        subject = f"user:{vote.annotator_id}" if vote.annotator_id else f"import:{vote.source_detail}"
-        if subject not in self._judges:
+        key = (vote.annotator_id, "" if vote.annotator_id else vote.source_detail)
+        pseudonym = self._judges.get(key)
+        if pseudonym is None:
+            subject = f"user:{vote.annotator_id}" if vote.annotator_id else f"import:{vote.source_detail}"
             digest = hmac.new(self._key, subject.encode(), hashlib.sha256).hexdigest()[:16]
-            self._judges[subject] = f"{'judge' if vote.annotator_id else 'imported'}_{digest}"
-        return self._judges[subject]
-
-
-def is_on_policy(pair: Pair) -> bool:
-    version = pair.sampled_from
-    return (
-        version.status != ModelVersion.Status.EXTERNAL
-        and pair.completion_a.model_version_id == version.pk
-        and pair.completion_b.model_version_id == version.pk
-    )
+            pseudonym = self._judges[key] = f"{'judge' if vote.annotator_id else 'imported'}_{digest}"
+        return pseudonym
 
 
 def margin(strength: float | None) -> float:
@@ -53,54 +120,65 @@ def margin(strength: float | None) -> float:
     return round(strength / 3, 4) if strength is not None else 0.0
 
 
-def _sources(verdict: Verdict) -> str:
-    return "+".join(sorted({vote.source for vote in verdict.judgements}))
+def _sources(verdict: ExportVerdict) -> str:
+    votes = verdict.judgements
+    if len(votes) == 1:
+        return votes[0].source
+    return "+".join(sorted({vote.source for vote in votes}))
 
 
-def _paired_lineage(verdict: Verdict, context: RowContext) -> Row:
+def _paired_lineage(verdict: ExportVerdict, context: RowContext) -> Row:
     pair = verdict.pair
     chosen, rejected = (
-        (pair.completion_a, pair.completion_b)
+        (pair.completion_a_version, pair.completion_b_version)
         if verdict.outcome == Judgement.Choice.A
-        else (pair.completion_b, pair.completion_a)
+        else (pair.completion_b_version, pair.completion_a_version)
     )
     return {
-        "pair_id": pair.pk,
+        "pair_id": pair.id,
         "prompt_id": pair.prompt_id,
-        "prompt_set": pair.prompt.prompt_set,
-        "chosen_model": context.name(chosen.model_version_id),
-        "rejected_model": context.name(rejected.model_version_id),
-        "sampled_from": pair.sampled_from.name,
-        "on_policy": is_on_policy(pair),
+        "prompt_set": pair.prompt_set,
+        "chosen_model": context.name(chosen),
+        "rejected_model": context.name(rejected),
+        "sampled_from": context.name(pair.sampled_from),
+        "on_policy": pair.on_policy,
         "votes": verdict.votes,
         "agreement": round(verdict.agreement, 4),
         "source": _sources(verdict),
     }
 
 
-def trl_preference_rows(verdict: Verdict, context: RowContext) -> Iterator[Row]:
-    if verdict.outcome in DECISIVE:
-        yield {**trl_preference_row(verdict), "margin": margin(verdict.strength), **_paired_lineage(verdict, context)}
+def trl_preference_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
+    if verdict.outcome in DECISIVE and verdict.chosen is not None and verdict.rejected is not None:
+        yield {
+            **preference_row(verdict.pair.prompt, verdict.chosen, verdict.rejected),
+            "margin": margin(verdict.strength),
+            **_paired_lineage(verdict, context),
+        }
 
 
 _KTO_LABELS = {"a": (True, False), "b": (False, True), "both_bad": (False, False)}
 
 
-def trl_unpaired_rows(verdict: Verdict, context: RowContext) -> Iterator[Row]:
+def trl_unpaired_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
     labels = _KTO_LABELS.get(verdict.outcome)
     if labels is None:
         return  # a tie says neither answer is good or bad
     pair = verdict.pair
-    for completion, label in zip((pair.completion_a, pair.completion_b), labels, strict=True):
+    answers = (
+        (pair.completion_a_id, pair.completion_a_text, pair.completion_a_version),
+        (pair.completion_b_id, pair.completion_b_text, pair.completion_b_version),
+    )
+    for (completion_id, text, version), label in zip(answers, labels, strict=True):
         yield {
-            "prompt": pair.prompt.messages,
-            "completion": assistant(completion.text),
+            "prompt": pair.prompt,
+            "completion": assistant(text),
             "label": label,
-            "pair_id": pair.pk,
+            "pair_id": pair.id,
             "prompt_id": pair.prompt_id,
-            "prompt_set": pair.prompt.prompt_set,
-            "completion_id": completion.pk,
-            "model": context.name(completion.model_version_id),
+            "prompt_set": pair.prompt_set,
+            "completion_id": completion_id,
+            "model": context.name(version),
             "verdict": verdict.outcome,
             "votes": verdict.votes,
             "agreement": round(verdict.agreement, 4),
@@ -111,17 +189,17 @@ def trl_unpaired_rows(verdict: Verdict, context: RowContext) -> Iterator[Row]:
 ARENA_WINNERS = {"a": "model_a", "b": "model_b", "tie": "tie", "both_bad": "tie (bothbad)"}
 
 
-def arena_rows(verdict: Verdict, context: RowContext) -> Iterator[Row]:
-    pair, prompt = verdict.pair, verdict.pair.prompt.messages
+def arena_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
+    pair, prompt = verdict.pair, verdict.pair.prompt
     for vote in verdict.judgements:  # one vote per verdict: arena exports combine with "all"
         yield {
-            "question_id": str(pair.pk),
-            "model_a": context.name(pair.completion_a.model_version_id),
-            "model_b": context.name(pair.completion_b.model_version_id),
+            "question_id": str(pair.id),
+            "model_a": context.name(pair.completion_a_version),
+            "model_b": context.name(pair.completion_b_version),
             "winner": ARENA_WINNERS[vote.choice],
             "judge": context.judge(vote),
-            "conversation_a": [*prompt, *assistant(pair.completion_a.text)],
-            "conversation_b": [*prompt, *assistant(pair.completion_b.text)],
+            "conversation_a": [*prompt, *assistant(pair.completion_a_text)],
+            "conversation_b": [*prompt, *assistant(pair.completion_b_text)],
             "turn": sum(1 for message in prompt if message["role"] == "user"),
             "anony": True,
             "tstamp": vote.created_at.timestamp(),
@@ -131,15 +209,15 @@ def arena_rows(verdict: Verdict, context: RowContext) -> Iterator[Row]:
 _HH_SPEAKERS = {"user": "Human", "assistant": "Assistant"}
 
 
-def hh_transcript(prompt: list[dict[str, str]], answer: str) -> str:
+def hh_transcript(prompt: Messages, answer: str) -> str:
     turns = [message for message in prompt if message["role"] in _HH_SPEAKERS]  # HH-RLHF has no system turn
     return "".join(f"\n\n{_HH_SPEAKERS[m['role']]}: {m['content']}" for m in turns) + f"\n\nAssistant: {answer}"
 
 
-def hh_rlhf_rows(verdict: Verdict, context: RowContext) -> Iterator[Row]:
+def hh_rlhf_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
     if verdict.chosen is None or verdict.rejected is None:
         return
-    prompt = verdict.pair.prompt.messages
+    prompt = verdict.pair.prompt
     yield {
         "chosen": hh_transcript(prompt, verdict.chosen),
         "rejected": hh_transcript(prompt, verdict.rejected),
@@ -159,7 +237,7 @@ class DatasetFormat:
     name: str
     use: str
     columns: tuple[Column, ...]
-    rows: Callable[[Verdict, RowContext], Iterator[Row]]
+    rows: Callable[[ExportVerdict, RowContext], Iterator[Row]]
     mapping: str
     one_row_per_vote: bool = False
 

@@ -1,42 +1,80 @@
 """Streaming an export: votes read in chunks, combined pair by pair under the preference rules (annotate.preferences,
 the same rules training rounds use), turned into rows by the format and written as they come, so memory stays flat
-however many votes there are; the statistics the dataset card reports are gathered on the way."""
+however many votes there are; the statistics the dataset card reports are gathered on the way.
+
+The votes are read as plain tuples (values_list) through a server-side cursor on PostgreSQL (QuerySet.iterator),
+each pair's prompt decoded once however many votes it has, and the rows written in batches.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import QuerySet, TextField
+from django.db.models.functions import Cast
 
 from annotate.exports.filters import ExportFilters, judgements_matching
-from annotate.exports.formats import FORMATS, RowContext
+from annotate.exports.formats import FORMATS, ExportPair, ExportVerdict, ExportVote, RowContext
 from annotate.exports.writers import open_writer
 from annotate.models import Judgement
-from annotate.preferences import Verdict, judgements_for_preferences, verdicts
+from annotate.preferences import PreferenceRules, combine
 
-READ_CHUNK = 2000  # votes fetched from the database at a time
+READ_CHUNK = 2000  # votes fetched from the database at a time (and between progress reports)
 Progress = Callable[[int], None]
 
-# What the rows and the card read; the rest (sampling parameters, timings, ...) is left in the database, which
-# more than halves the time an export spends turning database rows into objects.
-EXPORT_FIELDS = (
-    "pair_id", "annotator_id", "choice", "strength", "source", "source_detail", "created_at",
-    "pair__prompt_id", "pair__completion_a_id", "pair__completion_b_id", "pair__sampled_from_id",
-    "pair__prompt__messages", "pair__prompt__prompt_set",
-    "pair__completion_a__text", "pair__completion_a__model_version_id",
-    "pair__completion_b__text", "pair__completion_b__model_version_id",
-    "pair__sampled_from__name", "pair__sampled_from__status",
+VOTE_FIELDS = ("id", "pair_id", "annotator_id", "choice", "strength", "source", "source_detail", "created_at")
+# The prompt comes as its stored JSON text and is decoded once per pair, not once per vote.
+PAIR_FIELDS = (
+    "pair__prompt_id", "prompt_json", "pair__prompt__prompt_set",
+    "pair__completion_a_id", "pair__completion_a__text", "pair__completion_a__model_version_id",
+    "pair__completion_b_id", "pair__completion_b__text", "pair__completion_b__model_version_id",
+    "pair__sampled_from_id", "pair__sampled_from__status",
 )  # fmt: skip
+_VOTE = slice(0, len(VOTE_FIELDS))
+_PAIR_ID = itemgetter(1)
 
 
-def votes_to_export(filters: ExportFilters) -> QuerySet[Judgement]:
-    """The matching votes, ordered by pair, with only the fields exports use."""
-    return judgements_for_preferences(judgements_matching(filters)).only(*EXPORT_FIELDS)
+def votes_to_export(filters: ExportFilters) -> QuerySet[Judgement, tuple[Any, ...]]:
+    """The matching votes as tuples (VOTE_FIELDS then PAIR_FIELDS), ordered by pair so they group while streaming."""
+    return (
+        judgements_matching(filters)
+        .annotate(prompt_json=Cast("pair__prompt__messages", TextField()))
+        .order_by("pair_id", "id")
+        .values_list(*VOTE_FIELDS, *PAIR_FIELDS)
+    )
+
+
+def _pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
+    (prompt_id, prompt_json, prompt_set, a_id, a_text, a_version, b_id, b_text, b_version, sampled, status) = row[
+        len(VOTE_FIELDS) :
+    ]
+    return ExportPair(
+        pair_id, prompt_id, json.loads(prompt_json), prompt_set,
+        a_id, a_text, a_version, b_id, b_text, b_version, sampled, status,
+    )  # fmt: skip
+
+
+def export_verdicts(rows: Iterable[tuple[Any, ...]], rules: PreferenceRules) -> Iterator[ExportVerdict]:
+    """Combine tuples from votes_to_export into verdicts, pair by pair, with annotate.preferences.combine."""
+    make_vote = ExportVote._make
+    for pair_id, group in groupby(rows, key=_PAIR_ID):
+        pair_rows = list(group)
+        votes = [make_vote(row[_VOTE]) for row in pair_rows]
+        pair: ExportPair | None = None  # built (and its prompt decoded) only when a verdict needs it
+        for combined in combine(votes, rules):
+            pair = pair or _pair(pair_id, pair_rows[0])
+            yield ExportVerdict(
+                pair, combined.outcome, combined.votes, combined.agreement, combined.strength, combined.judgements
+            )
 
 
 @dataclass
@@ -54,25 +92,27 @@ class ExportStats:
     first_vote: datetime | None = None
     last_vote: datetime | None = None
 
-    def add(self, verdict: Verdict) -> None:
+    def add(self, verdict: ExportVerdict) -> None:
         self.verdicts += 1
         self.outcomes[verdict.outcome] += 1
-        self.answers_by_version[verdict.pair.completion_a.model_version_id] += 1
-        self.answers_by_version[verdict.pair.completion_b.model_version_id] += 1
+        self.answers_by_version[verdict.pair.completion_a_version] += 1
+        self.answers_by_version[verdict.pair.completion_b_version] += 1
         for vote in verdict.judgements:
             self.sources[vote.source] += 1
             if vote.source == Judgement.Source.IMPORTED:
                 self.imported_from[vote.source_detail] += 1
-            self.first_vote = min(self.first_vote or vote.created_at, vote.created_at)
-            self.last_vote = max(self.last_vote or vote.created_at, vote.created_at)
+            if self.first_vote is None or vote.created_at < self.first_vote:
+                self.first_vote = vote.created_at
+            if self.last_vote is None or vote.created_at > self.last_vote:
+                self.last_vote = vote.created_at
 
 
-def _counted(judgements: Iterator[Judgement], stats: ExportStats, on_progress: Progress | None) -> Iterator[Judgement]:
-    for judgement in judgements:
+def _counted(rows: Iterator[tuple[Any, ...]], stats: ExportStats, on_progress: Progress | None) -> Iterator[Any]:
+    for row in rows:
         stats.votes_read += 1
         if on_progress is not None and stats.votes_read % READ_CHUNK == 0:
             on_progress(READ_CHUNK)
-        yield judgement
+        yield row
 
 
 def export_write(
@@ -83,16 +123,17 @@ def export_write(
     spec = FORMATS[dataset_format]
     stats = ExportStats()
     context = RowContext()
-    votes = votes_to_export(filters).iterator(chunk_size=READ_CHUNK)
+    rows = votes_to_export(filters).iterator(chunk_size=READ_CHUNK)
     partial = path.with_name(path.name + ".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = open_writer(file_format, partial, spec.schema)
+    build_rows, write = spec.rows, writer.write
     try:
         try:
-            for verdict in verdicts(_counted(votes, stats, on_progress), spec.rules(filters.rules)):
+            for verdict in export_verdicts(_counted(rows, stats, on_progress), spec.rules(filters.rules)):
                 written = 0
-                for row in spec.rows(verdict, context):
-                    writer.write(row)
+                for row in build_rows(verdict, context):
+                    write(row)
                     written += 1
                 if written:
                     stats.rows += written
