@@ -65,11 +65,15 @@ def export_request(*, created_by: User, dataset_format: str, file_format: str, f
 def export_enqueue(*, export: Export) -> bool:
     """Hand a queued export to a worker; False (noted on the export, logged) when the task queue is unreachable.
     Sending twice is harmless: an export runs once (Export.start)."""
+    from annotate.celery import app
     from annotate.tasks import export_run as export_run_task  # tasks import this module
 
     try:
-        # No publish retries: with the broker down the request answers at once and the page says so.
-        export_run_task.apply_async((export.pk,), retry=False)
+        # One try to connect and no publish retries: with the broker down the request answers within a second or
+        # so (the defaults retry for several) and the page says so.
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+            export_run_task.apply_async((export.pk,), connection=connection, retry=False)
     except Exception as error:  # kombu's OperationalError, or the transport's own error
         logger.warning("export %s could not be queued: %s", export.pk, error)
         export.note_waiting(reason=f"not started yet: the task queue could not be reached ({type(error).__name__})")
