@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
@@ -128,6 +127,10 @@ class ExportForm(forms.Form):
     )
     include_ties = forms.BooleanField(required=False)
     include_both_bad = forms.BooleanField(required=False)
+    include_gold = forms.BooleanField(required=False, label="Include votes on gold pairs")
+    include_repeats = forms.BooleanField(required=False, label="Include repeat votes")
+    include_excluded_annotators = forms.BooleanField(required=False, label="Include excluded annotators' votes")
+    min_competence = forms.FloatField(min_value=0.0, max_value=1.0, initial=0.0, required=False)
     min_agreement = forms.FloatField(min_value=0.0, max_value=1.0, initial=0.0)
     license = forms.CharField(required=False, max_length=100, help_text="Stated on the dataset card.")
 
@@ -148,8 +151,8 @@ class ExportForm(forms.Form):
 
 
 def _exports_context(form: ExportForm, **extra: Any) -> dict[str, Any]:
-    recent = Export.objects.select_related("created_by").order_by("-id")[:EXPORTS_SHOWN]
-    return {"form": form, "exports": recent, "max_votes": settings.EXPORT_WEB_MAX_VOTES, **extra}
+    recent = list(Export.objects.select_related("created_by").order_by("-id")[:EXPORTS_SHOWN])
+    return {"form": form, "exports": recent, "any_active": any(export.is_active for export in recent), **extra}
 
 
 @require_http_methods(["GET", "POST"])
@@ -160,39 +163,36 @@ def exports_page(request: AppRequest) -> HttpResponse:
         return _render(request, "data/exports.html", _exports_context(form))
     if form.is_valid():
         try:
-            export = exports.export_create(
+            export = exports.export_request(
                 created_by=request.user,
                 dataset_format=form.cleaned_data["dataset_format"],
                 file_format=form.cleaned_data["file_format"],
                 filters=form.to_filters(),
-                max_votes=settings.EXPORT_WEB_MAX_VOTES,
             )
         except exports.InvalidExport as invalid:
             for name, message in invalid.errors.items():
                 form.add_error(name if name in form.fields else None, message)
         else:
-            export = exports.export_run(export=export)
             if not request.htmx:
                 return HttpResponseRedirect(reverse("data-export", args=[export.pk]), status=303)
-            return _render(request, "data/exports.html", _exports_context(ExportForm(), finished=export))
+            return _render(request, "data/exports.html", _exports_context(ExportForm(), requested=export))
     return _render(request, "data/exports.html", _exports_context(form), status=400)
 
 
-def _card_parts(text: str) -> tuple[str, str]:
-    """(YAML front matter, Markdown body) of a dataset card."""
-    if text.startswith("---\n"):
-        front, _, body = text[4:].partition("\n---\n")
-        return front, body
-    return "", text
-
-
-@require_GET
+@require_http_methods(["GET", "POST"])
 @staff_required
 def export_detail(request: AppRequest, export_id: int) -> HttpResponse:
+    """The export, its progress (the page polls itself while it is queued or running) and its card; a POST hands
+    a queued export to a worker again (after the task queue was unreachable)."""
     export = get_object_or_404(Export.objects.select_related("created_by"), pk=export_id)
+    if request.method == "POST":
+        if export.status == Export.Status.QUEUED:
+            exports.export_enqueue(export=export)
+        return HttpResponseRedirect(reverse("data-export", args=[export.pk]), status=303)
     files = exports.export_files(export)
-    front, body = _card_parts(files["card"].read_text(encoding="utf-8")) if "card" in files else ("", "")
-    context = {"export": export, "files": files, "card_front_matter": front, "card_body": body}
+    front, body = exports.card_read(files["card"].read_text(encoding="utf-8")) if "card" in files else ({}, "")
+    shown = [(key, ", ".join(map(str, value)) if isinstance(value, list) else value) for key, value in front.items()]
+    context = {"export": export, "files": files, "card_front_matter": shown, "card_body": body}
     return render(request, "data/export_detail.html", context)
 
 

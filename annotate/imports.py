@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ PREFERENCE_FORMATS = ("trl", "hh-rlhf", "ultrafeedback")
 MAX_ERRORS_SHOWN = 20
 WRITE_BATCH = 500
 
+# A JSON escape of NUL (not one whose backslash is itself escaped, as in "\\u0000", which is text). PostgreSQL
+# refuses NUL in text and in jsonb, so a line that holds one is refused before anything is decoded.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+NUL_REASON = "contains a NUL character (\\u0000), which cannot be stored: remove it"
+
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "text"}
 # OpenAI roles as they are; ShareGPT's "from" values mapped to them.
 _ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
@@ -39,6 +45,11 @@ _ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human":
 
 def _ignore_progress(done: int) -> None:
     pass
+
+
+def _source_name(name: str) -> str:
+    """A file name as stored beside what came from it: NUL (which PostgreSQL refuses) left out, 200 characters."""
+    return name.replace("\x00", "")[:200]
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -120,10 +131,15 @@ def _json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any | LineError]]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        if "\x00" in line or _ESCAPED_NUL.search(line):
+            yield number, LineError(number, NUL_REASON)
+            continue
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as error:
             yield number, LineError(number, f"not valid JSON ({error.msg} at column {error.colno})")
+        except RecursionError:
+            yield number, LineError(number, "nested too deeply to read (no row needs more than a few levels)")
 
 
 # --- Messages --------------------------------------------------------------------------------------------------
@@ -132,7 +148,20 @@ def _json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any | LineError]]:
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where} must be a non-empty string")
+    if "\x00" in value:
+        raise ValueError(f"{where} {NUL_REASON}")
     return value
+
+
+def check_prompt_length(messages: list[Message]) -> None:
+    """ValueError when a conversation is longer than PROMPT_MAX_CHARACTERS (all its messages together): the model
+    server refuses prompts longer than its context, and such a prompt would be sampled again and again."""
+    length = sum(len(message["content"]) for message in messages)
+    if length > settings.PROMPT_MAX_CHARACTERS:
+        raise ValueError(
+            f"the prompt has {length:,} characters; the limit is {settings.PROMPT_MAX_CHARACTERS:,} "
+            "(PROMPT_MAX_CHARACTERS)"
+        )
 
 
 def messages_from(value: Any, where: str) -> list[Message]:
@@ -175,6 +204,8 @@ def _tags(value: dict[str, Any]) -> list[str]:
     tags = value.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(tag, str) and tag.strip() for tag in tags):
         raise ValueError('"tags" must be a list of non-empty strings')
+    if any("\x00" in tag for tag in tags):
+        raise ValueError(f'"tags" {NUL_REASON}')
     category = value.get("category")
     if category is not None:
         tags = [*tags, _text(category, '"category"')]
@@ -201,6 +232,7 @@ def prompt_row_from(value: Any) -> PromptRow:
             messages.insert(0, {"role": "system", "content": _text(value["system"], '"system"')})
     else:
         messages = _prompt_conversation(messages_from(value[shape], f'"{shape}"'), f'"{shape}"')
+    check_prompt_length(messages)
     return PromptRow(messages=messages, tags=_tags(value))
 
 
@@ -217,25 +249,31 @@ def _prompts_from_jsonl(lines: list[str]) -> Iterator[tuple[int, PromptRow | Lin
 
 def _prompts_from_csv(text: str) -> Iterator[tuple[int, PromptRow | LineError]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None or "prompt" not in reader.fieldnames:
-        yield 1, LineError(1, 'the header row must name a "prompt" column')
-        return
-    for record in reader:
-        number = reader.line_num
-        try:
-            row: dict[str, Any] = {"prompt": record["prompt"] or ""}
-            for optional in ("system", "category"):
-                if record.get(optional):
-                    row[optional] = record[optional]
-            yield number, prompt_row_from(row)
-        except ValueError as error:
-            yield number, LineError(number, str(error))
+    try:
+        if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+            yield 1, LineError(1, 'the header row must name a "prompt" column')
+            return
+        for record in reader:
+            number = reader.line_num
+            try:
+                row: dict[str, Any] = {"prompt": record["prompt"] or ""}
+                for optional in ("system", "category"):
+                    if record.get(optional):
+                        row[optional] = record[optional]
+                yield number, prompt_row_from(row)
+            except ValueError as error:
+                yield number, LineError(number, str(error))
+    except csv.Error as error:  # a field over the csv module's limit, a quote left open: the rest cannot be read
+        yield reader.line_num + 1, LineError(reader.line_num + 1, f"not valid CSV ({error})")
 
 
 def _prompts_from_text(lines: list[str]) -> Iterator[tuple[int, PromptRow | LineError]]:
     for number, line in enumerate(lines, start=1):
         if line.strip():
-            yield number, PromptRow(messages=[{"role": "user", "content": line.strip()}])
+            try:
+                yield number, prompt_row_from({"prompt": line.strip()})
+            except ValueError as error:
+                yield number, LineError(number, str(error))
 
 
 def prompt_file_format(name: str, requested: str | None = None) -> str:
@@ -302,7 +340,7 @@ def prompts_import(
                         content_hash=digest,
                         prompt_set=prompt_set,
                         tags=row.tags,
-                        source=source[:200],
+                        source=_source_name(source),
                     )
                     for digest, row in chunk
                 )
@@ -323,7 +361,9 @@ def prompt_create(*, row: PromptRow, prompt_set: str, source: str) -> Prompt:
     existing = Prompt.objects.filter(content_hash=conversation_hash(row.messages)).first()
     if existing is not None:
         raise PromptExists(existing)
-    return Prompt.objects.create(messages=row.messages, prompt_set=prompt_set, tags=row.tags, source=source[:200])
+    return Prompt.objects.create(
+        messages=row.messages, prompt_set=prompt_set, tags=row.tags, source=_source_name(source)
+    )
 
 
 # --- Preference data -------------------------------------------------------------------------------------------
@@ -348,6 +388,11 @@ def _checked(prompt: list[Message], chosen: str, rejected: str) -> PreferenceRow
     for name, answer in (("chosen", chosen), ("rejected", rejected)):
         if not answer.strip():
             raise ValueError(f"the {name} answer is empty")
+        if "\x00" in answer:
+            raise ValueError(f"the {name} answer {NUL_REASON}")
+    if any("\x00" in message["content"] for message in prompt):
+        raise ValueError(f"the prompt {NUL_REASON}")
+    check_prompt_length(prompt)
     if chosen.strip() == rejected.strip():
         raise ValueError("chosen and rejected are the same answer: the row carries no preference")
     return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected)
@@ -487,7 +532,9 @@ def _prompts_for(rows: Sequence[PreferenceRow], *, prompt_set: str, source: str)
     prompts = {prompt.content_hash: prompt for prompt in Prompt.objects.filter(content_hash__in=list(wanted))}
     # Prompts that come with someone else's preference data are not sampled for new pairs unless staff say so.
     new = Prompt.objects.bulk_create(
-        Prompt(messages=messages, content_hash=digest, prompt_set=prompt_set, source=source[:200], is_active=False)
+        Prompt(
+            messages=messages, content_hash=digest, prompt_set=prompt_set, source=_source_name(source), is_active=False
+        )
         for digest, messages in wanted.items()
         if digest not in prompts
     )
@@ -523,7 +570,7 @@ def preferences_import(
 
     Which of chosen and rejected becomes answer A is random, so the position carries no signal.
     """
-    detail = f"{file_name} ({dataset_format})"[:300]
+    detail = f"{_source_name(file_name)} ({dataset_format})"[:300]
     imported = duplicates = new_prompts = 0
     seen: set[tuple[int, str, str]] = set()
     with transaction.atomic():

@@ -481,6 +481,8 @@ class Export(models.Model):
     row_count = models.PositiveIntegerField(null=True, blank=True)
     path = models.CharField(max_length=500, blank=True, help_text="The data file; the card is beside it.")
     error = models.TextField(blank=True)
+    votes_total = models.PositiveIntegerField(null=True, blank=True, help_text="Votes matching the filters.")
+    votes_read = models.PositiveIntegerField(default=0, help_text="Votes read so far (updated while running).")
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -489,6 +491,48 @@ class Export(models.Model):
 
     def __str__(self) -> str:
         return f"Export {self.pk} ({self.dataset_format}, {self.file_format})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+    @property
+    def progress_percent(self) -> int | None:
+        if not self.votes_total:
+            return 100 if self.status == self.Status.DONE else None
+        return min(100, 100 * self.votes_read // self.votes_total)
+
+    # Transitions: conditional updates, so two workers given the same export never both run it.
+
+    def start(self, *, path: str, votes_total: int) -> bool:
+        """queued -> running; False (and nothing changed) when it started elsewhere or is over."""
+        started = Export.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.RUNNING, path=path, votes_total=votes_total, votes_read=0, error=""
+        )
+        self.refresh_from_db()
+        return started == 1
+
+    def record_progress(self, *, votes_read: int) -> None:
+        Export.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(votes_read=votes_read)
+
+    def finish(self, *, row_count: int, votes_read: int) -> None:
+        """running -> done."""
+        Export.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+            status=self.Status.DONE, row_count=row_count, votes_read=votes_read, finished_at=timezone.now()
+        )
+        self.refresh_from_db()
+
+    def fail(self, *, error: str) -> None:
+        """queued or running -> failed."""
+        Export.objects.filter(pk=self.pk, status__in=(self.Status.QUEUED, self.Status.RUNNING)).update(
+            status=self.Status.FAILED, error=error, finished_at=timezone.now()
+        )
+        self.refresh_from_db()
+
+    def note_waiting(self, *, reason: str) -> None:
+        """A queued export that could not be handed to a worker says why (it stays queued)."""
+        Export.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(error=reason)
+        self.refresh_from_db()
 
 
 class TrainingRound(models.Model):

@@ -6,10 +6,10 @@ Training rounds and exports read preference data through here, so both follow th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any, Literal
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from django.db.models import Count, Q, QuerySet
 
@@ -125,6 +125,30 @@ class Verdict:
         return None
 
 
+class VoteFields(Protocol):
+    """What combining reads of a vote: a Judgement, or a plain record of its fields (exports read tuples)."""
+
+    @property
+    def choice(self) -> str: ...
+
+    @property
+    def strength(self) -> float | None: ...
+
+
+VoteT = TypeVar("VoteT", bound=VoteFields)
+
+
+@dataclass(frozen=True, slots=True)
+class Combined(Generic[VoteT]):
+    """One verdict on a pair, whatever a vote is: the outcome, and the votes behind it (one for "all")."""
+
+    outcome: str  # a, b, tie or both_bad
+    votes: int  # all votes on the pair
+    agreement: float  # share of the votes that agree with the outcome
+    strength: float | None  # mean strength of the votes for the outcome (a or b only)
+    judgements: Sequence[VoteT]
+
+
 def judgements_for_preferences(
     judgements: QuerySet[Judgement] | None = None, rules: PreferenceRules | None = None
 ) -> QuerySet[Judgement]:
@@ -136,17 +160,16 @@ def judgements_for_preferences(
     ).order_by("pair_id", "id")
 
 
-def _mean_strength(votes: list[Judgement]) -> float | None:
+def _mean_strength(votes: Sequence[VoteFields]) -> float | None:
     strengths = [vote.strength for vote in votes if vote.strength is not None]
     return sum(strengths) / len(strengths) if strengths else None
 
 
-def _pair_verdicts(pair: Pair, votes: list[Judgement], rules: PreferenceRules) -> Iterator[Verdict]:
+def _pair_verdicts(votes: Sequence[VoteT], rules: PreferenceRules) -> Iterator[Combined[VoteT]]:
     counts = Counter(vote.choice for vote in votes)
     if rules.combine == "all":
         for vote in votes:
-            agreement = counts[vote.choice] / len(votes)
-            yield Verdict(pair, vote.choice, len(votes), agreement, vote.strength, [vote.pk], [vote])
+            yield Combined(vote.choice, len(votes), counts[vote.choice] / len(votes), vote.strength, (vote,))
         return
     (top, top_count), *rest = counts.most_common()
     if rest and rest[0][1] == top_count:
@@ -154,11 +177,10 @@ def _pair_verdicts(pair: Pair, votes: list[Judgement], rules: PreferenceRules) -
     if rules.combine == "unanimous" and rest:
         return
     backing = [vote for vote in votes if vote.choice == top]
-    ids = [vote.pk for vote in votes]
-    yield Verdict(pair, top, len(votes), top_count / len(votes), _mean_strength(backing), ids, list(votes))
+    yield Combined(top, len(votes), top_count / len(votes), _mean_strength(backing), votes)
 
 
-def _kept(verdict: Verdict, rules: PreferenceRules) -> bool:
+def _kept(verdict: Combined[Any], rules: PreferenceRules) -> bool:
     if verdict.outcome == Judgement.Choice.TIE and not rules.include_ties:
         return False
     if verdict.outcome == Judgement.Choice.BOTH_BAD and not rules.include_both_bad:
@@ -166,25 +188,41 @@ def _kept(verdict: Verdict, rules: PreferenceRules) -> bool:
     return verdict.agreement >= rules.min_agreement
 
 
+def combine(votes: Sequence[VoteT], rules: PreferenceRules) -> Iterator[Combined[VoteT]]:
+    """The verdicts the votes on one pair give under the rules: the one rule training rounds and exports follow."""
+    for verdict in _pair_verdicts(votes, rules):
+        if _kept(verdict, rules):
+            yield verdict
+
+
 def verdicts(judgements: Iterable[Judgement], rules: PreferenceRules) -> Iterator[Verdict]:
     """Combine votes into verdicts. `judgements` must be ordered by pair (see judgements_for_preferences)."""
     for _, group in groupby(judgements, key=lambda judgement: judgement.pair_id):
         votes = list(group)
-        for verdict in _pair_verdicts(votes[0].pair, votes, rules):
-            if _kept(verdict, rules):
-                yield verdict
+        for combined in combine(votes, rules):
+            backing = list(combined.judgements)
+            yield Verdict(
+                votes[0].pair,
+                combined.outcome,
+                combined.votes,
+                combined.agreement,
+                combined.strength,
+                [vote.pk for vote in backing],
+                backing,
+            )
 
 
 def assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
+def preference_row(prompt: list[dict[str, str]], chosen: str, rejected: str) -> dict[str, Any]:
+    """TRL's conversational preference format: prompt / chosen / rejected."""
+    return {"prompt": prompt, "chosen": assistant(chosen), "rejected": assistant(rejected)}
+
+
 def trl_preference_row(verdict: Verdict) -> dict[str, Any]:
-    """TRL's conversational preference format (prompt / chosen / rejected); only for A-or-B verdicts."""
+    """TRL's conversational preference row of an A-or-B verdict."""
     if verdict.chosen is None or verdict.rejected is None:
         raise ValueError(f"pair {verdict.pair.pk}: a {verdict.outcome} verdict has no chosen and rejected answer")
-    return {
-        "prompt": verdict.pair.prompt.messages,
-        "chosen": assistant(verdict.chosen),
-        "rejected": assistant(verdict.rejected),
-    }
+    return preference_row(verdict.pair.prompt.messages, verdict.chosen, verdict.rejected)

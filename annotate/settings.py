@@ -304,9 +304,10 @@ LOGGING = {
 # An import file (upload or command) larger than this, or with more rows, is refused before anything is read.
 DATA_IMPORT_MAX_BYTES = env_int("DATA_IMPORT_MAX_BYTES", 100 * 1024 * 1024)
 DATA_IMPORT_MAX_ROWS = env_int("DATA_IMPORT_MAX_ROWS", 200_000)
+# The longest prompt (all its messages together) an import or the API stores; longer ones are refused by line. The
+# default leaves room for an answer in a model with a 8k-token context (about 4 characters a token in English).
+PROMPT_MAX_CHARACTERS = env_int("PROMPT_MAX_CHARACTERS", 20_000)
 EXPORT_DIR = Path(env_str("EXPORT_DIR", str(VAR_DIR / "exports")))
-# Exports from the web page and the API run inside the request; larger ones go through `manage.py export_preferences`.
-EXPORT_WEB_MAX_VOTES = env_int("EXPORT_WEB_MAX_VOTES", 200_000)
 EXPORT_LICENSE = env_str("EXPORT_LICENSE", "")  # the licence written on dataset cards unless an export names one
 API_PAGE_SIZE = env_int("API_PAGE_SIZE", 100)
 # Several models have a `status` with its own choices: name each enum in the API schema after its model.

@@ -348,6 +348,9 @@ class JudgementFilter(serializers.Serializer[Any]):
 @permission_classes([IsAdminUser])
 def judgements_list(request: Request) -> Response:
     query = _query(request, JudgementFilter)
+    bad_dates = exports.date_errors(query.get("date_from"), query.get("date_to"))
+    if bad_dates:
+        raise ValidationError({name: [message] for name, message in bad_dates.items()})
     filters = ExportFilters(date_from=query.get("date_from"), date_to=query.get("date_to"))
     judgements = exports.judgements_matching(filters).select_related("annotator").order_by("id")
     if "pair" in query:
@@ -407,6 +410,14 @@ class ExportInput(serializers.Serializer[Any]):
     combine = serializers.ChoiceField(choices=("majority", "all", "unanimous"), default="majority")
     include_ties = serializers.BooleanField(default=False)
     include_both_bad = serializers.BooleanField(default=False)
+    include_gold = serializers.BooleanField(default=False, help_text="Votes on gold pairs (left out by default).")
+    include_repeats = serializers.BooleanField(default=False, help_text="Repeat votes (left out by default).")
+    include_excluded_annotators = serializers.BooleanField(
+        default=False, help_text="Votes of annotators staff excluded (left out by default)."
+    )
+    min_competence = serializers.FloatField(
+        default=0.0, min_value=0.0, max_value=1.0, help_text="Leave out annotators whose MACE competence is lower."
+    )
     min_agreement = serializers.FloatField(default=0.0, min_value=0.0, max_value=1.0)
     license = serializers.CharField(default="", allow_blank=True, max_length=100, help_text="Stated on the card.")
 
@@ -416,15 +427,21 @@ class ExportInput(serializers.Serializer[Any]):
 
 class ExportItem(serializers.ModelSerializer[Export]):
     created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
+    progress_percent = serializers.IntegerField(read_only=True, allow_null=True)
     download = serializers.SerializerMethodField()
     card = serializers.SerializerMethodField()
 
     class Meta:
         model = Export
         fields = [
-            "id", "dataset_format", "file_format", "filters", "status", "row_count", "error", "created_by",
-            "created_at", "finished_at", "download", "card",
+            "id", "dataset_format", "file_format", "filters", "status", "votes_total", "votes_read",
+            "progress_percent", "row_count", "error", "created_by", "created_at", "finished_at", "download", "card",
         ]  # fmt: skip
+        extra_kwargs = {
+            "votes_total": {"help_text": "Votes matching the filters (known once the export runs)."},
+            "votes_read": {"help_text": "Votes read so far; poll this endpoint while status is queued or running."},
+            "error": {"help_text": "Why it failed, or why a queued export has not started (task queue down)."},
+        }
 
     def _url(self, export: Export, which: str) -> str | None:
         if which not in exports.export_files(export):
@@ -450,17 +467,15 @@ def _exports_create(request: Request) -> Response:
     data = ExportInput(data=request.data)
     data.is_valid(raise_exception=True)
     try:
-        export = exports.export_create(
+        export = exports.export_request(
             created_by=_staff(request),
             dataset_format=data.validated_data["dataset_format"],
             file_format=data.validated_data["file_format"],
             filters=data.to_filters(),
-            max_votes=settings.EXPORT_WEB_MAX_VOTES,
         )
     except exports.InvalidExport as invalid:
         raise ValidationError(invalid.errors) from None
-    export = exports.export_run(export=export)
-    return Response(ExportItem(export, context={"request": request}).data, status=status.HTTP_201_CREATED)
+    return Response(ExportItem(export, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
 
 
 @extend_schema(
@@ -473,11 +488,15 @@ def _exports_create(request: Request) -> Response:
     methods=["POST"],
     request=ExportInput,
     responses={
-        201: OpenApiResponse(ExportItem, description="Written (status done) or failed (status failed, `error`)."),
+        202: OpenApiResponse(
+            ExportItem,
+            description="Recorded (status queued) and handed to a worker; poll the export's own URL for progress. "
+            "If the task queue is down it stays queued and `error` says so.",
+        ),
         400: OpenApiResponse(description="Invalid fields or unknown names, in `errors`; nothing was recorded."),
         403: NOT_STAFF,
     },
-    summary="Export votes as a dataset with its card (runs in the request, up to EXPORT_WEB_MAX_VOTES votes)",
+    summary="Export votes as a dataset with its card (written in the background by a worker)",
 )
 @api_view(["GET", "POST"])
 @permission_classes([IsAdminUser])
@@ -486,7 +505,7 @@ def exports_collection(request: Request) -> Response:
 
 
 @extend_schema(responses={200: ExportItem, 403: NOT_STAFF, 404: OpenApiResponse(description="No such export.")},
-               summary="An export's status, filters and links")  # fmt: skip
+               summary="An export's status, progress (votes read), filters and links")  # fmt: skip
 @api_view(["GET"])
 @permission_classes([IsAdminUser])
 def exports_detail(request: Request, export_id: int) -> Response:

@@ -91,3 +91,15 @@ def rounds_start_when_due() -> int | None:
 def _fill_the_buffer_at_start(sender: Any, **kwargs: Any) -> None:
     # A fresh start (or a restarted vLLM) gets pairs, and the serving adapter reloaded, without waiting for beat.
     pairs_refill.delay()
+
+
+# Acknowledged on receipt like a round: an export runs once (Export.start), so a redelivery would only find it
+# started. A worker lost mid-export leaves it running; staff export again.
+@shared_task(acks_late=False)
+def export_run(export_id: int) -> None:
+    """Write an export asked for on the staff page or through the API."""
+    # Imported here: the exports package enqueues this task, and this file's imports belong to the tasks above.
+    from annotate import exports
+    from annotate.models import Export
+
+    exports.export_run(export=Export.objects.get(pk=export_id))

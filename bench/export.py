@@ -1,18 +1,20 @@
-"""Benchmark: streaming exports of a million votes, against a naive export of the same data.
+"""Benchmark: exports in votes per second for every format, against a plain dump of the same votes, at flat memory.
 
-    .venv/bin/python -m bench.export                   # 1,000,000 votes (500,000 pairs, two votes each)
-    .venv/bin/python -m bench.export --votes 100000    # a quick run
+    .venv/bin/python -m bench.export                       # 200,000 votes (100,000 pairs, two votes each), SQLite
+    .venv/bin/python -m bench.export --votes 50000         # a quick run
+    .venv/bin/python -m bench.export --database postgres://postgres@127.0.0.1:5432/bench_export   # PostgreSQL
 
-Fills a scratch SQLite database (in a temporary directory, removed afterwards) through bulk_create, then runs each
-export in a fresh Python process, so that its peak resident memory (ru_maxrss) is its own:
+Fills a scratch database (SQLite in a temporary directory, or the PostgreSQL database given, emptied first) through
+bulk_create, then runs each export in a fresh Python process, so that its peak resident memory (ru_maxrss) is its own:
 
     idle        Django set up and the export modules imported, nothing exported: the floor of every process
-    stream      annotate.exports.export_write, the code behind the page, the API and the command
-    naive       the same rows, built by listing every vote first, then writing (what streaming avoids)
+    export      annotate.exports.export_write, the code behind the page, the API and the command
+    dump        the baseline: the same columns of the same votes read with values_list and written as JSON lines,
+                one per vote, with no combining and no row building (about as fast as Python reads and writes them)
 
-Every export reads a share of the votes through the prompt-set filter (5 %, 10 % or all of them). Streaming memory
-should not grow with the share; the naive export's grows in proportion. Prints rows per second and the memory above
-the idle floor for each run, and the ratios; --json writes the results to a file.
+Every format and file format is measured, interleaved with the dump and repeated (--repeat); the median and the
+spread are printed, with the ratio to the dump of the same round and the load average. Memory: the export of all votes
+against the export of 10 % of them (by prompt set) should be about the same above the idle floor.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,14 +38,14 @@ BATCH = 20_000
 PROMPTS = 20_000
 ANNOTATORS = 50
 # Prompt i is in set "a" when i % 20 == 0 and in "b" when i % 20 == 1: each holds 5 % of the pairs.
-SHARES = {"5%": ("a",), "10%": ("a", "b"), "100%": ()}
+SHARES = {"10%": ("a", "b"), "100%": ()}
 
 
-def _django(database: Path) -> None:
+def _django(database: str, scratch: Path) -> None:
     os.environ.update(
         DJANGO_SETTINGS_MODULE="annotate.settings",
-        DATABASE_URL=f"sqlite:///{database}",
-        PAIRLOOP_VAR_DIR=str(database.parent),
+        DATABASE_URL=database,
+        PAIRLOOP_VAR_DIR=str(scratch),
         SECRET_KEY="bench-only-secret-key",
         LOG_LEVEL="WARNING",
     )
@@ -59,9 +62,9 @@ def _answer(rng: random.Random, number: int) -> str:
     return f"Answer {number}: " + " ".join(rng.choice(words) for _ in range(45)) + "."
 
 
-def fill(database: Path, votes: int, seed: int = 0) -> dict[str, Any]:
+def fill(database: str, scratch: Path, votes: int, seed: int = 0) -> dict[str, Any]:
     """Write `votes` votes (two per pair) with everything they hang on; returns the counts and seconds taken."""
-    _django(database)
+    _django(database, scratch)
     from django.contrib.auth.models import User
     from django.core.management import call_command
     from django.db import transaction
@@ -69,6 +72,7 @@ def fill(database: Path, votes: int, seed: int = 0) -> dict[str, Any]:
     from annotate.models import Completion, Judgement, ModelVersion, Pair, Prompt, conversation_hash
 
     started = time.perf_counter()
+    call_command("flush", interactive=False, verbosity=0) if database.startswith("postgres") else None
     call_command("migrate", verbosity=0)
     rng = random.Random(seed)
     pairs = votes // 2
@@ -133,47 +137,42 @@ def fill(database: Path, votes: int, seed: int = 0) -> dict[str, Any]:
     return {"votes": Judgement.objects.count(), "pairs": pairs, "seconds": round(time.perf_counter() - started, 1)}
 
 
-# --- One measured export (in its own process) -------------------------------------------------------------------
+# --- One measured run (in its own process) -----------------------------------------------------------------------
 
 
-def naive_export(dataset_format: str, file_format: str, filters: Any, path: Path) -> int:
-    """Every vote in a list, every row in a list, then the file: memory grows with the data."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def dump(filters: Any, path: Path) -> int:
+    """The baseline: every matching vote's columns, as a JSON line each, in pair order."""
+    from annotate.exports.stream import votes_to_export
+    from training.jsonl import JsonLinesWriter
 
-    from annotate.exports import FORMATS, RowContext, judgements_matching
-    from annotate.preferences import judgements_for_preferences, verdicts
-
-    spec, context = FORMATS[dataset_format], RowContext()
-    votes = list(judgements_for_preferences(judgements_matching(filters)))
-    rows = [row for verdict in verdicts(votes, spec.rules(filters.rules)) for row in spec.rows(verdict, context)]
-    if file_format == "parquet":
-        pq.write_table(pa.Table.from_pylist(rows, schema=spec.schema), path)
-    else:
-        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    return len(rows)
+    count = 0
+    with JsonLinesWriter(path) as writer:
+        for row in votes_to_export(filters).iterator(chunk_size=2000):
+            writer.write([*row[:7], row[7].isoformat(), *row[8:]])
+            count += 1
+    return count
 
 
-def measure(database: Path, run: dict[str, Any]) -> dict[str, Any]:
-    _django(database)
+def measure(database: str, scratch: Path, run: dict[str, Any]) -> dict[str, Any]:
+    _django(database, scratch)
     from annotate.exports import ExportFilters, export_write, judgements_matching
     from annotate.preferences import PreferenceRules
 
     filters = ExportFilters(
         prompt_sets=SHARES[run["share"]], rules=PreferenceRules(include_ties=True, include_both_bad=True)
     )
-    path = database.parent / f"{run['name']}.{run['file_format']}"
+    path = scratch / f"{run['name']}.{run['file_format']}"
     votes = judgements_matching(filters).count()
-    started = time.perf_counter()
-    if run["kind"] == "stream":
+    started, cpu_started = time.perf_counter(), time.process_time()
+    if run["kind"] == "export":
         rows = export_write(
             dataset_format=run["dataset_format"], file_format=run["file_format"], filters=filters, path=path
         ).rows
-    elif run["kind"] == "naive":
-        rows = naive_export(run["dataset_format"], run["file_format"], filters, path)
+    elif run["kind"] == "dump":
+        rows = dump(filters, path)
     else:
         rows = 0
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     size = path.stat().st_size if path.exists() else 0
     path.unlink(missing_ok=True)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -182,111 +181,134 @@ def measure(database: Path, run: dict[str, Any]) -> dict[str, Any]:
         "votes": votes,
         "rows": rows,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "peak_mib": peak_kib / 1024,
         "file_mib": size / 2**20,
     }
 
 
-def _in_subprocess(database: Path, run: dict[str, Any]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "bench.export", "--measure", json.dumps(run), "--database", str(database)]
+def _in_subprocess(database: str, scratch: Path, run: dict[str, Any]) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.export", "--measure", json.dumps(run), "--database", database,
+               "--scratch", str(scratch)]  # fmt: skip
     output = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True).stdout
     return dict(json.loads(output.strip().splitlines()[-1]))
 
 
 # --- The whole benchmark -----------------------------------------------------------------------------------------
 
+FORMATS = ("trl-preference", "trl-unpaired", "arena", "hh-rlhf")
+GOAL_VOTES_PER_SECOND = 50_000
 
-def _runs(naive_full: bool) -> list[dict[str, Any]]:
-    def run(
-        kind: str, share: str, dataset_format: str = "trl-preference", file_format: str = "jsonl"
-    ) -> dict[str, Any]:
-        name = f"{kind}-{dataset_format}-{file_format}-{share.rstrip('%')}"
-        return {
-            "name": name,
-            "kind": kind,
-            "share": share,
-            "dataset_format": dataset_format,
-            "file_format": file_format,
-        }
 
-    runs = [run("idle", "5%")]
-    runs += [run("stream", share) for share in ("5%", "10%", "100%")]
-    runs += [run("stream", share, file_format="parquet") for share in ("5%", "100%")]
-    runs += [run("stream", "100%", dataset_format="arena")]
-    runs += [run("naive", share) for share in ("5%", "10%", *(("100%",) if naive_full else ()))]
+def _run(kind: str, share: str, dataset_format: str = "-", file_format: str = "jsonl") -> dict[str, Any]:
+    name = f"{kind}-{dataset_format}-{file_format}-{share.rstrip('%')}"
+    return {"name": name, "kind": kind, "share": share, "dataset_format": dataset_format, "file_format": file_format}
+
+
+def _rounds() -> list[dict[str, Any]]:
+    """One round: the dump, then every format and file format, interleaved with the dump again."""
+    runs = [_run("dump", "100%")]
+    for dataset_format in FORMATS:
+        for file_format in ("jsonl", "parquet"):
+            runs += [_run("export", "100%", dataset_format, file_format), _run("dump", "100%")]
     return runs
 
 
-def report(fill_result: dict[str, Any], results: list[dict[str, Any]]) -> str:
-    runs = {r["name"]: r for r in results}
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _speeds(runs: list[dict[str, Any]], clock: str) -> list[float]:
+    return [r["votes"] / max(r[clock], 1e-9) for r in runs]
+
+
+def report(fill_result: dict[str, Any], results: list[dict[str, Any]], database: str, load: str) -> str:
+    """Votes per second by the wall clock and per CPU second of the exporting process (on a loaded machine the
+    second says what one free core would do; on PostgreSQL it leaves out the server's own work)."""
     idle = next(r for r in results if r["kind"] == "idle")["peak_mib"]
+    dumps = [r for r in results if r["kind"] == "dump" and r["share"] == "100%"]
+    dump_wall, dump_cpu = _median(_speeds(dumps, "seconds")), _median(_speeds(dumps, "cpu_seconds"))
     lines = [
+        f"database: {'PostgreSQL' if database.startswith('postgres') else 'SQLite'}; "
+        f"load average before: {load}; after: {_load()}",
         f"data: {fill_result['votes']:,} votes on {fill_result['pairs']:,} pairs, written in {fill_result['seconds']}s",
         f"idle process (Django and the export modules loaded): {idle:.0f} MiB",
+        f"baseline dump ({len(dumps)} runs): median {dump_wall:,.0f} votes/s by the clock, "
+        f"{dump_cpu:,.0f} per CPU second",
         "",
-        f"{'run':<40} {'votes':>10} {'rows':>10} {'seconds':>8} {'rows/s':>9} {'votes/s':>9} {'MiB above idle':>15}",
+        f"{'export':<24} {'rows':>8} {'votes/s':>8} {'spread':>15} {'x dump':>6} {'votes/CPU s':>11} "
+        f"{'x dump':>6} {'goal':>5} {'MiB':>5}",
     ]
-    for r in results:
-        if r["kind"] != "idle":
-            rows_per_second, votes_per_second = r["rows"] / r["seconds"], r["votes"] / r["seconds"]
+    for dataset_format in FORMATS:
+        for file_format in ("jsonl", "parquet"):
+            runs = [
+                r for r in results
+                if r["kind"] == "export" and r["share"] == "100%"
+                and (r["dataset_format"], r["file_format"]) == (dataset_format, file_format)
+            ]  # fmt: skip
+            wall, cpu = _speeds(runs, "seconds"), _speeds(runs, "cpu_seconds")
             lines.append(
-                f"{r['name']:<40} {r['votes']:>10,} {r['rows']:>10,} {r['seconds']:>8.1f} {rows_per_second:>9,.0f} "
-                f"{votes_per_second:>9,.0f} {r['peak_mib'] - idle:>15.0f}"
+                f"{dataset_format + ' ' + file_format:<24} {runs[0]['rows']:>8,} {_median(wall):>8,.0f} "
+                f"{min(wall):>7,.0f}-{max(wall):<7,.0f} {_median(wall) / dump_wall:>6.2f} {_median(cpu):>11,.0f} "
+                f"{_median(cpu) / dump_cpu:>6.2f} {'met' if _median(wall) >= GOAL_VOTES_PER_SECOND else 'miss':>5} "
+                f"{max(r['peak_mib'] for r in runs) - idle:>5.0f}"
             )
-
-    def above(kind: str, share: str, file_format: str = "jsonl") -> float:
-        return max(1.0, runs[f"{kind}-trl-preference-{file_format}-{share}"]["peak_mib"] - idle)
-
-    def speed(kind: str, share: str) -> float:
-        found = runs[f"{kind}-trl-preference-jsonl-{share}"]
-        return float(found["rows"] / found["seconds"])
-
-    flat_jsonl = above("stream", "100") / above("stream", "5")
-    flat_parquet = above("stream", "100", "parquet") / above("stream", "5", "parquet")
-    lines += [
-        "",
-        "ratios (memory above the idle floor, counted as 1 MiB at least):",
-        f"  streaming JSON Lines, all votes / 5 %: {flat_jsonl:.2f}x (flat: about 1)",
-        f"  streaming Parquet, all votes / 5 %: {flat_parquet:.2f}x",
-        f"  naive, 10 % / 5 % of the votes: {above('naive', '10') / above('naive', '5'):.2f}x (grows with the data: 2)",
-        f"  naive / streaming, the same 10 %: {above('naive', '10') / above('stream', '10'):.0f}x memory, "
-        f"{speed('naive', '10') / speed('stream', '10'):.2f}x the rows per second",
-    ]
-    if "naive-trl-preference-jsonl-100" in runs:
-        lines.append(f"  naive / streaming, all votes: {above('naive', '100') / above('stream', '100'):.0f}x memory")
+    lines.append("(goal: 50,000 votes/s by the clock; MiB: peak memory above the idle process)")
+    for run in (r for r in results if r["kind"] == "export" and r["share"] == "10%"):
+        full = max(
+            r["peak_mib"] for r in results
+            if r["kind"] == "export" and r["share"] == "100%"
+            and (r["dataset_format"], r["file_format"]) == (run["dataset_format"], run["file_format"])
+        )  # fmt: skip
+        ratio = max(1.0, full - idle) / max(1.0, run["peak_mib"] - idle)
+        lines.append(
+            f"memory, {run['dataset_format']} {run['file_format']}: all votes {full - idle:.0f} MiB above idle, "
+            f"10 % of them {run['peak_mib'] - idle:.0f} MiB: {ratio:.2f}x (flat: about 1)"
+        )
     return "\n".join(lines)
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--votes", type=int, default=1_000_000)
-    parser.add_argument("--naive-full", action="store_true", help="also run the naive export on every vote (GBs)")
+    parser.add_argument("--votes", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every export, interleaved with the dump")
+    parser.add_argument("--database", help="a PostgreSQL URL (emptied first); default: SQLite in a temporary folder")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one run, in a child process
-    parser.add_argument("--database", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     if arguments.measure:
-        print(json.dumps(measure(arguments.database, json.loads(arguments.measure))))
+        print(json.dumps(measure(arguments.database, arguments.scratch, json.loads(arguments.measure))))
         return
 
-    with tempfile.TemporaryDirectory(prefix="pairloop-bench-export-") as scratch:
-        database = Path(scratch) / "bench.sqlite3"
-        print(f"filling {database} with {arguments.votes:,} votes ...")
-        fill_result = _in_fill_process(database, arguments.votes)
+    with tempfile.TemporaryDirectory(prefix="pairloop-bench-export-") as directory:
+        scratch = Path(directory)
+        database = arguments.database or f"sqlite:///{scratch / 'bench.sqlite3'}"
+        load = _load()
+        print(f"filling the database with {arguments.votes:,} votes ...", flush=True)
+        fill_result = _in_fill_process(database, scratch, arguments.votes)
+        runs = [_run("idle", "10%")]
+        for _ in range(arguments.repeat):
+            runs += _rounds()
+        runs += [_run("export", "10%", "trl-preference", "jsonl"), _run("export", "10%", "arena", "parquet")]
         results = []
-        for run in _runs(arguments.naive_full):
-            print(f"running {run['name']} ...", flush=True)
-            results.append(_in_subprocess(database, run))
-        text = report(fill_result, results)
+        for number, run in enumerate(runs, start=1):
+            print(f"[{number}/{len(runs)}] {run['name']} ...", flush=True)
+            results.append(_in_subprocess(database, scratch, run))
+        text = report(fill_result, results, database, load)
     print(text)
     if arguments.json:
         arguments.json.write_text(json.dumps({"fill": fill_result, "runs": results}, indent=2) + "\n")
 
 
-def _in_fill_process(database: Path, votes: int) -> dict[str, Any]:
+def _in_fill_process(database: str, scratch: Path, votes: int) -> dict[str, Any]:
     # Filling runs in its own process too, so this one never holds Django objects while the exports run.
     command = [sys.executable, "-c", f"import json; from bench.export import fill; from pathlib import Path; "
-               f"print(json.dumps(fill(Path({str(database)!r}), {votes})))"]  # fmt: skip
+               f"print(json.dumps(fill({database!r}, Path({str(scratch)!r}), {votes})))"]  # fmt: skip
     output = subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.PIPE, text=True).stdout
     return dict(json.loads(output.strip().splitlines()[-1]))
 

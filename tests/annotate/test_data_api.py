@@ -8,6 +8,7 @@ from drf_spectacular.generators import SchemaGenerator
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from annotate.celery import app as celery_app
 from annotate.models import Export, Judgement, ModelVersion, Pair, Prompt
 from tests.conftest import SHARED_DATA
 
@@ -313,18 +314,37 @@ def test_model_versions_list(staff_api, one_vote_each_way, serving_version):
 # --- Exports ---------------------------------------------------------------------------------------------------
 
 
-def test_export_create_status_and_download(staff_api, one_vote_each_way, settings, tmp_path, staff):
+@pytest.fixture
+def post_and_run(django_capture_on_commit_callbacks):
+    """POST, then what happens once the request's transaction commits: the export task is sent, and runs here
+    (the broker is the one part left out)."""
+
+    def post(client, url, data):
+        celery_app.conf.task_always_eager = True
+        try:
+            with django_capture_on_commit_callbacks(execute=True):
+                return client.post(url, data, format="json")
+        finally:
+            celery_app.conf.task_always_eager = False
+
+    return post
+
+
+def test_export_create_status_and_download(staff_api, one_vote_each_way, settings, tmp_path, staff, post_and_run):
     settings.EXPORT_DIR = tmp_path
-    response = staff_api.post(
-        "/api/exports/", {"dataset_format": "trl-preference", "sources": ["human"], "license": "mit"}, format="json"
+    response = post_and_run(
+        staff_api, "/api/exports/", {"dataset_format": "trl-preference", "sources": ["human"], "license": "mit"}
     )
 
-    assert response.status_code == 201
-    created = response.json()
-    assert (created["status"], created["row_count"], created["created_by"]) == ("done", 1, staff.username)
-    assert created["filters"]["sources"] == ["human"] and created["filters"]["license"] == "mit"
+    assert response.status_code == 202
+    accepted = response.json()
+    assert (accepted["status"], accepted["row_count"], accepted["created_by"]) == ("queued", None, staff.username)
+    assert (accepted["votes_read"], accepted["download"]) == (0, None)
+    assert accepted["filters"]["sources"] == ["human"] and accepted["filters"]["license"] == "mit"
+    created = staff_api.get(f"/api/exports/{accepted['id']}/").json()  # the worker has run it since
+    assert (created["status"], created["row_count"], created["votes_read"], created["votes_total"]) == ("done", 1, 1, 1)
+    assert created["progress_percent"] == 100
     assert created["download"].startswith("http://testserver/api/exports/")
-    assert staff_api.get(f"/api/exports/{created['id']}/").json() == created
     assert staff_api.get("/api/exports/").json()["results"] == [created]
 
     data = staff_api.get(f"/api/exports/{created['id']}/download/")
@@ -335,24 +355,69 @@ def test_export_create_status_and_download(staff_api, one_vote_each_way, setting
     assert b"".join(card.streaming_content).decode().startswith("---\nlicense: mit\n")
 
 
-def test_bad_exports_are_a_400_naming_the_fields(staff_api, one_vote_each_way, settings):
+def test_an_export_waits_queued_until_a_worker_runs_it(staff_api, one_vote_each_way, settings, tmp_path):
+    from annotate import tasks
+
+    settings.EXPORT_DIR = tmp_path
+    response = staff_api.post("/api/exports/", {"dataset_format": "arena"}, format="json")
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+    export_id = response.json()["id"]
+    assert staff_api.get(f"/api/exports/{export_id}/").json()["status"] == "queued"
+    tasks.export_run(export_id)
+    assert staff_api.get(f"/api/exports/{export_id}/").json()["status"] == "done"
+
+
+def test_bad_exports_are_a_400_naming_the_fields(staff_api, one_vote_each_way):
     response = staff_api.post("/api/exports/", {"dataset_format": "csv", "min_agreement": 2}, format="json")
     assert response.status_code == 400 and set(response.json()["errors"]) == {"dataset_format", "min_agreement"}
     response = staff_api.post("/api/exports/", {"dataset_format": "arena", "model_versions": ["nope"]}, format="json")
     assert response.status_code == 400 and response.json()["errors"] == {"model_versions": "unknown: nope"}
-    settings.EXPORT_WEB_MAX_VOTES = 1
-    response = staff_api.post("/api/exports/", {"dataset_format": "arena"}, format="json")
-    assert response.status_code == 400 and "manage.py export_preferences" in response.json()["errors"]["filters"]
+    response = staff_api.post("/api/exports/", {"dataset_format": "arena", "date_to": "9999-12-31"}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"date_to": "9999-12-31 is too near the end of the calendar: use a real date"}
     assert not Export.objects.exists()
 
 
-def test_downloads_that_do_not_exist(staff_api, settings, tmp_path, serving_version):
+def test_downloads_that_do_not_exist(staff_api, settings, tmp_path, serving_version, post_and_run):
     settings.EXPORT_DIR = tmp_path
     assert staff_api.get("/api/exports/999/download/").status_code == 404
-    created = staff_api.post("/api/exports/", {"dataset_format": "arena"}, format="json").json()
+    created = post_and_run(staff_api, "/api/exports/", {"dataset_format": "arena"}).json()
     assert staff_api.get(f"/api/exports/{created['id']}/download/?file=secrets").status_code == 400
     (tmp_path / f"export-{created['id']}-arena.jsonl").unlink()
     gone = staff_api.get(f"/api/exports/{created['id']}/download/")
     assert gone.status_code == 404 and "no data file" in gone.json()["detail"]
     assert staff_api.get(f"/api/exports/{created['id']}/").json()["download"] is None
     assert ModelVersion.objects.count() == 1
+
+
+# --- Input the database cannot store ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "line"),
+    [
+        ("/api/prompts/import/", {}, '{"prompt": "before\\u0000after"}'),
+        ("/api/preferences/import/", {"format": "trl"}, '{"prompt": "Q", "chosen": "a\\u0000", "rejected": "b"}'),
+        ("/api/prompts/import/", {}, '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("/api/prompts/import/", {}, json.dumps({"prompt": "x" * 1_000_000})),
+    ],
+    ids=["prompt-nul", "preference-nul", "deep", "one-megabyte"],
+)
+def test_imports_refuse_lines_the_database_or_the_model_server_cannot_take(staff_api, url, extra, line):
+    good = '{"prompt": "Q2", "chosen": "yes", "rejected": "no"}'
+    upload = SimpleUploadedFile("rows.jsonl", f"{good}\n{line}\n".encode())
+    response = staff_api.post(url, {"file": upload, **extra}, format="multipart")
+    assert response.status_code == 400
+    (message, reason) = response.json()["errors"]["file"]
+    assert message == "1 bad line; nothing was imported" if "prompts" in url else "1 bad row; nothing was imported"
+    assert reason.startswith("line 2: ") and any(
+        expected in reason for expected in ("NUL character", "nested too deeply", "1,000,000 characters")
+    )
+    assert (Prompt.objects.count(), Pair.objects.count()) == (0, 0)
+
+
+def test_one_prompt_through_the_api_with_a_nul_or_over_the_limit_is_a_400(staff_api):
+    for body in ({"prompt": "a\u0000b"}, {"messages": [{"role": "user", "content": "x" * 20_001}]}):
+        response = staff_api.post("/api/prompts/", body, format="json")
+        assert response.status_code == 400 and set(response.json()["errors"]) == set(body)
+    assert not Prompt.objects.exists()

@@ -1,6 +1,9 @@
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from kombu.exceptions import OperationalError
 
+from annotate import tasks
+from annotate.celery import app as celery_app
 from annotate.models import Export, Judgement, Pair, Prompt
 from tests.conftest import SHARED_DATA
 
@@ -24,6 +27,15 @@ def voted_pair(make_pair, annotator):
     Judgement.objects.create(pair=pair, annotator=annotator, choice="a", strength=3, a_on_left=True)
     Pair.objects.filter(pk=pair.pk).update(judgement_count=1)
     return pair
+
+
+@pytest.fixture
+def worker_runs_tasks():
+    """Tasks run in this process when they are sent: the broker is the one part left out. (Tests using it commit
+    for real, django_db(transaction=True), so tasks are sent when the request's transaction commits.)"""
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = False
 
 
 def upload(path, name=None):
@@ -92,19 +104,24 @@ def test_preference_upload_rejects_the_whole_file_then_skips_bad_rows(staff_clie
     assert Judgement.objects.filter(source="imported").count() == 997
 
 
-def test_export_without_javascript_goes_to_the_export_with_its_card(staff_client, voted_pair, settings, tmp_path):
+EXPORT_FORM = {"dataset_format": "trl-preference", "file_format": "jsonl", "combine": "majority", "min_agreement": "0"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_export_without_javascript_goes_to_the_export_with_its_card(
+    staff_client, voted_pair, settings, tmp_path, worker_runs_tasks
+):
     settings.EXPORT_DIR = tmp_path
-    response = staff_client.post(
-        "/data/exports/",
-        {"dataset_format": "trl-preference", "file_format": "jsonl", "combine": "majority", "min_agreement": "0",
-         "prompt_sets": ["default"], "license": "cc-by-4.0"},
-    )  # fmt: skip
+    response = staff_client.post("/data/exports/", {**EXPORT_FORM, "prompt_sets": ["default"], "license": "cc-by-4.0"})
     export = Export.objects.get()
     assert response.status_code == 303 and response["Location"] == f"/data/exports/{export.pk}/"
 
     page = staff_client.get(response["Location"]).content.decode()
-    assert 'data-testid="status">Done<' in page and "1 row " in page
+    assert 'data-testid="status">Done<' in page and "1 row " in page and "1 of 1 votes read (100 %)" in page
+    assert "hx-trigger" not in page  # over: the page no longer polls
     assert "license: cc-by-4.0" in page and "<td>policy-v0-secret-name</td>" in page  # the card, rendered
+    assert "<dt>license</dt><dd>cc-by-4.0</dd>" in page  # its front matter, read as YAML
+    assert "<dt>tags</dt><dd>pairloop, preference, human-feedback, dpo</dd>" in page
     assert f'href="/data/exports/{export.pk}/download/?file=card"' in page
     download = staff_client.get(f"/data/exports/{export.pk}/download/")
     assert download.status_code == 200
@@ -112,7 +129,62 @@ def test_export_without_javascript_goes_to_the_export_with_its_card(staff_client
     assert staff_client.get(f"/data/exports/{export.pk}/download/?file=other").status_code == 404
 
 
-def test_export_through_htmx_returns_the_panel_with_the_list(staff_client, voted_pair, settings, tmp_path):
+def test_an_export_is_queued_for_a_worker_and_its_page_polls_until_it_is_done(
+    staff_client, voted_pair, settings, tmp_path, django_capture_on_commit_callbacks
+):
+    settings.EXPORT_DIR = tmp_path
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = staff_client.post("/data/exports/", EXPORT_FORM, **HTMX)
+    export = Export.objects.get()
+    assert len(callbacks) == 1  # handed to the task queue once the export was committed
+    page = response.content.decode()
+    assert response.status_code == 200 and "<html" not in page
+    assert f'Export <a href="/data/exports/{export.pk}/">{export.pk}</a>: queued.' in page
+    assert 'hx-select="#exports-list"' in page  # the list follows the export while it is queued or running
+    assert (export.status, export.error) == ("queued", "")
+
+    waiting = staff_client.get(f"/data/exports/{export.pk}/").content.decode()
+    assert 'data-testid="status">Queued<' in waiting and "Waiting for a worker; this page updates itself" in waiting
+    assert f'hx-get="/data/exports/{export.pk}/" hx-trigger="every 1s" hx-select="#export"' in waiting
+
+    tasks.export_run(export.pk)  # what the worker runs
+
+    done = staff_client.get(f"/data/exports/{export.pk}/", **HTMX).content.decode()
+    assert 'data-testid="status">Done<' in done and "hx-trigger" not in done and 'data-testid="card"' in done
+    listed = staff_client.get("/data/exports/", **HTMX).content.decode()
+    assert "<td>Done</td>" in listed and 'hx-select="#exports-list"' not in listed
+    assert (tmp_path / f"export-{export.pk}-trl-preference.jsonl").is_file()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_task_queue_down_the_export_waits_and_the_page_says_so(
+    staff_client, voted_pair, settings, tmp_path, monkeypatch
+):
+    settings.EXPORT_DIR = tmp_path
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tasks.export_run, "apply_async", broker_down)
+        response = staff_client.post("/data/exports/", EXPORT_FORM, **HTMX)
+    export = Export.objects.get()
+    assert response.status_code == 200 and export.status == "queued"
+    assert "the task queue could not be reached (OperationalError)" in response.content.decode()
+    page = staff_client.get(f"/data/exports/{export.pk}/").content.decode()
+    assert "Waiting for a worker: not started yet: the task queue could not be reached" in page
+    assert "Try again</button>" in page
+
+    again = staff_client.post(f"/data/exports/{export.pk}/")  # the queue is back (the tests' own broker)
+    assert again.status_code == 303
+    export.refresh_from_db()
+    assert (export.status, export.error) == ("queued", "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_export_through_htmx_returns_the_panel_with_the_list(
+    staff_client, voted_pair, settings, tmp_path, worker_runs_tasks
+):
     settings.EXPORT_DIR = tmp_path
     response = staff_client.post(
         "/data/exports/",
@@ -122,21 +194,25 @@ def test_export_through_htmx_returns_the_panel_with_the_list(staff_client, voted
     page = response.content.decode()
     export = Export.objects.get()
     assert response.status_code == 200 and "<html" not in page
-    assert f'Export <a href="/data/exports/{export.pk}/">{export.pk}</a>: done, 1 row.' in page
+    assert f'Export <a href="/data/exports/{export.pk}/">{export.pk}</a>: done.' in page
     assert "<td>arena</td>" in page and "<td>parquet</td>" in page
     assert (tmp_path / f"export-{export.pk}-arena.parquet").is_file()
 
 
-def test_bad_export_requests_show_the_errors_and_record_nothing(staff_client, voted_pair, settings):
+def test_bad_export_requests_show_the_errors_and_record_nothing(staff_client, voted_pair):
     response = staff_client.post(
         "/data/exports/", {"dataset_format": "arena", "file_format": "jsonl", "combine": "all", "min_agreement": "3"}
     )
     assert response.status_code == 400 and "less than or equal to 1" in response.content.decode()
-    settings.EXPORT_WEB_MAX_VOTES = 0
-    response = staff_client.post(
-        "/data/exports/",
-        {"dataset_format": "arena", "file_format": "jsonl", "combine": "all", "min_agreement": "0"},
-        **HTMX,
-    )
-    assert response.status_code == 400 and "1 votes match; exports over 0 votes" in response.content.decode()
     assert not Export.objects.exists()
+
+
+def test_a_date_at_the_end_of_the_calendar_is_a_400_naming_the_field(staff_client, voted_pair, tmp_path, settings):
+    settings.EXPORT_DIR = tmp_path
+    response = staff_client.post("/data/exports/", {**EXPORT_FORM, "date_to": "9999-12-31"}, **HTMX)
+    page = response.content.decode()
+    assert response.status_code == 400 and "9999-12-31 is too near the end of the calendar" in page
+    assert 'name="date_to"' in page.split("too near the end")[0].rsplit('<div class="field">', 1)[-1]
+    assert not Export.objects.exists()
+    # The last day as the first one is a real (empty) range: it is accepted.
+    assert staff_client.post("/data/exports/", {**EXPORT_FORM, "date_from": "9999-12-31"}).status_code == 303

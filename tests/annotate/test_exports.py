@@ -1,9 +1,10 @@
 import json
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -220,7 +221,7 @@ def test_imported_pairs_are_never_on_policy(tmp_path):
 
 
 def test_votes_of_one_pair_split_across_read_chunks_are_combined(tmp_path, voted, monkeypatch):
-    monkeypatch.setattr(exports, "READ_CHUNK", 2)
+    monkeypatch.setattr(exports.stream, "READ_CHUNK", 2)
     pairs = [voted("a", "b", "b"), voted("a", "a", "b"), voted("b")]
     rows, stats = export(tmp_path, "trl-preference")
     assert [(row["pair_id"], row["votes"]) for row in rows] == [(pairs[0].pk, 3), (pairs[1].pk, 3), (pairs[2].pk, 1)]
@@ -245,7 +246,7 @@ def test_the_queries_do_not_grow_with_the_rows(tmp_path, voted, dataset_format):
 
 @pytest.mark.parametrize("dataset_format", exports.DATASET_FORMATS)
 def test_parquet_holds_the_same_rows_as_json_lines_in_batches(tmp_path, voted, monkeypatch, dataset_format):
-    monkeypatch.setattr(exports, "PARQUET_BATCH", 2)
+    monkeypatch.setattr(exports.writers, "PARQUET_BATCH", 2)
     for choices in (("a",), ("b", "b"), ("a", "b", "a"), ("both_bad",), ("tie",)):
         voted(*choices)
     rules = PreferenceRules(include_ties=True, include_both_bad=True)
@@ -326,11 +327,31 @@ def test_invalid_exports_name_the_fields_and_record_nothing(voted):
         "prompt_sets": "unknown: missing",
         "sources": "unknown: robots (use human, simulated, imported)",
     }
-    with pytest.raises(exports.InvalidExport, match="3 votes match; exports over 2 votes"):
+    with pytest.raises(exports.InvalidExport) as raised:
         exports.export_create(
-            created_by=None, dataset_format="arena", file_format="jsonl", filters=ExportFilters(), max_votes=2
+            created_by=None, dataset_format="arena", file_format="jsonl", filters=ExportFilters(date_to=date.max)
         )
+    assert raised.value.errors == {"date_to": "9999-12-31 is too near the end of the calendar: use a real date"}
     assert not Export.objects.exists()
+
+
+def test_export_run_records_the_votes_read_while_it_runs(tmp_path, voted, monkeypatch):
+    monkeypatch.setattr(exports.stream, "READ_CHUNK", 2)
+    monkeypatch.setattr(exports.services, "PROGRESS_INTERVAL", 0)
+    for _ in range(3):
+        voted("a", "b", "b")
+    created = exports.export_create(
+        created_by=None, dataset_format="arena", file_format="jsonl", filters=ExportFilters()
+    )
+    seen = []  # what a poll of the Export would have shown after each chunk
+
+    def poll(done):
+        seen.append(Export.objects.values_list("status", "votes_read", "votes_total").get(pk=created.pk))
+
+    done = exports.export_run(export=created, path=tmp_path / "out.jsonl", on_progress=poll)
+
+    assert seen == [("running", 2, 9), ("running", 4, 9), ("running", 6, 9), ("running", 8, 9), ("running", 9, 9)]
+    assert (done.status, done.votes_read, done.votes_total, done.progress_percent) == ("done", 9, 9, 100)
 
 
 def test_export_command_writes_data_and_card_and_records_it(tmp_path, voted, capsys):
@@ -347,6 +368,9 @@ def test_export_command_writes_data_and_card_and_records_it(tmp_path, voted, cap
     assert len(pq.read_table(output)) == 3 and (tmp_path / "prefs.md").is_file()
     with pytest.raises(CommandError, match="model_versions: unknown: nope"):
         call_command("export_preferences", "--format", "arena", "--model-version", "nope")
+    with pytest.raises(CommandError, match="date_to: 9999-12-31 is too near the end of the calendar"):
+        call_command("export_preferences", "--format", "arena", "--until", "9999-12-31")
+    assert Export.objects.count() == 1
     with pytest.raises(CommandError, match=r"must end with \.jsonl or \.parquet"):
         call_command("export_preferences", "--format", "arena", "--output", str(tmp_path / "x.csv"))
 
@@ -427,3 +451,29 @@ def test_hh_rlhf_export_trains_one_dpo_step_with_no_glue(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert result.global_step == 1 and result.training_loss > 0
+
+
+def test_the_card_front_matter_is_yaml_that_keeps_a_hostile_licence_as_one_value(tmp_path, voted, staff, settings):
+    settings.EXPORT_DIR = tmp_path
+    voted("a")
+    licence = 'cc-by-4.0\ntags: [hijacked]\n# "quoted": yes | no'
+    created = exports.export_create(
+        created_by=staff, dataset_format="arena", file_format="jsonl", filters=ExportFilters(license=licence)
+    )
+    card = exports.card_path(Path(exports.export_run(export=created).path)).read_text()
+
+    front_text = card.split("---\n")[1]
+    front = yaml.safe_load(front_text)
+    assert front == {
+        "license": licence,
+        "pretty_name": f"pairloop export {created.pk}: arena",
+        "tags": ["pairloop", "preference", "human-feedback", "arena"],
+    }
+    assert exports.card_read(card)[0] == front
+    assert exports.card_read(card)[1].lstrip().startswith(f"# pairloop export {created.pk}: arena")
+    assert "| rows | 1 |" in card
+
+
+def test_card_read_takes_a_card_without_front_matter_as_body():
+    assert exports.card_read("# Title\n\ntext\n") == ({}, "# Title\n\ntext\n")
+    assert exports.card_read("---\n- a list\n---\nbody") == ({}, "body")

@@ -329,3 +329,95 @@ def test_skip_bad_with_nothing_good_left_is_rejected(tmp_path):
     with pytest.raises(CommandError, match="holds no usable preference rows"):
         call_command("import_preferences", str(path), "--format", "trl", "--skip-bad")
     assert stored_counts() == (0, 0, 0, 0)
+
+
+# --- Input the database cannot store, or the model server cannot take ------------------------------------------
+# Each is refused by line and stores nothing; the NUL cases matter on PostgreSQL, which refuses NUL in text and jsonb
+# (run this file with DATABASE_URL=postgres://... to see them there).
+
+NUL_ESCAPE = "\\u0000"  # the six characters of a JSON escape
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [
+        ("escaped.jsonl", f'{{"prompt": "fine"}}\n{{"prompt": "before{NUL_ESCAPE}after"}}\n', 2),
+        (
+            "in_messages.jsonl",
+            f'{{"prompt": "ok"}}\n{{"messages": [{{"role": "user", "content": "a{NUL_ESCAPE}"}}]}}\n',
+            2,
+        ),
+        ("in_tags.jsonl", f'{{"prompt": "fine"}}\n{{"prompt": "ok", "tags": ["x{NUL_ESCAPE}"]}}\n', 2),
+        ("raw.txt", "fine\nbefore\x00after\n", 2),
+        ("raw.csv", "prompt\nfine\nbefore\x00after\n", 3),  # line 1 is the header
+    ],
+)
+def test_a_prompt_with_a_nul_character_is_refused_by_line(tmp_path, name, text, line):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(CommandError, match=rf"1 bad line; nothing was imported\nline {line}: .*NUL character"):
+        call_command("import_prompts", str(path), verbosity=0)
+    assert stored_counts() == (0, 0, 0, 0)
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_nul(tmp_path):
+    path = jsonl(tmp_path / "text.jsonl", ['{"prompt": "write \\\\u0000 in C"}'])
+    call_command("import_prompts", str(path), verbosity=0)
+    assert Prompt.objects.get().messages == [{"role": "user", "content": "write \\u0000 in C"}]
+
+
+@pytest.mark.parametrize(
+    ("dataset_format", "row"),
+    [
+        ("trl", f'{{"prompt": "Q", "chosen": "good{NUL_ESCAPE}", "rejected": "bad"}}'),
+        ("trl", '{"prompt": "Q", "chosen": "good\u0000", "rejected": "bad"}'),  # raw NUL
+        ("hh-rlhf", f'{{"chosen": "\\n\\nHuman: Q{NUL_ESCAPE}\\n\\nAssistant: A", '
+                    f'"rejected": "\\n\\nHuman: Q{NUL_ESCAPE}\\n\\nAssistant: B"}}'),
+    ],
+)  # fmt: skip
+def test_a_preference_row_with_a_nul_character_is_refused_by_line(tmp_path, dataset_format, row):
+    good = '{"prompt": "Q2", "chosen": "yes", "rejected": "no"}' if dataset_format == "trl" else None
+    path = jsonl(tmp_path / "prefs.jsonl", [good or json.dumps(HH_ROW), row])
+    with pytest.raises(CommandError, match=r"line 2: .*NUL character"):
+        call_command("import_preferences", str(path), "--format", dataset_format, verbosity=0)
+    assert stored_counts() == (0, 0, 0, 0)
+    call_command("import_preferences", str(path), "--format", dataset_format, "--skip-bad", verbosity=0)
+    assert stored_counts() == (1, 2, 1, 1)
+
+
+HH_ROW = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}
+
+
+@pytest.mark.parametrize("command", ["import_prompts", "import_preferences"])
+def test_json_nested_100000_levels_deep_is_refused_by_line(tmp_path, command):
+    deep = '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = jsonl(tmp_path / "deep.jsonl", ['{"prompt": "Q", "chosen": "a", "rejected": "b"}', deep])
+    options = ("--format", "trl") if command == "import_preferences" else ()
+    with pytest.raises(CommandError, match="line 2: nested too deeply to read"):
+        call_command(command, str(path), *options, verbosity=0)
+    assert stored_counts() == (0, 0, 0, 0)
+
+
+def test_a_prompt_longer_than_the_limit_is_refused_by_line(tmp_path, settings):
+    megabyte = "x" * 1_000_000
+    path = jsonl(tmp_path / "long.jsonl", [{"prompt": "short"}, {"prompt": megabyte}])
+    with pytest.raises(CommandError, match=r"line 2: the prompt has 1,000,000 characters; the limit is 20,000"):
+        call_command("import_prompts", str(path), verbosity=0)
+    (tmp_path / "long.txt").write_text(f"short\n{megabyte}\n")
+    with pytest.raises(CommandError, match=r"line 2: the prompt has 1,000,000 characters"):
+        call_command("import_prompts", str(tmp_path / "long.txt"), verbosity=0)
+    (tmp_path / "long.csv").write_text(f"prompt\nshort\n{megabyte}\n")  # over the csv module's own field limit too
+    with pytest.raises(CommandError, match=r"line 3: not valid CSV \(field larger than field limit"):
+        call_command("import_prompts", str(tmp_path / "long.csv"), verbosity=0)
+    preferences = jsonl(tmp_path / "prefs.jsonl", [{"prompt": megabyte, "chosen": "a", "rejected": "b"}])
+    with pytest.raises(CommandError, match=r"line 1: the prompt has 1,000,000 characters"):
+        call_command("import_preferences", str(preferences), "--format", "trl", verbosity=0)
+    assert stored_counts() == (0, 0, 0, 0)
+
+    settings.PROMPT_MAX_CHARACTERS = 12  # all the messages together
+    at_limit = jsonl(tmp_path / "limit.jsonl", [{"prompt": "x" * 6, "system": "y" * 6}])
+    call_command("import_prompts", str(at_limit), verbosity=0)
+    over = jsonl(tmp_path / "over.jsonl", [{"prompt": "x" * 7, "system": "y" * 6}])
+    with pytest.raises(CommandError, match="the prompt has 13 characters; the limit is 12"):
+        call_command("import_prompts", str(over), verbosity=0)
+    assert Prompt.objects.count() == 1

@@ -38,6 +38,12 @@ class Command(BaseCommand):
         parser.add_argument("--min-agreement", type=float, default=0.0)
         parser.add_argument("--include-ties", action="store_true")
         parser.add_argument("--include-both-bad", action="store_true")
+        parser.add_argument("--include-gold", action="store_true", help="votes on gold pairs (left out by default)")
+        parser.add_argument("--include-repeats", action="store_true", help="repeat votes (left out by default)")
+        parser.add_argument("--include-excluded-annotators", action="store_true",
+                            help="votes of annotators staff excluded (left out by default)")  # fmt: skip
+        parser.add_argument("--min-competence", type=float, default=0.0,
+                            help="leave out annotators whose MACE competence is lower (0: keep all)")  # fmt: skip
         parser.add_argument("--license", default="", help="the licence the dataset card states")
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -1,0 +1,348 @@
+"""The dataset formats an export can write: for each, its columns, how verdicts become rows, and what its dataset card
+says about it. A new format is one DatasetFormat in FORMATS (and its row builder here).
+
+Rows are built from plain records (ExportVote, ExportPair), not model objects: an export reads tuples, which is
+several times faster than building a Judgement, a Pair, a Prompt and two Completions for every vote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+from django.conf import settings
+
+from annotate.models import Judgement, ModelVersion
+from annotate.preferences import DECISIVE, PreferenceRules, assistant, preference_row
+
+Row = dict[str, Any]
+Messages = list[dict[str, str]]
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+class ExportVote(NamedTuple):
+    """One vote as an export reads it (the fields annotate.preferences.combine reads, and the lineage)."""
+
+    id: int
+    pair_id: int
+    annotator_id: int | None
+    choice: str
+    strength: float | None
+    source: str
+    source_detail: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPair:
+    """A pair with what its rows show: the prompt, both answers and the version it was sampled from."""
+
+    id: int
+    prompt_id: int
+    prompt: Messages
+    prompt_set: str
+    completion_a_id: int
+    completion_a_text: str
+    completion_a_version: int
+    completion_b_id: int
+    completion_b_text: str
+    completion_b_version: int
+    sampled_from: int
+    sampled_from_status: str
+
+    @property
+    def on_policy(self) -> bool:
+        """Both answers from the version that served when the pair was sampled (never for imported pairs)."""
+        return (
+            self.sampled_from_status != ModelVersion.Status.EXTERNAL
+            and self.completion_a_version == self.sampled_from
+            and self.completion_b_version == self.sampled_from
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExportVerdict:
+    """A verdict (annotate.preferences.combine) on one pair, with the pair and the votes behind it."""
+
+    pair: ExportPair
+    outcome: str
+    votes: int
+    agreement: float
+    strength: float | None
+    judgements: Sequence[ExportVote]
+
+    @property
+    def chosen(self) -> str | None:
+        if self.outcome == Judgement.Choice.A:
+            return self.pair.completion_a_text
+        if self.outcome == Judgement.Choice.B:
+            return self.pair.completion_b_text
+        return None
+
+    @property
+    def rejected(self) -> str | None:
+        if self.outcome == Judgement.Choice.A:
+            return self.pair.completion_b_text
+        if self.outcome == Judgement.Choice.B:
+            return self.pair.completion_a_text
+        return None
+
+
+class RowContext:
+    """What rows need beyond the votes: version names (few, read once) and the judge pseudonyms' key."""
+
+    def __init__(self) -> None:
+        self.version_names: dict[int, str] = dict(ModelVersion.objects.values_list("id", "name"))
+        self._key = settings.SECRET_KEY.encode()
+        self._judges: dict[tuple[int | None, str], str] = {}  # one entry per annotator or imported file
+
+    def name(self, version_id: int) -> str:
+        return self.version_names[version_id]
+
+    def judge(self, vote: ExportVote) -> str:
+        """A stable pseudonym: the same annotator (or imported file) always gets the same one, never the name."""
+        key = (vote.annotator_id, "" if vote.annotator_id else vote.source_detail)
+        pseudonym = self._judges.get(key)
+        if pseudonym is None:
+            subject = f"user:{vote.annotator_id}" if vote.annotator_id else f"import:{vote.source_detail}"
+            digest = hmac.new(self._key, subject.encode(), hashlib.sha256).hexdigest()[:16]
+            pseudonym = self._judges[key] = f"{'judge' if vote.annotator_id else 'imported'}_{digest}"
+        return pseudonym
+
+
+def margin(strength: float | None) -> float:
+    """Strength of preference on TRL's reward margin scale: slightly 1/3, clearly 2/3, much better 1; unknown 0."""
+    return round(strength / 3, 4) if strength is not None else 0.0
+
+
+def _sources(verdict: ExportVerdict) -> str:
+    votes = verdict.judgements
+    if len(votes) == 1:
+        return votes[0].source
+    return "+".join(sorted({vote.source for vote in votes}))
+
+
+def _paired_lineage(verdict: ExportVerdict, context: RowContext) -> Row:
+    pair = verdict.pair
+    chosen, rejected = (
+        (pair.completion_a_version, pair.completion_b_version)
+        if verdict.outcome == Judgement.Choice.A
+        else (pair.completion_b_version, pair.completion_a_version)
+    )
+    return {
+        "pair_id": pair.id,
+        "prompt_id": pair.prompt_id,
+        "prompt_set": pair.prompt_set,
+        "chosen_model": context.name(chosen),
+        "rejected_model": context.name(rejected),
+        "sampled_from": context.name(pair.sampled_from),
+        "on_policy": pair.on_policy,
+        "votes": verdict.votes,
+        "agreement": round(verdict.agreement, 4),
+        "source": _sources(verdict),
+    }
+
+
+def trl_preference_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
+    if verdict.outcome in DECISIVE and verdict.chosen is not None and verdict.rejected is not None:
+        yield {
+            **preference_row(verdict.pair.prompt, verdict.chosen, verdict.rejected),
+            "margin": margin(verdict.strength),
+            **_paired_lineage(verdict, context),
+        }
+
+
+_KTO_LABELS = {"a": (True, False), "b": (False, True), "both_bad": (False, False)}
+
+
+def trl_unpaired_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
+    labels = _KTO_LABELS.get(verdict.outcome)
+    if labels is None:
+        return  # a tie says neither answer is good or bad
+    pair = verdict.pair
+    answers = (
+        (pair.completion_a_id, pair.completion_a_text, pair.completion_a_version),
+        (pair.completion_b_id, pair.completion_b_text, pair.completion_b_version),
+    )
+    for (completion_id, text, version), label in zip(answers, labels, strict=True):
+        yield {
+            "prompt": pair.prompt,
+            "completion": assistant(text),
+            "label": label,
+            "pair_id": pair.id,
+            "prompt_id": pair.prompt_id,
+            "prompt_set": pair.prompt_set,
+            "completion_id": completion_id,
+            "model": context.name(version),
+            "verdict": verdict.outcome,
+            "votes": verdict.votes,
+            "agreement": round(verdict.agreement, 4),
+            "source": _sources(verdict),
+        }
+
+
+ARENA_WINNERS = {"a": "model_a", "b": "model_b", "tie": "tie", "both_bad": "tie (bothbad)"}
+
+
+def arena_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
+    pair, prompt = verdict.pair, verdict.pair.prompt
+    for vote in verdict.judgements:  # one vote per verdict: arena exports combine with "all"
+        yield {
+            "question_id": str(pair.id),
+            "model_a": context.name(pair.completion_a_version),
+            "model_b": context.name(pair.completion_b_version),
+            "winner": ARENA_WINNERS[vote.choice],
+            "judge": context.judge(vote),
+            "conversation_a": [*prompt, *assistant(pair.completion_a_text)],
+            "conversation_b": [*prompt, *assistant(pair.completion_b_text)],
+            "turn": sum(1 for message in prompt if message["role"] == "user"),
+            "anony": True,
+            "tstamp": vote.created_at.timestamp(),
+        }
+
+
+_HH_SPEAKERS = {"user": "Human", "assistant": "Assistant"}
+
+
+def hh_transcript(prompt: Messages, answer: str) -> str:
+    turns = [message for message in prompt if message["role"] in _HH_SPEAKERS]  # HH-RLHF has no system turn
+    return "".join(f"\n\n{_HH_SPEAKERS[m['role']]}: {m['content']}" for m in turns) + f"\n\nAssistant: {answer}"
+
+
+def hh_rlhf_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
+    if verdict.chosen is None or verdict.rejected is None:
+        return
+    prompt = verdict.pair.prompt
+    yield {
+        "chosen": hh_transcript(prompt, verdict.chosen),
+        "rejected": hh_transcript(prompt, verdict.rejected),
+        **_paired_lineage(verdict, context),
+    }
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    meaning: str
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    name: str
+    use: str
+    columns: tuple[Column, ...]
+    rows: Callable[[ExportVerdict, RowContext], Iterator[Row]]
+    mapping: str
+    one_row_per_vote: bool = False
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([(column.name, column.type) for column in self.columns])
+
+    def rules(self, rules: PreferenceRules) -> PreferenceRules:
+        return replace(rules, combine="all") if self.one_row_per_vote else rules
+
+
+_PAIRED_LINEAGE = (
+    Column("pair_id", pa.int64(), "the pair in pairloop"),
+    Column("prompt_id", pa.int64(), "the prompt in pairloop"),
+    Column("prompt_set", pa.string(), "the prompt's set"),
+    Column("chosen_model", pa.string(), "model version of the chosen answer"),
+    Column("rejected_model", pa.string(), "model version of the rejected answer"),
+    Column("sampled_from", pa.string(), "version serving when the pair was sampled (imported:FORMAT for imports)"),
+    Column("on_policy", pa.bool_(), "both answers from sampled_from, a version that served"),
+    Column("votes", pa.int64(), "votes on the pair that passed the filters"),
+    Column("agreement", pa.float64(), "share of those votes that agree with this row"),
+    Column("source", pa.string(), "who voted: human, simulated or imported (joined with + when mixed)"),
+)
+
+FORMATS = {
+    "trl-preference": DatasetFormat(
+        name="trl-preference",
+        use="TRL `DPOTrainer` and `RewardTrainer` (conversational preference format)",
+        columns=(
+            Column("prompt", MESSAGES, "the conversation answered, ending with the user's turn"),
+            Column("chosen", MESSAGES, "the preferred answer: one assistant message"),
+            Column("rejected", MESSAGES, "the other answer: one assistant message"),
+            Column("margin", pa.float64(), "how strongly: 1/3 slightly, 2/3 clearly, 1 much better; 0 unknown"),
+            *_PAIRED_LINEAGE,
+        ),
+        rows=trl_preference_rows,
+        mapping=(
+            "One row per verdict where one answer won (A or B): the winner is `chosen`. Tie and both-bad verdicts "
+            "have no chosen answer and are left out whatever the filters say. `margin` is the mean strength of the "
+            "votes for the winner divided by 3 (imported votes carry no strength: 0), the scale `RewardTrainer` "
+            "adds to its loss; DPO ignores it."
+        ),
+    ),
+    "trl-unpaired": DatasetFormat(
+        name="trl-unpaired",
+        use="TRL `KTOTrainer` (conversational unpaired preference format)",
+        columns=(
+            Column("prompt", MESSAGES, "the conversation answered, ending with the user's turn"),
+            Column("completion", MESSAGES, "one answer: one assistant message"),
+            Column("label", pa.bool_(), "true: a desirable answer; false: an undesirable one"),
+            Column("pair_id", pa.int64(), "the pair in pairloop"),
+            Column("prompt_id", pa.int64(), "the prompt in pairloop"),
+            Column("prompt_set", pa.string(), "the prompt's set"),
+            Column("completion_id", pa.int64(), "the answer in pairloop"),
+            Column("model", pa.string(), "model version of the answer"),
+            Column("verdict", pa.string(), "the pair's verdict: a, b or both_bad"),
+            Column("votes", pa.int64(), "votes on the pair that passed the filters"),
+            Column("agreement", pa.float64(), "share of those votes that agree with the verdict"),
+            Column("source", pa.string(), "who voted: human, simulated or imported (joined with + when mixed)"),
+        ),
+        rows=trl_unpaired_rows,
+        mapping=(
+            "Two rows per verdict: A-or-B verdicts give the winner `label: true` and the loser `label: false`; "
+            "both-bad verdicts (when included) give two `false` rows. Ties say nothing about either answer and are "
+            "left out."
+        ),
+    ),
+    "arena": DatasetFormat(
+        name="arena",
+        use="Chatbot Arena battle format (`lmsys/chatbot_arena_conversations`), e.g. for Elo or Bradley-Terry ratings",
+        columns=(
+            Column("question_id", pa.string(), "the pair in pairloop (votes on the same pair share it)"),
+            Column("model_a", pa.string(), "model version of answer A"),
+            Column("model_b", pa.string(), "model version of answer B"),
+            Column("winner", pa.string(), "model_a, model_b, tie or tie (bothbad)"),
+            Column("judge", pa.string(), "a stable pseudonym of the annotator (HMAC of their id), or of the import"),
+            Column("conversation_a", MESSAGES, "the prompt followed by answer A"),
+            Column("conversation_b", MESSAGES, "the prompt followed by answer B"),
+            Column("turn", pa.int64(), "user turns in the conversation"),
+            Column("anony", pa.bool_(), "annotators never see which model wrote an answer: always true"),
+            Column("tstamp", pa.float64(), "when the vote was cast (Unix time)"),
+        ),
+        rows=arena_rows,
+        one_row_per_vote=True,
+        mapping=(
+            "One row per vote, whatever the combine rule (battles are votes); ties and both-bad votes are kept "
+            "only when the filters include them, and minimum agreement applies to each vote's share of its pair. "
+            "A and B are the pair's own labels, not the sides of the screen (those were random per annotator)."
+        ),
+    ),
+    "hh-rlhf": DatasetFormat(
+        name="hh-rlhf",
+        use='Anthropic HH-RLHF transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...")',
+        columns=(
+            Column("chosen", pa.string(), "the whole transcript ending with the preferred answer"),
+            Column("rejected", pa.string(), "the whole transcript ending with the other answer"),
+            *_PAIRED_LINEAGE,
+        ),
+        rows=hh_rlhf_rows,
+        mapping=(
+            "One row per verdict where one answer won, as two transcripts that share every turn but the last. "
+            "HH-RLHF has no system turn: system messages are left out of the transcripts. Tie and both-bad "
+            "verdicts are left out."
+        ),
+    ),
+}
+
+DATASET_FORMATS = tuple(FORMATS)

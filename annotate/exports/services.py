@@ -1,0 +1,150 @@
+"""The Export record's services: check and record an export, run it (data file and card), find its files."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from annotate.exports.card import card_path, dataset_card
+from annotate.exports.filters import ExportFilters, filter_errors, judgements_matching
+from annotate.exports.formats import DATASET_FORMATS
+from annotate.exports.stream import Progress, export_write
+from annotate.exports.writers import FILE_FORMATS
+from annotate.models import Export
+
+logger = logging.getLogger(__name__)
+PROGRESS_INTERVAL = 1.0  # seconds between progress writes while an export runs
+
+
+class InvalidExport(Exception):
+    """An export request that cannot run; `errors` names the fields. Nothing was recorded."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{name}: {message}" for name, message in errors.items()))
+        self.errors = errors
+
+
+def export_errors(*, dataset_format: str, file_format: str, filters: ExportFilters) -> dict[str, str]:
+    """What is wrong with an export request, by field; empty when it can run."""
+    errors = {}
+    if dataset_format not in DATASET_FORMATS:
+        errors["dataset_format"] = f"must be one of {', '.join(DATASET_FORMATS)}"
+    if file_format not in FILE_FORMATS:
+        errors["file_format"] = f"must be one of {', '.join(FILE_FORMATS)}"
+    return {**errors, **filter_errors(filters)}
+
+
+def export_create(*, created_by: User | None, dataset_format: str, file_format: str, filters: ExportFilters) -> Export:
+    """Record an export to run; InvalidExport (and nothing recorded) when the request is wrong."""
+    errors = export_errors(dataset_format=dataset_format, file_format=file_format, filters=filters)
+    if errors:
+        raise InvalidExport(errors)
+    return Export.objects.create(
+        created_by=created_by, dataset_format=dataset_format, file_format=file_format, filters=filters.as_dict()
+    )
+
+
+def export_request(*, created_by: User, dataset_format: str, file_format: str, filters: ExportFilters) -> Export:
+    """Record an export asked for on the page or through the API and hand it to a worker once it is committed.
+    When the task queue cannot be reached the export stays queued and says so (export_enqueue may try again)."""
+    with transaction.atomic():
+        export = export_create(
+            created_by=created_by, dataset_format=dataset_format, file_format=file_format, filters=filters
+        )
+        transaction.on_commit(lambda: export_enqueue(export=export))
+    export.refresh_from_db()
+    return export
+
+
+def export_enqueue(*, export: Export) -> bool:
+    """Hand a queued export to a worker; False (noted on the export, logged) when the task queue is unreachable.
+    Sending twice is harmless: an export runs once (Export.start)."""
+    from annotate.celery import app
+    from annotate.tasks import export_run as export_run_task  # tasks import this module
+
+    try:
+        # One try to connect and no publish retries: with the broker down the request answers within a second or
+        # so (the defaults retry for several) and the page says so.
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+            export_run_task.apply_async((export.pk,), connection=connection, retry=False)
+    except Exception as error:  # kombu's OperationalError, or the transport's own error
+        logger.warning("export %s could not be queued: %s", export.pk, error)
+        export.note_waiting(reason=f"not started yet: the task queue could not be reached ({type(error).__name__})")
+        return False
+    if export.error:
+        export.note_waiting(reason="")
+    return True
+
+
+def export_default_path(export: Export) -> Path:
+    return Path(settings.EXPORT_DIR) / f"export-{export.pk}-{export.dataset_format}.{export.file_format}"
+
+
+class _ProgressRecorder:
+    """Votes read, written to the Export at most once per PROGRESS_INTERVAL seconds (the page polls it)."""
+
+    def __init__(self, export: Export, also: Progress | None) -> None:
+        self._export, self._also = export, also
+        self.votes_read = 0
+        self._last = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        self.votes_read += done
+        if time.monotonic() - self._last >= PROGRESS_INTERVAL:
+            self._export.record_progress(votes_read=self.votes_read)
+            self._last = time.monotonic()
+        if self._also is not None:
+            self._also(done)
+
+
+def export_run(*, export: Export, path: Path | None = None, on_progress: Progress | None = None) -> Export:
+    """Write the export's data file and its card, recording progress and the outcome on the Export. Runs once per
+    export: an export already started elsewhere (or over) is returned as it is."""
+    path = (path or export_default_path(export)).resolve()
+    filters = ExportFilters.from_dict(export.filters)
+    if not export.start(path=str(path), votes_total=judgements_matching(filters).count()):
+        return export
+    progress = _ProgressRecorder(export, on_progress)
+    try:
+        stats = export_write(
+            dataset_format=export.dataset_format,
+            file_format=export.file_format,
+            filters=filters,
+            path=path,
+            on_progress=progress,
+        )
+        card = dataset_card(
+            title=f"pairloop export {export.pk}: {export.dataset_format}",
+            dataset_format=export.dataset_format,
+            file_format=export.file_format,
+            filters=filters,
+            stats=stats,
+            data_file=path.name,
+            created=timezone.now(),
+            created_by=export.created_by.get_username() if export.created_by else "manage.py export_preferences",
+        )
+        card_path(path).write_text(card, encoding="utf-8")
+    except BaseException as error:
+        logger.exception("export %s (%s to %s) failed", export.pk, export.dataset_format, path)
+        export.fail(error=f"{type(error).__name__}: {error}")
+        if not isinstance(error, Exception):
+            raise
+    else:
+        export.finish(row_count=stats.rows, votes_read=stats.votes_read)
+    return export
+
+
+def export_files(export: Export) -> dict[str, Path]:
+    """The data file and the card of a finished export, where they still exist."""
+    if export.status != Export.Status.DONE or not export.path:
+        return {}
+    data = Path(export.path)
+    found = {"data": data, "card": card_path(data)}
+    return {name: path for name, path in found.items() if path.is_file()}
