@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from annotate import api, data_views, round_views, staff_api, views
 
@@ -60,5 +60,11 @@ urlpatterns = [
     *staff_api_urls,
     path("healthz", views.healthz, name="healthz"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
 ]
+
+# Under /api/ Django's own errors are JSON too; every other address keeps Django's HTML error pages.
+handler400 = "annotate.api_errors.bad_request"
+handler403 = "annotate.api_errors.permission_denied"
+handler404 = "annotate.api_errors.page_not_found"
+handler500 = "annotate.api_errors.server_error"
