@@ -191,7 +191,7 @@ X_FRAME_OPTIONS = "DENY"
 # Model output and imported text are hostile. The Markdown filter renders no images and no raw HTML; this policy
 # makes a slip there inert anyway: nothing loads or runs unless it comes from this origin. The one inline style is
 # the API docs page's (drf-spectacular's Swagger template), allowed by its hash.
-SWAGGER_INLINE_STYLE_HASH = "'sha256-uxt0ZKqUm3o3jQ7j/oXwrOzhzy5emLMqTwPxFhA3uQc='"
+SWAGGER_INLINE_STYLE_HASH = "'sha256-MMpT0iDxyjALd9PdfepImGX3DBfJPXZ4IlDWdPAgtn0='"
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
@@ -258,6 +258,8 @@ SPECTACULAR_SETTINGS = {
     # The docs page's scripts are served from our own static files, not a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # Ids in addresses (annotate.urls.DatabaseIdConverter) are integers of at most 18 digits.
+    "PATH_CONVERTER_OVERRIDES": {"id": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}},
 }
 
 # --- Celery -------------------------------------------------------------------------------------------------
