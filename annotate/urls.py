@@ -8,7 +8,6 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from annotate import api, data_views, round_views, staff_api, views
 
 
-
 class DatabaseIdConverter:
     """A row id: digits that fit a 64-bit integer column, so a huge number is a 404, not a database overflow."""
 

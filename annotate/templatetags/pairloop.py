@@ -45,9 +45,7 @@ _markdown.add_render_rule("image", _image_as_link)
 
 def markdown_to_safe_html(text: str) -> str:
     html: Any = _markdown.render(text or "")
-    return nh3.clean(
-        html, tags=MARKDOWN_TAGS, attributes=MARKDOWN_ATTRIBUTES, link_rel="noopener noreferrer nofollow"
-    )
+    return nh3.clean(html, tags=MARKDOWN_TAGS, attributes=MARKDOWN_ATTRIBUTES, link_rel="noopener noreferrer nofollow")
 
 
 @register.filter(name="markdown")

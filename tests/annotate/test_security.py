@@ -215,9 +215,7 @@ def test_every_page_and_api_answer_carries_the_content_security_policy(client, a
     client.force_login(annotator)
     for response in (client.get("/"), client.get("/accounts/login/"), staff_api.get("/api/pairs/"),
                      client.get("/api/docs/"), client.get("/healthz")):  # fmt: skip
-        policy = dict(
-            directive.strip().split(" ", 1) for directive in response["Content-Security-Policy"].split(";")
-        )
+        policy = dict(directive.strip().split(" ", 1) for directive in response["Content-Security-Policy"].split(";"))
         assert policy["default-src"] == "'self'"
         assert policy["script-src"] == "'self'"  # no inline script, no eval
         assert "unsafe-inline" not in policy["style-src"] and "http" not in policy["style-src"]
@@ -279,3 +277,108 @@ def test_secure_cookies_turn_on_hsts_and_the_https_redirect(client, settings):
     secure = client.get("/accounts/login/", secure=True)
     assert secure["Strict-Transport-Security"].startswith("max-age=31536000")
 
+
+# --- Guessing passwords and tokens -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def failure_limit(settings):
+    settings.AXES_FAILURE_LIMIT = 5
+    return 5
+
+
+@pytest.mark.parametrize("login_path", ["/accounts/login/", "/admin/login/"])
+def test_thirty_wrong_passwords_lock_the_user_out(client, staff, failure_limit, login_path):
+    answers = [client.post(login_path, {"username": "sam", "password": f"guess-{n}"}).status_code for n in range(30)]
+
+    assert answers[: failure_limit - 1] == [200] * (failure_limit - 1)  # the form again, with its error
+    assert set(answers[failure_limit:]) == {429}
+    locked = client.post(login_path, {"username": "sam", "password": "sam-password-1"})  # even the right one
+    assert locked.status_code == 429
+    assert "Too many failed logins" in locked.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
+def test_one_address_is_locked_out_whatever_usernames_it_tries(client, annotator, failure_limit):
+    for number in range(failure_limit):
+        client.post("/accounts/login/", {"username": f"user{number}", "password": "guess"}, REMOTE_ADDR="10.0.0.7")
+    attacker = client.post(
+        "/accounts/login/", {"username": "ann", "password": "ann-password-1"}, REMOTE_ADDR="10.0.0.7"
+    )
+    assert attacker.status_code == 429
+    # Another address still logs in as that user: the address was locked, not the account.
+    elsewhere = client.post(
+        "/accounts/login/", {"username": "ann", "password": "ann-password-1"}, REMOTE_ADDR="10.0.0.8"
+    )
+    assert elsewhere.status_code == 302
+
+
+def test_a_locked_user_is_refused_from_every_address_until_unlocked(client, annotator, failure_limit):
+    for number in range(failure_limit):
+        client.post("/accounts/login/", {"username": "ann", "password": "guess"}, REMOTE_ADDR=f"10.0.1.{number}")
+    right = {"username": "ann", "password": "ann-password-1"}
+    assert client.post("/accounts/login/", right, REMOTE_ADDR="10.0.2.1").status_code == 429
+
+    call_command("axes_reset_username", "ann")  # what the README tells staff to run (or the admin's Axes pages)
+
+    assert client.post("/accounts/login/", right, REMOTE_ADDR="10.0.2.1").status_code == 302
+
+
+def test_an_admin_sees_and_unlocks_lockouts_in_the_admin(client, django_user_model, annotator, failure_limit):
+    from axes.models import AccessAttempt
+
+    for _ in range(failure_limit):
+        client.post("/accounts/login/", {"username": "ann", "password": "guess"}, REMOTE_ADDR="10.0.3.1")
+    admin = django_user_model.objects.create_superuser("root", password="root-password-1")
+    client.force_login(admin)
+    listing = client.get("/admin/axes/accessattempt/")
+    assert listing.status_code == 200 and "ann" in listing.content.decode()
+    attempt = AccessAttempt.objects.get(username="ann")
+    deleted = client.post(f"/admin/axes/accessattempt/{attempt.pk}/delete/", {"post": "yes"})
+    assert deleted.status_code == 302
+    client.logout()
+    right = {"username": "ann", "password": "ann-password-1"}
+    assert client.post("/accounts/login/", right, REMOTE_ADDR="10.0.3.2").status_code == 302
+
+
+@pytest.fixture
+def throttle_rates(monkeypatch):
+    """DRF reads its rates once, at import: set them where its throttles look."""
+    from rest_framework.throttling import SimpleRateThrottle
+
+    def set_rate(scope, rate):
+        monkeypatch.setitem(SimpleRateThrottle.THROTTLE_RATES, scope, rate)
+
+    return set_rate
+
+
+def test_wrong_tokens_from_one_address_are_throttled(throttle_rates, annotator, make_pair):
+    from rest_framework.authtoken.models import Token
+
+    throttle_rates("token_failures", "5/hour")
+    make_pair()
+    guesser = APIClient(REMOTE_ADDR="10.0.4.1")
+    answers = []
+    for number in range(8):
+        guesser.credentials(HTTP_AUTHORIZATION=f"Token guess{number:036d}")
+        answers.append(guesser.get("/api/pairs/next/").status_code)
+    assert answers == [401] * 5 + [429] * 3
+    # Even a right token is refused from that address for now; another address is served.
+    token = Token.objects.create(user=annotator)
+    guesser.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    refused = guesser.get("/api/pairs/next/")
+    assert_json_error(refused, 429)
+    other = APIClient(REMOTE_ADDR="10.0.4.2")
+    other.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert other.get("/api/pairs/next/").status_code == 200
+
+
+def test_api_requests_are_rate_limited_per_user_and_per_anonymous_address(throttle_rates, annotator):
+    throttle_rates("user", "3/minute")
+    throttle_rates("anon", "2/minute")
+    client = APIClient()
+    client.force_authenticate(annotator)
+    answers = [client.get("/api/pairs/next/").status_code for _ in range(5)]
+    assert answers == [204, 204, 204, 429, 429]
+    anonymous = [APIClient().get("/api/schema/").status_code for _ in range(3)]
+    assert anonymous == [200, 200, 429]
