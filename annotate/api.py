@@ -16,7 +16,6 @@ from rest_framework.response import Response
 
 from annotate import sampling, services
 
-
 # Ids are 64-bit integer columns: a larger number is refused as a bad field, not sent to the database.
 ID_MAX = 2**63 - 1
 

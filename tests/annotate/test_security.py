@@ -1,6 +1,5 @@
 """What an attacker or a careless user can send: JSON errors under /api/, no 500s, no remote loads, HTTPS settings."""
 
-import json
 import os
 import re
 import subprocess
