@@ -80,3 +80,43 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if not _is_api(request):
         return defaults.server_error(request)
     return JsonResponse({"detail": "Server error; it was logged.", "code": "server_error"}, status=500)
+
+
+# --- The schema: the errors every operation can answer -------------------------------------------------------------
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "description": "An error: a reason in `detail` (with a machine-readable `code`), or the bad fields in `errors`.",
+    "properties": {
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "errors": {"type": "object", "additionalProperties": True},
+    },
+}
+_COMMON_ERRORS = {
+    "401": "Not logged in, or a wrong token.",
+    "403": "Not allowed for this user (most endpoints are staff only).",
+    "429": "Too many requests (or wrong tokens) from this user or address; `Retry-After` says when to try again.",
+}
+_BODY_ERRORS = {"400": "Invalid fields, named in `errors`.", "413": "The request body is larger than accepted."}
+
+
+def schema_add_error_responses(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: document the JSON errors DRF and Django give on every operation
+    (authentication, permission, throttling; 404 where the path names an object; 400 and 413 where there is a body
+    or a query), keeping any description an operation gives itself."""
+    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    reference = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, operations in result.get("paths", {}).items():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            errors = dict(_COMMON_ERRORS)
+            if "{" in path:
+                errors["404"] = "No such object."
+            if "requestBody" in operation or operation.get("parameters"):
+                errors.update(_BODY_ERRORS)
+            for code, description in errors.items():
+                response = operation["responses"].setdefault(code, {"description": description})
+                response.setdefault("content", reference)
+    return result
