@@ -33,6 +33,9 @@ class TokenFailureThrottle(SimpleRateThrottle):
     """Wrong tokens from one address, at most the `token_failures` rate; only failures are counted."""
 
     scope = "token_failures"
+    # Set by SimpleRateThrottle.__init__ from the rate; the stubs do not declare them.
+    num_requests: int
+    duration: int
 
     def get_cache_key(self, request: Request, view: Any) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

@@ -49,8 +49,11 @@ def every_4xx_is_json(ctx, response, case):
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
+)
 @pytest.mark.parametrize("role", ["staff", "annotator"])
 def test_the_api_keeps_its_schema(case, tokens, role):
     case.call_and_validate(

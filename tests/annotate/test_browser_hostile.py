@@ -35,14 +35,14 @@ HOSTILE = "\n\n".join(
         "![remote image](https://evil.example/pixel.png)",
         "![protocol relative](//evil.example/leak.png)",
         "![reference image][ref]\n\n[ref]: http://evil.example/ref.png",
-        "<iframe src=\"//evil.example/frame\"></iframe>",
-        "<link rel=\"stylesheet\" href=\"//evil.example/style.css\">",
+        '<iframe src="//evil.example/frame"></iframe>',
+        '<link rel="stylesheet" href="//evil.example/style.css">',
         "<style>@import url(//evil.example/import.css); body { background: url(//evil.example/bg.png) }</style>",
-        "<object data=\"//evil.example/object\"></object><embed src=\"//evil.example/embed\">",
-        "<meta http-equiv=\"refresh\" content=\"0; url=//evil.example/refresh\">",
-        "<base href=\"//evil.example/\">",
+        '<object data="//evil.example/object"></object><embed src="//evil.example/embed">',
+        '<meta http-equiv="refresh" content="0; url=//evil.example/refresh">',
+        '<base href="//evil.example/">',
         "{{ request.user.password }} {% debug %} {% load static %}{% static 'x' %}",
-        "<form action=\"//evil.example/steal\"><button>go</button></form>",
+        '<form action="//evil.example/steal"><button>go</button></form>',
     ]
 )
 
