@@ -173,9 +173,13 @@ def test_staff_pages_with_hostile_text_run_and_load_nothing(
         f"/admin/annotate/judgement/{Judgement.objects.get().pk}/change/",
         "/admin/",
     ]
+    # The round page's progress bar sets its width in a style attribute, which the policy blocks (the bar shows
+    # empty); templates/rounds/detail.html should use <progress> instead. Then this exception goes.
+    known_violations = {f"/rounds/{round_.pk}/": ["style-src-attr inline"]}
     for path in pages:
         watched.visit(path)
         watched.assert_inert(path)
+        assert watched.violations() == known_violations.get(path, []), path
         inline_scripts = "script:not([src]):not([type='application/json'])"
         assert watched.page.locator(f"main {inline_scripts}, #content {inline_scripts}").count() == 0, path
 
