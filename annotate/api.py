@@ -16,6 +16,9 @@ from rest_framework.response import Response
 
 from annotate import sampling, services
 
+# Ids are 64-bit integer columns: a larger number is refused as a bad field, not sent to the database.
+ID_MAX = 2**63 - 1
+
 
 def _annotator(request: Request) -> User:
     return cast(User, request.user)  # IsAuthenticated, the default permission, let only users through
@@ -47,9 +50,16 @@ def pairs_next(request: Request) -> Response:
 
 
 class JudgementInput(serializers.Serializer[Any]):
-    pair = serializers.IntegerField(min_value=1)
+    pair = serializers.IntegerField(min_value=1, max_value=ID_MAX)
     choice = serializers.ChoiceField(choices=services.SCREEN_CHOICES)
-    strength = serializers.IntegerField(required=False, allow_null=True, default=None)
+    strength = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=1,
+        max_value=3,
+        help_text="1 slightly, 2 clearly, 3 much better; only with `left` or `right`.",
+    )
     rationale = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=True)
     idempotency_key = serializers.UUIDField()
 
@@ -95,7 +105,7 @@ def judgements_create(request: Request) -> Response:
 
 
 class SkipInput(serializers.Serializer[Any]):
-    pair = serializers.IntegerField(min_value=1)
+    pair = serializers.IntegerField(min_value=1, max_value=ID_MAX)
 
 
 @extend_schema(

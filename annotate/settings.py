@@ -57,10 +57,19 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 DEBUG = env_bool("DEBUG", False)
+# The environment wins. Otherwise the key `make run` generated into var/secret-key, so a plain
+# `.venv/bin/python manage.py ...` in the project directory works too. A key is never generated here: a
+# deployment without SECRET_KEY and without that file refuses to start.
+SECRET_KEY_FILE = VAR_DIR / "secret-key"
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY and SECRET_KEY_FILE.is_file():
+    SECRET_KEY = SECRET_KEY_FILE.read_text().strip()
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (make run sets both for you)")
+        raise ImproperlyConfigured(
+            f"SECRET_KEY must be set when DEBUG is off: set the variable, or run `make run` once "
+            f"(it writes {SECRET_KEY_FILE})"
+        )
     SECRET_KEY = "insecure-development-key-only-used-with-DEBUG-on"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
@@ -78,6 +87,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
+    "csp",
+    "axes",
     "annotate",
 ]
 
@@ -91,6 +102,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "annotate.urls"
@@ -161,19 +175,85 @@ if DEBUG:
     STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
 WHITENOISE_USE_FINDERS = DEBUG
 
+# --- Security: HTTPS, Content-Security-Policy, login throttling -----------------------------------------------
+# SECURE_COOKIES=true is the switch for a site served over HTTPS: cookies only over HTTPS, HSTS, and plain HTTP
+# redirected to HTTPS (except /healthz, which load balancers probe over HTTP). With DEBUG off, a SECRET_KEY and
+# ALLOWED_HOSTS set, `manage.py check --deploy` is then clean (tests/annotate/test_security.py runs it).
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", SESSION_COOKIE_SECURE)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if SESSION_COOKIE_SECURE else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+# Behind a proxy that terminates TLS: the header it sets on HTTPS requests, e.g. "X-Forwarded-Proto: https".
+_forwarded_proto = env_str("SECURE_PROXY_SSL_HEADER", "")
+if _forwarded_proto:
+    _header, _, _value = _forwarded_proto.partition(":")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _header.strip().upper().replace("-", "_"), _value.strip())
+X_FRAME_OPTIONS = "DENY"
+
+# Model output and imported text are hostile. The Markdown filter renders no images and no raw HTML; this policy
+# makes a slip there inert anyway: nothing loads or runs unless it comes from this origin. The one inline style is
+# the API docs page's (drf-spectacular's Swagger template), allowed by its hash.
+SWAGGER_INLINE_STYLE_HASH = "'sha256-MMpT0iDxyjALd9PdfepImGX3DBfJPXZ4IlDWdPAgtn0='"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", SWAGGER_INLINE_STYLE_HASH],
+        # data: for the icons inside the Swagger UI's stylesheet; never another origin.
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    },
+}
+
+# Login throttling (django-axes): after AXES_FAILURE_LIMIT wrong passwords in a row for one username, or from one
+# address, logins for it are refused (429, the lockout page) until AXES_COOLOFF_HOURS pass or staff unlock it
+# (admin: Axes > Access attempts, or `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS`).
+AUTHENTICATION_BACKENDS = [
+    "annotate.throttling.LoginAttemptsBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("AXES_ENABLED", True)
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = env_float("AXES_COOLOFF_HOURS", 1.0) or None  # 0: locked until staff unlock
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own: one user, or one address
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Behind N proxies that append to X-Forwarded-For, the client is the Nth address from the right; 0: REMOTE_ADDR.
+REVERSE_PROXY_COUNT = env_int("REVERSE_PROXY_COUNT", 0)
+if REVERSE_PROXY_COUNT:
+    AXES_IPWARE_PROXY_COUNT = REVERSE_PROXY_COUNT
+    AXES_IPWARE_PROXY_ORDER = "right-most"
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR")
 
 REST_FRAMEWORK = {
     # Token first: an unauthenticated request then gets 401 with `WWW-Authenticate: Token`, not a bare 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "annotate.throttling.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "annotate.api_errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # API abuse: per-user and per-address request rates, and wrong tokens counted per address
+    # (annotate.throttling.ThrottledTokenAuthentication refuses an address that guessed too often).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_str("API_THROTTLE_ANON", "60/minute"),
+        "user": env_str("API_THROTTLE_USER", "1200/minute"),
+        "token_failures": env_str("API_THROTTLE_TOKEN_FAILURES", "20/hour"),
+    },
+    # Only REMOTE_ADDR unless proxies are declared: a client must not choose its own address in X-Forwarded-For.
+    "NUM_PROXIES": REVERSE_PROXY_COUNT,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "pairloop API",
@@ -183,6 +263,12 @@ SPECTACULAR_SETTINGS = {
     # The docs page's scripts are served from our own static files, not a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # Ids in addresses (annotate.urls.DatabaseIdConverter) are integers of at most 18 digits.
+    "PATH_CONVERTER_OVERRIDES": {"id": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "annotate.api_errors.schema_add_error_responses",
+    ],
 }
 
 # --- Celery -------------------------------------------------------------------------------------------------
@@ -297,7 +383,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}},
+    # axes logs every login at INFO (and a banner at every start); lockouts come at WARNING.
+    "loggers": {"httpx": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
 
 # --- Data import and export ----------------------------------------------------------------------------------

@@ -329,7 +329,7 @@ class JudgementItem(serializers.ModelSerializer[Judgement]):
 
 
 class JudgementFilter(serializers.Serializer[Any]):
-    pair = serializers.IntegerField(required=False, min_value=1)
+    pair = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
     annotator = serializers.CharField(required=False, help_text="Username.")
     # The stubs type Field.source (a field's attribute path) and so object to a field named "source"; DRF does not.
     source = serializers.ChoiceField(choices=exports.SOURCES, required=False)  # type: ignore[assignment]

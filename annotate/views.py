@@ -122,7 +122,10 @@ def skip(request: AppRequest, pair_id: int) -> HttpResponse:
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness and readiness: 200 when the database answers, with the state of each part beside it."""
+    """Liveness and readiness: 200 when the database answers, with the state of each part beside it.
+
+    A broken broker or model server is reported in the body ("degraded"), never as an error of this page.
+    """
     report: dict[str, Any] = {}
     try:
         with connection.cursor() as cursor:
@@ -132,13 +135,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
         logger.exception("health check: database")
         report["database"] = f"error: {error}"
     report["broker"] = _broker_state()
-    served: list[str] | None = None
-    with client_from_settings(timeout=3) as client:
-        try:
-            served = client.served_models()
-            report["vllm"] = "ok"
-        except (ModelServerUnavailable, httpx.HTTPError):
-            report["vllm"] = "unreachable"
+    served, report["vllm"] = _model_server_state()
     if report["database"] == "ok":
         serving = ModelVersion.objects.serving()
         report["serving_model_version"] = serving.name if serving else None
@@ -148,6 +145,18 @@ def healthz(request: HttpRequest) -> JsonResponse:
         report["last_round"] = {"id": last_round.pk, "status": last_round.status} if last_round else None
     report["status"] = "ok" if all(report[part] == "ok" for part in ("database", "broker", "vllm")) else "degraded"
     return JsonResponse(report, status=200 if report["database"] == "ok" else 503)
+
+
+def _model_server_state() -> tuple[list[str] | None, str]:
+    """The models the server lists and "ok"; or None and why not (unreachable, or an answer that makes no sense)."""
+    try:
+        with client_from_settings(timeout=3) as client:
+            return client.served_models(), "ok"
+    except (ModelServerUnavailable, httpx.TransportError):
+        return None, "unreachable"
+    except Exception as error:  # an HTTP error status, or a body that is not a model list
+        logger.warning("health check: the model server answered badly: %r", error)
+        return None, f"error: {type(error).__name__}"
 
 
 def _broker_state() -> str:

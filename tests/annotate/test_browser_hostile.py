@@ -1,0 +1,202 @@
+"""Hostile model output, prompts and staff text in a real browser: no script runs, nothing loads from elsewhere.
+
+Every page that shows prompts, answers, rationales, configs or licences is opened in Chromium with listeners on
+dialogs (alert, confirm...) and on every request the page makes: only this server may be asked for anything.
+"""
+
+import json
+import shutil
+import uuid
+from urllib.parse import urlparse
+
+import pytest
+from django.core.management import call_command
+
+from annotate.models import Judgement, Prompt, TrainingRound
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)"),
+]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+# What a model (or an imported file) might say, each a different way to run script or load from another host.
+HOSTILE = "\n\n".join(
+    [
+        "<script>alert('script tag')</script>",
+        "<img src=x onerror=\"alert('onerror')\">",
+        "[click me](javascript:alert('javascript link'))",
+        "<a href=\"javascript:alert('raw link')\">raw link</a>",
+        "<svg onload=\"alert('svg')\"><circle r=5 /></svg>",
+        "![remote image](https://evil.example/pixel.png)",
+        "![protocol relative](//evil.example/leak.png)",
+        "![reference image][ref]\n\n[ref]: http://evil.example/ref.png",
+        '<iframe src="//evil.example/frame"></iframe>',
+        '<link rel="stylesheet" href="//evil.example/style.css">',
+        "<style>@import url(//evil.example/import.css); body { background: url(//evil.example/bg.png) }</style>",
+        '<object data="//evil.example/object"></object><embed src="//evil.example/embed">',
+        '<meta http-equiv="refresh" content="0; url=//evil.example/refresh">',
+        '<base href="//evil.example/">',
+        "{{ request.user.password }} {% debug %} {% load static %}{% static 'x' %}",
+        '<form action="//evil.example/steal"><button>go</button></form>',
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Watched:
+    """A page with every dialog, request and Content-Security-Policy violation recorded."""
+
+    def __init__(self, browser, live_server):
+        self.context = browser.new_context()
+        self.page = self.context.new_page()
+        self.origin = urlparse(live_server.url).netloc
+        self.dialogs, self.requests = [], []
+        self.page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
+        self.page.on("request", lambda request: self.requests.append(request.url))
+        self.context.add_init_script(
+            "window.__violations = [];"
+            "document.addEventListener('securitypolicyviolation',"
+            " (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"
+        )
+        self.base = live_server.url
+
+    def log_in(self, username, password):
+        self.page.goto(f"{self.base}/accounts/login/")
+        self.page.fill("input[name=username]", username)
+        self.page.fill("input[name=password]", password)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_load_state("load")
+
+    def visit(self, path):
+        response = self.page.goto(f"{self.base}{path}")
+        self.page.wait_for_load_state("networkidle")
+        assert response.status < 500, (path, response.status)
+        return response
+
+    def foreign_requests(self):
+        return [url for url in self.requests if urlparse(url).scheme not in ("data", "blob", "about")
+                and urlparse(url).netloc != self.origin]  # fmt: skip
+
+    def violations(self):
+        return self.page.evaluate("window.__violations")
+
+    def assert_inert(self, path):
+        assert self.dialogs == [], (path, self.dialogs)
+        assert self.foreign_requests() == [], (path, self.foreign_requests())
+        assert "evil.example" not in self.page.url
+
+    def close(self):
+        self.context.close()
+
+
+@pytest.fixture
+def hostile_pair(make_pair):
+    return make_pair(
+        texts=(f"Left answer.\n\n{HOSTILE}", f"Right answer.\n\n{HOSTILE}"),
+        messages=[
+            {"role": "system", "content": HOSTILE},
+            {"role": "user", "content": f"First question. {HOSTILE}"},
+            {"role": "assistant", "content": f"An earlier answer. {HOSTILE}"},
+            {"role": "user", "content": f"And now? {HOSTILE}"},
+        ],
+    )
+
+
+def test_the_annotate_page_with_hostile_output_runs_and_loads_nothing(browser, live_server, annotator, hostile_pair):
+    watched = Watched(browser, live_server)
+    watched.log_in("ann", "ann-password-1")
+    watched.page.wait_for_selector("[data-testid=answer-left]")
+    watched.page.wait_for_load_state("networkidle")
+
+    watched.assert_inert("/")
+    assert watched.page.locator("#pair img, #pair script, #pair svg, #pair iframe").count() == 0
+    assert watched.page.locator("#pair a[href^='javascript']").count() == 0
+    assert watched.page.is_visible("text=remote image")  # the image is a link carrying its alt text
+    assert watched.violations() == []
+
+    # A hostile rationale, through the page, then the next page (htmx swap) stays inert as well.
+    watched.page.fill("textarea[name=rationale]", HOSTILE)
+    watched.page.click("button[value=tie]")
+    watched.page.wait_for_selector("[data-testid=waiting]")
+    watched.page.wait_for_load_state("networkidle")
+    watched.assert_inert("/ after voting")
+    assert Judgement.objects.get().rationale.startswith("<script>")
+    watched.close()
+
+
+def test_staff_pages_with_hostile_text_run_and_load_nothing(
+    browser, live_server, django_user_model, annotator, hostile_pair, serving_version, settings, tmp_path
+):
+    Judgement.objects.create(
+        pair=hostile_pair, annotator=annotator, choice="a", strength=2, a_on_left=True, rationale=HOSTILE,
+        idempotency_key=uuid.uuid4(),
+    )  # fmt: skip
+    settings.EXPORT_DIR = tmp_path
+    call_command("export_preferences", "--format", "trl-preference", "--license", f"mit {HOSTILE}")
+    round_ = TrainingRound.objects.create(
+        trigger="api", parent_version=serving_version, config={"beta": 0.1, "loss_type": HOSTILE}, rules={},
+        status="failed", error=f"model server said: {HOSTILE}", log_tail=HOSTILE, override_reason=HOSTILE,
+    )  # fmt: skip
+    django_user_model.objects.create_superuser("root", password="root-password-1")
+    prompt = Prompt.objects.get(pk=hostile_pair.prompt_id)
+    bad_file = tmp_path / "hostile.jsonl"
+    bad_file.write_text(json.dumps({"not_a_prompt": HOSTILE}) + "\n")
+
+    watched = Watched(browser, live_server)
+    watched.log_in("root", "root-password-1")
+    pages = [
+        "/rounds/",
+        f"/rounds/{round_.pk}/",
+        "/data/exports/",
+        f"/data/exports/{round_.pk and 1}/",
+        "/admin/annotate/prompt/",
+        f"/admin/annotate/prompt/{prompt.pk}/change/",
+        "/admin/annotate/completion/",
+        f"/admin/annotate/completion/{hostile_pair.completion_a_id}/change/",
+        "/admin/annotate/pair/",
+        f"/admin/annotate/pair/{hostile_pair.pk}/change/",
+        "/admin/annotate/judgement/",
+        f"/admin/annotate/judgement/{Judgement.objects.get().pk}/change/",
+        "/admin/",
+    ]
+    # The round page's progress bar sets its width in a style attribute, which the policy blocks (the bar shows
+    # empty); templates/rounds/detail.html should use <progress> instead. Then this exception goes.
+    known_violations = {f"/rounds/{round_.pk}/": ["style-src-attr inline"]}
+    for path in pages:
+        watched.visit(path)
+        watched.assert_inert(path)
+        assert watched.violations() == known_violations.get(path, []), path
+        inline_scripts = "script:not([src]):not([type='application/json'])"
+        assert watched.page.locator(f"main {inline_scripts}, #content {inline_scripts}").count() == 0, path
+
+    watched.visit("/data/prompts/import/")
+    watched.page.set_input_files("input[type=file]", str(bad_file))
+    watched.page.click("form.data-form button[type=submit]")
+    watched.page.wait_for_load_state("networkidle")
+    watched.assert_inert("/data/prompts/import/ rejected")
+    watched.close()
+
+
+def test_the_api_docs_work_under_the_policy(browser, live_server):
+    watched = Watched(browser, live_server)
+    watched.visit("/api/docs/")
+    watched.page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+    assert "pairloop API" in watched.page.inner_text(".swagger-ui .info .title")
+    assert watched.page.locator(".opblock").count() > 10  # the operations, from /api/schema/ on this origin
+    watched.assert_inert("/api/docs/")
+    assert watched.violations() == []
+    watched.close()

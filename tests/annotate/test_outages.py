@@ -1,0 +1,119 @@
+"""The broker or the model server down or broken: pages still answer, /healthz says what is wrong."""
+
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from annotate.celery import app
+
+# transaction=True: the refill request is sent on commit, as in production, so it really reaches the broker.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # nothing listens once the socket is closed
+
+
+@pytest.fixture
+def broker_unreachable():
+    """The Celery app's broker is a Redis address where nothing listens (as when Redis is down)."""
+    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    saved = app.conf.broker_url, app.conf.broker_write_url
+
+    def reset_connections():
+        if app._pool is not None:
+            app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    reset_connections()
+    app.conf.broker_url = app.conf.broker_write_url = url
+    cache.clear()  # the refill request is throttled through the cache: make sure this test's one is sent
+    yield url
+    app.conf.broker_url, app.conf.broker_write_url = saved
+    reset_connections()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the sampling change that makes sampling.pairs_refill_request best-effort (it raises "
+    "kombu's OperationalError when the broker is down); the coordinator flips this after merging it",
+)
+def test_pages_and_the_api_answer_with_the_broker_down(broker_unreachable, client, annotator, make_pair):
+    client.force_login(annotator)
+    waiting = client.get("/")  # nothing ready: the page asks for a refill, which cannot be sent
+    assert waiting.status_code == 200
+    assert 'data-testid="waiting"' in waiting.content.decode()
+
+    api = APIClient()
+    api.force_authenticate(annotator)
+    cache.clear()
+    assert api.get("/api/pairs/next/").status_code == 204
+
+    pair = make_pair()  # what is ready is still served
+    served = api.get("/api/pairs/next/")
+    assert served.status_code == 200 and served.json()["pair"] == pair.pk
+
+    report = client.get("/healthz").json()
+    assert report["broker"].startswith("unreachable") and report["status"] == "degraded"
+
+
+def test_the_health_check_reports_the_broker_down(broker_unreachable, client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["broker"].startswith("unreachable")
+
+
+class _BrokenModelServer(BaseHTTPRequestHandler):
+    status = 500
+    body = b"{}"
+
+    def do_GET(self):
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def broken_model_server(settings):
+    def start(status, body):
+        handler = type("Handler", (_BrokenModelServer,), {"status": status, "body": body})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        settings.VLLM_BASE_URL = f"http://127.0.0.1:{server.server_address[1]}"
+
+    servers = []
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "state"),
+    [
+        (500, b"internal error", "unreachable"),  # the client treats a 5xx as "not available now"
+        (401, b'{"error": "bad key"}', "error"),
+        (200, b"not json at all", "error"),
+        (200, b"[1, 2, 3]", "error"),
+        (200, b'{"data": [{"no_id": 1}]}', "error"),
+    ],
+)
+def test_the_health_check_survives_a_model_server_that_answers_badly(broken_model_server, client, status, body, state):
+    broken_model_server(status, body)
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    report = response.json()
+    assert report["vllm"].startswith(state) and report["status"] == "degraded"
+    assert report["database"] == "ok" and report["serving_model_loaded"] is False
