@@ -47,6 +47,7 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--raw", default="8,16,32", help="sequences in flight for the raw n=1 configurations")
     parser.add_argument("--raw-n2", default="32", help="sequences in flight for the raw n=2 configurations")
+    parser.add_argument("--prompts", type=int, default=16, help="the first N demo prompts (issue 11 measured 16)")
     parser.add_argument("--replays", type=int, default=4, help="stored answers to request again from their lineage")
     parser.add_argument("--database", type=Path, default=REPO / "var" / "bench-sampling.sqlite3")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -70,10 +71,10 @@ def setup_django(arguments: argparse.Namespace) -> None:
     call_command("createcachetable", verbosity=0)
 
 
-def load_demo_prompts() -> list[Any]:
+def load_demo_prompts(count: int) -> list[Any]:
     from annotate.models import Prompt
 
-    demo = json.loads((REPO / "annotate" / "demo_prompts.json").read_text())
+    demo = json.loads((REPO / "annotate" / "demo_prompts.json").read_text())[:count]
     return [
         Prompt.objects.get_or_create(
             messages=entry["messages"], defaults={"prompt_set": "demo", "tags": entry.get("tags", [])}
@@ -186,7 +187,7 @@ def main() -> int:
 
     model = arguments.model or settings.SERVED_MODEL_NAME
     ModelVersion.objects.ensure_base(name=model, base_model=str(settings.BASE_MODEL_DIR))
-    prompts = load_demo_prompts()
+    prompts = load_demo_prompts(arguments.prompts)
     refills = [
         tuple(int(part) for part in item.split("/"))
         for item in (
@@ -215,7 +216,7 @@ def main() -> int:
         f"max_tokens {settings.SAMPLING_MAX_TOKENS}; defaults: concurrency {settings.PAIR_GENERATION_CONCURRENCY}, "
         f"target {settings.PAIR_BUFFER_TARGET}"
     )
-    configurations["raw 8"]() if "raw 8" in configurations else None  # warm-up: first requests compile kernels
+    run_raw(client, model, prompts, 2, 4, 1)  # warm-up: the server's first requests are slower
     runs: dict[str, list[Run]] = {name: [] for name in configurations}
     load: dict[str, list[float]] = {name: [] for name in configurations}
     for repeat in range(arguments.repeats):

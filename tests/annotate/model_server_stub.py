@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-# vLLM's wording for a prompt over the model's context (its body shape: object/message/type/param/code).
+# vLLM's wording (0.32, CPU build) for a prompt over the model's context, in its error body's shape.
 CONTEXT_ERROR = (
-    "This model's maximum context length is 8192 tokens. However, your request has {tokens} input tokens. "
-    "Please reduce the length of the input messages."
+    "This model's maximum context length is 8192 tokens. However, your prompt contains at least {tokens} input "
+    "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input prompt."
 )
 
 
@@ -60,7 +60,7 @@ class ModelServerStub:
                 self.wfile.write(payload)
 
             def _error(self, status: int, kind: str, message: str) -> None:
-                self._send(status, {"object": "error", "message": message, "type": kind, "param": None, "code": status})
+                self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
 
             def do_GET(self) -> None:
                 if self.path == "/health":
@@ -83,7 +83,7 @@ class ModelServerStub:
                 if content in stub.slow_prompts:
                     time.sleep(stub.slow_prompts[content])
                 if body["model"] not in stub.served_models:
-                    self._error(404, "NotFoundError", f"The model `{body['model']}` does not exist.")
+                    self._error(404, "NotFoundError", f"The model `{body['model']}` does not exist. Valid aliases: ...")
                 elif len(content) > stub.max_prompt_characters:
                     self._error(400, "BadRequestError", CONTEXT_ERROR.format(tokens=len(content) // 4))
                 elif content in stub.failing_prompts:
