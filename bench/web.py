@@ -110,6 +110,7 @@ def fill(pair_count: int, user_count: int) -> list[tuple[str, str]]:
     from django.contrib.auth.models import User
     from django.contrib.sessions.backends.db import SessionStore
     from django.core.management import call_command
+    from django.db import connection
     from rest_framework.authtoken.models import Token
 
     from annotate.models import Completion, ModelVersion, Pair, Prompt, conversation_hash
@@ -157,6 +158,8 @@ def fill(pair_count: int, user_count: int) -> list[tuple[str, str]]:
     )
     users = User.objects.bulk_create([User(username=f"annotator-{number}") for number in range(user_count)])
     tokens = Token.objects.bulk_create([Token(user=user, key=Token.generate_key()) for user in users])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")  # fresh statistics, as autovacuum would have them after a bulk load
     credentials = []
     for user, token in zip(users, tokens, strict=True):
         session = SessionStore()

@@ -280,3 +280,36 @@ def test_the_worker_start_hook_does_not_raise_with_the_broker_down(broker_down, 
     tasks._fill_the_buffer_at_start(sender=None)
 
     assert "could not ask the worker for pairs" in caplog.text
+
+
+@pytest.mark.django_db
+def test_a_vote_asks_for_pairs_only_below_the_low_watermark(
+    make_pair, annotator, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    import uuid
+
+    from annotate import services, tasks
+
+    settings.PAIR_BUFFER_LOW_WATERMARK = 3
+    for _ in range(4):
+        make_pair()
+    requested = []
+    monkeypatch.setattr(tasks.pairs_refill, "delay", lambda: requested.append(True))  # the broker is the edge
+
+    def vote() -> None:
+        assignment = services.assignment_lease_next(annotator=annotator)
+        cache.clear()  # the request throttle is not what this test is about
+        with django_capture_on_commit_callbacks(execute=True):
+            services.judgement_record(
+                annotator=annotator,
+                pair_id=assignment.pair_id,
+                choice="tie",
+                strength=None,
+                rationale="",
+                idempotency_key=uuid.uuid4(),
+            )
+
+    vote()  # 3 open pairs left: not below the watermark
+    assert requested == []
+    vote()  # 2 left
+    assert requested == [True]
