@@ -15,9 +15,19 @@ from annotate.models import (
 
 @admin.register(Prompt)
 class PromptAdmin(admin.ModelAdmin):
-    list_display = ["id", "__str__", "prompt_set", "source", "is_active", "created_at"]
+    list_display = [
+        "id",
+        "__str__",
+        "prompt_set",
+        "source",
+        "is_active",
+        "refusal_count",
+        "last_refused_at",
+        "created_at",
+    ]
     list_filter = ["prompt_set", "is_active", "source"]
     search_fields = ["messages"]
+    readonly_fields = ["last_refusal", "last_refused_at"]
 
 
 @admin.register(ModelVersion)

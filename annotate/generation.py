@@ -21,6 +21,16 @@ class ModelServerRefused(Exception):
     """The model server answered that this request is wrong (HTTP 4xx: prompt too long, unknown model, adapter rank
     above its limit...): sending it again will not help."""
 
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+    @property
+    def blames_the_request_body(self) -> bool:
+        """True when the content sent was refused (400, 413, 422: a prompt too long for the model...); False when the
+        server refused the caller or the model name (401, 403, 404), which no single prompt can be blamed for."""
+        return self.status_code in (400, 413, 422)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -88,7 +98,7 @@ class ModelServerClient:
         latency_ms = int((time.monotonic() - started) * 1000)
         if response.status_code != 200:
             # A 4xx means the request itself is wrong (unknown model, prompt too long): retrying will not help.
-            raise ModelServerRefused(f"HTTP {response.status_code}: {response.text[:500]}")
+            raise ModelServerRefused(f"HTTP {response.status_code}: {response.text[:500]}", response.status_code)
         body = response.json()
         choice = body["choices"][0]
         usage = body.get("usage") or {}
@@ -117,12 +127,16 @@ class ModelServerClient:
         """Serve a LoRA adapter under `name` (needs --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
         response = self._request("POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
         if response.status_code != 200 and "already been loaded" not in response.text:
-            raise ModelServerRefused(f"adapter {name}: HTTP {response.status_code}: {response.text[:500]}")
+            raise ModelServerRefused(
+                f"adapter {name}: HTTP {response.status_code}: {response.text[:500]}", response.status_code
+            )
 
     def unload_lora_adapter(self, *, name: str) -> None:
         response = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
         if response.status_code not in (200, 404):
-            raise ModelServerRefused(f"unloading {name}: HTTP {response.status_code}: {response.text[:500]}")
+            raise ModelServerRefused(
+                f"unloading {name}: HTTP {response.status_code}: {response.text[:500]}", response.status_code
+            )
 
 
 def client_from_settings(timeout: float | None = None) -> ModelServerClient:

@@ -81,6 +81,13 @@ class Prompt(models.Model):
     source = models.CharField(max_length=200, blank=True, help_text="Where it came from: a file, 'demo', 'api'...")
     is_active = models.BooleanField(default=True, help_text="Inactive prompts are not sampled for new pairs.")
     created_at = models.DateTimeField(auto_now_add=True)
+    # The model server's refusals (HTTP 4xx: too long, ...): after PROMPT_MAX_REFUSALS the prompt is set aside
+    # (not sampled) until staff fix it and set the count back to 0.
+    refusal_count = models.PositiveIntegerField(
+        default=0, help_text="Times the model server refused to answer it; set to 0 to sample it again."
+    )
+    last_refusal = models.TextField(blank=True, help_text="The model server's reason, the last time it refused.")
+    last_refused_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]

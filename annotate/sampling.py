@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q, QuerySet
+from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 
-from annotate.generation import ModelServerClient, Sample, SamplingParams, client_from_settings
+from annotate.generation import (
+    ModelServerClient,
+    ModelServerRefused,
+    ModelServerUnavailable,
+    Sample,
+    SamplingParams,
+    client_from_settings,
+)
 from annotate.models import Completion, ModelVersion, Pair, Prompt
 
 logger = logging.getLogger(__name__)
@@ -26,13 +38,46 @@ def pairs_ready_count(version: ModelVersion | None = None) -> int:
     return pairs.count()
 
 
+def prompts_set_aside() -> QuerySet[Prompt]:
+    """Prompts no longer sampled because the model server refused them PROMPT_MAX_REFUSALS times, latest first.
+
+    Staff fix or deactivate them; setting `refusal_count` back to 0 lets one be sampled again.
+    """
+    if settings.PROMPT_MAX_REFUSALS <= 0:
+        return Prompt.objects.none()
+    return Prompt.objects.filter(refusal_count__gte=settings.PROMPT_MAX_REFUSALS).order_by("-last_refused_at", "id")
+
+
+def _prompts_samplable() -> QuerySet[Prompt]:
+    prompts = Prompt.objects.filter(is_active=True)
+    if settings.PROMPT_MAX_REFUSALS > 0:
+        prompts = prompts.filter(refusal_count__lt=settings.PROMPT_MAX_REFUSALS)
+    return prompts
+
+
 def _prompts_least_sampled(version: ModelVersion, count: int) -> list[Prompt]:
-    # Spread pairs over prompts: those with the fewest pairs from this version first, ties in random order.
+    # Spread pairs over prompts: those with the fewest pairs from this version first, then those the server refused
+    # least, ties in random order.
     return list(
-        Prompt.objects.filter(is_active=True)
+        _prompts_samplable()
         .annotate(pair_total=Count("pairs", filter=Q(pairs__sampled_from=version)))
-        .order_by("pair_total", "?")[:count]
+        .order_by("pair_total", "refusal_count", "?")[:count]
     )
+
+
+def prompt_refusal_record(*, prompt: Prompt, reason: str) -> None:
+    """Count one refusal of `prompt` by the model server; at PROMPT_MAX_REFUSALS it is set aside."""
+    Prompt.objects.filter(pk=prompt.pk).update(
+        refusal_count=F("refusal_count") + 1, last_refusal=reason[:2000], last_refused_at=timezone.now()
+    )
+    prompt.refresh_from_db(fields=["refusal_count", "last_refusal", "last_refused_at"])
+    limit = settings.PROMPT_MAX_REFUSALS
+    if limit > 0 and prompt.refusal_count >= limit:
+        logger.warning("prompt %s set aside after %d refusals by the model server: %s", prompt.pk, limit, reason)
+    else:
+        logger.warning(
+            "the model server refused prompt %s (%d times so far): %s", prompt.pk, prompt.refusal_count, reason
+        )
 
 
 def _new_seed() -> int:
@@ -65,24 +110,109 @@ def pair_create(*, prompt: Prompt, version: ModelVersion, first: Sample, second:
             completion_a=_completion_create(prompt, version, first),
             completion_b=_completion_create(prompt, version, second),
             sampled_from=version,
-            judgements_required=settings.JUDGEMENTS_PER_PAIR,
         )
 
 
-def pairs_sample(*, version: ModelVersion, prompts: list[Prompt], client: ModelServerClient) -> list[Pair]:
-    """Sample two seeded answers per prompt, all requests in flight together so the server batches them."""
+@dataclass
+class _PromptInFlight:
+    prompt: Prompt
+    answers: list[Sample] = field(default_factory=list)
+    outstanding: int = 2
+    refusal: ModelServerRefused | None = None
+    unavailable: bool = False
+
+
+def pairs_sample(
+    *, version: ModelVersion, prompts: list[Prompt], client: ModelServerClient, wanted: int | None = None
+) -> list[Pair]:
+    """Sample two seeded answers per prompt and store each pair as soon as both of its answers are in.
+
+    PAIR_GENERATION_CONCURRENCY prompts (two requests each) are in flight together so the server batches them.
+    Stops at `wanted` pairs (default: one per prompt); a prompt the server refuses, or whose twin answers are the
+    same, is replaced by the next one in `prompts`, so one bad prompt never costs the batch. A refusal that blames the
+    prompt is recorded on it (see prompt_refusal_record); a failed request (timeout, 5xx) costs only its own pair.
+
+    Raises ModelServerUnavailable when nothing could be stored because the server could not be reached, and
+    ModelServerRefused when nothing could be stored because it refused the caller or the model (401, 403, 404).
+    """
+    wanted = len(prompts) if wanted is None else wanted
+    waiting = deque(prompts)
+    concurrency = max(1, settings.PAIR_GENERATION_CONCURRENCY)
+    stored: list[Pair] = []
+    slots_used = 0  # a stored pair or a failed request uses a slot; a refused prompt or identical twins free theirs
+    in_flight: dict[Future[Sample], _PromptInFlight] = {}
+    prompts_in_flight = 0
+    unavailable: list[ModelServerUnavailable] = []
+    blocking_refusals: list[ModelServerRefused] = []
 
     def sample(prompt: Prompt) -> Sample:
         return client.chat(
             model=version.name, messages=prompt.messages, params=SamplingParams.from_settings(_new_seed())
         )
 
-    workers = max(1, settings.PAIR_GENERATION_CONCURRENCY * 2)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sample") as pool:
-        futures = [(prompt, pool.submit(sample, prompt), pool.submit(sample, prompt)) for prompt in prompts]
-        results = [(prompt, first.result(), second.result()) for prompt, first, second in futures]
-    pairs = [pair_create(prompt=prompt, version=version, first=a, second=b) for prompt, a, b in results]
-    return [pair for pair in pairs if pair is not None]
+    with ThreadPoolExecutor(max_workers=concurrency * 2, thread_name_prefix="sample") as pool:
+
+        def submit_more() -> None:
+            nonlocal prompts_in_flight
+            while waiting and prompts_in_flight < concurrency and slots_used + prompts_in_flight < wanted:
+                entry = _PromptInFlight(waiting.popleft())
+                for _ in range(2):
+                    in_flight[pool.submit(sample, entry.prompt)] = entry
+                prompts_in_flight += 1
+
+        submit_more()
+        while in_flight:
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                entry = in_flight.pop(future)
+                entry.outstanding -= 1
+                try:
+                    entry.answers.append(future.result())
+                except ModelServerRefused as error:
+                    entry.refusal = entry.refusal or error
+                except ModelServerUnavailable as error:
+                    entry.unavailable = True
+                    unavailable.append(error)
+                if entry.outstanding:
+                    continue
+                prompts_in_flight -= 1
+                pair = _prompt_finished(entry, version, blocking_refusals)
+                if pair is not None:
+                    stored.append(pair)
+                    slots_used += 1
+                elif entry.unavailable or (entry.refusal and not entry.refusal.blames_the_request_body):
+                    slots_used += 1
+            if not stored and len(unavailable) >= 2 * concurrency:
+                waiting.clear()  # a whole wave failed and none worked: the server is down, stop asking it
+            submit_more()
+
+    if not stored and blocking_refusals:
+        raise blocking_refusals[0]
+    if not stored and unavailable:
+        raise unavailable[0]
+    if unavailable or blocking_refusals:
+        logger.warning(
+            "stored %d pairs from %s; %d requests failed (%s)",
+            len(stored),
+            version,
+            len(unavailable) + len(blocking_refusals),
+            (unavailable or blocking_refusals)[0],
+        )
+    return stored
+
+
+def _prompt_finished(
+    entry: _PromptInFlight, version: ModelVersion, blocking_refusals: list[ModelServerRefused]
+) -> Pair | None:
+    if entry.refusal is not None:
+        if entry.refusal.blames_the_request_body:
+            prompt_refusal_record(prompt=entry.prompt, reason=str(entry.refusal))
+        else:
+            blocking_refusals.append(entry.refusal)
+        return None
+    if len(entry.answers) < 2:
+        return None  # one request failed; logged once for the batch
+    return pair_create(prompt=entry.prompt, version=version, first=entry.answers[0], second=entry.answers[1])
 
 
 REFILL_LOCK = "pairloop:pairs-refill"
@@ -107,11 +237,12 @@ def pairs_refill(*, client_factory: Callable[[], ModelServerClient] = client_fro
             missing = settings.PAIR_BUFFER_TARGET - pairs_ready_count(version)
             if missing <= 0:
                 return 0
-            prompts = _prompts_least_sampled(version, missing)
+            # Spare prompts stand in for any the server refuses, so the others still fill the buffer.
+            prompts = _prompts_least_sampled(version, missing * 2)
             if not prompts:
-                logger.warning("no active prompts to sample pairs from")
+                logger.warning("no active prompts to sample pairs from (see prompts set aside by refusals)")
                 return 0
-            made = pairs_sample(version=version, prompts=prompts, client=client)
+            made = pairs_sample(version=version, prompts=prompts, client=client, wanted=missing)
         logger.info("made %d pairs from %s (%d were missing)", len(made), version, missing)
         return len(made)
     finally:
@@ -119,13 +250,38 @@ def pairs_refill(*, client_factory: Callable[[], ModelServerClient] = client_fro
 
 
 def refill_if_low() -> None:
-    if pairs_ready_count() < settings.PAIR_BUFFER_LOW_WATERMARK:
+    """After a vote: ask for more pairs when fewer than PAIR_BUFFER_LOW_WATERMARK are left to judge."""
+    low = settings.PAIR_BUFFER_LOW_WATERMARK
+    # Counts at most `low` rows (COUNT over a LIMIT): every vote runs this, and counting every open pair costs a scan
+    # of all of them (about 5 ms at 20,000 on PostgreSQL).
+    if Pair.objects.needing_judgements()[:low].count() < low:
         pairs_refill_request()
 
 
 def pairs_refill_request(*, throttle: bool = True) -> None:
-    """Ask the worker for more pairs; throttled to once every few seconds however many pages ask."""
+    """Ask the worker for more pairs; throttled to once every few seconds however many pages ask.
+
+    Best-effort: pages and API reads call this, and must still answer when the broker is down (the request is
+    logged and dropped; beat asks again every PAIR_REFILL_INTERVAL once the broker is back).
+    """
+    if not throttle or cache.add("pairloop:pairs-refill-requested", "1", timeout=10):
+        transaction.on_commit(_pairs_refill_enqueue)
+
+
+def _pairs_refill_enqueue() -> None:
     from annotate.tasks import pairs_refill as pairs_refill_task
 
-    if not throttle or cache.add("pairloop:pairs-refill-requested", "1", timeout=10):
-        transaction.on_commit(pairs_refill_task.delay)
+    try:
+        pairs_refill_task.delay()
+    except (KombuOperationalError, OSError) as error:
+        # on_commit callbacks run inside the request: anything raised here would turn the page into a 500.
+        logger.warning(
+            "could not ask the worker for pairs: the broker (%s) is unreachable: %s",
+            _broker_location(pairs_refill_task.app.conf.broker_url),
+            error,
+        )
+
+
+def _broker_location(url: str | None) -> str:
+    # Never log the broker's password.
+    return re.sub(r"//[^@/]*@", "//***@", url or "")

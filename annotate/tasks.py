@@ -26,7 +26,10 @@ logger = logging.getLogger(__name__)
     max_retries=3,  # beat asks again every PAIR_REFILL_INTERVAL, so a long outage does not pile up retries
 )
 def pairs_refill() -> int:
-    """Top up the buffer of ready pairs; retried with backoff while the model server is down."""
+    """Top up the buffer of ready pairs; retried with backoff while the model server is down.
+
+    Prompts the server refuses are recorded and replaced, so they never fail the task (see sampling.pairs_sample).
+    """
     return sampling.pairs_refill()
 
 
@@ -90,7 +93,7 @@ def rounds_start_when_due() -> int | None:
 @worker_ready.connect
 def _fill_the_buffer_at_start(sender: Any, **kwargs: Any) -> None:
     # A fresh start (or a restarted vLLM) gets pairs, and the serving adapter reloaded, without waiting for beat.
-    pairs_refill.delay()
+    sampling.pairs_refill_request(throttle=False)
 
 
 # Acknowledged on receipt like a round: an export runs once (Export.start), so a redelivery would only find it

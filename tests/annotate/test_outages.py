@@ -40,11 +40,6 @@ def broker_unreachable():
     reset_connections()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the sampling change that makes sampling.pairs_refill_request best-effort (it raises "
-    "kombu's OperationalError when the broker is down); the coordinator flips this after merging it",
-)
 def test_pages_and_the_api_answer_with_the_broker_down(broker_unreachable, client, annotator, make_pair):
     client.force_login(annotator)
     waiting = client.get("/")  # nothing ready: the page asks for a refill, which cannot be sent

@@ -1,0 +1,121 @@
+"""A tiny local HTTP server that answers like vLLM's OpenAI-compatible API, for tests of the HTTP edge.
+
+It runs the real client (annotate.generation) over a real socket: status codes, error bodies and timeouts are what
+the client sees from vLLM, only the answers are made up (deterministic in the seed, so twins differ).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+# vLLM's wording (0.32, CPU build) for a prompt over the model's context, in its error body's shape.
+CONTEXT_ERROR = (
+    "This model's maximum context length is 8192 tokens. However, your prompt contains at least {tokens} input "
+    "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input prompt."
+)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up (a timeout test) closed its socket: nothing to report
+
+
+class ModelServerStub:
+    def __init__(self, *, served_models: tuple[str, ...], max_prompt_characters: int = 100_000) -> None:
+        self.served_models = set(served_models)
+        self.max_prompt_characters = max_prompt_characters
+        self.failing_prompts: set[str] = set()  # answered 500, like an engine error on one request
+        self.slow_prompts: dict[str, float] = {}  # prompt -> seconds to wait before answering
+        self.before_answer: dict[str, Callable[[], None]] = {}  # prompt -> called (in the server thread) first
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def prompts_sent(self) -> list[str]:
+        with self._lock:
+            return [body["messages"][-1]["content"] for body in self.requests]
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _error(self, status: int, kind: str, message: str) -> None:
+                self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+
+            def do_GET(self) -> None:
+                if self.path == "/health":
+                    self._send(200, {})
+                elif self.path == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": name} for name in sorted(stub.served_models)]})
+                else:
+                    self._error(404, "NotFoundError", "Not Found")
+
+            def do_POST(self) -> None:
+                if self.path != "/v1/chat/completions":
+                    self._error(404, "NotFoundError", "Not Found")
+                    return
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with stub._lock:
+                    stub.requests.append(body)
+                content = body["messages"][-1]["content"]
+                if content in stub.before_answer:
+                    stub.before_answer[content]()
+                if content in stub.slow_prompts:
+                    time.sleep(stub.slow_prompts[content])
+                if body["model"] not in stub.served_models:
+                    self._error(404, "NotFoundError", f"The model `{body['model']}` does not exist. Valid aliases: ...")
+                elif len(content) > stub.max_prompt_characters:
+                    self._error(400, "BadRequestError", CONTEXT_ERROR.format(tokens=len(content) // 4))
+                elif content in stub.failing_prompts:
+                    self._error(500, "InternalServerError", "EngineCore encountered an issue.")
+                else:
+                    text = f"Answer to {content[:40]!r} with seed {body['seed']}."
+                    self._send(
+                        200,
+                        {
+                            "id": f"chatcmpl-{body['seed']}",
+                            "object": "chat.completion",
+                            "model": body["model"],
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "message": {"role": "assistant", "content": text},
+                                    "finish_reason": "stop",
+                                }
+                            ],
+                            "usage": {"prompt_tokens": len(content) // 4 + 5, "completion_tokens": len(text) // 4},
+                        },
+                    )
+
+        return Handler
+
+    @contextmanager
+    def running(self) -> Iterator[ModelServerStub]:
+        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._server.shutdown()
+            self._server.server_close()
+            thread.join(timeout=5)

@@ -1,0 +1,79 @@
+"""The vLLM HTTP client against a local server that answers like vLLM (tests/annotate/model_server_stub.py)."""
+
+import socket
+
+import pytest
+
+from annotate.generation import ModelServerClient, ModelServerRefused, ModelServerUnavailable, SamplingParams
+from tests.annotate.model_server_stub import ModelServerStub
+
+MODEL = "policy-v0"
+PARAMS = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=64, seed=1234)
+
+
+@pytest.fixture
+def stub():
+    with ModelServerStub(served_models=(MODEL,), max_prompt_characters=1000).running() as server:
+        yield server
+
+
+def ask(client, content, model=MODEL, params=PARAMS):
+    return client.chat(model=model, messages=[{"role": "user", "content": content}], params=params)
+
+
+def test_chat_sends_the_sampling_it_records(stub):
+    with ModelServerClient(stub.url) as client:
+        sample = ask(client, "Name a colour.")
+
+    sent = stub.requests[-1]
+    assert {key: sent[key] for key in ("model", "temperature", "top_p", "max_tokens", "seed", "n")} == {
+        "model": MODEL,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "max_tokens": 64,
+        "seed": 1234,
+        "n": 1,
+    }
+    # What is recorded is exactly what was sent: the answer can be sampled again from its lineage.
+    assert sample.sampling == {key: sent[key] for key in ("temperature", "top_p", "max_tokens", "seed", "n")}
+    assert sample.text == "Answer to 'Name a colour.' with seed 1234."
+    assert (sample.finish_reason, sample.response_id) == ("stop", "chatcmpl-1234")
+    assert sample.prompt_tokens is not None and sample.completion_tokens is not None
+    assert sample.latency_ms >= 0
+
+
+def test_a_prompt_too_long_is_refused_and_blames_the_prompt(stub):
+    with ModelServerClient(stub.url) as client, pytest.raises(ModelServerRefused) as caught:
+        ask(client, "x" * 5000)
+    assert caught.value.status_code == 400
+    assert caught.value.blames_the_request_body
+    assert "maximum context length" in str(caught.value)
+
+
+def test_an_unknown_model_is_refused_without_blaming_the_prompt(stub):
+    with ModelServerClient(stub.url) as client, pytest.raises(ModelServerRefused) as caught:
+        ask(client, "Hello", model="no-such-adapter")
+    assert caught.value.status_code == 404
+    assert not caught.value.blames_the_request_body
+
+
+def test_a_server_error_is_worth_retrying(stub):
+    stub.failing_prompts.add("Hello")
+    with ModelServerClient(stub.url) as client, pytest.raises(ModelServerUnavailable, match="HTTP 500"):
+        ask(client, "Hello")
+
+
+def test_a_request_that_takes_too_long_is_worth_retrying(stub):
+    stub.slow_prompts["Hello"] = 1.0
+    with ModelServerClient(stub.url, timeout=0.2) as client, pytest.raises(ModelServerUnavailable):
+        ask(client, "Hello")
+
+
+def test_nothing_listening_is_worth_retrying():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    with ModelServerClient(f"http://127.0.0.1:{closed_port}") as client, pytest.raises(ModelServerUnavailable):
+        ask(client, "Hello")
+    with ModelServerClient(f"http://127.0.0.1:{closed_port}") as client:
+        assert client.is_healthy() is False
