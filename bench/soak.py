@@ -298,7 +298,7 @@ def make_pairs(count: int, votes_per_pair: int) -> None:
             sampled_from=version,
             campaign=campaign,
             judgements_required=votes_per_pair,
-        )  # fmt: skip
+        )
         for n, prompt in enumerate(prompts)
     )
 
@@ -380,7 +380,7 @@ def main() -> int:
     parts = {
         "redis": Part(
             "redis", ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"], env, log_dir
-        ),  # fmt: skip
+        ),
         "web": Part(
             "web",
             [
@@ -397,7 +397,7 @@ def main() -> int:
             ],
             env,
             log_dir,
-        ),  # fmt: skip
+        ),
         "worker": Part(
             "worker",
             [
@@ -416,7 +416,7 @@ def main() -> int:
             ],
             env,
             log_dir,
-        ),  # fmt: skip
+        ),
         "vllm": Part("vllm", [python, "manage.py", "serve_model"], env, log_dir),
     }
     if args.no_vllm:
