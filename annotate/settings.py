@@ -234,6 +234,19 @@ RATIONALE_MAX_LENGTH = env_int("RATIONALE_MAX_LENGTH", 2000)
 # A repeat (self-consistency check) shows a pair judged at least this many votes earlier.
 REPEAT_MIN_VOTES_BETWEEN = env_int("REPEAT_MIN_VOTES_BETWEEN", 5)
 
+# --- Vote quality: when the quality page flags an annotator (annotate.agreement.QualityThresholds) -------------
+QUALITY_POSITION_BIAS_P_VALUE = env_float("QUALITY_POSITION_BIAS_P_VALUE", 0.01)
+QUALITY_POSITION_BIAS_SHARE = env_float("QUALITY_POSITION_BIAS_SHARE", 0.7)
+QUALITY_FAST_FLOOR_SECONDS = env_float("QUALITY_FAST_FLOOR_SECONDS", 2.0)
+QUALITY_FAST_MEDIAN_SECONDS = env_float("QUALITY_FAST_MEDIAN_SECONDS", 3.0)
+QUALITY_MIN_COMPETENCE = env_float("QUALITY_MIN_COMPETENCE", 0.5)
+QUALITY_COMPETENCE_MIN_VOTES = env_int("QUALITY_COMPETENCE_MIN_VOTES", 10)
+QUALITY_MIN_GOLD_ACCURACY = env_float("QUALITY_MIN_GOLD_ACCURACY", 0.6)
+QUALITY_GOLD_MIN_VOTES = env_int("QUALITY_GOLD_MIN_VOTES", 5)
+QUALITY_MIN_SELF_CONSISTENCY = env_float("QUALITY_MIN_SELF_CONSISTENCY", 0.6)
+QUALITY_SELF_CONSISTENCY_MIN_REPEATS = env_int("QUALITY_SELF_CONSISTENCY_MIN_REPEATS", 5)
+QUALITY_KAPPA_MIN_SHARED_PAIRS = env_int("QUALITY_KAPPA_MIN_SHARED_PAIRS", 10)
+
 # --- Training rounds -----------------------------------------------------------------------------------------
 ROUND_DIR = Path(env_str("ROUND_DIR", str(VAR_DIR / "rounds")))
 # Prefix for `-m training ...`, e.g. "accelerate launch" or "torchrun --nproc-per-node 4"; empty: this Python.

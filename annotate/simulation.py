@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 
 from django.contrib.auth.models import User
+from django.utils import timezone
 
 from annotate import services
-from annotate.models import Judgement
+from annotate.models import Assignment, Judgement
 
 # Given the left and the right answer: (choice as on screen, strength or None).
 Preference = Callable[[str, str], tuple[str, int | None]]
@@ -52,26 +56,121 @@ def preference_from_spec(spec: str) -> Preference:
     raise ValueError(f"--prefer must be shorter, longer or keyword:WORD, not {spec!r}")
 
 
-def simulated_annotator_judge(*, annotators: Sequence[User], preference: Preference, limit: int) -> int:
+PROFILE_KINDS = ("careful", "noisy", "left-biased", "random", "fast")
+_KINDS_WITH_RATE = ("noisy", "left-biased")
+
+
+@dataclass(frozen=True)
+class Decision:
+    choice: str  # on screen: left, right, tie or both_bad
+    strength: int | None
+    seconds: float  # how long the annotator took
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How a simulated annotator deviates from the taste (the Preference) everyone is given.
+
+    careful follows the taste; noisy:P follows it with probability P and otherwise answers at random; left-biased:P
+    picks the left answer with probability P whatever it says; random picks a side uniformly; fast follows the taste
+    but answers in under a second. All but fast take a reading time that grows with the answers' length.
+    """
+
+    kind: str
+    rate: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.rate is None else f"{self.kind}:{self.rate:g}"
+
+    def decide(self, *, left: str, right: str, preference: Preference, rng: random.Random) -> Decision:
+        if self.kind == "fast":
+            choice, strength = preference(left, right)
+            return Decision(choice, strength, rng.uniform(0.3, 0.9))
+        seconds = _reading_seconds(left, right, rng)
+        if self.kind == "careful" or (self.kind == "noisy" and rng.random() < (self.rate or 0.0)):
+            choice, strength = preference(left, right)
+            return Decision(choice, strength, seconds)
+        if self.kind == "left-biased":
+            side = "left" if rng.random() < (self.rate or 0.0) else "right"
+            return Decision(side, rng.randint(1, 3), seconds)
+        # random, and a noisy annotator's off moments: a side by a coin flip, a strength at random
+        return Decision(rng.choice(("left", "right")), rng.randint(1, 3), seconds)
+
+
+def _reading_seconds(left: str, right: str, rng: random.Random) -> float:
+    """About 4 s to take the pair in plus skimming both answers at 30 characters a second, give or take a quarter."""
+    return (4.0 + (len(left) + len(right)) / 30.0) * rng.lognormvariate(0.0, 0.25)
+
+
+def profile_from_spec(spec: str) -> tuple[Profile, int]:
+    """Parse one --profile value: KIND[:P][*COUNT], e.g. careful, noisy:0.8, left-biased:0.9*2, random*3."""
+    text, _, count_text = spec.strip().partition("*")
+    count = 1
+    if count_text:
+        if not count_text.strip().isdigit() or int(count_text) < 1:
+            raise ValueError(f"--profile {spec!r}: the count after * must be a whole number of at least 1")
+        count = int(count_text)
+    kind, has_rate, rate_text = text.strip().partition(":")
+    if kind not in PROFILE_KINDS:
+        raise ValueError(f"--profile {spec!r}: the kind must be one of {', '.join(PROFILE_KINDS)}")
+    if kind not in _KINDS_WITH_RATE:
+        if has_rate:
+            raise ValueError(f"--profile {spec!r}: {kind} takes no probability")
+        return Profile(kind), count
+    try:
+        rate = float(rate_text)
+    except ValueError:
+        raise ValueError(f"--profile {spec!r}: {kind} needs a probability, e.g. {kind}:0.8") from None
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"--profile {spec!r}: the probability must be between 0 and 1")
+    return Profile(kind, rate), count
+
+
+def profiles_from_specs(specs: Sequence[str]) -> list[Profile]:
+    """Every --profile value expanded by its count, in order: ["careful*2", "random"] gives three annotators."""
+    profiles = []
+    for spec in specs:
+        profile, count = profile_from_spec(spec)
+        profiles.extend([profile] * count)
+    return profiles
+
+
+@dataclass(frozen=True)
+class SimulatedAnnotator:
+    user: User
+    profile: Profile
+
+
+def simulated_annotator_judge(
+    *, annotators: Sequence[SimulatedAnnotator], preference: Preference, limit: int, rng: random.Random
+) -> int:
     """Each annotator in turn leases a pair and votes on it as a person would; returns the votes given."""
     given, turn = 0, 0
     done: set[int] = set()
     while given < limit and len(done) < len(annotators):
         annotator = annotators[turn % len(annotators)]
         turn += 1
-        if annotator.pk in done:
+        if annotator.user.pk in done:
             continue
-        assignment = services.assignment_lease_next(annotator=annotator)
+        assignment = services.assignment_lease_next(annotator=annotator.user)
         if assignment is None:
-            done.add(annotator.pk)  # nothing left that this annotator has not seen
+            done.add(annotator.user.pk)  # nothing left that this annotator has not seen
             continue
-        choice, strength = preference(assignment.left.text, assignment.right.text)
+        decision = annotator.profile.decide(
+            left=assignment.left.text, right=assignment.right.text, preference=preference, rng=rng
+        )
+        # The service measures the time spent from the start of the lease: a simulated annotator answers at once,
+        # so its lease is moved back by the time it would have taken.
+        Assignment.objects.filter(pk=assignment.pk).update(
+            leased_at=timezone.now() - timedelta(seconds=decision.seconds)
+        )
         services.judgement_record(
-            annotator=annotator,
+            annotator=annotator.user,
             pair_id=assignment.pair_id,
-            choice=choice,
-            strength=strength,
-            rationale=f"simulated: {preference.__name__}",
+            choice=decision.choice,
+            strength=decision.strength,
+            rationale=f"simulated: {annotator.profile.name}",
             idempotency_key=uuid.uuid4(),
             source=Judgement.Source.SIMULATED,
         )

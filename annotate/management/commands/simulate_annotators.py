@@ -1,38 +1,67 @@
+import random
 import time
+from collections import Counter
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
 
 from annotate import sampling
-from annotate.simulation import preference_from_spec, simulated_annotator_judge
+from annotate.simulation import (
+    Profile,
+    SimulatedAnnotator,
+    preference_from_spec,
+    profiles_from_specs,
+    simulated_annotator_judge,
+)
 
 
 class Command(BaseCommand):
-    help = "Judge pending pairs with a known preference, through the same services as a person."
+    help = (
+        "Judge pending pairs with a known taste, through the same services as a person. Each simulated annotator "
+        "has a profile saying how it deviates from the taste: careful, noisy:P, left-biased:P, random or fast."
+    )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--prefer", required=True, help="shorter, longer or keyword:WORD")
-        parser.add_argument("--count", type=int, required=True, help="how many votes to give")
-        parser.add_argument("--annotators", type=int, default=1, help="simulated annotators to share the votes")
+        parser.add_argument("--prefer", required=True, help="the taste: shorter, longer or keyword:WORD")
+        parser.add_argument("--count", type=int, required=True, help="how many votes to give in all")
+        parser.add_argument("--annotators", type=int, default=None,
+                            help="careful annotators sharing the votes (without --profile; default 1)")  # fmt: skip
+        parser.add_argument("--profile", action="append", default=[], metavar="KIND[:P][*COUNT]",
+                            help="one annotator per profile, COUNT of them with *COUNT; repeat the option to mix, "
+                                 "e.g. --profile careful*6 --profile noisy:0.8*2 --profile left-biased:0.9 "
+                                 "--profile random")  # fmt: skip
+        parser.add_argument("--seed", type=int, default=None, help="seed the annotators' choices (repeatable runs)")
         parser.add_argument("--sample", action="store_true",
                             help="when no pair is pending, sample more from the model server and go on")  # fmt: skip
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             preference = preference_from_spec(options["prefer"])
+            profiles = profiles_from_specs(options["profile"])
         except ValueError as error:
             raise CommandError(str(error)) from error
-        if options["count"] < 1 or options["annotators"] < 1:
+        if profiles and options["annotators"] is not None:
+            raise CommandError("give either --annotators (careful ones) or --profile, not both")
+        if not profiles:
+            profiles = [Profile("careful")] * (1 if options["annotators"] is None else options["annotators"])
+        if options["count"] < 1 or not profiles:
             raise CommandError("--count and --annotators must be at least 1")
+        # The profile is in the name, so the same command line votes as the same users again.
         annotators = [
-            User.objects.get_or_create(username=f"simulated-{options['prefer']}-{number}")[0]
-            for number in range(1, options["annotators"] + 1)
+            SimulatedAnnotator(
+                user=User.objects.get_or_create(
+                    username=f"simulated-{options['prefer']}-{profile.name.replace(':', '-')}-{number}"
+                )[0],
+                profile=profile,
+            )
+            for number, profile in enumerate(profiles, start=1)
         ]
+        rng = random.Random(options["seed"])
         given, idle_since = 0, time.monotonic()
         while given < options["count"]:
             votes = simulated_annotator_judge(
-                annotators=annotators, preference=preference, limit=options["count"] - given
+                annotators=annotators, preference=preference, limit=options["count"] - given, rng=rng
             )
             given += votes
             if votes:
@@ -44,4 +73,5 @@ class Command(BaseCommand):
                 raise CommandError(f"no new pairs to judge for two minutes; {given} votes given")
             if sampling.pairs_refill() == 0:
                 time.sleep(2)  # a worker's refill holds the lock, or the server is busy: look again shortly
-        self.stdout.write(f"{given} votes given preferring {options['prefer']}")
+        mix = ", ".join(f"{name} x{count}" for name, count in Counter(profile.name for profile in profiles).items())
+        self.stdout.write(f"{given} votes given preferring {options['prefer']} ({mix})")

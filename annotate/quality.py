@@ -1,0 +1,166 @@
+"""Vote quality on the Django side: read judgements into annotate.agreement's records and compute the report.
+
+Every function takes an optional queryset of judgements, so a caller can narrow it to a campaign, a time window or
+a round's frozen votes. Gold answers and repeat votes are optional inputs (pair id -> expected choice; the ids of
+repeat judgements), so the statistics do not depend on how those are stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Hashable, Mapping
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
+from django.db.models.functions import Length
+
+from annotate.agreement import (
+    LABELS,
+    AgreementSummary,
+    AnnotatorSignals,
+    PairwiseKappa,
+    QualityThresholds,
+    Vote,
+    agreement_summary,
+    annotator_signals,
+    competence,
+    pairwise_kappas,
+)
+from annotate.models import Judgement
+
+
+def quality_thresholds() -> QualityThresholds:
+    """The flag thresholds from the QUALITY_* settings."""
+    return QualityThresholds(
+        position_bias_p_value=settings.QUALITY_POSITION_BIAS_P_VALUE,
+        position_bias_share=settings.QUALITY_POSITION_BIAS_SHARE,
+        fast_floor_seconds=settings.QUALITY_FAST_FLOOR_SECONDS,
+        fast_median_seconds=settings.QUALITY_FAST_MEDIAN_SECONDS,
+        competence=settings.QUALITY_MIN_COMPETENCE,
+        competence_min_votes=settings.QUALITY_COMPETENCE_MIN_VOTES,
+        gold_accuracy=settings.QUALITY_MIN_GOLD_ACCURACY,
+        gold_min_votes=settings.QUALITY_GOLD_MIN_VOTES,
+        self_consistency=settings.QUALITY_MIN_SELF_CONSISTENCY,
+        self_consistency_min_repeats=settings.QUALITY_SELF_CONSISTENCY_MIN_REPEATS,
+        kappa_min_shared_items=settings.QUALITY_KAPPA_MIN_SHARED_PAIRS,
+    )
+
+
+def votes_from_judgements(
+    judgements: QuerySet[Judgement] | None = None, *, repeat_ids: Collection[int] = frozenset()
+) -> list[Vote]:
+    """The votes with an annotator (imported votes without one say nothing about a person), oldest first, in one
+    query: answer lengths are measured by the database, the texts are never loaded."""
+    queryset = Judgement.objects.all() if judgements is None else judgements
+    repeats = frozenset(repeat_ids)
+    rows = (
+        queryset.filter(annotator__isnull=False)
+        .annotate(length_a=Length("pair__completion_a__text"), length_b=Length("pair__completion_b__text"))
+        .order_by("id")
+        .values_list(
+            "id", "annotator_id", "pair_id", "choice", "strength", "a_on_left", "time_spent_ms", "length_a", "length_b"
+        )
+    )
+    return [
+        Vote(
+            annotator=annotator_id,
+            item=pair_id,
+            label=choice,
+            strength=strength,
+            a_on_left=a_on_left,
+            seconds=None if time_spent_ms is None else time_spent_ms / 1000,
+            a_is_longer=None if length_a == length_b else length_a > length_b,
+            is_repeat=judgement_id in repeats,
+            vote_id=judgement_id,
+        )
+        for judgement_id, annotator_id, pair_id, choice, strength, a_on_left, time_spent_ms, length_a, length_b in (
+            rows.iterator(chunk_size=5000)
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class AnnotatorRow:
+    annotator_id: Hashable  # the user's id
+    username: str
+    signals: AnnotatorSignals
+
+
+@dataclass(frozen=True)
+class KappaRow:
+    annotator: str
+    other: str
+    shared_pairs: int
+    kappa: float | None
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    agreement: AgreementSummary
+    annotators: list[AnnotatorRow]
+    kappas: list[KappaRow]
+    thresholds: QualityThresholds
+
+
+def _check_gold(gold: Mapping[int, str]) -> None:
+    wrong = {pair_id: expected for pair_id, expected in gold.items() if expected not in LABELS}
+    if wrong:
+        raise ValueError(f"gold answers must be one of {', '.join(LABELS)}; got {wrong}")
+
+
+def quality_report(
+    judgements: QuerySet[Judgement] | None = None,
+    *,
+    gold: Mapping[int, str] | None = None,
+    repeat_ids: Collection[int] = frozenset(),
+    thresholds: QualityThresholds | None = None,
+) -> QualityReport:
+    """Agreement, the per-annotator table with flags, and pairwise kappas, from two queries in all.
+
+    `gold` maps a gold pair's id to its expected choice (a, b, tie or both_bad); `repeat_ids` are the ids of the
+    judgements that are repeats. MACE takes a few seconds on 100k votes; everything else well under that.
+    """
+    gold = gold or {}
+    _check_gold(gold)
+    thresholds = thresholds or quality_thresholds()
+    votes = votes_from_judgements(judgements, repeat_ids=repeat_ids)
+    return report_from_votes(votes, gold=gold, thresholds=thresholds)
+
+
+def report_from_votes(votes: list[Vote], *, gold: Mapping[int, str], thresholds: QualityThresholds) -> QualityReport:
+    """The report over votes already read (the benchmark adds simulated repeats to them)."""
+    usernames: dict[Hashable, str] = dict(
+        User.objects.filter(pk__in={vote.annotator for vote in votes}).values_list("pk", "username")
+    )
+    signals = annotator_signals(votes, thresholds=thresholds, gold=gold, competences=competence(votes))
+    kappas = pairwise_kappas(votes, min_shared_items=thresholds.kappa_min_shared_items)
+    return QualityReport(
+        agreement=agreement_summary(votes),
+        annotators=[AnnotatorRow(row.annotator, usernames.get(row.annotator, "?"), row) for row in signals],
+        kappas=[
+            KappaRow(
+                usernames.get(kappa.annotator, "?"),
+                usernames.get(kappa.other, "?"),
+                kappa.shared_items,
+                kappa.kappa,
+            )
+            for kappa in kappas
+        ],
+        thresholds=thresholds,
+    )
+
+
+def agreement_for(
+    judgements: QuerySet[Judgement] | None = None, *, repeat_ids: Collection[int] = frozenset()
+) -> AgreementSummary:
+    """Only the agreement summary (alphas and counts), in one query and without MACE: cheap enough for any page."""
+    return agreement_summary(votes_from_judgements(judgements, repeat_ids=repeat_ids))
+
+
+def pairwise_kappas_for(
+    judgements: QuerySet[Judgement] | None = None, *, min_shared_pairs: int | None = None
+) -> list[PairwiseKappa]:
+    """Cohen's kappa for every two annotators who judged at least `min_shared_pairs` of the same pairs."""
+    minimum = settings.QUALITY_KAPPA_MIN_SHARED_PAIRS if min_shared_pairs is None else min_shared_pairs
+    return pairwise_kappas(votes_from_judgements(judgements), min_shared_items=minimum)

@@ -1,0 +1,137 @@
+"""The quality selectors (annotate/quality.py): votes given through the services, read back into the statistics."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from django.core.management import call_command
+
+from annotate import services
+from annotate.agreement import QualityThresholds
+from annotate.models import Judgement
+from annotate.quality import (
+    agreement_for,
+    pairwise_kappas_for,
+    quality_report,
+    quality_thresholds,
+    votes_from_judgements,
+)
+
+SHORT, LONG = "Paris.", "The capital of France is Paris, on the Seine."
+
+
+def _vote(user, choice_of_a: str, strength: int | None = None) -> Judgement:
+    """Lease the next pair and vote for A, for B (given relative to the pair), tie or both_bad."""
+    assignment = services.assignment_lease_next(annotator=user)
+    assert assignment is not None
+    choice = choice_of_a
+    if choice_of_a in ("a", "b"):
+        choice = "left" if (choice_of_a == "a") == assignment.a_on_left else "right"
+    return services.judgement_record(
+        annotator=user,
+        pair_id=assignment.pair_id,
+        choice=choice,
+        strength=strength,
+        rationale="",
+        idempotency_key=uuid.uuid4(),
+    ).judgement
+
+
+def test_votes_are_read_relative_to_the_pair_with_sides_lengths_and_time(make_pair, annotator, tmp_path):
+    make_pair(texts=(SHORT, LONG))
+    make_pair(texts=("same", "size"))
+    first = _vote(annotator, "a", 3)
+    second = _vote(annotator, "tie")
+    # Imported votes have no annotator: nothing to say about a person, so they are left out.
+    path = tmp_path / "trl.jsonl"
+    path.write_text(json.dumps({"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."}) + "\n")
+    call_command("import_preferences", str(path), "--format", "trl", verbosity=0)
+    assert Judgement.objects.count() == 3
+
+    votes = votes_from_judgements()
+
+    assert [(vote.vote_id, vote.annotator, vote.label) for vote in votes] == [
+        (first.pk, annotator.pk, "a"),
+        (second.pk, annotator.pk, "tie"),
+    ]
+    assert (votes[0].strength, votes[0].signed_strength, votes[0].a_on_left) == (3, 3, first.a_on_left)
+    assert votes[0].chose_left == first.a_on_left  # A was chosen, so the left pick is wherever A was shown
+    assert votes[0].a_is_longer is False and votes[0].chose_longer is False
+    assert votes[1].a_is_longer is None  # "same" and "size": no longer answer
+    assert votes[0].seconds == first.time_spent_ms / 1000
+    assert votes_from_judgements(repeat_ids={second.pk})[1].is_repeat
+
+
+def test_a_queryset_narrows_the_votes(make_pair, annotator, other_annotator):
+    pairs = [make_pair(texts=(SHORT, LONG), required=2) for _ in range(3)]
+    for _ in pairs:
+        _vote(annotator, "a", 1)
+        _vote(other_annotator, "b", 1)
+
+    everything = agreement_for()
+    first_two = agreement_for(Judgement.objects.filter(pair__in=pairs[:2]))
+
+    assert (everything.votes, everything.items, everything.annotators) == (6, 3, 2)
+    assert (first_two.votes, first_two.items) == (4, 2)
+    assert everything.alpha_nominal is not None and everything.alpha_nominal < 0  # they always disagree
+    [kappa] = pairwise_kappas_for(min_shared_pairs=3)
+    assert kappa.shared_items == 3
+    assert pairwise_kappas_for(min_shared_pairs=4) == []
+
+
+def test_alpha_is_undefined_with_one_annotator(make_pair, annotator):
+    for _ in range(3):
+        make_pair(texts=(SHORT, LONG))
+        _vote(annotator, "a", 2)
+    summary = agreement_for()
+    assert (summary.alpha_nominal, summary.alpha_ordinal, summary.annotators) == (None, None, 1)
+
+
+def test_thresholds_come_from_the_settings(settings):
+    assert quality_thresholds() == QualityThresholds()  # the settings' defaults are the dataclass's
+    settings.QUALITY_MIN_COMPETENCE = 0.3
+    settings.QUALITY_GOLD_MIN_VOTES = 12
+    thresholds = quality_thresholds()
+    assert (thresholds.competence, thresholds.gold_min_votes) == (0.3, 12)
+
+
+def test_gold_answers_must_be_choices(db):
+    with pytest.raises(ValueError, match="gold answers must be one of a, b, tie, both_bad"):
+        quality_report(gold={1: "left"})
+
+
+def test_report_on_simulated_annotators_flags_the_bad_ones(make_pair, django_assert_num_queries):
+    # Ten annotators judge the same 30 pairs, shorter answers preferred; the shorter answer is A on even pairs.
+    pairs = [make_pair(texts=(SHORT, LONG) if number % 2 == 0 else (LONG, SHORT), required=10) for number in range(30)]
+    call_command(
+        "simulate_annotators", "--prefer", "shorter", "--count", "300", "--seed", "3",
+        "--profile", "careful*6", "--profile", "noisy:0.8*2", "--profile", "left-biased:0.95", "--profile", "random",
+        verbosity=0,
+    )  # fmt: skip
+    assert Judgement.objects.count() == 300
+    gold = {pair.pk: "a" if number % 2 == 0 else "b" for number, pair in enumerate(pairs[:8])}
+    repeat = Judgement.objects.filter(annotator__username__contains="careful").order_by("id").first()
+    assert repeat is not None
+
+    with django_assert_num_queries(2):  # the votes, then the usernames
+        report = quality_report(gold=gold, repeat_ids={repeat.pk})
+
+    rows = {row.username.split("-", 2)[2]: row for row in report.annotators}
+    assert len(rows) == 10
+    assert report.agreement.annotators == 10 and report.agreement.items == 30
+    assert report.agreement.votes == 299  # the repeat is not counted as a vote a second time
+    assert 0.2 < (report.agreement.alpha_nominal or 0) < 0.9
+    flags = {name: {flag.code for flag in row.signals.flags} for name, row in rows.items()}
+    assert "position_bias" in flags["left-biased-0.95-9"]
+    assert "low_competence" in flags["random-10"]
+    assert "gold" not in flags["careful-1"]
+    assert all(flags[f"careful-{number}"] == set() for number in range(1, 7))
+    careful = rows["careful-2"].signals
+    assert (careful.gold.correct, careful.gold.answered) == (8, 8)
+    assert careful.longer_share == 0.0 and careful.campaign_longer_share is not None
+    assert careful.majority.share is not None and careful.majority.share > 0.9
+    assert careful.speed.median_seconds is not None and careful.speed.median_seconds > 3
+    assert (rows["random-10"].signals.competence or 0) < 0.5 < (careful.competence or 0)
+    assert len(report.kappas) == 45  # every two of the ten share all 30 pairs
