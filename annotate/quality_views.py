@@ -206,7 +206,9 @@ def quality_rows(filters: QualityFilters) -> tuple[QualityReport, list[QualityRo
     report = quality_report(judgements, gold=gold, repeat_ids=repeat_ids)
     standings = {
         standing.annotator_id: standing
-        for standing in AnnotatorStanding.objects.filter(annotator_id__in=[row.annotator_id for row in report.annotators])
+        for standing in AnnotatorStanding.objects.filter(
+            annotator_id__in=[row.annotator_id for row in report.annotators]
+        )
     }
     rows = [_row(row, standings.get(cast(int, row.annotator_id))) for row in report.annotators]
     return report, rows_sorted(rows, filters.cleaned_data["sort"])
@@ -238,9 +240,7 @@ def quality(request: AppRequest) -> HttpResponse:
     if not filters.is_valid():
         return render_page(request, "quality/quality.html", "quality", context, status=400)
     report, rows = quality_rows(filters)
-    context.update(
-        report=report, rows=rows, headings=_headings(request, filters), filter_query=filters.query(sort="")
-    )
+    context.update(report=report, rows=rows, headings=_headings(request, filters), filter_query=filters.query(sort=""))
     return render_page(request, "quality/quality.html", "quality", context)
 
 

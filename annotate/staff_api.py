@@ -759,8 +759,11 @@ def annotators_act(request: Request, username: str) -> Response:
 
 
 class QualityAgreementItem(serializers.Serializer[Any]):
-    alpha_nominal = serializers.FloatField(allow_null=True, help_text="Krippendorff's alpha over a/b/tie/both_bad; "
-                                           "null (undefined) with fewer than two annotators or pairable pairs.")  # fmt: skip
+    alpha_nominal = serializers.FloatField(
+        allow_null=True,
+        help_text="Krippendorff's alpha over a/b/tie/both_bad; null (undefined) with fewer than two annotators or "
+        "pairable pairs.",
+    )
     alpha_ordinal = serializers.FloatField(allow_null=True, help_text="On the signed strength scale -3..+3 (tie 0).")
     annotators = serializers.IntegerField()
     units = serializers.IntegerField(source="items", help_text="Pairs with votes.")
@@ -816,8 +819,12 @@ QUALITY_PARAMETERS = [
     OpenApiParameter("date_from", OpenApiTypes.DATE, description="Votes cast on or after this day (UTC)."),
     OpenApiParameter("date_to", OpenApiTypes.DATE, description="Votes cast on or before this day (UTC)."),
     OpenApiParameter("round", OpenApiTypes.INT, description="A training round's id: only the votes it read."),
-    OpenApiParameter("sort", OpenApiTypes.STR, enum=[value for value, _ in quality_views.SORT_CHOICES],
-                     description="A column of the annotator table; a leading '-' sorts high first."),  # fmt: skip
+    OpenApiParameter(
+        "sort",
+        OpenApiTypes.STR,
+        enum=[value for value, _ in quality_views.SORT_CHOICES],
+        description="A column of the annotator table; a leading '-' sorts high first.",
+    ),
 ]
 
 
@@ -831,7 +838,7 @@ QUALITY_PARAMETERS = [
 def quality(request: Request) -> Response:
     filters = quality_views.QualityFilters(request.query_params)
     if not filters.is_valid():
-        raise ValidationError({field: list(errors) for field, errors in filters.errors.items()})
+        raise ValidationError({field: [str(error) for error in errors] for field, errors in filters.errors.items()})
     report, rows = quality_views.quality_rows(filters)
     return Response(
         QualityOutput(
