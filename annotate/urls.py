@@ -5,7 +5,17 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from annotate import api, campaign_views, data_views, leaderboard_api, leaderboard_views, round_views, staff_api, views
+from annotate import (
+    api,
+    campaign_views,
+    data_views,
+    leaderboard_api,
+    leaderboard_views,
+    quality_views,
+    round_views,
+    staff_api,
+    views,
+)
 
 
 class DatabaseIdConverter:
@@ -54,6 +64,9 @@ staff_pages = [
     path("data/exports/<id:export_id>/download/", data_views.export_download, name="data-export-download"),
     path("admin/", admin.site.urls),
     path("leaderboard/", leaderboard_views.leaderboard, name="leaderboard"),
+    path("quality/", quality_views.quality, name="quality"),
+    path("quality/annotators/<str:username>/", quality_views.annotator_quality, name="quality-annotator"),
+    path("quality/annotators/<str:username>/actions/", quality_views.annotator_act, name="quality-annotator-act"),
 ]
 
 staff_api_urls = [
@@ -76,6 +89,7 @@ staff_api_urls = [
     path("api/exports/<id:export_id>/", staff_api.exports_detail, name="api-export"),
     path("api/exports/<id:export_id>/download/", staff_api.exports_download, name="api-export-download"),
     path("api/leaderboard/", leaderboard_api.leaderboard, name="api-leaderboard"),
+    path("api/quality/", staff_api.quality, name="api-quality"),
 ]
 
 urlpatterns = [
