@@ -5,7 +5,17 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from annotate import api, campaign_views, data_views, leaderboard_api, leaderboard_views, round_views, staff_api, views
+from annotate import (
+    api,
+    campaign_views,
+    dashboard_views,
+    data_views,
+    leaderboard_api,
+    leaderboard_views,
+    round_views,
+    staff_api,
+    views,
+)
 
 annotator_pages = [
     path("", views.annotate, name="annotate"),
@@ -39,6 +49,9 @@ staff_pages = [
     path("data/exports/<int:export_id>/download/", data_views.export_download, name="data-export-download"),
     path("admin/", admin.site.urls),
     path("leaderboard/", leaderboard_views.leaderboard, name="leaderboard"),
+    path("dashboard/", dashboard_views.dashboard, name="dashboard"),
+    # Where a login lands (LOGIN_REDIRECT_URL): staff on the dashboard, everyone else on the annotate page.
+    path("start/", dashboard_views.start, name="start"),
 ]
 
 staff_api_urls = [
