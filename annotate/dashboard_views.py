@@ -163,7 +163,10 @@ def _length_chart(lengths: list[VersionLength]) -> dict[str, Any]:
         "title": "Mean answer length per version",
         "x": {"label": "Model version (oldest first)", "categories": [length.name for length in lengths]},
         "y": {"label": "Tokens", "min": 0},
-        "series": [{"label": "Mean tokens", "values": [round(length.mean_tokens, 1) for length in lengths]}],
+        # Points only: versions in creation order are not a time series (siblings sit side by side).
+        "series": [
+            {"label": "Mean tokens", "values": [round(length.mean_tokens, 1) for length in lengths], "line": False}
+        ],
     }
 
 

@@ -72,8 +72,7 @@ def _charts(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not points:
             continue
         values = [value for _, value in points]
-        spec = {
-            "title": title,
+        spec = {  # no title: the figure's caption carries it, with the last value and the range
             "x": {"label": "Step", "values": [step for step, _ in points]},
             "y": {"label": title, **limits},
             "series": [{"label": title, "values": values}],
