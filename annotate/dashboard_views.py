@@ -111,7 +111,9 @@ def ready_pairs_by_campaign() -> list[CampaignReady]:
         .annotate(pairs=Count("id"), places=Sum(F("judgements_required") - F("judgement_count") - F("lease_count")))
         .order_by()
     )
-    by_campaign = {row["campaign_id"]: (row["pairs"], row["places"]) for row in open_pairs}
+    by_campaign: dict[int | None, tuple[int, int]] = {
+        row["campaign_id"]: (row["pairs"], row["places"]) for row in open_pairs
+    }
     result = [
         CampaignReady(campaign.name, campaign.title, campaign.is_active, *by_campaign.pop(campaign.pk, (0, 0)))
         for campaign in Campaign.objects.only("name", "title", "is_active").order_by("name")
