@@ -51,25 +51,34 @@ class ReasonForm(forms.Form):
     reason = forms.CharField(required=False, max_length=2000)
 
 
-def _sparkline(values: list[float], width: int = 320, height: int = 80) -> str:
-    """SVG polyline points for a small chart of `values` (oldest first)."""
-    if not values:
-        return ""
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-    step = width / max(1, len(values) - 1)
-    return " ".join(
-        f"{index * step:.1f},{height - (value - low) / span * height:.1f}" for index, value in enumerate(values)
-    )
+# What the round page charts from each logged step: the metric's key, the chart's title, the id of its data block
+# (no id on the canvas itself: see templates/leaderboard/leaderboard.html), and fixed y limits where the metric has
+# them (an accuracy lies in 0 to 1).
+ROUND_CHARTS: tuple[tuple[str, str, str, dict[str, float]], ...] = (
+    ("loss", "Loss", "round-loss-chart", {}),
+    ("rewards/accuracies", "Reward accuracy (training batches)", "round-reward-accuracy-chart", {"min": 0, "max": 1}),
+)
 
 
 def _charts(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One chart per metric the steps logged, as the spec static/pairloop/charts.js draws, with its points as text."""
     charts = []
-    for key, title in (("loss", "Loss"), ("rewards/accuracies", "Reward accuracy (training batches)")):
-        values = [float(row[key]) for row in metrics if row.get(key) is not None]
-        if values:
-            charts.append({"title": title, "points": _sparkline(values), "last": values[-1], "low": min(values),
-                           "high": max(values)})  # fmt: skip
+    for key, title, element_id, limits in ROUND_CHARTS:
+        points = [
+            (int(row.get("step", number)), float(row[key]))
+            for number, row in enumerate(metrics, start=1)
+            if row.get(key) is not None
+        ]
+        if not points:
+            continue
+        values = [value for _, value in points]
+        spec = {  # no title: the figure's caption carries it, with the last value and the range
+            "x": {"label": "Step", "values": [step for step, _ in points]},
+            "y": {"label": title, **limits},
+            "series": [{"label": title, "values": values}],
+        }
+        charts.append({"title": title, "element_id": element_id, "spec": spec, "points": points,
+                       "last": values[-1], "low": min(values), "high": max(values)})  # fmt: skip
     return charts
 
 

@@ -156,7 +156,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "annotate"
+LOGIN_REDIRECT_URL = "start"  # staff land on the dashboard, annotators on the annotate page
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"

@@ -8,6 +8,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from annotate import (
     api,
     campaign_views,
+    dashboard_views,
     data_views,
     leaderboard_api,
     leaderboard_views,
@@ -67,6 +68,9 @@ staff_pages = [
     path("quality/", quality_views.quality, name="quality"),
     path("quality/annotators/<str:username>/", quality_views.annotator_quality, name="quality-annotator"),
     path("quality/annotators/<str:username>/actions/", quality_views.annotator_act, name="quality-annotator-act"),
+    path("dashboard/", dashboard_views.dashboard, name="dashboard"),
+    # Where a login lands (LOGIN_REDIRECT_URL): staff on the dashboard, everyone else on the annotate page.
+    path("start/", dashboard_views.start, name="start"),
 ]
 
 staff_api_urls = [

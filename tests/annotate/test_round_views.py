@@ -1,3 +1,6 @@
+import json
+import re
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -91,7 +94,13 @@ def test_round_page_shows_progress_charts_and_evaluation(staff_client, loop, mon
     body = staff_client.get(f"/rounds/{round_.pk}/", HTTP_HX_REQUEST="true").content.decode()
     assert body.lstrip().startswith('<section id="round"')  # the fragment the page polls for
     assert 'aria-valuenow="50"' in body and "Step 2 of 4" in body and "about 9 s left" in body
-    assert body.count("<polyline") == 2
+    # Two charts drawn by charts.js from their data blocks, and the same values as text for a page without scripts.
+    assert body.count("<canvas data-chart-spec=") == 2
+    loss = re.search(r'<script id="round-loss-chart" type="application/json">(.*?)</script>', body)
+    assert json.loads(loss.group(1))["series"][0]["values"] == pytest.approx([0.6, 0.5])
+    assert json.loads(loss.group(1))["x"]["values"] == [1, 2]
+    assert "Loss: 0.500" in body and "<td>2</td><td>0.5000</td>" in body  # the last value, and step 2's row
+    assert "<td>1</td><td>0.2500</td>" in body  # reward accuracy at step 1
 
     round_.finish(TrainingRound.Status.FAILED, error="the trainer crashed")  # as a crash ends it; the slot frees
     monkeypatch.setenv("SCRIPTED_ACCURACY", "0.41")

@@ -1,0 +1,206 @@
+"""The staff dashboard, the page staff land on: votes per day, active annotators, ready pairs by campaign, the
+leaderboard, recent rounds with their gates, and answer length per model version.
+
+Every figure is aggregated in the database (a fixed number of queries whatever the data); every chart has a table
+beside it with the same numbers, so the page reads without JavaScript.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.db.models import Avg, Count, F, Max, Min, Q, Sum
+from django.db.models.functions import TruncDate
+from django.http import HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from annotate.leaderboard import SCALE_DESCRIPTION, leaderboard_standings
+from annotate.models import Campaign, Completion, Judgement, ModelVersion, Pair, TrainingRound
+from annotate.web import AppRequest, staff_required
+
+DAYS_SHOWN = 30
+ROUNDS_SHOWN = 10
+SOURCES = list(Judgement.Source)  # human, simulated, imported: the order of the columns and chart lines
+
+
+@dataclass(frozen=True)
+class DayVotes:
+    day: datetime.date
+    counts: list[int]  # one per SOURCES
+    total: int
+
+
+def votes_per_day(*, today: datetime.date, days: int = DAYS_SHOWN) -> list[DayVotes]:
+    """Votes given on each of the last `days` days (today included, in the site's time zone), by source.
+
+    Repeat checks (a pair shown again to measure an annotator's consistency) are not votes on the pair: left out.
+    """
+    first = today - datetime.timedelta(days=days - 1)
+    since = timezone.make_aware(datetime.datetime.combine(first, datetime.time.min))
+    rows = (
+        Judgement.objects.filter(created_at__gte=since, is_repeat=False)
+        .annotate(day=TruncDate("created_at"))
+        .values("day", "source")
+        .annotate(votes=Count("id"))
+        .order_by()
+    )
+    counts = {(row["day"], row["source"]): row["votes"] for row in rows}
+    result = []
+    for offset in range(days):
+        day = first + datetime.timedelta(days=offset)
+        by_source = [counts.get((day, source.value), 0) for source in SOURCES]
+        result.append(DayVotes(day=day, counts=by_source, total=sum(by_source)))
+    return result
+
+
+def _votes_chart(days: list[DayVotes]) -> dict[str, Any]:
+    """The spec static/pairloop/charts.js draws: one line per source."""
+    return {
+        "title": f"Votes per day, last {len(days)} days",
+        "x": {"label": "Day", "categories": [day.day.isoformat() for day in days]},
+        "y": {"label": "Votes", "min": 0},
+        "series": [
+            {"label": source.label, "values": [day.counts[index] for day in days]}
+            for index, source in enumerate(SOURCES)
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class ActiveAnnotators:
+    people_day: int
+    people_week: int
+    simulated_day: int
+    simulated_week: int
+
+
+def active_annotators(*, now: datetime.datetime) -> ActiveAnnotators:
+    """Annotators with at least one vote in the last 24 hours and the last 7 days: people and simulated apart."""
+    day_ago, week_ago = now - datetime.timedelta(hours=24), now - datetime.timedelta(days=7)
+    human, simulated = Q(source=Judgement.Source.HUMAN), Q(source=Judgement.Source.SIMULATED)
+    recent = Q(created_at__gte=day_ago)
+    counts = Judgement.objects.filter(created_at__gte=week_ago, annotator__isnull=False).aggregate(
+        people_day=Count("annotator", distinct=True, filter=human & recent),
+        people_week=Count("annotator", distinct=True, filter=human),
+        simulated_day=Count("annotator", distinct=True, filter=simulated & recent),
+        simulated_week=Count("annotator", distinct=True, filter=simulated),
+    )
+    return ActiveAnnotators(**counts)
+
+
+@dataclass(frozen=True)
+class CampaignReady:
+    name: str
+    title: str
+    is_active: bool
+    pairs: int  # open pairs: at least one free place
+    places: int  # free places over those pairs: votes still wanted, less live leases
+
+
+def ready_pairs_by_campaign() -> list[CampaignReady]:
+    """Open pairs (Pair.objects.open(): a free place, not gold) and their free places, for every campaign."""
+    open_pairs = (
+        Pair.objects.open()
+        .values("campaign_id")
+        .annotate(pairs=Count("id"), places=Sum(F("judgements_required") - F("judgement_count") - F("lease_count")))
+        .order_by()
+    )
+    by_campaign: dict[int | None, tuple[int, int]] = {
+        row["campaign_id"]: (row["pairs"], row["places"]) for row in open_pairs
+    }
+    result = [
+        CampaignReady(campaign.name, campaign.title, campaign.is_active, *by_campaign.pop(campaign.pk, (0, 0)))
+        for campaign in Campaign.objects.only("name", "title", "is_active").order_by("name")
+    ]
+    if None in by_campaign:  # pairs made before campaigns existed
+        result.append(CampaignReady("(no campaign)", "", True, *by_campaign[None]))
+    return result
+
+
+@dataclass(frozen=True)
+class VersionLength:
+    name: str
+    status: str
+    answers: int
+    mean_tokens: float
+    shortest: int
+    longest: int
+
+
+def answer_length_per_version() -> list[VersionLength]:
+    """Mean length in tokens of the answers sampled from each version (imported answers have no token count)."""
+    rows = (
+        Completion.objects.filter(completion_tokens__isnull=False)
+        .exclude(model_version__status=ModelVersion.Status.EXTERNAL)
+        .values("model_version_id", "model_version__name", "model_version__status")
+        .annotate(
+            answers=Count("id"),
+            mean_tokens=Avg("completion_tokens"),
+            shortest=Min("completion_tokens"),
+            longest=Max("completion_tokens"),
+        )
+        .order_by("model_version_id")
+    )
+    return [
+        VersionLength(
+            name=row["model_version__name"],
+            status=row["model_version__status"],
+            answers=row["answers"],
+            mean_tokens=float(row["mean_tokens"]),
+            shortest=row["shortest"],
+            longest=row["longest"],
+        )
+        for row in rows
+    ]
+
+
+def _length_chart(lengths: list[VersionLength]) -> dict[str, Any]:
+    return {
+        "title": "Mean answer length per version",
+        "x": {"label": "Model version (oldest first)", "categories": [length.name for length in lengths]},
+        "y": {"label": "Tokens", "min": 0},
+        # Points only: versions in creation order are not a time series (siblings sit side by side).
+        "series": [
+            {"label": "Mean tokens", "values": [round(length.mean_tokens, 1) for length in lengths], "line": False}
+        ],
+    }
+
+
+def recent_rounds(limit: int = ROUNDS_SHOWN) -> list[TrainingRound]:
+    return list(
+        TrainingRound.objects.select_related("parent_version", "result_version").defer("log_tail", "config")[:limit]
+    )
+
+
+@require_GET
+@staff_required
+def dashboard(request: AppRequest) -> HttpResponse:
+    days = votes_per_day(today=timezone.localdate())
+    lengths = answer_length_per_version()
+    context = {
+        "days": days,
+        "sources": SOURCES,
+        "source_totals": [sum(day.counts[index] for day in days) for index in range(len(SOURCES))],
+        "votes_chart": _votes_chart(days),
+        "active": active_annotators(now=timezone.now()),
+        "campaigns": ready_pairs_by_campaign(),
+        "board": leaderboard_standings(),
+        "scale": SCALE_DESCRIPTION,
+        "rounds": recent_rounds(),
+        "lengths": lengths,
+        "length_chart": _length_chart(lengths),
+    }
+    return render(request, "dashboard/dashboard.html", context)
+
+
+@require_GET
+@login_required
+def start(request: AppRequest) -> HttpResponse:
+    """Where a login lands (LOGIN_REDIRECT_URL): staff on the dashboard, annotators on the annotate page."""
+    return HttpResponseRedirect(reverse("dashboard" if request.user.is_staff else "annotate"))
