@@ -31,6 +31,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head
 
 from training.data import Message, PreferenceRow
+
 # Kept importable from here until annotate/rounds.py imports them from training.gate (no torch) instead.
 from training.gate import GateDecision as GateDecision
 from training.gate import gate_decision as gate_decision
