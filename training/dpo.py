@@ -62,7 +62,7 @@ class TrainResult:
 
 def train_round(config: RoundConfig, dataset_path: Path | str) -> TrainResult:
     """Train one DPO round on the pairs in dataset_path and write its outputs (see the module docstring)."""
-    return _train(config, dataset_path)[1]
+    return run_training(config, dataset_path)[1]
 
 
 def train_and_evaluate_round(
@@ -78,7 +78,7 @@ def train_and_evaluate_round(
     both scored against the base model, the fixed reference; see training.evaluate.compare_against_base.
     """
     heldout = load_pairs(heldout_path)  # refused before training starts if it is bad
-    trainer, result = _train(config, dataset_path)
+    trainer, result = run_training(config, dataset_path)
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.eval()
     tokenizer = trainer.processing_class
@@ -98,7 +98,8 @@ def train_and_evaluate_round(
     return result, scores
 
 
-def _train(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrainer, TrainResult]:
+def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrainer, TrainResult]:
+    """`train_round`, also returning the trainer (its model holds the trained adapter, "default")."""
     output_dir = Path(config.output_dir)
     leftovers = [name for name in ROUND_OUTPUTS if (output_dir / name).exists()]
     if leftovers:
