@@ -246,6 +246,7 @@ def dpo_arguments(config: RoundConfig) -> DPOConfig:
         # Weights stay fp32 (bf16 weights swallow small updates); the passes autocast to bf16 on a GPU that has it,
         # and on the CPU only when asked (see docs/benchmarks.md for what it does to speed there).
         bf16=(on_gpu and torch.cuda.is_bf16_supported()) or (not on_gpu and config.cpu_bf16),
+        use_cpu=not on_gpu and config.cpu_bf16,  # transformers refuses bf16 without a GPU unless told it is the CPU
         precompute_ref_log_probs=config.precompute_reference,
         gradient_checkpointing=config.gradient_checkpointing,
         torch_compile=config.torch_compile,
