@@ -41,6 +41,7 @@ from annotate.models import Judgement, ModelVersion, Prompt, TrainingRound
 from annotate.preferences import Combine, PreferenceRules, judgements_for_preferences, trl_preference_row, verdicts
 from annotate.sampling import pairs_refill_request as request_refill
 from training.config import TUNABLE_FIELDS, FieldSpec, RoundConfig
+from training.gate import gate_decision
 from training.jsonl import JsonLinesWriter
 
 logger = logging.getLogger(__name__)
@@ -449,8 +450,6 @@ def _evaluate_candidate(
                 name="parent",
             )
             evaluation.update(parent_accuracy=before["accuracy"], parent_mean_margin=before["mean_margin"])
-    from training.evaluate import gate_decision
-
     if "accuracy" in evaluation:
         gate = gate_decision(
             evaluation["accuracy"],

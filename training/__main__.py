@@ -1,8 +1,19 @@
-"""Command line: `python -m training train ...` and `python -m training evaluate ...` (also under `accelerate launch`).
+"""Command line: `python -m training train|evaluate|compare|round ...` (also under `accelerate launch`).
 
     python -m training train --config CONFIG.json --data PAIRS.jsonl
     python -m training evaluate --model DIR [--adapter DIR] [--reference-adapter DIR] --data HELDOUT.jsonl \
         --beta 0.1 --output eval.json
+    python -m training compare --model DIR --candidate DIR [--parent DIR] --data HELDOUT.jsonl --beta 0.1 \
+        --output compare.json [--reference-cache FILE]
+    python -m training round --config CONFIG.json --data PAIRS.jsonl --heldout HELDOUT.jsonl \
+        --evaluation-output compare.json [--reference-cache FILE]
+
+`compare` scores a candidate adapter and its parent (another adapter, or the base model when --parent is left out)
+on the same held-out pairs against the same fixed reference, the base model, so the two numbers compare. `round`
+trains like `train`, then scores like `compare` in the same process (the model is loaded once). Both write
+{"reference": "base", "interval": ..., "models": {"candidate": {...}, "parent": {...}}, ...}, each model with
+accuracy (ties as half), accuracy_low/accuracy_high (95 % Wilson score interval), mean_margin, count, skipped.
+The base model's log-probabilities of the held-out pairs are cached in --reference-cache across runs.
 
 Exit status 0 on success, 2 on input the user can fix (the message says what), 1 on anything else.
 """
@@ -13,8 +24,9 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from training.config import RoundConfig
 from training.data import load_pairs
@@ -26,9 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "train":
-            return train_command(args)
-        return evaluate_command(args)
+        commands = {
+            "train": train_command,
+            "evaluate": evaluate_command,
+            "compare": compare_command,
+            "round": round_command,
+        }
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
@@ -51,6 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", type=Path, required=True, help="where to write the result as JSON")
     evaluate.add_argument("--max-length", type=int, default=RoundConfig.max_length)
     evaluate.add_argument("--batch-size", type=int, default=RoundConfig.batch_size)
+
+    compare = commands.add_parser("compare", help="candidate and parent against the base model on held-out pairs")
+    compare.add_argument("--model", type=Path, required=True, help="base model directory (the fixed reference)")
+    compare.add_argument("--candidate", type=Path, required=True, help="the candidate adapter")
+    compare.add_argument("--parent", type=Path, help="the parent adapter (default: the base model itself)")
+    compare.add_argument("--data", type=Path, required=True, help="JSON Lines held-out preference pairs")
+    compare.add_argument("--beta", type=float, required=True, help="the beta the candidate was trained with")
+    compare.add_argument("--output", type=Path, required=True, help="where to write the result as JSON")
+    compare.add_argument("--max-length", type=int, default=RoundConfig.max_length)
+    compare.add_argument("--batch-size", type=int, default=RoundConfig.batch_size)
+    compare.add_argument("--reference-cache", type=Path, help="JSON file of the base model's log-probs, reused")
+
+    round_ = commands.add_parser("round", help="train one round, then compare it with its parent in one process")
+    round_.add_argument("--config", type=Path, required=True, help="JSON file holding RoundConfig fields")
+    round_.add_argument("--data", type=Path, required=True, help="JSON Lines preference pairs to train on")
+    round_.add_argument("--heldout", type=Path, required=True, help="JSON Lines held-out preference pairs")
+    round_.add_argument("--evaluation-output", type=Path, required=True, help="where to write the comparison")
+    round_.add_argument("--reference-cache", type=Path, help="JSON file of the base model's log-probs, reused")
     return parser
 
 
@@ -91,6 +125,81 @@ def evaluate_command(args: argparse.Namespace) -> int:
     print(f"accuracy {result.accuracy:.3f}, mean margin {result.mean_margin:.4f} on {result.count} pairs")
     print(f"written to {args.output}")
     return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    _require_directory(args.model, "model")
+    adapters = {"candidate": args.candidate, "parent": args.parent}
+    for name, directory in adapters.items():
+        if directory is not None and not (directory / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{name} adapter {directory} holds no adapter_config.json")
+    rows = load_pairs(_require_file(args.data, "data"))
+    from training.evaluate import ReferenceCache, compare_against_base, load_model, model_cache_key
+
+    cache = ReferenceCache(args.reference_cache)
+    named = {name: directory for name, directory in adapters.items() if directory is not None}
+    model, tokenizer = load_model(args.model, named_adapters=named)
+    results = compare_against_base(
+        model,
+        tokenizer,
+        model_cache_key(args.model),
+        rows,
+        {name: name if directory is not None else None for name, directory in adapters.items()},
+        args.beta,
+        args.max_length,
+        args.batch_size,
+        cache,
+    )
+    report = comparison_report(results, cache, args.beta, args.max_length, args.data)
+    report.update(model=str(args.model), candidate=str(args.candidate), parent=_optional_path(args.parent))
+    _write_report(args.output, report)
+    return 0
+
+
+def round_command(args: argparse.Namespace) -> int:
+    config = RoundConfig.from_json(_read_text(args.config, "config"))
+    _require_file(args.data, "data")
+    _require_file(args.heldout, "heldout")
+    from training.dpo import train_and_evaluate_round
+    from training.evaluate import ReferenceCache
+
+    cache = ReferenceCache(args.reference_cache)
+    result, results = train_and_evaluate_round(config, args.data, args.heldout, cache)
+    print(f"trained {result.steps} steps on {result.pairs} pairs in {result.runtime_seconds:.1f} s")
+    print(f"adapter: {result.adapter_dir}")
+    report = comparison_report(results, cache, config.beta, config.max_length, args.heldout)
+    report.update(model=config.base_model_dir, candidate=result.adapter_dir, parent=config.parent_adapter_dir)
+    _write_report(args.evaluation_output, report)
+    return 0
+
+
+def comparison_report(
+    results: Mapping[str, Any], cache: Any, beta: float, max_length: int, data: Path
+) -> dict[str, Any]:
+    return {
+        "reference": "base",
+        "interval": "95 % Wilson score interval of the accuracy, a tie counted as half a win",
+        "models": {name: dataclasses.asdict(result) for name, result in results.items()},
+        "beta": beta,
+        "max_length": max_length,
+        "data": str(data),
+        "reference_cache": {"path": _optional_path(cache.path), "hits": cache.hits, "misses": cache.misses},
+    }
+
+
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    for name, result in report["models"].items():
+        print(
+            f"{name}: accuracy {result['accuracy']:.3f} [{result['accuracy_low']:.3f}, {result['accuracy_high']:.3f}],"
+            f" mean margin {result['mean_margin']:.4f} on {result['count']} pairs"
+        )
+    print(f"written to {path}")
+
+
+def _optional_path(path: Path | str | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _read_text(path: Path, what: str) -> str:

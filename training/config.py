@@ -86,6 +86,16 @@ class RoundConfig:
     loss_type: str = TUNABLE["loss_type"].default
     seed: int = 0
     max_steps: int = TUNABLE["max_steps"].default
+    # Speed levers, each measured by bench/train_cpu.py (docs/benchmarks.md, "Training speed"); defaults: the winners.
+    # The reference's log-probs computed once before training (TRL's precompute_ref_log_probs), not at every step.
+    precompute_reference: bool = True
+    # Batches of pairs of similar length, so little is padded (the order is still random between groups).
+    group_by_length: bool = True
+    # Recompute activations in the backward pass: less memory, more time. Worth it only for long sequences.
+    gradient_checkpointing: bool = False
+    # bf16 autocast on the CPU too (fp32 master weights); on a GPU that supports it, bf16 autocast is always on.
+    cpu_bf16: bool = False
+    torch_compile: bool = False
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -10,16 +10,16 @@ rejected are the assistant's two answers, the first preferred by a human.
 from __future__ import annotations
 
 import json
-import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training.jsonl import write_jsonl
+
 Message = dict[str, str]
 PreferenceRow = dict[str, list[Message]]
 
-PROMPT_ROLES = ("system", "user", "assistant")
 MAX_ERRORS_SHOWN = 20
 
 
@@ -52,73 +52,67 @@ def load_pairs(path: Path | str) -> list[PreferenceRow]:
 
 
 def parse_pair(value: Any) -> PreferenceRow:
-    """Validate one decoded row and return it with only the prompt/chosen/rejected keys."""
+    """Validate one decoded row and return it with only the prompt/chosen/rejected keys, messages OpenAI-style.
+
+    Messages may be OpenAI- or ShareGPT-style (see `messages_from`); answers may be empty strings.
+    """
     if not isinstance(value, dict):
         raise ValueError(f"a pair must be a JSON object, got {type(value).__name__}")
     missing = [key for key in ("prompt", "chosen", "rejected") if key not in value]
     if missing:
         raise ValueError(f"missing key(s) {missing}")
-    prompt = _parse_messages(value["prompt"], "prompt", PROMPT_ROLES)
+    prompt = messages_from(value["prompt"], "prompt", allow_empty_content=True)
     if prompt[-1]["role"] != "user":
         raise ValueError("the prompt must end with a user message")
-    chosen = _parse_messages(value["chosen"], "chosen", ("assistant",))
-    rejected = _parse_messages(value["rejected"], "rejected", ("assistant",))
+    chosen = messages_from(value["chosen"], "chosen", roles=("assistant",), allow_empty_content=True)
+    rejected = messages_from(value["rejected"], "rejected", roles=("assistant",), allow_empty_content=True)
     if chosen == rejected:
         raise ValueError("chosen and rejected are identical: the pair carries no preference")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def _parse_messages(value: Any, key: str, roles: Sequence[str]) -> list[Message]:
+# OpenAI roles as they are; ShareGPT's "from" values mapped to them.
+ROLE_NAMES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
+ALL_ROLES = ("system", "user", "assistant")
+
+
+def messages_from(
+    value: Any, where: str, *, roles: Sequence[str] = ALL_ROLES, allow_empty_content: bool = False
+) -> list[Message]:
+    """The one message validator: a non-empty list of chat messages, returned as OpenAI-style {role, content} dicts.
+
+    Each message is either OpenAI-style `{"role": ..., "content": "..."}` or ShareGPT-style
+    `{"from": "human" | "gpt" | "system", "value": "..."}`; other keys (e.g. "name") are dropped. `roles` limits the
+    (OpenAI) roles allowed; content must be a string, and a non-blank one unless `allow_empty_content` (a preference
+    pair may prefer an empty answer). Raises ValueError naming the place, e.g. `chosen[0].role must be one of ...`,
+    with `where` as the prefix.
+    """
     if not isinstance(value, list) or not value:
-        raise ValueError(f"{key} must be a non-empty list of messages")
+        raise ValueError(f"{where} must be a non-empty list of messages")
     messages = []
     for index, message in enumerate(value):
-        where = f"{key}[{index}]"
-        if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise ValueError(f'{where} must be an object with exactly the keys "role" and "content"')
-        if message["role"] not in roles:
-            raise ValueError(f"{where}.role must be one of {list(roles)}, got {message['role']!r}")
-        if not isinstance(message["content"], str):
-            raise ValueError(f"{where}.content must be a string")
-        messages.append({"role": message["role"], "content": message["content"]})
+        here = f"{where}[{index}]"
+        if not isinstance(message, dict):
+            raise ValueError(f"{here} must be an object")
+        role_key, content_key = ("role", "content") if "role" in message else ("from", "value")
+        if role_key not in message or content_key not in message:
+            raise ValueError(f'{here} needs "role" and "content" (or ShareGPT\'s "from" and "value")')
+        name = message[role_key]
+        role = ROLE_NAMES.get(name) if isinstance(name, str) else None
+        if role is None or role not in roles:
+            allowed = sorted(key for key, mapped in ROLE_NAMES.items() if mapped in roles)
+            raise ValueError(f"{here}.{role_key} must be one of {allowed}, got {name!r}")
+        content = message[content_key]
+        if not isinstance(content, str):
+            raise ValueError(f"{here}.{content_key} must be a string")
+        if not allow_empty_content and not content.strip():
+            raise ValueError(f"{here}.{content_key} must not be blank")
+        messages.append({"role": role, "content": content})
     return messages
 
 
-def split_by_prompt(
-    rows: Sequence[PreferenceRow], holdout_fraction: float, seed: int
-) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
-    """Split into (train, holdout) so that pairs sharing a prompt conversation stay on the same side.
-
-    Whole prompt groups, in a seeded random order, go to the holdout until it holds at least
-    `round(holdout_fraction * len(rows))` pairs. Each side keeps the input order.
-    """
-    if not 0 <= holdout_fraction < 1:
-        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
-    keys = [prompt_key(row["prompt"]) for row in rows]
-    groups = sorted(set(keys))  # sorted first so the shuffle depends on the seed only, not on set order
-    random.Random(seed).shuffle(groups)
-    target = round(holdout_fraction * len(rows))
-    sizes = {key: keys.count(key) for key in groups}
-    holdout_keys: set[str] = set()
-    held = 0
-    for key in groups:
-        if held >= target:
-            break
-        holdout_keys.add(key)
-        held += sizes[key]
-    train = [row for row, key in zip(rows, keys, strict=True) if key not in holdout_keys]
-    holdout = [row for row, key in zip(rows, keys, strict=True) if key in holdout_keys]
-    return train, holdout
-
-
-def prompt_key(prompt: list[Message]) -> str:
-    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
-
-
 def write_pairs(rows: Sequence[PreferenceRow], path: Path | str) -> None:
-    with Path(path).open("w", encoding="utf-8") as file:
-        for row in rows:
-            file.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_jsonl(path, rows)
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -154,18 +148,3 @@ def _parse_hh_transcript(text: str, name: str) -> list[Message]:
     if messages[-1]["role"] != "assistant" or messages[-2]["role"] != "user":
         raise ValueError(f"the {name} transcript must end with a human turn followed by an assistant turn")
     return messages
-
-
-def load_hh_rlhf(path: Path | str) -> tuple[list[PreferenceRow], list[str]]:
-    """Convert an HH-RLHF JSON Lines file: the usable pairs, and one `line N: reason` for each row left out."""
-    pairs: list[PreferenceRow] = []
-    skipped: list[str] = []
-    with Path(path).open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                pairs.append(hh_rlhf_to_trl(json.loads(line)))
-            except ValueError as error:  # JSONDecodeError is a ValueError too
-                skipped.append(f"line {line_number}: {error}")
-    return pairs, skipped

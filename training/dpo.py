@@ -17,7 +17,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -25,6 +25,7 @@ from typing import Any, cast
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
+from torch.utils.data import Sampler
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -38,6 +39,7 @@ from trl import DPOConfig, DPOTrainer
 
 from training.config import RoundConfig
 from training.data import PreferenceRow, load_pairs
+from training.evaluate import EvalResult, ReferenceCache, compare_against_base, model_cache_key
 
 ADAPTER_DIR = "adapter"
 CONFIG_FILE = "config.json"
@@ -58,13 +60,46 @@ class TrainResult:
     final_metrics: dict[str, Any]  # the last metrics.jsonl line
 
 
-def train_round(
-    config: RoundConfig, dataset_path: Path | str, callbacks: Sequence[TrainerCallback] = ()
-) -> TrainResult:
-    """Train one DPO round on the pairs in dataset_path and write its outputs (see the module docstring).
+def train_round(config: RoundConfig, dataset_path: Path | str) -> TrainResult:
+    """Train one DPO round on the pairs in dataset_path and write its outputs (see the module docstring)."""
+    return run_training(config, dataset_path)[1]
 
-    Extra callbacks run after the metrics writer, e.g. one that sets `control.should_training_stop` to cancel.
+
+def train_and_evaluate_round(
+    config: RoundConfig,
+    dataset_path: Path | str,
+    heldout_path: Path | str,
+    reference_cache: ReferenceCache,
+    batch_size: int | None = None,
+) -> tuple[TrainResult, dict[str, EvalResult]]:
+    """Train one round, then score it in the same process (the model is loaded once) on held-out pairs.
+
+    The candidate ("candidate") and its parent ("parent": the parent adapter, or the base model in round 1) are
+    both scored against the base model, the fixed reference; see training.evaluate.compare_against_base.
     """
+    heldout = load_pairs(heldout_path)  # refused before training starts if it is bad
+    trainer, result = run_training(config, dataset_path)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.eval()
+    tokenizer = trainer.processing_class
+    # TRL keeps the parent adapter, frozen and unchanged, as "ref" (round 2 and later): that is the parent model.
+    policies = {"candidate": "default", "parent": "ref" if config.parent_adapter_dir else None}
+    scores = compare_against_base(
+        model,
+        tokenizer,
+        model_cache_key(config.base_model_dir),
+        heldout,
+        policies,
+        config.beta,
+        config.max_length,
+        batch_size or config.batch_size,
+        reference_cache,
+    )
+    return result, scores
+
+
+def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrainer, TrainResult]:
+    """`train_round`, also returning the trainer (its model holds the trained adapter, "default")."""
     output_dir = Path(config.output_dir)
     leftovers = [name for name in ROUND_OUTPUTS if (output_dir / name).exists()]
     if leftovers:
@@ -72,7 +107,7 @@ def train_round(
     rows = load_pairs(dataset_path)
     metrics_path = output_dir / METRICS_FILE
     metrics = MetricsFileCallback(metrics_path)
-    trainer = build_trainer(config, rows, callbacks=[metrics, *callbacks])
+    trainer = build_trainer(config, rows, callbacks=[metrics])
 
     is_main_process = trainer.accelerator.is_main_process
     if is_main_process:
@@ -96,7 +131,7 @@ def train_round(
     )
     if is_main_process:
         (output_dir / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
-    return result
+    return trainer, result
 
 
 def build_trainer(
@@ -104,7 +139,8 @@ def build_trainer(
 ) -> DPOTrainer:
     """The DPOTrainer for one round, ready to `.train()`."""
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir)
-    trainer = DPOTrainer(
+    trainer_class = LengthGroupedDPOTrainer if config.group_by_length else DPOTrainer
+    trainer = trainer_class(
         model=load_policy(config),
         ref_model=None,  # PEFT: base with the adapter disabled (round 1) or a frozen copy of the parent adapter
         args=dpo_arguments(config),
@@ -116,6 +152,54 @@ def build_trainer(
     if trained_pair_count(trainer) == 0:
         raise ValueError(f"every pair's prompt fills max_length={config.max_length} tokens: nothing left to train on")
     return trainer
+
+
+class LengthGroupedDPOTrainer(DPOTrainer):
+    """DPOTrainer whose batches hold pairs of similar length, so little of each batch is padding.
+
+    transformers' `train_sampling_strategy="group_by_length"` does not fit: it reads lengths from an `input_ids`
+    column that a preference dataset lacks, and below 4 x 4 batches it groups nothing (a round of 32 pairs is 4).
+    """
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Sampler[int]:
+        dataset = cast(Dataset, self.train_dataset)
+        max_length = cast(DPOConfig, self.args).max_length or 10**9
+        lengths = [
+            min(max_length, len(prompt) + max(len(chosen), len(rejected)))
+            for prompt, chosen, rejected in zip(
+                dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True
+            )
+        ]
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return LengthGroupedSampler(lengths, batch, torch.Generator().manual_seed(self.args.seed))
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Every index once per pass, in batches of similar length, the batches in random order.
+
+    Each pass shuffles the indices, sorts each window of WINDOW_BATCHES batches by length, cuts it into batches and
+    shuffles the batches: pairs still meet different partners from pass to pass, and steps do not go from long to short.
+    """
+
+    WINDOW_BATCHES = 50
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        shuffled = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        window = self.WINDOW_BATCHES * self.batch_size
+        batches = []
+        for start in range(0, len(shuffled), window):
+            ordered = sorted(shuffled[start : start + window], key=lambda index: self.lengths[index])
+            batches += [ordered[low : low + self.batch_size] for low in range(0, len(ordered), self.batch_size)]
+        for position in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield from batches[position]
 
 
 def trained_pair_count(trainer: DPOTrainer) -> int:
@@ -159,15 +243,18 @@ def dpo_arguments(config: RoundConfig) -> DPOConfig:
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_length=config.max_length,
         seed=config.seed,
-        # Weights stay fp32 (bf16 weights swallow small updates); on a GPU the passes autocast to bf16. On the 2-core
-        # CPU, bf16 autocast made a forward + backward slower (11 s against 7 s for 16 x 128 tokens).
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        # TRL's default, kept: without it one step of 8 pairs x 256 tokens peaked at 15 GB here, with it 8.6 GB.
-        gradient_checkpointing=True,
+        # Weights stay fp32 (bf16 weights swallow small updates); the passes autocast to bf16 on a GPU that has it,
+        # and on the CPU only when asked (see docs/benchmarks.md for what it does to speed there).
+        bf16=(on_gpu and torch.cuda.is_bf16_supported()) or (not on_gpu and config.cpu_bf16),
+        use_cpu=not on_gpu and config.cpu_bf16,  # transformers refuses bf16 without a GPU unless told it is the CPU
+        precompute_ref_log_probs=config.precompute_reference,
+        gradient_checkpointing=config.gradient_checkpointing,
+        torch_compile=config.torch_compile,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
         push_to_hub=False,
+        disable_tqdm=True,
     )
 
 

@@ -1,13 +1,24 @@
-"""Held-out checks of a trained adapter: DPO's implicit-reward accuracy on human votes, answer length, promotion gate.
+"""Held-out checks of trained adapters: DPO's implicit-reward accuracy on human votes.
 
 The implicit reward of an answer y to a prompt x is  r(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)),  with the
-log-probabilities summed over the answer's tokens, exactly as TRL's DPOTrainer computes them while training.
+log-probabilities summed over the answer's tokens. Pairs are tokenized the way TRL's DPOTrainer tokenizes them, cut
+and padded by TRL's own collator, and scored through TRL's fused LM head, so the rewards are those that
+`DPOTrainer.evaluate` reports (tests/training/test_evaluate.py runs both on the same model and pairs). Our own parts,
+each because TRL's differs or has none:
+- a tie counts as half a win (TRL's rewards/accuracies counts it as a loss: an untrained adapter scores 0 there and
+  0.5, chance, here), and the accuracy carries a 95 % Wilson score interval;
+- several policies are scored against one fixed reference, the base model, whose log-probabilities of a held-out
+  pair never change and are cached in a file that later rounds reuse (`ReferenceCache`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +27,19 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl.data_utils import common_prefix_length
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.utils import add_fused_lm_head
 
 from training.data import Message, PreferenceRow
 
+# Kept importable from here until annotate/rounds.py imports them from training.gate (no torch) instead.
+from training.gate import GateDecision as GateDecision
+from training.gate import gate_decision as gate_decision
+
 POLICY_ADAPTER = "policy"
 REFERENCE_ADAPTER = "reference"
+# Two-sided 95 % normal quantile, for the Wilson score interval.
+Z_95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -29,18 +48,21 @@ class EvalResult:
     mean_margin: float  # mean of reward(chosen) - reward(rejected)
     count: int  # pairs scored
     skipped: int = 0  # pairs left out because their prompt alone fills max_length (as TRL drops them in training)
+    accuracy_low: float = 0.0  # 95 % Wilson score interval of the accuracy (ties as half a success)
+    accuracy_high: float = 1.0
 
 
 @dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reason: str
+class TokenizedPair:
+    """A pair as TRL's DPOTrainer tokenizes it: the shared prompt, then each answer's tokens (not yet cut)."""
 
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
 
-@dataclass(frozen=True)
-class TokenizedAnswer:
-    input_ids: list[int]  # prompt + answer, already cut to max_length
-    answer_start: int  # index of the answer's first token in input_ids
+    def cache_key(self, model_key: str, max_length: int) -> str:
+        text = json.dumps([model_key, max_length, self.prompt_ids, self.chosen_ids, self.rejected_ids])
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -50,17 +72,18 @@ class PairLogprobs:
     kept: list[int]  # indices of the scored rows in the input
 
 
-def tokenize_answer(
-    tokenizer: Any, prompt: list[Message], answer: list[Message], max_length: int | None = None
-) -> TokenizedAnswer:
-    """Tokenize prompt + answer with the chat template the way TRL's DPOTrainer does for training."""
-    prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
-    full_ids = _chat_ids(tokenizer, prompt + answer, add_generation_prompt=False)
-    # Where the two diverge, not len(prompt_ids): some templates render the prompt alone differently (TRL does this).
-    answer_start = common_prefix_length(prompt_ids, full_ids)
-    if max_length is not None:
-        full_ids = full_ids[:max_length]  # TRL's "keep_start" truncation
-    return TokenizedAnswer(input_ids=full_ids, answer_start=answer_start)
+def tokenize_pair(tokenizer: Any, row: PreferenceRow) -> TokenizedPair:
+    """Tokenize a conversational pair with the chat template as TRL's DPOTrainer does for training."""
+    prompt_ids = _chat_ids(tokenizer, row["prompt"], add_generation_prompt=True)
+    chosen_full = _chat_ids(tokenizer, row["prompt"] + row["chosen"], add_generation_prompt=False)
+    rejected_full = _chat_ids(tokenizer, row["prompt"] + row["rejected"], add_generation_prompt=False)
+    # Where they diverge, not len(prompt_ids): some templates render the prompt alone differently (TRL does this).
+    prompt_length = min(common_prefix_length(prompt_ids, chosen_full), common_prefix_length(prompt_ids, rejected_full))
+    return TokenizedPair(
+        prompt_ids=prompt_ids[:prompt_length],
+        chosen_ids=chosen_full[prompt_length:],
+        rejected_ids=rejected_full[prompt_length:],
+    )
 
 
 def _chat_ids(tokenizer: Any, messages: list[Message], add_generation_prompt: bool) -> list[int]:
@@ -70,42 +93,58 @@ def _chat_ids(tokenizer: Any, messages: list[Message], add_generation_prompt: bo
     return list(encoded["input_ids"])
 
 
-def answer_logprobs(model: Any, answers: Sequence[TokenizedAnswer], pad_token_id: int) -> torch.Tensor:
-    """Sum of log pi(token | everything before it) over each answer's tokens, for a batch: shape [len(answers)]."""
+@torch.inference_mode()
+def score_pairs(
+    model: Any, pairs: Sequence[TokenizedPair], max_length: int, batch_size: int, pad_token_id: int
+) -> list[tuple[float, float]]:
+    """(log pi(chosen | prompt), log pi(rejected | prompt)) of each pair under the model's active adapter.
+
+    The model must carry TRL's fused LM head (see `load_model`). Pairs are batched by length (less padding) and
+    cut to max_length by TRL's collator ("keep_start"); every pair's prompt must be shorter than max_length.
+    """
+    collator = DataCollatorForPreference(pad_token_id=pad_token_id, max_length=max_length)
     device = next(model.parameters()).device
-    width = max(len(answer.input_ids) for answer in answers)
-    input_ids = torch.full((len(answers), width), pad_token_id, dtype=torch.long)  # [B, T], padded on the right
-    attention_mask = torch.zeros((len(answers), width), dtype=torch.long)
-    answer_mask = torch.zeros((len(answers), width), dtype=torch.bool)
-    for row, answer in enumerate(answers):
-        length = len(answer.input_ids)
-        input_ids[row, :length] = torch.tensor(answer.input_ids)
-        attention_mask[row, :length] = 1
-        answer_mask[row, answer.answer_start : length] = True
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # [B, T, V]
-    # Position t predicts token t + 1, so the logits drop their last position and the targets their first.
-    logits = logits[:, :-1].float()  # [B, T-1, V]
-    targets = input_ids[:, 1:]  # [B, T-1]
-    # log_softmax picked at the target, without materialising a second [B, T-1, V] tensor
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [B, T-1]
-    return (picked * answer_mask[:, 1:].to(device)).sum(dim=-1).cpu()  # [B]
+    order = sorted(range(len(pairs)), key=lambda index: _pair_length(pairs[index]))
+    scores: list[tuple[float, float]] = [(0.0, 0.0)] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        examples = [
+            {"prompt_ids": pair.prompt_ids, "chosen_ids": pair.chosen_ids, "rejected_ids": pair.rejected_ids}
+            for pair in (pairs[index] for index in batch)
+        ]
+        inputs = {key: value.to(device) for key, value in collator(examples).items()}  # chosen rows, then rejected
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        output = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            labels=labels,
+            fused_lm_head=True,
+            use_cache=False,
+        )
+        sums = output.log_probs.float().sum(dim=1).cpu()  # [2B]: zero at every position that is not an answer token
+        chosen, rejected = sums.chunk(2)
+        for index, chosen_score, rejected_score in zip(batch, chosen.tolist(), rejected.tolist(), strict=True):
+            scores[index] = (chosen_score, rejected_score)
+    return scores
 
 
-@torch.inference_mode()
-def sequence_logprob(
-    model: Any,
-    tokenizer: Any,
-    prompt_messages: list[Message],
-    completion_messages: list[Message],
-    max_length: int | None = None,
-) -> float:
-    """log pi(completion | prompt), summed over the completion's tokens (the chat template's end-of-turn included)."""
-    answer = tokenize_answer(tokenizer, prompt_messages, completion_messages, max_length)
-    return float(answer_logprobs(model, [answer], tokenizer.pad_token_id)[0])
+def _pair_length(pair: TokenizedPair) -> int:
+    return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
 
 
-@torch.inference_mode()
+def tokenize_rows(
+    tokenizer: Any, rows: Sequence[PreferenceRow], max_length: int
+) -> tuple[list[TokenizedPair], list[int]]:
+    """The tokenized pairs TRL would keep, and their indices: a prompt that fills max_length leaves nothing to score."""
+    pairs, kept = [], []
+    for index, row in enumerate(rows):
+        pair = tokenize_pair(tokenizer, row)
+        if len(pair.prompt_ids) < max_length:
+            pairs.append(pair)
+            kept.append(index)
+    return pairs, kept
+
+
 def pair_logprobs(
     model: Any, tokenizer: Any, rows: Sequence[PreferenceRow], max_length: int, batch_size: int
 ) -> PairLogprobs:
@@ -113,43 +152,92 @@ def pair_logprobs(
 
     Pairs whose prompt alone fills max_length have no answer token left to score and are left out (see `kept`).
     """
-    answers: list[TokenizedAnswer] = []
-    kept: list[int] = []
-    for index, row in enumerate(rows):
-        chosen = tokenize_answer(tokenizer, row["prompt"], row["chosen"], max_length)
-        rejected = tokenize_answer(tokenizer, row["prompt"], row["rejected"], max_length)
-        if max(chosen.answer_start, rejected.answer_start) >= max_length:
-            continue
-        answers += [chosen, rejected]
-        kept.append(index)
-    # Batch answers of similar length together: less padding to run through the model.
-    order = sorted(range(len(answers)), key=lambda index: len(answers[index].input_ids))
-    scores = [0.0] * len(answers)
-    for start in range(0, len(order), 2 * batch_size):
-        batch = order[start : start + 2 * batch_size]
-        batch_scores = answer_logprobs(model, [answers[index] for index in batch], tokenizer.pad_token_id)
-        for index, score in zip(batch, batch_scores.tolist(), strict=True):
-            scores[index] = score
-    return PairLogprobs(chosen=scores[0::2], rejected=scores[1::2], kept=kept)
+    pairs, kept = tokenize_rows(tokenizer, rows, max_length)
+    scores = score_pairs(model, pairs, max_length, batch_size, tokenizer.pad_token_id)
+    return PairLogprobs(chosen=[score[0] for score in scores], rejected=[score[1] for score in scores], kept=kept)
+
+
+class ReferenceCache:
+    """Log-probabilities of held-out pairs under the fixed reference (the base model), kept in a JSON file.
+
+    Keyed by the model directory, max_length and a hash of the pair's tokens: the base model's log-probabilities of
+    a pair never change, so each later round scores only the pairs it has not seen. `None` as the path keeps the
+    cache in memory only.
+    """
+
+    def __init__(self, path: Path | str | None) -> None:
+        self.path = None if path is None else Path(path)
+        self.entries: dict[str, list[float]] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                stored = json.loads(self.path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"reference cache {self.path} is not valid JSON: {error}") from error
+            if not isinstance(stored, dict) or not isinstance(stored.get("entries"), dict):
+                raise ValueError(f'reference cache {self.path} must be a JSON object with an "entries" object')
+            self.entries = stored["entries"]
+        self.hits = 0
+        self.misses = 0
+
+    def scores(
+        self, model: Any, model_key: str, pairs: Sequence[TokenizedPair], max_length: int, batch_size: int, pad: int
+    ) -> list[tuple[float, float]]:
+        """The reference scores of `pairs`, computing with the model's active adapter only those not cached yet."""
+        keys = [pair.cache_key(model_key, max_length) for pair in pairs]
+        missing = [index for index, key in enumerate(keys) if key not in self.entries]
+        computed = score_pairs(model, [pairs[index] for index in missing], max_length, batch_size, pad)
+        for index, score in zip(missing, computed, strict=True):
+            self.entries[keys[index]] = list(score)
+        self.misses += len(missing)
+        self.hits += len(pairs) - len(missing)
+        if missing:
+            self.save()
+        return [(self.entries[key][0], self.entries[key][1]) for key in keys]
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"entries": self.entries}) + "\n", encoding="utf-8")
+        temporary.replace(self.path)  # atomic: a reader never sees half a file
+
+
+def model_cache_key(model_dir: Path | str) -> str:
+    return str(Path(model_dir).resolve())
 
 
 def implicit_rewards(policy_logprobs: Sequence[float], reference_logprobs: Sequence[float], beta: float) -> list[float]:
     return [beta * (policy - reference) for policy, reference in zip(policy_logprobs, reference_logprobs, strict=True)]
 
 
-def reward_accuracy(chosen_rewards: Sequence[float], rejected_rewards: Sequence[float], skipped: int = 0) -> EvalResult:
-    """Score rewards of paired answers. A tie counts as half a win, so an untrained adapter scores 0.5 (chance).
+def wilson_interval(successes: float, count: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a proportion; `successes` may be fractional (a tie counts as half)."""
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    proportion = successes / count
+    denominator = 1 + z * z / count
+    centre = (proportion + z * z / (2 * count)) / denominator
+    half_width = z * math.sqrt(proportion * (1 - proportion) / count + z * z / (4 * count * count)) / denominator
+    return max(0.0, centre - half_width), min(1.0, centre + half_width)
 
-    (TRL's training metric rewards/accuracies counts a tie as a loss: it starts at 0 on the first step.)
-    """
+
+def reward_accuracy(chosen_rewards: Sequence[float], rejected_rewards: Sequence[float], skipped: int = 0) -> EvalResult:
+    """Score rewards of paired answers. A tie counts as half a win, so an untrained adapter scores 0.5 (chance)."""
     if len(chosen_rewards) != len(rejected_rewards):
         raise ValueError("chosen_rewards and rejected_rewards must have the same length")
     if not chosen_rewards:
         raise ValueError("no pair to score (every prompt may fill max_length)")
     margins = [chosen - rejected for chosen, rejected in zip(chosen_rewards, rejected_rewards, strict=True)]
     wins = sum(1.0 if margin > 0 else 0.5 if margin == 0 else 0.0 for margin in margins)
+    low, high = wilson_interval(wins, len(margins))
     return EvalResult(
-        accuracy=wins / len(margins), mean_margin=sum(margins) / len(margins), count=len(margins), skipped=skipped
+        accuracy=wins / len(margins),
+        mean_margin=sum(margins) / len(margins),
+        count=len(margins),
+        skipped=skipped,
+        accuracy_low=low,
+        accuracy_high=high,
     )
 
 
@@ -177,27 +265,76 @@ def implicit_reward_accuracy(
     The reference is the base model when reference_adapter_dir is None, else base + that adapter. With neither
     adapter given, policy and reference are the same model: every pair ties and the accuracy is 0.5 by construction.
     """
-    if beta <= 0 or max_length < 1 or batch_size < 1:
-        raise ValueError("beta must be > 0, max_length and batch_size >= 1")
+    _check_scoring_arguments(beta, max_length, batch_size)
     model, tokenizer = load_model(model_dir, adapter_dir, reference_adapter_dir)
-    policy_adapter = POLICY_ADAPTER if adapter_dir else None
-    reference_adapter = REFERENCE_ADAPTER if reference_adapter_dir else None
-    with active_adapter(model, policy_adapter):
+    with active_adapter(model, POLICY_ADAPTER if adapter_dir else None):
         policy = pair_logprobs(model, tokenizer, rows, max_length, batch_size)
-    with active_adapter(model, reference_adapter):
+    with active_adapter(model, REFERENCE_ADAPTER if reference_adapter_dir else None):
         reference = pair_logprobs(model, tokenizer, rows, max_length, batch_size)
     return evaluate_pairs(policy, reference, beta, total_rows=len(rows))
 
 
+def compare_against_base(
+    model: Any,
+    tokenizer: Any,
+    model_key: str,
+    rows: Sequence[PreferenceRow],
+    policies: Mapping[str, str | None],
+    beta: float,
+    max_length: int,
+    batch_size: int,
+    cache: ReferenceCache,
+) -> dict[str, EvalResult]:
+    """Score each policy (name -> adapter name in `model`, None for the bare base) against the base model.
+
+    Every policy is scored on the same pairs against the same fixed reference, so their numbers compare; the base
+    model's scores come from `cache` where it has them.
+    """
+    _check_scoring_arguments(beta, max_length, batch_size)
+    pairs, kept = tokenize_rows(tokenizer, rows, max_length)
+    if not pairs:
+        raise ValueError(f"no pair to score: every prompt fills max_length={max_length}")
+    with active_adapter(model, None):
+        reference = cache.scores(model, model_key, pairs, max_length, batch_size, tokenizer.pad_token_id)
+    results = {}
+    for name, adapter in policies.items():
+        with active_adapter(model, adapter):
+            scores = (
+                reference
+                if adapter is None
+                else score_pairs(model, pairs, max_length, batch_size, tokenizer.pad_token_id)
+            )
+        results[name] = reward_accuracy(
+            [beta * (policy[0] - base[0]) for policy, base in zip(scores, reference, strict=True)],
+            [beta * (policy[1] - base[1]) for policy, base in zip(scores, reference, strict=True)],
+            skipped=len(rows) - len(kept),
+        )
+    return results
+
+
+def _check_scoring_arguments(beta: float, max_length: int, batch_size: int) -> None:
+    if not beta > 0 or max_length < 1 or batch_size < 1:
+        raise ValueError("beta must be > 0, max_length and batch_size >= 1")
+
+
 def load_model(
-    model_dir: Path | str, adapter_dir: Path | str | None = None, reference_adapter_dir: Path | str | None = None
+    model_dir: Path | str,
+    adapter_dir: Path | str | None = None,
+    reference_adapter_dir: Path | str | None = None,
+    named_adapters: Mapping[str, Path | str] | None = None,
 ) -> tuple[Any, Any]:
-    """The base model in fp32 for exact log-probabilities, with the given adapters loaded under fixed names."""
+    """The base model in fp32 for exact log-probabilities, with TRL's fused LM head and the given adapters.
+
+    adapter_dir and reference_adapter_dir load as POLICY_ADAPTER and REFERENCE_ADAPTER; named_adapters under their
+    own names.
+    """
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    add_fused_lm_head(model)  # log-probs in chunks, never the [B, T, vocabulary] logits; before PEFT wraps it
     adapters = [(POLICY_ADAPTER, adapter_dir), (REFERENCE_ADAPTER, reference_adapter_dir)]
+    adapters += list((named_adapters or {}).items())
     for name, directory in adapters:
         if directory is None:
             continue
@@ -221,69 +358,9 @@ def active_adapter(model: Any, adapter_name: str | None) -> Iterator[None]:
         with model.disable_adapter():
             yield
     else:
+        previous = model.active_adapter
         model.set_adapter(adapter_name)
-        yield
-
-
-@torch.inference_mode()
-def mean_answer_length(
-    model_dir: Path | str,
-    adapter_dir: Path | str | None,
-    prompts: Sequence[list[Message]],
-    max_new_tokens: int,
-    seed: int,
-    temperature: float = 0.7,
-    batch_size: int = 8,
-) -> float:
-    """Mean number of tokens the model answers the prompts with (end-of-turn excluded, capped at max_new_tokens).
-
-    Sampled with the given seed at `temperature`, or greedy when temperature is 0: DPO is known to lengthen answers,
-    and this is the cheap check for it.
-    """
-    if not prompts or max_new_tokens < 1:
-        raise ValueError("mean_answer_length needs at least one prompt and max_new_tokens >= 1")
-    model, tokenizer = load_model(model_dir, adapter_dir)
-    tokenizer.padding_side = "left"  # generation continues from the right end of every row
-    torch.manual_seed(seed)
-    sampling: dict[str, Any] = {"do_sample": False}
-    if temperature > 0:
-        sampling = {"do_sample": True, "temperature": temperature}
-    lengths: list[int] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [
-            tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            for prompt in prompts[start : start + batch_size]
-        ]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        output = model.generate(
-            **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
-        )  # [B, prompt T + new T]
-        for new_tokens in output[:, batch["input_ids"].shape[1] :].tolist():
-            lengths.append(_length_before(new_tokens, tokenizer.eos_token_id))
-    return sum(lengths) / len(lengths)
-
-
-def _length_before(token_ids: list[int], stop_id: int) -> int:
-    return token_ids.index(stop_id) if stop_id in token_ids else len(token_ids)
-
-
-def gate_decision(accuracy: float, parent_accuracy: float | None, threshold: float, tolerance: float) -> GateDecision:
-    """Promote only when accuracy >= threshold and it is no more than `tolerance` below the parent's accuracy."""
-    for name, value in (("accuracy", accuracy), ("parent_accuracy", parent_accuracy), ("threshold", threshold)):
-        if value is not None and not 0 <= value <= 1:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
-    if accuracy < threshold:
-        return GateDecision(False, f"held-out accuracy {accuracy:.3f} is below the threshold {threshold:.3f}")
-    if parent_accuracy is not None and accuracy < parent_accuracy - tolerance:
-        return GateDecision(
-            False,
-            f"held-out accuracy {accuracy:.3f} is more than {tolerance:.3f} below the parent's {parent_accuracy:.3f}",
-        )
-    against_parent = (
-        "no parent to compare with"
-        if parent_accuracy is None
-        else f"within {tolerance:.3f} of the parent's {parent_accuracy:.3f} or better"
-    )
-    return GateDecision(True, f"held-out accuracy {accuracy:.3f} meets the threshold {threshold:.3f}; {against_parent}")
+        try:
+            yield
+        finally:
+            model.set_adapter(previous)

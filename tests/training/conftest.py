@@ -1,6 +1,7 @@
-"""Fixtures of the training tests: the prepared base model, six short pairs, and one tiny trained round.
+"""Fixtures of the training tests: the prepared base model, a tiny random model, six short pairs, one tiny round.
 
-Everything stays tiny because the CPU is slow: 6 short pairs, max_length 64, batch 2, 3 steps.
+Everything stays tiny because the CPU is slow: 6 short pairs, max_length 64, batch 2, 3 steps. The tiny model is
+a two-layer Llama with random weights and the base model's tokenizer: real code paths in seconds.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tests.training.samples import BASE_MODEL_DIR, TINY_PAIRS, tiny_round_config
 from training.data import write_pairs
@@ -18,6 +21,28 @@ from training.model_prep import prepare_model
 @pytest.fixture(scope="session")
 def base_model_dir() -> Path:
     return prepare_model(None, BASE_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
 
 
 @pytest.fixture(scope="session")

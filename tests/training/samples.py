@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from training.config import RoundConfig
 from training.data import PreferenceRow
 
 REPO = Path(__file__).resolve().parents[2]
-BASE_MODEL_DIR = REPO / "var" / "models" / "smollm2-135m-instruct"
-HH_RLHF_PATH = REPO.parent / "shared" / "data" / "hh_rlhf_harmless_dev.jsonl"
+# BASE_MODEL_DIR lets a worktree use a model prepared elsewhere instead of converting its own copy.
+BASE_MODEL_DIR = Path(os.environ.get("BASE_MODEL_DIR") or REPO / "var" / "models" / "smollm2-135m-instruct")
+HH_RLHF_PATH = Path(os.environ.get("HH_RLHF_PATH") or REPO.parent / "shared" / "data" / "hh_rlhf_harmless_dev.jsonl")
 
 
 def pair(question: str, good: str, bad: str) -> PreferenceRow:

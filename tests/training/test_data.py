@@ -6,15 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.training.samples import HH_RLHF_PATH, TINY_PAIRS, pair
-from training.data import (
-    hh_rlhf_to_trl,
-    load_hh_rlhf,
-    load_pairs,
-    parse_pair,
-    prompt_key,
-    split_by_prompt,
-    write_pairs,
-)
+from training.data import hh_rlhf_to_trl, load_pairs, messages_from, parse_pair, write_pairs
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -49,7 +41,7 @@ def test_load_pairs_names_every_bad_line(tmp_path: Path) -> None:
     assert message.startswith("3 invalid preference pair(s)")
     assert f"{path}:2: not valid JSON" in message
     assert f"{path}:4: missing key(s) ['rejected']" in message
-    assert f"{path}:5: chosen[0].role must be one of ['assistant'], got 'user'" in message
+    assert f"{path}:5: chosen[0].role must be one of ['assistant', 'gpt'], got 'user'" in message
     assert f"{path}:1:" not in message and f"{path}:3:" not in message
 
 
@@ -70,7 +62,7 @@ def test_load_pairs_rejects_a_file_without_pairs(tmp_path: Path) -> None:
             "the prompt must end with a user message",
         ),
         ({**TINY_PAIRS[0], "chosen": [{"role": "assistant", "content": 3}]}, r"chosen\[0\].content must be a string"),
-        ({**TINY_PAIRS[0], "chosen": [{"role": "assistant"}]}, r"chosen\[0\] must be an object with exactly"),
+        ({**TINY_PAIRS[0], "chosen": [{"role": "assistant"}]}, r"chosen\[0\] needs \"role\" and \"content\""),
         ({**TINY_PAIRS[0], "rejected": [{"role": "tool", "content": "x"}]}, r"rejected\[0\].role must be one of"),
     ],
 )
@@ -83,38 +75,6 @@ def test_an_empty_answer_is_a_valid_choice() -> None:
     row = pair("Tell me how to pick a lock.", "", "Sure, first you ...")
 
     assert parse_pair(row) == row
-
-
-def test_split_by_prompt_keeps_each_prompt_on_one_side() -> None:
-    rows = [pair(f"Question {number % 7}?", f"Good {number}.", f"Bad {number}.") for number in range(30)]
-
-    train, holdout = split_by_prompt(rows, holdout_fraction=0.3, seed=1)
-
-    assert len(train) + len(holdout) == len(rows)
-    assert {prompt_key(row["prompt"]) for row in train}.isdisjoint(prompt_key(row["prompt"]) for row in holdout)
-    assert len(holdout) >= round(0.3 * len(rows))
-    # input order is kept on both sides
-    assert train == [row for row in rows if row in train] and holdout == [row for row in rows if row in holdout]
-
-
-def test_split_by_prompt_depends_on_the_seed_only() -> None:
-    rows = [pair(f"Question {number}?", "Yes.", "No.") for number in range(40)]
-
-    first = split_by_prompt(rows, 0.25, seed=3)
-
-    assert split_by_prompt(rows, 0.25, seed=3) == first
-    assert split_by_prompt(list(reversed(rows)), 0.25, seed=3)[1] == list(reversed(first[1]))
-    assert split_by_prompt(rows, 0.25, seed=4) != first
-
-
-def test_split_by_prompt_with_no_holdout() -> None:
-    assert split_by_prompt(TINY_PAIRS, 0.0, seed=0) == (TINY_PAIRS, [])
-
-
-@pytest.mark.parametrize("fraction", [-0.1, 1.0])
-def test_split_by_prompt_rejects_impossible_fractions(fraction: float) -> None:
-    with pytest.raises(ValueError, match=r"holdout_fraction must be in \[0, 1\)"):
-        split_by_prompt(TINY_PAIRS, fraction, seed=0)
 
 
 def test_hh_rlhf_row_becomes_a_conversational_pair() -> None:
@@ -158,25 +118,70 @@ def test_hh_rlhf_rows_without_a_usable_preference_are_refused_with_a_reason(row:
         hh_rlhf_to_trl(row)
 
 
-def test_real_hh_rlhf_rows_convert_and_split_cleanly() -> None:
-    pairs, skipped = load_hh_rlhf(HH_RLHF_PATH)
+def test_real_hh_rlhf_rows_convert_cleanly() -> None:
+    pairs, refused = [], []
+    for line in HH_RLHF_PATH.read_text(encoding="utf-8").splitlines():
+        try:
+            pairs.append(hh_rlhf_to_trl(json.loads(line)))
+        except ValueError as error:
+            refused.append(str(error))
 
-    assert len(pairs) + len(skipped) == 1000
+    assert len(pairs) + len(refused) == 1000
     assert len(pairs) >= 990
     assert all(parse_pair(row) == row for row in pairs)
     assert all(row["prompt"][0]["role"] == "user" and len(row["chosen"]) == 1 for row in pairs)
-    train, holdout = split_by_prompt(pairs, 0.2, seed=0)
-    assert 200 <= len(holdout) < 220
-    assert {prompt_key(row["prompt"]) for row in train}.isdisjoint(prompt_key(row["prompt"]) for row in holdout)
 
 
-def test_load_hh_rlhf_reports_bad_rows_by_line(tmp_path: Path) -> None:
-    good = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}
-    same = {"chosen": good["chosen"], "rejected": good["chosen"]}
-    path = write_lines(tmp_path / "hh.jsonl", [json.dumps(good), json.dumps(same), "{oops"])
+def test_messages_from_accepts_sharegpt_and_returns_openai_style() -> None:
+    sharegpt = [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "Hi"},
+        {"from": "gpt", "value": "Hello!", "weight": 1},
+    ]
 
-    pairs, skipped = load_hh_rlhf(path)
+    assert messages_from(sharegpt, "conversations") == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
+    openai = [{"role": "user", "content": "Hi", "name": "ann"}]
+    assert messages_from(openai, "messages") == [{"role": "user", "content": "Hi"}]
 
-    assert pairs == [hh_rlhf_to_trl(good)]
-    assert skipped[0] == "line 2: chosen and rejected transcripts are identical"
-    assert skipped[1].startswith("line 3: ")
+
+@pytest.mark.parametrize(
+    ("value", "options", "message"),
+    [
+        ([], {}, "where must be a non-empty list of messages"),
+        ({"role": "user", "content": "Hi"}, {}, "where must be a non-empty list of messages"),
+        (["Hi"], {}, r"where\[0\] must be an object"),
+        ([{"role": "user"}], {}, r"where\[0\] needs \"role\" and \"content\""),
+        ([{"from": "human", "text": "Hi"}], {}, r"where\[0\] needs .*ShareGPT"),
+        ([{"from": "bot", "value": "Hi"}], {}, r"where\[0\].from must be one of .*'gpt'.*got 'bot'"),
+        ([{"role": "user", "content": ["Hi"]}], {}, r"where\[0\].content must be a string"),
+        ([{"role": "user", "content": "  "}], {}, r"where\[0\].content must not be blank"),
+        (
+            [{"from": "human", "value": "Hi"}],
+            {"roles": ("assistant",)},
+            r"where\[0\].from must be one of \['assistant', 'gpt'\]",
+        ),
+    ],
+)
+def test_messages_from_names_the_place(value: object, options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        messages_from(value, "where", **options)  # type: ignore[arg-type]
+
+
+def test_messages_from_allows_empty_content_when_asked() -> None:
+    assert messages_from([{"role": "assistant", "content": ""}], "chosen", allow_empty_content=True) == [
+        {"role": "assistant", "content": ""}
+    ]
+
+
+def test_a_sharegpt_pair_trains_as_an_openai_pair() -> None:
+    row = {
+        "prompt": [{"from": "human", "value": "Say hello."}],
+        "chosen": [{"from": "gpt", "value": "Hello!"}],
+        "rejected": [{"from": "gpt", "value": "Go away."}],
+    }
+
+    assert parse_pair(row) == pair("Say hello.", "Hello!", "Go away.")

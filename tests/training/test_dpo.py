@@ -1,19 +1,26 @@
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from safetensors import safe_open
-from transformers import AutoTokenizer, TrainerCallback
-from trl.trainer.utils import use_adapter
+from transformers import TrainerCallback
 
-from tests.training.samples import TINY_PAIRS, tiny_round_config
+from tests.training.samples import TINY_PAIRS, pair, tiny_round_config
 from training.config import RoundConfig
-from training.dpo import MetricsFileCallback, TrainResult, build_trainer, metrics_record, train_round
-from training.evaluate import POLICY_ADAPTER, active_adapter, load_model, sequence_logprob
+from training.dpo import (
+    LengthGroupedDPOTrainer,
+    MetricsFileCallback,
+    TrainResult,
+    build_trainer,
+    dpo_arguments,
+    metrics_record,
+    train_round,
+)
 
 METRIC_KEYS = (
     "step", "max_steps", "epoch", "loss", "rewards/accuracies", "rewards/margins", "tokens_per_second",
@@ -31,25 +38,13 @@ def adapter_tensor_names(adapter_dir: str | Path) -> list[str]:
         return list(tensors.keys())
 
 
-class RoundTwo(NamedTuple):
-    result: TrainResult
-    trained_model: Any  # the PeftModel as training left it: adapters "default" (trained) and "ref" (TRL's copy)
-
-
-class KeepModel(TrainerCallback):
-    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        self.model = model
-
-
 @pytest.fixture(scope="module")
 def round_two(
     round_one: TrainResult, base_model_dir: Path, tiny_pairs_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> RoundTwo:
+) -> TrainResult:
     output_dir = tmp_path_factory.mktemp("rounds") / "round-2"
     config = tiny_round_config(base_model_dir, output_dir, parent_adapter_dir=round_one.adapter_dir, max_steps=2)
-    keep = KeepModel()
-    result = train_round(config, tiny_pairs_path, callbacks=[keep])
-    return RoundTwo(result, keep.model)
+    return train_round(config, tiny_pairs_path)
 
 
 @pytest.mark.slow
@@ -106,8 +101,10 @@ def test_vllm_lora_loader_accepts_the_adapter(round_one: TrainResult) -> None:
 
 
 @pytest.mark.slow
-def test_round_two_starts_with_the_parent_adapter_as_its_reference(round_one: TrainResult, round_two: RoundTwo) -> None:
-    first, second = read_metrics(round_one.output_dir), read_metrics(round_two.result.output_dir)
+def test_round_two_starts_with_the_parent_adapter_as_its_reference(
+    round_one: TrainResult, round_two: TrainResult
+) -> None:
+    first, second = read_metrics(round_one.output_dir), read_metrics(round_two.output_dir)
 
     # Same seed and data, so step 1 of both rounds sees the same pairs. Round 2's policy starts as round 1's adapter,
     # which is far from the base model; zero rewards mean the reference is that adapter too, not the base model.
@@ -118,36 +115,13 @@ def test_round_two_starts_with_the_parent_adapter_as_its_reference(round_one: Tr
 
 
 @pytest.mark.slow
-def test_round_two_saves_only_its_own_adapter(round_two: RoundTwo) -> None:
-    adapter_dir = Path(round_two.result.adapter_dir)
+def test_round_two_saves_only_its_own_adapter(round_two: TrainResult) -> None:
+    adapter_dir = Path(round_two.adapter_dir)
 
     assert sorted(path.name for path in adapter_dir.iterdir() if path.is_dir()) == []
     names = adapter_tensor_names(adapter_dir)
     assert len(names) == 30 * len(LORA_TARGETS) * 2
     assert not any(".ref." in name for name in names)
-
-
-@pytest.mark.slow
-def test_reference_stays_the_frozen_round_one_policy_while_round_two_trains(
-    round_one: TrainResult, round_two: RoundTwo, base_model_dir: Path
-) -> None:
-    trained, max_length = round_two.trained_model, 64
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    round_one_model, _ = load_model(base_model_dir, round_one.adapter_dir)
-
-    for row in TINY_PAIRS[:2]:
-        with use_adapter(trained, "ref"):  # what TRL's DPOTrainer activates for its reference pass
-            reference = sequence_logprob(trained, tokenizer, row["prompt"], row["chosen"], max_length)
-        with use_adapter(trained, "default"):
-            round_two_policy = sequence_logprob(trained, tokenizer, row["prompt"], row["chosen"], max_length)
-        with active_adapter(round_one_model, POLICY_ADAPTER):
-            round_one_policy = sequence_logprob(round_one_model, tokenizer, row["prompt"], row["chosen"], max_length)
-        with active_adapter(round_one_model, None):
-            base = sequence_logprob(round_one_model, tokenizer, row["prompt"], row["chosen"], max_length)
-
-        assert reference == pytest.approx(round_one_policy, abs=1e-3)
-        assert abs(reference - base) > 0.1
-        assert abs(round_two_policy - reference) > 1e-3  # the trained copy moved, the reference did not
 
 
 @pytest.mark.slow
@@ -211,3 +185,46 @@ def test_round_refuses_a_parent_that_is_not_an_adapter(
         train_round(config, tiny_pairs_path)
 
     assert not (tmp_path / "out").exists()
+
+
+def test_batches_hold_pairs_of_similar_length(tiny_model_dir: Path, tmp_path: Path) -> None:
+    rows = [pair("Hi" + " there" * length, "Yes" + "!" * length, "No.") for length in range(0, 48, 3)]
+    config = tiny_round_config(tiny_model_dir, tmp_path, batch_size=4, max_length=128)
+    trainer = build_trainer(config, rows)
+    dataset = trainer.train_dataset
+    lengths = [
+        len(p) + max(len(c), len(r))
+        for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True)
+    ]
+
+    order = list(trainer._get_train_sampler())
+
+    assert isinstance(trainer, LengthGroupedDPOTrainer) and sorted(order) == list(range(len(rows)))
+    batches = [sorted(lengths[index] for index in order[start : start + 4]) for start in range(0, len(order), 4)]
+    ranges = sorted((batch[0], batch[-1]) for batch in batches)
+    # groups by length: no two batches overlap in the lengths they hold (a random order would overlap almost surely)
+    assert all(previous[1] <= following[0] for previous, following in itertools.pairwise(ranges))
+    plain = build_trainer(RoundConfig.from_dict({**config.to_dict(), "group_by_length": False}), rows)
+    assert type(plain) is not LengthGroupedDPOTrainer
+
+
+def test_reference_log_probs_are_computed_once_before_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = tiny_round_config(tiny_model_dir, tmp_path, max_steps=1)
+
+    trainer = build_trainer(config, TINY_PAIRS)
+
+    assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(trainer.train_dataset.column_names)
+    assert not build_trainer(
+        RoundConfig.from_dict({**config.to_dict(), "precompute_reference": False}), TINY_PAIRS
+    ).precompute_ref_logps
+
+
+def test_speed_levers_reach_trl(tmp_path: Path) -> None:
+    config = tiny_round_config(Path("/m"), tmp_path, gradient_checkpointing=True, cpu_bf16=True, torch_compile=True)
+
+    arguments = dpo_arguments(config)
+
+    assert (arguments.gradient_checkpointing, arguments.bf16, arguments.torch_compile) == (True, True, True)
+    assert arguments.precompute_ref_log_probs is True
+    defaults = dpo_arguments(tiny_round_config(Path("/m"), tmp_path))
+    assert (defaults.gradient_checkpointing, defaults.bf16, defaults.torch_compile) == (False, False, False)

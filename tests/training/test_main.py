@@ -110,3 +110,66 @@ def test_train_under_accelerate_launch_then_evaluate(
     assert report["count"] == len(TINY_PAIRS) and report["skipped"] == 0
     assert 0 <= report["accuracy"] <= 1 and report["beta"] == 0.1
     assert report["adapter"] == str(output_dir / "adapter") and report["reference_adapter"] is None
+
+
+def test_round_trains_then_scores_candidate_and_parent_against_the_base(
+    tiny_model_dir: Path, tiny_pairs_path: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "reference-cache.json"
+    adapters = []
+    reports = []
+    for number in (1, 2):
+        output_dir = tmp_path / f"round-{number}"
+        config = write_config(
+            tmp_path / f"config-{number}.json",
+            base_model_dir=str(tiny_model_dir),
+            output_dir=str(output_dir),
+            parent_adapter_dir=adapters[-1] if adapters else None,
+            max_length=64,
+            batch_size=2,
+            max_steps=2,
+            learning_rate=1e-2,
+        )
+        evaluation = tmp_path / f"compare-{number}.json"
+        arguments = ["round", "--config", str(config), "--data", str(tiny_pairs_path)]
+        arguments += ["--heldout", str(tiny_pairs_path), "--evaluation-output", str(evaluation)]
+
+        assert main([*arguments, "--reference-cache", str(cache)]) == 0
+
+        assert json.loads((output_dir / "result.json").read_text())["steps"] == 2
+        adapters.append(str(output_dir / "adapter"))
+        reports.append(json.loads(evaluation.read_text()))
+
+    first, second = reports
+    assert first["models"]["parent"]["accuracy"] == 0.5 and first["models"]["parent"]["mean_margin"] == 0
+    assert first["reference_cache"]["misses"] == len(TINY_PAIRS)
+    assert (second["reference_cache"]["hits"], second["reference_cache"]["misses"]) == (len(TINY_PAIRS), 0)
+    # Round 2's parent, scored from TRL's frozen copy inside the trained model, is round 1's candidate exactly
+    assert second["models"]["parent"]["mean_margin"] == pytest.approx(first["models"]["candidate"]["mean_margin"])
+    assert second["models"]["parent"]["accuracy"] == first["models"]["candidate"]["accuracy"]
+    assert second["models"]["candidate"]["mean_margin"] != pytest.approx(second["models"]["parent"]["mean_margin"])
+    compared = tmp_path / "compare.json"
+    command = ["compare", "--model", str(tiny_model_dir), "--candidate", adapters[1], "--parent", adapters[0]]
+    command += ["--data", str(tiny_pairs_path), "--beta", "0.1", "--max-length", "64", "--output", str(compared)]
+    assert main([*command, "--reference-cache", str(cache)]) == 0
+    separately = json.loads(compared.read_text())["models"]
+    for name in ("candidate", "parent"):
+        assert separately[name]["accuracy"] == second["models"][name]["accuracy"]
+        assert separately[name]["mean_margin"] == pytest.approx(second["models"][name]["mean_margin"], abs=1e-5)
+
+
+def test_round_with_bad_heldout_pairs_trains_nothing(
+    tiny_model_dir: Path, tiny_pairs_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        tmp_path / "config.json", base_model_dir=str(tiny_model_dir), output_dir=str(tmp_path / "out")
+    )
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text('{"prompt": "Hi"}\n')
+    arguments = ["round", "--config", str(config), "--data", str(tiny_pairs_path), "--heldout", str(heldout)]
+
+    status = main([*arguments, "--evaluation-output", str(tmp_path / "compare.json")])
+
+    assert status == 2
+    assert f"{heldout}:1: missing key(s) ['chosen', 'rejected']" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
