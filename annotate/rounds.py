@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 Status = TrainingRound.Status
 TRAIN_FILE, HELDOUT_FILE, OUTPUT_DIR = "train.jsonl", "heldout.jsonl", "output"
+# The base model's log-probs of held-out pairs never change: computed once, kept for every later round.
+REFERENCE_CACHE = "reference-logprobs.json"
 CONFIG_FIELDS_SET_BY_ROUND = ("base_model_dir", "output_dir", "parent_adapter_dir")
 
 
@@ -378,24 +380,9 @@ def _follow(
         raise RoundStopped
 
 
-def _evaluate(
-    training_round: TrainingRound, *, adapter: str | None, reference: str | None, heldout: Path, name: str
-) -> dict[str, Any]:
-    directory = Path(training_round.directory)
-    output = directory / f"eval-{name}.json"
-    base_model = training_round.config["base_model_dir"]
-    arguments = ["evaluate", "--model", base_model, "--data", str(heldout)]
-    arguments += ["--beta", str(training_round.config["beta"]), "--output", str(output)]
-    arguments += ["--max-length", str(training_round.config["max_length"])]
-    if adapter:
-        arguments += ["--adapter", adapter]
-    if reference:
-        arguments += ["--reference-adapter", reference]
-    _run_training_process(training_round, arguments, directory / "evaluate.log")
-    return dict(json.loads(output.read_text()))
-
-
 def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, heldout_path: Path) -> ModelVersion:
+    """Train the adapter, and score it and its parent on the held-out votes against the base model, in one process
+    (`python -m training round`: the model is loaded once); the base model's log-probs are cached across rounds."""
     parent = training_round.parent_version
     directory = Path(training_round.directory)
     output_dir = directory / OUTPUT_DIR
@@ -410,15 +397,17 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
     config_path = directory / "config.json"
     config_path.write_text(config.to_json())
     training_round.advance(Status.TRAINING, config=config.to_dict(), started_at=timezone.now())
-    with _phase(training_round, "train"):
+    comparison = directory / "evaluation.json"
+    arguments = ["train", "--config", str(config_path), "--data", str(train_path)]
+    if training_round.heldout_pairs:
+        arguments = ["round", *arguments[1:], "--heldout", str(heldout_path), "--evaluation-output", str(comparison)]
+        arguments += ["--reference-cache", str(Path(settings.ROUND_DIR) / REFERENCE_CACHE)]
+    with _phase(training_round, "train_and_evaluate"):
         _run_training_process(
-            training_round,
-            ["train", "--config", str(config_path), "--data", str(train_path)],
-            directory / "train.log",
-            metrics_path=output_dir / "metrics.jsonl",
+            training_round, arguments, directory / "train.log", metrics_path=output_dir / "metrics.jsonl"
         )
-    with _phase(training_round, "evaluate"):
-        evaluation = _evaluate_candidate(training_round, parent, str(output_dir / "adapter"), heldout_path)
+    training_round.advance(Status.EVALUATING)
+    evaluation = _evaluation(training_round, comparison)
     version = ModelVersion.objects.create(
         name=f"{settings.SERVED_MODEL_NAME}-round-{training_round.pk}",
         base_model=parent.base_model,
@@ -429,37 +418,33 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
     return version
 
 
-def _evaluate_candidate(
-    training_round: TrainingRound, parent: ModelVersion, adapter_dir: str, heldout_path: Path
-) -> dict[str, Any]:
-    """Held-out implicit-reward accuracy of the new adapter, and of its parent on the same votes, and the gate."""
-    training_round.advance(Status.EVALUATING)
-    evaluation: dict[str, Any] = {"heldout_pairs": training_round.heldout_pairs}
-    if training_round.heldout_pairs:
-        candidate = _evaluate(
-            training_round, adapter=adapter_dir, reference=parent.adapter_path or None, heldout=heldout_path, name="new"
-        )
-        evaluation.update(accuracy=candidate["accuracy"], mean_margin=candidate["mean_margin"])
-        if parent.is_adapter:
-            grandparent = parent.parent
-            before = _evaluate(
-                training_round,
-                adapter=parent.adapter_path,
-                reference=grandparent.adapter_path if grandparent and grandparent.is_adapter else None,
-                heldout=heldout_path,
-                name="parent",
-            )
-            evaluation.update(parent_accuracy=before["accuracy"], parent_mean_margin=before["mean_margin"])
-    if "accuracy" in evaluation:
-        gate = gate_decision(
-            evaluation["accuracy"],
-            evaluation.get("parent_accuracy"),
-            settings.ROUND_GATE_MIN_ACCURACY,
-            settings.ROUND_GATE_TOLERANCE,
-        )
-        evaluation["gate"] = {"promote": gate.promote, "reason": gate.reason}
-    else:
+def _evaluation(training_round: TrainingRound, comparison: Path) -> dict[str, Any]:
+    """The held-out figures of the candidate and its parent, both against the base model, and the gate's decision."""
+    evaluation: dict[str, Any] = {"heldout_pairs": training_round.heldout_pairs, "reference": "base model"}
+    if not comparison.is_file():
         evaluation["gate"] = {"promote": False, "reason": "no held-out votes to evaluate on"}
+        return evaluation
+    models = json.loads(comparison.read_text())["models"]
+    candidate, parent = models["candidate"], models.get("parent") or {}
+    evaluation.update(
+        accuracy=candidate["accuracy"],
+        accuracy_interval=[candidate.get("accuracy_low"), candidate.get("accuracy_high")],
+        mean_margin=candidate["mean_margin"],
+        scored_pairs=candidate.get("count"),
+    )
+    if parent:
+        evaluation.update(
+            parent_accuracy=parent["accuracy"],
+            parent_accuracy_interval=[parent.get("accuracy_low"), parent.get("accuracy_high")],
+            parent_mean_margin=parent["mean_margin"],
+        )
+    gate = gate_decision(
+        evaluation["accuracy"],
+        evaluation.get("parent_accuracy"),
+        settings.ROUND_GATE_MIN_ACCURACY,
+        settings.ROUND_GATE_TOLERANCE,
+    )
+    evaluation["gate"] = {"promote": gate.promote, "reason": gate.reason}
     return evaluation
 
 

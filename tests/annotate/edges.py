@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 SCRIPTED_TRAINER = '''#!{python}
-"""Acts as `python -m training train|evaluate`: writes what the real commands write, with scripted numbers."""
+"""Acts as `python -m training train|round`: writes what the real commands write, with scripted numbers."""
 import json, os, sys
 from pathlib import Path
 arguments = sys.argv[sys.argv.index("training") + 1:]
 command, options = arguments[0], dict(zip(arguments[1::2], arguments[2::2]))
-if command == "train":
+if command in ("train", "round"):
     config = json.loads(Path(options["--config"]).read_text())
     output = Path(config["output_dir"])
     (output / "adapter").mkdir(parents=True, exist_ok=True)
@@ -29,9 +29,13 @@ if command == "train":
     with (output / "metrics.jsonl").open("w") as metrics:
         for step in (1, 2):
             metrics.write(json.dumps({{"step": step, "max_steps": 2, "loss": 0.7 - step / 10}}) + "\\n")
-elif command == "evaluate":
-    accuracy = float(os.environ.get("SCRIPTED_ACCURACY", "0.75"))
-    Path(options["--output"]).write_text(json.dumps({{"accuracy": accuracy, "mean_margin": 0.1, "count": 4}}))
+if command == "round":
+    def scored(accuracy):
+        return {{"accuracy": accuracy, "accuracy_low": accuracy - 0.2, "accuracy_high": min(1.0, accuracy + 0.2),
+                 "mean_margin": 0.1, "count": 4, "skipped": 0}}
+    models = {{"candidate": scored(float(os.environ.get("SCRIPTED_ACCURACY", "0.75"))),
+               "parent": scored(float(os.environ.get("SCRIPTED_PARENT_ACCURACY", "0.5")))}}
+    Path(options["--evaluation-output"]).write_text(json.dumps({{"reference": "base", "models": models}}))
 '''
 
 

@@ -25,7 +25,9 @@ def test_a_round_the_gate_passes_serves_and_its_adapter_is_loaded(loop, serving_
     serving_version.refresh_from_db()
     assert serving_version.status == ModelVersion.Status.RETIRED
     assert [step.step for step in training_round.steps.all()] == [1, 2]
-    assert set(training_round.phase_seconds) == {"prepare", "train", "evaluate", "deploy"}
+    assert set(training_round.phase_seconds) == {"prepare", "train_and_evaluate", "deploy"}
+    assert training_round.evaluation["reference"] == "base model"
+    assert (training_round.evaluation["accuracy"], training_round.evaluation["parent_accuracy"]) == (0.75, 0.5)
 
 
 def test_a_rejected_round_can_be_promoted_with_a_reason(loop, serving_version, staff, model_server, monkeypatch):

@@ -46,7 +46,7 @@ def test_start_queues_a_round_on_the_serving_version(round_settings, votes, serv
     assert training_round.config["loss_type"] == "sigmoid"
     assert training_round.rules == {"combine": "majority", "include_ties": False, "include_both_bad": False,
                                     "min_agreement": 0.0, "include_gold": False, "include_repeats": False,
-                                    "include_excluded_annotators": False}  # fmt: skip
+                                    "include_excluded_annotators": False, "min_competence": 0.0}  # fmt: skip
 
 
 def test_a_second_round_cannot_start_while_one_runs(round_settings, votes, serving_version):
@@ -201,7 +201,7 @@ def test_a_failing_training_process_fails_the_round_with_its_log(round_settings,
 
     training_round.refresh_from_db()
     assert training_round.status == TrainingRound.Status.FAILED
-    assert "`python -m training train` failed (exit 1)" in training_round.error
+    assert "`python -m training round` failed (exit 1)" in training_round.error
     assert training_round.active is None and training_round.result_version is None
     assert ModelVersion.objects.get(status="serving") == serving_before
 
