@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from collections import deque
 from collections.abc import Callable
@@ -15,8 +14,8 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
-from kombu.exceptions import OperationalError as KombuOperationalError
 
+from annotate.broker import enqueue
 from annotate.generation import (
     ModelServerClient,
     ModelServerRefused,
@@ -269,19 +268,7 @@ def pairs_refill_request(*, throttle: bool = True) -> None:
 
 
 def _pairs_refill_enqueue() -> None:
+    # on_commit callbacks run inside the request: enqueue never raises, so a broker outage is no 500.
     from annotate.tasks import pairs_refill as pairs_refill_task
 
-    try:
-        pairs_refill_task.delay()
-    except (KombuOperationalError, OSError) as error:
-        # on_commit callbacks run inside the request: anything raised here would turn the page into a 500.
-        logger.warning(
-            "could not ask the worker for pairs: the broker (%s) is unreachable: %s",
-            _broker_location(pairs_refill_task.app.conf.broker_url),
-            error,
-        )
-
-
-def _broker_location(url: str | None) -> str:
-    # Never log the broker's password.
-    return re.sub(r"//[^@/]*@", "//***@", url or "")
+    enqueue(pairs_refill_task)

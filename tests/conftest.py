@@ -86,3 +86,41 @@ def make_pair(serving_version) -> Callable[..., object]:  # type: ignore[no-unty
         )
 
     return make
+
+
+@pytest.fixture
+def broker_down(monkeypatch):  # type: ignore[no-untyped-def]
+    """The Celery app's broker (for reading and writing) is a Redis URL where nothing listens: every enqueue
+    really fails, as when Redis is down. The app's connection pools are forgotten before and after, not closed: a
+    producer elsewhere may still hold one, and a closed pool answers "Acquire on closed pool" to its next user."""
+    import socket
+
+    from django.core.cache import cache
+
+    from annotate.celery import app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens once the socket is closed
+    url = f"redis://127.0.0.1:{port}/0"
+    keys = ("broker_url", "broker_write_url", "broker_connection_timeout", "broker_connection_max_retries",
+            "task_publish_retry")  # fmt: skip
+    saved = {key: app.conf[key] for key in keys}
+
+    def forget_connections() -> None:
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    monkeypatch.setenv("CELERY_BROKER_URL", url)  # Celery reads this variable before its own setting
+    app.conf.update(
+        broker_url=url,
+        broker_write_url=url,
+        broker_connection_timeout=0.5,
+        broker_connection_max_retries=0,
+        task_publish_retry=False,  # fail at once: the tests are about what the pages do then
+    )
+    forget_connections()
+    cache.clear()  # no refill request of an earlier test still throttles this test's requests
+    yield url
+    app.conf.update(saved)
+    forget_connections()

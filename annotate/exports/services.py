@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from annotate.broker import enqueue
 from annotate.exports.card import card_path, dataset_card
 from annotate.exports.filters import ExportFilters, filter_errors, judgements_matching
 from annotate.exports.formats import DATASET_FORMATS
@@ -65,18 +66,10 @@ def export_request(*, created_by: User, dataset_format: str, file_format: str, f
 def export_enqueue(*, export: Export) -> bool:
     """Hand a queued export to a worker; False (noted on the export, logged) when the task queue is unreachable.
     Sending twice is harmless: an export runs once (Export.start)."""
-    from annotate.celery import app
     from annotate.tasks import export_run as export_run_task  # tasks import this module
 
-    try:
-        # One try to connect and no publish retries: with the broker down the request answers within a second or
-        # so (the defaults retry for several) and the page says so.
-        with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
-            export_run_task.apply_async((export.pk,), connection=connection, retry=False)
-    except Exception as error:  # kombu's OperationalError, or the transport's own error
-        logger.warning("export %s could not be queued: %s", export.pk, error)
-        export.note_waiting(reason=f"not started yet: the task queue could not be reached ({type(error).__name__})")
+    if not enqueue(export_run_task, export.pk):
+        export.note_waiting(reason="not started yet: the task queue could not be reached")
         return False
     if export.error:
         export.note_waiting(reason="")

@@ -170,7 +170,7 @@ def test_with_the_task_queue_down_the_export_waits_and_the_page_says_so(
         response = staff_client.post("/data/exports/", EXPORT_FORM, **HTMX)
     export = Export.objects.get()
     assert response.status_code == 200 and export.status == "queued"
-    assert "the task queue could not be reached (OperationalError)" in response.content.decode()
+    assert "the task queue could not be reached" in response.content.decode()
     page = staff_client.get(f"/data/exports/{export.pk}/").content.decode()
     assert "Waiting for a worker: not started yet: the task queue could not be reached" in page
     assert "Try again</button>" in page

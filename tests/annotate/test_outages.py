@@ -1,6 +1,5 @@
 """The broker or the model server down or broken: pages still answer, /healthz says what is wrong."""
 
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -8,39 +7,11 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from annotate.celery import app
-
 # transaction=True: the refill request is sent on commit, as in production, so it really reaches the broker.
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])  # nothing listens once the socket is closed
-
-
-@pytest.fixture
-def broker_unreachable():
-    """The Celery app's broker is a Redis address where nothing listens (as when Redis is down)."""
-    url = f"redis://127.0.0.1:{_closed_port()}/0"
-    saved = app.conf.broker_url, app.conf.broker_write_url
-
-    def reset_connections():
-        if app._pool is not None:
-            app._pool.force_close_all()
-        app._pool = None
-        app.amqp._producer_pool = None
-
-    reset_connections()
-    app.conf.broker_url = app.conf.broker_write_url = url
-    cache.clear()  # the refill request is throttled through the cache: make sure this test's one is sent
-    yield url
-    app.conf.broker_url, app.conf.broker_write_url = saved
-    reset_connections()
-
-
-def test_pages_and_the_api_answer_with_the_broker_down(broker_unreachable, client, annotator, make_pair):
+def test_pages_and_the_api_answer_with_the_broker_down(broker_down, client, annotator, make_pair):
     client.force_login(annotator)
     waiting = client.get("/")  # nothing ready: the page asks for a refill, which cannot be sent
     assert waiting.status_code == 200
@@ -59,7 +30,7 @@ def test_pages_and_the_api_answer_with_the_broker_down(broker_unreachable, clien
     assert report["broker"].startswith("unreachable") and report["status"] == "degraded"
 
 
-def test_the_health_check_reports_the_broker_down(broker_unreachable, client):
+def test_the_health_check_reports_the_broker_down(broker_down, client):
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json()["broker"].startswith("unreachable")

@@ -1,7 +1,6 @@
 """Sampling pairs into the buffer, through the real HTTP client against a local server that answers like vLLM;
 and asking for a refill when the broker is down."""
 
-import socket
 import time
 
 import pytest
@@ -9,7 +8,6 @@ from django.core.cache import cache
 from django.db import connections
 
 from annotate import sampling
-from annotate.celery import app as celery_app
 from annotate.generation import ModelServerRefused
 from annotate.models import Completion, Pair, Prompt
 from tests.annotate.model_server_stub import ModelServerStub
@@ -183,40 +181,6 @@ def test_pairs_are_stored_as_soon_as_both_of_their_answers_are_in(stub, settings
 # --- the broker down ---------------------------------------------------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def broker_down(monkeypatch):
-    """The Celery app's broker is a Redis URL on a port where nothing listens: every enqueue really fails."""
-    saved = {
-        key: celery_app.conf[key]
-        for key in ("broker_url", "broker_connection_timeout", "broker_connection_max_retries", "task_publish_retry")
-    }
-    url = f"redis://127.0.0.1:{closed_port()}/0"
-    monkeypatch.setenv("CELERY_BROKER_URL", url)  # Celery reads this variable before its own setting
-    celery_app.conf.update(
-        broker_url=url,
-        broker_connection_timeout=0.5,
-        broker_connection_max_retries=0,
-        task_publish_retry=False,  # fail at once: the test is about what the page does then, not how long kombu tries
-    )
-    _forget_broker_connections()
-    cache.clear()  # no refill request of an earlier test still throttles this test's requests
-    yield
-    celery_app.conf.update(saved)
-    _forget_broker_connections()
-
-
-def _forget_broker_connections() -> None:
-    # The app keeps a connection pool for the URL it first used; drop it so the next enqueue uses the URL set above.
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
-
-
 @pytest.mark.django_db(transaction=True)
 def test_enqueue_really_fails_with_the_broker_down(broker_down):
     from kombu.exceptions import OperationalError
@@ -243,7 +207,7 @@ def test_the_annotate_page_and_the_api_answer_with_the_broker_down(
     assert page.status_code == 200
     assert "being prepared" in page.text  # the waiting state
     assert api.status_code == 204
-    assert "could not ask the worker for pairs" in caplog.text
+    assert "could not enqueue annotate.tasks.pairs_refill" in caplog.text
     assert "the broker (redis://127.0.0.1:" in caplog.text
 
 
@@ -279,7 +243,7 @@ def test_the_worker_start_hook_does_not_raise_with_the_broker_down(broker_down, 
 
     tasks._fill_the_buffer_at_start(sender=None)
 
-    assert "could not ask the worker for pairs" in caplog.text
+    assert "could not enqueue annotate.tasks.pairs_refill" in caplog.text
 
 
 @pytest.mark.django_db
@@ -288,13 +252,13 @@ def test_a_vote_asks_for_pairs_only_below_the_low_watermark(
 ):
     import uuid
 
-    from annotate import services, tasks
+    from annotate import services
 
     settings.PAIR_BUFFER_LOW_WATERMARK = 3
     for _ in range(4):
         make_pair()
     requested = []
-    monkeypatch.setattr(tasks.pairs_refill, "delay", lambda: requested.append(True))  # the broker is the edge
+    monkeypatch.setattr(sampling, "enqueue", lambda task, *args: requested.append(task.name))  # the broker: the edge
 
     def vote() -> None:
         assignment = services.assignment_lease_next(annotator=annotator)
@@ -312,4 +276,4 @@ def test_a_vote_asks_for_pairs_only_below_the_low_watermark(
     vote()  # 3 open pairs left: not below the watermark
     assert requested == []
     vote()  # 2 left
-    assert requested == [True]
+    assert requested == ["annotate.tasks.pairs_refill"]
