@@ -535,10 +535,18 @@ class RoundInput(serializers.Serializer[Any]):
     training.config's field spec, as the Start round form's do."""
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
-        return {spec.name: _config_field(spec) for spec in rounds.round_config_fields()}
+        fields: dict[str, serializers.Field[Any, Any, Any, Any]] = {
+            spec.name: _config_field(spec) for spec in rounds.round_config_fields()
+        }
+        fields["gate_mode"] = serializers.ChoiceField(
+            choices=TrainingRound.GateMode.choices,
+            required=False,
+            help_text="offline, human (a canary of head-to-head votes) or both; ROUND_GATE_MODE when left out",
+        )
+        return fields
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        errors = rounds.round_config_errors(attrs)
+        errors = rounds.round_config_errors({name: value for name, value in attrs.items() if name != "gate_mode"})
         if errors:
             raise ValidationError(errors)
         return attrs
@@ -556,7 +564,7 @@ class RoundOutput(serializers.ModelSerializer[TrainingRound]):
             "id", "status", "trigger", "parent_version", "result_version", "config", "rules", "votes_read",
             "last_judgement_id", "holdout_fraction", "train_pairs", "heldout_pairs", "progress_percent", "metrics",
             "evaluation", "phase_seconds", "override_reason", "error", "log_tail", "created_at", "started_at",
-            "finished_at", "revision",
+            "finished_at", "revision", "gate_mode", "canary_started_at", "canary_decision",
         ]  # fmt: skip
 
 
@@ -577,9 +585,11 @@ def _app_error(error: Conflict | Invalid) -> Response:
 def rounds_create(request: Request) -> Response:
     data = RoundInput(data=request.data)
     data.is_valid(raise_exception=True)
+    overrides = dict(data.validated_data)
+    gate_mode = overrides.pop("gate_mode", None)
     try:
         training_round = rounds.round_start(
-            trigger=TrainingRound.Trigger.API, started_by=_staff(request), overrides=dict(data.validated_data)
+            trigger=TrainingRound.Trigger.API, started_by=_staff(request), overrides=overrides, gate_mode=gate_mode
         )
     except (Conflict, Invalid) as error:
         return _app_error(error)

@@ -31,6 +31,7 @@ staff_pages = [
     path("rounds/<int:round_id>/", round_views.round_detail, name="round-detail"),
     path("rounds/<int:round_id>/cancel/", round_views.round_cancel, name="round-cancel"),
     path("rounds/<int:round_id>/promote/", round_views.round_promote, name="round-promote"),
+    path("rounds/<int:round_id>/canary/", round_views.round_canary_decide, name="round-canary-decide"),
     path("versions/<int:version_id>/serve/", round_views.version_serve, name="version-serve"),
     path("data/prompts/import/", data_views.prompts_import, name="data-prompts-import"),
     path("data/preferences/import/", data_views.preferences_import, name="data-preferences-import"),

@@ -292,3 +292,85 @@ def test_ties_count_half_a_win():
     assert canary.Tally(6, 4, 0).win_rate == canary.Tally(8, 0, 2).win_rate == 0.8
     assert canary.Tally(6, 4, 0).interval == canary.Tally(8, 0, 2).interval
     assert canary.wilson_interval(0, 0) is None
+
+
+# --- The round page, the Start round form and the API ------------------------------------------------------------
+
+FORM = {"beta": "0.1", "learning_rate": "5e-5", "epochs": "1", "batch_size": "4", "max_length": "128",
+        "max_steps": "2", "lora_rank": "8", "loss_type": "ipo"}  # fmt: skip
+
+
+def test_the_round_page_shows_the_canary_live_and_its_poll_follows_the_votes(
+    canary_settings, serving_version, client, staff
+):
+    training_round = start_canary()
+    make_head_to_head_pairs(8)
+    client.force_login(staff)
+    url = f"/rounds/{training_round.pk}/?revision={training_round.revision}"
+
+    page = client.get(url).content.decode()
+    assert "0 of 10" in page and "Wilson 95 % interval" in page and "Decide early" in page
+    vote(training_round, ["win", "win", "tie", "loss"])
+    polled = client.get(url, headers={"HX-Request": "true"})  # the round did not change; its votes did
+    assert polled.status_code == 200
+    body = polled.content.decode()
+    assert "4 of 10" in body and "0.625" in body  # (2 + 0.5) / 4
+    low, high = canary.canary_tally(training_round).interval
+    assert f"{low:.3f} \u2013 {high:.3f}" in body
+
+
+def test_deciding_early_on_the_page_needs_a_reason(canary_settings, serving_version, client, staff, model_server):
+    training_round = start_canary()
+    client.force_login(staff)
+    url = f"/rounds/{training_round.pk}/canary/"
+
+    refused = client.post(url, {"decision": "promote", "reason": "   "})
+    assert refused.status_code == 400 and "Reason: This field is required." in refused.content.decode()
+    assert client.post(url, {"decision": "maybe", "reason": "why not"}).status_code == 400
+    training_round.refresh_from_db()
+    assert training_round.status == Status.CANARY
+
+    done = client.post(url, {"decision": "promote", "reason": "the new answers are plainly better"})
+    assert done.status_code == 302
+    training_round.refresh_from_db()
+    assert training_round.status == Status.DEPLOYING
+    assert training_round.canary_decision["reason"] == "decided early: the new answers are plainly better"
+    tasks.round_deploy(training_round.pk)
+    assert ModelVersion.objects.serving() == training_round.result_version
+    page = client.get(f"/rounds/{training_round.pk}/").content.decode()
+    assert "Canary promoted by sam: decided early: the new answers are plainly better" in page
+    assert client.post(url, {"decision": "reject", "reason": "too late"}).status_code == 409
+
+
+def test_the_canary_form_is_for_staff_and_needs_csrf(canary_settings, serving_version, annotator, staff):
+    from django.test import Client
+
+    training_round = start_canary()
+    url = f"/rounds/{training_round.pk}/canary/"
+    as_annotator = Client()
+    as_annotator.force_login(annotator)
+    assert as_annotator.post(url, {"decision": "reject", "reason": "no"}).status_code == 403
+    checked = Client(enforce_csrf_checks=True)
+    checked.force_login(staff)
+    assert checked.post(url, {"decision": "reject", "reason": "no"}).status_code == 403
+    training_round.refresh_from_db()
+    assert training_round.status == Status.CANARY
+
+
+def test_the_start_form_and_the_api_choose_the_gate_mode(canary_settings, serving_version, client, staff):
+    from rest_framework.test import APIClient
+
+    client.force_login(staff)
+    response = client.post("/rounds/start/", {**FORM, "gate_mode": "human"})
+    assert response.status_code == 302
+    assert TrainingRound.objects.get().gate_mode == "human"
+    assert client.post("/rounds/start/", {**FORM, "gate_mode": "vibes"}).status_code == 400
+    rounds.round_cancel(training_round=TrainingRound.objects.get())  # queued: cancelled at once
+
+    api = APIClient()
+    api.force_authenticate(staff)
+    refused = api.post("/api/rounds/", {"gate_mode": "vibes"}, format="json")
+    assert refused.status_code == 400 and "gate_mode" in refused.json()["errors"]
+    created = api.post("/api/rounds/", {"gate_mode": "both", "max_steps": 2}, format="json")
+    assert created.status_code == 201 and created.json()["gate_mode"] == "both"
+    assert TrainingRound.objects.get(pk=created.json()["id"]).gate_mode == "both"
