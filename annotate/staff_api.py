@@ -32,7 +32,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate import exports, imports, rounds, services
+from annotate import canary, exports, imports, rounds, services
 from annotate.errors import Conflict, Invalid
 from annotate.exports import ExportFilters
 from annotate.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
@@ -763,3 +763,36 @@ def annotators_act(request: Request, username: str) -> Response:
         reason=data.validated_data["reason"],
     )  # fmt: skip
     return Response(AnnotatorStandingItem(standing).data)
+
+
+class CanaryDecisionInput(serializers.Serializer[Any]):
+    decision = serializers.ChoiceField(choices=[canary.PROMOTE, canary.REJECT])
+    reason = serializers.CharField(max_length=2000, help_text="Why decide before the votes do (required).")
+
+
+@extend_schema(
+    request=CanaryDecisionInput,
+    responses={
+        202: RoundOutput,
+        400: OpenApiResponse(description="No reason, or an unknown decision."),
+        409: OpenApiResponse(description="The round is not a canary (any more)."),
+    },
+    summary="Decide a round's canary early: promote (it deploys) or reject (its adapter is unloaded)",
+)
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def rounds_canary_decide(request: Request, round_id: int) -> Response:
+    training_round = get_object_or_404(TrainingRound, pk=round_id)
+    data = CanaryDecisionInput(data=request.data)
+    data.is_valid(raise_exception=True)
+    try:
+        canary.canary_decide_early(
+            training_round=training_round,
+            by=_staff(request),
+            decision=data.validated_data["decision"],
+            reason=data.validated_data["reason"],
+        )
+    except (Conflict, Invalid) as error:
+        return _app_error(error)
+    training_round.refresh_from_db()
+    return Response(RoundOutput(training_round).data, status=status.HTTP_202_ACCEPTED)

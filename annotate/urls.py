@@ -58,6 +58,7 @@ staff_api_urls = [
     path("api/rounds/<int:round_id>/", staff_api.rounds_detail, name="api-round-detail"),
     path("api/rounds/<int:round_id>/cancel/", staff_api.rounds_cancel, name="api-round-cancel"),
     path("api/rounds/<int:round_id>/promote/", staff_api.rounds_promote, name="api-round-promote"),
+    path("api/rounds/<int:round_id>/canary/", staff_api.rounds_canary_decide, name="api-round-canary-decide"),
     path("api/exports/", staff_api.exports_collection, name="api-exports"),
     path("api/exports/<int:export_id>/", staff_api.exports_detail, name="api-export"),
     path("api/exports/<int:export_id>/download/", staff_api.exports_download, name="api-export-download"),

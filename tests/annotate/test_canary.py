@@ -267,17 +267,15 @@ def test_simulated_annotators_vote_on_head_to_head_pairs_and_their_taste_decides
     canary_settings, serving_version, model_server
 ):
     training_round = start_canary()
-    Pair.objects.exclude(pk__in=[]).filter(completion_a__model_version=serving_version).filter(
-        completion_b__model_version=serving_version
-    ).update(judgements_required=0)  # the round's own training pairs are done: only head-to-head pairs are open
     make_head_to_head_pairs(16)
 
-    call_command("simulate_annotators", "--prefer", "shorter", "--count", "12", "--profile", "careful")
+    # Eight ordinary pairs from the fixture and sixteen head-to-head ones: the simulated annotator meets both kinds.
+    call_command("simulate_annotators", "--prefer", "shorter", "--count", "24", "--profile", "careful")
 
     tally = canary.canary_tally(training_round)
-    assert tally.votes >= 10
-    assert tally.wins > tally.losses  # the candidate answers briefly: shorter-preferring annotators pick it
-    assert Judgement.objects.filter(source=Judgement.Source.SIMULATED).count() >= 10
+    assert tally.votes == 16
+    assert tally.wins == 16  # the candidate answers briefly: a careful annotator who prefers shorter picks it
+    assert Judgement.objects.filter(source=Judgement.Source.SIMULATED).count() == 24
     assert canary.canaries_decide() == "promote"
 
 
@@ -374,3 +372,19 @@ def test_the_start_form_and_the_api_choose_the_gate_mode(canary_settings, servin
     created = api.post("/api/rounds/", {"gate_mode": "both", "max_steps": 2}, format="json")
     assert created.status_code == 201 and created.json()["gate_mode"] == "both"
     assert TrainingRound.objects.get(pk=created.json()["id"]).gate_mode == "both"
+
+
+def test_the_api_decides_a_canary_early_with_a_reason(canary_settings, serving_version, staff, model_server):
+    from rest_framework.test import APIClient
+
+    training_round = start_canary()
+    api = APIClient()
+    api.force_authenticate(staff)
+    url = f"/api/rounds/{training_round.pk}/canary/"
+    refused = api.post(url, {"decision": "reject", "reason": " "}, format="json")
+    assert refused.status_code == 400 and "reason" in refused.json()["errors"]
+    decided = api.post(url, {"decision": "reject", "reason": "answers drift off topic"}, format="json")
+    assert decided.status_code == 202 and decided.json()["status"] == "rejected"
+    assert decided.json()["canary_decision"]["reason"] == "decided early: answers drift off topic"
+    assert training_round.result_version.name not in model_server.models
+    assert api.post(url, {"decision": "reject", "reason": "again"}, format="json").status_code == 409
