@@ -72,7 +72,12 @@ def pairs_sample_head_to_head(
         futures = [
             (prompt, pool.submit(sample, first, prompt), pool.submit(sample, second, prompt)) for prompt in prompts
         ]
-        results = [(prompt, a.result(), b.result()) for prompt, a, b in futures]
+        results = []
+        for prompt, a, b in futures:
+            try:
+                results.append((prompt, a.result(), b.result()))
+            except ModelServerRefused as error:  # this prompt only (too long, ...): the others still make pairs
+                logger.warning("prompt %s: the model server refused a head-to-head answer: %s", prompt.pk, error)
     pairs = []
     for prompt, first_sample, second_sample in results:
         if first_sample.text.strip() == second_sample.text.strip():

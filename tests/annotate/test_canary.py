@@ -25,12 +25,17 @@ Status = TrainingRound.Status
 
 class ChattingModelServer(FakeModelServer):
     """The fake vLLM server, also answering chat completions: a trained adapter answers briefly, the base at length
-    (so a simulated annotator who prefers shorter answers prefers the candidate)."""
+    (so a simulated annotator who prefers shorter answers prefers the candidate). It refuses prompts containing
+    `refuse`, as vLLM refuses one too long for its context."""
+
+    refuse = ""
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if path != "/v1/chat/completions":
             return super().handle(path, body)
         self.requests.append((path, body))
+        if self.refuse and self.refuse in body["messages"][-1]["content"]:
+            return 400, {"message": "This model's maximum context length is 2048 tokens."}
         if body["model"] not in self.models:
             return 404, {"message": f"The model `{body['model']}` does not exist."}
         seed = body["seed"]
@@ -133,6 +138,17 @@ def test_head_to_head_pairs_hold_one_answer_per_version_with_the_same_sampling_a
         candidate_on_a += pair.completion_a.model_version_id == training_round.result_version_id
     # Which version is A is drawn for each pair: 16 pairs all on one side happens once in 32768 runs.
     assert 0 < candidate_on_a < 16
+
+
+def test_a_prompt_the_model_server_refuses_is_skipped_and_the_others_make_pairs(
+    canary_settings, serving_version, model_server
+):
+    start_canary()
+    model_server.refuse = "number 3?"
+    with client_from_settings() as client:
+        assert canary.canary_pairs_refill(client=client, missing=8) == 7
+    refused_prompt = Pair.objects.filter(prompt__messages__0__content="Question number 3?")
+    assert [pair.is_head_to_head for pair in refused_prompt] == [False]  # only the fixture's own pair
 
 
 def test_the_share_of_new_pairs_follows_the_setting(canary_settings, serving_version):
