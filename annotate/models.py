@@ -554,6 +554,7 @@ class TrainingRound(models.Model):
         PREPARING = "preparing", "Preparing data"
         TRAINING = "training", "Training"
         EVALUATING = "evaluating", "Evaluating"
+        CANARY = "canary", "Canary: waiting for head-to-head votes"
         TRAINED = "trained", "Trained, not deployed"
         DEPLOYING = "deploying", "Deploying"
         SERVING = "serving", "Serving"
@@ -567,14 +568,28 @@ class TrainingRound(models.Model):
         COMMAND = "command", "Management command"
         AUTOMATIC = "automatic", "Enough new votes"
 
-    ACTIVE_STATUSES = (Status.QUEUED, Status.PREPARING, Status.TRAINING, Status.EVALUATING, Status.DEPLOYING)
+    class GateMode(models.TextChoices):
+        OFFLINE = "offline", "Offline: held-out accuracy decides"
+        HUMAN = "human", "Human: a canary of head-to-head votes decides"
+        BOTH = "both", "Both: the offline check, then the canary"
+
+    ACTIVE_STATUSES = (
+        Status.QUEUED,
+        Status.PREPARING,
+        Status.TRAINING,
+        Status.EVALUATING,
+        Status.CANARY,
+        Status.DEPLOYING,
+    )
     # Where each status may go. Failing is allowed from every running state (a crash, a lost worker); a round that
     # could not be deployed (trained) or that the gate rejected may be deployed again (a retry, an admin's override).
     TRANSITIONS: dict[str, tuple[str, ...]] = {
         Status.QUEUED: (Status.PREPARING, Status.CANCELLED, Status.FAILED),
         Status.PREPARING: (Status.TRAINING, Status.CANCELLED, Status.FAILED),
         Status.TRAINING: (Status.EVALUATING, Status.CANCELLED, Status.FAILED),
-        Status.EVALUATING: (Status.DEPLOYING, Status.CANCELLED, Status.FAILED),
+        Status.EVALUATING: (Status.DEPLOYING, Status.CANARY, Status.CANCELLED, Status.FAILED),
+        # A canary ends by promotion (deploying, which serves it) or rejection; it stays active meanwhile.
+        Status.CANARY: (Status.DEPLOYING, Status.REJECTED, Status.FAILED),
         Status.DEPLOYING: (Status.SERVING, Status.REJECTED, Status.TRAINED, Status.FAILED),
         Status.TRAINED: (Status.DEPLOYING, Status.FAILED),
         Status.REJECTED: (Status.DEPLOYING,),
@@ -609,6 +624,11 @@ class TrainingRound(models.Model):
     evaluation = models.JSONField(default=dict, blank=True)
     phase_seconds = models.JSONField(default=dict, blank=True, help_text="Wall time of each phase, in seconds.")
     override_reason = models.TextField(blank=True, help_text="Why an admin promoted a round the gate rejected.")
+    gate_mode = models.CharField(max_length=10, choices=GateMode.choices, default=GateMode.OFFLINE)
+    canary_started_at = models.DateTimeField(null=True, blank=True)
+    canary_decision = models.JSONField(
+        default=dict, blank=True, help_text="How the canary ended: decision, reason, who, and the tally then."
+    )
     error = models.TextField(blank=True)
     log_tail = models.TextField(blank=True)
     process_id = models.IntegerField(null=True, blank=True)
@@ -641,7 +661,7 @@ class TrainingRound(models.Model):
 
     @property
     def progress_percent(self) -> int:
-        if self.status in (self.Status.SERVING, self.Status.TRAINED, self.Status.REJECTED):
+        if self.status in (self.Status.SERVING, self.Status.TRAINED, self.Status.REJECTED, self.Status.CANARY):
             return 100
         last = self.last_metrics
         if not last.get("max_steps"):

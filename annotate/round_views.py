@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from annotate import rounds, sampling
+from annotate import canary, rounds, sampling
 from annotate.errors import Conflict, Invalid
 from annotate.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
 from annotate.models import ModelVersion, TrainingRound
@@ -38,6 +39,12 @@ class RoundStartForm(forms.Form):
         self.specs = {spec.name: spec for spec in rounds.round_config_fields()}
         for name, spec in self.specs.items():
             self.fields[name] = config_form_field(spec)
+        self.fields["gate_mode"] = forms.ChoiceField(
+            choices=TrainingRound.GateMode.choices,
+            required=False,  # left out: ROUND_GATE_MODE
+            initial=settings.ROUND_GATE_MODE,
+            help_text="What decides whether the trained model serves.",
+        )
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -49,6 +56,11 @@ class RoundStartForm(forms.Form):
 
 class ReasonForm(forms.Form):
     reason = forms.CharField(required=False, max_length=2000)
+
+
+class CanaryDecisionForm(forms.Form):
+    decision = forms.ChoiceField(choices=[(canary.PROMOTE, "Promote"), (canary.REJECT, "Reject")])
+    reason = forms.CharField(max_length=2000, strip=True)
 
 
 # What the round page charts from each logged step: the metric's key, the chart's title, the id of its data block
@@ -106,8 +118,12 @@ def round_start(request: AppRequest) -> HttpResponse:
     if not form.is_valid():
         return _render_list(request, form, status=400)
     try:
+        overrides = {name: value for name, value in form.cleaned_data.items() if name != "gate_mode"}
         training_round = rounds.round_start(
-            trigger=TrainingRound.Trigger.PAGE, started_by=request.user, overrides=form.cleaned_data
+            trigger=TrainingRound.Trigger.PAGE,
+            started_by=request.user,
+            overrides=overrides,
+            gate_mode=form.cleaned_data.get("gate_mode") or None,
         )
     except Invalid as invalid:
         for name, message in invalid.errors.items():
@@ -131,11 +147,25 @@ def round_detail(request: AppRequest, round_id: int) -> HttpResponse:
     training_round = _get_round(request, round_id)
     # The page polls while the round runs, sending the revision it shows: nothing changed, nothing to send (htmx
     # leaves the page as it is on a 204).
-    if request.htmx and request.GET.get("revision") == str(training_round.revision):
+    # A canary's votes come in without touching the round, so its page is always sent while it waits.
+    unchanged = request.GET.get("revision") == str(training_round.revision)
+    if request.htmx and unchanged and training_round.status != TrainingRound.Status.CANARY:
         return HttpResponse(status=204)
+    return _render_detail(request, training_round)
+
+
+def _render_detail(
+    request: AppRequest, training_round: TrainingRound, canary_form: CanaryDecisionForm | None = None, status: int = 200
+) -> HttpResponse:
     metrics = training_round.metrics
-    context = {"round": training_round, "charts": _charts(metrics), "last": metrics[-1] if metrics else {}}
-    return render_page(request, "rounds/detail.html", "round", context)
+    context = {
+        "round": training_round,
+        "charts": _charts(metrics),
+        "last": metrics[-1] if metrics else {},
+        "canary": canary.canary_summary(training_round),
+        "canary_form": canary_form or CanaryDecisionForm(),
+    }
+    return render_page(request, "rounds/detail.html", "round", context, status=status)
 
 
 @require_POST
@@ -181,3 +211,30 @@ def version_serve(request: AppRequest, version_id: int) -> HttpResponse:
     except (Conflict, ModelServerRefused) as error:
         messages.error(request, f"{version.name} cannot serve: {error}. Nothing changed.")
     return HttpResponseRedirect(reverse("rounds"))
+
+
+@require_POST
+@staff_required
+def round_canary_decide(request: AppRequest, round_id: int) -> HttpResponse:
+    """Staff decide a canary before its votes do, with a reason; the page again with the errors when refused."""
+    training_round = _get_round(request, round_id)
+    form = CanaryDecisionForm(request.POST)
+    if not form.is_valid():
+        return _render_detail(request, training_round, form, status=400)
+    try:
+        canary.canary_decide_early(
+            training_round=training_round,
+            by=request.user,
+            decision=form.cleaned_data["decision"],
+            reason=form.cleaned_data["reason"],
+        )
+    except Invalid as invalid:
+        for name, message in invalid.errors.items():
+            form.add_error(name if name in form.fields else None, message)
+        return _render_detail(request, training_round, form, status=400)
+    except Conflict as error:
+        form.add_error(None, str(error))
+        training_round.refresh_from_db()
+        return _render_detail(request, training_round, form, status=409)
+    messages.info(request, f"Round {round_id}: canary decided ({form.cleaned_data['decision']}).")
+    return HttpResponseRedirect(reverse("round-detail", args=[round_id]))

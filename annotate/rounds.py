@@ -29,6 +29,7 @@ from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from annotate.broker import enqueue
+from annotate.canary import canary_begin
 from annotate.errors import Conflict, Invalid
 from annotate.generation import (
     ModelServerClient,
@@ -122,8 +123,11 @@ def round_latest() -> TrainingRound | None:
 def _fail_stale_rounds() -> None:
     """A round whose worker stopped answering (killed, machine restarted) would block every later round."""
     stale_before = timezone.now() - timedelta(seconds=settings.ROUND_STALE_SECONDS)
-    stale = TrainingRound.objects.filter(active=True).filter(
-        Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, created_at__lt=stale_before)
+    # A canary has no worker: it waits for votes, and the decision task heartbeats it; it is never stale.
+    stale = (
+        TrainingRound.objects.filter(active=True)
+        .exclude(status=Status.CANARY)
+        .filter(Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, created_at__lt=stale_before))
     )
     for training_round in stale:
         logger.warning(
@@ -144,14 +148,29 @@ def _holdout_fraction(parent: ModelVersion) -> float:
     return min(fractions)
 
 
-def round_start(
-    *, trigger: str, started_by: User | None = None, overrides: dict[str, Any] | None = None
-) -> TrainingRound:
-    """Queue a round on the serving version with the default config and `overrides`.
+def round_gate_mode_error(gate_mode: str) -> str | None:
+    modes = TrainingRound.GateMode.values
+    return None if gate_mode in modes else f"must be one of {', '.join(modes)}, got {gate_mode!r}"
 
-    Invalid when an override is wrong; Conflict when a round runs, nothing serves, or there are too few votes."""
+
+def round_start(
+    *,
+    trigger: str,
+    started_by: User | None = None,
+    overrides: dict[str, Any] | None = None,
+    gate_mode: str | None = None,
+) -> TrainingRound:
+    """Queue a round on the serving version with the default config and `overrides`, judged by `gate_mode`
+    (offline, human or both; ROUND_GATE_MODE when None).
+
+    Invalid when an override or the gate mode is wrong; Conflict when a round runs, nothing serves, or there are
+    too few votes."""
     overrides = overrides or {}
+    gate_mode = gate_mode or settings.ROUND_GATE_MODE
     errors = round_config_errors(overrides)
+    mode_error = round_gate_mode_error(gate_mode)
+    if mode_error:
+        errors["gate_mode"] = mode_error
     if errors:
         raise Invalid(errors)
     config = {**round_config_defaults(), **overrides}
@@ -175,6 +194,7 @@ def round_start(
                 rules=round_rules().as_dict(),
                 last_judgement_id=Judgement.objects.aggregate(last=Max("id"))["last"] or 0,
                 holdout_fraction=_holdout_fraction(parent),
+                gate_mode=gate_mode,
             )
     except IntegrityError:
         raise Conflict("another round started at the same moment") from None
@@ -187,6 +207,8 @@ def round_start(
 def round_cancel(*, training_round: TrainingRound) -> None:
     if not training_round.is_active:
         raise Conflict(f"round {training_round.pk} is {training_round.get_status_display().lower()}, not running")
+    if training_round.status == Status.CANARY:
+        raise Conflict(f"round {training_round.pk} is a canary: promote or reject it early, with a reason")
     if training_round.status == Status.QUEUED:
         with suppress(Conflict):  # the worker took it meanwhile: ask it to stop below
             training_round.finish(Status.CANCELLED, error="cancelled before it started")
@@ -492,6 +514,14 @@ def round_measure_lengths(training_round: TrainingRound) -> None:
     )
 
 
+def _deploy_wanted(training_round: TrainingRound) -> bool:
+    """A canary's decision, else an admin's override, else the offline gate."""
+    decision = training_round.canary_decision.get("decision")
+    if decision:
+        return decision == "promote" or bool(training_round.override_reason)
+    return bool(training_round.evaluation.get("gate", {}).get("promote") or training_round.override_reason)
+
+
 def round_deploy(training_round: TrainingRound) -> None:
     """A deploying round: make its adapter serve if the gate or an admin says so, else reject it.
 
@@ -503,7 +533,7 @@ def round_deploy(training_round: TrainingRound) -> None:
     if version is None:
         training_round.finish(Status.FAILED, error="the round produced no adapter to deploy")
         return
-    promote = bool(training_round.evaluation.get("gate", {}).get("promote") or training_round.override_reason)
+    promote = _deploy_wanted(training_round)
     try:
         if not promote:
             version.reject()
@@ -533,6 +563,13 @@ def round_deploy(training_round: TrainingRound) -> None:
         request_refill(throttle=False)
 
 
+def _canary_wanted(training_round: TrainingRound) -> bool:
+    """Human mode always asks the annotators; both mode only when the offline check passed (else it is rejected)."""
+    mode = training_round.gate_mode
+    offline_passed = bool(training_round.evaluation.get("gate", {}).get("promote"))
+    return mode == TrainingRound.GateMode.HUMAN or (mode == TrainingRound.GateMode.BOTH and offline_passed)
+
+
 def round_run(round_id: int) -> None:
     """The whole round, in the training worker. Safe to call twice: only a queued round runs."""
     training_round = TrainingRound.objects.select_related("parent_version__parent").get(pk=round_id)
@@ -545,6 +582,9 @@ def round_run(round_id: int) -> None:
         with _phase(training_round, "prepare"):
             train_path, heldout_path = round_prepare(training_round)
         round_train_and_evaluate(training_round, train_path, heldout_path)
+        if _canary_wanted(training_round):
+            canary_begin(training_round)
+            return
         training_round.deploy_begin()
     except RoundStopped:
         return

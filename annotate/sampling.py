@@ -236,6 +236,12 @@ def pairs_refill(*, client_factory: Callable[[], ModelServerClient] = client_fro
             missing = settings.PAIR_BUFFER_TARGET - pairs_ready_count(version)
             if missing <= 0:
                 return 0
+            # A candidate under a human canary takes its share of the new pairs, against the serving version.
+            from annotate.canary import canary_pairs_refill  # here: annotate.canary imports this module
+
+            missing -= canary_pairs_refill(client=client, missing=missing)
+            if missing <= 0:
+                return 0
             # Spare prompts stand in for any the server refuses, so the others still fill the buffer.
             prompts = _prompts_least_sampled(version, missing * 2)
             if not prompts:

@@ -292,6 +292,10 @@ CELERY_BEAT_SCHEDULE = {
     "pairs-refill": {"task": "annotate.tasks.pairs_refill", "schedule": env_float("PAIR_REFILL_INTERVAL", 30.0)},
     "rounds-start-when-due": {"task": "annotate.tasks.rounds_start_when_due", "schedule": 60.0},
     "leases-expire": {"task": "annotate.tasks.leases_expire", "schedule": 30.0},
+    "canaries-decide": {
+        "task": "annotate.tasks.canaries_decide",
+        "schedule": env_float("CANARY_DECIDE_INTERVAL", 30.0),
+    },
 }
 
 # --- Model server and sampling ---------------------------------------------------------------------------------
@@ -357,6 +361,18 @@ ROUND_GATE_TOLERANCE = env_float("ROUND_GATE_TOLERANCE", 0.05)
 ROUND_LENGTH_PROMPTS = env_int("ROUND_LENGTH_PROMPTS", 8)
 ROUND_POLL_SECONDS = env_float("ROUND_POLL_SECONDS", 2.0)
 ROUND_STALE_SECONDS = env_int("ROUND_STALE_SECONDS", 600)
+
+# --- Canary gate (annotate.canary) -------------------------------------------------------------------------------
+# offline: held-out accuracy decides (the default); human: head-to-head votes decide; both: offline, then humans.
+ROUND_GATE_MODE = env_str("ROUND_GATE_MODE", "offline")
+if ROUND_GATE_MODE not in ("offline", "human", "both"):
+    raise ImproperlyConfigured(f"ROUND_GATE_MODE={ROUND_GATE_MODE!r}; use offline, human or both")
+CANARY_PAIR_SHARE = env_float("CANARY_PAIR_SHARE", 0.5)  # of new pairs while a canary runs: candidate vs serving
+CANARY_MIN_VOTES = env_int("CANARY_MIN_VOTES", 30)
+CANARY_MIN_WIN_RATE = env_float("CANARY_MIN_WIN_RATE", 0.5)  # the Wilson 95 % lower bound must reach this
+CANARY_MAX_MINUTES = env_float("CANARY_MAX_MINUTES", 24 * 60)
+if not 0 <= CANARY_PAIR_SHARE <= 1 or CANARY_MIN_VOTES < 1 or not 0 <= CANARY_MIN_WIN_RATE <= 1:
+    raise ImproperlyConfigured("CANARY_PAIR_SHARE and CANARY_MIN_WIN_RATE must be in [0, 1], CANARY_MIN_VOTES >= 1")
 
 
 def _round_config_default(spec: FieldSpec) -> object:

@@ -32,7 +32,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate import exports, imports, quality_views, rounds, services
+from annotate import canary, exports, imports, quality_views, rounds, services
 from annotate.errors import Conflict, Invalid
 from annotate.exports import ExportFilters
 from annotate.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
@@ -554,10 +554,18 @@ class RoundInput(serializers.Serializer[Any]):
     training.config's field spec, as the Start round form's do."""
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
-        return {spec.name: _config_field(spec) for spec in rounds.round_config_fields()}
+        fields: dict[str, serializers.Field[Any, Any, Any, Any]] = {
+            spec.name: _config_field(spec) for spec in rounds.round_config_fields()
+        }
+        fields["gate_mode"] = serializers.ChoiceField(
+            choices=TrainingRound.GateMode.choices,
+            required=False,
+            help_text="offline, human (a canary of head-to-head votes) or both; ROUND_GATE_MODE when left out",
+        )
+        return fields
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        errors = rounds.round_config_errors(attrs)
+        errors = rounds.round_config_errors({name: value for name, value in attrs.items() if name != "gate_mode"})
         if errors:
             raise ValidationError(errors)
         return attrs
@@ -575,7 +583,7 @@ class RoundOutput(serializers.ModelSerializer[TrainingRound]):
             "id", "status", "trigger", "parent_version", "result_version", "config", "rules", "votes_read",
             "last_judgement_id", "holdout_fraction", "train_pairs", "heldout_pairs", "progress_percent", "metrics",
             "evaluation", "phase_seconds", "override_reason", "error", "log_tail", "created_at", "started_at",
-            "finished_at", "revision",
+            "finished_at", "revision", "gate_mode", "canary_started_at", "canary_decision",
         ]  # fmt: skip
 
 
@@ -596,9 +604,11 @@ def _app_error(error: Conflict | Invalid) -> Response:
 def rounds_create(request: Request) -> Response:
     data = RoundInput(data=request.data)
     data.is_valid(raise_exception=True)
+    overrides = dict(data.validated_data)
+    gate_mode = overrides.pop("gate_mode", None)
     try:
         training_round = rounds.round_start(
-            trigger=TrainingRound.Trigger.API, started_by=_staff(request), overrides=dict(data.validated_data)
+            trigger=TrainingRound.Trigger.API, started_by=_staff(request), overrides=overrides, gate_mode=gate_mode
         )
     except (Conflict, Invalid) as error:
         return _app_error(error)
@@ -772,6 +782,39 @@ def annotators_act(request: Request, username: str) -> Response:
         reason=data.validated_data["reason"],
     )  # fmt: skip
     return Response(AnnotatorStandingItem(standing).data)
+
+
+class CanaryDecisionInput(serializers.Serializer[Any]):
+    decision = serializers.ChoiceField(choices=[canary.PROMOTE, canary.REJECT])
+    reason = serializers.CharField(max_length=2000, help_text="Why decide before the votes do (required).")
+
+
+@extend_schema(
+    request=CanaryDecisionInput,
+    responses={
+        202: RoundOutput,
+        400: OpenApiResponse(description="No reason, or an unknown decision."),
+        409: OpenApiResponse(description="The round is not a canary (any more)."),
+    },
+    summary="Decide a round's canary early: promote (it deploys) or reject (its adapter is unloaded)",
+)
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def rounds_canary_decide(request: Request, round_id: int) -> Response:
+    training_round = get_object_or_404(TrainingRound, pk=round_id)
+    data = CanaryDecisionInput(data=request.data)
+    data.is_valid(raise_exception=True)
+    try:
+        canary.canary_decide_early(
+            training_round=training_round,
+            by=_staff(request),
+            decision=data.validated_data["decision"],
+            reason=data.validated_data["reason"],
+        )
+    except (Conflict, Invalid) as error:
+        return _app_error(error)
+    training_round.refresh_from_db()
+    return Response(RoundOutput(training_round).data, status=status.HTTP_202_ACCEPTED)
 
 
 # --- Vote quality ----------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from celery.signals import worker_ready
 from django.conf import settings
 from django.db.models import Max
 
-from annotate import rounds, sampling, services
+from annotate import canary, rounds, sampling, services
 from annotate.errors import Conflict, Invalid
 from annotate.generation import ModelServerUnavailable
 from annotate.models import TrainingRound
@@ -88,6 +88,12 @@ def rounds_start_when_due() -> int | None:
     except (Conflict, Invalid) as error:
         logger.info("automatic round not started: %s", error)
         return None
+
+
+@shared_task
+def canaries_decide() -> str | None:
+    """Promote or reject the running canary once its votes (or its time) are in; heartbeat it meanwhile."""
+    return canary.canaries_decide()
 
 
 @worker_ready.connect

@@ -1,0 +1,406 @@
+"""The human canary gate through its real paths: a round in human mode trained by the scripted trainer, head-to-head
+pairs sampled from the fake model server over HTTP, votes through the annotation services, the decision task."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from scipy.stats import binomtest
+
+from annotate import canary, rounds, services, tasks
+from annotate.errors import Conflict, Invalid
+from annotate.generation import client_from_settings
+from annotate.models import Judgement, ModelVersion, Pair, TrainingRound
+
+from .edges import FakeModelServer
+
+pytestmark = pytest.mark.django_db
+Status = TrainingRound.Status
+
+
+class ChattingModelServer(FakeModelServer):
+    """The fake vLLM server, also answering chat completions: a trained adapter answers briefly, the base at length
+    (so a simulated annotator who prefers shorter answers prefers the candidate). It refuses prompts containing
+    `refuse`, as vLLM refuses one too long for its context."""
+
+    refuse = ""
+
+    def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if path != "/v1/chat/completions":
+            return super().handle(path, body)
+        self.requests.append((path, body))
+        if self.refuse and self.refuse in body["messages"][-1]["content"]:
+            return 400, {"message": "This model's maximum context length is 2048 tokens."}
+        if body["model"] not in self.models:
+            return 404, {"message": f"The model `{body['model']}` does not exist."}
+        seed = body["seed"]
+        trained = "-round-" in body["model"]
+        text = f"Brief {seed}." if trained else f"A long and winding answer that goes on, seed {seed}."
+        return 200, {
+            "id": f"chatcmpl-{seed}",
+            "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": len(text.split())},
+        }
+
+
+@pytest.fixture
+def model_server():
+    return ChattingModelServer(max_lora_rank=16)
+
+
+@pytest.fixture
+def canary_settings(loop):
+    loop.CANARY_MIN_VOTES = 10
+    loop.CANARY_MIN_WIN_RATE = 0.5
+    loop.CANARY_MAX_MINUTES = 60
+    loop.CANARY_PAIR_SHARE = 1.0
+    return loop
+
+
+def start_canary(gate_mode: str = "human") -> TrainingRound:
+    training_round = rounds.round_start(trigger="api", gate_mode=gate_mode)
+    rounds.round_run(training_round.pk)
+    training_round.refresh_from_db()
+    return training_round
+
+
+def make_head_to_head_pairs(count: int) -> int:
+    made = 0
+    with client_from_settings() as client:
+        while made < count:
+            made += canary.canary_pairs_refill(client=client, missing=min(8, count - made))
+    return made
+
+
+def vote(training_round: TrainingRound, outcomes: list[str]) -> None:
+    """One fresh annotator per outcome (win, tie or loss, from the candidate's side), voting through the services
+    on the screen sides they were shown; ordinary pairs leased on the way get a tie."""
+    candidate = training_round.result_version
+    for outcome in outcomes:
+        voter = User.objects.create_user(f"voter-{uuid.uuid4().hex[:8]}")
+        while True:
+            assignment = services.assignment_lease_next(annotator=voter)
+            assert assignment is not None, "no pair left to vote on"
+            if not assignment.pair.is_head_to_head:
+                services.judgement_record(
+                    annotator=voter, pair_id=assignment.pair_id, choice="tie", strength=None, rationale="",
+                    idempotency_key=uuid.uuid4(),
+                )  # fmt: skip
+                continue
+            candidate_side = "left" if assignment.left.model_version_id == candidate.pk else "right"
+            other_side = "right" if candidate_side == "left" else "left"
+            choice = {"win": candidate_side, "loss": other_side, "tie": "tie"}[outcome]
+            services.judgement_record(
+                annotator=voter, pair_id=assignment.pair_id, choice=choice, strength=None if choice == "tie" else 2,
+                rationale="", idempotency_key=uuid.uuid4(),
+            )  # fmt: skip
+            break
+
+
+def test_a_human_mode_round_waits_as_a_canary_with_its_adapter_loaded_and_serving_unchanged(
+    canary_settings, serving_version, model_server
+):
+    training_round = start_canary()
+
+    assert training_round.status == Status.CANARY and training_round.active
+    candidate = training_round.result_version
+    assert candidate.status == ModelVersion.Status.CANDIDATE
+    assert candidate.name in model_server.models
+    assert ModelVersion.objects.serving() == serving_version
+    with pytest.raises(Conflict, match="canary"):
+        rounds.round_start(trigger="api")  # the canary holds the one round slot
+
+
+def test_head_to_head_pairs_hold_one_answer_per_version_with_the_same_sampling_and_their_own_seeds(
+    canary_settings, serving_version, model_server
+):
+    training_round = start_canary()
+    assert make_head_to_head_pairs(16) == 16
+
+    pairs = Pair.objects.filter(completion_a__model_version=training_round.result_version) | Pair.objects.filter(
+        completion_b__model_version=training_round.result_version
+    )
+    assert pairs.count() == 16
+    candidate_on_a = 0
+    for pair in pairs:
+        versions = {pair.completion_a.model_version_id, pair.completion_b.model_version_id}
+        assert versions == {training_round.result_version_id, serving_version.pk}
+        assert pair.sampled_from == serving_version and pair.is_head_to_head
+        sampling_a = {k: v for k, v in pair.completion_a.sampling.items() if k != "seed"}
+        sampling_b = {k: v for k, v in pair.completion_b.sampling.items() if k != "seed"}
+        assert sampling_a == sampling_b
+        assert pair.completion_a.seed != pair.completion_b.seed
+        candidate_on_a += pair.completion_a.model_version_id == training_round.result_version_id
+    # Which version is A is drawn for each pair: 16 pairs all on one side happens once in 32768 runs.
+    assert 0 < candidate_on_a < 16
+
+
+def test_a_prompt_the_model_server_refuses_is_skipped_and_the_others_make_pairs(
+    canary_settings, serving_version, model_server
+):
+    start_canary()
+    model_server.refuse = "number 3?"
+    with client_from_settings() as client:
+        assert canary.canary_pairs_refill(client=client, missing=8) == 7
+    refused_prompt = Pair.objects.filter(prompt__messages__0__content="Question number 3?")
+    assert [pair.is_head_to_head for pair in refused_prompt] == [False]  # only the fixture's own pair
+
+
+def test_the_share_of_new_pairs_follows_the_setting(canary_settings, serving_version):
+    assert canary.canary_pairs_wanted(8) == (None, 0)  # no canary, no head-to-head pairs
+    training_round = start_canary()
+    canary_settings.CANARY_PAIR_SHARE = 0.25
+    assert canary.canary_pairs_wanted(8) == (training_round, 2)
+    assert canary.canary_pairs_wanted(0)[1] == 0
+
+
+def test_the_rule_waits_for_enough_votes_then_promotes_and_the_candidate_serves(
+    canary_settings, serving_version, model_server
+):
+    training_round = start_canary()
+    make_head_to_head_pairs(16)
+    vote(training_round, ["win"] * 9)
+
+    assert canary.canaries_decide() is None  # 9 of 10 votes: too few, whatever the win rate
+    training_round.refresh_from_db()
+    assert training_round.status == Status.CANARY
+
+    vote(training_round, ["win"])
+    assert canary.canaries_decide() == "promote"
+    training_round.refresh_from_db()
+    assert training_round.status == Status.DEPLOYING and training_round.active
+    assert training_round.canary_decision["votes"] == 10 and training_round.canary_decision["wins"] == 10
+    tasks.round_deploy(training_round.pk)  # what the training worker runs
+
+    training_round.refresh_from_db()
+    assert training_round.status == Status.SERVING and training_round.active is None
+    assert ModelVersion.objects.serving() == training_round.result_version
+    assert training_round.result_version.name in model_server.models
+
+
+def test_exactly_at_the_threshold_promotes_and_just_below_rejects(canary_settings, serving_version, model_server):
+    training_round = start_canary()
+    make_head_to_head_pairs(16)
+    vote(training_round, ["win"] * 6 + ["tie"] * 2 + ["loss"] * 2)  # win rate 0.7, ties half
+    tally = canary.canary_tally(training_round)
+    assert (tally.wins, tally.ties, tally.losses) == (6, 2, 2)
+    low = tally.interval[0]
+
+    canary_settings.CANARY_MIN_WIN_RATE = low + 1e-9
+    assert canary.canary_rule(tally, waited=timedelta(0))[0] == "reject"
+    canary_settings.CANARY_MIN_WIN_RATE = low
+    assert canary.canaries_decide() == "promote"
+    training_round.refresh_from_db()
+    assert training_round.status == Status.DEPLOYING
+
+
+def test_a_rejected_canary_leaves_serving_unchanged_and_unloads_the_adapter(
+    canary_settings, serving_version, model_server
+):
+    training_round = start_canary()
+    make_head_to_head_pairs(16)
+    vote(training_round, ["win"] * 5 + ["loss"] * 5)  # win rate 0.5: the lower bound is well below 0.5
+
+    assert canary.canaries_decide() == "reject"
+    training_round.refresh_from_db()
+    assert training_round.status == Status.REJECTED and training_round.active is None
+    assert "below 0.500" in training_round.canary_decision["reason"]
+    assert training_round.result_version.status == ModelVersion.Status.REJECTED
+    assert training_round.result_version.name not in model_server.models
+    assert ModelVersion.objects.serving() == serving_version
+    assert rounds.round_start(trigger="api").status == Status.QUEUED  # the slot is free again
+
+
+def test_the_time_limit_rejects_a_canary_without_enough_votes(canary_settings, serving_version, model_server):
+    training_round = start_canary()
+    make_head_to_head_pairs(16)
+    vote(training_round, ["win"] * 9)
+    started = training_round.canary_started_at
+
+    assert canary.canaries_decide(now=started + timedelta(minutes=60) - timedelta(seconds=1)) is None
+    assert canary.canaries_decide(now=started + timedelta(minutes=60)) == "reject"
+    training_round.refresh_from_db()
+    assert training_round.status == Status.REJECTED
+    assert training_round.canary_decision["reason"].startswith("not enough votes: 9 of 10")
+    assert training_round.result_version.name not in model_server.models
+    assert ModelVersion.objects.serving() == serving_version
+
+
+def test_a_waiting_canary_is_never_failed_as_stale(canary_settings, serving_version):
+    training_round = start_canary()
+    canary_settings.ROUND_STALE_SECONDS = 0  # any round without a heartbeat this instant counts as stale
+
+    with pytest.raises(Conflict, match="canary"):
+        rounds.round_start(trigger="api")
+    training_round.refresh_from_db()
+    assert training_round.status == Status.CANARY
+
+
+def test_an_early_decision_needs_a_reason_and_is_recorded_with_it(
+    canary_settings, serving_version, staff, model_server
+):
+    training_round = start_canary()
+    with pytest.raises(Invalid) as refused:
+        canary.canary_decide_early(training_round=training_round, by=staff, decision="reject", reason="  ")
+    assert "reason" in refused.value.errors
+    training_round.refresh_from_db()
+    assert training_round.status == Status.CANARY
+
+    canary.canary_decide_early(training_round=training_round, by=staff, decision="reject", reason="reads worse")
+    training_round.refresh_from_db()
+    assert training_round.status == Status.REJECTED
+    assert training_round.canary_decision["reason"] == "decided early: reads worse"
+    assert training_round.canary_decision["by"] == "sam"
+    assert training_round.result_version.name not in model_server.models
+    with pytest.raises(Conflict):
+        canary.canary_decide_early(training_round=training_round, by=staff, decision="promote", reason="again")
+
+
+def test_both_mode_rejects_offline_first_and_runs_the_canary_only_when_the_offline_check_passes(
+    canary_settings, serving_version, monkeypatch
+):
+    monkeypatch.setenv("SCRIPTED_ACCURACY", "0.3")
+    rejected = start_canary("both")
+    assert rejected.status == Status.REJECTED and not rejected.canary_decision
+
+    monkeypatch.setenv("SCRIPTED_ACCURACY", "0.9")
+    assert start_canary("both").status == Status.CANARY
+
+
+def test_an_unknown_gate_mode_is_refused_naming_the_field(canary_settings):
+    with pytest.raises(Invalid) as refused:
+        rounds.round_start(trigger="api", gate_mode="vibes")
+    assert "gate_mode" in refused.value.errors
+    assert not TrainingRound.objects.exists()
+
+
+def test_simulated_annotators_vote_on_head_to_head_pairs_and_their_taste_decides(
+    canary_settings, serving_version, model_server
+):
+    training_round = start_canary()
+    make_head_to_head_pairs(16)
+
+    # Eight ordinary pairs from the fixture and sixteen head-to-head ones: the simulated annotator meets both kinds.
+    call_command("simulate_annotators", "--prefer", "shorter", "--count", "24", "--profile", "careful")
+
+    tally = canary.canary_tally(training_round)
+    assert tally.votes == 16
+    assert tally.wins == 16  # the candidate answers briefly: a careful annotator who prefers shorter picks it
+    assert Judgement.objects.filter(source=Judgement.Source.SIMULATED).count() == 24
+    assert canary.canaries_decide() == "promote"
+
+
+@pytest.mark.parametrize(("successes", "trials"), [(0, 10), (3, 10), (7, 10), (10, 10), (31, 50), (1, 1)])
+def test_the_wilson_interval_matches_scipy(successes, trials):
+    expected = binomtest(successes, trials).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = canary.wilson_interval(successes, trials)
+    assert low == pytest.approx(expected.low, abs=1e-12) and high == pytest.approx(expected.high, abs=1e-12)
+
+
+def test_ties_count_half_a_win():
+    assert canary.Tally(6, 4, 0).win_rate == canary.Tally(8, 0, 2).win_rate == 0.8
+    assert canary.Tally(6, 4, 0).interval == canary.Tally(8, 0, 2).interval
+    assert canary.wilson_interval(0, 0) is None
+
+
+# --- The round page, the Start round form and the API ------------------------------------------------------------
+
+FORM = {"beta": "0.1", "learning_rate": "5e-5", "epochs": "1", "batch_size": "4", "max_length": "128",
+        "max_steps": "2", "lora_rank": "8", "loss_type": "ipo"}  # fmt: skip
+
+
+def test_the_round_page_shows_the_canary_live_and_its_poll_follows_the_votes(
+    canary_settings, serving_version, client, staff
+):
+    training_round = start_canary()
+    make_head_to_head_pairs(8)
+    client.force_login(staff)
+    url = f"/rounds/{training_round.pk}/?revision={training_round.revision}"
+
+    page = client.get(url).content.decode()
+    assert "0 of 10" in page and "Wilson 95 % interval" in page and "Decide early" in page
+    vote(training_round, ["win", "win", "tie", "loss"])
+    polled = client.get(url, headers={"HX-Request": "true"})  # the round did not change; its votes did
+    assert polled.status_code == 200
+    body = polled.content.decode()
+    assert "4 of 10" in body and "0.625" in body  # (2 + 0.5) / 4
+    low, high = canary.canary_tally(training_round).interval
+    assert f"{low:.3f} \u2013 {high:.3f}" in body
+
+
+def test_deciding_early_on_the_page_needs_a_reason(canary_settings, serving_version, client, staff, model_server):
+    training_round = start_canary()
+    client.force_login(staff)
+    url = f"/rounds/{training_round.pk}/canary/"
+
+    refused = client.post(url, {"decision": "promote", "reason": "   "})
+    assert refused.status_code == 400 and "Reason: This field is required." in refused.content.decode()
+    assert client.post(url, {"decision": "maybe", "reason": "why not"}).status_code == 400
+    training_round.refresh_from_db()
+    assert training_round.status == Status.CANARY
+
+    done = client.post(url, {"decision": "promote", "reason": "the new answers are plainly better"})
+    assert done.status_code == 302
+    training_round.refresh_from_db()
+    assert training_round.status == Status.DEPLOYING
+    assert training_round.canary_decision["reason"] == "decided early: the new answers are plainly better"
+    tasks.round_deploy(training_round.pk)
+    assert ModelVersion.objects.serving() == training_round.result_version
+    page = client.get(f"/rounds/{training_round.pk}/").content.decode()
+    assert "Canary promoted by sam: decided early: the new answers are plainly better" in page
+    assert client.post(url, {"decision": "reject", "reason": "too late"}).status_code == 409
+
+
+def test_the_canary_form_is_for_staff_and_needs_csrf(canary_settings, serving_version, annotator, staff):
+    from django.test import Client
+
+    training_round = start_canary()
+    url = f"/rounds/{training_round.pk}/canary/"
+    as_annotator = Client()
+    as_annotator.force_login(annotator)
+    assert as_annotator.post(url, {"decision": "reject", "reason": "no"}).status_code == 403
+    checked = Client(enforce_csrf_checks=True)
+    checked.force_login(staff)
+    assert checked.post(url, {"decision": "reject", "reason": "no"}).status_code == 403
+    training_round.refresh_from_db()
+    assert training_round.status == Status.CANARY
+
+
+def test_the_start_form_and_the_api_choose_the_gate_mode(canary_settings, serving_version, client, staff):
+    from rest_framework.test import APIClient
+
+    client.force_login(staff)
+    response = client.post("/rounds/start/", {**FORM, "gate_mode": "human"})
+    assert response.status_code == 302
+    assert TrainingRound.objects.get().gate_mode == "human"
+    assert client.post("/rounds/start/", {**FORM, "gate_mode": "vibes"}).status_code == 400
+    rounds.round_cancel(training_round=TrainingRound.objects.get())  # queued: cancelled at once
+
+    api = APIClient()
+    api.force_authenticate(staff)
+    refused = api.post("/api/rounds/", {"gate_mode": "vibes"}, format="json")
+    assert refused.status_code == 400 and "gate_mode" in refused.json()["errors"]
+    created = api.post("/api/rounds/", {"gate_mode": "both", "max_steps": 2}, format="json")
+    assert created.status_code == 201 and created.json()["gate_mode"] == "both"
+    assert TrainingRound.objects.get(pk=created.json()["id"]).gate_mode == "both"
+
+
+def test_the_api_decides_a_canary_early_with_a_reason(canary_settings, serving_version, staff, model_server):
+    from rest_framework.test import APIClient
+
+    training_round = start_canary()
+    api = APIClient()
+    api.force_authenticate(staff)
+    url = f"/api/rounds/{training_round.pk}/canary/"
+    refused = api.post(url, {"decision": "reject", "reason": " "}, format="json")
+    assert refused.status_code == 400 and "reason" in refused.json()["errors"]
+    decided = api.post(url, {"decision": "reject", "reason": "answers drift off topic"}, format="json")
+    assert decided.status_code == 202 and decided.json()["status"] == "rejected"
+    assert decided.json()["canary_decision"]["reason"] == "decided early: answers drift off topic"
+    assert training_round.result_version.name not in model_server.models
+    assert api.post(url, {"decision": "reject", "reason": "again"}, format="json").status_code == 409
