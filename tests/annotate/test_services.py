@@ -307,22 +307,3 @@ def test_pairs_from_the_serving_version_are_served_first(make_pair, annotator, s
     assert services.assignment_lease_next(annotator=annotator).pair == new_pair  # newer, yet served first
     vote(annotator, new_pair.pk)
     assert services.assignment_lease_next(annotator=annotator).pair == old_pair  # old pairs stay valid
-
-
-def test_a_vote_that_leaves_the_buffer_low_asks_for_more(
-    make_pair, annotator, settings, django_capture_on_commit_callbacks
-):
-    from annotate import tasks
-
-    settings.PAIR_BUFFER_LOW_WATERMARK = 2
-    pair = make_pair()
-    services.assignment_lease_next(annotator=annotator)
-    requested = []
-    original = tasks.pairs_refill.delay
-    tasks.pairs_refill.delay = lambda: requested.append(True)  # the broker is the edge here; the call is what counts
-    try:
-        with django_capture_on_commit_callbacks(execute=True):
-            vote(annotator, pair.pk)
-    finally:
-        tasks.pairs_refill.delay = original
-    assert requested == [True]
