@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 
 from annotate.models import Completion, Judgement, ModelVersion, Pair, Prompt, conversation_hash
 from training.data import hh_rlhf_to_trl
+from training.data import messages_from as training_messages_from
 
 Message = dict[str, str]
 Progress = Callable[[int], None]
@@ -39,8 +40,6 @@ _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 NUL_REASON = "contains a NUL character (\\u0000), which cannot be stored: remove it"
 
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".txt": "text"}
-# OpenAI roles as they are; ShareGPT's "from" values mapped to them.
-_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
 
 
 def _ignore_progress(done: int) -> None:
@@ -165,21 +164,11 @@ def check_prompt_length(messages: list[Message]) -> None:
 
 
 def messages_from(value: Any, where: str) -> list[Message]:
-    """OpenAI-style ({role, content}) or ShareGPT-style ({from: human|gpt|system, value}) messages, as OpenAI's."""
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{where} must be a non-empty list of messages")
-    messages = []
-    for index, message in enumerate(value):
-        here = f"{where}[{index}]"
-        if not isinstance(message, dict):
-            raise ValueError(f"{here} must be an object")
-        role_key, content_key = ("role", "content") if "role" in message else ("from", "value")
-        if role_key not in message or content_key not in message:
-            raise ValueError(f'{here} needs "role" and "content" (or ShareGPT\'s "from" and "value")')
-        role = _ROLES.get(message[role_key]) if isinstance(message[role_key], str) else None
-        if role is None:
-            raise ValueError(f"{here}.{role_key} must be one of {sorted(_ROLES)}, not {message[role_key]!r}")
-        messages.append({"role": role, "content": _text(message[content_key], f"{here}.{content_key}")})
+    """OpenAI-style ({role, content}) or ShareGPT-style ({from: human|gpt|system, value}) messages, as OpenAI's:
+    training.data's validator (the project's one), plus what a database row needs (no NUL characters)."""
+    messages = training_messages_from(value, where)
+    for index, message in enumerate(messages):
+        _text(message["content"], f"{where}[{index}].content")
     return messages
 
 
