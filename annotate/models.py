@@ -615,6 +615,9 @@ class TrainingRound(models.Model):
     last_judgement_id = models.BigIntegerField(null=True, blank=True, help_text="The newest vote the round read.")
     votes_read = models.PositiveIntegerField(null=True, blank=True)
     votes_left_out = models.JSONField(default=dict, blank=True, help_text="Votes the rules left out, by reason.")
+    label_smoothing_basis = models.CharField(
+        max_length=300, blank=True, help_text="The disagreement the round measured (auto label smoothing reads it)."
+    )
     # Share of prompts held out for evaluation, fixed when the round starts: never above an earlier round's in the
     # lineage, so no round evaluates on a prompt an earlier one trained on, even when the setting grows.
     holdout_fraction = models.FloatField(default=0.2)

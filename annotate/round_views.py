@@ -21,14 +21,16 @@ from training.config import FieldSpec
 
 
 def config_form_field(spec: FieldSpec) -> forms.Field:
-    """A form field with exactly the spec's bounds (training.config, capped by the model server's LoRA limit)."""
+    """A form field with exactly the spec's bounds (training.config, capped by the model server's LoRA limit).
+    Left empty, the deployment's default (ROUND_*) applies."""
     if spec.choices:
-        return forms.ChoiceField(choices=[(choice, choice) for choice in spec.choices], help_text=spec.help)
+        choices = [("", "default"), *((choice, choice) for choice in spec.choices)]
+        return forms.ChoiceField(choices=choices, help_text=spec.help, required=False)
     lowest = min([spec.minimum, *spec.allowed_values]) if spec.minimum is not None else None
     if spec.kind is int:
         top = int(spec.maximum) if spec.maximum is not None else None
-        return forms.IntegerField(min_value=lowest, max_value=top, help_text=spec.help)
-    return forms.FloatField(min_value=lowest, max_value=spec.maximum, help_text=spec.help)
+        return forms.IntegerField(min_value=lowest, max_value=top, help_text=spec.help, required=False)
+    return forms.FloatField(min_value=lowest, max_value=spec.maximum, help_text=spec.help, required=False)
 
 
 class RoundStartForm(forms.Form):
@@ -48,7 +50,7 @@ class RoundStartForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        present = {name: value for name, value in cleaned.items() if name in self.specs}
+        present = {name: value for name, value in cleaned.items() if name in self.specs and value not in (None, "")}
         for name, message in rounds.round_config_errors(present).items():
             self.add_error(name, message)
         return cleaned
@@ -118,7 +120,9 @@ def round_start(request: AppRequest) -> HttpResponse:
     if not form.is_valid():
         return _render_list(request, form, status=400)
     try:
-        overrides = {name: value for name, value in form.cleaned_data.items() if name != "gate_mode"}
+        overrides = {
+            name: value for name, value in form.cleaned_data.items() if name != "gate_mode" and value not in (None, "")
+        }
         training_round = rounds.round_start(
             trigger=TrainingRound.Trigger.PAGE,
             started_by=request.user,

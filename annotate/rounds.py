@@ -174,6 +174,10 @@ def round_start(
     if errors:
         raise Invalid(errors)
     config = {**round_config_defaults(), **overrides}
+    try:  # rules between fields (label smoothing needs the sigmoid loss) are RoundConfig's
+        RoundConfig.from_dict({**config, "base_model_dir": "-", "output_dir": "-"})
+    except ValueError as error:
+        raise Invalid({"config": str(error)}) from None
     _fail_stale_rounds()
     running = TrainingRound.objects.filter(active=True).first()
     if running is not None:
@@ -275,8 +279,10 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     counted = _Counted(votes.iterator(chunk_size=2000))
     train_path, heldout_path = directory / TRAIN_FILE, directory / HELDOUT_FILE
     train = heldout = 0
+    disagreement = _Disagreement()
     with JsonLinesWriter(train_path) as train_file, JsonLinesWriter(heldout_path) as heldout_file:
         for verdict in verdicts(counted, rules):
+            disagreement.add(verdict.votes, verdict.agreement)
             if verdict.chosen is None:
                 continue
             if is_heldout(verdict.pair.prompt, training_round.holdout_fraction):
@@ -285,7 +291,10 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
             else:
                 train_file.write(trl_preference_row(verdict))
                 train += 1
+    if settings.ROUND_LABEL_SMOOTHING_AUTO and training_round.config.get("loss_type") == "sigmoid":
+        training_round.record(config={**training_round.config, "label_smoothing": disagreement.label_smoothing()})
     training_round.record(
+        label_smoothing_basis=disagreement.describe(),
         directory=str(directory),
         votes_read=counted.count,
         train_pairs=train,
@@ -296,6 +305,29 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
         training_round.finish(Status.FAILED, error=f"only {train} training pairs after the rules were applied")
         raise RoundStopped
     return train_path, heldout_path
+
+
+class _Disagreement:
+    """How often votes on the same pair disagree with its majority: robust DPO's share of flipped labels."""
+
+    def __init__(self) -> None:
+        self.votes = self.against_majority = self.pairs = 0
+
+    def add(self, votes: int, agreement: float) -> None:
+        if votes >= 2:  # one vote cannot disagree with anything
+            self.pairs += 1
+            self.votes += votes
+            self.against_majority += round(votes * (1 - agreement))
+
+    def label_smoothing(self) -> float:
+        # Capped below TRL's limit of 0.5 (at 0.5 the votes say nothing and robust DPO is undefined).
+        return round(min(0.4, self.against_majority / self.votes), 4) if self.votes else 0.0
+
+    def describe(self) -> str:
+        if not self.votes:
+            return "no pair had two votes or more: no disagreement to measure"
+        return (f"{self.against_majority} of {self.votes} votes on {self.pairs} pairs with several votes disagree "
+                f"with their pair's majority")  # fmt: skip
 
 
 class _Counted:

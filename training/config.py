@@ -61,6 +61,10 @@ TUNABLE_FIELDS: tuple[FieldSpec, ...] = (
     # The model server also bounds it (--max-lora-rank); the Django side checks that limit too.
     FieldSpec("lora_rank", int, 16, "LoRA rank of a new adapter", 1, 256),
     FieldSpec("loss_type", str, "sigmoid", "DPO loss", choices=SUPPORTED_LOSS_TYPES),
+    # Robust DPO (TRL's "robust" loss): the share of votes assumed flipped; with the sigmoid loss only.
+    FieldSpec(
+        "label_smoothing", float, 0.0, "robust DPO: the share of votes assumed flipped (0: plain DPO)", 0.0, 0.49
+    ),
 )
 TUNABLE = {spec.name: spec for spec in TUNABLE_FIELDS}
 
@@ -84,6 +88,7 @@ class RoundConfig:
     lora_dropout: float = 0.05
     lora_targets: str = "all-linear"  # or comma-separated module names, e.g. "q_proj,v_proj"
     loss_type: str = TUNABLE["loss_type"].default
+    label_smoothing: float = TUNABLE["label_smoothing"].default
     seed: int = 0
     max_steps: int = TUNABLE["max_steps"].default
     # Speed levers, each measured by bench/train_cpu.py (docs/benchmarks.md, "Training speed"); defaults: the winners.
@@ -163,6 +168,8 @@ def _check_ranges(config: RoundConfig) -> None:
         problems.append(f"gradient_accumulation_steps must be >= 1, got {config.gradient_accumulation_steps}")
     if not 0 <= config.lora_dropout < 1:
         problems.append(f"lora_dropout must be in [0, 1), got {config.lora_dropout}")
+    if config.label_smoothing > 0 and config.loss_type != "sigmoid":
+        problems.append(f"label_smoothing needs the sigmoid loss (robust DPO), not {config.loss_type!r}")
     if config.seed < 0:
         problems.append(f"seed must be >= 0, got {config.seed}")
     if problems:

@@ -235,7 +235,9 @@ def dpo_arguments(config: RoundConfig) -> DPOConfig:
     return DPOConfig(
         output_dir=config.output_dir,
         beta=config.beta,
-        loss_type=[config.loss_type],
+        # Label smoothing turns DPO's sigmoid loss into robust DPO (TRL's own "robust" loss, which reads it).
+        loss_type=["robust" if config.label_smoothing > 0 else config.loss_type],
+        label_smoothing=config.label_smoothing,
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,

@@ -12,7 +12,7 @@ from .conftest import run_round
 pytestmark = pytest.mark.django_db
 
 FORM = {"beta": "0.1", "learning_rate": "5e-5", "epochs": "1", "batch_size": "4", "max_length": "128",
-        "max_steps": "2", "lora_rank": "8", "loss_type": "ipo"}  # fmt: skip
+        "max_steps": "2", "lora_rank": "8", "loss_type": "ipo", "label_smoothing": "0"}  # fmt: skip
 
 
 @pytest.fixture

@@ -386,3 +386,27 @@ def test_a_minimum_competence_leaves_out_a_random_annotator(round_settings, make
     training_round.refresh_from_db()
     assert training_round.votes_left_out["votes of annotators with competence below 0.5"] == random_votes
     assert training_round.votes_read == 96
+
+
+def test_auto_label_smoothing_follows_the_votes_disagreement(
+    round_settings, make_pair, django_user_model, serving_version
+):
+    round_settings.ROUND_LABEL_SMOOTHING_AUTO = True
+    voters = [django_user_model.objects.create_user(f"voter{n}") for n in range(4)]
+    for number in range(8):
+        pair = make_pair(texts=(f"short {number}", f"a much longer answer {number}"), required=4)
+        # Three of four votes agree on every pair: a quarter of the votes disagree with the majority.
+        for voter, choice in zip(voters, ("a", "a", "a", "b"), strict=True):
+            Judgement.objects.create(pair=pair, annotator=voter, choice=choice, strength=1)
+
+    training_round = rounds.round_start(trigger="api")
+    rounds.round_prepare(training_round)
+
+    training_round.refresh_from_db()
+    assert training_round.config["label_smoothing"] == 0.25
+    assert training_round.label_smoothing_basis.startswith("8 of 32 votes on 8 pairs")
+    round_settings.ROUND_LABEL_SMOOTHING_AUTO = False
+    TrainingRound.objects.update(active=None, status="failed")
+    with pytest.raises(Invalid) as refused:
+        rounds.round_start(trigger="api", overrides={"label_smoothing": 0.1, "loss_type": "ipo"})
+    assert "needs the sigmoid loss" in refused.value.errors["config"]

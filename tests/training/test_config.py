@@ -90,3 +90,14 @@ def test_wrong_types_are_rejected(field: str, value: object) -> None:
 def test_from_json_rejects_what_is_not_a_json_object(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RoundConfig.from_json(text)
+
+
+def test_label_smoothing_is_robust_dpo_and_needs_the_sigmoid_loss() -> None:
+    from training.dpo import dpo_arguments
+
+    config = RoundConfig(**REQUIRED, label_smoothing=0.1)
+    arguments = dpo_arguments(config)
+    assert arguments.loss_type == ["robust"] and arguments.label_smoothing == 0.1
+    assert dpo_arguments(RoundConfig(**REQUIRED)).loss_type == ["sigmoid"]
+    with pytest.raises(ValueError, match="needs the sigmoid loss"):
+        RoundConfig(**REQUIRED, label_smoothing=0.1, loss_type="ipo")
