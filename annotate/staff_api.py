@@ -450,11 +450,11 @@ class ExportItem(serializers.ModelSerializer[Export]):
         request = self.context.get("request")
         return request.build_absolute_uri(url) if request is not None else url
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))  # null until the export is done
     def get_download(self, export: Export) -> str | None:
         return self._url(export, "data")
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True))  # null until the export is done
     def get_card(self, export: Export) -> str | None:
         return self._url(export, "card")
 

@@ -36,9 +36,13 @@ def staff_api(staff):
 
 
 @pytest.fixture
-def population(make_pair, django_user_model):
+def population(make_pair, django_user_model, monkeypatch):
     """Twelve pairs with overlap 5: four careful annotators (the shorter answer wins) and one who always picks left,
-    each voting on every pair through the queue."""
+    each voting on every pair through the queue. Sides come from a seeded coin, not the service's secret one: with
+    an unseeded coin, a careful annotator's left share over 12 votes crosses the position-bias flag by chance in
+    about 1 run in 40."""
+    coin = random.Random(11)
+    monkeypatch.setattr(services.secrets, "randbits", lambda bits: coin.getrandbits(bits))
     for number in range(12):
         texts = (f"Short {number}.", f"A much longer answer, number {number}, with padding.")
         make_pair(texts=texts if number % 2 else texts[::-1], required=5)  # the shorter is A on every other pair
