@@ -49,7 +49,15 @@ def test_round_trains_deploys_serves_and_rolls_back(vllm_server, celery_worker, 
     assert [row["step"] for row in training_round.metrics] == [1, 2]
     assert all("loss" in row and "rewards/accuracies" in row for row in training_round.metrics)
     assert 0 <= training_round.evaluation["accuracy"] <= 1
-    assert training_round.evaluation["mean_tokens_before"] > 0 and training_round.evaluation["mean_tokens_after"] > 0
+    assert training_round.evaluation["reference"] == "base model" and "parent_accuracy" in training_round.evaluation
+
+    # Answer lengths before and after are measured after the deploy, never in front of it.
+    def lengths_measured():
+        evaluation = TrainingRound.objects.get(pk=round_id).evaluation
+        return evaluation if "mean_tokens_after" in evaluation or "length_error" in evaluation else None
+
+    evaluation = wait_until(lengths_measured, 300, "the answer lengths", trainer_worker, trainer_worker.log_path)
+    assert evaluation["mean_tokens_before"] > 0 and evaluation["mean_tokens_after"] > 0
     new = training_round.result_version
     assert new.parent == base and new.status == "serving"
     base.refresh_from_db()
