@@ -369,8 +369,8 @@ def main() -> int:
         "JUDGEMENTS_PER_PAIR": str(args.votes_per_pair),
         "DJANGO_SETTINGS_MODULE": "annotate.settings",
         # The soak measures robustness, not throttling: rates far above what it sends.
-        "API_THROTTLE_USER_RATE": "100000/minute",
-        "API_THROTTLE_ANON_RATE": "100000/minute",
+        "API_THROTTLE_USER": "100000/minute",
+        "API_THROTTLE_ANON": "100000/minute",
     }
     os.environ.update(env)
     subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"create database {database}"], check=True)
