@@ -3,11 +3,13 @@ model server, promote over the gate, and every way a deploy can fail. No state i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from annotate import rounds, tasks
 from annotate.errors import Conflict, Invalid
-from annotate.models import ModelVersion, TrainingRound
+from annotate.models import Judgement, ModelVersion, TrainingRound
 
 from .conftest import run_round
 
@@ -109,3 +111,28 @@ def test_round_page_poll_answers_204_when_nothing_changed(loop, client, staff):
     rounds.round_run(training_round.pk)
     changed = client.get(url, headers={"HX-Request": "true"})
     assert changed.status_code == 200 and "Serving" in changed.content.decode()
+
+
+def test_a_larger_holdout_setting_never_holds_out_prompts_an_earlier_round_trained_on(
+    loop, make_pair, django_user_model
+):
+    import json
+
+    voter = django_user_model.objects.create_user("another voter")
+    for number in range(52):
+        pair = make_pair(texts=(f"brief {number}", f"a far longer answer {number}"))
+        Judgement.objects.create(pair=pair, annotator=voter, choice="a", strength=2)
+    first = run_round()  # trained, gated and serving through the real paths
+    assert first.status == Status.SERVING
+    trained_on = {
+        json.dumps(json.loads(line)["prompt"])
+        for line in (Path(first.directory) / rounds.TRAIN_FILE).read_text().splitlines()
+    }
+
+    loop.ROUND_HOLDOUT_FRACTION = 0.6  # someone raised the setting
+    second = rounds.round_start(trigger="api")
+    _, second_heldout = rounds.round_prepare(second)
+
+    assert second.holdout_fraction == first.holdout_fraction == 0.25
+    held_out = {json.dumps(json.loads(line)["prompt"]) for line in second_heldout.read_text().splitlines()}
+    assert held_out and not held_out & trained_on

@@ -122,41 +122,6 @@ def test_prepare_freezes_votes_and_splits_by_prompt(round_settings, votes, servi
     assert Judgement.objects.get(pair=later).pk > training_round.last_judgement_id
 
 
-def test_a_larger_holdout_setting_never_holds_out_prompts_an_earlier_round_trained_on(
-    round_settings, votes, serving_version
-):
-    pairs = votes(60)
-    first = rounds.round_start(trigger="api")
-    first_train, _ = rounds.round_prepare(first)
-    trained_on = {json.dumps(json.loads(line)["prompt"]) for line in first_train.read_text().splitlines()}
-    version = ModelVersion.objects.create(name="round-1", base_model="/m", adapter_path="/a", parent=serving_version)
-    first.finish(TrainingRound.Status.FAILED)  # the slot is free; its result serves as if it had been promoted
-    TrainingRound.objects.filter(pk=first.pk).update(result_version=version)
-    version.serve(_NoServer())
-
-    round_settings.ROUND_HOLDOUT_FRACTION = 0.6  # someone raised the setting
-    second = rounds.round_start(trigger="api")
-    _, second_heldout = rounds.round_prepare(second)
-
-    assert second.holdout_fraction == first.holdout_fraction == 0.25
-    held_out = {json.dumps(json.loads(line)["prompt"]) for line in second_heldout.read_text().splitlines()}
-    assert held_out and not held_out & trained_on
-    assert len(pairs) == 60
-
-
-class _NoServer:
-    """A model server that already holds every adapter (the edge: no vLLM in this test)."""
-
-    def served_models(self) -> list[str]:
-        return ["round-1"]
-
-    def load_lora_adapter(self, *, name: str, path: str) -> None:
-        raise AssertionError("not expected")
-
-    def unload_lora_adapter(self, *, name: str) -> None:
-        raise AssertionError("not expected")
-
-
 def test_prepare_fails_the_round_when_the_rules_leave_too_little(round_settings, votes, serving_version):
     votes(4)
     round_settings.ROUND_MIN_TRAIN_PAIRS = 4
