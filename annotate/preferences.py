@@ -58,8 +58,9 @@ class PreferenceRules:
             "min_competence": self.min_competence,
         }
 
-    def _left_out(self, judgements: QuerySet[Judgement]) -> dict[str, Q]:
-        """Each kind of vote these rules leave out, by the reason a page or a dataset card gives."""
+    def left_out_conditions(self, judgements: QuerySet[Judgement]) -> dict[str, Q]:
+        """Each kind of vote these rules leave out, by the reason a page or a dataset card gives. With a minimum
+        competence this estimates every annotator's competence (MACE): compute it once and pass it on."""
         reasons = {}
         if self.min_competence > 0:
             low = _annotators_below(judgements, self.min_competence)
@@ -72,15 +73,15 @@ class PreferenceRules:
             reasons["votes of excluded annotators"] = Q(annotator__standing__votes_excluded=True)
         return reasons
 
-    def counted(self, judgements: QuerySet[Judgement]) -> QuerySet[Judgement]:
+    def counted(self, judgements: QuerySet[Judgement], conditions: dict[str, Q] | None = None) -> QuerySet[Judgement]:
         """The votes these rules let in, before they are combined."""
-        for condition in self._left_out(judgements).values():
+        for condition in (self.left_out_conditions(judgements) if conditions is None else conditions).values():
             judgements = judgements.exclude(condition)
         return judgements
 
-    def left_out(self, judgements: QuerySet[Judgement]) -> dict[str, int]:
+    def left_out(self, judgements: QuerySet[Judgement], conditions: dict[str, Q] | None = None) -> dict[str, int]:
         """How many of `judgements` each rule leaves out (a vote may be left out for several reasons)."""
-        reasons = self._left_out(judgements)
+        reasons = self.left_out_conditions(judgements) if conditions is None else conditions
         counts = judgements.aggregate(
             **{f"n{index}": Count("id", filter=q) for index, q in enumerate(reasons.values())}
         )
@@ -152,9 +153,11 @@ class Combined(Generic[VoteT]):
 def judgements_for_preferences(
     judgements: QuerySet[Judgement] | None = None, rules: PreferenceRules | None = None
 ) -> QuerySet[Judgement]:
-    """The votes the rules count, with what a verdict needs, ordered by pair so they can be grouped while streaming."""
+    """Votes with what a verdict needs, ordered by pair so they can be grouped while streaming; only those `rules`
+    count when rules are given (callers that sifted the votes already give none)."""
     judgements = Judgement.objects.all() if judgements is None else judgements
-    judgements = (rules or PreferenceRules()).counted(judgements)
+    if rules is not None:
+        judgements = rules.counted(judgements)
     return judgements.select_related(
         "pair__prompt", "pair__completion_a", "pair__completion_b", "pair__sampled_from"
     ).order_by("pair_id", "id")

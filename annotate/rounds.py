@@ -275,7 +275,9 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     rules = PreferenceRules(**training_round.rules)
     cutoff = training_round.last_judgement_id or 0
     read = Judgement.objects.filter(pk__lte=cutoff)
-    votes = judgements_for_preferences(read, rules)
+    # Which votes the rules leave out is decided once (with a minimum competence it runs MACE over every vote).
+    left_out = rules.left_out_conditions(read)
+    votes = judgements_for_preferences(rules.counted(read, left_out))
     counted = _Counted(votes.iterator(chunk_size=2000))
     train_path, heldout_path = directory / TRAIN_FILE, directory / HELDOUT_FILE
     train = heldout = 0
@@ -299,7 +301,7 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
         votes_read=counted.count,
         train_pairs=train,
         heldout_pairs=heldout,
-        votes_left_out=rules.left_out(read),
+        votes_left_out=rules.left_out(read, left_out),
     )
     if train < settings.ROUND_MIN_TRAIN_PAIRS:
         training_round.finish(Status.FAILED, error=f"only {train} training pairs after the rules were applied")
