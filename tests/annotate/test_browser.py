@@ -1,20 +1,15 @@
 """The annotate page in a real browser: Debian's Chromium driven by Playwright, against a live server."""
 
-import shutil
-
 import pytest
 
 from annotate.models import Judgement
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)"),
 ]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ dialogs (alert, confirm...) and on every request the page makes: only this serve
 """
 
 import json
-import shutil
 import uuid
 from urllib.parse import urlparse
 
@@ -13,16 +12,13 @@ import pytest
 from django.core.management import call_command
 
 from annotate.models import Judgement, Prompt, TrainingRound
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)"),
 ]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 
 # What a model (or an imported file) might say, each a different way to run script or load from another host.
 HOSTILE = "\n\n".join(

@@ -3,7 +3,6 @@ rounds made through the real services."""
 
 import datetime
 import re
-import shutil
 import statistics
 import time
 import uuid
@@ -16,6 +15,7 @@ from django.utils import timezone
 
 from annotate import rounds, services
 from annotate.models import Campaign, Completion, Judgement, ModelVersion, Pair, Prompt, TrainingRound
+from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS, STRICT_CSP
 
 from .conftest import run_round
 
@@ -290,11 +290,7 @@ def test_the_page_reads_a_fixed_number_of_queries(staff_client, annotator, make_
 
 # --- in a real browser, under a Content-Security-Policy that allows only our own origin ------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 HTMX_INDICATOR_STYLE = "sha256-faU7yAF8NxuMTNEwVmBz+VcYeIoBQ2EMHW3WaVxCvnk="
-STRICT_CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'"
 
 
 def in_browser(test):

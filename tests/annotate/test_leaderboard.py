@@ -3,7 +3,6 @@
 import json
 import math
 import re
-import shutil
 import uuid
 
 import numpy as np
@@ -15,6 +14,7 @@ from annotate import imports, services
 from annotate.leaderboard import head_to_head_votes, leaderboard_standings
 from annotate.models import Completion, Judgement, ModelVersion, Pair, Prompt
 from annotate.ratings import leaderboard_compute
+from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS, STRICT_CSP
 
 pytestmark = pytest.mark.django_db
 
@@ -269,12 +269,8 @@ def test_a_branching_lineage_and_an_unconnected_version(lineage, annotator, sett
 
 # --- In a real browser, under a Content-Security-Policy that allows only our own origin ----------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 LINEAGE = "canvas[data-chart-spec=leaderboard-lineage-chart]"
 HTMX_INDICATOR_STYLE = "sha256-faU7yAF8NxuMTNEwVmBz+VcYeIoBQ2EMHW3WaVxCvnk="
-STRICT_CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'"
 
 
 def chart_labels(page):
