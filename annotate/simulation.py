@@ -3,31 +3,37 @@
 from __future__ import annotations
 
 import random
+import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from django.contrib.auth.models import User
 
 from annotate import services
 from annotate.models import Judgement
 
-# Given the left and the right answer: (choice as on screen, strength or None).
-Preference = Callable[[str, str], tuple[str, int | None]]
+
+class Preference(Protocol):
+    """A taste: given the left and the right answer (and the prompt they answer), the choice as on screen (left,
+    right, tie or both_bad) and a strength or None."""
+
+    def __call__(self, left: str, right: str, prompt: str = "") -> tuple[str, int | None]: ...
 
 
 def _strength(ratio: float) -> int:
     return 3 if ratio >= 2 else 2 if ratio >= 1.3 else 1
 
 
-def prefer_shorter(left: str, right: str) -> tuple[str, int | None]:
+def prefer_shorter(left: str, right: str, prompt: str = "") -> tuple[str, int | None]:
     if len(left) == len(right):
         return "tie", None
     short, long = sorted((len(left), len(right)))
     return ("left" if len(left) < len(right) else "right"), _strength(long / max(short, 1))
 
 
-def prefer_longer(left: str, right: str) -> tuple[str, int | None]:
+def prefer_longer(left: str, right: str, prompt: str = "") -> tuple[str, int | None]:
     choice, strength = prefer_shorter(left, right)
     return {"left": "right", "right": "left"}.get(choice, choice), strength
 
@@ -35,7 +41,7 @@ def prefer_longer(left: str, right: str) -> tuple[str, int | None]:
 def prefer_keyword(word: str) -> Preference:
     word = word.lower()
 
-    def prefer(left: str, right: str) -> tuple[str, int | None]:
+    def prefer(left: str, right: str, prompt: str = "") -> tuple[str, int | None]:
         has_left, has_right = word in left.lower(), word in right.lower()
         if has_left == has_right:
             return ("tie" if has_left else "both_bad"), None
@@ -44,14 +50,54 @@ def prefer_keyword(word: str) -> Preference:
     return prefer
 
 
+# A non-answer, as the simulated people (and bench/loop.py's "collapsed" check) see it: fewer than this many words,
+# or not one of the prompt's key words (its words of four letters or more, less a few that carry no topic).
+NON_ANSWER_MIN_WORDS = 8
+_WORD = re.compile(r"[a-z]+")
+# fmt: off
+_NOT_KEY = frozenset((
+    "about", "above", "after", "also", "been", "before", "could", "does", "each", "every", "from", "have", "here",
+    "into", "just", "like", "make", "many", "more", "most", "much", "only", "other", "over", "please", "should",
+    "some", "such", "than", "that", "them", "then", "there", "these", "they", "this", "those", "through", "very",
+    "what", "when", "where", "which", "while", "will", "with", "would", "write", "your",
+))
+# fmt: on
+
+
+def prompt_key_words(prompt: str) -> set[str]:
+    return {word for word in _WORD.findall(prompt.lower()) if len(word) >= 4 and word not in _NOT_KEY}
+
+
+def is_non_answer(answer: str, prompt: str) -> bool:
+    """Too short to be an answer, or about something else: shares none of the prompt's key words (a prompt without
+    key words only has the length check)."""
+    words = _WORD.findall(answer.lower())
+    if len(answer.split()) < NON_ANSWER_MIN_WORDS:
+        return True
+    key_words = prompt_key_words(prompt)
+    return bool(key_words) and not key_words.intersection(words)
+
+
+def prefer_shorter_answers(left: str, right: str, prompt: str = "") -> tuple[str, int | None]:
+    """Shorter is better, as long as it still answers: a non-answer loses to an answer, and two are both bad."""
+    bad_left, bad_right = is_non_answer(left, prompt), is_non_answer(right, prompt)
+    if bad_left and bad_right:
+        return "both_bad", None
+    if bad_left != bad_right:
+        return ("right" if bad_left else "left"), 3
+    return prefer_shorter(left, right)
+
+
 def preference_from_spec(spec: str) -> Preference:
     if spec == "shorter":
         return prefer_shorter
+    if spec == "shorter-answers":
+        return prefer_shorter_answers
     if spec == "longer":
         return prefer_longer
     if spec.startswith("keyword:") and spec.removeprefix("keyword:").strip():
         return prefer_keyword(spec.removeprefix("keyword:").strip())
-    raise ValueError(f"--prefer must be shorter, longer or keyword:WORD, not {spec!r}")
+    raise ValueError(f"--prefer must be shorter, shorter-answers, longer or keyword:WORD, not {spec!r}")
 
 
 PROFILE_KINDS = ("careful", "noisy", "left-biased", "random", "fast")
@@ -81,13 +127,15 @@ class Profile:
     def name(self) -> str:
         return self.kind if self.rate is None else f"{self.kind}:{self.rate:g}"
 
-    def decide(self, *, left: str, right: str, preference: Preference, rng: random.Random) -> Decision:
+    def decide(
+        self, *, left: str, right: str, preference: Preference, rng: random.Random, prompt: str = ""
+    ) -> Decision:
         if self.kind == "fast":
-            choice, strength = preference(left, right)
+            choice, strength = preference(left, right, prompt)
             return Decision(choice, strength, rng.uniform(0.3, 0.9))
         seconds = _reading_seconds(left, right, rng)
         if self.kind == "careful" or (self.kind == "noisy" and rng.random() < (self.rate or 0.0)):
-            choice, strength = preference(left, right)
+            choice, strength = preference(left, right, prompt)
             return Decision(choice, strength, seconds)
         if self.kind == "left-biased":
             side = "left" if rng.random() < (self.rate or 0.0) else "right"
@@ -156,7 +204,11 @@ def simulated_annotator_judge(
             done.add(annotator.user.pk)  # nothing left that this annotator has not seen
             continue
         decision = annotator.profile.decide(
-            left=assignment.left.text, right=assignment.right.text, preference=preference, rng=rng
+            left=assignment.left.text,
+            right=assignment.right.text,
+            preference=preference,
+            rng=rng,
+            prompt=assignment.pair.prompt.last_user_message,
         )
         # A simulated annotator answers at once: it says how long a person of its profile would have taken.
         services.judgement_record(

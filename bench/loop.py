@@ -1,11 +1,24 @@
-"""Does the loop move the model? Rounds of DPO on votes from simulated annotators who prefer shorter answers.
+"""Does the loop move the model, and do people get a say? Rounds of DPO on votes from simulated annotators.
 
-    .venv/bin/python bench/loop.py [--rounds 3] [--votes 40] [--learning-rate 2e-4] [--epochs 2]
+    .venv/bin/python bench/loop.py [--rounds 3] [--votes 32] [--learning-rate 5e-5] [--epochs 1]
+        [--prefer shorter-answers] [--profile noisy:0.8*4] [--gate offline|human|both] [--canary-votes 30]
 
 Runs on a scratch database and var/ folder of its own, with its own vLLM server, Celery worker and training worker
-(nothing of `make run` is touched). Per round it prints the mean length of fresh answers to held-out prompts (the
-same prompts and seeds every time, and their ratio to the base model measured in this run), the held-out
-implicit-reward accuracy, and the wall time of each phase; at the end, before/after answers to two prompts.
+(nothing of `make run` is touched). Before each round the simulated annotators (their taste is --prefer, their
+profiles --profile, as in `simulate_annotators`) vote on fresh pairs from the serving version; then a round trains on
+every vote so far. Per round it prints the mean length of the candidate's fresh answers to held-out prompts (the same
+prompts and seeds every time) and their ratio to the base model measured in this run, the share of non-answers (the
+"collapsed" check below), the held-out implicit-reward accuracy and the offline gate's verdict at its default
+settings, the wall time of each phase, and, with --gate human or both, the canary: its head-to-head votes, the
+candidate's win rate with its 95 % interval, and the decision.
+
+Gate modes: offline (the default here) deploys every round whatever the offline gate says, to see where the loop
+goes; human and both leave the decision to the canary (CANARY_PAIR_SHARE is 1 here, so every pair sampled while a
+canary runs puts the candidate against the serving version; the bench calls the canary's periodic decision after
+each batch of votes, as the beat worker would).
+
+Collapsed: a round is called collapsed when at least half of its answers to the held-out prompts are non-answers
+(annotate.simulation.is_non_answer: under 8 words, or not one of the prompt's key words).
 """
 
 from __future__ import annotations
@@ -35,14 +48,21 @@ def free_port() -> int:
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--votes", type=int, default=40, help="new simulated votes before each round")
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--votes", type=int, default=32, help="new simulated votes before each round")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: the round's (ROUND_LEARNING_RATE)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the round's (ROUND_EPOCHS)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--max-tokens", type=int, default=160, help="answer length limit when sampling")
+    parser.add_argument("--max-tokens", type=int, default=128, help="answer length limit when sampling")
     parser.add_argument("--samples", type=int, default=2, help="seeded answers per held-out prompt when measuring")
+    parser.add_argument("--prefer", default="shorter", help="the simulated annotators' taste (simulate_annotators)")
+    parser.add_argument("--profile", action="append", default=[], metavar="KIND[:P][*COUNT]",
+                        help="simulated annotators (simulate_annotators --profile); default one careful")  # fmt: skip
+    parser.add_argument("--gate", choices=("offline", "human", "both"), default="offline")
+    parser.add_argument("--canary-votes", type=int, default=30, help="CANARY_MIN_VOTES")
+    parser.add_argument("--canary-min-win-rate", type=float, default=0.5, help="CANARY_MIN_WIN_RATE")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the simulated annotators' choices")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     return parser.parse_args()
 
@@ -61,10 +81,13 @@ def configure_environment(arguments: argparse.Namespace) -> Path:
         SAMPLING_MAX_TOKENS=str(arguments.max_tokens),
         PAIR_BUFFER_TARGET="4",
         ROUND_MIN_TRAIN_PAIRS="8",
-        # This measures where the loop moves the model, so every round deploys; the gate's verdict is still shown.
-        ROUND_GATE_MIN_ACCURACY="0",
-        ROUND_GATE_TOLERANCE="1",
+        CANARY_PAIR_SHARE="1",
+        CANARY_MIN_VOTES=str(arguments.canary_votes),
+        CANARY_MIN_WIN_RATE=str(arguments.canary_min_win_rate),
     )
+    if arguments.gate == "offline":
+        # This measures where the loop moves the model, so every round deploys; the gate's verdict is still shown.
+        os.environ.update(ROUND_GATE_MIN_ACCURACY="0", ROUND_GATE_TOLERANCE="1")
     for name in ("DATABASE_URL", "CELERY_BROKER_URL", "VLLM_BASE_URL"):
         os.environ.pop(name, None)
     return scratch
@@ -98,6 +121,22 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def measured(answered: list[tuple[Any, str, int]]) -> tuple[float, float]:
+    """Mean tokens, and the share of non-answers (the "collapsed" check)."""
+    from annotate.simulation import is_non_answer
+
+    tokens = mean([tokens for _, _, tokens in answered])
+    return tokens, mean([float(is_non_answer(text, prompt.last_user_message)) for prompt, text, _ in answered])
+
+
+def simulate_votes(arguments: argparse.Namespace, count: int, seed: int) -> None:
+    from django.core.management import call_command
+
+    profiles = [option for spec in arguments.profile for option in ("--profile", spec)]
+    call_command("simulate_annotators", "--prefer", arguments.prefer, "--count", str(count), "--sample",
+                 "--seed", str(seed), *profiles, stdout=io.StringIO())  # fmt: skip
+
+
 def main() -> int:
     arguments = parse_arguments()
     scratch = configure_environment(arguments)
@@ -105,13 +144,15 @@ def main() -> int:
     import django
 
     django.setup()
+    from django.conf import settings
     from django.core.management import call_command
 
-    from annotate import rounds
+    from annotate import canary, rounds
     from annotate.generation import client_from_settings
     from annotate.models import Judgement, Prompt, TrainingRound
     from annotate.rounds import process_group_stop
 
+    Status = TrainingRound.Status
     call_command("migrate", verbosity=0)
     call_command("createcachetable", verbosity=0)
     call_command("seed_demo", stdout=io.StringIO())
@@ -122,6 +163,12 @@ def main() -> int:
         start("worker", [*celery, "--queues", os.environ["CELERY_TASK_DEFAULT_QUEUE"], "-n", "w@%h"], scratch),
         start("trainer", [*celery, "--queues", os.environ["CELERY_TRAINING_QUEUE"], "-n", "t@%h"], scratch),
     ]
+    overrides: dict[str, Any] = {"batch_size": arguments.batch_size, "max_length": arguments.max_length,
+                                 "beta": arguments.beta}  # fmt: skip
+    if arguments.learning_rate is not None:
+        overrides["learning_rate"] = arguments.learning_rate
+    if arguments.epochs is not None:
+        overrides["epochs"] = arguments.epochs
     results: dict[str, Any] = {"settings": vars(arguments) | {"output": None}, "rounds": []}
     try:
         client = client_from_settings()
@@ -130,58 +177,103 @@ def main() -> int:
             if time.monotonic() > deadline:
                 raise SystemExit(f"vLLM did not start; see {scratch / 'vllm.log'}")
             time.sleep(2)
-        heldout = [prompt for prompt in Prompt.objects.all() if rounds._is_heldout(prompt)]
-        base_name = rounds.ModelVersion.objects.serving().name
+        fraction = settings.ROUND_HOLDOUT_FRACTION
+        heldout = [prompt for prompt in Prompt.objects.all() if rounds.is_heldout(prompt, fraction)]
+        serving = rounds.ModelVersion.objects.serving()
+        assert serving is not None
+        base_name = serving.name
         base_answers = answers(client, base_name, heldout, arguments.samples)
-        baseline = mean([tokens for _, _, tokens in base_answers])
-        print(f"{len(heldout)} held-out prompts x {arguments.samples} seeds; base model: {baseline:.1f} tokens")
-        print(f"{'round':>5} {'votes':>5} {'train':>5} {'held':>4} {'accuracy':>8} {'tokens':>7} {'ratio':>6}  "
-              "wall time (s): votes / prepare / train / evaluate / deploy")  # fmt: skip
-        latest_answers = base_answers
+        baseline, base_non_answers = measured(base_answers)
+        results.update(baseline_tokens=baseline, baseline_non_answers=base_non_answers)
+        print(f"{len(heldout)} held-out prompts x {arguments.samples} seeds; base model: {baseline:.1f} tokens, "
+              f"{base_non_answers:.0%} non-answers; gate {arguments.gate}; taste {arguments.prefer}, "
+              f"annotators {arguments.profile or ['careful']}", flush=True)  # fmt: skip
+        samples: dict[str, list[tuple[Any, str, int]]] = {"base": base_answers}
         for number in range(1, arguments.rounds + 1):
             started = time.monotonic()
-            call_command("simulate_annotators", "--prefer", "shorter", "--count", str(arguments.votes), "--sample",
-                         stdout=io.StringIO())  # fmt: skip
+            simulate_votes(arguments, arguments.votes, arguments.seed * 1000 + number)
             votes_seconds = time.monotonic() - started
+            clicked = time.monotonic()
             training_round = rounds.round_start(
-                trigger=TrainingRound.Trigger.COMMAND,
-                overrides={"learning_rate": arguments.learning_rate, "epochs": arguments.epochs,
-                           "batch_size": arguments.batch_size, "max_length": arguments.max_length,
-                           "beta": arguments.beta},
-            )  # fmt: skip
-            while training_round.is_active:
-                time.sleep(3)
+                trigger=TrainingRound.Trigger.COMMAND, overrides=overrides, gate_mode=arguments.gate
+            )
+            while training_round.is_active and training_round.status != Status.CANARY:
+                time.sleep(1)
                 training_round.refresh_from_db()
-            if training_round.status != TrainingRound.Status.SERVING:
+            ready_seconds = time.monotonic() - clicked  # click to serving (offline) or to the canary's start
+            if training_round.result_version is None:
                 raise SystemExit(f"round {number} ended {training_round.status}: {training_round.error}")
-            latest_answers = answers(client, training_round.result_version.name, heldout, arguments.samples)
-            tokens = mean([tokens for _, _, tokens in latest_answers])
+            candidate = training_round.result_version
+            # While a canary runs its candidate is loaded; in offline mode it serves by now.
+            candidate_answers = answers(client, candidate.name, heldout, arguments.samples)
+            tokens, non_answers = measured(candidate_answers)
+            canary_seconds, batch = 0.0, 0
+            if training_round.status == Status.CANARY:
+                canary_started = time.monotonic()
+                while training_round.status == Status.CANARY:
+                    batch += 1
+                    simulate_votes(arguments, 6, arguments.seed * 1000 + number * 100 + batch)
+                    canary.canaries_decide()
+                    training_round.refresh_from_db()
+                    if time.monotonic() - canary_started > 3600:
+                        raise SystemExit(f"round {number}: the canary has not decided in an hour")
+                while training_round.is_active:  # a promoted canary deploys
+                    time.sleep(1)
+                    training_round.refresh_from_db()
+                canary_seconds = time.monotonic() - canary_started
+            if training_round.status == Status.SERVING:
+                samples[f"round {number}"] = candidate_answers
+            decided = training_round.canary_decision
+            evaluation = training_round.evaluation
             phases = training_round.phase_seconds
             row = {
                 "round": number,
                 "votes": Judgement.objects.count(),
                 "train_pairs": training_round.train_pairs,
                 "heldout_pairs": training_round.heldout_pairs,
-                "accuracy": training_round.evaluation.get("accuracy"),
-                "gate": training_round.evaluation.get("gate", {}).get("reason"),
+                "accuracy": evaluation.get("accuracy"),
+                "parent_accuracy": evaluation.get("parent_accuracy"),
+                "offline_gate": evaluation.get("gate", {}),
                 "mean_tokens": tokens,
                 "ratio_to_base": tokens / baseline,
-                "seconds": {"votes": round(votes_seconds, 1), **phases},
+                "non_answers": non_answers,
+                "collapsed": non_answers >= 0.5,
+                "canary": {key: decided.get(key) for key in ("decision", "reason", "votes", "win_rate", "low", "high")}
+                if decided
+                else None,
+                "status": training_round.status,
+                "seconds": {
+                    "votes": round(votes_seconds, 1),
+                    "click_to_ready": round(ready_seconds, 1),
+                    **phases,
+                    "canary": round(canary_seconds, 1),
+                },
             }
             results["rounds"].append(row)
-            print(f"{number:>5} {row['votes']:>5} {row['train_pairs']:>5} {row['heldout_pairs']:>4} "
-                  f"{row['accuracy']:>8.3f} {tokens:>7.1f} {tokens / baseline:>6.2f}  "
-                  f"{votes_seconds:.0f} / {phases.get('prepare')} / {phases.get('train')} / "
-                  f"{phases.get('evaluate')} / {phases.get('deploy')}")  # fmt: skip
-        print("\nSamples (seed 7000), base model, then after the last round:")
-        for (prompt, before, _), (_, after, _) in list(zip(base_answers, latest_answers, strict=True))[
-            :: arguments.samples
-        ][:2]:
-            print(f"\n### {prompt.last_user_message}\n--- before:\n{before}\n--- after:\n{after}")
-            results.setdefault("samples", []).append(
-                {"prompt": prompt.last_user_message, "before": before, "after": after}
-            )
-        results["baseline_tokens"] = baseline
+            ready = "serving" if arguments.gate == "offline" else "canary"
+            accuracy = row["accuracy"] if row["accuracy"] is not None else float("nan")
+            parent = row["parent_accuracy"] if row["parent_accuracy"] is not None else float("nan")
+            print(f"\nround {number}: {row['votes']} votes so far, {row['train_pairs']} train / "
+                  f"{row['heldout_pairs']} held-out pairs; held-out accuracy {accuracy:.3f} (parent {parent:.3f}); "
+                  f"offline gate at its defaults: {'pass' if row['offline_gate'].get('promote') else 'fail'} "
+                  f"({row['offline_gate'].get('reason')})\n"
+                  f"  candidate: {tokens:.1f} tokens ({tokens / baseline:.2f}x base), {non_answers:.0%} non-answers"
+                  f"{' (collapsed)' if row['collapsed'] else ''}; round ended {training_round.status}\n"
+                  f"  wall time (s): votes {votes_seconds:.0f}, click to {ready} {ready_seconds:.0f} "
+                  f"(phases {phases})", flush=True)  # fmt: skip
+            if row["canary"]:
+                c = row["canary"]
+                print(f"  canary: {c['votes']} head-to-head votes, win rate {c['win_rate']:.3f} "
+                      f"[{c['low']:.3f}, {c['high']:.3f}]: {c['decision']} ({c['reason']}), "
+                      f"{canary_seconds:.0f} s", flush=True)  # fmt: skip
+        print("\nSamples (seed 7000): the base model, then each serving round's candidate:")
+        for index in range(0, min(2, len(heldout)) * arguments.samples, arguments.samples):
+            prompt = base_answers[index][0]
+            print(f"\n### {prompt.last_user_message}")
+            shown = {name: answered[index][1] for name, answered in samples.items()}
+            for name, text in shown.items():
+                print(f"--- {name}:\n{text}")
+            results.setdefault("samples", []).append({"prompt": prompt.last_user_message, **shown})
     finally:
         for process in processes:
             process_group_stop(process)

@@ -10,7 +10,17 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
 from annotate.models import Judgement
-from annotate.simulation import Profile, prefer_shorter, profile_from_spec, profiles_from_specs
+from annotate.simulation import (
+    Profile,
+    SimulatedAnnotator,
+    is_non_answer,
+    prefer_shorter,
+    prefer_shorter_answers,
+    profile_from_spec,
+    profiles_from_specs,
+    prompt_key_words,
+    simulated_annotator_judge,
+)
 
 SHORT, LONG = "Short answer.", "A much longer answer that goes on for a while, with detail nobody asked for."
 
@@ -127,3 +137,42 @@ def test_the_command_refuses_bad_profiles_and_changes_nothing(make_pair):
         )
     assert not Judgement.objects.exists()
     assert not User.objects.filter(username__startswith="simulated-").exists()
+
+
+COFFEE = "How should I prepare for my first job interview at a coffee shop?"
+ON_TOPIC = "Read about the coffee shop, practise short answers about service, and arrive ten minutes early."
+SHORTER_ON_TOPIC = "Learn the coffee shop's menu and arrive a little early, dressed neatly."
+
+
+def test_a_non_answer_is_too_short_or_off_the_prompts_key_words():
+    assert prompt_key_words(COFFEE) == {"prepare", "first", "interview", "coffee", "shop"}
+    assert not is_non_answer(ON_TOPIC, COFFEE)
+    assert is_non_answer("Meet at 3:10am YYYY for the coffee.", COFFEE)  # seven words, though on topic
+    assert is_non_answer("The weather is lovely today and the birds sing in the old garden trees.", COFFEE)
+    # A prompt without key words leaves only the length check.
+    assert not is_non_answer("Hello there, I am fine, thank you for asking me today.", "How are you?")
+
+
+def test_shorter_answers_taste_prefers_the_shorter_answer_unless_it_is_a_non_answer():
+    assert prefer_shorter_answers(ON_TOPIC, SHORTER_ON_TOPIC, COFFEE) == prefer_shorter(ON_TOPIC, SHORTER_ON_TOPIC)
+    assert prefer_shorter_answers("Meet at 3:10am YYYY for the coffee.", ON_TOPIC, COFFEE) == ("right", 3)
+    assert prefer_shorter_answers(ON_TOPIC, "Yes.", COFFEE) == ("left", 3)
+    assert prefer_shorter_answers("Yes.", "No.", COFFEE) == ("both_bad", None)
+
+
+@pytest.mark.django_db
+def test_simulated_annotators_judge_with_the_prompt_in_view(make_pair):
+    """Voting through the services, the taste sees the pair's prompt: the long answer wins only where the short one
+    misses the prompt's key words (a taste blind to the prompt would pick the short one every time)."""
+    off_topic = "The weather is lovely today and the birds sing in the garden."
+    pairs = [
+        make_pair((ON_TOPIC, off_topic), messages=[{"role": "user", "content": COFFEE}]),
+        make_pair((ON_TOPIC, SHORTER_ON_TOPIC), messages=[{"role": "user", "content": COFFEE.replace("my", "a")}]),
+    ]
+    annotator = SimulatedAnnotator(user=User.objects.create_user("taste"), profile=Profile("careful"))
+    given = simulated_annotator_judge(
+        annotators=[annotator], preference=prefer_shorter_answers, limit=len(pairs), rng=random.Random(3)
+    )
+    assert given == len(pairs)
+    choices = {judgement.pair_id: judgement.choice for judgement in Judgement.objects.filter(annotator=annotator.user)}
+    assert choices == {pairs[0].pk: "a", pairs[1].pk: "b"}

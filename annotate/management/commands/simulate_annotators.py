@@ -23,7 +23,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--prefer", required=True, help="the taste: shorter, longer or keyword:WORD")
+        parser.add_argument("--prefer", required=True,
+                            help="the taste: shorter, shorter-answers (shorter unless one is a non-answer), longer "
+                                 "or keyword:WORD")  # fmt: skip
         parser.add_argument("--count", type=int, required=True, help="how many votes to give in all")
         parser.add_argument("--annotators", type=int, default=None,
                             help="careful annotators sharing the votes (without --profile; default 1)")  # fmt: skip
