@@ -9,6 +9,8 @@ database `--database` (default `sampling_bench`) is dropped and made again, so n
 
 1. Fills the buffer directly through the models (no model server): `--pairs` open pairs (20,000) over prompts of
    ten pairs each, two answers of about 300 characters, one vote needed each; annotators with API tokens and sessions.
+   `--history N` adds N judged pairs with their assignments and votes (in SQL), so the lease query can be checked
+   at the size of a long-running deployment; `--explain-only` stops after step 2.
 2. Counts the SQL queries of each request (Django's test client in this process, CaptureQueriesContext) and prints
    them, then EXPLAIN ANALYZE of the SELECTs on pairs that leasing a pair runs (whatever the lease code is today).
 3. For each `--conn-max-age` value, starts gunicorn (`annotate.wsgi`, 2 workers x 4 threads, as in the Procfile)
@@ -60,6 +62,15 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="closed-loop runs of each kind per level")
     parser.add_argument("--conn-max-age", default="0", help="DATABASE_CONN_MAX_AGE values to run, comma-separated")
     parser.add_argument("--max-requests", type=int, default=200_000, help="stop every phase after this many")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="judged pairs (one vote each) added before the EXPLAIN, e.g. 1000000 with --pairs 100000",
+    )
+    parser.add_argument("--cache-url", default="redis://127.0.0.1:6379/2",
+                        help="CACHE_URL of the server (as in production); empty for the database cache")  # fmt: skip
+    parser.add_argument("--explain-only", action="store_true", help="stop after the query counts and the EXPLAIN")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args()
 
@@ -84,6 +95,7 @@ def configure_environment(arguments: argparse.Namespace) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "bench.web_settings",
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{arguments.database}",
         "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "CACHE_URL": arguments.cache_url,
         # A queue of its own: the buffer holds thousands of pairs, so no refill should be asked for; if one were,
         # no worker of another deployment takes it.
         "CELERY_TASK_DEFAULT_QUEUE": f"bench-web-{uuid.uuid4().hex[:8]}",
@@ -113,12 +125,13 @@ def fill(pair_count: int, user_count: int) -> list[tuple[str, str]]:
     from django.db import connection
     from rest_framework.authtoken.models import Token
 
-    from annotate.models import Completion, ModelVersion, Pair, Prompt, conversation_hash
+    from annotate.models import Campaign, Completion, ModelVersion, Pair, Prompt, conversation_hash
 
     call_command("migrate", verbosity=0)
     call_command("createcachetable", verbosity=0)
     call_command("collectstatic", interactive=False, verbosity=0)
     version = ModelVersion.objects.create(name="bench-base", base_model="/models/base", status="serving")
+    campaign = Campaign.objects.create(name="bench", title="Bench", votes_per_pair=1)  # open to every annotator
     prompts = []
     for number in range(max(1, pair_count // 10)):
         messages = [{"role": "user", "content": f"Question {number}: how would you explain topic {number}?"}]
@@ -150,6 +163,7 @@ def fill(pair_count: int, user_count: int) -> list[tuple[str, str]]:
                 completion_a=completions[2 * index],
                 completion_b=completions[2 * index + 1],
                 sampled_from=version,
+                campaign=campaign,
                 judgements_required=1,
             )
             for index in range(pair_count)
@@ -169,6 +183,43 @@ def fill(pair_count: int, user_count: int) -> list[tuple[str, str]]:
         session.create()
         credentials.append((token.key, str(session.session_key)))
     return credentials
+
+
+def history(votes: int) -> None:
+    """`votes` judged pairs, each with its assignment and its one vote, spread over the annotators: the tables a
+    long-running deployment has, in SQL (the ORM would take an hour for a million). They reuse the first open pair's
+    prompt and answers; only the sizes and the judged state matter to the lease query's plan."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT min(id), max(id) FROM annotate_pair")
+        template, last = cursor.fetchone()
+        cursor.execute(
+            """INSERT INTO annotate_pair (prompt_id, completion_a_id, completion_b_id, sampled_from_id, campaign_id,
+                   judgements_required, judgement_count, lease_count, gold_choice, created_at)
+               SELECT prompt_id, completion_a_id, completion_b_id, sampled_from_id, campaign_id, 1, 1, 0, '',
+                   now() - make_interval(secs => g)
+               FROM annotate_pair, generate_series(1, %s) AS g WHERE id = %s""",
+            [votes, template],
+        )
+        cursor.execute(
+            """INSERT INTO annotate_assignment (pair_id, annotator_id, a_on_left, status, kind, leased_at, expires_at,
+                   finished_at)
+               SELECT p.id, u.ids[1 + p.id %% array_length(u.ids, 1)], p.id %% 2 = 0, 'judged', 'pair', p.created_at,
+                   p.created_at + interval '10 minutes', p.created_at + interval '1 minute'
+               FROM annotate_pair p, (SELECT array_agg(id) AS ids FROM auth_user) u WHERE p.id > %s""",
+            [last],
+        )
+        cursor.execute(
+            """INSERT INTO annotate_judgement (pair_id, annotator_id, assignment_id, choice, strength, rationale,
+                   a_on_left, time_spent_ms, idempotency_key, source, source_detail, is_repeat, created_at,
+                   updated_at)
+               SELECT a.pair_id, a.annotator_id, a.id, CASE WHEN a.id %% 2 = 0 THEN 'a' ELSE 'b' END, 2, '',
+                   a.a_on_left, 12000, md5(a.id::text)::uuid, 'human', '', false, a.finished_at, a.finished_at
+               FROM annotate_assignment a JOIN annotate_pair p ON p.id = a.pair_id WHERE p.id > %s""",
+            [last],
+        )
+        cursor.execute("ANALYZE")
 
 
 # --- queries per request and the lease plan --------------------------------------------------------------------
@@ -478,6 +529,10 @@ def main() -> int:
     started = time.monotonic()
     credentials = fill(arguments.pairs, users)
     print(f"filled {arguments.pairs} open pairs and {users} annotators in {time.monotonic() - started:.0f} s")
+    if arguments.history:
+        started = time.monotonic()
+        history(arguments.history)
+        print(f"added {arguments.history} judged pairs with their votes in {time.monotonic() - started:.0f} s")
     results: dict[str, Any] = {"arguments": {k: str(v) for k, v in vars(arguments).items()}}
 
     queries = count_queries(*credentials[arguments.annotators])
@@ -495,6 +550,10 @@ def main() -> int:
     from django.db import connections
 
     connections.close_all()  # the server's processes use their own connections
+    if arguments.explain_only:
+        if arguments.json:
+            arguments.json.write_text(json.dumps(results, indent=2, default=str))
+        return 0
 
     results["runs"] = []
     for conn_max_age in (int(value) for value in arguments.conn_max_age.split(",")):
