@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import orjson
+
+# Keys that are not strings (a count by strength, say) become strings, as the standard library writes them; NaN and
+# infinity become null, which every JSON reader accepts (the standard library would write NaN, which strict ones
+# refuse).
+_OPTIONS = orjson.OPT_NON_STR_KEYS
+
 
 class JsonLinesWriter:
-    """One JSON object a line, UTF-8, characters as they are (no \\u escapes): what `datasets` and TRL read."""
+    """One JSON object a line, UTF-8, characters as they are (no \\u escapes): what `datasets` and TRL read.
+
+    Encoded with orjson: an export spends most of its time encoding rows, and orjson does it about ten times faster
+    than the standard library (docs/benchmarks.md)."""
 
     def __init__(self, path: Path | str) -> None:
-        self._file = Path(path).open("w", encoding="utf-8")  # noqa: SIM115 (closed by close() or the with block)
+        self._file = Path(path).open("wb")  # noqa: SIM115 (closed by close() or the with block)
 
     def write(self, row: Any) -> None:
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.write(orjson.dumps(row, option=_OPTIONS) + b"\n")
 
     def close(self) -> None:
         self._file.close()

@@ -8,7 +8,6 @@ each pair's prompt decoded once however many votes it has, and the rows written 
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +18,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import orjson
 from django.db.models import QuerySet, TextField
 from django.db.models.functions import Cast
 
@@ -58,7 +58,7 @@ def _pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
         len(VOTE_FIELDS) :
     ]
     return ExportPair(
-        pair_id, prompt_id, json.loads(prompt_json), prompt_set,
+        pair_id, prompt_id, orjson.loads(prompt_json), prompt_set,
         a_id, a_text, a_version, b_id, b_text, b_version, sampled, status,
     )  # fmt: skip
 
