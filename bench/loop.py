@@ -82,6 +82,7 @@ def configure_environment(arguments: argparse.Namespace) -> Path:
         PAIR_BUFFER_TARGET="4",
         ROUND_MIN_TRAIN_PAIRS="8",
         CANARY_PAIR_SHARE="1",
+        VLLM_TIMEOUT="900",  # two loop runs and a training round share two cores: answers can take minutes
         CANARY_MIN_VOTES=str(arguments.canary_votes),
         CANARY_MIN_WIN_RATE=str(arguments.canary_min_win_rate),
     )

@@ -261,24 +261,38 @@ def count_queries(token: str, session_key: str) -> dict[str, list[str]]:
 
 
 def explain_lease() -> list[str]:
-    """EXPLAIN ANALYZE each SELECT on pairs that leasing a pair runs, rolled back so nothing stays leased."""
+    """EXPLAIN ANALYZE each SELECT on pairs that leasing a pair runs, rolled back so nothing stays leased: for a new
+    annotator, and for the one with the most assignments (whose "not seen before" test has the most rows to check)."""
     from django.contrib.auth.models import User
     from django.db import connection, transaction
+    from django.db.models import Count
     from django.test.utils import CaptureQueriesContext
 
     from annotate import services
 
-    user = User.objects.create(username=f"explain-{uuid.uuid4().hex[:6]}")
-    with CaptureQueriesContext(connection) as captured:
-        services.assignment_lease_next(annotator=user)
+    busiest = User.objects.annotate(seen=Count("assignments")).order_by("-seen").first()
+    newcomer = User.objects.create(username=f"explain-{uuid.uuid4().hex[:6]}")
     plans = []
-    for query in captured.captured_queries:
-        sql = query["sql"]
-        if sql.lstrip().upper().startswith("SELECT") and 'FROM "annotate_pair"' in sql:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
-                plans.append(sql + "\n" + "\n".join(row[0] for row in cursor.fetchall()))
-                transaction.set_rollback(True)
+    for user in (newcomer, busiest):
+        if user is None:
+            continue
+        with transaction.atomic():
+            with CaptureQueriesContext(connection) as captured:
+                services.assignment_lease_next(annotator=user)
+            transaction.set_rollback(True)
+        for query in captured.captured_queries:
+            sql = query["sql"]
+            if sql.lstrip().upper().startswith("SELECT") and 'FROM "annotate_pair"' in sql:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
+                    seen = user.assignments.count()
+                    lines = [
+                        f"-- annotator {user.pk} ({seen} assignments)",
+                        sql,
+                        *(row[0] for row in cursor.fetchall()),
+                    ]
+                    plans.append("\n".join(lines))
+                    transaction.set_rollback(True)
     return plans
 
 
