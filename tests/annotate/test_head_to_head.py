@@ -3,9 +3,13 @@ rounds (scripted trainer), deployed into the fake model server over HTTP, pairs 
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import pytest
 
-from annotate import rounds, sampling
+from annotate import exports, rounds, sampling, services
+from annotate.exports import ExportFilters
 from annotate.models import ModelVersion, Pair, TrainingRound
 
 from .conftest import run_round
@@ -170,3 +174,37 @@ def start_canary() -> TrainingRound:
     training_round.refresh_from_db()
     assert training_round.status == TrainingRound.Status.CANARY
     return training_round
+
+
+def test_the_arena_export_names_the_version_behind_each_side_of_a_head_to_head_pair(
+    head_to_head, serving_version, tmp_path, django_user_model
+):
+    trained = run_round().result_version
+    head_to_head.HEAD_TO_HEAD_PAIR_SHARE = 1.0
+    head_to_head.JUDGEMENTS_PER_PAIR = 1
+    for _ in range(2):  # the eight prompts give one head-to-head pair each per refill
+        assert refill(head_to_head, 8) == 8  # every one the serving version against the base model
+    voter = django_user_model.objects.create_user("arena voter")
+    while (assignment := services.assignment_lease_next(annotator=voter)) is not None:
+        # Always the trained version's answer, on whichever side of the screen it was shown.
+        trained_side = "left" if assignment.left.model_version_id == trained.pk else "right"
+        choice = trained_side if assignment.pair.is_head_to_head else "tie"
+        services.judgement_record(
+            annotator=voter, pair_id=assignment.pair_id, choice=choice, strength=None if choice == "tie" else 2,
+            rationale="", idempotency_key=uuid.uuid4(),
+        )  # fmt: skip
+
+    path = tmp_path / "arena.jsonl"
+    exports.export_write(dataset_format="arena", file_format="jsonl", filters=ExportFilters(), path=path)
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    battles = [row for row in rows if row["model_a"] != row["model_b"]]
+    assert len(battles) == 16
+    for row in battles:
+        assert {row["model_a"], row["model_b"]} == {trained.name, serving_version.name}
+        assert row[row["winner"]] == trained.name  # the winner names the version that was chosen
+        for side in ("a", "b"):  # each side's model wrote that side's answer (the trained one answers briefly)
+            answer = row[f"conversation_{side}"][-1]["content"]
+            assert answer.startswith("Brief") == (row[f"model_{side}"] == trained.name)
+    # Which version is A is drawn for each pair: 16 pairs all one way happens once in 32768 runs.
+    assert 0 < sum(row["model_a"] == trained.name for row in battles) < 16
