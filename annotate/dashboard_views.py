@@ -1,5 +1,5 @@
-"""The staff dashboard, the page staff land on: votes per day, active annotators, ready pairs by campaign, the
-leaderboard, recent rounds with their gates, and answer length per model version.
+"""The staff dashboard, the page staff land on: votes per day, active annotators, agreement between annotators, ready
+pairs by campaign, the leaderboard, recent rounds with their gates, and answer length per model version.
 
 Every figure is aggregated in the database (a fixed number of queries whatever the data); every chart has a table
 beside it with the same numbers, so the page reads without JavaScript.
@@ -8,10 +8,14 @@ beside it with the same numbers, so the page reads without JavaScript.
 from __future__ import annotations
 
 import datetime
+import hashlib
+from collections import defaultdict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.db.models import Avg, Count, F, Max, Min, Q, Sum
 from django.db.models.functions import TruncDate
 from django.http import HttpResponse, HttpResponseRedirect
@@ -20,13 +24,18 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from annotate.agreement import AgreementSummary, Vote, agreement_summary
 from annotate.leaderboard import SCALE_DESCRIPTION, leaderboard_standings
 from annotate.models import Campaign, Completion, Judgement, ModelVersion, Pair, TrainingRound
+from annotate.quality import votes_from_judgements
 from annotate.web import AppRequest, staff_required
 
 DAYS_SHOWN = 30
 ROUNDS_SHOWN = 10
 SOURCES = list(Judgement.Source)  # human, simulated, imported: the order of the columns and chart lines
+AGREEMENT_RECENT_DAYS = 7
+# The key changes with every new or changed vote; this bounds how far the recent window may lag behind the clock.
+AGREEMENT_CACHE_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,46 @@ def active_annotators(*, now: datetime.datetime) -> ActiveAnnotators:
         simulated_week=Count("annotator", distinct=True, filter=simulated),
     )
     return ActiveAnnotators(**counts)
+
+
+@dataclass(frozen=True)
+class AgreementRow:
+    scope: str
+    summary: AgreementSummary
+
+
+def agreement_overview(*, now: datetime.datetime) -> list[AgreementRow]:
+    """Krippendorff's alpha (nominal and ordinal) with its counts over the last AGREEMENT_RECENT_DAYS days' votes, all
+    votes, and each campaign's, from annotate.agreement; repeat checks are left out there. Cached: it reads every
+    vote, and the key changes whenever a vote is added or changed."""
+    summary = Judgement.objects.aggregate(count=Count("id"), last_id=Max("id"), last_change=Max("updated_at"))
+    fingerprint = hashlib.sha256(repr(sorted(summary.items())).encode()).hexdigest()[:32]
+    key = f"dashboard-agreement:{fingerprint}"
+    rows = cache.get(key)
+    if not isinstance(rows, list):
+        rows = _agreement_rows(now=now)
+        cache.set(key, rows, AGREEMENT_CACHE_SECONDS)
+    return rows
+
+
+def _agreement_rows(*, now: datetime.datetime) -> list[AgreementRow]:
+    since = now - datetime.timedelta(days=AGREEMENT_RECENT_DAYS)
+    every_vote = votes_from_judgements()
+    rows = [
+        AgreementRow(
+            f"Last {AGREEMENT_RECENT_DAYS} days",
+            agreement_summary(votes_from_judgements(Judgement.objects.filter(created_at__gte=since))),
+        ),
+        AgreementRow("All time", agreement_summary(every_vote)),
+    ]
+    campaign_of: dict[Hashable, str | None] = dict(  # the vote's item is its pair's id
+        Pair.objects.filter(judgements__isnull=False).values_list("pk", "campaign__name").distinct().order_by()
+    )
+    by_campaign: dict[str, list[Vote]] = defaultdict(list)
+    for vote in every_vote:
+        by_campaign[campaign_of.get(vote.item) or "(no campaign)"].append(vote)
+    rows += [AgreementRow(f"Campaign {name}", agreement_summary(votes)) for name, votes in sorted(by_campaign.items())]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -189,6 +238,7 @@ def dashboard(request: AppRequest) -> HttpResponse:
         "source_totals": [sum(day.counts[index] for day in days) for index in range(len(SOURCES))],
         "votes_chart": _votes_chart(days),
         "active": active_annotators(now=timezone.now()),
+        "agreement": agreement_overview(now=timezone.now()),
         "campaigns": ready_pairs_by_campaign(),
         "board": leaderboard_standings(),
         "scale": SCALE_DESCRIPTION,

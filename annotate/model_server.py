@@ -35,7 +35,7 @@ def vllm_command(model: str) -> tuple[list[str], dict[str, str]]:
         "--port", str(settings.VLLM_PORT),
         "--enable-lora",
         "--max-lora-rank", str(settings.VLLM_MAX_LORA_RANK),
-        "--max-loras", "4",
+        "--max-loras", str(settings.VLLM_MAX_LORAS),
     ]  # fmt: skip
     environment = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True")
     if _is_cpu_build():

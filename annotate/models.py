@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Collection
 from typing import Any, Protocol
 
 from django.conf import settings
@@ -120,6 +121,17 @@ class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
     def serving(self) -> ModelVersion | None:
         return self.filter(status=ModelVersion.Status.SERVING).first()
 
+    def unloadable(self, loaded: Collection[str]) -> ModelVersionQuerySet:
+        """Adapters among `loaded` (names the model server holds) that may be unloaded to make room, least recently
+        used first: every one but the serving version and a running canary's candidate."""
+        return (
+            self.filter(name__in=loaded)
+            .exclude(adapter_path="")
+            .exclude(status=ModelVersion.Status.SERVING)
+            .exclude(training_round__status=TrainingRound.Status.CANARY)
+            .order_by(F("last_used_at").asc(nulls_first=True), "id")
+        )
+
     def ensure_base(self, *, name: str, base_model: str) -> ModelVersion:
         """The base model's version, made the serving one when nothing serves yet."""
         version, _ = self.get_or_create(name=name, defaults={"base_model": base_model})
@@ -151,6 +163,9 @@ class ModelVersion(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.CANDIDATE)
     created_at = models.DateTimeField(auto_now_add=True)
     serving_since = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was last made sure of on the model server, to sample from it."
+    )
 
     objects = ModelVersionQuerySet.as_manager()
 
@@ -171,13 +186,36 @@ class ModelVersion(models.Model):
     def can_serve(self) -> bool:
         return self.status in (self.Status.CANDIDATE, self.Status.SERVING, self.Status.RETIRED)
 
-    def ensure_loaded(self, server: ModelServer) -> None:
-        """Make sure the model server has this version: vLLM forgets run-time adapters when it restarts.
+    def ensure_loaded(self, server: ModelServer, *, only_with_room: bool = False) -> bool:
+        """Make sure the model server has this version (vLLM forgets run-time adapters when it restarts), and note
+        that it is about to be used. Returns whether it is loaded.
 
-        Raises ModelServerUnavailable when the server cannot be reached, ModelServerRefused when it refuses.
+        The server holds at most VLLM_MAX_LORAS adapters: loading one more first unloads the least recently used
+        adapters that may go (ModelVersionQuerySet.unloadable). When none may go, this version is loaded anyway
+        (the serving version and a canary must be there), unless `only_with_room`, which leaves it unloaded and
+        returns False. Raises ModelServerUnavailable when the server cannot be reached, ModelServerRefused when it
+        refuses.
         """
-        if self.is_adapter and self.name not in server.served_models():
+        if not self.is_adapter:
+            return True
+        loaded = server.served_models()
+        if self.name not in loaded:
+            bases = {
+                settings.SERVED_MODEL_NAME,
+                *type(self).objects.filter(adapter_path="").values_list("name", flat=True),
+            }
+            adapters = [name for name in loaded if name not in bases]
+            over = len(adapters) + 1 - settings.VLLM_MAX_LORAS
+            if over > 0:
+                unloadable = list(type(self).objects.unloadable(adapters).exclude(pk=self.pk)[:over])
+                if len(unloadable) < over and only_with_room:
+                    return False
+                for version in unloadable:
+                    server.unload_lora_adapter(name=version.name)
             server.load_lora_adapter(name=self.name, path=self.adapter_path)
+        self.last_used_at = timezone.now()
+        type(self).objects.filter(pk=self.pk).update(last_used_at=self.last_used_at)
+        return True
 
     def unload(self, server: ModelServer) -> None:
         """Free the server's adapter slot (a no-op for a base model, or an adapter the server does not hold)."""

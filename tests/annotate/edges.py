@@ -53,6 +53,7 @@ class FakeModelServer:
     def __init__(self, max_lora_rank: int = 16) -> None:
         self.max_lora_rank = max_lora_rank
         self.models: list[str] = ["base"]
+        self.broken_adapters: set[str] = set()  # names whose loading it refuses, as vLLM refuses a missing adapter
         self.requests: list[tuple[str, dict[str, Any]]] = []
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -61,6 +62,8 @@ class FakeModelServer:
             return 200, {"data": [{"id": name} for name in self.models]}
         if path == "/v1/load_lora_adapter":
             config_path = Path(body["lora_path"]) / "adapter_config.json"
+            if body["lora_name"] in self.broken_adapters:
+                return 400, {"message": f"No adapter found for {body['lora_path']}"}
             rank = json.loads(config_path.read_text())["r"] if config_path.is_file() else 0
             if rank > self.max_lora_rank:
                 return 400, {"message": f"LoRA rank {rank} is greater than max_lora_rank {self.max_lora_rank}."}
@@ -103,3 +106,28 @@ def fake_model_server(server: FakeModelServer) -> Iterator[str]:
     finally:
         http.shutdown()
         http.server_close()
+
+
+class ChattingModelServer(FakeModelServer):
+    """The fake vLLM server, also answering chat completions: a trained adapter answers briefly, the base at length
+    (so a simulated annotator who prefers shorter answers prefers the candidate). It refuses prompts containing
+    `refuse`, as vLLM refuses one too long for its context."""
+
+    refuse = ""
+
+    def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if path != "/v1/chat/completions":
+            return super().handle(path, body)
+        self.requests.append((path, body))
+        if self.refuse and self.refuse in body["messages"][-1]["content"]:
+            return 400, {"message": "This model's maximum context length is 2048 tokens."}
+        if body["model"] not in self.models:
+            return 404, {"message": f"The model `{body['model']}` does not exist."}
+        seed = body["seed"]
+        trained = "-round-" in body["model"]
+        text = f"Brief {seed}." if trained else f"A long and winding answer that goes on, seed {seed}."
+        return 200, {
+            "id": f"chatcmpl-{seed}",
+            "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": len(text.split())},
+        }

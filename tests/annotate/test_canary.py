@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -17,35 +16,10 @@ from annotate.errors import Conflict, Invalid
 from annotate.generation import client_from_settings
 from annotate.models import Judgement, ModelVersion, Pair, TrainingRound
 
-from .edges import FakeModelServer
+from .edges import ChattingModelServer
 
 pytestmark = pytest.mark.django_db
 Status = TrainingRound.Status
-
-
-class ChattingModelServer(FakeModelServer):
-    """The fake vLLM server, also answering chat completions: a trained adapter answers briefly, the base at length
-    (so a simulated annotator who prefers shorter answers prefers the candidate). It refuses prompts containing
-    `refuse`, as vLLM refuses one too long for its context."""
-
-    refuse = ""
-
-    def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if path != "/v1/chat/completions":
-            return super().handle(path, body)
-        self.requests.append((path, body))
-        if self.refuse and self.refuse in body["messages"][-1]["content"]:
-            return 400, {"message": "This model's maximum context length is 2048 tokens."}
-        if body["model"] not in self.models:
-            return 404, {"message": f"The model `{body['model']}` does not exist."}
-        seed = body["seed"]
-        trained = "-round-" in body["model"]
-        text = f"Brief {seed}." if trained else f"A long and winding answer that goes on, seed {seed}."
-        return 200, {
-            "id": f"chatcmpl-{seed}",
-            "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 9, "completion_tokens": len(text.split())},
-        }
 
 
 @pytest.fixture
@@ -73,7 +47,7 @@ def make_head_to_head_pairs(count: int) -> int:
     made = 0
     with client_from_settings() as client:
         while made < count:
-            made += canary.canary_pairs_refill(client=client, missing=min(8, count - made))
+            made += canary.head_to_head_pairs_refill(client=client, missing=min(8, count - made))
     return made
 
 
@@ -146,17 +120,20 @@ def test_a_prompt_the_model_server_refuses_is_skipped_and_the_others_make_pairs(
     start_canary()
     model_server.refuse = "number 3?"
     with client_from_settings() as client:
-        assert canary.canary_pairs_refill(client=client, missing=8) == 7
+        assert canary.head_to_head_pairs_refill(client=client, missing=8) == 7
     refused_prompt = Pair.objects.filter(prompt__messages__0__content="Question number 3?")
     assert [pair.is_head_to_head for pair in refused_prompt] == [False]  # only the fixture's own pair
 
 
 def test_the_share_of_new_pairs_follows_the_setting(canary_settings, serving_version):
-    assert canary.canary_pairs_wanted(8) == (None, 0)  # no canary, no head-to-head pairs
+    canary_settings.HEAD_TO_HEAD_PAIR_SHARE = 0
+    assert canary.head_to_head_pairs_wanted(8) == (None, 0)  # no canary, no earlier versions wanted
+    canary_settings.HEAD_TO_HEAD_PAIR_SHARE = 0.25
+    assert canary.head_to_head_pairs_wanted(8) == (None, 2)  # no canary: the serving version against earlier ones
     training_round = start_canary()
     canary_settings.CANARY_PAIR_SHARE = 0.25
-    assert canary.canary_pairs_wanted(8) == (training_round, 2)
-    assert canary.canary_pairs_wanted(0)[1] == 0
+    assert canary.head_to_head_pairs_wanted(8) == (training_round, 2)  # the canary takes the slot
+    assert canary.head_to_head_pairs_wanted(0)[1] == 0
 
 
 def test_the_rule_waits_for_enough_votes_then_promotes_and_the_candidate_serves(

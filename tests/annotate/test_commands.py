@@ -48,8 +48,10 @@ def test_seed_demo_generates_passwords_once_and_prints_them_again(monkeypatch, s
 def test_serve_model_command_line(settings, capsys):
     settings.VLLM_PORT = 8765
     settings.VLLM_EXTRA_ARGS = "--max-model-len 2048"
+    settings.VLLM_MAX_LORAS = 3  # the scheduler keeps within what the server was started with
     call_command("serve_model", "--print")
     command = capsys.readouterr().out
     assert "vllm.entrypoints.openai.api_server" in command
     assert f"--served-model-name {settings.SERVED_MODEL_NAME}" in command
+    assert "--max-loras 3" in command
     assert "--port 8765" in command and "--enable-lora" in command and command.strip().endswith("--max-model-len 2048")

@@ -260,6 +260,48 @@ def test_recent_rounds_show_status_and_gate(staff_client, loop, monkeypatch):
     assert TrainingRound.objects.count() == 3
 
 
+def vote_for(annotator, answer):
+    """Lease the next pair and vote for answer `answer` (a, b or tie) of it, whichever side of the screen it is on."""
+    assignment = services.assignment_lease_next(annotator=annotator)
+    assert assignment is not None
+    side = "left" if (answer == "a") == assignment.a_on_left else "right"
+    services.judgement_record(
+        annotator=annotator, pair_id=assignment.pair_id, choice="tie" if answer == "tie" else side,
+        strength=None if answer == "tie" else 2, rationale="", idempotency_key=uuid.uuid4(),
+    )  # fmt: skip
+
+
+def test_agreement_over_recent_votes_all_votes_and_each_campaign(
+    staff_client, annotator, other_annotator, make_pair, monkeypatch
+):
+    for _ in range(3):
+        make_pair(required=2)
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() - datetime.timedelta(days=10))
+    for voter in (annotator, other_annotator):  # ten days ago both agreed on every pair
+        for answer in ("a", "b", "tie"):
+            vote_for(voter, answer)
+    monkeypatch.setattr(timezone, "now", real_now)
+    for _ in range(2):
+        make_pair(required=2, prompt_set="second")
+    vote_for(annotator, "a"), vote_for(annotator, "b")  # today only Ann has voted: nobody to agree with
+
+    header = ["Votes from", "Alpha, nominal", "Alpha, ordinal", "Votes", "Annotators", "Pairs",
+              "Pairs with two or more annotators"]  # fmt: skip
+    assert tables_of(staff_client.get("/dashboard/"))["agreement"] == [
+        header,
+        ["Last 7 days", "undefined", "undefined", "2", "1", "2", "0"],
+        ["All time", "1.000", "1.000", "8", "2", "5", "3"],
+        ["Campaign default", "1.000", "1.000", "6", "2", "3", "3"],
+        ["Campaign second", "undefined", "undefined", "2", "1", "2", "0"],
+    ]
+
+    vote_for(other_annotator, "a"), vote_for(other_annotator, "a")  # Bea agrees on one pair and not the other
+    rows = {row[0]: row[1:] for row in tables_of(staff_client.get("/dashboard/"))["agreement"][1:]}
+    assert rows["Last 7 days"][2:] == ["4", "2", "2", "2"]  # the cached figures followed the new votes
+    assert float(rows["Last 7 days"][0]) < 1 and rows["Campaign second"] == rows["Last 7 days"]
+
+
 def test_the_page_reads_a_fixed_number_of_queries(staff_client, annotator, make_pair, django_user_model, settings):
     settings.LEADERBOARD_BOOTSTRAP_ROUNDS = 10
     base = ModelVersion.objects.create(name="base-model", base_model="/m")

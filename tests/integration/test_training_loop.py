@@ -70,13 +70,14 @@ def test_round_trains_deploys_serves_and_rolls_back(vllm_server, celery_worker, 
     assert health["serving_model_version"] == new.name and health["serving_model_loaded"] is True
     assert health["last_round"] == {"id": round_id, "status": "serving"}
     old_pairs = set(pairs_from(base).values_list("id", flat=True))
-    wait_until(
-        lambda: pairs_from(new).exists(), 300, "pairs from the new version", celery_worker, celery_worker.log_path
-    )
+    own = pairs_from(new).filter(completion_a__model_version=new, completion_b__model_version=new)
+    wait_until(lambda: own.exists(), 300, "pairs from the new version", celery_worker, celery_worker.log_path)
     fresh = pairs_from(new).select_related("completion_a__model_version", "completion_b__model_version")
-    assert {pair.completion_a.model_version for pair in fresh} | {
-        pair.completion_b.model_version for pair in fresh
-    } == {new}
+    # A share of them (HEAD_TO_HEAD_PAIR_SHARE) put the new version against the earlier one; the rest are its own.
+    assert {
+        (pair.is_head_to_head, frozenset({pair.completion_a.model_version, pair.completion_b.model_version}))
+        for pair in fresh
+    } <= {(False, frozenset({new})), (True, frozenset({new, base}))}
     assert set(pairs_from(base).values_list("id", flat=True)) == old_pairs
 
     # vLLM forgets run-time adapters when it restarts: the worker's next refill loads the serving one again.
