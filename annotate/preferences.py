@@ -246,13 +246,17 @@ class WeighedVote(Protocol):
     def annotator_id(self) -> int | None: ...
 
 
-class PairWeights:
-    """A training pair's weight from the votes behind it (those for its outcome), before normalising:
+# What the round page's and the dataset card's readers need to know about a weight; PairWeights computes it.
+WEIGHTS_RULE = (
+    "A pair's weight comes from the votes for its winner: by strength, their mean strength divided by 3 (slightly "
+    "1/3, clearly 2/3, much better 1; a vote without a strength, such as an imported one, counts as clearly); by "
+    "competence, their voters' mean MACE competence (a voter without an estimate, such as an imported vote, counts "
+    "as the mean estimate, or 1 when there is none); by both, the product of the two."
+)
 
-    strength: their mean strength / 3 (slightly 1/3, clearly 2/3, much better 1; none given: 2/3);
-    competence: their voters' mean MACE competence (a voter MACE has no estimate for, such as an imported vote, counts
-    as the mean estimate, or 1 when there is none); strength+competence: the product of the two.
-    """
+
+class PairWeights:
+    """A training pair's weight from the votes behind it, before normalising (see WEIGHTS_RULE)."""
 
     def __init__(self, weighting: Weighting, competence: Mapping[int, float]) -> None:
         self.weighting = weighting
@@ -285,12 +289,13 @@ def weights_normalised(weights: Sequence[float]) -> list[float]:
     return [weight * len(weights) / total for weight in weights]
 
 
-def weights_described(weighting: Weighting, weights: Sequence[float]) -> str:
+def weights_described(weighting: Weighting, weights: Sequence[float], *, normalised: bool = True) -> str:
     """How the weights were set, for a round page or a dataset card, e.g.
     "strength × competence, normalised to mean 1; min 0.4, max 1.8"."""  # noqa: RUF002
     if weighting == "none" or not weights:
         return WEIGHTING_NAMES["none"]
-    return f"{WEIGHTING_NAMES[weighting]}, normalised to mean 1; min {min(weights):.2f}, max {max(weights):.2f}"
+    scale = "normalised to mean 1" if normalised else "as computed, not normalised"
+    return f"{WEIGHTING_NAMES[weighting]}, {scale}; min {min(weights):.2f}, max {max(weights):.2f}"
 
 
 def assistant(text: str) -> list[dict[str, str]]:

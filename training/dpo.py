@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import torch
 from datasets import Dataset
@@ -144,7 +144,7 @@ def build_trainer(
         model=load_policy(config),
         ref_model=None,  # PEFT: base with the adapter disabled (round 1) or a frozen copy of the parent adapter
         args=dpo_arguments(config),
-        train_dataset=Dataset.from_list([dict(row) for row in rows]),
+        train_dataset=Dataset.from_list(weights_to_mean_one(rows)),
         processing_class=tokenizer,
         peft_config=None if config.parent_adapter_dir else lora_config(config),
         callbacks=list(callbacks),
@@ -154,7 +154,16 @@ def build_trainer(
     return trainer
 
 
-WEIGHT = "weight"
+WEIGHT: Final = "weight"
+
+
+def weights_to_mean_one(rows: Sequence[PreferenceRow]) -> list[dict[str, Any]]:
+    """The rows as plain dicts, their weights (if they carry any) scaled to average 1 over the rows: a weighted round
+    then moves the adapter as far as an unweighted one at the same learning rate, whatever scale the file used."""
+    total = sum(row.get(WEIGHT, 0.0) for row in rows)
+    if not total:
+        return [dict(row) for row in rows]
+    return [{**row, WEIGHT: row[WEIGHT] * len(rows) / total} for row in rows]
 
 
 class WeightedDPOTrainer(DPOTrainer):
