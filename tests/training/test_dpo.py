@@ -291,3 +291,15 @@ def test_a_pair_weighted_zero_is_as_if_it_were_left_out(base_model_dir: Path, tm
     assert_same_gradients(weighted, alone)
     with pytest.raises(AssertionError):  # the pair left out does move the adapter when it counts
         assert_same_gradients(both, alone)
+
+
+def test_weights_reach_the_batches_scaled_to_mean_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    rows: list[PreferenceRow] = [
+        {**row, "weight": weight} for row, weight in zip(TINY_PAIRS[:4], (1, 3, 0, 4), strict=True)
+    ]
+    trainer = build_trainer(tiny_round_config(tiny_model_dir, tmp_path, max_steps=1, batch_size=4), rows)
+
+    batch = next(iter(trainer.get_train_dataloader()))
+
+    assert sorted(batch["weight"].tolist()) == [0.0, 0.5, 1.5, 2.0]
+    assert {"input_ids", "ref_chosen_logps"} <= set(batch)
