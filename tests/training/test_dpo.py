@@ -252,6 +252,7 @@ def first_step(config: RoundConfig, rows: list[PreferenceRow]) -> tuple[dict[str
     """The gradients of one optimizer step on `rows`, and the loss TRL logged for it."""
     gradients = GradientsBeforeStep()
     trainer = build_trainer(config, rows, callbacks=[gradients])
+    trainer.args.max_grad_norm = 0.0  # no clipping: it would hide a gradient scaled by the wrong factor
     output = trainer.train()
     assert gradients.gradients
     return gradients.gradients, output.training_loss
@@ -260,7 +261,11 @@ def first_step(config: RoundConfig, rows: list[PreferenceRow]) -> tuple[dict[str
 def assert_same_gradients(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
     assert first.keys() == second.keys()
     for name in first:
-        torch.testing.assert_close(first[name], second[name], rtol=1e-4, atol=1e-7, msg=name)
+        # Float error scales with the gradient: batches of one and of two pairs sum in different orders.
+        scale = second[name].abs().max().item()
+        torch.testing.assert_close(
+            first[name], second[name], rtol=1e-3, atol=1e-4 * scale, msg=f"{name} differs (scale {scale:.3g})"
+        )
 
 
 @pytest.mark.slow
