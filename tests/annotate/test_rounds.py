@@ -422,6 +422,7 @@ def test_strength_weighting_weighs_each_pair_by_its_votes_strength(
     client.force_login(staff)
     page = client.get(f"/rounds/{training_round.pk}/").content.decode()
     assert "strength, normalised to mean 1; min 0.67, max 1.33" in page
+    assert "their mean strength divided by 3" in page  # the rule behind the weights
 
 
 @pytest.mark.parametrize("weighting", ["competence", "strength+competence"])
