@@ -18,6 +18,7 @@ from annotate import exports, imports
 from annotate.exports import ExportFilters
 from annotate.models import Export, ModelVersion, Prompt
 from annotate.web import AppRequest, render_page, staff_required
+from training.config import WEIGHTINGS
 
 EXPORTS_SHOWN = 50
 
@@ -132,6 +133,10 @@ class ExportForm(forms.Form):
     include_excluded_annotators = forms.BooleanField(required=False, label="Include excluded annotators' votes")
     min_competence = forms.FloatField(min_value=0.0, max_value=1.0, initial=0.0, required=False)
     min_agreement = forms.FloatField(min_value=0.0, max_value=1.0, initial=0.0)
+    weighting = forms.ChoiceField(
+        choices=[(name, name) for name in WEIGHTINGS], required=False, initial="none", label="Weights",
+        help_text="trl-preference only: a weight column from the votes' strength and/or their voters' competence.",
+    )  # fmt: skip
     license = forms.CharField(required=False, max_length=100, help_text="Stated on the dataset card.")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

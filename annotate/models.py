@@ -656,6 +656,9 @@ class TrainingRound(models.Model):
     label_smoothing_basis = models.CharField(
         max_length=300, blank=True, help_text="The disagreement the round measured (auto label smoothing reads it)."
     )
+    weighting_basis = models.CharField(
+        max_length=300, blank=True, help_text="How the training pairs' weights were set (config weighting)."
+    )
     # Share of prompts held out for evaluation, fixed when the round starts: never above an earlier round's in the
     # lineage, so no round evaluates on a prompt an earlier one trained on, even when the setting grows.
     holdout_fraction = models.FloatField(default=0.2)

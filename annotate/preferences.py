@@ -6,7 +6,7 @@ Training rounds and exports read preference data through here, so both follow th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -58,12 +58,16 @@ class PreferenceRules:
             "min_competence": self.min_competence,
         }
 
-    def left_out_conditions(self, judgements: QuerySet[Judgement]) -> dict[str, Q]:
+    def left_out_conditions(
+        self, judgements: QuerySet[Judgement], competence: Mapping[int, float] | None = None
+    ) -> dict[str, Q]:
         """Each kind of vote these rules leave out, by the reason a page or a dataset card gives. With a minimum
-        competence this estimates every annotator's competence (MACE): compute it once and pass it on."""
+        competence this estimates every annotator's competence (MACE) unless given it (annotator_competence of the
+        same votes): compute the conditions once and pass them on."""
         reasons = {}
         if self.min_competence > 0:
-            low = _annotators_below(judgements, self.min_competence)
+            scores = annotator_competence(judgements) if competence is None else competence
+            low = [annotator for annotator, score in scores.items() if score < self.min_competence]
             reasons[f"votes of annotators with competence below {self.min_competence:g}"] = Q(annotator_id__in=low)
         if not self.include_gold:
             reasons["votes on gold pairs"] = ~Q(pair__gold_choice="")
@@ -88,13 +92,13 @@ class PreferenceRules:
         return {reason: counts[f"n{index}"] for index, reason in enumerate(reasons)}
 
 
-def _annotators_below(judgements: QuerySet[Judgement], minimum: float) -> list[int]:
-    """Annotators whose competence, estimated from these votes (gold and repeats aside), is below `minimum`."""
+def annotator_competence(judgements: QuerySet[Judgement]) -> dict[int, float]:
+    """Each annotator's MACE competence, estimated from these votes (gold and repeats aside)."""
     from annotate.agreement import competence
     from annotate.quality import votes_from_judgements
 
     votes = votes_from_judgements(judgements.filter(is_repeat=False, pair__gold_choice=""))
-    return [int(str(annotator)) for annotator, score in competence(votes).items() if score < minimum]
+    return {int(str(annotator)): score for annotator, score in competence(votes).items()}
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,85 @@ def verdicts(judgements: Iterable[Judgement], rules: PreferenceRules) -> Iterato
                 [vote.pk for vote in backing],
                 backing,
             )
+
+
+# --- Weights of training pairs --------------------------------------------------------------------------------
+
+Weighting = Literal["none", "strength", "competence", "strength+competence"]
+WEIGHTING_NAMES = {
+    "none": "none (every pair 1)",
+    "strength": "strength",
+    "competence": "competence",
+    "strength+competence": "strength × competence",  # noqa: RUF001 (the multiplication sign is meant)
+}
+# A vote without a strength (imported votes) counts as "clearly better", the middle of the three.
+UNKNOWN_STRENGTH = Judgement.Strength.CLEARLY
+STRONGEST = max(Judgement.Strength.values)
+
+
+class WeighedVote(Protocol):
+    """What weighing reads of a vote (a Judgement, or an export's plain record)."""
+
+    @property
+    def choice(self) -> str: ...
+
+    @property
+    def strength(self) -> float | None: ...
+
+    @property
+    def annotator_id(self) -> int | None: ...
+
+
+# What the round page's and the dataset card's readers need to know about a weight; PairWeights computes it.
+WEIGHTS_RULE = (
+    "A pair's weight comes from the votes for its winner: by strength, their mean strength divided by 3 (slightly "
+    "1/3, clearly 2/3, much better 1; a vote without a strength, such as an imported one, counts as clearly); by "
+    "competence, their voters' mean MACE competence (a voter without an estimate, such as an imported vote, counts "
+    "as the mean estimate, or 1 when there is none); by both, the product of the two."
+)
+
+
+class PairWeights:
+    """A training pair's weight from the votes behind it, before normalising (see WEIGHTS_RULE)."""
+
+    def __init__(self, weighting: Weighting, competence: Mapping[int, float]) -> None:
+        self.weighting = weighting
+        self.competence = competence
+        self.unknown_competence = sum(competence.values()) / len(competence) if competence else 1.0
+
+    def weight(self, outcome: str, votes: Sequence[WeighedVote]) -> float:
+        backing = [vote for vote in votes if vote.choice == outcome]
+        weight = 1.0
+        if self.weighting in ("strength", "strength+competence"):
+            strengths = [UNKNOWN_STRENGTH if vote.strength is None else vote.strength for vote in backing]
+            weight *= sum(strengths) / len(strengths) / STRONGEST
+        if self.weighting in ("competence", "strength+competence"):
+            scores = [self._competence(vote.annotator_id) for vote in backing]
+            weight *= sum(scores) / len(scores)
+        return weight
+
+    def _competence(self, annotator_id: int | None) -> float:
+        if annotator_id is None:
+            return self.unknown_competence
+        return self.competence.get(annotator_id, self.unknown_competence)
+
+
+def weights_normalised(weights: Sequence[float]) -> list[float]:
+    """`weights` scaled to average 1, so a weighted round's learning rate means what an unweighted one's does.
+    Raises ValueError when they are all 0 (nothing would be learned)."""
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError("every training pair's weight is 0: no vote would count")
+    return [weight * len(weights) / total for weight in weights]
+
+
+def weights_described(weighting: Weighting, weights: Sequence[float], *, normalised: bool = True) -> str:
+    """How the weights were set, for a round page or a dataset card, e.g.
+    "strength × competence, normalised to mean 1; min 0.4, max 1.8"."""  # noqa: RUF002
+    if weighting == "none" or not weights:
+        return WEIGHTING_NAMES["none"]
+    scale = "normalised to mean 1" if normalised else "as computed, not normalised"
+    return f"{WEIGHTING_NAMES[weighting]}, {scale}; min {min(weights):.2f}, max {max(weights):.2f}"
 
 
 def assistant(text: str) -> list[dict[str, str]]:

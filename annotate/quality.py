@@ -7,12 +7,14 @@ repeat judgements), so the statistics do not depend on how those are stored.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db.models import QuerySet
+from django.core.cache import cache
+from django.db.models import Count, Max, QuerySet
 from django.db.models.functions import Length
 
 from annotate.agreement import (
@@ -138,6 +140,34 @@ def quality_report(
     thresholds = thresholds or quality_thresholds()
     votes = votes_from_judgements(judgements, repeat_ids=repeat_ids)
     return report_from_votes(votes, gold=gold, thresholds=thresholds)
+
+
+# The key changes with every new or changed vote among those read; this only bounds how long stale entries stay.
+REPORT_CACHE_SECONDS = 24 * 3600
+
+
+def quality_report_cached(
+    judgements: QuerySet[Judgement], *, gold: Mapping[int, str], repeat_ids: Collection[int]
+) -> QualityReport:
+    """quality_report, kept in the cache under a key made of everything the report reads: which votes (the query
+    itself, so every filter), their count, newest id and last change, the gold answers, the repeats and the flag
+    thresholds. A new or changed vote, a pair marked gold or a changed setting makes a new key; staff decisions about
+    annotators (pause, exclude) are not part of the report, so they need no recomputation."""
+    thresholds = quality_thresholds()
+    summary = judgements.aggregate(count=Count("id"), last_id=Max("id"), last_change=Max("updated_at"))
+    parts = (
+        str(judgements.order_by().values("id").query),
+        sorted(summary.items()),
+        sorted(gold.items()),
+        sorted(repeat_ids),
+        thresholds,
+    )
+    key = "quality-report:" + hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+    report = cache.get(key)
+    if not isinstance(report, QualityReport):
+        report = quality_report(judgements, gold=gold, repeat_ids=repeat_ids, thresholds=thresholds)
+        cache.set(key, report, REPORT_CACHE_SECONDS)
+    return report
 
 
 def report_from_votes(votes: list[Vote], *, gold: Mapping[int, str], thresholds: QualityThresholds) -> QualityReport:

@@ -27,7 +27,7 @@ from annotate import services
 from annotate.agreement import Flag
 from annotate.errors import Invalid
 from annotate.models import AnnotatorAction, AnnotatorStanding, Campaign, Judgement, Pair, TrainingRound
-from annotate.quality import AnnotatorRow, QualityReport, quality_report
+from annotate.quality import AnnotatorRow, QualityReport, quality_report_cached
 from annotate.web import AppRequest, render_page, staff_required
 
 VOTES_PER_PAGE = 20
@@ -193,7 +193,8 @@ def _day_start(day: date | None) -> datetime | None:
 
 
 def quality_rows(filters: QualityFilters) -> tuple[QualityReport, list[QualityRow]]:
-    """The report over the filtered votes and its annotator rows in the asked order, in four queries in all.
+    """The report over the filtered votes (cached: see quality_report_cached) and its annotator rows in the asked
+    order, with staff's decisions about each annotator read afresh.
 
     Gold answers come from the pairs (Pair.gold_choice) and repeats from the votes (Judgement.is_repeat)."""
     judgements = filters.judgements()
@@ -203,7 +204,7 @@ def quality_rows(filters: QualityFilters) -> tuple[QualityReport, list[QualityRo
         .values_list("pk", "gold_choice")
     )
     repeat_ids = set(judgements.filter(is_repeat=True).values_list("pk", flat=True))
-    report = quality_report(judgements, gold=gold, repeat_ids=repeat_ids)
+    report = quality_report_cached(judgements, gold=gold, repeat_ids=repeat_ids)
     standings = {
         standing.annotator_id: standing
         for standing in AnnotatorStanding.objects.filter(

@@ -16,6 +16,7 @@ from annotate import canary, rounds, sampling
 from annotate.errors import Conflict, Invalid
 from annotate.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
 from annotate.models import ModelVersion, TrainingRound
+from annotate.preferences import WEIGHTS_RULE
 from annotate.web import AppRequest, render_page, staff_required
 from training.config import FieldSpec
 
@@ -168,6 +169,7 @@ def _render_detail(
         "last": metrics[-1] if metrics else {},
         "canary": canary.canary_summary(training_round),
         "canary_form": canary_form or CanaryDecisionForm(),
+        "weights_rule": WEIGHTS_RULE if training_round.config.get("weighting", "none") != "none" else "",
     }
     return render_page(request, "rounds/detail.html", "round", context, status=status)
 

@@ -39,11 +39,22 @@ from annotate.generation import (
     client_from_settings,
 )
 from annotate.models import Judgement, ModelVersion, Prompt, TrainingRound
-from annotate.preferences import Combine, PreferenceRules, judgements_for_preferences, trl_preference_row, verdicts
+from annotate.preferences import (
+    Combine,
+    PairWeights,
+    PreferenceRules,
+    Weighting,
+    annotator_competence,
+    judgements_for_preferences,
+    trl_preference_row,
+    verdicts,
+    weights_described,
+    weights_normalised,
+)
 from annotate.sampling import pairs_refill_request as request_refill
 from training.config import TUNABLE_FIELDS, FieldSpec, RoundConfig
 from training.gate import gate_decision
-from training.jsonl import JsonLinesWriter
+from training.jsonl import JsonLinesWriter, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -275,12 +286,18 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     rules = PreferenceRules(**training_round.rules)
     cutoff = training_round.last_judgement_id or 0
     read = Judgement.objects.filter(pk__lte=cutoff)
-    # Which votes the rules leave out is decided once (with a minimum competence it runs MACE over every vote).
-    left_out = rules.left_out_conditions(read)
+    weighting = cast(Weighting, training_round.config.get("weighting", "none"))
+    # MACE runs once over every vote, when the rules or the weights need it.
+    needs_competence = rules.min_competence > 0 or "competence" in weighting
+    competence = annotator_competence(read) if needs_competence else None
+    # Which votes the rules leave out is decided once.
+    left_out = rules.left_out_conditions(read, competence)
     votes = judgements_for_preferences(rules.counted(read, left_out))
     counted = _Counted(votes.iterator(chunk_size=2000))
     train_path, heldout_path = directory / TRAIN_FILE, directory / HELDOUT_FILE
-    train = heldout = 0
+    heldout = 0
+    weights = PairWeights(weighting, competence or {})
+    train_weights: list[float] = []
     disagreement = _Disagreement()
     with JsonLinesWriter(train_path) as train_file, JsonLinesWriter(heldout_path) as heldout_file:
         for verdict in verdicts(counted, rules):
@@ -292,11 +309,19 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
                 heldout += 1
             else:
                 train_file.write(trl_preference_row(verdict))
-                train += 1
+                train_weights.append(weights.weight(verdict.outcome, verdict.judgements))
+    train = len(train_weights)
+    if weighting != "none" and train:
+        try:
+            train_weights = _weights_write(train_path, weights_normalised(train_weights))
+        except ValueError as error:
+            training_round.finish(Status.FAILED, error=f"weighting by {weighting}: {error}")
+            raise RoundStopped from None
     if settings.ROUND_LABEL_SMOOTHING_AUTO and training_round.config.get("loss_type") == "sigmoid":
         training_round.record(config={**training_round.config, "label_smoothing": disagreement.label_smoothing()})
     training_round.record(
         label_smoothing_basis=disagreement.describe(),
+        weighting_basis=weights_described(weighting, train_weights),
         directory=str(directory),
         votes_read=counted.count,
         train_pairs=train,
@@ -307,6 +332,16 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
         training_round.finish(Status.FAILED, error=f"only {train} training pairs after the rules were applied")
         raise RoundStopped
     return train_path, heldout_path
+
+
+def _weights_write(path: Path, weights: list[float]) -> list[float]:
+    """Add each row's weight to the training file (its rows in order), rounded as written; returns them."""
+    rounded = [round(weight, 6) for weight in weights]
+    with path.open(encoding="utf-8") as lines:
+        rows = ({**json.loads(line), "weight": weight} for line, weight in zip(lines, rounded, strict=True))
+        write_jsonl(path.with_suffix(".weighted"), rows)
+    path.with_suffix(".weighted").replace(path)
+    return rounded
 
 
 class _Disagreement:

@@ -37,7 +37,7 @@ from annotate.errors import Conflict, Invalid
 from annotate.exports import ExportFilters
 from annotate.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
 from annotate.models import AnnotatorAction, Campaign, Export, Judgement, ModelVersion, Pair, Prompt, TrainingRound
-from training.config import FieldSpec
+from training.config import WEIGHTINGS, FieldSpec
 
 ROLES = ("system", "user", "assistant")
 
@@ -419,6 +419,11 @@ class ExportInput(serializers.Serializer[Any]):
         default=0.0, min_value=0.0, max_value=1.0, help_text="Leave out annotators whose MACE competence is lower."
     )
     min_agreement = serializers.FloatField(default=0.0, min_value=0.0, max_value=1.0)
+    weighting = serializers.ChoiceField(
+        choices=WEIGHTINGS,
+        default="none",
+        help_text="trl-preference only: a weight column from the votes' strength and/or their voters' competence.",
+    )
     license = serializers.CharField(default="", allow_blank=True, max_length=100, help_text="Stated on the card.")
 
     def to_filters(self) -> ExportFilters:

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# How each training pair's weight is set from the votes behind it (annotate.preferences.pair_weight); "none": all 1.
+WEIGHTINGS = ("none", "strength", "competence", "strength+competence")
 # Pairwise losses TRL computes from the chosen/rejected log-ratios alone, with no extra hyper-parameter to tune.
 SUPPORTED_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
@@ -65,6 +67,14 @@ TUNABLE_FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "label_smoothing", float, 0.0, "robust DPO: the share of votes assumed flipped (0: plain DPO)", 0.0, 0.49
     ),
+    # Read when a round writes its training file; the trainer then follows the weights that file carries.
+    FieldSpec(
+        "weighting",
+        str,
+        "none",
+        "weigh each pair by its votes' strength, its voters' competence (MACE), or both",
+        choices=WEIGHTINGS,
+    ),
 )
 TUNABLE = {spec.name: spec for spec in TUNABLE_FIELDS}
 
@@ -89,6 +99,7 @@ class RoundConfig:
     lora_targets: str = "all-linear"  # or comma-separated module names, e.g. "q_proj,v_proj"
     loss_type: str = TUNABLE["loss_type"].default
     label_smoothing: float = TUNABLE["label_smoothing"].default
+    weighting: str = TUNABLE["weighting"].default
     seed: int = 0
     max_steps: int = TUNABLE["max_steps"].default
     # Speed levers, each measured by bench/train_cpu.py (docs/benchmarks.md, "Training speed"); defaults: the winners.

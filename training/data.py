@@ -4,21 +4,30 @@
  "rejected": [{"role": "assistant", "content": "Go away."}]}
 
 The prompt is the conversation so far (system, user and assistant turns, ending with a user turn); chosen and
-rejected are the assistant's two answers, the first preferred by a human.
+rejected are the assistant's two answers, the first preferred by a human. A row may also carry a "weight" (a number
+>= 0, how much the pair counts in training; see training.dpo.WeightedDPOTrainer); then every row of the file must.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from training.jsonl import write_jsonl
 
 Message = dict[str, str]
-PreferenceRow = dict[str, list[Message]]
+
+
+class PreferenceRow(TypedDict):
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    weight: NotRequired[float]
+
 
 MAX_ERRORS_SHOWN = 20
 
@@ -26,8 +35,9 @@ MAX_ERRORS_SHOWN = 20
 def load_pairs(path: Path | str) -> list[PreferenceRow]:
     """Read and validate a JSON Lines file of preference pairs.
 
-    Blank lines are skipped; keys other than prompt/chosen/rejected (ids, metadata) are dropped. Raises ValueError
-    listing every bad line (`path:line: reason`) when any line is invalid, so nothing trains on half a file.
+    Blank lines are skipped; keys other than prompt/chosen/rejected/weight (ids, metadata) are dropped. Raises
+    ValueError listing every bad line (`path:line: reason`) when any line is invalid, so nothing trains on half a file;
+    also when only some rows carry a weight, or every weight is 0.
     """
     path = Path(path)
     rows: list[PreferenceRow] = []
@@ -48,11 +58,17 @@ def load_pairs(path: Path | str) -> list[PreferenceRow]:
         raise ValueError(f"{len(errors)} invalid preference pair(s):\n" + "\n".join(shown) + more)
     if not rows:
         raise ValueError(f"{path} holds no preference pairs")
+    weighted = sum("weight" in row for row in rows)
+    if weighted not in (0, len(rows)):
+        raise ValueError(f"{path}: {weighted} of {len(rows)} pairs carry a weight; either every pair does or none")
+    if weighted and not any(row["weight"] > 0 for row in rows):
+        raise ValueError(f"{path}: every pair's weight is 0, so nothing would be learned")
     return rows
 
 
 def parse_pair(value: Any) -> PreferenceRow:
-    """Validate one decoded row and return it with only the prompt/chosen/rejected keys, messages OpenAI-style.
+    """Validate one decoded row and return it with only the prompt/chosen/rejected (and weight) keys, messages
+    OpenAI-style.
 
     Messages may be OpenAI- or ShareGPT-style (see `messages_from`); answers may be empty strings.
     """
@@ -68,7 +84,13 @@ def parse_pair(value: Any) -> PreferenceRow:
     rejected = messages_from(value["rejected"], "rejected", roles=("assistant",), allow_empty_content=True)
     if chosen == rejected:
         raise ValueError("chosen and rejected are identical: the pair carries no preference")
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    row: PreferenceRow = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if "weight" in value:
+        weight = value["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        row["weight"] = float(weight)
+    return row
 
 
 # OpenAI roles as they are; ShareGPT's "from" values mapped to them.

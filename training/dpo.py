@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import torch
 from datasets import Dataset
@@ -139,12 +139,12 @@ def build_trainer(
 ) -> DPOTrainer:
     """The DPOTrainer for one round, ready to `.train()`."""
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir)
-    trainer_class = LengthGroupedDPOTrainer if config.group_by_length else DPOTrainer
+    trainer_class = LengthGroupedDPOTrainer if config.group_by_length else WeightedDPOTrainer
     trainer = trainer_class(
         model=load_policy(config),
         ref_model=None,  # PEFT: base with the adapter disabled (round 1) or a frozen copy of the parent adapter
         args=dpo_arguments(config),
-        train_dataset=Dataset.from_list(list(rows)),
+        train_dataset=Dataset.from_list(weights_to_mean_one(rows)),
         processing_class=tokenizer,
         peft_config=None if config.parent_adapter_dir else lora_config(config),
         callbacks=list(callbacks),
@@ -154,8 +154,79 @@ def build_trainer(
     return trainer
 
 
-class LengthGroupedDPOTrainer(DPOTrainer):
-    """DPOTrainer whose batches hold pairs of similar length, so little of each batch is padding.
+WEIGHT: Final = "weight"
+
+
+def weights_to_mean_one(rows: Sequence[PreferenceRow]) -> list[dict[str, Any]]:
+    """The rows as plain dicts, their weights (if they carry any) scaled to average 1 over the rows: a weighted round
+    then moves the adapter as far as an unweighted one at the same learning rate, whatever scale the file used."""
+    total = sum(row.get(WEIGHT, 0.0) for row in rows)
+    if not total:
+        return [dict(row) for row in rows]
+    return [{**row, WEIGHT: row[WEIGHT] * len(rows) / total} for row in rows]
+
+
+class WeightedDPOTrainer(DPOTrainer):
+    """DPOTrainer where each pair's loss counts in proportion to its "weight" column, when the dataset has one.
+
+    TRL 1.16 has no per-pair weight for DPO, and its loss is one long method ending in `per_sequence_loss.mean()`.
+    Rather than copy that method, the weights act on the gradient: a hook scales the gradient reaching each pair's
+    policy log-probs (its chosen row and its rejected row) by the pair's weight. For a loss where each pair's term
+    depends only on that pair's log-probs (sigmoid, hinge, IPO, robust: every loss a round may use) this is exactly
+    the gradient of mean(weight x per-pair loss). The logged loss and rewards stay the unweighted ones. Without a
+    weight column nothing changes: the trainer is DPOTrainer.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The reference log-probs were precomputed above with TRL's collator, which must not see the weights (they
+        # would reach the model as an argument); training batches carry them.
+        if WEIGHT in cast(Dataset, self.train_dataset).column_names:
+            self.data_collator = _WithWeights(self.data_collator)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None and WEIGHT not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, WEIGHT]  # else Trainer drops the column
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        weights = inputs.pop(WEIGHT, None)  # (pairs,)
+        if weights is None or not torch.is_grad_enabled():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        handle = model.register_forward_hook(_weigh_gradients(weights))
+        try:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            handle.remove()
+
+
+class _WithWeights:
+    """TRL's collator, plus the batch's weights as a float tensor (pairs,)."""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator([{k: v for k, v in example.items() if k != WEIGHT} for example in examples])
+        batch[WEIGHT] = torch.tensor([example[WEIGHT] for example in examples], dtype=torch.float32)
+        return batch
+
+
+def _weigh_gradients(weights: torch.Tensor) -> Any:
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        log_probs = getattr(output, "log_probs", None)  # (2 x pairs, tokens): chosen rows, then rejected rows
+        if log_probs is None or not log_probs.requires_grad:
+            return  # the reference pass (no gradient) goes through the same model
+        per_row = torch.cat([weights, weights]).to(log_probs.device, log_probs.dtype)  # (2 x pairs,)
+        log_probs.register_hook(lambda gradient: gradient * per_row[:, None])
+
+    return hook
+
+
+class LengthGroupedDPOTrainer(WeightedDPOTrainer):
+    """WeightedDPOTrainer whose batches hold pairs of similar length, so little of each batch is padding.
 
     transformers' `train_sampling_strategy="group_by_length"` does not fit: it reads lengths from an `input_ids`
     column that a preference dataset lacks, and below 4 x 4 batches it groups nothing (a round of 32 pairs is 4).

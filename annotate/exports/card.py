@@ -18,6 +18,7 @@ from annotate.exports.filters import ExportFilters
 from annotate.exports.formats import FORMATS, MESSAGES, DatasetFormat
 from annotate.exports.stream import ExportStats
 from annotate.models import ModelVersion
+from annotate.preferences import WEIGHTS_RULE, weights_described
 
 _COMBINE_RULES = {
     "majority": "one verdict per pair: its most common vote; a draw between outcomes gives no verdict",
@@ -68,6 +69,7 @@ def _filter_lines(filters: ExportFilters, spec: DatasetFormat) -> list[tuple[str
         ("repeat votes", "included" if rules.include_repeats else "left out (they test self-consistency)"),
         ("votes of excluded annotators", "included" if rules.include_excluded_annotators else "left out"),
         ("minimum annotator competence (MACE)", f"{rules.min_competence:g}"),
+        ("weights", filters.weighting if filters.weighting != "none" else "none"),
     ]
 
 
@@ -84,6 +86,10 @@ def dataset_card(
 ) -> str:
     """The Markdown card written beside an export (YAML front matter as the Hugging Face Hub reads it)."""
     spec = FORMATS[dataset_format]
+    weighted = filters.weighting != "none"
+    if weighted:
+        spec = spec.with_weights()
+    extremes = [weight for weight in (stats.lightest, stats.heaviest) if weight is not None]
     licence = filters.license or settings.EXPORT_LICENSE or "unknown"
     versions = ModelVersion.objects.filter(pk__in=list(stats.answers_by_version)).select_related("parent")
     span = (
@@ -120,6 +126,8 @@ def dataset_card(
         "combine": combine,
         "combine_meaning": _COMBINE_RULES[combine],
         "mapping": spec.mapping,
+        "weights": weights_described(filters.weighting, extremes, normalised=False) if weighted else "",
+        "weights_rule": WEIGHTS_RULE,
         "schema": _table(
             ("column", "type", "meaning"), [(c.name, _arrow_type(c.type), c.meaning) for c in spec.columns]
         ),

@@ -12,7 +12,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from annotate.models import Judgement, ModelVersion, Prompt
-from annotate.preferences import PreferenceRules
+from annotate.preferences import PreferenceRules, Weighting
 
 SOURCES = tuple(Judgement.Source.values)
 
@@ -29,6 +29,8 @@ class ExportFilters:
     sources: tuple[str, ...] = ()  # human, simulated, imported
     on_policy: bool = False  # both answers from the version that served when the pair was sampled
     rules: PreferenceRules = field(default_factory=PreferenceRules)
+    # Not a filter: a weight column on trl-preference rows (annotate.preferences.PairWeights), when not "none".
+    weighting: Weighting = "none"
     license: str = ""  # not a filter: the licence the dataset card states
 
     @classmethod
@@ -52,6 +54,7 @@ class ExportFilters:
                 include_excluded_annotators=bool(values.get("include_excluded_annotators", False)),
                 min_competence=float(values.get("min_competence") or 0.0),
             ),
+            weighting=values.get("weighting") or "none",
             license=values["license"],
         )
 
@@ -65,6 +68,7 @@ class ExportFilters:
             "sources": list(self.sources),
             "on_policy": self.on_policy,
             **self.rules.as_dict(),
+            "weighting": self.weighting,
             "license": self.license,
         }
 
@@ -91,6 +95,7 @@ class ExportFilters:
                 include_excluded_annotators=bool(data.get("include_excluded_annotators", False)),
                 min_competence=float(data.get("min_competence", 0.0)),
             ),
+            weighting=data.get("weighting", "none"),
             license=data.get("license", ""),
         )
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 from django.conf import settings
 
 from annotate.models import Judgement, ModelVersion
-from annotate.preferences import DECISIVE, PreferenceRules, assistant, preference_row
+from annotate.preferences import DECISIVE, PairWeights, PreferenceRules, assistant, preference_row
 
 Row = dict[str, Any]
 Messages = list[dict[str, str]]
@@ -94,9 +94,11 @@ class ExportVerdict:
 
 
 class RowContext:
-    """What rows need beyond the votes: version names (few, read once) and the judge pseudonyms' key."""
+    """What rows need beyond the votes: version names (few, read once), the judge pseudonyms' key, and how to weigh a
+    row when the export asks for weights."""
 
-    def __init__(self) -> None:
+    def __init__(self, weights: PairWeights | None = None) -> None:
+        self.weights = weights
         self.version_names: dict[int, str] = dict(ModelVersion.objects.values_list("id", "name"))
         self._key = settings.SECRET_KEY.encode()
         self._judges: dict[tuple[int | None, str], str] = {}  # one entry per annotator or imported file
@@ -150,11 +152,14 @@ def _paired_lineage(verdict: ExportVerdict, context: RowContext) -> Row:
 
 def trl_preference_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
     if verdict.outcome in DECISIVE and verdict.chosen is not None and verdict.rejected is not None:
-        yield {
+        row = {
             **preference_row(verdict.pair.prompt, verdict.chosen, verdict.rejected),
             "margin": margin(verdict.strength),
             **_paired_lineage(verdict, context),
         }
+        if context.weights is not None:
+            row[WEIGHT_COLUMN.name] = round(context.weights.weight(verdict.outcome, verdict.judgements), 4)
+        yield row
 
 
 _KTO_LABELS = {"a": (True, False), "b": (False, True), "both_bad": (False, False)}
@@ -245,9 +250,22 @@ class DatasetFormat:
     def schema(self) -> pa.Schema:
         return pa.schema([(column.name, column.type) for column in self.columns])
 
+    def with_weights(self) -> DatasetFormat:
+        """This format with the weight column (a weighted trl-preference export)."""
+        return replace(self, columns=(*self.columns, WEIGHT_COLUMN))
+
     def rules(self, rules: PreferenceRules) -> PreferenceRules:
         return replace(rules, combine="all") if self.one_row_per_vote else rules
 
+
+# Only when an export asks for weights, and only on trl-preference rows (the rows training reads).
+WEIGHTED_FORMAT = "trl-preference"
+WEIGHT_COLUMN = Column(
+    "weight",
+    pa.float64(),
+    "how much the pair should count in training (see How votes became rows); pairloop's trainer scales the weights "
+    "to mean 1",
+)
 
 _PAIRED_LINEAGE = (
     Column("pair_id", pa.int64(), "the pair in pairloop"),

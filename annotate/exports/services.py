@@ -14,10 +14,11 @@ from django.utils import timezone
 from annotate.broker import enqueue
 from annotate.exports.card import card_path, dataset_card
 from annotate.exports.filters import ExportFilters, filter_errors, judgements_matching
-from annotate.exports.formats import DATASET_FORMATS
+from annotate.exports.formats import DATASET_FORMATS, WEIGHTED_FORMAT
 from annotate.exports.stream import Progress, export_write
 from annotate.exports.writers import FILE_FORMATS
 from annotate.models import Export
+from training.config import WEIGHTINGS
 
 logger = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 1.0  # seconds between progress writes while an export runs
@@ -38,6 +39,10 @@ def export_errors(*, dataset_format: str, file_format: str, filters: ExportFilte
         errors["dataset_format"] = f"must be one of {', '.join(DATASET_FORMATS)}"
     if file_format not in FILE_FORMATS:
         errors["file_format"] = f"must be one of {', '.join(FILE_FORMATS)}"
+    if filters.weighting not in WEIGHTINGS:
+        errors["weighting"] = f"must be one of {', '.join(WEIGHTINGS)}"
+    elif filters.weighting != "none" and dataset_format != WEIGHTED_FORMAT:
+        errors["weighting"] = f"only {WEIGHTED_FORMAT} rows carry a weight"
     return {**errors, **filter_errors(filters)}
 
 

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from django.db.models import QuerySet, TextField
+from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from annotate.exports.filters import ExportFilters, judgements_matching
-from annotate.exports.formats import FORMATS, ExportPair, ExportVerdict, ExportVote, RowContext
+from annotate.exports.formats import FORMATS, WEIGHT_COLUMN, ExportPair, ExportVerdict, ExportVote, RowContext
 from annotate.exports.writers import open_writer
 from annotate.models import Judgement
-from annotate.preferences import PreferenceRules, combine
+from annotate.preferences import PairWeights, PreferenceRules, annotator_competence, combine
 
 READ_CHUNK = 2000  # votes fetched from the database at a time (and between progress reports)
 Progress = Callable[[int], None]
@@ -43,10 +43,13 @@ _VOTE = slice(0, len(VOTE_FIELDS))
 _PAIR_ID = itemgetter(1)
 
 
-def votes_to_export(filters: ExportFilters) -> QuerySet[Judgement, tuple[Any, ...]]:
-    """The matching votes as tuples (VOTE_FIELDS then PAIR_FIELDS), ordered by pair so they group while streaming."""
+def votes_to_export(
+    filters: ExportFilters, left_out: dict[str, Q] | None = None
+) -> QuerySet[Judgement, tuple[Any, ...]]:
+    """The matching votes as tuples (VOTE_FIELDS then PAIR_FIELDS), ordered by pair so they group while streaming;
+    `left_out`: the rules' conditions when already decided (PreferenceRules.left_out_conditions)."""
     return (
-        filters.rules.counted(judgements_matching(filters))
+        filters.rules.counted(judgements_matching(filters), left_out)
         .annotate(prompt_json=Cast("pair__prompt__messages", TextField()))
         .order_by("pair_id", "id")
         .values_list(*VOTE_FIELDS, *PAIR_FIELDS)
@@ -91,6 +94,12 @@ class ExportStats:
     answers_by_version: Counter[int] = field(default_factory=Counter)
     first_vote: datetime | None = None
     last_vote: datetime | None = None
+    lightest: float | None = None  # the smallest and largest row weight, when the rows carry weights
+    heaviest: float | None = None
+
+    def weigh(self, weight: float) -> None:
+        self.lightest = weight if self.lightest is None else min(self.lightest, weight)
+        self.heaviest = weight if self.heaviest is None else max(self.heaviest, weight)
 
     def add(self, verdict: ExportVerdict) -> None:
         self.verdicts += 1
@@ -121,9 +130,17 @@ def export_write(
     """Stream the matching votes into `path` as rows of the format. Writes beside it and renames when complete,
     so a failed export never leaves half a file under the final name."""
     spec = FORMATS[dataset_format]
+    weighted = filters.weighting != "none"
+    matching = judgements_matching(filters)
+    # MACE runs once, when the rules or the weights need it.
+    needs_competence = filters.rules.min_competence > 0 or "competence" in filters.weighting
+    competence = annotator_competence(matching) if needs_competence else None
+    left_out = filters.rules.left_out_conditions(matching, competence)
+    if weighted:
+        spec = spec.with_weights()
     stats = ExportStats()
-    context = RowContext()
-    rows = votes_to_export(filters).iterator(chunk_size=READ_CHUNK)
+    context = RowContext(PairWeights(filters.weighting, competence or {}) if weighted else None)
+    rows = votes_to_export(filters, left_out).iterator(chunk_size=READ_CHUNK)
     partial = path.with_name(path.name + ".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = open_writer(file_format, partial, spec.schema)
@@ -135,6 +152,8 @@ def export_write(
                 for row in build_rows(verdict, context):
                     write(row)
                     written += 1
+                    if weighted:
+                        stats.weigh(row[WEIGHT_COLUMN.name])
                 if written:
                     stats.rows += written
                     stats.add(verdict)

@@ -375,6 +375,11 @@ def test_bad_exports_are_a_400_naming_the_fields(staff_api, one_vote_each_way):
     response = staff_api.post("/api/exports/", {"dataset_format": "arena", "date_to": "9999-12-31"}, format="json")
     assert response.status_code == 400
     assert response.json()["errors"] == {"date_to": "9999-12-31 is too near the end of the calendar: use a real date"}
+    response = staff_api.post("/api/exports/", {"dataset_format": "arena", "weighting": "strength"}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"weighting": "only trl-preference rows carry a weight"}
+    response = staff_api.post("/api/exports/", {"dataset_format": "trl-preference", "weighting": "loud"}, format="json")
+    assert response.status_code == 400 and set(response.json()["errors"]) == {"weighting"}
     assert not Export.objects.exists()
 
 

@@ -300,6 +300,29 @@ def test_export_run_records_the_export_and_writes_a_card_beside_it(tmp_path, vot
     assert exports.export_run(export=done).status == "done"  # runs once
 
 
+def test_a_weighted_trl_preference_export_carries_weights_and_its_card_says_how(tmp_path, voted, staff, settings):
+    settings.EXPORT_DIR = tmp_path / "exports"
+    much = voted("a", "a", strength=3)
+    slightly = voted("b", "a", "b", strength=1)  # the b votes say "slightly"; the a vote is not behind the row
+    created = exports.export_create(created_by=staff, dataset_format="trl-preference", file_format="parquet",
+                                    filters=ExportFilters(weighting="strength"))  # fmt: skip
+
+    done = exports.export_run(export=created)
+
+    rows = read_rows(Path(done.path))
+    assert {row["pair_id"]: row["weight"] for row in rows} == {much.pk: 1.0, slightly.pk: 0.3333}
+    card = Path(done.path).with_suffix(".md").read_text()
+    for expected in (
+        "| weights | strength |",
+        "| weight | double |",
+        "Weights: strength, as computed, not normalised; min 0.33, max 1.00.",
+        "a vote without a strength, such as an imported one, counts as clearly",
+    ):
+        assert expected in card, expected
+    plain, _ = export(tmp_path, "trl-preference")
+    assert plain and all("weight" not in row for row in plain)
+
+
 def test_a_failed_export_is_recorded_and_leaves_no_partial_file(tmp_path, voted, staff):
     voted("a")
     blocker = tmp_path / "not-a-directory"

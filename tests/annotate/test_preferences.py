@@ -78,3 +78,24 @@ def test_bad_rules_are_refused():
         PreferenceRules(combine="mean")
     with pytest.raises(ValueError, match="min_agreement"):
         PreferenceRules(min_agreement=2)
+
+
+def test_weights_count_a_vote_without_strength_or_competence_as_the_middle():
+    from typing import NamedTuple
+
+    from annotate.preferences import PairWeights
+
+    class Vote(NamedTuple):
+        choice: str
+        strength: int | None
+        annotator_id: int | None
+
+    competence = {1: 0.9, 2: 0.5}  # MACE estimated these two; their mean, 0.7, stands for anyone else
+    imported = Vote("a", None, None)
+    weigh = PairWeights("strength+competence", competence)
+
+    assert weigh.weight("a", [imported]) == pytest.approx(2 / 3 * 0.7)
+    assert weigh.weight("a", [Vote("a", 3, 1), Vote("b", 1, 2), imported]) == pytest.approx((3 + 2) / 2 / 3 * 0.8)
+    assert PairWeights("strength", {}).weight("b", [Vote("b", 1, 7)]) == pytest.approx(1 / 3)
+    assert PairWeights("competence", {}).weight("b", [Vote("b", 1, 7)]) == 1.0  # no estimate at all: 1
+    assert PairWeights("none", competence).weight("a", [Vote("a", 1, 2)]) == 1.0

@@ -252,11 +252,44 @@ def test_the_page_answers_htmx_with_its_fragment(population, staff_client):
 
 
 def test_queries_do_not_grow_with_annotators_or_votes(population, staff_client, django_assert_max_num_queries):
-    # The session and user, the campaigns for the filter, gold answers, repeats, the votes, names, standings.
-    with django_assert_max_num_queries(10):
+    # The session and user, the campaigns for the filter, gold answers, repeats, the votes' fingerprint, the cache,
+    # the votes, names, standings; storing the report in the database cache takes three more.
+    with django_assert_max_num_queries(15):
+        assert staff_client.get("/quality/").status_code == 200
+    with django_assert_max_num_queries(10):  # the report from the cache: neither the votes nor the names
         assert staff_client.get("/quality/").status_code == 200
     with django_assert_max_num_queries(14):
         assert staff_client.get(f"/quality/annotators/{SPAMMER}/").status_code == 200
+
+
+def test_the_report_is_computed_once_until_a_vote_changes_it(population, make_pair, staff_client, monkeypatch):
+    from annotate import quality
+
+    estimates = []
+    real_competence = quality.competence
+    monkeypatch.setattr(quality, "competence", lambda votes: estimates.append(1) or real_competence(votes))
+    first = staff_client.get("/quality/").content.decode()
+    second = staff_client.get("/quality/").content.decode()
+    assert len(estimates) == 1 and _rows(second) == _rows(first)
+    api = staff_client.get("/api/quality/")
+    assert api.status_code == 200 and len(estimates) == 1  # the API reads the same report
+
+    response = staff_client.post(f"/quality/annotators/{SPAMMER}/actions/",
+                                 {"action": "exclude", "reason": "left on every pair"})  # fmt: skip
+    assert response.status_code == 303
+    assert "votes excluded" in _row_html(staff_client.get("/quality/").content.decode(), SPAMMER)
+    assert len(estimates) == 1  # a staff decision is shown at once; the statistics do not depend on it
+
+    make_pair(required=5)
+    ada = Judgement.objects.filter(annotator__username="ada").first().annotator
+    _vote(ada, "right")
+    third = staff_client.get("/quality/").content.decode()
+    assert len(estimates) == 2
+    assert ">13<" in _row_html(third, "ada") and ">12<" in _row_html(first, "ada")  # her votes, with the new one
+    staff_client.get("/quality/?sort=votes")  # another order of the same report
+    assert len(estimates) == 2
+    staff_client.get("/quality/?date_from=2000-01-01")  # other filters, another report
+    assert len(estimates) == 3
 
 
 # --- The drill-down ---------------------------------------------------------------------------------------------

@@ -73,7 +73,8 @@ def test_a_round_whose_worker_vanished_no_longer_blocks(round_settings, votes, s
     ("overrides", "field", "message"),
     [({"loss_type": "hinge-ish"}, "loss_type", "must be one of"), ({"output_dir": "/tmp"}, "output_dir", "chosen by"),
      ({"beta": "high"}, "beta", "must be float"), ({"unknown": 1}, "unknown", "unknown"),
-     ({"max_length": 16}, "max_length", ">= 32"), ({"max_steps": 0}, "max_steps", "-1 or >= 1")],
+     ({"max_length": 16}, "max_length", ">= 32"), ({"max_steps": 0}, "max_steps", "-1 or >= 1"),
+     ({"weighting": "loudness"}, "weighting", "must be one of")],
 )  # fmt: skip
 def test_bad_config_is_refused_with_the_reason(round_settings, votes, serving_version, overrides, field, message):
     votes(4)
@@ -375,3 +376,97 @@ def test_auto_label_smoothing_follows_the_votes_disagreement(
     with pytest.raises(Invalid) as refused:
         rounds.round_start(trigger="api", overrides={"label_smoothing": 0.1, "loss_type": "ipo"})
     assert "needs the sigmoid loss" in refused.value.errors["config"]
+
+
+def _vote_every_pair(annotator, answer):
+    """The annotator votes on every open pair through the services, for `answer(pair)`: ("a" or "b", strength)."""
+    import uuid
+
+    from annotate import services
+
+    while (assignment := services.assignment_lease_next(annotator=annotator)) is not None:
+        chosen, strength = answer(assignment.pair)
+        side = "left" if (chosen == "a") == assignment.a_on_left else "right"
+        services.judgement_record(annotator=annotator, pair_id=assignment.pair_id, choice=side, strength=strength,
+                                  rationale="", idempotency_key=uuid.uuid4())  # fmt: skip
+
+
+def _weights_by_number(train_path):
+    """Each training row's weight, by the number in its chosen answer ("short 3" -> 3)."""
+    rows = [json.loads(line) for line in train_path.read_text().splitlines()]
+    return {int(row["chosen"][0]["content"].split()[-1]): row["weight"] for row in rows}
+
+
+def test_strength_weighting_weighs_each_pair_by_its_votes_strength(
+    round_settings, make_pair, django_user_model, serving_version, staff, client
+):
+    round_settings.ROUND_HOLDOUT_FRACTION = 0.0
+    for number in range(8):
+        make_pair(texts=(f"short {number}", f"a much longer answer {number}"), required=2)
+    first, second = (django_user_model.objects.create_user(name) for name in ("first", "second"))
+    # Both prefer the short answer: "much better" on even pairs, "slightly" on odd ones; the second voter says
+    # "clearly" on the first four.
+    _vote_every_pair(first, lambda pair: ("a", 3 if int(pair.completion_a.text.split()[-1]) % 2 == 0 else 1))
+    _vote_every_pair(second, lambda pair: ("a", 2 if int(pair.completion_a.text.split()[-1]) < 4 else 3))
+
+    training_round = rounds.round_start(trigger="api", overrides={"weighting": "strength"})
+    train_path, _ = rounds.round_prepare(training_round)
+
+    # Mean strengths: (3+2)/2, (1+2)/2, (3+3)/2, (1+3)/2 on pairs 0-3 (even, odd) and 4-7; their mean is 2.25.
+    raw = {number: ((3 if number % 2 == 0 else 1) + (2 if number < 4 else 3)) / 2 for number in range(8)}
+    expected = {number: round(value / 2.25, 6) for number, value in raw.items()}
+    assert _weights_by_number(train_path) == pytest.approx(expected)
+    training_round.refresh_from_db()
+    assert training_round.config["weighting"] == "strength"
+    assert training_round.weighting_basis == "strength, normalised to mean 1; min 0.67, max 1.33"
+    client.force_login(staff)
+    page = client.get(f"/rounds/{training_round.pk}/").content.decode()
+    assert "strength, normalised to mean 1; min 0.67, max 1.33" in page
+    assert "their mean strength divided by 3" in page  # the rule behind the weights
+
+
+@pytest.mark.parametrize("weighting", ["competence", "strength+competence"])
+def test_competence_weighting_trusts_the_pairs_of_competent_voters_more(
+    round_settings, make_pair, django_user_model, serving_version, weighting
+):
+    from annotate.preferences import annotator_competence
+
+    round_settings.ROUND_HOLDOUT_FRACTION = 0.0
+    for number in range(12):
+        make_pair(texts=(f"short {number}", f"a much longer answer {number}"), required=3)
+    careful = [django_user_model.objects.create_user(f"careful{n}") for n in range(2)]
+    erratic = django_user_model.objects.create_user("erratic")
+    for voter in careful:
+        _vote_every_pair(voter, lambda pair: ("a", 2))
+    # The erratic voter agrees with the careful ones on a third of the pairs only, and then "much better".
+    _vote_every_pair(erratic, lambda pair: ("a", 3) if int(pair.completion_a.text.split()[-1]) % 3 == 0 else ("b", 1))
+    scores = annotator_competence(Judgement.objects.all())
+    assert scores[erratic.pk] < min(scores[voter.pk] for voter in careful)
+
+    training_round = rounds.round_start(trigger="api", overrides={"weighting": weighting})
+    train_path, _ = rounds.round_prepare(training_round)
+
+    weights = _weights_by_number(train_path)
+    careful_mean = sum(scores[voter.pk] for voter in careful) / 2
+    with_erratic = (2 * careful_mean + scores[erratic.pk]) / 3
+    raw = {number: (with_erratic if number % 3 == 0 else careful_mean) for number in range(12)}
+    if weighting == "strength+competence":  # (2+2+3)/3 and 2, over 3
+        raw = {number: value * ((7 / 3) if number % 3 == 0 else 2) / 3 for number, value in raw.items()}
+    mean = sum(raw.values()) / len(raw)
+    assert weights == pytest.approx({number: value / mean for number, value in raw.items()}, abs=1e-6)
+    assert sum(weights.values()) / len(weights) == pytest.approx(1.0, abs=1e-5)
+    training_round.refresh_from_db()
+    name = "competence" if weighting == "competence" else "strength × competence"  # noqa: RUF001
+    assert training_round.weighting_basis.startswith(f"{name}, normalised to mean 1; min ")
+
+
+def test_without_weighting_the_training_file_carries_no_weights(round_settings, votes, serving_version):
+    votes(8)
+    training_round = rounds.round_start(trigger="api")
+
+    train_path, _ = rounds.round_prepare(training_round)
+
+    assert all("weight" not in json.loads(line) for line in train_path.read_text().splitlines())
+    training_round.refresh_from_db()
+    assert training_round.config["weighting"] == "none"
+    assert training_round.weighting_basis == "none (every pair 1)"

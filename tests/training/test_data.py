@@ -45,6 +45,21 @@ def test_load_pairs_names_every_bad_line(tmp_path: Path) -> None:
     assert f"{path}:1:" not in message and f"{path}:3:" not in message
 
 
+def test_load_pairs_keeps_weights_and_refuses_bad_ones(tmp_path: Path) -> None:
+    weighted = [{**row, "weight": weight} for row, weight in zip(TINY_PAIRS[:3], (0, 1.5, 1.5), strict=True)]
+    path = write_lines(tmp_path / "weighted.jsonl", [json.dumps(row) for row in weighted])
+    assert [row.get("weight") for row in load_pairs(path)] == [0.0, 1.5, 1.5]
+
+    bad = [{**TINY_PAIRS[0], "weight": -1}, {**TINY_PAIRS[1], "weight": "heavy"}, {**TINY_PAIRS[2], "weight": True}]
+    with pytest.raises(ValueError) as error:
+        load_pairs(write_lines(tmp_path / "bad.jsonl", [json.dumps(row) for row in bad]))
+    assert str(error.value).count("weight must be a finite number >= 0") == 3
+    with pytest.raises(ValueError, match="1 of 2 pairs carry a weight"):
+        load_pairs(write_lines(tmp_path / "mixed.jsonl", [json.dumps(weighted[1]), json.dumps(TINY_PAIRS[0])]))
+    with pytest.raises(ValueError, match="every pair's weight is 0"):
+        load_pairs(write_lines(tmp_path / "zero.jsonl", [json.dumps({**TINY_PAIRS[0], "weight": 0})]))
+
+
 def test_load_pairs_rejects_a_file_without_pairs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="holds no preference pairs"):
         load_pairs(write_lines(tmp_path / "empty.jsonl", ["", ""]))

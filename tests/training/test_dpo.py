@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors import safe_open
 from transformers import TrainerCallback
 
 from tests.training.samples import TINY_PAIRS, pair, tiny_round_config
 from training.config import RoundConfig
+from training.data import PreferenceRow
 from training.dpo import (
     LengthGroupedDPOTrainer,
     MetricsFileCallback,
@@ -229,3 +231,80 @@ def test_speed_levers_reach_trl(tmp_path: Path) -> None:
     assert arguments.precompute_ref_log_probs is True
     defaults = dpo_arguments(tiny_round_config(Path("/m"), tmp_path))
     assert (defaults.gradient_checkpointing, defaults.bf16, defaults.torch_compile) == (False, False, False)
+
+
+class GradientsBeforeStep(TrainerCallback):
+    """Keeps the trainable parameters' gradients of the first optimizer step, by name."""
+
+    def __init__(self) -> None:
+        self.gradients: dict[str, torch.Tensor] = {}
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if not self.gradients:
+            self.gradients = {
+                name: parameter.grad.detach().clone()
+                for name, parameter in model.named_parameters()
+                if parameter.requires_grad and parameter.grad is not None
+            }
+
+
+def first_step(config: RoundConfig, rows: list[PreferenceRow]) -> tuple[dict[str, torch.Tensor], float]:
+    """The gradients of one optimizer step on `rows`, and the loss TRL logged for it."""
+    gradients = GradientsBeforeStep()
+    trainer = build_trainer(config, rows, callbacks=[gradients])
+    trainer.args.max_grad_norm = 0.0  # no clipping: it would hide a gradient scaled by the wrong factor
+    output = trainer.train()
+    assert gradients.gradients
+    return gradients.gradients, output.training_loss
+
+
+def assert_same_gradients(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        # Float error scales with the gradient: batches of one and of two pairs sum in different orders.
+        scale = second[name].abs().max().item()
+        torch.testing.assert_close(
+            first[name], second[name], rtol=1e-3, atol=1e-4 * scale, msg=f"{name} differs (scale {scale:.3g})"
+        )
+
+
+@pytest.mark.slow
+def test_weights_of_one_train_exactly_as_no_weights(base_model_dir: Path, tmp_path: Path) -> None:
+    rows = TINY_PAIRS[:2]
+    config = tiny_round_config(base_model_dir, tmp_path, max_steps=1)
+
+    plain, plain_loss = first_step(config, rows)
+    weighted, weighted_loss = first_step(config, [{**row, "weight": 1.0} for row in rows])
+
+    assert_same_gradients(weighted, plain)
+    assert weighted_loss == pytest.approx(plain_loss, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_a_pair_weighted_zero_is_as_if_it_were_left_out(base_model_dir: Path, tmp_path: Path) -> None:
+    left_out, kept = TINY_PAIRS[0], TINY_PAIRS[1]
+    # Weights average 1 over the rows: 0 and 2. One batch of both is then the same step as a batch of the kept one.
+    weighted, _ = first_step(
+        tiny_round_config(base_model_dir, tmp_path / "weighted", max_steps=1, batch_size=2),
+        [{**left_out, "weight": 0.0}, {**kept, "weight": 2.0}],
+    )
+    alone, _ = first_step(tiny_round_config(base_model_dir, tmp_path / "alone", max_steps=1, batch_size=1), [kept])
+    both, _ = first_step(
+        tiny_round_config(base_model_dir, tmp_path / "both", max_steps=1, batch_size=2), [left_out, kept]
+    )
+
+    assert_same_gradients(weighted, alone)
+    with pytest.raises(AssertionError):  # the pair left out does move the adapter when it counts
+        assert_same_gradients(both, alone)
+
+
+def test_weights_reach_the_batches_scaled_to_mean_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    rows: list[PreferenceRow] = [
+        {**row, "weight": weight} for row, weight in zip(TINY_PAIRS[:4], (1, 3, 0, 4), strict=True)
+    ]
+    trainer = build_trainer(tiny_round_config(tiny_model_dir, tmp_path, max_steps=1, batch_size=4), rows)
+
+    batch = next(iter(trainer.get_train_dataloader()))
+
+    assert sorted(batch["weight"].tolist()) == [0.0, 0.5, 1.5, 2.0]
+    assert {"input_ids", "ref_chosen_logps"} <= set(batch)

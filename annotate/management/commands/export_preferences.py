@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from annotate import exports
 from annotate.models import Export
+from training.config import WEIGHTINGS
 
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
@@ -44,6 +45,9 @@ class Command(BaseCommand):
                             help="votes of annotators staff excluded (left out by default)")  # fmt: skip
         parser.add_argument("--min-competence", type=float, default=0.0,
                             help="leave out annotators whose MACE competence is lower (0: keep all)")  # fmt: skip
+        parser.add_argument("--weighting", choices=WEIGHTINGS, default="none",
+                            help="trl-preference only: a weight column from the votes' strength and/or their "
+                                 "voters' competence")  # fmt: skip
         parser.add_argument("--license", default="", help="the licence the dataset card states")
 
     def handle(self, *args: Any, **options: Any) -> None:
