@@ -131,6 +131,9 @@ class ExportForm(forms.Form):
     include_gold = forms.BooleanField(required=False, label="Include votes on gold pairs")
     include_repeats = forms.BooleanField(required=False, label="Include repeat votes")
     include_excluded_annotators = forms.BooleanField(required=False, label="Include excluded annotators' votes")
+    exclude_head_to_head = forms.BooleanField(
+        required=False, label="Leave out head-to-head votes", help_text="Pairs whose answers come from two versions."
+    )
     min_competence = forms.FloatField(min_value=0.0, max_value=1.0, initial=0.0, required=False)
     min_agreement = forms.FloatField(min_value=0.0, max_value=1.0, initial=0.0)
     weighting = forms.ChoiceField(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 
 from annotate.models import Judgement, Pair
 
@@ -25,7 +25,9 @@ class PreferenceRules:
     all: one row per vote; unanimous: one row per pair whose votes all agree.
 
     Which votes count at all: votes on gold pairs (they test annotators), repeat votes (they test self-consistency)
-    and the votes of annotators staff excluded are left out unless included."""
+    and the votes of annotators staff excluded are left out unless included. Votes on head-to-head pairs (two model
+    versions' answers: the canary's and the leaderboard's) count like any other unless excluded: they are human
+    preferences too, but off-policy for the version being trained."""
 
     combine: Combine = "majority"
     include_ties: bool = False
@@ -34,6 +36,7 @@ class PreferenceRules:
     include_gold: bool = False
     include_repeats: bool = False
     include_excluded_annotators: bool = False
+    exclude_head_to_head: bool = False
     # Leave out annotators whose MACE competence (annotate.agreement.competence, over the votes being read) is lower;
     # 0 keeps everyone.
     min_competence: float = 0.0
@@ -55,6 +58,7 @@ class PreferenceRules:
             "include_gold": self.include_gold,
             "include_repeats": self.include_repeats,
             "include_excluded_annotators": self.include_excluded_annotators,
+            "exclude_head_to_head": self.exclude_head_to_head,
             "min_competence": self.min_competence,
         }
 
@@ -75,6 +79,11 @@ class PreferenceRules:
             reasons["repeat votes (self-consistency checks)"] = Q(is_repeat=True)
         if not self.include_excluded_annotators:
             reasons["votes of excluded annotators"] = Q(annotator__standing__votes_excluded=True)
+        if self.exclude_head_to_head:
+            same_version = F("pair__completion_b__model_version_id")
+            reasons["votes on head-to-head pairs (two model versions)"] = ~Q(
+                pair__completion_a__model_version_id=same_version
+            )
         return reasons
 
     def counted(self, judgements: QuerySet[Judgement], conditions: dict[str, Q] | None = None) -> QuerySet[Judgement]:

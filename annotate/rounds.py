@@ -79,6 +79,7 @@ def round_rules() -> PreferenceRules:
         combine=cast(Combine, settings.ROUND_COMBINE),
         min_agreement=settings.ROUND_MIN_AGREEMENT,
         min_competence=settings.ROUND_MIN_COMPETENCE,
+        exclude_head_to_head=settings.ROUND_EXCLUDE_HEAD_TO_HEAD,
     )
 
 

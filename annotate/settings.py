@@ -370,6 +370,8 @@ ROUND_COMBINE = env_str("ROUND_COMBINE", "majority")
 ROUND_MIN_AGREEMENT = env_float("ROUND_MIN_AGREEMENT", 0.0)
 # Leave out the votes of annotators whose estimated competence (MACE over the round's votes) is below this; 0: off.
 ROUND_MIN_COMPETENCE = env_float("ROUND_MIN_COMPETENCE", 0.0)
+# Votes on head-to-head pairs (the canary's, the leaderboard's) train like any other unless this is on.
+ROUND_EXCLUDE_HEAD_TO_HEAD = env_bool("ROUND_EXCLUDE_HEAD_TO_HEAD", False)
 # Set each round's label smoothing (robust DPO) from how much its votes disagree, instead of ROUND_LABEL_SMOOTHING.
 ROUND_LABEL_SMOOTHING_AUTO = env_bool("ROUND_LABEL_SMOOTHING_AUTO", False)
 ROUND_GATE_MIN_ACCURACY = env_float("ROUND_GATE_MIN_ACCURACY", 0.5)

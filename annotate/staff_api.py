@@ -415,6 +415,9 @@ class ExportInput(serializers.Serializer[Any]):
     include_excluded_annotators = serializers.BooleanField(
         default=False, help_text="Votes of annotators staff excluded (left out by default)."
     )
+    exclude_head_to_head = serializers.BooleanField(
+        default=False, help_text="Leave out votes on head-to-head pairs (answers from two model versions)."
+    )
     min_competence = serializers.FloatField(
         default=0.0, min_value=0.0, max_value=1.0, help_text="Leave out annotators whose MACE competence is lower."
     )

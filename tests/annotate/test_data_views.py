@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from kombu.exceptions import OperationalError
@@ -125,7 +127,8 @@ def test_export_without_javascript_goes_to_the_export_with_its_card(
     assert f'href="/data/exports/{export.pk}/download/?file=card"' in page
     download = staff_client.get(f"/data/exports/{export.pk}/download/")
     assert download.status_code == 200
-    assert b'"chosen": [{"role": "assistant", "content": "good answer"}]' in b"".join(download.streaming_content)
+    (row,) = [json.loads(line) for line in b"".join(download.streaming_content).splitlines()]
+    assert row["chosen"] == [{"role": "assistant", "content": "good answer"}]
     assert staff_client.get(f"/data/exports/{export.pk}/download/?file=other").status_code == 404
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from annotate import exports, rounds, sampling, services
 from annotate.exports import ExportFilters
-from annotate.models import ModelVersion, Pair, TrainingRound
+from annotate.models import Judgement, ModelVersion, Pair, TrainingRound
+from annotate.preferences import PreferenceRules
 
 from .conftest import run_round
 from .edges import ChattingModelServer
@@ -208,3 +209,50 @@ def test_the_arena_export_names_the_version_behind_each_side_of_a_head_to_head_p
             assert answer.startswith("Brief") == (row[f"model_{side}"] == trained.name)
     # Which version is A is drawn for each pair: 16 pairs all one way happens once in 32768 runs.
     assert 0 < sum(row["model_a"] == trained.name for row in battles) < 16
+
+
+def test_head_to_head_votes_train_unless_the_rules_leave_them_out(
+    head_to_head, serving_version, tmp_path, django_user_model
+):
+    """Rounds and exports read votes through the same rules: head-to-head votes count by default (off-policy
+    preferences) and the rule `exclude_head_to_head` leaves out exactly them, saying so."""
+    trained = run_round().result_version
+    head_to_head.HEAD_TO_HEAD_PAIR_SHARE = 0.5
+    head_to_head.JUDGEMENTS_PER_PAIR = 1
+    assert refill(head_to_head, 8) == 8
+    voter = django_user_model.objects.create_user("rule voter")
+    while (assignment := services.assignment_lease_next(annotator=voter)) is not None:
+        services.judgement_record(
+            annotator=voter, pair_id=assignment.pair_id, choice="left", strength=2, rationale="",
+            idempotency_key=uuid.uuid4(),
+        )  # fmt: skip
+    voted = Pair.objects.filter(judgements__annotator=voter)
+    battles = {pair.pk for pair in voted if pair.is_head_to_head}
+    ordinary = {pair.pk for pair in voted if not pair.is_head_to_head}
+    assert battles and ordinary
+    assert all(trained.pk in {p.completion_a.model_version_id, p.completion_b.model_version_id}
+               for p in Pair.objects.filter(pk__in=battles))  # fmt: skip
+
+    def exported(**rules: bool) -> tuple[set[str], dict[str, int]]:
+        path = tmp_path / f"prefs-{len(rules)}.jsonl"
+        filters = ExportFilters(annotators=("rule voter",), rules=PreferenceRules(**rules))
+        exports.export_write(dataset_format="trl-preference", file_format="jsonl", filters=filters, path=path)
+        answers = {json.loads(line)["chosen"][-1]["content"] for line in path.read_text().splitlines()}
+        matching = Judgement.objects.filter(annotator=voter)
+        return answers, filters.rules.left_out(matching)
+
+    def chosen_texts(pairs: set[int]) -> set[str]:
+        texts = set()
+        for judgement in Judgement.objects.filter(annotator=voter, pair__in=pairs).select_related("pair"):
+            completion = judgement.pair.completion_a if judgement.choice == "a" else judgement.pair.completion_b
+            texts.add(completion.text)
+        return texts
+
+    everything, _ = exported()
+    assert everything == chosen_texts(battles | ordinary)
+    without, left_out = exported(exclude_head_to_head=True)
+    assert without == chosen_texts(ordinary)
+    assert left_out["votes on head-to-head pairs (two model versions)"] == len(battles)
+    # A round reads the same rule from its setting.
+    head_to_head.ROUND_EXCLUDE_HEAD_TO_HEAD = True
+    assert rounds.round_rules().exclude_head_to_head is True
