@@ -498,6 +498,7 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
         _run_training_process(
             training_round, arguments, directory / "train.log", metrics_path=output_dir / "metrics.jsonl"
         )
+    _record_process_phases(training_round, comparison)
     training_round.advance(Status.EVALUATING)
     evaluation = _evaluation(training_round, comparison)
     version = ModelVersion.objects.create(
@@ -508,6 +509,20 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
     )
     training_round.record(evaluation=evaluation, result_version=version)
     return version
+
+
+def _record_process_phases(training_round: TrainingRound, comparison: Path) -> None:
+    """Split the training process's wall time into its phases, as it measured them: start (importing torch and TRL),
+    load (the model and the data), train, evaluate."""
+    if not comparison.is_file():
+        return
+    seconds = json.loads(comparison.read_text()).get("seconds") or {}
+    phases = {name: float(seconds[name]) for name in ("load", "train", "evaluate") if name in seconds}
+    if "process" in seconds and phases:
+        phases = {"start": round(max(0.0, float(seconds["process"]) - sum(phases.values())), 1), **phases}
+    if phases:
+        training_round.phase_seconds = {**training_round.phase_seconds, **phases}
+        TrainingRound.objects.filter(pk=training_round.pk).update(phase_seconds=training_round.phase_seconds)
 
 
 def _evaluation(training_round: TrainingRound, comparison: Path) -> dict[str, Any]:

@@ -24,12 +24,15 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from training.config import RoundConfig
 from training.data import load_pairs
+
+STARTED = time.monotonic()  # before torch and TRL are imported: a round's "start" phase is mostly their import
 
 USAGE_ERROR = 2
 
@@ -169,6 +172,13 @@ def round_command(args: argparse.Namespace) -> int:
     print(f"adapter: {result.adapter_dir}")
     report = comparison_report(results, cache, config.beta, config.max_length, args.heldout)
     report.update(model=config.base_model_dir, candidate=result.adapter_dir, parent=config.parent_adapter_dir)
+    # Where the process's time went; what the phases leave is importing torch and TRL (and writing the adapter).
+    report["seconds"] = {
+        "process": round(time.monotonic() - STARTED, 1),
+        "load": result.load_seconds,
+        "train": round(result.runtime_seconds, 1),
+        "evaluate": result.evaluate_seconds,
+    }
     _write_report(args.evaluation_output, report)
     return 0
 

@@ -58,6 +58,8 @@ class TrainResult:
     runtime_seconds: float
     train_loss: float
     final_metrics: dict[str, Any]  # the last metrics.jsonl line
+    load_seconds: float = 0.0  # reading the pairs, loading the model and TRL's preparation of the data
+    evaluate_seconds: float = 0.0  # scoring the held-out pairs (train_and_evaluate_round only)
 
 
 def train_round(config: RoundConfig, dataset_path: Path | str) -> TrainResult:
@@ -79,6 +81,7 @@ def train_and_evaluate_round(
     """
     heldout = load_pairs(heldout_path)  # refused before training starts if it is bad
     trainer, result = run_training(config, dataset_path)
+    started = time.monotonic()
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.eval()
     tokenizer = trainer.processing_class
@@ -95,7 +98,7 @@ def train_and_evaluate_round(
         batch_size or config.batch_size,
         reference_cache,
     )
-    return result, scores
+    return dataclasses.replace(result, evaluate_seconds=round(time.monotonic() - started, 1)), scores
 
 
 def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrainer, TrainResult]:
@@ -104,10 +107,12 @@ def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrai
     leftovers = [name for name in ROUND_OUTPUTS if (output_dir / name).exists()]
     if leftovers:
         raise FileExistsError(f"{output_dir} already holds the outputs of a round ({', '.join(leftovers)})")
+    started = time.monotonic()
     rows = load_pairs(dataset_path)
     metrics_path = output_dir / METRICS_FILE
     metrics = MetricsFileCallback(metrics_path)
     trainer = build_trainer(config, rows, callbacks=[metrics])
+    load_seconds = round(time.monotonic() - started, 1)
 
     is_main_process = trainer.accelerator.is_main_process
     if is_main_process:
@@ -128,6 +133,7 @@ def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrai
         runtime_seconds=float(output.metrics["train_runtime"]),
         train_loss=float(output.training_loss),
         final_metrics=metrics.last_record,
+        load_seconds=load_seconds,
     )
     if is_main_process:
         (output_dir / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")

@@ -35,7 +35,9 @@ if command == "round":
                  "mean_margin": 0.1, "count": 4, "skipped": 0}}
     models = {{"candidate": scored(float(os.environ.get("SCRIPTED_ACCURACY", "0.75"))),
                "parent": scored(float(os.environ.get("SCRIPTED_PARENT_ACCURACY", "0.5")))}}
-    Path(options["--evaluation-output"]).write_text(json.dumps({{"reference": "base", "models": models}}))
+    seconds = {{"process": 4.0, "load": 1.5, "train": 1.25, "evaluate": 0.75}}  # as the real process reports them
+    Path(options["--evaluation-output"]).write_text(json.dumps({{"reference": "base", "models": models,
+                                                                 "seconds": seconds}}))
 '''
 
 

@@ -27,7 +27,10 @@ def test_a_round_the_gate_passes_serves_and_its_adapter_is_loaded(loop, serving_
     serving_version.refresh_from_db()
     assert serving_version.status == ModelVersion.Status.RETIRED
     assert [step.step for step in training_round.steps.all()] == [1, 2]
-    assert set(training_round.phase_seconds) == {"prepare", "train_and_evaluate", "deploy"}
+    phases = training_round.phase_seconds
+    assert set(phases) == {"prepare", "train_and_evaluate", "start", "load", "train", "evaluate", "deploy"}
+    # The training process's own split: what its phases leave of its wall time is the start (imports).
+    assert (phases["start"], phases["load"], phases["train"], phases["evaluate"]) == (0.5, 1.5, 1.25, 0.75)
     assert training_round.evaluation["reference"] == "base model"
     assert (training_round.evaluation["accuracy"], training_round.evaluation["parent_accuracy"]) == (0.75, 0.5)
 

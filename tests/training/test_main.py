@@ -141,6 +141,11 @@ def test_round_trains_then_scores_candidate_and_parent_against_the_base(
         reports.append(json.loads(evaluation.read_text()))
 
     first, second = reports
+    for report in reports:  # the process says where its time went; the phases fit inside its wall time
+        seconds = report["seconds"]
+        assert set(seconds) == {"process", "load", "train", "evaluate"}
+        assert all(seconds[phase] > 0 for phase in ("load", "train", "evaluate"))
+        assert seconds["load"] + seconds["train"] + seconds["evaluate"] <= seconds["process"] + 0.2
     assert first["models"]["parent"]["accuracy"] == 0.5 and first["models"]["parent"]["mean_margin"] == 0
     assert first["reference_cache"]["misses"] == len(TINY_PAIRS)
     assert (second["reference_cache"]["hits"], second["reference_cache"]["misses"]) == (len(TINY_PAIRS), 0)
