@@ -99,8 +99,7 @@ def pairs_sample_head_to_head(
                     prompt=prompt,
                     completion_a=completions[0],
                     completion_b=completions[1],
-                    sampled_from=owner,
-                    judgements_required=settings.JUDGEMENTS_PER_PAIR,
+                    sampled_from=owner,  # votes needed: the campaign's, as for any new pair (Pair.save)
                 )
             )
     return pairs

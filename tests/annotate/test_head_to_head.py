@@ -10,7 +10,7 @@ import pytest
 
 from annotate import exports, rounds, sampling, services
 from annotate.exports import ExportFilters
-from annotate.models import Judgement, ModelVersion, Pair, TrainingRound
+from annotate.models import Campaign, Judgement, ModelVersion, Pair, TrainingRound
 from annotate.preferences import PreferenceRules
 
 from .conftest import run_round
@@ -256,3 +256,14 @@ def test_head_to_head_votes_train_unless_the_rules_leave_them_out(
     # A round reads the same rule from its setting.
     head_to_head.ROUND_EXCLUDE_HEAD_TO_HEAD = True
     assert rounds.round_rules().exclude_head_to_head is True
+
+
+def test_head_to_head_pairs_need_as_many_votes_as_their_campaign_asks(head_to_head, serving_version):
+    """Overlap k is the campaign's, for head-to-head pairs as for any new pair (not the deployment's default)."""
+    run_round()
+    Campaign.objects.update(votes_per_pair=3)
+    before = last_pair_id()
+    assert refill(head_to_head, 8) == 8
+    pairs = new_pairs(before)
+    assert any(pair.is_head_to_head for pair in pairs)
+    assert {pair.judgements_required for pair in pairs} == {3}
