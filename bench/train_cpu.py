@@ -124,7 +124,7 @@ def worker(arguments: argparse.Namespace) -> dict[str, Any]:
     pairs = len(trainer.train_dataset)
     peak = peak_memory_gib(arguments.device)
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)  # scored in fp32, as in a round
     model.eval()
     evaluated = time.perf_counter()
     scores = compare_against_base(
@@ -298,9 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.worker:
         print(json.dumps(worker(arguments)))
         return 0
-    arguments.output_dir = arguments.output_dir or Path(
-        tempfile.mkdtemp(prefix="train-cpu-", dir=REPO / "var" / "bench" if (REPO / "var").is_dir() else None)
-    )
+    if arguments.output_dir is None:
+        scratch = REPO / "var" / "bench"
+        scratch.mkdir(parents=True, exist_ok=True)
+        arguments.output_dir = Path(tempfile.mkdtemp(prefix="train-cpu-", dir=scratch))
     arguments.output_dir.mkdir(parents=True, exist_ok=True)
     from training.data import write_pairs
 

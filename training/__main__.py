@@ -176,7 +176,7 @@ def round_command(args: argparse.Namespace) -> int:
     report["seconds"] = {
         "process": round(time.monotonic() - STARTED, 1),
         "load": result.load_seconds,
-        "train": round(result.runtime_seconds, 1),
+        "train": round(result.runtime_seconds, 3),
         "evaluate": result.evaluate_seconds,
     }
     _write_report(args.evaluation_output, report)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # How each training pair's weight is set from the votes behind it (annotate.preferences.pair_weight); "none": all 1.
@@ -79,6 +81,20 @@ TUNABLE_FIELDS: tuple[FieldSpec, ...] = (
 TUNABLE = {spec.name: spec for spec in TUNABLE_FIELDS}
 
 
+def cpu_multiplies_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX-512 BF16 or AMX), the condition for bf16 autocast to pay on it.
+
+    Without it PyTorch emulates bf16 and autocast is slower than fp32. Read from Linux's /proc/cpuinfo; False where
+    that file is missing.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
 @dataclass(frozen=True)
 class RoundConfig:
     base_model_dir: str
@@ -109,8 +125,9 @@ class RoundConfig:
     group_by_length: bool = True
     # Recompute activations in the backward pass: less memory, more time. Worth it only for long sequences.
     gradient_checkpointing: bool = False
-    # bf16 autocast on the CPU too (fp32 master weights); on a GPU that supports it, bf16 autocast is always on.
-    cpu_bf16: bool = False
+    # bf16 autocast on the CPU too (fp32 master weights); on a GPU that supports it, bf16 autocast is always on. By
+    # default on where the CPU multiplies bf16 natively: there its matrix products run about 4x faster than fp32.
+    cpu_bf16: bool = dataclasses.field(default_factory=lambda: cpu_multiplies_bf16())
     torch_compile: bool = False
 
     def __post_init__(self) -> None:
@@ -129,7 +146,11 @@ class RoundConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown RoundConfig field(s) {unknown}; known fields are {sorted(known)}")
-        required = {field.name for field in dataclasses.fields(cls) if field.default is dataclasses.MISSING}
+        required = {
+            field.name
+            for field in dataclasses.fields(cls)
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        }
         missing = sorted(required - set(values))
         if missing:
             raise ValueError(f"RoundConfig is missing required field(s) {missing}")

@@ -40,6 +40,7 @@ from trl import DPOConfig, DPOTrainer
 from training.config import RoundConfig
 from training.data import PreferenceRow, load_pairs
 from training.evaluate import EvalResult, ReferenceCache, compare_against_base, model_cache_key
+from training.fused_head import score_answer_positions_only
 
 ADAPTER_DIR = "adapter"
 CONFIG_FILE = "config.json"
@@ -82,7 +83,8 @@ def train_and_evaluate_round(
     heldout = load_pairs(heldout_path)  # refused before training starts if it is bad
     trainer, result = run_training(config, dataset_path)
     started = time.monotonic()
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    # Without accelerate's autocast wrapper: the held-out pairs are scored in fp32, like the cached base log-probs
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     model.eval()
     tokenizer = trainer.processing_class
     # TRL keeps the parent adapter, frozen and unchanged, as "ref" (round 2 and later): that is the parent model.
@@ -98,7 +100,7 @@ def train_and_evaluate_round(
         batch_size or config.batch_size,
         reference_cache,
     )
-    return dataclasses.replace(result, evaluate_seconds=round(time.monotonic() - started, 1)), scores
+    return dataclasses.replace(result, evaluate_seconds=round(time.monotonic() - started, 3)), scores
 
 
 def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrainer, TrainResult]:
@@ -112,7 +114,7 @@ def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrai
     metrics_path = output_dir / METRICS_FILE
     metrics = MetricsFileCallback(metrics_path)
     trainer = build_trainer(config, rows, callbacks=[metrics])
-    load_seconds = round(time.monotonic() - started, 1)
+    load_seconds = round(time.monotonic() - started, 3)
 
     is_main_process = trainer.accelerator.is_main_process
     if is_main_process:
@@ -145,6 +147,7 @@ def build_trainer(
 ) -> DPOTrainer:
     """The DPOTrainer for one round, ready to `.train()`."""
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir)
+    score_answer_positions_only(enabled=not config.torch_compile)  # before TRL's reference pass in the constructor
     trainer_class = LengthGroupedDPOTrainer if config.group_by_length else WeightedDPOTrainer
     trainer = trainer_class(
         model=load_policy(config),
@@ -323,7 +326,7 @@ def dpo_arguments(config: RoundConfig) -> DPOConfig:
         max_length=config.max_length,
         seed=config.seed,
         # Weights stay fp32 (bf16 weights swallow small updates); the passes autocast to bf16 on a GPU that has it,
-        # and on the CPU only when asked (see docs/benchmarks.md for what it does to speed there).
+        # and on a CPU with bf16 arithmetic unless the config says otherwise (docs/benchmarks.md, "Training speed").
         bf16=(on_gpu and torch.cuda.is_bf16_supported()) or (not on_gpu and config.cpu_bf16),
         use_cpu=not on_gpu and config.cpu_bf16,  # transformers refuses bf16 without a GPU unless told it is the CPU
         precompute_ref_log_probs=config.precompute_reference,

@@ -31,6 +31,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head
 
 from training.data import Message, PreferenceRow
+from training.fused_head import score_answer_positions_only
 
 # Kept importable from here until annotate/rounds.py imports them from training.gate (no torch) instead.
 from training.gate import GateDecision as GateDecision
@@ -333,6 +334,7 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     add_fused_lm_head(model)  # log-probs in chunks, never the [B, T, vocabulary] logits; before PEFT wraps it
+    score_answer_positions_only()
     adapters = [(POLICY_ADAPTER, adapter_dir), (REFERENCE_ADAPTER, reference_adapter_dir)]
     adapters += list((named_adapters or {}).items())
     for name, directory in adapters:

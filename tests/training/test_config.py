@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from training.config import RoundConfig
+from training.config import RoundConfig, cpu_multiplies_bf16
 
 REQUIRED = {"base_model_dir": "/models/base", "output_dir": "/runs/round-1"}
 
@@ -101,3 +101,23 @@ def test_label_smoothing_is_robust_dpo_and_needs_the_sigmoid_loss() -> None:
     assert dpo_arguments(RoundConfig(**REQUIRED)).loss_type == ["sigmoid"]
     with pytest.raises(ValueError, match="needs the sigmoid loss"):
         RoundConfig(**REQUIRED, label_smoothing=0.1, loss_type="ipo")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n", True),
+        ("flags\t\t: fpu avx512f amx_bf16 amx_tile\n", True),
+        ("flags\t\t: fpu avx2 avx512f avx512_vnni\n", False),  # AVX-512 alone: bf16 is emulated there
+        ("", False),
+    ],
+)
+def test_bf16_autocast_on_the_cpu_only_where_it_multiplies_bf16(flags: str, expected: bool) -> None:
+    assert cpu_multiplies_bf16(flags) is expected
+
+
+def test_a_saved_config_without_cpu_bf16_takes_this_machines_default() -> None:
+    config = RoundConfig.from_dict(REQUIRED)
+
+    assert config.cpu_bf16 is cpu_multiplies_bf16()
+    assert RoundConfig.from_json(config.to_json()) == config

@@ -21,6 +21,7 @@ from training.dpo import (
     build_trainer,
     dpo_arguments,
     metrics_record,
+    run_training,
     train_round,
 )
 
@@ -231,6 +232,20 @@ def test_speed_levers_reach_trl(tmp_path: Path) -> None:
     assert arguments.precompute_ref_log_probs is True
     defaults = dpo_arguments(tiny_round_config(Path("/m"), tmp_path))
     assert (defaults.gradient_checkpointing, defaults.bf16, defaults.torch_compile) == (False, False, False)
+
+
+@pytest.mark.slow
+def test_a_bf16_round_on_the_cpu_learns(base_model_dir: Path, tiny_pairs_path: Path, tmp_path: Path) -> None:
+    config = tiny_round_config(base_model_dir, tmp_path, cpu_bf16=True, max_steps=4)
+
+    trainer, result = run_training(config, tiny_pairs_path)
+
+    assert trainer.accelerator.mixed_precision == "bf16"
+    lines = read_metrics(tmp_path)
+    # The reference pass and the first step both autocast, in batches of other shapes: bf16 rounding, not learning
+    assert lines[0]["loss"] == pytest.approx(math.log(2), abs=0.01)
+    assert lines[-1]["rewards/margins"] > 0.05 and lines[-1]["loss"] < lines[0]["loss"] - 0.02
+    assert result.steps == 4 and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
 class GradientsBeforeStep(TrainerCallback):
