@@ -1,7 +1,10 @@
+import hashlib
 import json
+import uuid
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from annotate import imports
 from annotate.models import Completion, Judgement, ModelVersion, Pair, Prompt, conversation_hash
@@ -271,6 +274,108 @@ def test_an_imported_prompt_reuses_the_stored_one(make_pair):
     result = imports.preferences_import(preference_file=parsed, dataset_format="trl", file_name="colours.jsonl")
     assert (result.imported, result.new_prompts) == (1, 0)
     assert Pair.objects.exclude(pk=pair.pk).get().prompt_id == pair.prompt_id
+
+
+# What an import stores, field by field: the expected values are worked out here from the rows themselves (not by
+# the code under test), so a faster write path has to store exactly what the ORM's bulk_create stored before it.
+
+SYSTEM = {"role": "system", "content": "Answer in one word."}
+COLOUR = {"role": "user", "content": "Name a colour."}
+
+
+def _digest(messages):
+    return hashlib.sha256(json.dumps(messages, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+def _written(model, after_id, started, finished):
+    """The rows the import wrote (ids above after_id), in id order, every field; its timestamps checked and set
+    aside, and the idempotency keys checked to be new random UUIDs."""
+    rows = list(model.objects.filter(id__gt=after_id).order_by("id").values())
+    for row in rows:
+        for name in ("created_at", "updated_at"):
+            if name in row:
+                assert started <= row[name] <= finished
+                row[name] = "during the import"
+        if "idempotency_key" in row:
+            assert isinstance(row["idempotency_key"], uuid.UUID) and row["idempotency_key"].version == 4
+            row["idempotency_key"] = "random"
+    return rows
+
+
+def test_an_import_stores_exactly_these_field_values(monkeypatch):
+    earlier = imports.parse_preferences(
+        json.dumps({"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."}), dataset_format="trl"
+    )
+    imports.preferences_import(preference_file=earlier, dataset_format="trl", file_name="earlier.jsonl")
+    stored = Prompt.objects.create(messages=[COLOUR], prompt_set="colours", tags=["x"], source="demo")
+    kept = Prompt.objects.values().get(pk=stored.pk)
+    last = {model: max(model.objects.values_list("id", flat=True)) for model in (Prompt, Completion, Pair, Judgement)}
+    rows = [
+        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "No."},  # the prompt stored already
+        {"prompt": [SYSTEM, COLOUR], "chosen": [{"role": "assistant", "content": "Red"}],
+         "rejected": [{"role": "assistant", "content": "Colours?"}]},  # a new prompt of two messages
+        {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "No."},  # earlier in this file
+        {"prompt": "Name a colour.", "chosen": "Green.", "rejected": "Blue."},
+        {"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."},  # imported earlier
+        {"prompt": "Capital of France?", "chosen": "Lyon.", "rejected": "Paris."},  # the other way round: new
+        {"prompt": "Tea or coffee?", "chosen": "Tea.", "rejected": "Coffee."},  # a new prompt
+    ]  # fmt: skip
+    parsed = imports.parse_preferences("\n".join(json.dumps(row) for row in rows), dataset_format="trl")
+    monkeypatch.setattr(imports, "WRITE_BATCH", 3)  # several chunks: duplicates are found across them too
+    flips = iter([1, 0, 0, 1, 1])
+    monkeypatch.setattr(imports.secrets, "randbits", lambda bits: next(flips))
+    started = timezone.now()
+    result = imports.preferences_import(preference_file=parsed, dataset_format="trl", file_name="prefs.jsonl")
+    finished = timezone.now()
+    assert (result.imported, result.duplicates, result.new_prompts) == (5, 2, 2)
+
+    version = ModelVersion.objects.get()
+    france = Prompt.objects.get(source="earlier.jsonl").pk
+    tea_messages = [{"role": "user", "content": "Tea or coffee?"}]
+    new_prompts = _written(Prompt, last[Prompt], started, finished)
+    assert [{**prompt, "id": None} for prompt in new_prompts] == [
+        {"id": None, "messages": messages, "content_hash": _digest(messages), "prompt_set": "imported", "tags": [],
+         "source": "prefs.jsonl", "is_active": False, "created_at": "during the import", "refusal_count": 0,
+         "last_refusal": "", "last_refused_at": None}
+        for messages in ([SYSTEM, COLOUR], tea_messages)
+    ]  # fmt: skip
+    assert Prompt.objects.values().get(pk=stored.pk) == kept  # reused as it was
+    assert Prompt.objects.get(pk=france).content_hash == _digest([{"role": "user", "content": "Capital of France?"}])
+    two_messages, tea = (prompt["id"] for prompt in new_prompts)
+    # (prompt, chosen, rejected, chosen is A) for each new preference, in the file's order
+    fresh = [
+        (stored.pk, "Blue.", "No.", True),
+        (two_messages, "Red", "Colours?", False),
+        (stored.pk, "Green.", "Blue.", False),
+        (france, "Lyon.", "Paris.", True),
+        (tea, "Tea.", "Coffee.", True),
+    ]
+    answers = _written(Completion, last[Completion], started, finished)
+    assert [{**answer, "id": None} for answer in answers] == [
+        {"id": None, "prompt_id": prompt, "model_version_id": version.pk, "text": text, "sampling": {}, "seed": None,
+         "finish_reason": "", "prompt_tokens": None, "completion_tokens": None, "latency_ms": None,
+         "response_id": "", "created_at": "during the import"}
+        for prompt, chosen, rejected, a_chosen in fresh
+        for text in ((chosen, rejected) if a_chosen else (rejected, chosen))
+    ]  # fmt: skip
+    pairs = _written(Pair, last[Pair], started, finished)
+    assert [{**pair, "id": None} for pair in pairs] == [
+        {"id": None, "prompt_id": prompt, "completion_a_id": answers[2 * index]["id"],
+         "completion_b_id": answers[2 * index + 1]["id"], "sampled_from_id": version.pk, "campaign_id": None,
+         "judgements_required": 1, "judgement_count": 1, "lease_count": 0, "gold_choice": "",
+         "created_at": "during the import"}
+        for index, (prompt, *_) in enumerate(fresh)
+    ]  # fmt: skip
+    votes = _written(Judgement, last[Judgement], started, finished)
+    assert [{**vote, "id": None} for vote in votes] == [
+        {"id": None, "pair_id": pair["id"], "annotator_id": None, "assignment_id": None,
+         "choice": "a" if a_chosen else "b", "strength": None, "rationale": "", "a_on_left": None,
+         "time_spent_ms": None, "idempotency_key": "random", "source": "imported",
+         "source_detail": "prefs.jsonl (trl)", "is_repeat": False, "created_at": "during the import",
+         "updated_at": "during the import"}
+        for pair, (*_, a_chosen) in zip(pairs, fresh, strict=True)
+    ]  # fmt: skip
+    assert len(set(Judgement.objects.values_list("idempotency_key", flat=True))) == Judgement.objects.count()
 
 
 USER, ANSWER = {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}
