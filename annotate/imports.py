@@ -14,12 +14,15 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
 
 from annotate.models import Completion, Judgement, ModelVersion, Pair, Prompt, conversation_hash
 from training.data import hh_rlhf_to_trl
@@ -515,20 +518,93 @@ def external_version(*, dataset_format: str) -> ModelVersion:
     return version
 
 
-def _prompts_for(rows: Sequence[PreferenceRow], *, prompt_set: str, source: str) -> tuple[dict[str, Prompt], int]:
-    """The stored prompt of every row's conversation (existing ones reused), and how many were new."""
-    wanted = {conversation_hash(row.prompt): row.prompt for row in rows}
-    prompts = {prompt.content_hash: prompt for prompt in Prompt.objects.filter(content_hash__in=list(wanted))}
+def _unset_value(field: models.Field[Any, Any], now: datetime) -> Any:
+    """What a model instance would store in a field nobody set: its default, or the time for auto_now(_add)."""
+    return now if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False) else field.get_default()
+
+
+def _source_sql(
+    db: BaseDatabaseWrapper, fields: Sequence[models.Field[Any, Any]], rows: list[list[Any]]
+) -> tuple[str, list[Any]]:
+    """The rows to insert, as SQL and its parameters. PostgreSQL takes one array a column (UNNEST), as bulk_create
+    sends them there: a statement with a placeholder for every value costs psycopg more to compose than it costs the
+    database to run."""
+    if db.vendor == "postgresql":
+        arrays = ", ".join(f"%s::{cast(str, field.db_type(db)).split('(')[0]}[]" for field in fields)
+        return f"SELECT * FROM UNNEST({arrays})", [list(column) for column in zip(*rows, strict=True)]
+    one_row = f"({', '.join(['%s'] * len(fields))})"
+    return f"VALUES {', '.join([one_row] * len(rows))}", [value for row in rows for value in row]
+
+
+def _insert(
+    model: type[models.Model], columns: Sequence[str], rows: Sequence[Sequence[Any]], *, now: datetime, **same: Any
+) -> list[int]:
+    """Insert rows into the model's table, storing what bulk_create would, without a model instance for each row
+    (Django's per-object, per-field work was most of a large import's time). Each row gives the values of
+    `columns` (attnames, such as "prompt_id"); `same` gives values shared by every row; every other field takes the
+    value a new instance would (its default, called for each row when it is callable, such as a random key; `now`
+    for auto_now and auto_now_add). Each value is prepared by its field (JSON, UUIDs, dates) for the database in
+    use. Returns the new ids, in the rows' order."""
+    db = connections[DEFAULT_DB_ALIAS]  # once: `connection` looks it up again on every use
+    meta = model._meta
+    fields = {field.attname: field for field in meta.concrete_fields if not field.primary_key}
+    if unknown := (set(columns) | set(same)) - set(fields):
+        raise TypeError(f"{model.__name__} has no field {', '.join(sorted(unknown))}")
+    given = [fields[name] for name in columns]
+    unset = [field for name, field in fields.items() if name not in columns and name not in same]
+    per_row = [field for field in unset if field.has_default() and callable(field.default)]
+    fixed = [(fields[name], value) for name, value in same.items()]
+    fixed += [(field, _unset_value(field, now)) for field in unset if field not in per_row]
+    fixed_values = [field.get_db_prep_save(value, db) for field, value in fixed]
+    prepared = [
+        [
+            *(field.get_db_prep_save(value, db) for field, value in zip(given, row, strict=True)),
+            *(field.get_db_prep_save(field.get_default(), db) for field in per_row),
+            *fixed_values,
+        ]
+        for row in rows
+    ]
+    order = [*given, *per_row, *(field for field, _ in fixed)]
+
+    quote = db.ops.quote_name
+    names = ", ".join(quote(cast(str, field.column)) for field in order)  # a concrete field always has a column
+    insert = f"INSERT INTO {quote(meta.db_table)} ({names}) "
+    ids: list[int] = []
+    with db.cursor() as cursor:
+        if not db.features.can_return_rows_from_bulk_insert:  # SQLite before 3.35: one row at a time
+            for values in prepared:
+                cursor.execute(insert + _source_sql(db, order, [values])[0], values)
+                ids.append(db.ops.last_insert_id(cursor, meta.db_table, meta.pk.attname))
+            return ids
+        # As many rows a statement as bulk_create puts in one (SQLite limits the parameters of a statement).
+        for batch in batched(prepared, max(1, db.ops.bulk_batch_size(order, prepared))):
+            source, params = _source_sql(db, order, batch)
+            cursor.execute(f"{insert}{source} RETURNING {quote(cast(str, meta.pk.column))}", params)
+            ids.extend(new_id for (new_id,) in cursor.fetchall())  # in the rows' order, as bulk_create takes them
+    if len(ids) != len(rows):
+        raise RuntimeError(f"{len(rows)} rows inserted into {meta.db_table}, but {len(ids)} ids came back")
+    return ids
+
+
+def _prompts_for(
+    rows: Sequence[PreferenceRow], digests: Sequence[str], *, prompt_set: str, source: str, now: datetime
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The ids of the rows' prompts (by conversation hash): those stored already, and those stored now."""
+    wanted = dict(zip(digests, (row.prompt for row in rows), strict=True))
+    stored = dict(Prompt.objects.filter(content_hash__in=list(wanted)).values_list("content_hash", "id"))
+    new = [(digest, messages) for digest, messages in wanted.items() if digest not in stored]
     # Prompts that come with someone else's preference data are not sampled for new pairs unless staff say so.
-    new = Prompt.objects.bulk_create(
-        Prompt(
-            messages=messages, content_hash=digest, prompt_set=prompt_set, source=_source_name(source), is_active=False
-        )
-        for digest, messages in wanted.items()
-        if digest not in prompts
+    ids = _insert(
+        Prompt,
+        ("content_hash", "messages"),
+        new,
+        now=now,
+        prompt_set=prompt_set,
+        source=_source_name(source),
+        tags=[],
+        is_active=False,
     )
-    prompts.update((prompt.content_hash, prompt) for prompt in new)
-    return prompts, len(new)
+    return stored, {digest: id_ for (digest, _), id_ in zip(new, ids, strict=True)}
 
 
 def _stored_preferences(version: ModelVersion, prompt_ids: Iterable[int]) -> set[tuple[int, str, str]]:
@@ -541,10 +617,6 @@ def _stored_preferences(version: ModelVersion, prompt_ids: Iterable[int]) -> set
         chosen, rejected = (text_a, text_b) if choice == Judgement.Choice.A else (text_b, text_a)
         stored.add((prompt_id, chosen, rejected))
     return stored
-
-
-def _completion(prompt: Prompt, version: ModelVersion, text: str) -> Completion:
-    return Completion(prompt=prompt, model_version=version, text=text, sampling={}, seed=None)
 
 
 def preferences_import(
@@ -565,48 +637,55 @@ def preferences_import(
     with transaction.atomic():
         version = external_version(dataset_format=dataset_format)
         for chunk in batched(preference_file.rows, WRITE_BATCH):
-            prompts, created = _prompts_for(chunk, prompt_set=prompt_set, source=file_name)
-            new_prompts += created
-            seen |= _stored_preferences(version, {prompt.pk for prompt in prompts.values()})
-            fresh: list[tuple[Prompt, PreferenceRow]] = []
-            for row in chunk:
-                prompt = prompts[conversation_hash(row.prompt)]
-                key = (prompt.pk, row.chosen, row.rejected)
+            now = timezone.now()
+            digests = [conversation_hash(row.prompt) for row in chunk]
+            stored, created = _prompts_for(chunk, digests, prompt_set=prompt_set, source=file_name, now=now)
+            new_prompts += len(created)
+            seen |= _stored_preferences(version, stored.values())  # a prompt stored just now has no votes yet
+            prompts = stored | created
+            fresh: list[tuple[int, PreferenceRow]] = []
+            for row, digest in zip(chunk, digests, strict=True):
+                key = (prompts[digest], row.chosen, row.rejected)
                 if key in seen:
                     duplicates += 1
                     continue
                 seen.add(key)
-                fresh.append((prompt, row))
+                fresh.append((prompts[digest], row))
             chosen_first = [secrets.randbits(1) == 1 for _ in fresh]
-            answers = Completion.objects.bulk_create(
-                completion
-                for (prompt, row), first in zip(fresh, chosen_first, strict=True)
-                for completion in (
-                    _completion(prompt, version, row.chosen if first else row.rejected),
-                    _completion(prompt, version, row.rejected if first else row.chosen),
-                )
+            answers = _insert(
+                Completion,
+                ("prompt_id", "text"),
+                [
+                    (prompt_id, text)
+                    for (prompt_id, row), first in zip(fresh, chosen_first, strict=True)
+                    for text in ((row.chosen, row.rejected) if first else (row.rejected, row.chosen))
+                ],
+                now=now,
+                model_version_id=version.pk,
+                sampling={},
+                seed=None,
             )
-            pairs = Pair.objects.bulk_create(
-                Pair(
-                    prompt=prompt,
-                    completion_a=answers[2 * index],
-                    completion_b=answers[2 * index + 1],
-                    sampled_from=version,
-                    judgements_required=1,
-                    judgement_count=1,
-                )
-                for index, (prompt, _) in enumerate(fresh)
+            pairs = _insert(
+                Pair,
+                ("prompt_id", "completion_a_id", "completion_b_id"),
+                [(prompt_id, answers[2 * index], answers[2 * index + 1]) for index, (prompt_id, _) in enumerate(fresh)],
+                now=now,
+                sampled_from_id=version.pk,
+                judgements_required=1,
+                judgement_count=1,
             )
-            Judgement.objects.bulk_create(
-                Judgement(
-                    pair=pair,
-                    annotator=None,
-                    choice=Judgement.Choice.A if first else Judgement.Choice.B,
-                    a_on_left=None,
-                    source=Judgement.Source.IMPORTED,
-                    source_detail=detail,
-                )
-                for pair, first in zip(pairs, chosen_first, strict=True)
+            _insert(
+                Judgement,
+                ("pair_id", "choice"),
+                [
+                    (pair_id, Judgement.Choice.A if first else Judgement.Choice.B)
+                    for pair_id, first in zip(pairs, chosen_first, strict=True)
+                ],
+                now=now,
+                annotator_id=None,
+                a_on_left=None,
+                source=Judgement.Source.IMPORTED,
+                source_detail=detail,
             )
             imported += len(fresh)
             on_progress(len(chunk))

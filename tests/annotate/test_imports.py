@@ -4,6 +4,7 @@ import uuid
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
 
 from annotate import imports
@@ -302,7 +303,12 @@ def _written(model, after_id, started, finished):
     return rows
 
 
-def test_an_import_stores_exactly_these_field_values(monkeypatch):
+@pytest.mark.parametrize("returning", [True, False], ids=["insert-returning", "row-by-row"])
+def test_an_import_stores_exactly_these_field_values(monkeypatch, returning):
+    if not returning:  # a database that cannot return the ids of a multi-row insert (SQLite before 3.35)
+        if connection.vendor != "sqlite":
+            pytest.skip("only SQLite may lack INSERT ... RETURNING")
+        monkeypatch.setattr(type(connection.features), "can_return_rows_from_bulk_insert", False)
     earlier = imports.parse_preferences(
         json.dumps({"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Lyon."}), dataset_format="trl"
     )
