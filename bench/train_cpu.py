@@ -3,8 +3,9 @@
 Both train the same model, LoRA shape, pairs, batch size, learning rate, epochs and max_length. (a) is TRL's
 DPOTrainer with everything else at TRL's defaults (on the CPU bf16 off, which TRL's default would refuse there);
 that was the project's round before the speed levers. (b) is `training.dpo.run_training` with the RoundConfig
-defaults (reference log-probs computed once, batches grouped by length, gradient checkpointing off). Other variants
-switch one lever of (b): `round:precompute_reference=false`, `round:cpu_bf16=true`, `round:gradient_checkpointing=true`,
+defaults (reference log-probs computed once, batches grouped by length, gradient checkpointing off, bf16 autocast on
+a CPU that has bf16 arithmetic, only the answer tokens scored by the LM head). Other variants switch one lever of (b):
+`round:precompute_reference=false`, `round:cpu_bf16=false`, `round:gradient_checkpointing=true`,
 `round:group_by_length=false`, `round:torch_compile=true`.
 
 Each run is a fresh subprocess (peak memory is its own), the variants interleaved and repeated; the script prints
