@@ -86,6 +86,15 @@ class PreferenceRules:
             )
         return reasons
 
+    def left_out_and_competence(
+        self, judgements: QuerySet[Judgement], weighting: str = "none"
+    ) -> tuple[dict[str, Q], dict[int, float]]:
+        """left_out_conditions, and the annotators' MACE competence when the rules or the weighting need it (else
+        empty): MACE runs at most once, for both. What rounds and exports call."""
+        needs_competence = self.min_competence > 0 or "competence" in weighting
+        competence = annotator_competence(judgements) if needs_competence else {}
+        return self.left_out_conditions(judgements, competence if needs_competence else None), competence
+
     def counted(self, judgements: QuerySet[Judgement], conditions: dict[str, Q] | None = None) -> QuerySet[Judgement]:
         """The votes these rules let in, before they are combined."""
         for condition in (self.left_out_conditions(judgements) if conditions is None else conditions).values():
@@ -287,15 +296,6 @@ class PairWeights:
         if annotator_id is None:
             return self.unknown_competence
         return self.competence.get(annotator_id, self.unknown_competence)
-
-
-def weights_normalised(weights: Sequence[float]) -> list[float]:
-    """`weights` scaled to average 1, so a weighted round's learning rate means what an unweighted one's does.
-    Raises ValueError when they are all 0 (nothing would be learned)."""
-    total = sum(weights)
-    if total <= 0:
-        raise ValueError("every training pair's weight is 0: no vote would count")
-    return [weight * len(weights) / total for weight in weights]
 
 
 def weights_described(weighting: Weighting, weights: Sequence[float], *, normalised: bool = True) -> str:

@@ -44,15 +44,14 @@ from annotate.preferences import (
     PairWeights,
     PreferenceRules,
     Weighting,
-    annotator_competence,
     judgements_for_preferences,
     trl_preference_row,
     verdicts,
     weights_described,
-    weights_normalised,
 )
 from annotate.sampling import pairs_refill_request as request_refill
 from training.config import TUNABLE_FIELDS, FieldSpec, RoundConfig
+from training.data import weights_to_mean_one
 from training.gate import gate_decision
 from training.jsonl import JsonLinesWriter, write_jsonl
 
@@ -288,16 +287,13 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     cutoff = training_round.last_judgement_id or 0
     read = Judgement.objects.filter(pk__lte=cutoff)
     weighting = cast(Weighting, training_round.config.get("weighting", "none"))
-    # MACE runs once over every vote, when the rules or the weights need it.
-    needs_competence = rules.min_competence > 0 or "competence" in weighting
-    competence = annotator_competence(read) if needs_competence else None
     # Which votes the rules leave out is decided once.
-    left_out = rules.left_out_conditions(read, competence)
+    left_out, competence = rules.left_out_and_competence(read, weighting)
     votes = judgements_for_preferences(rules.counted(read, left_out))
     counted = _Counted(votes.iterator(chunk_size=2000))
     train_path, heldout_path = directory / TRAIN_FILE, directory / HELDOUT_FILE
     heldout = 0
-    weights = PairWeights(weighting, competence or {})
+    weights = PairWeights(weighting, competence)
     train_weights: list[float] = []
     disagreement = _Disagreement()
     with JsonLinesWriter(train_path) as train_file, JsonLinesWriter(heldout_path) as heldout_file:
@@ -314,7 +310,7 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     train = len(train_weights)
     if weighting != "none" and train:
         try:
-            train_weights = _weights_write(train_path, weights_normalised(train_weights))
+            train_weights = _weights_write(train_path, weights_to_mean_one(train_weights))
         except ValueError as error:
             training_round.finish(Status.FAILED, error=f"weighting by {weighting}: {error}")
             raise RoundStopped from None
@@ -519,7 +515,7 @@ def _record_process_phases(training_round: TrainingRound, comparison: Path) -> N
     seconds = json.loads(comparison.read_text()).get("seconds") or {}
     phases = {name: float(seconds[name]) for name in ("load", "train", "evaluate") if name in seconds}
     if "process" in seconds and phases:
-        phases = {"start": round(max(0.0, float(seconds["process"]) - sum(phases.values())), 1), **phases}
+        phases = {"start": round(max(0.0, float(seconds["process"]) - sum(phases.values())), 3), **phases}
     if phases:
         training_round.phase_seconds = {**training_round.phase_seconds, **phases}
         TrainingRound.objects.filter(pk=training_round.pk).update(phase_seconds=training_round.phase_seconds)

@@ -127,7 +127,7 @@ class RoundConfig:
     gradient_checkpointing: bool = False
     # bf16 autocast on the CPU too (fp32 master weights); on a GPU that supports it, bf16 autocast is always on. By
     # default on where the CPU multiplies bf16 natively: there its matrix products run about 4x faster than fp32.
-    cpu_bf16: bool = dataclasses.field(default_factory=lambda: cpu_multiplies_bf16())
+    cpu_bf16: bool = dataclasses.field(default_factory=cpu_multiplies_bf16)
     torch_compile: bool = False
 
     def __post_init__(self) -> None:

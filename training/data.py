@@ -66,6 +66,15 @@ def load_pairs(path: Path | str) -> list[PreferenceRow]:
     return rows
 
 
+def weights_to_mean_one(weights: Sequence[float]) -> list[float]:
+    """Weights scaled to average 1: a weighted round then moves the adapter as far as an unweighted one at the same
+    learning rate, whatever scale the weights came in. Raises ValueError when they are all 0 (nothing would count)."""
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError("every pair's weight is 0, so nothing would be learned")
+    return [weight * len(weights) / total for weight in weights]
+
+
 def parse_pair(value: Any) -> PreferenceRow:
     """Validate one decoded row and return it with only the prompt/chosen/rejected (and weight) keys, messages
     OpenAI-style.

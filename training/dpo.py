@@ -38,7 +38,7 @@ from transformers import (
 from trl import DPOConfig, DPOTrainer
 
 from training.config import RoundConfig
-from training.data import PreferenceRow, load_pairs
+from training.data import PreferenceRow, load_pairs, weights_to_mean_one
 from training.evaluate import EvalResult, ReferenceCache, compare_against_base, model_cache_key
 from training.fused_head import score_answer_positions_only
 
@@ -153,7 +153,7 @@ def build_trainer(
         model=load_policy(config),
         ref_model=None,  # PEFT: base with the adapter disabled (round 1) or a frozen copy of the parent adapter
         args=dpo_arguments(config),
-        train_dataset=Dataset.from_list(weights_to_mean_one(rows)),
+        train_dataset=Dataset.from_list(rows_weighted_to_mean_one(rows)),
         processing_class=tokenizer,
         peft_config=None if config.parent_adapter_dir else lora_config(config),
         callbacks=list(callbacks),
@@ -166,13 +166,13 @@ def build_trainer(
 WEIGHT: Final = "weight"
 
 
-def weights_to_mean_one(rows: Sequence[PreferenceRow]) -> list[dict[str, Any]]:
-    """The rows as plain dicts, their weights (if they carry any) scaled to average 1 over the rows: a weighted round
-    then moves the adapter as far as an unweighted one at the same learning rate, whatever scale the file used."""
-    total = sum(row.get(WEIGHT, 0.0) for row in rows)
-    if not total:
+def rows_weighted_to_mean_one(rows: Sequence[PreferenceRow]) -> list[dict[str, Any]]:
+    """The rows as plain dicts, their weights (if they carry any; load_pairs refused all-zero ones) scaled to
+    average 1 over the rows (training.data.weights_to_mean_one)."""
+    if not rows or WEIGHT not in rows[0]:
         return [dict(row) for row in rows]
-    return [{**row, WEIGHT: row[WEIGHT] * len(rows) / total} for row in rows]
+    scaled = weights_to_mean_one([row[WEIGHT] for row in rows])
+    return [{**row, WEIGHT: weight} for row, weight in zip(rows, scaled, strict=True)]
 
 
 class WeightedDPOTrainer(DPOTrainer):

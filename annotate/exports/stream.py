@@ -26,7 +26,7 @@ from annotate.exports.filters import ExportFilters, judgements_matching
 from annotate.exports.formats import FORMATS, WEIGHT_COLUMN, ExportPair, ExportVerdict, ExportVote, RowContext
 from annotate.exports.writers import open_writer
 from annotate.models import Judgement
-from annotate.preferences import PairWeights, PreferenceRules, annotator_competence, combine
+from annotate.preferences import PairWeights, PreferenceRules, combine
 
 READ_CHUNK = 2000  # votes fetched from the database at a time (and between progress reports)
 Progress = Callable[[int], None]
@@ -131,15 +131,11 @@ def export_write(
     so a failed export never leaves half a file under the final name."""
     spec = FORMATS[dataset_format]
     weighted = filters.weighting != "none"
-    matching = judgements_matching(filters)
-    # MACE runs once, when the rules or the weights need it.
-    needs_competence = filters.rules.min_competence > 0 or "competence" in filters.weighting
-    competence = annotator_competence(matching) if needs_competence else None
-    left_out = filters.rules.left_out_conditions(matching, competence)
+    left_out, competence = filters.rules.left_out_and_competence(judgements_matching(filters), filters.weighting)
     if weighted:
         spec = spec.with_weights()
     stats = ExportStats()
-    context = RowContext(PairWeights(filters.weighting, competence or {}) if weighted else None)
+    context = RowContext(PairWeights(filters.weighting, competence) if weighted else None)
     rows = votes_to_export(filters, left_out).iterator(chunk_size=READ_CHUNK)
     partial = path.with_name(path.name + ".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
