@@ -174,7 +174,7 @@ def round_command(args: argparse.Namespace) -> int:
     report.update(model=config.base_model_dir, candidate=result.adapter_dir, parent=config.parent_adapter_dir)
     # Where the process's time went; what the phases leave is importing torch and TRL (and writing the adapter).
     report["seconds"] = {
-        "process": round(time.monotonic() - STARTED, 1),
+        "process": round(time.monotonic() - STARTED, 3),
         "load": result.load_seconds,
         "train": round(result.runtime_seconds, 3),
         "evaluate": result.evaluate_seconds,
