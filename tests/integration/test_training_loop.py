@@ -22,6 +22,8 @@ def pairs_from(version):
 
 
 def test_round_trains_deploys_serves_and_rolls_back(vllm_server, celery_worker, trainer_worker, staff, settings):
+    """The plumbing of a round, not what it learns: the workers' gate admits any held-out accuracy (WORKER_SETTINGS
+    pins a threshold of 0 and a tolerance of 1), so the round deploys whatever two steps on 20 votes did."""
     settings.PAIR_BUFFER_TARGET = 20
     settings.SAMPLING_MAX_TOKENS = 48
     base = ModelVersion.objects.ensure_base(name=settings.SERVED_MODEL_NAME, base_model=services_base_model())
