@@ -1,0 +1,1 @@
+"""The staff dashboard: a summary that reads every area."""

@@ -1,0 +1,1 @@
+"""Which version people prefer: Bradley-Terry ratings of head-to-head votes."""

@@ -1,0 +1,1 @@
+"""Which votes to trust: agreement statistics, annotator quality, preference rules."""

@@ -1,0 +1,1 @@
+"""Training rounds: their lifecycle, the training process, the human canary; pages and staff API."""
