@@ -10,13 +10,19 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def enqueue(task: Any, *args: Any) -> bool:
-    """Send `task` with `args`; False (logged) when the broker cannot be reached. Callers decide what that means.
+def enqueue(task_name: str, *args: Any) -> bool:
+    """Send the task named `task_name` (annotate.tasks.X) with `args`; False (logged) when the broker cannot be
+    reached. Callers decide what that means.
 
-    One try to connect and no publish retries: with the broker down a request answers within a second or so (the
-    defaults retry for several) and says so, instead of hanging or ending in a 500."""
+    By name, so the services that enqueue a task need not import annotate.tasks, which imports them: the tasks are
+    registered by the Celery app's autodiscovery. One try to connect and no publish retries: with the broker down a
+    request answers within a second or so (the defaults retry for several) and says so, instead of hanging or ending
+    in a 500."""
     from annotate.celery import app
 
+    if task_name not in app.tasks:
+        app.loader.import_default_modules()  # a web process: autodiscovery has not run yet
+    task = app.tasks[task_name]
     try:
         with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
@@ -26,7 +32,7 @@ def enqueue(task: Any, *args: Any) -> bool:
         # the transport, the caller's answer must not become a 500 because the queue is away.
         logger.warning(
             "could not enqueue %s: the broker (%s) is unreachable: %s",
-            getattr(task, "name", task),
+            task_name,
             broker_location(app.conf.broker_url),
             error,
         )

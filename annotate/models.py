@@ -110,7 +110,7 @@ class Prompt(models.Model):
 
 
 class ModelServer(Protocol):
-    """What model-version transitions need from the model server (annotate.generation.ModelServerClient)."""
+    """What model-version transitions need from the model server (annotate.sampling.generation.ModelServerClient)."""
 
     def served_models(self) -> list[str]: ...
     def load_lora_adapter(self, *, name: str, path: str) -> None: ...
@@ -648,7 +648,7 @@ class TrainingRound(models.Model):
         ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="training_round"
     )
     config = models.JSONField(help_text="The training config (training.config.RoundConfig fields).")
-    rules = models.JSONField(help_text="How votes became pairs (annotate.preferences.PreferenceRules).")
+    rules = models.JSONField(help_text="How votes became pairs (annotate.quality.preferences.PreferenceRules).")
     # The votes a round reads are every vote up to this id: frozen by a cut-off, not a list of ids.
     last_judgement_id = models.BigIntegerField(null=True, blank=True, help_text="The newest vote the round read.")
     votes_read = models.PositiveIntegerField(null=True, blank=True)

@@ -224,7 +224,7 @@ CONTENT_SECURITY_POLICY = {
 # address, logins for it are refused (429, the lockout page) until AXES_COOLOFF_HOURS pass or staff unlock it
 # (admin: Axes > Access attempts, or `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS`).
 AUTHENTICATION_BACKENDS = [
-    "annotate.throttling.LoginAttemptsBackend",
+    "annotate.web.throttling.LoginAttemptsBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_ENABLED = env_bool("AXES_ENABLED", True)
@@ -243,15 +243,15 @@ if REVERSE_PROXY_COUNT:
 REST_FRAMEWORK = {
     # Token first: an unauthenticated request then gets 401 with `WWW-Authenticate: Token`, not a bare 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "annotate.throttling.ThrottledTokenAuthentication",
+        "annotate.web.throttling.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "annotate.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "annotate.web.api_errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # API abuse: per-user and per-address request rates, and wrong tokens counted per address
-    # (annotate.throttling.ThrottledTokenAuthentication refuses an address that guessed too often).
+    # (annotate.web.throttling.ThrottledTokenAuthentication refuses an address that guessed too often).
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
         "rest_framework.throttling.UserRateThrottle",
@@ -276,7 +276,7 @@ SPECTACULAR_SETTINGS = {
     "PATH_CONVERTER_OVERRIDES": {"id": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "annotate.api_errors.schema_add_error_responses",
+        "annotate.web.api_errors.schema_add_error_responses",
     ],
 }
 
@@ -344,7 +344,7 @@ RATIONALE_MAX_LENGTH = env_int("RATIONALE_MAX_LENGTH", 2000)
 # A repeat (self-consistency check) shows a pair judged at least this many votes earlier.
 REPEAT_MIN_VOTES_BETWEEN = env_int("REPEAT_MIN_VOTES_BETWEEN", 5)
 
-# --- Vote quality: when the quality page flags an annotator (annotate.agreement.QualityThresholds) -------------
+# --- Vote quality: when the quality page flags an annotator (annotate.quality.agreement.QualityThresholds) ---
 QUALITY_POSITION_BIAS_P_VALUE = env_float("QUALITY_POSITION_BIAS_P_VALUE", 0.01)
 QUALITY_POSITION_BIAS_SHARE = env_float("QUALITY_POSITION_BIAS_SHARE", 0.7)
 QUALITY_FAST_FLOOR_SECONDS = env_float("QUALITY_FAST_FLOOR_SECONDS", 2.0)
@@ -380,7 +380,7 @@ ROUND_LENGTH_PROMPTS = env_int("ROUND_LENGTH_PROMPTS", 8)
 ROUND_POLL_SECONDS = env_float("ROUND_POLL_SECONDS", 2.0)
 ROUND_STALE_SECONDS = env_int("ROUND_STALE_SECONDS", 600)
 
-# --- Canary gate (annotate.canary) -------------------------------------------------------------------------------
+# --- Canary gate (annotate.rounds.canary) ----------------------------------------------------------------------------
 # offline: held-out accuracy decides (the default); human: head-to-head votes decide; both: offline, then humans.
 ROUND_GATE_MODE = env_str("ROUND_GATE_MODE", "offline")
 if ROUND_GATE_MODE not in ("offline", "human", "both"):

@@ -10,10 +10,14 @@ from celery.signals import worker_ready
 from django.conf import settings
 from django.db.models import Max
 
-from annotate import canary, rounds, sampling, services
+from annotate.annotation import services
+from annotate.data import exports
 from annotate.errors import Conflict, Invalid
-from annotate.generation import ModelServerUnavailable
-from annotate.models import TrainingRound
+from annotate.models import Export, TrainingRound
+from annotate.rounds import canary
+from annotate.rounds import services as rounds
+from annotate.sampling import services as sampling
+from annotate.sampling.generation import ModelServerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +111,4 @@ def _fill_the_buffer_at_start(sender: Any, **kwargs: Any) -> None:
 @shared_task(acks_late=False)
 def export_run(export_id: int) -> None:
     """Write an export asked for on the staff page or through the API."""
-    # Imported here: the exports package enqueues this task, and this file's imports belong to the tasks above.
-    from annotate import exports
-    from annotate.models import Export
-
     exports.export_run(export=Export.objects.get(pk=export_id))

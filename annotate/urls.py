@@ -5,18 +5,17 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from annotate import (
-    api,
-    campaign_views,
-    dashboard_views,
-    data_views,
-    leaderboard_api,
-    leaderboard_views,
-    quality_views,
-    round_views,
-    staff_api,
-    views,
-)
+from annotate.annotation import api, campaign_views, views
+from annotate.annotation import staff_api as campaign_api
+from annotate.dashboard import views as dashboard_views
+from annotate.data import api as data_api
+from annotate.data import views as data_views
+from annotate.leaderboard import api as leaderboard_api
+from annotate.leaderboard import views as leaderboard_views
+from annotate.quality import api as quality_api
+from annotate.quality import views as quality_views
+from annotate.rounds import api as rounds_api
+from annotate.rounds import views as round_views
 
 
 class DatabaseIdConverter:
@@ -75,27 +74,27 @@ staff_pages = [
 ]
 
 staff_api_urls = [
-    path("api/campaigns/", staff_api.campaigns, name="api-campaigns"),
-    path("api/campaigns/<id:campaign_id>/", staff_api.campaign_detail, name="api-campaign"),
-    path("api/pairs/<id:pair_id>/gold/", staff_api.pairs_gold, name="api-pair-gold"),
-    path("api/annotators/<str:username>/actions/", staff_api.annotators_act, name="api-annotator-actions"),
-    path("api/prompts/", staff_api.prompts, name="api-prompts"),
-    path("api/prompts/import/", staff_api.prompts_import, name="api-prompts-import"),
-    path("api/preferences/import/", staff_api.preferences_import, name="api-preferences-import"),
-    path("api/pairs/", staff_api.pairs_list, name="api-pairs"),
-    path("api/judgements/list/", staff_api.judgements_list, name="api-judgements-list"),
-    path("api/model-versions/", staff_api.model_versions_list, name="api-model-versions"),
-    path("api/model-versions/<id:version_id>/serve/", staff_api.model_versions_serve, name="api-version-serve"),
-    path("api/rounds/", staff_api.rounds_create, name="api-rounds"),
-    path("api/rounds/<id:round_id>/", staff_api.rounds_detail, name="api-round-detail"),
-    path("api/rounds/<id:round_id>/cancel/", staff_api.rounds_cancel, name="api-round-cancel"),
-    path("api/rounds/<id:round_id>/promote/", staff_api.rounds_promote, name="api-round-promote"),
-    path("api/rounds/<id:round_id>/canary/", staff_api.rounds_canary_decide, name="api-round-canary-decide"),
-    path("api/exports/", staff_api.exports_collection, name="api-exports"),
-    path("api/exports/<id:export_id>/", staff_api.exports_detail, name="api-export"),
-    path("api/exports/<id:export_id>/download/", staff_api.exports_download, name="api-export-download"),
+    path("api/campaigns/", campaign_api.campaigns, name="api-campaigns"),
+    path("api/campaigns/<id:campaign_id>/", campaign_api.campaign_detail, name="api-campaign"),
+    path("api/pairs/<id:pair_id>/gold/", data_api.pairs_gold, name="api-pair-gold"),
+    path("api/annotators/<str:username>/actions/", quality_api.annotators_act, name="api-annotator-actions"),
+    path("api/prompts/", data_api.prompts, name="api-prompts"),
+    path("api/prompts/import/", data_api.prompts_import, name="api-prompts-import"),
+    path("api/preferences/import/", data_api.preferences_import, name="api-preferences-import"),
+    path("api/pairs/", data_api.pairs_list, name="api-pairs"),
+    path("api/judgements/list/", data_api.judgements_list, name="api-judgements-list"),
+    path("api/model-versions/", rounds_api.model_versions_list, name="api-model-versions"),
+    path("api/model-versions/<id:version_id>/serve/", rounds_api.model_versions_serve, name="api-version-serve"),
+    path("api/rounds/", rounds_api.rounds_create, name="api-rounds"),
+    path("api/rounds/<id:round_id>/", rounds_api.rounds_detail, name="api-round-detail"),
+    path("api/rounds/<id:round_id>/cancel/", rounds_api.rounds_cancel, name="api-round-cancel"),
+    path("api/rounds/<id:round_id>/promote/", rounds_api.rounds_promote, name="api-round-promote"),
+    path("api/rounds/<id:round_id>/canary/", rounds_api.rounds_canary_decide, name="api-round-canary-decide"),
+    path("api/exports/", data_api.exports_collection, name="api-exports"),
+    path("api/exports/<id:export_id>/", data_api.exports_detail, name="api-export"),
+    path("api/exports/<id:export_id>/download/", data_api.exports_download, name="api-export-download"),
     path("api/leaderboard/", leaderboard_api.leaderboard, name="api-leaderboard"),
-    path("api/quality/", staff_api.quality, name="api-quality"),
+    path("api/quality/", quality_api.quality, name="api-quality"),
 ]
 
 urlpatterns = [
@@ -109,7 +108,7 @@ urlpatterns = [
 ]
 
 # Under /api/ Django's own errors are JSON too; every other address keeps Django's HTML error pages.
-handler400 = "annotate.api_errors.bad_request"
-handler403 = "annotate.api_errors.permission_denied"
-handler404 = "annotate.api_errors.page_not_found"
-handler500 = "annotate.api_errors.server_error"
+handler400 = "annotate.web.api_errors.bad_request"
+handler403 = "annotate.web.api_errors.permission_denied"
+handler404 = "annotate.web.api_errors.page_not_found"
+handler500 = "annotate.web.api_errors.server_error"

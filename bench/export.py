@@ -8,7 +8,7 @@ Fills a scratch database (SQLite in a temporary directory, or the PostgreSQL dat
 bulk_create, then runs each export in a fresh Python process, so that its peak resident memory (ru_maxrss) is its own:
 
     idle        Django set up and the export modules imported, nothing exported: the floor of every process
-    export      annotate.exports.export_write, the code behind the page, the API and the command
+    export      annotate.data.exports.export_write, the code behind the page, the API and the command
     dump        the baseline: the same columns of the same votes read with values_list and written as JSON lines,
                 one per vote, with no combining and no row building (about as fast as Python reads and writes them)
 
@@ -142,7 +142,7 @@ def fill(database: str, scratch: Path, votes: int, seed: int = 0) -> dict[str, A
 
 def dump(filters: Any, path: Path) -> int:
     """The baseline: every matching vote's columns, as a JSON line each, in pair order."""
-    from annotate.exports.stream import votes_to_export
+    from annotate.data.exports.stream import votes_to_export
     from training.jsonl import JsonLinesWriter
 
     count = 0
@@ -155,8 +155,8 @@ def dump(filters: Any, path: Path) -> int:
 
 def measure(database: str, scratch: Path, run: dict[str, Any]) -> dict[str, Any]:
     _django(database, scratch)
-    from annotate.exports import ExportFilters, export_write, judgements_matching
-    from annotate.preferences import PreferenceRules
+    from annotate.data.exports import ExportFilters, export_write, judgements_matching
+    from annotate.quality.preferences import PreferenceRules
 
     filters = ExportFilters(
         prompt_sets=SHARES[run["share"]], rules=PreferenceRules(include_ties=True, include_both_bad=True)

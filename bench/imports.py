@@ -7,8 +7,8 @@
 Writes a JSON Lines file of prompts and one of TRL preference rows, then runs each import in a fresh Python process
 (so its peak resident memory is its own), on an emptied database each time:
 
-    prompts       annotate.imports: parse_prompts + prompts_import, what `manage.py import_prompts` and the page run
-    preferences   annotate.imports: parse_preferences + preferences_import (prompt, two answers, a pair, a vote)
+    prompts       data.imports: parse_prompts + prompts_import, what `manage.py import_prompts` and the page run
+    preferences   annotate.data.imports: parse_preferences + preferences_import (prompt, two answers, a pair, a vote)
     plain-*       the baseline: the same lines decoded with json.loads and stored with bulk_create in batches of 500,
                   with none of the checks (the least the database and Django need for the same rows)
 
@@ -104,7 +104,7 @@ def _empty() -> None:
 
 
 def plain_prompts(path: Path) -> int:
-    from annotate.imports import batched
+    from annotate.data.imports import batched
     from annotate.models import Prompt, conversation_hash
 
     count = 0
@@ -118,7 +118,7 @@ def plain_prompts(path: Path) -> int:
 
 
 def plain_preferences(path: Path) -> int:
-    from annotate.imports import batched, external_version
+    from annotate.data.imports import batched, external_version
     from annotate.models import Completion, Judgement, Pair, Prompt, conversation_hash
 
     version = external_version(dataset_format="trl")
@@ -156,7 +156,7 @@ def measure(database: str, scratch: Path, run: dict[str, Any]) -> dict[str, Any]
     _django(database, scratch)
     from django.db import transaction
 
-    from annotate import imports
+    from annotate.data import imports
 
     _empty()
     path = Path(run["path"])

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.leaderboard                          # 6 versions, 2,000 votes, 200 resamples
     .venv/bin/python -m bench.leaderboard --votes 10000 --length-control
 
-annotate.ratings fits every bootstrap resample at once, as one logistic regression with a block-diagonal design
+leaderboard.ratings fits every bootstrap resample at once, as one logistic regression with a block-diagonal design
 (the blocks' losses and penalties separate, so each block's optimum is that resample's own fit). The baseline is the
 obvious loop: one scikit-learn fit per resample, on the same rows and weights. Both run here, on the same simulated
 votes; prints the seconds of each, their ratio, the largest difference between their coefficients, and the
@@ -19,7 +19,7 @@ import time
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from annotate.ratings import DEFAULT_PRIOR_VARIANCE, Vote, _design, _fit_many
+from annotate.leaderboard.ratings import DEFAULT_PRIOR_VARIANCE, Vote, _design, _fit_many
 
 
 def simulated_votes(versions: int, count: int, rng: np.random.Generator) -> list[Vote]:

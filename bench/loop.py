@@ -18,7 +18,7 @@ canary runs puts the candidate against the serving version; the bench calls the 
 each batch of votes, as the beat worker would).
 
 Collapsed: a round is called collapsed when at least half of its answers to the held-out prompts are non-answers
-(annotate.simulation.is_non_answer: under 8 words, or not one of the prompt's key words).
+(annotate.annotation.simulation.is_non_answer: under 8 words, or not one of the prompt's key words).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def answers(client: Any, model: str, prompts: list[Any], samples: int) -> list[t
 
     from django.conf import settings
 
-    from annotate.generation import SamplingParams
+    from annotate.sampling.generation import SamplingParams
 
     jobs = [(prompt, 7000 + index) for prompt in prompts for index in range(samples)]
 
@@ -124,7 +124,7 @@ def mean(values: list[float]) -> float:
 
 def measured(answered: list[tuple[Any, str, int]]) -> tuple[float, float]:
     """Mean tokens, and the share of non-answers (the "collapsed" check)."""
-    from annotate.simulation import is_non_answer
+    from annotate.annotation.simulation import is_non_answer
 
     tokens = mean([tokens for _, _, tokens in answered])
     return tokens, mean([float(is_non_answer(text, prompt.last_user_message)) for prompt, text, _ in answered])
@@ -148,10 +148,11 @@ def main() -> int:
     from django.conf import settings
     from django.core.management import call_command
 
-    from annotate import canary, rounds
-    from annotate.generation import client_from_settings
     from annotate.models import Judgement, Prompt, TrainingRound
-    from annotate.rounds import process_group_stop
+    from annotate.rounds import canary
+    from annotate.rounds import services as rounds
+    from annotate.rounds.services import process_group_stop
+    from annotate.sampling.generation import client_from_settings
 
     Status = TrainingRound.Status
     call_command("migrate", verbosity=0)

@@ -5,7 +5,7 @@
 
 Part 1 (flags). A scratch SQLite database (removed afterwards) holds pairs made directly in the database, with
 answers of different lengths, each needing 3 votes. Ten simulated annotators with known profiles vote through the
-same services as a person (annotate.simulation, the code behind `simulate_annotators`), all preferring the shorter
+same services as a person (annotation.simulation, the code behind `simulate_annotators`), all preferring the shorter
 answer: 4 careful, 1 noisy:0.8, 1 noisy:0.3, 1 left-biased:0.85, 2 random, 1 fast. Gold pairs and repeats do not
 exist in the database yet, so they are simulated through the report's optional inputs: a share of the pairs is gold
 with the taste's answer as the expected one, and each annotator judges a share of their pairs again with the sides
@@ -96,9 +96,9 @@ def _pairs(count: int, rng: random.Random, run: int) -> list[Any]:
 
 def _repeats(annotators: list[Any], rate: float, rng: random.Random) -> list[Any]:
     """Each annotator judges a share of their pairs again, sides swapped, as the profile would."""
-    from annotate.agreement import Vote
+    from annotate.annotation.simulation import prefer_shorter
     from annotate.models import Judgement
-    from annotate.simulation import prefer_shorter
+    from annotate.quality.agreement import Vote
 
     repeats = []
     for annotator in annotators:
@@ -138,9 +138,14 @@ def flags_run(pairs: int, gold_rate: float, repeat_rate: float, seed: int) -> li
     """One run of part 1; returns (profile name, flag codes) per annotator."""
     from django.contrib.auth.models import User
 
+    from annotate.annotation.simulation import (
+        SimulatedAnnotator,
+        prefer_shorter,
+        profiles_from_specs,
+        simulated_annotator_judge,
+    )
     from annotate.models import Judgement
-    from annotate.quality import quality_thresholds, report_from_votes, votes_from_judgements
-    from annotate.simulation import SimulatedAnnotator, prefer_shorter, profiles_from_specs, simulated_annotator_judge
+    from annotate.quality.selectors import quality_thresholds, report_from_votes, votes_from_judgements
 
     rng = random.Random(seed)
     made = _pairs(pairs, rng, seed)
@@ -238,9 +243,15 @@ def speed_run(scale: int, seed: int) -> None:
     from django.contrib.auth.models import User
     from django.db import transaction
 
-    from annotate.agreement import QualityThresholds, agreement_summary, annotator_signals, competence, pairwise_kappas
     from annotate.models import Completion, Judgement, ModelVersion, Pair, Prompt
-    from annotate.quality import votes_from_judgements
+    from annotate.quality.agreement import (
+        QualityThresholds,
+        agreement_summary,
+        annotator_signals,
+        competence,
+        pairwise_kappas,
+    )
+    from annotate.quality.selectors import votes_from_judgements
 
     rng = random.Random(seed)
     pairs, annotators = scale // 3, 100

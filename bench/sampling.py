@@ -6,7 +6,7 @@
 Each configuration produces the same number of answers (2 x --pairs) from the demo prompts with the same sampling
 parameters (SAMPLING_TEMPERATURE, SAMPLING_TOP_P, SAMPLING_MAX_TOKENS; a fresh seed per answer):
 
-- `refill C/T`: `annotate.sampling.pairs_refill` with PAIR_GENERATION_CONCURRENCY=C and PAIR_BUFFER_TARGET=T from an
+- `refill C/T`: `sampling.services.pairs_refill` with PAIR_GENERATION_CONCURRENCY=C and PAIR_BUFFER_TARGET=T from an
   empty buffer, repeated until --pairs pairs are stored (so a small target pays its tail once per refill, as it does
   in production); the real code path: least-sampled prompts, the HTTP client, pairs written to the database;
 - `raw K`: answers requested with plain `POST /v1/chat/completions` (n=1) from K threads, K sequences in flight;
@@ -91,8 +91,8 @@ def run_refill(concurrency: int, target: int, pairs: int) -> Run:
     from django.db.models import Min, Sum
     from django.utils import timezone
 
-    from annotate import sampling
     from annotate.models import Completion, Pair
+    from annotate.sampling import services as sampling
 
     settings.PAIR_GENERATION_CONCURRENCY, settings.PAIR_BUFFER_TARGET = concurrency, target
     first_completion = (Completion.objects.order_by("-id").values_list("id", flat=True).first() or 0) + 1

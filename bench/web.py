@@ -268,7 +268,7 @@ def explain_lease() -> list[str]:
     from django.db.models import Count
     from django.test.utils import CaptureQueriesContext
 
-    from annotate import services
+    from annotate.annotation import services
 
     busiest = User.objects.annotate(seen=Count("assignments")).order_by("-seen").first()
     newcomer = User.objects.create(username=f"explain-{uuid.uuid4().hex[:6]}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# How each training pair's weight is set from the votes behind it (annotate.preferences.pair_weight); "none": all 1.
+# How each training pair's weight is set from the votes behind it (quality.preferences.pair_weight); "none": all 1.
 WEIGHTINGS = ("none", "strength", "competence", "strength+competence")
 # Pairwise losses TRL computes from the chosen/rejected log-ratios alone, with no extra hyper-parameter to tune.
 SUPPORTED_LOSS_TYPES = ("sigmoid", "ipo", "hinge")

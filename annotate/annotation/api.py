@@ -14,7 +14,8 @@ from rest_framework.decorators import api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate import sampling, services
+from annotate.annotation import services
+from annotate.sampling import services as sampling
 
 # Ids are 64-bit integer columns: a larger number is refused as a bad field, not sent to the database.
 ID_MAX = 2**63 - 1

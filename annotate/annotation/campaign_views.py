@@ -12,10 +12,10 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from annotate import services
+from annotate.annotation import services
 from annotate.errors import Invalid
 from annotate.models import Campaign, Judgement, Pair
-from annotate.web import AppRequest, render_page, staff_required
+from annotate.web.pages import AppRequest, render_page, staff_required
 
 
 class CampaignForm(forms.ModelForm):  # type: ignore[type-arg]

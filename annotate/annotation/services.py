@@ -24,7 +24,6 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from annotate import sampling
 from annotate.errors import Conflict, Invalid
 from annotate.models import (
     AnnotatorAction,
@@ -35,6 +34,7 @@ from annotate.models import (
     ModelVersion,
     Pair,
 )
+from annotate.sampling import services as sampling
 
 logger = logging.getLogger(__name__)
 

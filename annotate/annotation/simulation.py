@@ -11,7 +11,7 @@ from typing import Protocol
 
 from django.contrib.auth.models import User
 
-from annotate import services
+from annotate.annotation import services
 from annotate.models import Judgement
 
 

@@ -16,11 +16,12 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from annotate import sampling, services
+from annotate.annotation import services
 from annotate.errors import Conflict, Invalid
-from annotate.generation import ModelServerUnavailable, client_from_settings
 from annotate.models import Assignment, Judgement, ModelVersion, TrainingRound
-from annotate.web import AppRequest, render_page
+from annotate.sampling import services as sampling
+from annotate.sampling.generation import ModelServerUnavailable, client_from_settings
+from annotate.web.pages import AppRequest, render_page
 
 logger = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from annotate.agreement import AgreementSummary, Vote, agreement_summary
-from annotate.leaderboard import SCALE_DESCRIPTION, leaderboard_standings
+from annotate.leaderboard.selectors import SCALE_DESCRIPTION, leaderboard_standings
 from annotate.models import Campaign, Completion, Judgement, ModelVersion, Pair, TrainingRound
-from annotate.quality import votes_from_judgements
-from annotate.web import AppRequest, staff_required
+from annotate.quality.agreement import AgreementSummary, Vote, agreement_summary
+from annotate.quality.selectors import votes_from_judgements
+from annotate.web.pages import AppRequest, staff_required
 
 DAYS_SHOWN = 30
 ROUNDS_SHOWN = 10
@@ -111,7 +111,7 @@ class AgreementRow:
 
 def agreement_overview(*, now: datetime.datetime) -> list[AgreementRow]:
     """Krippendorff's alpha (nominal and ordinal) with its counts over the last AGREEMENT_RECENT_DAYS days' votes, all
-    votes, and each campaign's, from annotate.agreement; repeat checks are left out there. Cached: it reads every
+    votes, and each campaign's, from quality.agreement; repeat checks are left out there. Cached: it reads every
     vote, and the key changes whenever a vote is added or changed."""
     summary = Judgement.objects.aggregate(count=Count("id"), last_id=Max("id"), last_change=Max("updated_at"))
     fingerprint = hashlib.sha256(repr(sorted(summary.items())).encode()).hexdigest()[:32]

@@ -14,10 +14,10 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
-from annotate import exports, imports
-from annotate.exports import ExportFilters
+from annotate.data import exports, imports
+from annotate.data.exports import ExportFilters
 from annotate.models import Export, ModelVersion, Prompt
-from annotate.web import AppRequest, render_page, staff_required
+from annotate.web.pages import AppRequest, render_page, staff_required
 from training.config import WEIGHTINGS
 
 EXPORTS_SHOWN = 50

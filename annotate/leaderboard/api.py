@@ -1,4 +1,4 @@
-"""GET /api/leaderboard/: the staff API's view of the leaderboard (annotate.leaderboard), staff only."""
+"""GET /api/leaderboard/: the staff API's view of the leaderboard (annotate.leaderboard.selectors), staff only."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate.leaderboard import SCALE_DESCRIPTION, Standings, leaderboard_standings
-from annotate.ratings import Rating, Record
+from annotate.leaderboard.ratings import Rating, Record
+from annotate.leaderboard.selectors import SCALE_DESCRIPTION, Standings, leaderboard_standings
 
 
 class LeaderboardQuery(serializers.Serializer[Any]):

@@ -1,4 +1,4 @@
-"""The leaderboard's reads: head-to-head votes from the database into annotate.ratings, and the results back onto
+"""The leaderboard's reads: head-to-head votes from the database into ratings, and the results back onto
 model versions for the page, the API and the lineage chart.
 
 A head-to-head vote is a vote on a pair whose two answers come from different model versions. Imported preference
@@ -18,8 +18,7 @@ from django.core.cache import cache
 from django.db.models import Count, F, Max, QuerySet
 from django.db.models.functions import Length
 
-from annotate.models import Judgement, ModelVersion
-from annotate.ratings import (
+from annotate.leaderboard.ratings import (
     ANCHOR_RATING,
     POINTS_PER_LOGIT,
     Leaderboard,
@@ -30,6 +29,7 @@ from annotate.ratings import (
     Vote,
     leaderboard_compute,
 )
+from annotate.models import Judgement, ModelVersion
 
 CACHE_SECONDS = 24 * 3600  # the key changes with every new or changed vote; this only bounds stale entries
 

@@ -8,8 +8,8 @@ from django import forms
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 
-from annotate.leaderboard import SCALE_DESCRIPTION, leaderboard_standings
-from annotate.web import AppRequest, render_page, staff_required
+from annotate.leaderboard.selectors import SCALE_DESCRIPTION, leaderboard_standings
+from annotate.web.pages import AppRequest, render_page, staff_required
 
 
 class LeaderboardOptions(forms.Form):

@@ -1,7 +1,7 @@
 """Vote quality statistics over plain records: agreement between annotators and the signals of each annotator.
 
 Pure functions with no Django import, so they can be tested on made-up votes and reused by benchmarks; the Django
-side (annotate.quality) reads judgements into `Vote` records and calls these.
+side (annotate.quality.selectors) reads judgements into `Vote` records and calls these.
 
 Conventions that hold everywhere below:
 - A label is relative to the pair: "a", "b", "tie" or "both_bad", never a screen side.

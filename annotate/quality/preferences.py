@@ -37,7 +37,7 @@ class PreferenceRules:
     include_repeats: bool = False
     include_excluded_annotators: bool = False
     exclude_head_to_head: bool = False
-    # Leave out annotators whose MACE competence (annotate.agreement.competence, over the votes being read) is lower;
+    # Leave out annotators whose MACE competence (agreement.competence, over the votes being read) is lower;
     # 0 keeps everyone.
     min_competence: float = 0.0
 
@@ -112,8 +112,8 @@ class PreferenceRules:
 
 def annotator_competence(judgements: QuerySet[Judgement]) -> dict[int, float]:
     """Each annotator's MACE competence, estimated from these votes (gold and repeats aside)."""
-    from annotate.agreement import competence
-    from annotate.quality import votes_from_judgements
+    from annotate.quality.agreement import competence
+    from annotate.quality.selectors import votes_from_judgements
 
     votes = votes_from_judgements(judgements.filter(is_repeat=False, pair__gold_choice=""))
     return {int(str(annotator)): score for annotator, score in competence(votes).items()}

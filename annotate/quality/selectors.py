@@ -1,4 +1,4 @@
-"""Vote quality on the Django side: read judgements into annotate.agreement's records and compute the report.
+"""Vote quality on the Django side: read judgements into annotate.quality.agreement's records and compute the report.
 
 Every function takes an optional queryset of judgements, so a caller can narrow it to a campaign, a time window or
 a round's frozen votes. Gold answers and repeat votes are optional inputs (pair id -> expected choice; the ids of
@@ -17,7 +17,8 @@ from django.core.cache import cache
 from django.db.models import Count, Max, QuerySet
 from django.db.models.functions import Length
 
-from annotate.agreement import (
+from annotate.models import Judgement
+from annotate.quality.agreement import (
     LABELS,
     AgreementSummary,
     AnnotatorSignals,
@@ -29,7 +30,6 @@ from annotate.agreement import (
     competence,
     pairwise_kappas,
 )
-from annotate.models import Judgement
 
 
 def quality_thresholds() -> QualityThresholds:

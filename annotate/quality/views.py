@@ -2,7 +2,7 @@
 decisions about them (/quality/annotators/<username>/).
 
 The filters (campaign, time window, a training round's votes) and the table's rows and sorting are defined here once
-and used by the page and by GET /api/quality/ (annotate/staff_api.py). The statistics are annotate.quality's.
+and used by the page and by GET /api/quality/ (annotate/staff_api.py). The statistics are annotate.quality.selectors's.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from annotate import services
-from annotate.agreement import Flag
+from annotate.annotation import services
 from annotate.errors import Invalid
 from annotate.models import AnnotatorAction, AnnotatorStanding, Campaign, Judgement, Pair, TrainingRound
-from annotate.quality import AnnotatorRow, QualityReport, quality_report_cached
-from annotate.web import AppRequest, render_page, staff_required
+from annotate.quality.agreement import Flag
+from annotate.quality.selectors import AnnotatorRow, QualityReport, quality_report_cached
+from annotate.web.pages import AppRequest, render_page, staff_required
 
 VOTES_PER_PAGE = 20
 

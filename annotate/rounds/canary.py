@@ -7,18 +7,14 @@ same prompt; once CANARY_MIN_VOTES votes on those pairs are in, `canary_decide` 
 end of its win rate's Wilson 95 % interval reaches CANARY_MIN_WIN_RATE, and rejects it otherwise. A canary that does
 not get enough votes within CANARY_MAX_MINUTES is rejected; staff may decide earlier, with a reason.
 
-While no canary runs, HEAD_TO_HEAD_PAIR_SHARE of new pairs put the serving version against an earlier one (the one
-with the fewest head-to-head votes against it), so every version keeps getting compared on the leaderboard.
+The head-to-head pairs themselves come from the one pair maker, annotate.sampling.services; this module keeps the
+tally, the rule and the decision.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
-import secrets
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from statistics import NormalDist
@@ -27,21 +23,18 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Q
 from django.utils import timezone
 
 from annotate.broker import enqueue
 from annotate.errors import Conflict, Invalid
-from annotate.generation import (
-    ModelServerClient,
+from annotate.models import Judgement, TrainingRound
+from annotate.sampling.generation import (
     ModelServerRefused,
     ModelServerUnavailable,
-    Sample,
-    SamplingParams,
     client_from_settings,
 )
-from annotate.models import Judgement, ModelVersion, Pair, Prompt, TrainingRound
-from annotate.sampling import _completion_create, _new_seed, _prompts_samplable
+from annotate.sampling.services import canary_round
 
 logger = logging.getLogger(__name__)
 
@@ -49,165 +42,6 @@ Status = TrainingRound.Status
 PROMOTE, REJECT = "promote", "reject"
 NOT_ENOUGH_VOTES = "not enough votes"
 Z_95 = NormalDist().inv_cdf(0.975)
-_random = random.SystemRandom()
-
-
-# --- Head-to-head pairs ------------------------------------------------------------------------------------------
-
-
-def pairs_sample_head_to_head(
-    *,
-    first: ModelVersion,
-    second: ModelVersion,
-    prompts: list[Prompt],
-    client: ModelServerClient,
-    sampled_from: ModelVersion | None = None,
-) -> list[Pair]:
-    """One answer per version to each prompt, with the same sampling settings and each its own seed, stored as one
-    pair whose A side is drawn at random. `sampled_from` is the serving version (the default), which the pair
-    buffer counts it against; each answer's own version is on its completion."""
-    owner = sampled_from or ModelVersion.objects.serving() or first
-
-    def sample(version: ModelVersion, prompt: Prompt) -> Sample:
-        return client.chat(
-            model=version.name, messages=prompt.messages, params=SamplingParams.from_settings(_new_seed())
-        )
-
-    workers = max(1, settings.PAIR_GENERATION_CONCURRENCY * 2)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="head-to-head") as pool:
-        futures = [
-            (prompt, pool.submit(sample, first, prompt), pool.submit(sample, second, prompt)) for prompt in prompts
-        ]
-        results = []
-        for prompt, a, b in futures:
-            try:
-                results.append((prompt, a.result(), b.result()))
-            except ModelServerRefused as error:  # this prompt only (too long, ...): the others still make pairs
-                logger.warning("prompt %s: the model server refused a head-to-head answer: %s", prompt.pk, error)
-    pairs = []
-    for prompt, first_sample, second_sample in results:
-        if first_sample.text.strip() == second_sample.text.strip():
-            logger.info("prompt %s: %s and %s gave the same answer; no pair", prompt.pk, first, second)
-            continue
-        answers = [(first, first_sample), (second, second_sample)]
-        if secrets.randbelow(2):  # which version is A is random, so A carries no meaning a vote could pick up
-            answers.reverse()
-        with transaction.atomic():
-            completions = [_completion_create(prompt, version, sample) for version, sample in answers]
-            pairs.append(
-                Pair.objects.create(
-                    prompt=prompt,
-                    completion_a=completions[0],
-                    completion_b=completions[1],
-                    sampled_from=owner,  # votes needed: the campaign's, as for any new pair (Pair.save)
-                )
-            )
-    return pairs
-
-
-def canary_round() -> TrainingRound | None:
-    """The round whose candidate waits for head-to-head votes, if any (at most one round is active)."""
-    return (
-        TrainingRound.objects.select_related("result_version", "parent_version")
-        .filter(status=Status.CANARY, active=True)
-        .first()
-    )
-
-
-def head_to_head_pairs_wanted(missing: int) -> tuple[TrainingRound | None, int]:
-    """Of `missing` new pairs, how many are head-to-head, and for which canary (None: the serving version against an
-    earlier one).
-
-    While a canary runs it takes CANARY_PAIR_SHARE, rounded up so it gets its votes soon. Otherwise
-    HEAD_TO_HEAD_PAIR_SHARE, rounded to a whole pair at random: refills are often small, and rounding up would make
-    one pair in each of them head-to-head, far above the share."""
-    if missing <= 0:
-        return None, 0
-    training_round = canary_round()
-    if training_round is not None and training_round.result_version is not None:
-        return training_round, min(missing, math.ceil(missing * settings.CANARY_PAIR_SHARE))
-    exact = missing * settings.HEAD_TO_HEAD_PAIR_SHARE
-    return None, min(missing, math.floor(exact) + (_random.random() < exact - math.floor(exact)))
-
-
-def _prompts_least_compared(version: ModelVersion, count: int) -> list[Prompt]:
-    return list(
-        _prompts_samplable()
-        .annotate(answers=Count("completions", filter=Q(completions__model_version=version)))
-        .order_by("answers", "?")[:count]
-    )
-
-
-def head_to_head_pairs_refill(*, client: ModelServerClient, missing: int) -> int:
-    """Make the head-to-head share of `missing` new pairs (head_to_head_pairs_wanted); returns how many were made.
-
-    The refill calls this before sampling its own pairs and samples `missing` less what this made. A model server
-    that refuses or cannot be reached costs only these pairs: the refill samples ordinary ones instead."""
-    training_round, count = head_to_head_pairs_wanted(missing)
-    if count == 0:
-        return 0
-    try:
-        if training_round is not None:
-            return _canary_pairs_make(training_round, count, client)
-        return _earlier_pairs_make(count, client)
-    except (ModelServerRefused, ModelServerUnavailable) as error:
-        logger.warning("no head-to-head pairs this refill, ordinary pairs instead: %s", error)
-        return 0
-
-
-def _canary_pairs_make(training_round: TrainingRound, count: int, client: ModelServerClient) -> int:
-    candidate = training_round.result_version
-    assert candidate is not None  # head_to_head_pairs_wanted checked it
-    candidate.ensure_loaded(client)  # a restarted model server forgets it; the canary needs it back
-    training_round.parent_version.ensure_loaded(client)
-    prompts = _prompts_least_compared(candidate, count)
-    made = pairs_sample_head_to_head(
-        first=candidate, second=training_round.parent_version, prompts=prompts, client=client
-    )
-    logger.info("round %s canary: made %d head-to-head pairs", training_round.pk, len(made))
-    return len(made)
-
-
-def head_to_head_opponents(serving: ModelVersion) -> list[ModelVersion]:
-    """The earlier versions the serving one is compared with, in the order they are tried: fewest head-to-head votes
-    asked for against the serving version first (pairs still waiting for theirs count, so one refill's choice is
-    not repeated before the votes are in), then the newest.
-
-    Every version that served before is one, the base model included. Rejected candidates are not: their canary
-    compared them already, and they never serve, so more votes on them would not change what users get."""
-    earlier = list(ModelVersion.objects.filter(status=ModelVersion.Status.RETIRED).exclude(pk=serving.pk))
-    pairs = Pair.objects.filter(
-        Q(completion_a__model_version=serving, completion_b__model_version__in=earlier)
-        | Q(completion_b__model_version=serving, completion_a__model_version__in=earlier)
-    )
-    asked: Counter[int] = Counter()
-    for a_version, b_version, votes in (
-        pairs.values_list("completion_a__model_version_id", "completion_b__model_version_id")
-        .annotate(votes=Sum("judgements_required"))
-        .order_by()
-    ):
-        asked[b_version if a_version == serving.pk else a_version] += votes
-    return sorted(earlier, key=lambda version: (asked[version.pk], -version.pk))
-
-
-def _earlier_pairs_make(count: int, client: ModelServerClient) -> int:
-    serving = ModelVersion.objects.serving()
-    if serving is None:
-        return 0
-    for opponent in head_to_head_opponents(serving):
-        try:
-            if not opponent.ensure_loaded(client, only_with_room=True):
-                logger.info("%s: no free adapter slot to compare it in", opponent)
-                continue
-        except ModelServerRefused as error:  # its adapter is gone or broken: the next version may still load
-            logger.warning("%s could not be loaded to compare it with %s: %s", opponent, serving, error)
-            continue
-        made = pairs_sample_head_to_head(
-            first=serving, second=opponent, prompts=_prompts_least_compared(opponent, count), client=client
-        )
-        logger.info("made %d head-to-head pairs: %s against %s", len(made), serving, opponent)
-        return len(made)
-    return 0
 
 
 # --- The tally and the rule --------------------------------------------------------------------------------------
@@ -325,7 +159,7 @@ def canary_begin(training_round: TrainingRound) -> None:
             version.reject()
             training_round.finish(Status.FAILED, error=f"the model server refused the adapter: {error}")
         return
-    from annotate.sampling import pairs_refill_request
+    from annotate.sampling.services import pairs_refill_request
 
     pairs_refill_request(throttle=False)
 
@@ -348,9 +182,7 @@ def _promote(training_round: TrainingRound, record: dict[str, Any]) -> None:
     with transaction.atomic():
         training_round.deploy_begin()
         training_round.record(canary_decision=record)
-    from annotate.tasks import round_deploy
-
-    if not enqueue(round_deploy, training_round.pk):
+    if not enqueue("annotate.tasks.round_deploy", training_round.pk):
         training_round.finish(Status.TRAINED, error="the task queue could not be reached; promote it again")
 
 

@@ -29,17 +29,9 @@ from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from annotate.broker import enqueue
-from annotate.canary import canary_begin
 from annotate.errors import Conflict, Invalid
-from annotate.generation import (
-    ModelServerClient,
-    ModelServerRefused,
-    ModelServerUnavailable,
-    SamplingParams,
-    client_from_settings,
-)
 from annotate.models import Judgement, ModelVersion, Prompt, TrainingRound
-from annotate.preferences import (
+from annotate.quality.preferences import (
     Combine,
     PairWeights,
     PreferenceRules,
@@ -49,7 +41,15 @@ from annotate.preferences import (
     verdicts,
     weights_described,
 )
-from annotate.sampling import pairs_refill_request as request_refill
+from annotate.rounds.canary import canary_begin
+from annotate.sampling.generation import (
+    ModelServerClient,
+    ModelServerRefused,
+    ModelServerUnavailable,
+    SamplingParams,
+    client_from_settings,
+)
+from annotate.sampling.services import pairs_refill_request as request_refill
 from training.config import TUNABLE_FIELDS, FieldSpec, RoundConfig
 from training.data import weights_to_mean_one
 from training.gate import gate_decision
@@ -213,9 +213,8 @@ def round_start(
             )
     except IntegrityError:
         raise Conflict("another round started at the same moment") from None
-    from annotate.tasks import round_run
 
-    transaction.on_commit(lambda: enqueue(round_run, training_round.pk))
+    transaction.on_commit(lambda: enqueue("annotate.tasks.round_run", training_round.pk))
     return training_round
 
 
@@ -251,9 +250,7 @@ def round_promote(*, training_round: TrainingRound, by: User | None, reason: str
             who = by.get_username() if by else "unknown"
             training_round.record(override_reason=f"{reason} (promoted by {who})")
             version.approve()
-    from annotate.tasks import round_deploy
-
-    if not enqueue(round_deploy, training_round.pk):
+    if not enqueue("annotate.tasks.round_deploy", training_round.pk):
         training_round.finish(Status.TRAINED, error="the task queue could not be reached; promote it again")
         raise Conflict("the task queue could not be reached; nothing was deployed, try again shortly")
 
@@ -637,9 +634,7 @@ def round_deploy(training_round: TrainingRound) -> None:
         if training_round.status == Status.DEPLOYING:
             training_round.finish(Status.FAILED, error=f"deploy failed: {type(error).__name__}: {error}")
         return
-    from annotate.tasks import round_measure_lengths as measure_task
-
-    transaction.on_commit(lambda: enqueue(measure_task, training_round.pk))
+    transaction.on_commit(lambda: enqueue("annotate.tasks.round_measure_lengths", training_round.pk))
     if version.status == ModelVersion.Status.SERVING:
         request_refill(throttle=False)
 
@@ -680,6 +675,4 @@ def round_run(round_id: int) -> None:
             round_deploy(training_round)
     except ModelServerUnavailable:
         # Saved as trained, not deployed: the deploy task retries it with backoff until the server is back.
-        from annotate.tasks import round_deploy as deploy_task
-
-        enqueue(deploy_task, training_round.pk)
+        enqueue("annotate.tasks.round_deploy", training_round.pk)

@@ -12,12 +12,14 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from annotate import canary, rounds, sampling
 from annotate.errors import Conflict, Invalid
-from annotate.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
 from annotate.models import ModelVersion, TrainingRound
-from annotate.preferences import WEIGHTS_RULE
-from annotate.web import AppRequest, render_page, staff_required
+from annotate.quality.preferences import WEIGHTS_RULE
+from annotate.rounds import canary
+from annotate.rounds import services as rounds
+from annotate.sampling import services as sampling
+from annotate.sampling.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
+from annotate.web.pages import AppRequest, render_page, staff_required
 from training.config import FieldSpec
 
 

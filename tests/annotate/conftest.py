@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 from django.db import connection
 
-from annotate import rounds
 from annotate.models import Judgement, TrainingRound
+from annotate.rounds import services as rounds
 
 from .edges import FakeModelServer, fake_model_server, scripted_trainer
 

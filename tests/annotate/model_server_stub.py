@@ -1,6 +1,6 @@
 """A tiny local HTTP server that answers like vLLM's OpenAI-compatible API, for tests of the HTTP edge.
 
-It runs the real client (annotate.generation) over a real socket: status codes, error bodies and timeouts are what
+It runs the real client (sampling.generation) over a real socket: status codes, error bodies and timeouts are what
 the client sees from vLLM, only the answers are made up (deterministic in the seed, so twins differ).
 """
 

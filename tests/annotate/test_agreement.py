@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from annotate.agreement import (
+from annotate.annotation.simulation import Profile, prefer_shorter
+from annotate.quality.agreement import (
     LABELS,
     QualityThresholds,
     Vote,
@@ -30,7 +31,6 @@ from annotate.agreement import (
     self_consistency,
     speed,
 )
-from annotate.simulation import Profile, prefer_shorter
 
 # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", section C: nominal data, four observers, twelve
 # units, missing values (None). The paper reports alpha = 0.743 for nominal data.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from annotate import services
+from annotate.annotation import services
 from annotate.models import AnnotatorAction, Campaign, Pair
 
 pytestmark = pytest.mark.django_db

@@ -11,10 +11,14 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from scipy.stats import binomtest
 
-from annotate import canary, rounds, services, tasks
+from annotate import tasks
+from annotate.annotation import services
 from annotate.errors import Conflict, Invalid
-from annotate.generation import client_from_settings
 from annotate.models import Judgement, ModelVersion, Pair, TrainingRound
+from annotate.rounds import canary
+from annotate.rounds import services as rounds
+from annotate.sampling import services as sampling
+from annotate.sampling.generation import client_from_settings
 
 from .edges import ChattingModelServer
 
@@ -47,7 +51,7 @@ def make_head_to_head_pairs(count: int) -> int:
     made = 0
     with client_from_settings() as client:
         while made < count:
-            made += canary.head_to_head_pairs_refill(client=client, missing=min(8, count - made))
+            made += sampling.head_to_head_pairs_refill(client=client, missing=min(8, count - made))
     return made
 
 
@@ -120,20 +124,20 @@ def test_a_prompt_the_model_server_refuses_is_skipped_and_the_others_make_pairs(
     start_canary()
     model_server.refuse = "number 3?"
     with client_from_settings() as client:
-        assert canary.head_to_head_pairs_refill(client=client, missing=8) == 7
+        assert sampling.head_to_head_pairs_refill(client=client, missing=8) == 7
     refused_prompt = Pair.objects.filter(prompt__messages__0__content="Question number 3?")
     assert [pair.is_head_to_head for pair in refused_prompt] == [False]  # only the fixture's own pair
 
 
 def test_the_share_of_new_pairs_follows_the_setting(canary_settings, serving_version):
     canary_settings.HEAD_TO_HEAD_PAIR_SHARE = 0
-    assert canary.head_to_head_pairs_wanted(8) == (None, 0)  # no canary, no earlier versions wanted
+    assert sampling.head_to_head_pairs_wanted(8) == (None, 0)  # no canary, no earlier versions wanted
     canary_settings.HEAD_TO_HEAD_PAIR_SHARE = 0.25
-    assert canary.head_to_head_pairs_wanted(8) == (None, 2)  # no canary: the serving version against earlier ones
+    assert sampling.head_to_head_pairs_wanted(8) == (None, 2)  # no canary: the serving version against earlier ones
     training_round = start_canary()
     canary_settings.CANARY_PAIR_SHARE = 0.25
-    assert canary.head_to_head_pairs_wanted(8) == (training_round, 2)  # the canary takes the slot
-    assert canary.head_to_head_pairs_wanted(0)[1] == 0
+    assert sampling.head_to_head_pairs_wanted(8) == (training_round, 2)  # the canary takes the slot
+    assert sampling.head_to_head_pairs_wanted(0)[1] == 0
 
 
 def test_the_rule_waits_for_enough_votes_then_promotes_and_the_candidate_serves(

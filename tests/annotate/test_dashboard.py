@@ -13,8 +13,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from annotate import rounds, services
+from annotate.annotation import services
 from annotate.models import Campaign, Completion, Judgement, ModelVersion, Pair, Prompt, TrainingRound
+from annotate.rounds import services as rounds
 from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS, STRICT_CSP
 
 from .conftest import run_round

@@ -11,10 +11,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from jsonschema import Draft202012Validator
 
-from annotate import exports
-from annotate.exports import ExportFilters
+from annotate.data import exports
+from annotate.data.exports import ExportFilters
 from annotate.models import Completion, Export, Judgement, ModelVersion, Pair
-from annotate.preferences import PreferenceRules
+from annotate.quality.preferences import PreferenceRules
 from tests.conftest import REPO, SHARED_DATA
 from training.data import hh_rlhf_to_trl
 

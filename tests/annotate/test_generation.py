@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from annotate.generation import ModelServerClient, ModelServerRefused, ModelServerUnavailable, SamplingParams
+from annotate.sampling.generation import ModelServerClient, ModelServerRefused, ModelServerUnavailable, SamplingParams
 from tests.annotate.model_server_stub import ModelServerStub
 
 MODEL = "policy-v0"

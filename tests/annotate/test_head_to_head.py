@@ -8,10 +8,13 @@ import uuid
 
 import pytest
 
-from annotate import exports, rounds, sampling, services
-from annotate.exports import ExportFilters
+from annotate.annotation import services
+from annotate.data import exports
+from annotate.data.exports import ExportFilters
 from annotate.models import Campaign, Judgement, ModelVersion, Pair, TrainingRound
-from annotate.preferences import PreferenceRules
+from annotate.quality.preferences import PreferenceRules
+from annotate.rounds import services as rounds
+from annotate.sampling import services as sampling
 
 from .conftest import run_round
 from .edges import ChattingModelServer

@@ -7,9 +7,9 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from annotate import imports
+from annotate.data import imports
 from annotate.models import Completion, Judgement, ModelVersion, Pair, Prompt, conversation_hash
-from annotate.preferences import PreferenceRules, judgements_for_preferences, verdicts
+from annotate.quality.preferences import PreferenceRules, judgements_for_preferences, verdicts
 from tests.conftest import SHARED_DATA
 from training.data import hh_rlhf_to_trl
 

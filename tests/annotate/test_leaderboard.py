@@ -10,10 +10,11 @@ import pytest
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotate import imports, services
-from annotate.leaderboard import head_to_head_votes, leaderboard_standings
+from annotate.annotation import services
+from annotate.data import imports
+from annotate.leaderboard.ratings import leaderboard_compute
+from annotate.leaderboard.selectors import head_to_head_votes, leaderboard_standings
 from annotate.models import Completion, Judgement, ModelVersion, Pair, Prompt
-from annotate.ratings import leaderboard_compute
 from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS, STRICT_CSP
 
 pytestmark = pytest.mark.django_db

@@ -1,7 +1,7 @@
 import pytest
 
 from annotate.models import Judgement
-from annotate.preferences import PreferenceRules, judgements_for_preferences, trl_preference_row, verdicts
+from annotate.quality.preferences import PreferenceRules, judgements_for_preferences, trl_preference_row, verdicts
 
 pytestmark = pytest.mark.django_db
 
@@ -83,7 +83,7 @@ def test_bad_rules_are_refused():
 def test_weights_count_a_vote_without_strength_or_competence_as_the_middle():
     from typing import NamedTuple
 
-    from annotate.preferences import PairWeights
+    from annotate.quality.preferences import PairWeights
 
     class Vote(NamedTuple):
         choice: str

@@ -8,10 +8,10 @@ import uuid
 import pytest
 from django.core.management import call_command
 
-from annotate import services
-from annotate.agreement import QualityThresholds
+from annotate.annotation import services
 from annotate.models import Judgement
-from annotate.quality import (
+from annotate.quality.agreement import QualityThresholds
+from annotate.quality.selectors import (
     agreement_for,
     pairwise_kappas_for,
     quality_report,
@@ -107,7 +107,7 @@ def test_report_on_simulated_annotators_flags_the_bad_ones(make_pair, django_ass
     # crosses the position-bias flag in about one run in a hundred, which is chance, not a fault.
     import itertools
 
-    from annotate import services
+    from annotate.annotation import services
 
     sides = itertools.cycle([0, 1])
     monkeypatch.setattr(services.secrets, "randbits", lambda bits: next(sides))

@@ -12,9 +12,10 @@ import pytest
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotate import rounds, services
+from annotate.annotation import services
+from annotate.annotation.simulation import Profile, SimulatedAnnotator, prefer_shorter, simulated_annotator_judge
 from annotate.models import AnnotatorAction, Campaign, Judgement, Pair
-from annotate.simulation import Profile, SimulatedAnnotator, prefer_shorter, simulated_annotator_judge
+from annotate.rounds import services as rounds
 
 pytestmark = pytest.mark.django_db
 
@@ -263,7 +264,7 @@ def test_queries_do_not_grow_with_annotators_or_votes(population, staff_client, 
 
 
 def test_the_report_is_computed_once_until_a_vote_changes_it(population, make_pair, staff_client, monkeypatch):
-    from annotate import quality
+    from annotate.quality import selectors as quality
 
     estimates = []
     real_competence = quality.competence

@@ -14,7 +14,7 @@ from django.contrib.auth.models import Group, User
 from django.db import connection
 from rest_framework.test import APIClient
 
-from annotate import services
+from annotate.annotation import services
 from annotate.errors import Conflict
 from annotate.models import Assignment, Campaign, Judgement, Pair
 

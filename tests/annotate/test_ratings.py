@@ -7,7 +7,7 @@ import choix
 import numpy as np
 import pytest
 
-from annotate.ratings import (
+from annotate.leaderboard.ratings import (
     ANCHOR_RATING,
     POINTS_PER_LOGIT,
     Vote,

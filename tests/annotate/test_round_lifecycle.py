@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from annotate import rounds, tasks
+from annotate import tasks
 from annotate.errors import Conflict, Invalid
 from annotate.models import Judgement, ModelVersion, TrainingRound
+from annotate.rounds import services as rounds
 
 from .conftest import run_round
 

@@ -4,8 +4,9 @@ import re
 import pytest
 from rest_framework.test import APIClient
 
-from annotate import rounds, tasks
+from annotate import tasks
 from annotate.models import Judgement, ModelVersion, TrainingRound
+from annotate.rounds import services as rounds
 
 from .conftest import run_round
 

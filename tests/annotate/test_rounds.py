@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from annotate import rounds, tasks
+from annotate import tasks
+from annotate.annotation.simulation import prefer_keyword, prefer_longer, prefer_shorter, preference_from_spec
 from annotate.errors import Conflict, Invalid
 from annotate.models import Judgement, ModelVersion, TrainingRound
-from annotate.simulation import prefer_keyword, prefer_longer, prefer_shorter, preference_from_spec
+from annotate.rounds import services as rounds
 
 pytestmark = pytest.mark.django_db
 
@@ -294,7 +295,7 @@ def test_a_round_leaves_out_gold_repeat_and_excluded_votes_and_says_so(
 ):
     import uuid
 
-    from annotate import services
+    from annotate.annotation import services
     from annotate.models import Campaign
 
     settings.REPEAT_MIN_VOTES_BETWEEN = 0
@@ -383,7 +384,7 @@ def _vote_every_pair(annotator, answer):
     """The annotator votes on every open pair through the services, for `answer(pair)`: ("a" or "b", strength)."""
     import uuid
 
-    from annotate import services
+    from annotate.annotation import services
 
     while (assignment := services.assignment_lease_next(annotator=annotator)) is not None:
         chosen, strength = answer(assignment.pair)
@@ -430,7 +431,7 @@ def test_strength_weighting_weighs_each_pair_by_its_votes_strength(
 def test_competence_weighting_trusts_the_pairs_of_competent_voters_more(
     round_settings, make_pair, django_user_model, serving_version, weighting
 ):
-    from annotate.preferences import annotator_competence
+    from annotate.quality.preferences import annotator_competence
 
     round_settings.ROUND_HOLDOUT_FRACTION = 0.0
     for number in range(12):

@@ -7,9 +7,9 @@ import pytest
 from django.core.cache import cache
 from django.db import connections
 
-from annotate import sampling
-from annotate.generation import ModelServerRefused
 from annotate.models import Completion, Pair, Prompt
+from annotate.sampling import services as sampling
+from annotate.sampling.generation import ModelServerRefused
 from tests.annotate.model_server_stub import ModelServerStub
 
 TOO_LONG = "Summarise this. " + "word " * 200_000  # about 1 MB, as a careless import might bring in
@@ -252,13 +252,13 @@ def test_a_vote_asks_for_pairs_only_below_the_low_watermark(
 ):
     import uuid
 
-    from annotate import services
+    from annotate.annotation import services
 
     settings.PAIR_BUFFER_LOW_WATERMARK = 3
     for _ in range(4):
         make_pair()
     requested = []
-    monkeypatch.setattr(sampling, "enqueue", lambda task, *args: requested.append(task.name))  # the broker: the edge
+    monkeypatch.setattr(sampling, "enqueue", lambda task, *args: requested.append(task))  # the broker: the edge
 
     def vote() -> None:
         assignment = services.assignment_lease_next(annotator=annotator)

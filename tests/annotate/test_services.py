@@ -5,10 +5,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotate import sampling, services
+from annotate.annotation import services
 from annotate.errors import Conflict, Invalid
-from annotate.generation import ModelServerClient, ModelServerUnavailable, Sample
 from annotate.models import Assignment, Judgement, ModelVersion, Pair, Prompt
+from annotate.sampling import services as sampling
+from annotate.sampling.generation import ModelServerClient, ModelServerUnavailable, Sample
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
-from annotate.models import Judgement
-from annotate.simulation import (
+from annotate.annotation.simulation import (
     Profile,
     SimulatedAnnotator,
     is_non_answer,
@@ -21,6 +20,7 @@ from annotate.simulation import (
     prompt_key_words,
     simulated_annotator_judge,
 )
+from annotate.models import Judgement
 
 SHORT, LONG = "Short answer.", "A much longer answer that goes on for a while, with detail nobody asked for."
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from annotate.rounds import process_group_stop
+from annotate.rounds.services import process_group_stop
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO / "var" / "log" / "tests"
@@ -53,7 +53,7 @@ def _process_env(**overrides: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def vllm_server() -> Iterator[str]:
     """The default model served by a real vLLM server (the model is prepared once and cached under var/)."""
-    from annotate.generation import model_server_url
+    from annotate.sampling.generation import model_server_url
 
     process, log_path = _start("vllm", [sys.executable, "manage.py", "serve_model"], _process_env())
     url = model_server_url()

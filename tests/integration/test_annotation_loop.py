@@ -7,8 +7,8 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from annotate import tasks
-from annotate.generation import client_from_settings
 from annotate.models import Assignment, Judgement, ModelVersion, Pair, Prompt
+from annotate.sampling.generation import client_from_settings
 from tests.integration.conftest import wait_until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]

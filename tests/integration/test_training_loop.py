@@ -5,9 +5,10 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from annotate import sampling, tasks
-from annotate.generation import client_from_settings
+from annotate import tasks
 from annotate.models import Judgement, ModelVersion, Pair, Prompt, TrainingRound
+from annotate.sampling import services as sampling
+from annotate.sampling.generation import client_from_settings
 from tests.integration.conftest import wait_until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -103,6 +104,6 @@ def test_round_trains_deploys_serves_and_rolls_back(vllm_server, celery_worker, 
 
 
 def services_base_model():
-    from annotate.model_server import base_model_prepare
+    from annotate.sampling.local_server import base_model_prepare
 
     return base_model_prepare()

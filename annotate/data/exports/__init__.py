@@ -10,10 +10,10 @@
 Callers use the names re-exported here (`from annotate import exports; exports.export_create(...)`).
 """
 
-from annotate.exports.card import card_path, card_read, dataset_card
-from annotate.exports.filters import SOURCES, ExportFilters, date_errors, filter_errors, judgements_matching
-from annotate.exports.formats import DATASET_FORMATS, FORMATS, DatasetFormat, RowContext
-from annotate.exports.services import (
+from annotate.data.exports.card import card_path, card_read, dataset_card
+from annotate.data.exports.filters import SOURCES, ExportFilters, date_errors, filter_errors, judgements_matching
+from annotate.data.exports.formats import DATASET_FORMATS, FORMATS, DatasetFormat, RowContext
+from annotate.data.exports.services import (
     InvalidExport,
     export_create,
     export_default_path,
@@ -23,8 +23,8 @@ from annotate.exports.services import (
     export_request,
     export_run,
 )
-from annotate.exports.stream import ExportStats, export_write
-from annotate.exports.writers import FILE_FORMATS
+from annotate.data.exports.stream import ExportStats, export_write
+from annotate.data.exports.writers import FILE_FORMATS
 
 __all__ = [
     "DATASET_FORMATS",

@@ -14,11 +14,11 @@ import yaml
 from django.conf import settings
 from django.template.loader import render_to_string
 
-from annotate.exports.filters import ExportFilters
-from annotate.exports.formats import FORMATS, MESSAGES, DatasetFormat
-from annotate.exports.stream import ExportStats
+from annotate.data.exports.filters import ExportFilters
+from annotate.data.exports.formats import FORMATS, MESSAGES, DatasetFormat
+from annotate.data.exports.stream import ExportStats
 from annotate.models import ModelVersion
-from annotate.preferences import WEIGHTS_RULE, weights_described
+from annotate.quality.preferences import WEIGHTS_RULE, weights_described
 
 _COMBINE_RULES = {
     "majority": "one verdict per pair: its most common vote; a draw between outcomes gives no verdict",

@@ -12,7 +12,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from annotate.models import Judgement, ModelVersion, Prompt
-from annotate.preferences import PreferenceRules, Weighting
+from annotate.quality.preferences import PreferenceRules, Weighting
 
 SOURCES = tuple(Judgement.Source.values)
 
@@ -29,7 +29,7 @@ class ExportFilters:
     sources: tuple[str, ...] = ()  # human, simulated, imported
     on_policy: bool = False  # both answers from the version that served when the pair was sampled
     rules: PreferenceRules = field(default_factory=PreferenceRules)
-    # Not a filter: a weight column on trl-preference rows (annotate.preferences.PairWeights), when not "none".
+    # Not a filter: a weight column on trl-preference rows (annotate.quality.preferences.PairWeights), when not "none".
     weighting: Weighting = "none"
     license: str = ""  # not a filter: the licence the dataset card states
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 from django.conf import settings
 
 from annotate.models import Judgement, ModelVersion
-from annotate.preferences import DECISIVE, PairWeights, PreferenceRules, assistant, preference_row
+from annotate.quality.preferences import DECISIVE, PairWeights, PreferenceRules, assistant, preference_row
 
 Row = dict[str, Any]
 Messages = list[dict[str, str]]
@@ -26,7 +26,7 @@ MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])
 
 
 class ExportVote(NamedTuple):
-    """One vote as an export reads it (the fields annotate.preferences.combine reads, and the lineage)."""
+    """One vote as an export reads it (the fields annotate.quality.preferences.combine reads, and the lineage)."""
 
     id: int
     pair_id: int
@@ -67,7 +67,7 @@ class ExportPair:
 
 @dataclass(frozen=True, slots=True)
 class ExportVerdict:
-    """A verdict (annotate.preferences.combine) on one pair, with the pair and the votes behind it."""
+    """A verdict (annotate.quality.preferences.combine) on one pair, with the pair and the votes behind it."""
 
     pair: ExportPair
     outcome: str

@@ -12,11 +12,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate.broker import enqueue
-from annotate.exports.card import card_path, dataset_card
-from annotate.exports.filters import ExportFilters, filter_errors, judgements_matching
-from annotate.exports.formats import DATASET_FORMATS, WEIGHTED_FORMAT
-from annotate.exports.stream import Progress, export_write
-from annotate.exports.writers import FILE_FORMATS
+from annotate.data.exports.card import card_path, dataset_card
+from annotate.data.exports.filters import ExportFilters, filter_errors, judgements_matching
+from annotate.data.exports.formats import DATASET_FORMATS, WEIGHTED_FORMAT
+from annotate.data.exports.stream import Progress, export_write
+from annotate.data.exports.writers import FILE_FORMATS
 from annotate.models import Export
 from training.config import WEIGHTINGS
 
@@ -71,9 +71,7 @@ def export_request(*, created_by: User, dataset_format: str, file_format: str, f
 def export_enqueue(*, export: Export) -> bool:
     """Hand a queued export to a worker; False (noted on the export, logged) when the task queue is unreachable.
     Sending twice is harmless: an export runs once (Export.start)."""
-    from annotate.tasks import export_run as export_run_task  # tasks import this module
-
-    if not enqueue(export_run_task, export.pk):
+    if not enqueue("annotate.tasks.export_run", export.pk):
         export.note_waiting(reason="not started yet: the task queue could not be reached")
         return False
     if export.error:

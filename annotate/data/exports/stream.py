@@ -1,4 +1,4 @@
-"""Streaming an export: votes read in chunks, combined pair by pair under the preference rules (annotate.preferences,
+"""Streaming an export: votes read in chunks, combined pair by pair under the preference rules (quality.preferences,
 the same rules training rounds use), turned into rows by the format and written as they come, so memory stays flat
 however many votes there are; the statistics the dataset card reports are gathered on the way.
 
@@ -22,11 +22,11 @@ import orjson
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
-from annotate.exports.filters import ExportFilters, judgements_matching
-from annotate.exports.formats import FORMATS, WEIGHT_COLUMN, ExportPair, ExportVerdict, ExportVote, RowContext
-from annotate.exports.writers import open_writer
+from annotate.data.exports.filters import ExportFilters, judgements_matching
+from annotate.data.exports.formats import FORMATS, WEIGHT_COLUMN, ExportPair, ExportVerdict, ExportVote, RowContext
+from annotate.data.exports.writers import open_writer
 from annotate.models import Judgement
-from annotate.preferences import PairWeights, PreferenceRules, combine
+from annotate.quality.preferences import PairWeights, PreferenceRules, combine
 
 READ_CHUNK = 2000  # votes fetched from the database at a time (and between progress reports)
 Progress = Callable[[int], None]
@@ -67,7 +67,7 @@ def _pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
 
 
 def export_verdicts(rows: Iterable[tuple[Any, ...]], rules: PreferenceRules) -> Iterator[ExportVerdict]:
-    """Combine tuples from votes_to_export into verdicts, pair by pair, with annotate.preferences.combine."""
+    """Combine tuples from votes_to_export into verdicts, pair by pair, with annotate.quality.preferences.combine."""
     make_vote = ExportVote._make
     for pair_id, group in groupby(rows, key=_PAIR_ID):
         pair_rows = list(group)

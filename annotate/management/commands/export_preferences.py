@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from annotate import exports
+from annotate.data import exports
 from annotate.models import Export
 from training.config import WEIGHTINGS
 

@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from annotate import imports
+from annotate.data import imports
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate.model_server import base_model_prepare
+from annotate.sampling.local_server import base_model_prepare
 
 
 class Command(BaseCommand):

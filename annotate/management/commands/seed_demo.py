@@ -9,8 +9,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from annotate.model_server import base_model_prepare
 from annotate.models import ModelVersion, Prompt, conversation_hash
+from annotate.sampling.local_server import base_model_prepare
 
 DEMO_PROMPTS = Path(__file__).resolve().parents[2] / "demo_prompts.json"
 DEMO_USERS = (("admin", True), ("annotator", False))

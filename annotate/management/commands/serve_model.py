@@ -3,7 +3,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate.model_server import base_model_prepare, vllm_command
+from annotate.sampling.local_server import base_model_prepare, vllm_command
 
 
 class Command(BaseCommand):

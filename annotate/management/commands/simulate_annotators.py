@@ -6,14 +6,14 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate import sampling
-from annotate.simulation import (
+from annotate.annotation.simulation import (
     Profile,
     SimulatedAnnotator,
     preference_from_spec,
     profiles_from_specs,
     simulated_annotator_judge,
 )
+from annotate.sampling import services as sampling
 
 
 class Command(BaseCommand):

@@ -4,9 +4,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate import rounds
 from annotate.errors import Conflict, Invalid
 from annotate.models import TrainingRound
+from annotate.rounds import services as rounds
 
 
 def _config_value(text: str) -> tuple[str, Any]:

@@ -1,0 +1,71 @@
+"""What every staff endpoint shares: pagination, filters, the staff user, the schema's common answers.
+
+The endpoints live with their areas (data, rounds, annotation, quality). Every staff endpoint is staff only
+(IsAdminUser): annotator tokens get 403 and can only use the annotation endpoints of annotate/annotation/api.py.
+Lists are paginated (?page=, ?page_size=).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    inline_serializer,
+)
+from rest_framework import serializers, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from annotate.errors import Conflict, Invalid
+
+
+class DataPagination(PageNumberPagination):
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+    def __init__(self) -> None:
+        self.page_size = settings.API_PAGE_SIZE
+
+
+def page_of(item: type[serializers.Serializer[Any]]) -> serializers.Serializer[Any]:
+    """The schema of a paginated list of `item`."""
+    return inline_serializer(
+        name=f"{item.__name__}Page",
+        fields={
+            "count": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": item(many=True),
+        },
+    )
+
+
+def paginated(request: Request, queryset: QuerySet[Any], item: type[serializers.Serializer[Any]]) -> Response:
+    paginator = DataPagination()
+    page = paginator.paginate_queryset(queryset, request)
+    return paginator.get_paginated_response(item(page, many=True, context={"request": request}).data)
+
+
+def query_of(request: Request, filter_class: type[serializers.Serializer[Any]]) -> dict[str, Any]:
+    query = filter_class(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    return {name: value for name, value in query.validated_data.items() if value not in (None, "")}
+
+
+def staff_of(request: Request) -> User:
+    return cast(User, request.user)  # IsAdminUser let only staff through
+
+
+NOT_STAFF = OpenApiResponse(description="Not logged in (401) or not staff (403).")
+BAD_FILTERS = OpenApiResponse(description="Bad filters, named in `errors`.")
+
+
+def app_error_response(error: Conflict | Invalid) -> Response:
+    if isinstance(error, Invalid):
+        return Response({"errors": error.errors}, status=status.HTTP_400_BAD_REQUEST)
+    return Response({"detail": str(error), "code": error.code}, status=status.HTTP_409_CONFLICT)
