@@ -777,3 +777,32 @@ class RoundStep(models.Model):
 
     def __str__(self) -> str:
         return f"Step {self.step} of round {self.training_round_id}"
+
+
+class SamplingClaimQuerySet(models.QuerySet["SamplingClaim"]):
+    def live(self, now: Any) -> SamplingClaimQuerySet:
+        return self.filter(expires_at__gt=now)
+
+
+class SamplingClaim(models.Model):
+    """A batch of pairs one sampling worker is making from a version: a row that names its holder and lives only as
+    long as the holder's heartbeat renews it.
+
+    While it lives its pairs count as on their way, so other workers take the next batch instead of the same one;
+    it is released (deleted) by its holder alone. A holder killed without a word stops renewing it: once it expires
+    (or at once, when the holder was a process on the same host that no longer exists) the next refill takes it over.
+    """
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="sampling_claims")
+    pairs = models.PositiveIntegerField(help_text="Pairs this batch is to make.")
+    holder = models.CharField(max_length=200, help_text="host:pid:token of the worker process sampling the batch.")
+    claimed_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    objects = SamplingClaimQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.pairs} pairs from {self.version_id} by {self.holder}"

@@ -334,6 +334,13 @@ SAMPLING_MAX_TOKENS = env_int("SAMPLING_MAX_TOKENS", 256)
 PAIR_BUFFER_TARGET = env_int("PAIR_BUFFER_TARGET", 32)
 PAIR_BUFFER_LOW_WATERMARK = env_int("PAIR_BUFFER_LOW_WATERMARK", 8)
 PAIR_GENERATION_CONCURRENCY = env_int("PAIR_GENERATION_CONCURRENCY", 16)
+# Sampling is shared out in batches: each refill claims at most this many of the missing pairs (a row with a
+# heartbeat, annotate.models.SamplingClaim), and asks for another refill when more are missing, so N workers sample N
+# batches at once. A claim whose holder stops renewing it is taken over after SAMPLING_CLAIM_LEASE_SECONDS.
+PAIR_REFILL_BATCH = env_int("PAIR_REFILL_BATCH", 16)
+SAMPLING_CLAIM_LEASE_SECONDS = env_float("SAMPLING_CLAIM_LEASE_SECONDS", 30.0)
+if PAIR_REFILL_BATCH < 1 or SAMPLING_CLAIM_LEASE_SECONDS < 3:
+    raise ImproperlyConfigured("PAIR_REFILL_BATCH must be >= 1 and SAMPLING_CLAIM_LEASE_SECONDS >= 3")
 # --- Sampling: prompts the model server refuses ---------------------------------------------------------------
 # A prompt refused this many times (HTTP 400/413/422: too long for the model, ...) is set aside, no longer sampled,
 # and listed for staff (sampling.prompts_set_aside); 0: never set aside.

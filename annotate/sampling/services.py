@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import secrets
+import socket
+import threading
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from annotate.broker import enqueue
-from annotate.models import Completion, ModelVersion, Pair, Prompt, TrainingRound
+from annotate.models import Completion, ModelVersion, Pair, Prompt, SamplingClaim, TrainingRound
 from annotate.sampling.generation import (
     ModelServerClient,
     ModelServerRefused,
@@ -222,44 +227,135 @@ def _prompt_finished(
     return pair_create(prompt=entry.prompt, version=version, first=entry.answers[0], second=entry.answers[1])
 
 
-REFILL_LOCK = "pairloop:pairs-refill"
+# --- Refills: the buffer shared out in claimed batches ------------------------------------------------------------
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _holder_is_dead(holder: str) -> bool:
+    """True when the holder was a process on this host that no longer exists. A process on another host, or one that
+    cannot be checked, is dead only when its claim expires."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
+
+
+def _claims_take_over(version: ModelVersion, now: datetime) -> None:
+    """End the claims whose holders are gone (expired, or a process of this host that died), saying so."""
+    for claim in SamplingClaim.objects.filter(version=version):
+        if claim.expires_at <= now:
+            reason = f"its lease ran out at {claim.expires_at:%H:%M:%S} without a heartbeat"
+        elif _holder_is_dead(claim.holder):
+            reason = "its process no longer exists"
+        else:
+            continue
+        if SamplingClaim.objects.filter(pk=claim.pk, holder=claim.holder).delete()[0]:
+            logger.warning("taking over the claim of %d pairs held by %s: %s", claim.pairs, claim.holder, reason)
+
+
+def sampling_claim_take(*, version: ModelVersion, holder: str) -> tuple[SamplingClaim | None, int]:
+    """Claim the next batch of the pairs `version`'s buffer is missing; returns the claim (None: nothing is missing
+    that another live claim is not already making) and how many pairs are still missing after it.
+
+    Claims are taken one at a time per version (a row lock on the version; SQLite's transactions are IMMEDIATE), so
+    the pairs on their way are counted once: the buffer is never filled past its target by refills that overlap."""
+    with transaction.atomic():
+        ModelVersion.objects.select_for_update().filter(pk=version.pk).first()
+        now = timezone.now()
+        _claims_take_over(version, now)
+        on_the_way = SamplingClaim.objects.live(now).filter(version=version).aggregate(total=Sum("pairs"))["total"]
+        missing = settings.PAIR_BUFFER_TARGET - pairs_ready_count(version) - (on_the_way or 0)
+        if missing <= 0:
+            return None, 0
+        size = min(missing, settings.PAIR_REFILL_BATCH)
+        claim = SamplingClaim.objects.create(
+            version=version,
+            pairs=size,
+            holder=holder,
+            expires_at=now + timedelta(seconds=settings.SAMPLING_CLAIM_LEASE_SECONDS),
+        )
+        return claim, missing - size
+
+
+@contextmanager
+def _claim_held(claim: SamplingClaim) -> Iterator[None]:
+    """Renew `claim` while the block runs (a heartbeat thread, a third of the lease apart), release it after.
+
+    Only its holder renews or releases it: both match on the holder too, so a claim taken over after a stall is
+    never extended or deleted by the process that lost it."""
+    lease = settings.SAMPLING_CLAIM_LEASE_SECONDS
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(lease / 3):
+                renewed = SamplingClaim.objects.filter(pk=claim.pk, holder=claim.holder).update(
+                    expires_at=timezone.now() + timedelta(seconds=lease)
+                )
+                if not renewed:
+                    logger.warning(
+                        "the claim of %d pairs was taken over while %s sampled it", claim.pairs, claim.holder
+                    )
+                    return
+        finally:
+            connection.close()  # this thread's own connection
+
+    heart = threading.Thread(target=beat, name=f"claim-{claim.pk}", daemon=True)
+    heart.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        heart.join()
+        SamplingClaim.objects.filter(pk=claim.pk, holder=claim.holder).delete()
 
 
 def pairs_refill(*, client_factory: Callable[[], ModelServerClient] = client_from_settings) -> int:
-    """Top the buffer of ready pairs from the serving version up to PAIR_BUFFER_TARGET; returns pairs made.
+    """Claim the next batch of missing pairs from the serving version and make it; returns pairs made.
 
-    Raises ModelServerUnavailable when the model server cannot be reached (the task retries).
+    When more pairs are missing than one batch, another refill is asked for first, so another worker makes the next
+    batch meanwhile. Raises ModelServerUnavailable when the model server cannot be reached (the task retries).
     """
-    if not cache.add(REFILL_LOCK, "1", timeout=settings.VLLM_TIMEOUT * 3):
-        logger.info("another refill is running; leaving the buffer to it")
+    version = ModelVersion.objects.serving()
+    if version is None:
+        logger.warning("no model version is serving; run `manage.py seed_demo` or start a round")
         return 0
-    try:
-        version = ModelVersion.objects.serving()
-        if version is None:
-            logger.warning("no model version is serving; run `manage.py seed_demo` or start a round")
+    with client_factory() as client:
+        # Every refill checks the serving adapter is loaded, so a restarted vLLM gets it back within one beat.
+        version.ensure_loaded(client)
+        claim, still_missing = sampling_claim_take(version=version, holder=_holder())
+        if claim is None:
             return 0
-        with client_factory() as client:
-            # Every refill checks the serving adapter is loaded, so a restarted vLLM gets it back within one beat.
-            version.ensure_loaded(client)
-            missing = settings.PAIR_BUFFER_TARGET - pairs_ready_count(version)
-            if missing <= 0:
-                return 0
-            # A share of the new pairs is head-to-head: a canary's candidate, or an earlier version, against the
-            # serving one.
-            head_to_head = head_to_head_pairs_refill(client=client, missing=missing)
-            missing -= head_to_head
-            if missing <= 0:
-                return head_to_head
-            # Spare prompts stand in for any the server refuses, so the others still fill the buffer.
-            prompts = _prompts_least_sampled(version, missing * 2)
-            if not prompts:
-                logger.warning("no active prompts to sample pairs from (see prompts set aside by refusals)")
-                return head_to_head
-            made = pairs_sample(version=version, prompts=prompts, client=client, wanted=missing)
-        logger.info("made %d pairs from %s (%d were missing)", len(made), version, missing)
-        return head_to_head + len(made)
-    finally:
-        cache.delete(REFILL_LOCK)
+        with _claim_held(claim):
+            if still_missing > 0:
+                enqueue("annotate.tasks.pairs_refill")
+            made = _batch_make(version=version, wanted=claim.pairs, client=client)
+    logger.info("made %d of a batch of %d pairs from %s", made, claim.pairs, version)
+    return made
+
+
+def _batch_make(*, version: ModelVersion, wanted: int, client: ModelServerClient) -> int:
+    # A share of the new pairs is head-to-head: a canary's candidate, or an earlier version, against the serving one.
+    head_to_head = head_to_head_pairs_refill(client=client, missing=wanted)
+    wanted -= head_to_head
+    if wanted <= 0:
+        return head_to_head
+    # Spare prompts stand in for any the server refuses, so the others still fill the buffer.
+    prompts = _prompts_least_sampled(version, wanted * 2)
+    if not prompts:
+        logger.warning("no active prompts to sample pairs from (see prompts set aside by refusals)")
+        return head_to_head
+    return head_to_head + len(pairs_sample(version=version, prompts=prompts, client=client, wanted=wanted))
 
 
 def refill_if_low() -> None:

@@ -71,7 +71,7 @@ def vllm_server() -> Iterator[str]:
         process_group_stop(process)
 
 
-def _test_database_url() -> str:
+def shared_database_url() -> str:
     from django.db import connection
 
     database = connection.settings_dict
@@ -99,7 +99,7 @@ WORKER_SETTINGS = {
 
 
 def _worker(name: str, queue: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = _process_env(DATABASE_URL=_test_database_url(), **WORKER_SETTINGS)
+    env = _process_env(DATABASE_URL=shared_database_url(), **WORKER_SETTINGS)
     command = [sys.executable, "-m", "celery", "-A", "annotate", "worker", "--pool", "solo", "--loglevel", "INFO",
                "--queues", queue, "--hostname", f"{name}@%h",
                "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
