@@ -110,7 +110,7 @@ class Prompt(models.Model):
 
 
 class ModelServer(Protocol):
-    """What model-version transitions need from the model server (annotate.sampling.generation.ModelServerClient)."""
+    """What model-version transitions need from the model server (annotate.sampling.generation.ModelServerPool)."""
 
     def served_models(self) -> list[str]: ...
     def load_lora_adapter(self, *, name: str, path: str) -> None: ...
@@ -269,6 +269,7 @@ class Completion(models.Model):
     completion_tokens = models.PositiveIntegerField(null=True)
     latency_ms = models.PositiveIntegerField(null=True)
     response_id = models.CharField(max_length=200, blank=True, help_text="The id the model server gave the answer.")
+    server = models.CharField(max_length=500, blank=True, help_text="The model server replica that made it.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -308,7 +308,10 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- Model server and sampling ---------------------------------------------------------------------------------
-VLLM_BASE_URL = env_str("VLLM_BASE_URL", "")  # empty: `make run` starts a local server on VLLM_PORT
+# One server or several replicas of it, comma-separated; empty: `make run` starts a local server on VLLM_PORT.
+VLLM_BASE_URL = env_str("VLLM_BASE_URL", "")
+# A replica that cannot be reached is left out for this long, then tried again.
+VLLM_SERVER_RETRY_SECONDS = env_float("VLLM_SERVER_RETRY_SECONDS", 30.0)
 VLLM_HOST = env_str("VLLM_HOST", "127.0.0.1")
 VLLM_PORT = env_int("VLLM_PORT", 8100)
 VLLM_API_KEY = env_str("VLLM_API_KEY", "")

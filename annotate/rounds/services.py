@@ -43,7 +43,7 @@ from annotate.quality.preferences import (
 )
 from annotate.rounds.canary import canary_begin
 from annotate.sampling.generation import (
-    ModelServerClient,
+    ModelServerPool,
     ModelServerRefused,
     ModelServerUnavailable,
     SamplingParams,
@@ -548,7 +548,7 @@ def _evaluation(training_round: TrainingRound, comparison: Path) -> dict[str, An
     return evaluation
 
 
-def _mean_answer_tokens(client: ModelServerClient, model: str, prompts: list[list[dict[str, Any]]]) -> float:
+def _mean_answer_tokens(client: ModelServerPool, model: str, prompts: list[list[dict[str, Any]]]) -> float:
     def length(index_and_prompt: tuple[int, list[dict[str, Any]]]) -> int:
         index, messages = index_and_prompt
         sample = client.chat(model=model, messages=messages, params=SamplingParams.from_settings(seed=1000 + index))

@@ -1,9 +1,16 @@
-"""The only way pairloop talks to the model server: vLLM's OpenAI-compatible HTTP API."""
+"""The only way pairloop talks to the model servers: vLLM's OpenAI-compatible HTTP API, one replica or several.
+
+VLLM_BASE_URL names one server or several replicas of it (comma-separated). With several, `ModelServerPool` sends
+each answer to the replica with the fewest requests in flight, sets aside one that cannot be reached for
+VLLM_SERVER_RETRY_SECONDS, loads every adapter on each replica, and each answer records the replica that made it.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,10 +65,18 @@ class Sample:
     latency_ms: int
     response_id: str
     sampling: dict[str, Any]
+    server: str = ""  # the replica that made it
+
+
+def model_server_urls() -> list[str]:
+    """The model server's replicas: VLLM_BASE_URL's comma-separated URLs, or the local server `make run` starts."""
+    urls = [url.strip().rstrip("/") for url in settings.VLLM_BASE_URL.split(",") if url.strip()]
+    return urls or [f"http://{settings.VLLM_HOST}:{settings.VLLM_PORT}"]
 
 
 def model_server_url() -> str:
-    return (settings.VLLM_BASE_URL or f"http://{settings.VLLM_HOST}:{settings.VLLM_PORT}").rstrip("/")
+    """The first replica (the local server, when `make run` starts one)."""
+    return model_server_urls()[0]
 
 
 class ModelServerClient:
@@ -100,6 +115,9 @@ class ModelServerClient:
             # A 4xx means the request itself is wrong (unknown model, prompt too long): retrying will not help.
             raise ModelServerRefused(f"HTTP {response.status_code}: {response.text[:500]}", response.status_code)
         body = response.json()
+        if body.get("model", model) != model:
+            # Never store an answer under a version that did not make it.
+            raise ModelServerRefused(f"{self.base_url} answered as {body.get('model')!r}, not {model!r}", 409)
         choice = body["choices"][0]
         usage = body.get("usage") or {}
         return Sample(
@@ -110,6 +128,7 @@ class ModelServerClient:
             latency_ms=latency_ms,
             response_id=body.get("id", ""),
             sampling={**asdict(params), "n": 1},
+            server=self.base_url,
         )
 
     def is_healthy(self) -> bool:
@@ -139,7 +158,109 @@ class ModelServerClient:
             )
 
 
-def client_from_settings(timeout: float | None = None) -> ModelServerClient:
-    return ModelServerClient(
-        model_server_url(), settings.VLLM_API_KEY, settings.VLLM_TIMEOUT if timeout is None else timeout
-    )
+# Replicas that could not be reached, and until when each is left out (shared by the pools of one process).
+_set_aside_until: dict[str, float] = {}
+_set_aside_lock = threading.Lock()
+
+
+def _set_aside(url: str, error: Exception) -> None:
+    with _set_aside_lock:
+        _set_aside_until[url] = time.monotonic() + settings.VLLM_SERVER_RETRY_SECONDS
+    logger.warning("model server %s set aside for %.0f s: %s", url, settings.VLLM_SERVER_RETRY_SECONDS, error)
+
+
+def _is_set_aside(url: str) -> bool:
+    with _set_aside_lock:
+        return _set_aside_until.get(url, 0.0) > time.monotonic()
+
+
+class ModelServerPool:
+    """Replicas of one model server used as one: the same methods as ModelServerClient.
+
+    An answer goes to the replica with the fewest requests in flight from this pool among those not set aside; one
+    that cannot be reached is set aside for VLLM_SERVER_RETRY_SECONDS and the request goes to the next. Adapters are
+    loaded on, and unloaded from, every replica that answers; `served_models` lists what every such replica serves,
+    so a replica that restarted without an adapter makes the adapter look missing and `ensure_loaded` puts it back.
+    When every replica is set aside the least busy one is tried: a pool never refuses without asking.
+    """
+
+    def __init__(self, clients: list[ModelServerClient]) -> None:
+        if not clients:
+            raise ValueError("a pool needs at least one model server")
+        self.clients = clients
+        self.base_url = ",".join(client.base_url for client in clients)
+        self._in_flight = dict.fromkeys(range(len(clients)), 0)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def __enter__(self) -> ModelServerPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _reachable(self) -> list[ModelServerClient]:
+        return [client for client in self.clients if not _is_set_aside(client.base_url)] or list(self.clients)
+
+    def chat(self, *, model: str, messages: list[dict[str, Any]], params: SamplingParams) -> Sample:
+        tried: set[int] = set()
+        while True:
+            index = self._next(tried)
+            client = self.clients[index]
+            try:
+                return client.chat(model=model, messages=messages, params=params)
+            except ModelServerUnavailable as error:
+                _set_aside(client.base_url, error)
+                tried.add(index)
+                if len(tried) == len(self.clients) or all(
+                    _is_set_aside(other.base_url) for number, other in enumerate(self.clients) if number not in tried
+                ):
+                    raise
+            finally:
+                with self._lock:
+                    self._in_flight[index] -= 1
+
+    def _next(self, tried: set[int]) -> int:
+        """The replica for the next try: of those not tried yet, the least busy one not set aside (all of them when
+        every one is set aside), counted as busy from now on."""
+        with self._lock:
+            untried = [index for index in range(len(self.clients)) if index not in tried]
+            usable = [index for index in untried if not _is_set_aside(self.clients[index].base_url)] or untried
+            index = min(usable, key=lambda candidate: self._in_flight[candidate])
+            self._in_flight[index] += 1
+            return index
+
+    def _on_each(self, call: Callable[[ModelServerClient], Any]) -> list[Any]:
+        """`call` on every reachable replica; the results of those that answered. Raises when none answered."""
+        results, errors = [], []
+        for client in self._reachable():
+            try:
+                results.append(call(client))
+            except ModelServerUnavailable as error:
+                _set_aside(client.base_url, error)
+                errors.append(error)
+        if not results:
+            raise errors[0]
+        return results
+
+    def is_healthy(self) -> bool:
+        return any(client.is_healthy() for client in self.clients)
+
+    def served_models(self) -> list[str]:
+        served = self._on_each(lambda client: client.served_models())
+        return [name for name in served[0] if all(name in other for other in served[1:])]
+
+    def load_lora_adapter(self, *, name: str, path: str) -> None:
+        self._on_each(lambda client: client.load_lora_adapter(name=name, path=path))
+
+    def unload_lora_adapter(self, *, name: str) -> None:
+        self._on_each(lambda client: client.unload_lora_adapter(name=name))
+
+
+def client_from_settings(timeout: float | None = None) -> ModelServerPool:
+    """The model server as the settings name it: a pool of its replicas (often just one)."""
+    seconds = settings.VLLM_TIMEOUT if timeout is None else timeout
+    return ModelServerPool([ModelServerClient(url, settings.VLLM_API_KEY, seconds) for url in model_server_urls()])

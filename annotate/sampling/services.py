@@ -30,7 +30,7 @@ from django.utils import timezone
 from annotate.broker import enqueue
 from annotate.models import Completion, ModelVersion, Pair, Prompt, SamplingClaim, TrainingRound
 from annotate.sampling.generation import (
-    ModelServerClient,
+    ModelServerPool,
     ModelServerRefused,
     ModelServerUnavailable,
     Sample,
@@ -108,6 +108,7 @@ def _completion_create(prompt: Prompt, version: ModelVersion, sample: Sample) ->
         completion_tokens=sample.completion_tokens,
         latency_ms=sample.latency_ms,
         response_id=sample.response_id,
+        server=sample.server,
     )
 
 
@@ -135,7 +136,7 @@ class _PromptInFlight:
 
 
 def pairs_sample(
-    *, version: ModelVersion, prompts: list[Prompt], client: ModelServerClient, wanted: int | None = None
+    *, version: ModelVersion, prompts: list[Prompt], client: ModelServerPool, wanted: int | None = None
 ) -> list[Pair]:
     """Sample two seeded answers per prompt and store each pair as soon as both of its answers are in.
 
@@ -320,7 +321,7 @@ def _claim_held(claim: SamplingClaim) -> Iterator[None]:
         SamplingClaim.objects.filter(pk=claim.pk, holder=claim.holder).delete()
 
 
-def pairs_refill(*, client_factory: Callable[[], ModelServerClient] = client_from_settings) -> int:
+def pairs_refill(*, client_factory: Callable[[], ModelServerPool] = client_from_settings) -> int:
     """Claim the next batch of missing pairs from the serving version and make it; returns pairs made.
 
     When more pairs are missing than one batch, another refill is asked for first, so another worker makes the next
@@ -344,7 +345,7 @@ def pairs_refill(*, client_factory: Callable[[], ModelServerClient] = client_fro
     return made
 
 
-def _batch_make(*, version: ModelVersion, wanted: int, client: ModelServerClient) -> int:
+def _batch_make(*, version: ModelVersion, wanted: int, client: ModelServerPool) -> int:
     # A share of the new pairs is head-to-head: a canary's candidate, or an earlier version, against the serving one.
     head_to_head = head_to_head_pairs_refill(client=client, missing=wanted)
     wanted -= head_to_head
@@ -390,7 +391,7 @@ def pairs_sample_head_to_head(
     first: ModelVersion,
     second: ModelVersion,
     prompts: list[Prompt],
-    client: ModelServerClient,
+    client: ModelServerPool,
     sampled_from: ModelVersion | None = None,
 ) -> list[Pair]:
     """One answer per version to each prompt, with the same sampling settings and each its own seed, stored as one
@@ -468,7 +469,7 @@ def _prompts_least_compared(version: ModelVersion, count: int) -> list[Prompt]:
     )
 
 
-def head_to_head_pairs_refill(*, client: ModelServerClient, missing: int) -> int:
+def head_to_head_pairs_refill(*, client: ModelServerPool, missing: int) -> int:
     """Make the head-to-head share of `missing` new pairs (head_to_head_pairs_wanted); returns how many were made.
 
     The refill calls this before sampling its own pairs and samples `missing` less what this made. A model server
@@ -485,7 +486,7 @@ def head_to_head_pairs_refill(*, client: ModelServerClient, missing: int) -> int
         return 0
 
 
-def _canary_pairs_make(training_round: TrainingRound, count: int, client: ModelServerClient) -> int:
+def _canary_pairs_make(training_round: TrainingRound, count: int, client: ModelServerPool) -> int:
     candidate = training_round.result_version
     assert candidate is not None  # head_to_head_pairs_wanted checked it
     candidate.ensure_loaded(client)  # a restarted model server forgets it; the canary needs it back
@@ -520,7 +521,7 @@ def head_to_head_opponents(serving: ModelVersion) -> list[ModelVersion]:
     return sorted(earlier, key=lambda version: (asked[version.pk], -version.pk))
 
 
-def _earlier_pairs_make(count: int, client: ModelServerClient) -> int:
+def _earlier_pairs_make(count: int, client: ModelServerPool) -> int:
     serving = ModelVersion.objects.serving()
     if serving is None:
         return 0

@@ -36,6 +36,7 @@ class ModelServerStub:
         self.slow_prompts: dict[str, float] = {}  # prompt -> seconds to wait before answering
         self.before_answer: dict[str, Callable[[], None]] = {}  # prompt -> called (in the server thread) first
         self.requests: list[dict[str, Any]] = []
+        self.answer_as: str | None = None  # the model name its answers claim (a misrouted request), if not the asked
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -95,7 +96,7 @@ class ModelServerStub:
                         {
                             "id": f"chatcmpl-{body['seed']}",
                             "object": "chat.completion",
-                            "model": body["model"],
+                            "model": stub.answer_as or body["model"],
                             "choices": [
                                 {
                                     "index": 0,
