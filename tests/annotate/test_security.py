@@ -381,3 +381,22 @@ def test_api_requests_are_rate_limited_per_user_and_per_anonymous_address(thrott
     assert answers == [204, 204, 204, 429, 429]
     anonymous = [APIClient().get("/api/schema/").status_code for _ in range(3)]
     assert anonymous == [200, 200, 429]
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("get", "/quality/annotators/%00/"),
+        ("post", "/api/annotators/%00/actions/"),
+        ("get", "/admin/annotate/prompt/?prompt_set=%00"),
+        ("get", "/api/pairs/?prompt_set=a%00b"),
+        ("get", "/rounds/%00/"),
+    ],
+)
+def test_a_nul_in_the_address_is_a_400_on_every_database(client, staff, method, path):
+    """PostgreSQL refuses text with a NUL in it: a NUL in a path segment or a filter used to end in a 500 there."""
+    client.force_login(staff)
+    response = getattr(client, method)(path)
+    assert response.status_code == 400, (path, response.status_code)
+    if path.startswith("/api/"):
+        assert response["Content-Type"].startswith("application/json")
