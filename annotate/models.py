@@ -807,3 +807,16 @@ class SamplingClaim(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pairs} pairs from {self.version_id} by {self.holder}"
+
+
+class RateCount(models.Model):
+    """A request counter of the API throttles for one caller and one time window, when the cache is the database:
+    the database cache's `incr` reads and then writes, and loses counts under concurrency; an UPDATE with F() does
+    not (annotate.web.throttling.rate_count)."""
+
+    key = models.CharField(max_length=250, unique=True)
+    count = models.IntegerField(default=0)
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count}"

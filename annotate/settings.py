@@ -254,8 +254,8 @@ REST_FRAMEWORK = {
     # API abuse: per-user and per-address request rates, and wrong tokens counted per address
     # (annotate.web.throttling.ThrottledTokenAuthentication refuses an address that guessed too often).
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "annotate.web.throttling.AnonRateThrottle",
+        "annotate.web.throttling.UserRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env_str("API_THROTTLE_ANON", "60/minute"),
