@@ -9,6 +9,7 @@ from collections.abc import Collection
 from typing import Any, Protocol
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -184,7 +185,19 @@ class ModelVersion(models.Model):
 
     @property
     def can_serve(self) -> bool:
-        return self.status in (self.Status.CANDIDATE, self.Status.SERVING, self.Status.RETIRED)
+        return self.status in (self.Status.CANDIDATE, self.Status.SERVING, self.Status.RETIRED) and not self.is_deciding
+
+    @property
+    def is_deciding(self) -> bool:
+        """A candidate whose round has not decided yet (evaluating it, or a canary waiting for votes): only that
+        round's decision may make it serve, or staff deciding the canary early."""
+        if self.status != self.Status.CANDIDATE:
+            return False
+        try:
+            training_round = self.training_round
+        except ObjectDoesNotExist:
+            return False
+        return training_round.status in (TrainingRound.Status.EVALUATING, TrainingRound.Status.CANARY)
 
     def ensure_loaded(self, server: ModelServer, *, only_with_room: bool = False) -> bool:
         """Make sure the model server has this version (vLLM forgets run-time adapters when it restarts), and note
@@ -228,6 +241,11 @@ class ModelVersion(models.Model):
         Loads it first: when the server cannot load it, this raises and nothing changes. Conflict when its status
         does not allow serving (rejected, external).
         """
+        if self.is_deciding:
+            raise Conflict(
+                f"{self.name} is the candidate of round {self.training_round.pk}, which is still deciding "
+                "whether it serves: decide its canary (promote or reject) instead"
+            )
         if not self.can_serve:
             raise Conflict(f"{self.name} is {self.get_status_display().lower()}; it cannot serve")
         self.ensure_loaded(server)

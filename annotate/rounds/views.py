@@ -108,7 +108,9 @@ def rounds_list(request: AppRequest) -> HttpResponse:
 def _render_list(request: AppRequest, form: RoundStartForm, status: int = 200) -> HttpResponse:
     context = {
         "rounds": TrainingRound.objects.select_related("parent_version", "result_version", "started_by")[:50],
-        "versions": ModelVersion.objects.exclude(status=ModelVersion.Status.EXTERNAL).select_related("parent"),
+        "versions": ModelVersion.objects.exclude(status=ModelVersion.Status.EXTERNAL).select_related(
+            "parent", "training_round"
+        ),
         "form": form,
         "rules": rounds.round_rules(),
         "ready_pairs": sampling.pairs_ready_count(),

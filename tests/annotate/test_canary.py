@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from rest_framework.test import APIClient
 from scipy.stats import binomtest
 
 from annotate import tasks
@@ -385,3 +386,29 @@ def test_the_api_decides_a_canary_early_with_a_reason(canary_settings, serving_v
     assert decided.json()["canary_decision"]["reason"] == "decided early: answers drift off topic"
     assert training_round.result_version.name not in model_server.models
     assert api.post(url, {"decision": "reject", "reason": "again"}, format="json").status_code == 409
+
+
+def test_staff_cannot_serve_a_candidate_its_canary_is_deciding_and_the_page_does_not_offer_it(
+    canary_settings, serving_version, model_server, client, staff
+):
+    """Serving a canary's candidate by hand left the round unable to reject it: the rule's rejection failed at every
+    beat and the canary blocked every new round."""
+    training_round = start_canary()
+    candidate = training_round.result_version
+    client.force_login(staff)
+    serve_form = f'action="/versions/{candidate.pk}/serve/"'
+    assert serve_form not in client.get("/rounds/").content.decode()
+    refused = client.post(f"/versions/{candidate.pk}/serve/", follow=True)
+    assert "still deciding" in refused.content.decode()
+    api = APIClient()
+    api.force_authenticate(staff)
+    assert api.post(f"/api/model-versions/{candidate.pk}/serve/").status_code == 409
+    candidate.refresh_from_db()
+    assert candidate.status == ModelVersion.Status.CANDIDATE and ModelVersion.objects.serving() == serving_version
+
+    make_head_to_head_pairs(16)
+    vote(training_round, ["win"] * 5 + ["loss"] * 5)
+    assert canary.canaries_decide() == "reject"  # the rule still decides, and the slot is free again
+    assert rounds.round_start(trigger="api").status == Status.QUEUED
+    # Once decided, a rejected candidate is approved by staff before it may serve; a retired one is offered again.
+    assert serve_form not in client.get("/rounds/").content.decode()
