@@ -360,7 +360,7 @@ def test_an_import_stores_exactly_these_field_values(monkeypatch, returning):
     assert [{**answer, "id": None} for answer in answers] == [
         {"id": None, "prompt_id": prompt, "model_version_id": version.pk, "text": text, "sampling": {}, "seed": None,
          "finish_reason": "", "prompt_tokens": None, "completion_tokens": None, "latency_ms": None,
-         "response_id": "", "created_at": "during the import"}
+         "response_id": "", "server": "", "created_at": "during the import"}
         for prompt, chosen, rejected, a_chosen in fresh
         for text in ((chosen, rejected) if a_chosen else (rejected, chosen))
     ]  # fmt: skip
