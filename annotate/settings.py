@@ -370,6 +370,9 @@ QUALITY_KAPPA_MIN_SHARED_PAIRS = env_int("QUALITY_KAPPA_MIN_SHARED_PAIRS", 10)
 
 # --- Training rounds -----------------------------------------------------------------------------------------
 ROUND_DIR = Path(env_str("ROUND_DIR", str(VAR_DIR / "rounds")))
+# Where a round's adapter is published for the model servers to load (and the next round to start from): a directory
+# every trainer and model server host mounts at this same path (NFS, a shared volume, gcsfuse/s3fs...).
+ADAPTER_STORE_DIR = Path(env_str("ADAPTER_STORE_DIR", str(VAR_DIR / "adapters")))
 # Prefix for `-m training ...`, e.g. "accelerate launch" or "torchrun --nproc-per-node 4"; empty: this Python.
 TRAINING_LAUNCHER = env_str("TRAINING_LAUNCHER", "")
 # CPU threads for training and evaluation processes; the default leaves half the cores to the model server.

@@ -21,6 +21,7 @@ if not os.environ.get("CELERY_BROKER_URL"):
 os.environ["CELERY_TRAINING_QUEUE"] = os.environ["CELERY_TASK_DEFAULT_QUEUE"] + "-training"
 os.environ.setdefault("VLLM_PORT", str(_free_port()))
 os.environ.setdefault("ROUND_DIR", tempfile.mkdtemp(prefix="pairloop-rounds-"))
+os.environ.setdefault("ADAPTER_STORE_DIR", tempfile.mkdtemp(prefix="pairloop-adapters-"))
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop in-thread
 
 from annotate.settings import *  # noqa: E402, F403

@@ -41,6 +41,7 @@ from annotate.quality.preferences import (
     verdicts,
     weights_described,
 )
+from annotate.rounds.adapters import adapter_publish
 from annotate.rounds.canary import canary_begin
 from annotate.sampling.generation import (
     ModelServerPool,
@@ -494,11 +495,11 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
     _record_process_phases(training_round, comparison)
     training_round.advance(Status.EVALUATING)
     evaluation = _evaluation(training_round, comparison)
+    name = f"{settings.SERVED_MODEL_NAME}-round-{training_round.pk}"
+    # The model servers (perhaps on other hosts) and later rounds read the adapter from the store, not this disk.
+    published = adapter_publish(source=output_dir / "adapter", name=name)
     version = ModelVersion.objects.create(
-        name=f"{settings.SERVED_MODEL_NAME}-round-{training_round.pk}",
-        base_model=parent.base_model,
-        adapter_path=str(output_dir / "adapter"),
-        parent=parent,
+        name=name, base_model=parent.base_model, adapter_path=str(published), parent=parent
     )
     training_round.record(evaluation=evaluation, result_version=version)
     return version

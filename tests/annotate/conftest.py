@@ -23,6 +23,7 @@ def model_server():
 def loop(settings, tmp_path, make_pair, django_user_model, serving_version, model_server, monkeypatch):
     """Eight decisive votes, a scripted trainer, and the fake vLLM server at VLLM_BASE_URL."""
     settings.ROUND_DIR = tmp_path / "rounds"
+    settings.ADAPTER_STORE_DIR = tmp_path / "adapters"
     settings.ROUND_MIN_TRAIN_PAIRS = 2
     settings.ROUND_HOLDOUT_FRACTION = 0.25
     settings.ROUND_POLL_SECONDS = 0.05
