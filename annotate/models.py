@@ -547,6 +547,10 @@ class Export(models.Model):
     error = models.TextField(blank=True)
     votes_total = models.PositiveIntegerField(null=True, blank=True, help_text="Votes matching the filters.")
     votes_read = models.PositiveIntegerField(default=0, help_text="Votes read so far (updated while running).")
+    holder = models.CharField(max_length=200, blank=True, help_text="The worker process writing it (host:pid:token).")
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life of its worker while running (renewed every few seconds)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -568,13 +572,36 @@ class Export(models.Model):
 
     # Transitions: conditional updates, so two workers given the same export never both run it.
 
-    def start(self, *, path: str, votes_total: int) -> bool:
-        """queued -> running; False (and nothing changed) when it started elsewhere or is over."""
+    def start(self, *, path: str, votes_total: int, holder: str) -> bool:
+        """queued -> running, held by `holder`; False (and nothing changed) when it started elsewhere or is over."""
         started = Export.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.RUNNING, path=path, votes_total=votes_total, votes_read=0, error=""
+            status=self.Status.RUNNING,
+            path=path,
+            votes_total=votes_total,
+            votes_read=0,
+            error="",
+            holder=holder,
+            heartbeat_at=timezone.now(),
         )
         self.refresh_from_db()
         return started == 1
+
+    def renew(self) -> bool:
+        """Its holder's heartbeat; False when it is no longer running under this holder."""
+        return (
+            Export.objects.filter(pk=self.pk, status=self.Status.RUNNING, holder=self.holder).update(
+                heartbeat_at=timezone.now()
+            )
+            == 1
+        )
+
+    def end_abandoned(self, *, reason: str) -> bool:
+        """running -> failed because its worker is gone; only if nobody renewed it since it was looked at."""
+        ended = Export.objects.filter(
+            pk=self.pk, status=self.Status.RUNNING, holder=self.holder, heartbeat_at=self.heartbeat_at
+        ).update(status=self.Status.FAILED, error=reason, finished_at=timezone.now())
+        self.refresh_from_db()
+        return ended == 1
 
     def record_progress(self, *, votes_read: int) -> None:
         Export.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(votes_read=votes_read)

@@ -302,6 +302,7 @@ CELERY_BEAT_SCHEDULE = {
     "pairs-refill": {"task": "annotate.tasks.pairs_refill", "schedule": env_float("PAIR_REFILL_INTERVAL", 30.0)},
     "rounds-start-when-due": {"task": "annotate.tasks.rounds_start_when_due", "schedule": 60.0},
     "leases-expire": {"task": "annotate.tasks.leases_expire", "schedule": 30.0},
+    "work-abandoned-end": {"task": "annotate.tasks.work_abandoned_end", "schedule": 30.0},
     "canaries-decide": {
         "task": "annotate.tasks.canaries_decide",
         "schedule": env_float("CANARY_DECIDE_INTERVAL", 30.0),
@@ -454,6 +455,9 @@ DATA_IMPORT_MAX_ROWS = env_int("DATA_IMPORT_MAX_ROWS", 200_000)
 # default leaves room for an answer in a model with a 8k-token context (about 4 characters a token in English).
 PROMPT_MAX_CHARACTERS = env_int("PROMPT_MAX_CHARACTERS", 20_000)
 EXPORT_DIR = Path(env_str("EXPORT_DIR", str(VAR_DIR / "exports")))
+# A running export whose worker sent no heartbeat for this long (it renews every third of it) is ended as failed,
+# saying why, by the next `work-abandoned-end` beat: within EXPORT_LEASE_SECONDS + 30 s of its worker's death.
+EXPORT_LEASE_SECONDS = env_float("EXPORT_LEASE_SECONDS", 30.0)
 EXPORT_LICENSE = env_str("EXPORT_LICENSE", "")  # the licence written on dataset cards unless an export names one
 API_PAGE_SIZE = env_int("API_PAGE_SIZE", 100)
 # Several models have a `status` with its own choices: name each enum in the API schema after its model.

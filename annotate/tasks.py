@@ -112,3 +112,9 @@ def _fill_the_buffer_at_start(sender: Any, **kwargs: Any) -> None:
 def export_run(export_id: int) -> None:
     """Write an export asked for on the staff page or through the API."""
     exports.export_run(export=Export.objects.get(pk=export_id))
+
+
+@shared_task
+def work_abandoned_end() -> int:
+    """End the work whose worker died without a word (running exports), saying why."""
+    return exports.exports_abandoned_end()

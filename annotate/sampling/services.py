@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import secrets
-import socket
-import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -23,12 +20,13 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from annotate.broker import enqueue
 from annotate.models import Completion, ModelVersion, Pair, Prompt, SamplingClaim, TrainingRound
+from annotate.owners import heartbeat, holder_is_dead, holder_name
 from annotate.sampling.generation import (
     ModelServerPool,
     ModelServerRefused,
@@ -231,32 +229,12 @@ def _prompt_finished(
 # --- Refills: the buffer shared out in claimed batches ------------------------------------------------------------
 
 
-def _holder() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def _holder_is_dead(holder: str) -> bool:
-    """True when the holder was a process on this host that no longer exists. A process on another host, or one that
-    cannot be checked, is dead only when its claim expires."""
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it exists, under another user
-        return False
-    return False
-
-
 def _claims_take_over(version: ModelVersion, now: datetime) -> None:
     """End the claims whose holders are gone (expired, or a process of this host that died), saying so."""
     for claim in SamplingClaim.objects.filter(version=version):
         if claim.expires_at <= now:
             reason = f"its lease ran out at {claim.expires_at:%H:%M:%S} without a heartbeat"
-        elif _holder_is_dead(claim.holder):
+        elif holder_is_dead(claim.holder):
             reason = "its process no longer exists"
         else:
             continue
@@ -290,34 +268,20 @@ def sampling_claim_take(*, version: ModelVersion, holder: str) -> tuple[Sampling
 
 @contextmanager
 def _claim_held(claim: SamplingClaim) -> Iterator[None]:
-    """Renew `claim` while the block runs (a heartbeat thread, a third of the lease apart), release it after.
+    """Renew `claim` while the block runs (a heartbeat a third of the lease apart), release it after.
 
     Only its holder renews or releases it: both match on the holder too, so a claim taken over after a stall is
     never extended or deleted by the process that lost it."""
     lease = settings.SAMPLING_CLAIM_LEASE_SECONDS
-    stop = threading.Event()
 
-    def beat() -> None:
-        try:
-            while not stop.wait(lease / 3):
-                renewed = SamplingClaim.objects.filter(pk=claim.pk, holder=claim.holder).update(
-                    expires_at=timezone.now() + timedelta(seconds=lease)
-                )
-                if not renewed:
-                    logger.warning(
-                        "the claim of %d pairs was taken over while %s sampled it", claim.pairs, claim.holder
-                    )
-                    return
-        finally:
-            connection.close()  # this thread's own connection
+    def renew() -> bool:
+        expires = timezone.now() + timedelta(seconds=lease)
+        return SamplingClaim.objects.filter(pk=claim.pk, holder=claim.holder).update(expires_at=expires) == 1
 
-    heart = threading.Thread(target=beat, name=f"claim-{claim.pk}", daemon=True)
-    heart.start()
     try:
-        yield
+        with heartbeat(renew, every=lease / 3, name=f"the claim of {claim.pairs} pairs by {claim.holder}"):
+            yield
     finally:
-        stop.set()
-        heart.join()
         SamplingClaim.objects.filter(pk=claim.pk, holder=claim.holder).delete()
 
 
@@ -334,7 +298,7 @@ def pairs_refill(*, client_factory: Callable[[], ModelServerPool] = client_from_
     with client_factory() as client:
         # Every refill checks the serving adapter is loaded, so a restarted vLLM gets it back within one beat.
         version.ensure_loaded(client)
-        claim, still_missing = sampling_claim_take(version=version, holder=_holder())
+        claim, still_missing = sampling_claim_take(version=version, holder=holder_name())
         if claim is None:
             return 0
         with _claim_held(claim):

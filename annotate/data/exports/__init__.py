@@ -22,6 +22,7 @@ from annotate.data.exports.services import (
     export_files,
     export_request,
     export_run,
+    exports_abandoned_end,
 )
 from annotate.data.exports.stream import ExportStats, export_write
 from annotate.data.exports.writers import FILE_FORMATS
@@ -48,6 +49,7 @@ __all__ = [
     "export_request",
     "export_run",
     "export_write",
+    "exports_abandoned_end",
     "filter_errors",
     "judgements_matching",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -15,9 +16,10 @@ from annotate.broker import enqueue
 from annotate.data.exports.card import card_path, dataset_card
 from annotate.data.exports.filters import ExportFilters, filter_errors, judgements_matching
 from annotate.data.exports.formats import DATASET_FORMATS, WEIGHTED_FORMAT
-from annotate.data.exports.stream import Progress, export_write
+from annotate.data.exports.stream import ExportStats, Progress, export_write
 from annotate.data.exports.writers import FILE_FORMATS
 from annotate.models import Export
+from annotate.owners import heartbeat, holder_is_dead, holder_name
 from training.config import WEIGHTINGS
 
 logger = logging.getLogger(__name__)
@@ -105,28 +107,13 @@ def export_run(*, export: Export, path: Path | None = None, on_progress: Progres
     export: an export already started elsewhere (or over) is returned as it is."""
     path = (path or export_default_path(export)).resolve()
     filters = ExportFilters.from_dict(export.filters)
-    if not export.start(path=str(path), votes_total=judgements_matching(filters).count()):
+    if not export.start(path=str(path), votes_total=judgements_matching(filters).count(), holder=holder_name()):
         return export
     progress = _ProgressRecorder(export, on_progress)
+    lease = settings.EXPORT_LEASE_SECONDS
     try:
-        stats = export_write(
-            dataset_format=export.dataset_format,
-            file_format=export.file_format,
-            filters=filters,
-            path=path,
-            on_progress=progress,
-        )
-        card = dataset_card(
-            title=f"pairloop export {export.pk}: {export.dataset_format}",
-            dataset_format=export.dataset_format,
-            file_format=export.file_format,
-            filters=filters,
-            stats=stats,
-            data_file=path.name,
-            created=timezone.now(),
-            created_by=export.created_by.get_username() if export.created_by else "manage.py export_preferences",
-        )
-        card_path(path).write_text(card, encoding="utf-8")
+        with heartbeat(export.renew, every=lease / 3, name=str(export)):
+            stats = _export_write_with_card(export, filters, path, progress)
     except BaseException as error:
         logger.exception("export %s (%s to %s) failed", export.pk, export.dataset_format, path)
         export.fail(error=f"{type(error).__name__}: {error}")
@@ -135,6 +122,48 @@ def export_run(*, export: Export, path: Path | None = None, on_progress: Progres
     else:
         export.finish(row_count=stats.rows, votes_read=stats.votes_read)
     return export
+
+
+def _export_write_with_card(export: Export, filters: ExportFilters, path: Path, progress: Progress) -> ExportStats:
+    stats = export_write(
+        dataset_format=export.dataset_format,
+        file_format=export.file_format,
+        filters=filters,
+        path=path,
+        on_progress=progress,
+    )
+    card = dataset_card(
+        title=f"pairloop export {export.pk}: {export.dataset_format}",
+        dataset_format=export.dataset_format,
+        file_format=export.file_format,
+        filters=filters,
+        stats=stats,
+        data_file=path.name,
+        created=timezone.now(),
+        created_by=export.created_by.get_username() if export.created_by else "manage.py export_preferences",
+    )
+    card_path(path).write_text(card, encoding="utf-8")
+    return stats
+
+
+def exports_abandoned_end() -> int:
+    """End the running exports whose worker is gone (no heartbeat for EXPORT_LEASE_SECONDS, or a process of this
+    host that no longer exists), saying so; returns how many. Their partial files stay until asked for again."""
+    now = timezone.now()
+    silent_since = now - timedelta(seconds=settings.EXPORT_LEASE_SECONDS)
+    ended = 0
+    for export in Export.objects.filter(status=Export.Status.RUNNING):
+        if export.heartbeat_at is not None and export.heartbeat_at > silent_since and not holder_is_dead(export.holder):
+            continue
+        last = f"{export.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if export.heartbeat_at else "its start"
+        reason = (
+            f"its worker ({export.holder or 'unknown'}) stopped without finishing: no sign of life since {last}; "
+            "ask for the export again"
+        )
+        if export.end_abandoned(reason=reason):
+            logger.warning("export %s ended: %s", export.pk, reason)
+            ended += 1
+    return ended
 
 
 def export_files(export: Export) -> dict[str, Path]:
