@@ -100,6 +100,7 @@ def test_every_replica_serves_the_adapter_and_a_restarted_one_gets_it_back(servi
 
         replicas[1].models = [serving_version.name]  # it restarted: vLLM forgets run-time adapters
         settings.PAIR_BUFFER_TARGET = settings.PAIR_REFILL_BATCH = 4
+        settings.HEAD_TO_HEAD_PAIR_SHARE = 0  # every pair from the new version, none against the old one
         assert sampling.pairs_refill() == 4
         assert all(candidate.name in replica.models for replica in replicas)
         answered = {
