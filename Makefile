@@ -60,7 +60,7 @@ run: install model db
 	echo "model server: $$server"; \
 	echo "logs: this terminal, and var/log/pairloop.log. Stop with Ctrl-C."; \
 	echo; \
-	$(VENV)/bin/honcho start --port $(PORT) $$processes 2>&1 | tee var/log/pairloop.log
+	$(VENV)/bin/honcho start --port $(PORT) $$processes 2>&1 | tee -i var/log/pairloop.log
 
 # --- Testing --------------------------------------------------------------------------------------------------
 # Chromium for the browser tests comes from Debian's packages; Playwright drives it (no browser download).

@@ -1,14 +1,25 @@
 """A newcomer's shell: after `make run`, a plain `.venv/bin/python manage.py ...` works without exporting anything."""
 
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PRINT_KEY = "from django.conf import settings; print(settings.SECRET_KEY)"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def manage(*arguments, var_dir, **env):
@@ -64,3 +75,48 @@ def test_readme_commands_run_with_the_projects_python(tmp_path):
     round_refused = manage("start_round", var_dir=tmp_path)
     # A clear refusal (nothing to train on yet), not a settings error.
     assert round_refused.stderr.startswith("CommandError: ") and "SECRET_KEY" not in round_refused.stderr
+
+
+def _group_alive(pgid: int) -> bool:
+    """A process of the group still running (a zombie waiting for its reaper is gone for good)."""
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except ProcessLookupError:
+            continue
+    return False
+
+
+@pytest.mark.slow
+def test_make_run_stops_on_ctrl_c_with_every_process_it_started(tmp_path):
+    """Ctrl-C reaches the terminal's whole foreground group, `tee` included. A `tee` that died at once took honcho's
+    output with it: honcho's "SIGINT received" hit a broken pipe, it never stopped its processes (each in a session of
+    its own) and `make run` hung with the web server and the workers still running."""
+    port = _free_port()
+    env = {
+        **os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}", "PORT": str(port),
+        "VLLM_BASE_URL": "http://127.0.0.1:9",  # no model server: this test is about the processes around it
+        "CELERY_TASK_DEFAULT_QUEUE": f"ctrl-c-{os.getpid()}", "CELERY_TRAINING_QUEUE": f"ctrl-c-{os.getpid()}-training",
+    }  # fmt: skip
+    log = tmp_path / "make-run.log"
+    with log.open("wb") as output:
+        run = subprocess.Popen(["make", "run"], cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while len(started) < 4 and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.5)
+            started = [int(pid) for pid in re.findall(r"started \(pid=(\d+)\)", log.read_text(errors="replace"))]
+        assert len(started) == 4, log.read_text(errors="replace")[-3000:]
+        time.sleep(3)  # the processes under way, as when someone presses Ctrl-C
+        os.killpg(run.pid, signal.SIGINT)
+        run.wait(timeout=60)  # honcho stops them with SIGTERM, and SIGKILL after 5 s
+        assert not [pid for pid in started if _group_alive(pid)]
+        assert "SIGINT received" in log.read_text(errors="replace")
+    finally:
+        for pgid in [run.pid, *started]:
+            if _group_alive(pgid):
+                os.killpg(pgid, signal.SIGKILL)
