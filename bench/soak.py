@@ -349,6 +349,28 @@ def check(record: Record) -> dict[str, Any]:
     }
 
 
+def deployment_env() -> dict[str, str]:
+    """What every bench deployment sets alike: the model, the settings module, a bench-only key, no throttling (the
+    benches measure robustness, not rate limits: rates far above what they send)."""
+    return {
+        "SECRET_KEY": "bench-only-secret",
+        "BASE_MODEL_DIR": os.environ.get("BASE_MODEL_DIR", str(REPO / "var" / "models" / "smollm2-135m-instruct")),
+        "SERVED_MODEL_NAME": "smollm2-135m-instruct",
+        "DJANGO_SETTINGS_MODULE": "annotate.settings",
+        "API_THROTTLE_USER": "100000/minute",
+        "API_THROTTLE_ANON": "100000/minute",
+    }
+
+
+def scratch_database_create(env: dict[str, str], database: str, scratch: Path) -> Path:
+    """Puts `env` in this process's environment, creates the PostgreSQL database and returns the logs' folder."""
+    os.environ.update(env)
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"create database {database}"], check=True)
+    log_dir = scratch / "logs"
+    log_dir.mkdir()
+    return log_dir
+
+
 def main() -> int:
     args = parse_arguments()
     scratch = Path(tempfile.mkdtemp(prefix="pairloop-soak-"))
@@ -360,22 +382,13 @@ def main() -> int:
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
         "CELERY_TASK_DEFAULT_QUEUE": f"soak-{uuid.uuid4().hex[:6]}",
-        "SECRET_KEY": "soak-only-secret",
-        "BASE_MODEL_DIR": os.environ.get("BASE_MODEL_DIR", str(REPO / "var" / "models" / "smollm2-135m-instruct")),
-        "SERVED_MODEL_NAME": "smollm2-135m-instruct",
         "VLLM_PORT": str(vllm_port),
         "SAMPLING_MAX_TOKENS": "48",
         "PAIR_BUFFER_TARGET": "16",
         "JUDGEMENTS_PER_PAIR": str(args.votes_per_pair),
-        "DJANGO_SETTINGS_MODULE": "annotate.settings",
-        # The soak measures robustness, not throttling: rates far above what it sends.
-        "API_THROTTLE_USER": "100000/minute",
-        "API_THROTTLE_ANON": "100000/minute",
+        **deployment_env(),
     }
-    os.environ.update(env)
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"create database {database}"], check=True)
-    log_dir = scratch / "logs"
-    log_dir.mkdir()
+    log_dir = scratch_database_create(env, database, scratch)
     python = sys.executable
     parts = {
         "redis": Part(
