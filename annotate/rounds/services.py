@@ -403,7 +403,9 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
         training_process_run(
             training_round, arguments, directory / "train.log", metrics_path=output_dir / "metrics.jsonl"
         )
-    training_round.record_phases(process_phases(comparison))
+    phases = process_phases(comparison)
+    if phases:
+        training_round.record_phases(phases)
     training_round.advance(Status.EVALUATING)
     evaluation = _evaluation(training_round, comparison)
     name = f"{settings.SERVED_MODEL_NAME}-round-{training_round.pk}"
