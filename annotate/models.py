@@ -630,7 +630,9 @@ class TrainingRound(models.Model):
     """One DPO round: the votes it froze, its config, what happened, and the model version it produced.
 
     Its status is a state machine owned here (TRANSITIONS); other modules move it only through `advance`, `finish`
-    and `deploy_begin`, which refuse a move the table does not allow with Conflict.
+    and `deploy_begin`, which refuse a move the table does not allow with Conflict. Its other fields are written only
+    through its methods (`record`, `heartbeat`, `request_cancel`, `record_phases`, `record_evaluation`,
+    `record_steps`), each of which bumps `revision`, so the round page's poll sees every change.
     """
 
     class Status(models.TextChoices):
@@ -764,6 +766,26 @@ class TrainingRound(models.Model):
             raise ValueError("a round's status changes through advance, finish or deploy_begin")
         self._write(fields)
 
+    def heartbeat(self) -> None:
+        """Say that the worker running this round is alive: a round without one for ROUND_STALE_SECONDS is failed."""
+        self._write({})
+
+    def request_cancel(self) -> None:
+        """Ask the worker running this round to stop it at its next look. Conflict when it ended meanwhile.
+
+        No heartbeat: the request comes from a page or the API, not from the worker."""
+        self._write({"cancel_requested": True}, only_active=True, heartbeat=False)
+
+    def record_phases(self, seconds: dict[str, float]) -> None:
+        """Add the wall time of phases, in seconds, to those recorded so far (only the round's worker writes them)."""
+        self._write({"phase_seconds": {**self.phase_seconds, **seconds}})
+
+    def record_evaluation(self, figures: dict[str, Any]) -> None:
+        """Add figures measured after the evaluation (answer lengths, once deployed) to those saved."""
+        with transaction.atomic():
+            saved = type(self).objects.select_for_update().values_list("evaluation", flat=True).get(pk=self.pk)
+            self._write({"evaluation": {**saved, **figures}})
+
     def record_steps(self, rows: list[dict[str, Any]]) -> None:
         """Append training steps as they are logged (one row each: the page's charts read only new rows)."""
         RoundStep.objects.bulk_create(
@@ -795,19 +817,34 @@ class TrainingRound(models.Model):
             raise Conflict(f"round {self.pk} is {self.get_status_display().lower()}; it cannot become {status}")
         self._write({**fields, "status": status}, expected_status=self.status)
 
-    def _write(self, fields: dict[str, Any], expected_status: str | None = None) -> None:
-        """A conditional update: when the status changed underneath (another process moved it), nothing is written."""
+    def _write(
+        self,
+        fields: dict[str, Any],
+        expected_status: str | None = None,
+        *,
+        only_active: bool = False,
+        heartbeat: bool = True,
+    ) -> None:
+        """The one place a round's fields are written, always bumping its revision (the page's poll sees the change).
+
+        A conditional update: when the status changed underneath (another process moved it), or the round ended and
+        `only_active` asks for a running one, nothing is written."""
         now = timezone.now()
-        values = {**fields, "heartbeat_at": now, "revision": F("revision") + 1}
+        values = {**fields, "revision": F("revision") + 1}
+        if heartbeat:
+            values["heartbeat_at"] = now
         rows = type(self).objects.filter(pk=self.pk)
         if expected_status is not None:
             rows = rows.filter(status=expected_status)
+        if only_active:
+            rows = rows.filter(active=True)
         if rows.update(**values) != 1:
             self.refresh_from_db()
             raise Conflict(f"round {self.pk} changed meanwhile: it is {self.get_status_display().lower()}")
         for name, value in fields.items():
             setattr(self, name, value)
-        self.heartbeat_at = now
+        if heartbeat:
+            self.heartbeat_at = now
         self.refresh_from_db(fields=["revision"])
 
 

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_ready
-from django.conf import settings
-from django.db.models import Max
 
 from annotate.annotation import services
 from annotate.data import exports
-from annotate.errors import Conflict, Invalid
 from annotate.models import Export, TrainingRound
-from annotate.rounds import canary
+from annotate.rounds import canary, deploy
 from annotate.rounds import services as rounds
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerUnavailable
-
-logger = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -53,17 +47,7 @@ def round_run(round_id: int) -> None:
 )
 def round_deploy(round_id: int) -> None:
     """Deploy a round that is deploying (just evaluated, or promoted), or retry one the model server missed."""
-    training_round = TrainingRound.objects.select_related("result_version", "parent_version").get(pk=round_id)
-    if training_round.status == TrainingRound.Status.TRAINED:  # a retry after the model server was unreachable
-        try:
-            training_round.deploy_begin()
-        except Conflict as error:
-            logger.info("round %s not redeployed: %s", round_id, error)
-            return
-    if training_round.status != TrainingRound.Status.DEPLOYING:
-        logger.info("round %s is %s; not deploying", round_id, training_round.status)
-        return
-    rounds.round_deploy(training_round)
+    deploy.round_deploy_retry(round_id=round_id)
 
 
 @shared_task(acks_late=False)
@@ -82,16 +66,8 @@ def leases_expire() -> int:
 @shared_task
 def rounds_start_when_due() -> int | None:
     """Start a round once ROUND_AUTO_MIN_NEW_VOTES usable votes have come in since the last round began."""
-    if settings.ROUND_AUTO_MIN_NEW_VOTES <= 0:
-        return None
-    last_start = TrainingRound.objects.aggregate(last=Max("created_at"))["last"]
-    if rounds.usable_votes_since(last_start) < settings.ROUND_AUTO_MIN_NEW_VOTES:
-        return None
-    try:
-        return rounds.round_start(trigger=TrainingRound.Trigger.AUTOMATIC).pk
-    except (Conflict, Invalid) as error:
-        logger.info("automatic round not started: %s", error)
-        return None
+    training_round = rounds.rounds_start_when_due()
+    return training_round.pk if training_round else None
 
 
 @shared_task

@@ -151,7 +151,7 @@ def main() -> int:
     from annotate.models import Judgement, Prompt, TrainingRound
     from annotate.rounds import canary
     from annotate.rounds import services as rounds
-    from annotate.rounds.services import process_group_stop
+    from annotate.rounds.runner import process_group_stop
     from annotate.sampling.generation import client_from_settings
 
     Status = TrainingRound.Status

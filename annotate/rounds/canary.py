@@ -26,9 +26,9 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from annotate.broker import enqueue
 from annotate.errors import Conflict, Invalid
 from annotate.models import Judgement, TrainingRound
+from annotate.rounds.deploy import round_deploy_later
 from annotate.sampling.generation import (
     ModelServerRefused,
     ModelServerUnavailable,
@@ -182,8 +182,7 @@ def _promote(training_round: TrainingRound, record: dict[str, Any]) -> None:
     with transaction.atomic():
         training_round.deploy_begin()
         training_round.record(canary_decision=record)
-    if not enqueue("annotate.tasks.round_deploy", training_round.pk):
-        training_round.finish(Status.TRAINED, error="the task queue could not be reached; promote it again")
+    round_deploy_later(training_round)
 
 
 def _apply(training_round: TrainingRound, decision: str, reason: str, by: str, tally: Tally) -> None:
@@ -201,7 +200,7 @@ def canary_decide(training_round: TrainingRound, *, now: datetime | None = None)
     tally = canary_tally(training_round)
     decision = canary_rule(tally, waited=now - (training_round.canary_started_at or now))
     if decision is None:
-        training_round.record()
+        training_round.heartbeat()
         return None
     _apply(training_round, decision[0], decision[1], "the rule", tally)
     return decision[0]

@@ -1,18 +1,15 @@
 """Training rounds: freeze the votes, train a DPO adapter in a subprocess, evaluate it, deploy it into vLLM.
 
-These are services like those in services.py, kept apart because they are a world of their own: they run for
-minutes in the training worker, start processes, and change which model version serves.
+This module keeps a round's lifecycle: starting (by staff or when due), cancelling, promoting, and the run in the
+training worker. The training process itself is run by annotate/rounds/runner.py (the edge to training/), deploying
+and its retry rule are annotate/rounds/deploy.py's, and the round's fields are written only by TrainingRound's
+methods.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shlex
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +22,7 @@ from typing import Any, cast
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max, Q
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from annotate.broker import enqueue
@@ -43,6 +40,8 @@ from annotate.quality.preferences import (
 )
 from annotate.rounds.adapters import adapter_publish
 from annotate.rounds.canary import canary_begin
+from annotate.rounds.deploy import round_deploy, round_deploy_later
+from annotate.rounds.runner import RoundStopped, process_phases, training_process_run
 from annotate.sampling.generation import (
     ModelServerPool,
     ModelServerRefused,
@@ -50,7 +49,6 @@ from annotate.sampling.generation import (
     SamplingParams,
     client_from_settings,
 )
-from annotate.sampling.services import pairs_refill_request as request_refill
 from training.config import TUNABLE_FIELDS, FieldSpec, RoundConfig
 from training.data import weights_to_mean_one
 from training.gate import gate_decision
@@ -63,10 +61,6 @@ TRAIN_FILE, HELDOUT_FILE, OUTPUT_DIR = "train.jsonl", "heldout.jsonl", "output"
 # The base model's log-probs of held-out pairs never change: computed once, kept for every later round.
 REFERENCE_CACHE = "reference-logprobs.json"
 CONFIG_FIELDS_SET_BY_ROUND = ("base_model_dir", "output_dir", "parent_adapter_dir")
-
-
-class RoundStopped(Exception):
-    """The round ended early (failed or cancelled); its status and error are already saved."""
 
 
 # --- Reading the rules and defaults ----------------------------------------------------------------------------
@@ -123,10 +117,6 @@ def round_config_errors(overrides: dict[str, Any]) -> dict[str, str]:
 def usable_votes_since(when: Any) -> int:
     votes = Judgement.objects.filter(choice__in=(Judgement.Choice.A, Judgement.Choice.B))
     return votes.filter(created_at__gt=when).count() if when else votes.count()
-
-
-def round_latest() -> TrainingRound | None:
-    return TrainingRound.objects.order_by("-id").first()
 
 
 # --- Starting, cancelling, promoting ---------------------------------------------------------------------------
@@ -219,6 +209,21 @@ def round_start(
     return training_round
 
 
+def rounds_start_when_due() -> TrainingRound | None:
+    """Beat's automatic round: started once ROUND_AUTO_MIN_NEW_VOTES usable votes have come in since the last round
+    began (0 turns it off). None when it is not due or cannot start now (a round runs, nothing serves...)."""
+    if settings.ROUND_AUTO_MIN_NEW_VOTES <= 0:
+        return None
+    last_start = TrainingRound.objects.aggregate(last=Max("created_at"))["last"]
+    if usable_votes_since(last_start) < settings.ROUND_AUTO_MIN_NEW_VOTES:
+        return None
+    try:
+        return round_start(trigger=TrainingRound.Trigger.AUTOMATIC)
+    except (Conflict, Invalid) as error:
+        logger.info("automatic round not started: %s", error)
+        return None
+
+
 def round_cancel(*, training_round: TrainingRound) -> None:
     if not training_round.is_active:
         raise Conflict(f"round {training_round.pk} is {training_round.get_status_display().lower()}, not running")
@@ -229,7 +234,7 @@ def round_cancel(*, training_round: TrainingRound) -> None:
             training_round.finish(Status.CANCELLED, error="cancelled before it started")
             return
     # Running: the worker stops the training process at its next look.
-    TrainingRound.objects.filter(pk=training_round.pk).update(cancel_requested=True)
+    training_round.request_cancel()
 
 
 def round_promote(*, training_round: TrainingRound, by: User | None, reason: str) -> None:
@@ -251,8 +256,7 @@ def round_promote(*, training_round: TrainingRound, by: User | None, reason: str
             who = by.get_username() if by else "unknown"
             training_round.record(override_reason=f"{reason} (promoted by {who})")
             version.approve()
-    if not enqueue("annotate.tasks.round_deploy", training_round.pk):
-        training_round.finish(Status.TRAINED, error="the task queue could not be reached; promote it again")
+    if not round_deploy_later(training_round):
         raise Conflict("the task queue could not be reached; nothing was deployed, try again shortly")
 
 
@@ -272,9 +276,7 @@ def _phase(training_round: TrainingRound, name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        seconds = round(time.monotonic() - started, 1)
-        training_round.phase_seconds = {**training_round.phase_seconds, name: seconds}
-        TrainingRound.objects.filter(pk=training_round.pk).update(phase_seconds=training_round.phase_seconds)
+        training_round.record_phases({name: round(time.monotonic() - started, 1)})
 
 
 def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
@@ -375,97 +377,6 @@ class _Counted:
             yield vote
 
 
-def _training_command(*arguments: str) -> list[str]:
-    launcher = shlex.split(settings.TRAINING_LAUNCHER) if settings.TRAINING_LAUNCHER else [sys.executable]
-    return [*launcher, "-m", "training", *arguments]
-
-
-def _log_tail(path: Path, characters: int = 4000) -> str:
-    return path.read_text(errors="replace")[-characters:] if path.exists() else ""
-
-
-def _read_new_metrics(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
-    if not path.exists():
-        return [], offset
-    with path.open("rb") as file:
-        file.seek(offset)
-        chunk = file.read()
-    complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
-    rows = [json.loads(line) for line in complete.splitlines() if line.strip()]
-    return rows, offset + len(complete)
-
-
-def process_group_stop(process: subprocess.Popen[bytes], grace_seconds: float = 30) -> None:
-    """Stop a process started with start_new_session=True, and its children: SIGTERM, then SIGKILL."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def _run_training_process(
-    training_round: TrainingRound, arguments: list[str], log_path: Path, metrics_path: Path | None = None
-) -> None:
-    """Run `python -m training ...` to its end, streaming metrics and obeying a cancel request."""
-    command = _training_command(*arguments)
-    logger.info("round %s: %s", training_round.pk, shlex.join(command))
-    # More CPU threads than cores, shared with a vLLM server on the same CPU, makes OpenMP spin-wait: measured here,
-    # a DPO step went from seconds to minutes. The thread budget is explicit.
-    threads = str(settings.TRAINING_CPU_THREADS)
-    environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=settings.BASE_DIR,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        training_round.record(process_id=process.pid)
-        _follow(training_round, process, arguments, log_path, metrics_path)
-    finally:
-        process_group_stop(process)  # whatever ended the round (a cancel, a crash here), the process goes too
-
-
-def _follow(
-    training_round: TrainingRound,
-    process: subprocess.Popen[bytes],
-    arguments: list[str],
-    log_path: Path,
-    metrics_path: Path | None,
-) -> None:
-    offset = 0
-    while True:
-        finished = process.poll() is not None
-        if metrics_path is not None:
-            rows, offset = _read_new_metrics(metrics_path, offset)
-            if rows:
-                training_round.record_steps(rows)
-        if finished:
-            break
-        training_round.refresh_from_db(fields=["cancel_requested"])
-        if training_round.cancel_requested:
-            process_group_stop(process)
-            training_round.finish(Status.CANCELLED, log_tail=_log_tail(log_path), error="cancelled by an admin")
-            raise RoundStopped
-        training_round.record()  # heartbeat
-        time.sleep(settings.ROUND_POLL_SECONDS)
-    if process.returncode != 0:
-        how = f"killed by signal {-process.returncode}" if process.returncode < 0 else f"exit {process.returncode}"
-        training_round.finish(
-            Status.FAILED,
-            log_tail=_log_tail(log_path),
-            error=f"`python -m training {arguments[0]}` failed ({how}); the log tail is below",
-        )
-        raise RoundStopped
-
-
 def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, heldout_path: Path) -> ModelVersion:
     """Train the adapter, and score it and its parent on the held-out votes against the base model, in one process
     (`python -m training round`: the model is loaded once); the base model's log-probs are cached across rounds."""
@@ -489,10 +400,12 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
         arguments = ["round", *arguments[1:], "--heldout", str(heldout_path), "--evaluation-output", str(comparison)]
         arguments += ["--reference-cache", str(Path(settings.ROUND_DIR) / REFERENCE_CACHE)]
     with _phase(training_round, "train_and_evaluate"):
-        _run_training_process(
+        training_process_run(
             training_round, arguments, directory / "train.log", metrics_path=output_dir / "metrics.jsonl"
         )
-    _record_process_phases(training_round, comparison)
+    phases = process_phases(comparison)
+    if phases:
+        training_round.record_phases(phases)
     training_round.advance(Status.EVALUATING)
     evaluation = _evaluation(training_round, comparison)
     name = f"{settings.SERVED_MODEL_NAME}-round-{training_round.pk}"
@@ -503,20 +416,6 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
     )
     training_round.record(evaluation=evaluation, result_version=version)
     return version
-
-
-def _record_process_phases(training_round: TrainingRound, comparison: Path) -> None:
-    """Split the training process's wall time into its phases, as it measured them: start (importing torch and TRL),
-    load (the model and the data), train, evaluate."""
-    if not comparison.is_file():
-        return
-    seconds = json.loads(comparison.read_text()).get("seconds") or {}
-    phases = {name: float(seconds[name]) for name in ("load", "train", "evaluate") if name in seconds}
-    if "process" in seconds and phases:
-        phases = {"start": round(max(0.0, float(seconds["process"]) - sum(phases.values())), 3), **phases}
-    if phases:
-        training_round.phase_seconds = {**training_round.phase_seconds, **phases}
-        TrainingRound.objects.filter(pk=training_round.pk).update(phase_seconds=training_round.phase_seconds)
 
 
 def _evaluation(training_round: TrainingRound, comparison: Path) -> dict[str, Any]:
@@ -587,57 +486,7 @@ def round_measure_lengths(training_round: TrainingRound) -> None:
     except (ModelServerUnavailable, ModelServerRefused) as error:
         logger.warning("round %s: answer lengths not measured: %s", training_round.pk, error)
         lengths = {"length_error": str(error)}
-    training_round.refresh_from_db(fields=["evaluation"])
-    TrainingRound.objects.filter(pk=training_round.pk).update(
-        evaluation={**training_round.evaluation, **lengths}, revision=F("revision") + 1
-    )
-
-
-def _deploy_wanted(training_round: TrainingRound) -> bool:
-    """A canary's decision, else an admin's override, else the offline gate."""
-    decision = training_round.canary_decision.get("decision")
-    if decision:
-        return decision == "promote" or bool(training_round.override_reason)
-    return bool(training_round.evaluation.get("gate", {}).get("promote") or training_round.override_reason)
-
-
-def round_deploy(training_round: TrainingRound) -> None:
-    """A deploying round: make its adapter serve if the gate or an admin says so, else reject it.
-
-    Every way this can end leaves the round in an end state with the reason shown and the serving version unchanged
-    unless it served: trained (the model server was unreachable; raises ModelServerUnavailable for the task to
-    retry), failed (the server refused the adapter, or anything unexpected), rejected, or serving.
-    """
-    version = training_round.result_version
-    if version is None:
-        training_round.finish(Status.FAILED, error="the round produced no adapter to deploy")
-        return
-    promote = _deploy_wanted(training_round)
-    try:
-        if not promote:
-            version.reject()
-            training_round.finish(Status.REJECTED, error="")
-        else:
-            with client_from_settings() as client:
-                version.serve(client)
-            training_round.finish(Status.SERVING, error="")
-    except ModelServerUnavailable as error:
-        training_round.finish(Status.TRAINED, error=f"the model server was unreachable at deploy: {error}")
-        raise
-    except ModelServerRefused as error:
-        with suppress(Conflict):
-            version.reject()
-        training_round.finish(Status.FAILED, error=f"the model server refused the adapter: {error}")
-        return
-    except Exception as error:
-        logger.exception("round %s: deploy failed", training_round.pk)
-        training_round.refresh_from_db()
-        if training_round.status == Status.DEPLOYING:
-            training_round.finish(Status.FAILED, error=f"deploy failed: {type(error).__name__}: {error}")
-        return
-    transaction.on_commit(lambda: enqueue("annotate.tasks.round_measure_lengths", training_round.pk))
-    if version.status == ModelVersion.Status.SERVING:
-        request_refill(throttle=False)
+    training_round.record_evaluation(lengths)
 
 
 def _canary_wanted(training_round: TrainingRound) -> bool:
@@ -676,4 +525,4 @@ def round_run(round_id: int) -> None:
             round_deploy(training_round)
     except ModelServerUnavailable:
         # Saved as trained, not deployed: the deploy task retries it with backoff until the server is back.
-        enqueue("annotate.tasks.round_deploy", training_round.pk)
+        round_deploy_later(training_round)

@@ -1,7 +1,7 @@
 """Stand-ins for the two edges a fast test cannot run: the training process and the vLLM server.
 
-Both are real processes or sockets talking the real protocols (a launcher that `rounds.py` runs as it runs
-`python -m training`, an HTTP server answering vLLM's adapter endpoints), so the Django side runs unchanged.
+Both are real processes or sockets talking the real protocols (a launcher that `annotate/rounds/runner.py` runs as
+it runs `python -m training`, an HTTP server answering vLLM's adapter endpoints), so the Django side runs unchanged.
 """
 
 from __future__ import annotations

@@ -60,6 +60,24 @@ def test_a_rejected_round_can_be_promoted_with_a_reason(loop, serving_version, s
     assert training_round.result_version.name in model_server.models
 
 
+def test_a_promote_with_the_task_queue_down_leaves_the_round_trained_to_promote_again(
+    loop, serving_version, staff, model_server, monkeypatch, request
+):
+    monkeypatch.setenv("SCRIPTED_ACCURACY", "0.3")
+    training_round = run_round()
+    assert training_round.status == Status.REJECTED
+
+    request.getfixturevalue("broker_down")
+    with pytest.raises(Conflict, match="task queue could not be reached"):
+        rounds.round_promote(training_round=training_round, by=staff, reason="the answers read better")
+
+    training_round.refresh_from_db()
+    assert training_round.status == Status.TRAINED and training_round.active is None  # it holds no slot
+    assert training_round.error == "the task queue could not be reached; promote it again"
+    assert ModelVersion.objects.serving() == serving_version
+    assert rounds.round_start(trigger="api").status == Status.QUEUED
+
+
 def test_promote_is_refused_for_a_round_that_serves_or_runs(loop, staff):
     training_round = run_round()
     with pytest.raises(Conflict, match="nothing to promote"):

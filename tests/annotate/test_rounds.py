@@ -9,6 +9,7 @@ from annotate import tasks
 from annotate.annotation.simulation import prefer_keyword, prefer_longer, prefer_shorter, preference_from_spec
 from annotate.errors import Conflict, Invalid
 from annotate.models import Judgement, ModelVersion, TrainingRound
+from annotate.rounds import runner
 from annotate.rounds import services as rounds
 
 pytestmark = pytest.mark.django_db
@@ -130,7 +131,7 @@ def test_prepare_fails_the_round_when_the_rules_leave_too_little(round_settings,
     round_settings.ROUND_MIN_TRAIN_PAIRS = 4
     round_settings.ROUND_HOLDOUT_FRACTION = 0.9
     training_round = rounds.round_start(trigger="api")
-    with pytest.raises(rounds.RoundStopped):
+    with pytest.raises(runner.RoundStopped):
         rounds.round_prepare(training_round)
     training_round.refresh_from_db()
     assert training_round.status == TrainingRound.Status.FAILED
@@ -157,6 +158,57 @@ def test_cancelling_a_running_round_asks_the_worker(round_settings, votes, servi
     rounds.round_cancel(training_round=training_round)
     training_round.refresh_from_db()
     assert training_round.cancel_requested and training_round.status == "training"
+
+
+def test_a_cancel_request_shows_on_the_polled_round_page(round_settings, votes, serving_version, client, staff):
+    votes(4)
+    training_round = rounds.round_start(trigger="api")
+    training_round.advance(TrainingRound.Status.PREPARING)  # the training worker took it, as round_run does
+    client.force_login(staff)
+    poll = f"/rounds/{training_round.pk}/?revision={training_round.revision}"
+    assert client.get(poll, headers={"HX-Request": "true"}).status_code == 204
+
+    assert client.post(f"/rounds/{training_round.pk}/cancel/").status_code == 302
+
+    training_round.refresh_from_db()
+    assert training_round.cancel_requested and training_round.status == TrainingRound.Status.PREPARING
+    changed = client.get(poll, headers={"HX-Request": "true"})  # the revision moved: the poll gets the new page
+    assert changed.status_code == 200
+    page = changed.content.decode()
+    assert "Cancelling: the training worker stops the round" in page and "Cancel round" not in page
+
+
+def test_cancelling_a_round_that_ended_meanwhile_is_refused_and_changes_nothing(round_settings, votes, serving_version):
+    votes(4)
+    training_round = rounds.round_start(trigger="api")
+    training_round.advance(TrainingRound.Status.PREPARING)
+    seen_by_staff = TrainingRound.objects.get(pk=training_round.pk)  # the page they clicked on: still preparing
+    training_round.finish(TrainingRound.Status.FAILED, error="the trainer crashed")
+    with pytest.raises(Conflict, match="it is failed"):
+        rounds.round_cancel(training_round=seen_by_staff)
+    training_round.refresh_from_db()
+    assert training_round.status == TrainingRound.Status.FAILED and not training_round.cancel_requested
+
+
+def test_every_write_to_a_round_moves_its_revision(round_settings, votes, serving_version):
+    votes(4)
+    training_round = rounds.round_start(trigger="api")
+    seen = [training_round.revision]
+    training_round.heartbeat()
+    seen.append(training_round.revision)
+    training_round.record_phases({"prepare": 1.5})
+    training_round.record_phases({"train": 2.0})
+    seen.append(training_round.revision)
+    training_round.record(evaluation={"accuracy": 0.75})
+    stale = TrainingRound.objects.get(pk=training_round.pk)
+    training_round.record(evaluation={"accuracy": 0.75, "gate": {"promote": True}})
+    stale.record_evaluation({"mean_tokens_after": 12.0})  # adds to what is saved, not to its stale copy
+    seen.append(stale.revision)
+
+    training_round.refresh_from_db()
+    assert seen == sorted(set(seen)) and training_round.revision == seen[-1]
+    assert training_round.phase_seconds == {"prepare": 1.5, "train": 2.0}
+    assert training_round.evaluation == {"accuracy": 0.75, "gate": {"promote": True}, "mean_tokens_after": 12.0}
 
 
 def test_a_failing_training_process_fails_the_round_with_its_log(round_settings, votes, serving_version, settings):
@@ -192,14 +244,14 @@ def test_a_killed_training_process_fails_the_round(round_settings, votes, servin
 def test_metrics_are_read_line_by_line_as_they_are_written(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "lo')
-    rows, offset = rounds._read_new_metrics(path, 0)
+    rows, offset = runner.metrics_read_new(path, 0)
     assert rows == [{"step": 1, "loss": 0.7}]
     with path.open("a") as file:
         file.write('ss": 0.6}\n')
-    rows, offset = rounds._read_new_metrics(path, offset)
+    rows, offset = runner.metrics_read_new(path, offset)
     assert rows == [{"step": 2, "loss": 0.6}]
-    assert rounds._read_new_metrics(path, offset) == ([], offset)
-    assert rounds._read_new_metrics(Path(tmp_path / "missing"), 0) == ([], 0)
+    assert runner.metrics_read_new(path, offset) == ([], offset)
+    assert runner.metrics_read_new(Path(tmp_path / "missing"), 0) == ([], 0)
 
 
 def test_automatic_rounds_start_after_enough_new_votes(round_settings, votes, serving_version):

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from annotate.rounds.services import process_group_stop
+from annotate.rounds.runner import process_group_stop
 
 REPO = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO / "var" / "log" / "tests"
