@@ -157,7 +157,8 @@ CACHE_URL = env_str("CACHE_URL", "")
 if not CACHE_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "pairloop_cache"}}
 elif CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+    # Redis restarting is a cache miss, never a 500 (annotate/cache.py).
+    CACHES = {"default": {"BACKEND": "annotate.cache.ForgivingRedisCache", "LOCATION": CACHE_URL}}
 else:
     raise ImproperlyConfigured(f"CACHE_URL={CACHE_URL!r}: use redis://HOST:PORT/DB, or leave it empty")
 

@@ -251,7 +251,15 @@ class Annotator(threading.Thread):
         if self.random.random() < self.args.double_submit:
             # A double click: the same vote twice at once.
             results: list[httpx.Response] = []
-            second = threading.Thread(target=lambda: results.append(send()))
+
+            def click_again() -> None:
+                try:
+                    results.append(send())
+                except httpx.HTTPError:  # the server went away under this click: the other one may still land
+                    with self.record.lock:
+                        self.record.timeouts += 1
+
+            second = threading.Thread(target=click_again)
             second.start()
             results.append(send())
             second.join()

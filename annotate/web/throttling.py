@@ -8,6 +8,7 @@ an increment that is atomic where the count lives (rate_count).
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.http import HttpRequest
 from django.utils import timezone
+from redis.exceptions import RedisError
 from rest_framework import throttling
 from rest_framework.authentication import TokenAuthentication, get_authorization_header
 from rest_framework.exceptions import Throttled
@@ -27,6 +29,8 @@ from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
 from annotate.models import RateCount
+
+logger = logging.getLogger(__name__)
 
 
 def rate_count(key: str, *, seconds: int, by: int = 1) -> int:
@@ -37,12 +41,18 @@ def rate_count(key: str, *, seconds: int, by: int = 1) -> int:
     cache = caches["default"]
     if isinstance(cache, DatabaseCache):
         return _database_count(key, seconds=seconds, by=by)
-    cache.add(key, 0, timeout=seconds)
     try:
-        return int(cache.incr(key, by))
-    except ValueError:  # expired between add and incr
         cache.add(key, 0, timeout=seconds)
-        return int(cache.incr(key, by))
+        try:
+            return int(cache.incr(key, by))
+        except ValueError:  # expired between add and incr
+            cache.add(key, 0, timeout=seconds)
+            return int(cache.incr(key, by))
+    except RedisError as error:
+        # Redis restarting must not turn every API request into a 500, nor refuse annotators' votes: while the
+        # count cannot be kept, nothing is counted and the request goes on (a limit is a guard, not the service).
+        logger.warning("rate count %s not kept, the cache is unreachable: %s", key.split(":", 1)[0], error)
+        return 0
 
 
 def _database_count(key: str, *, seconds: int, by: int) -> int:

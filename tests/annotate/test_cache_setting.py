@@ -29,7 +29,7 @@ def _shell(cache_url: str) -> subprocess.CompletedProcess[str]:
 
 def test_cache_url_picks_the_backend_and_refuses_what_it_cannot_use():
     assert _shell("").stdout.strip() == "django.core.cache.backends.db.DatabaseCache"
-    assert _shell("redis://127.0.0.1:6379/3").stdout.strip() == "django.core.cache.backends.redis.RedisCache"
+    assert _shell("redis://127.0.0.1:6379/3").stdout.strip() == "annotate.cache.ForgivingRedisCache"
     refused = _shell("memcached://127.0.0.1:11211")
     assert refused.returncode != 0
     assert "CACHE_URL='memcached://127.0.0.1:11211'" in refused.stderr
@@ -63,7 +63,7 @@ def test_with_redis_the_api_throttle_asks_the_database_nothing(annotator, make_p
     client = APIClient()
     client.force_authenticate(annotator)
     assert _cache_queries(client)  # with the database cache, the throttle counts in a table
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _redis_url()}}
+    settings.CACHES = {"default": {"BACKEND": "annotate.cache.ForgivingRedisCache", "LOCATION": _redis_url()}}
     try:
         assert _cache_queries(client) == []
         # The throttle still counts this user's requests, now in Redis.

@@ -4,6 +4,7 @@ one token get exactly the rate through, and concurrent wrong tokens are never ch
 from __future__ import annotations
 
 import os
+import socket
 import threading
 
 import pytest
@@ -23,7 +24,7 @@ def shared_cache(request, settings):
     """The two caches production may use: the database table (the default) and Redis (CACHE_URL)."""
     if request.param == "redis":
         url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}}
+        settings.CACHES = {"default": {"BACKEND": "annotate.cache.ForgivingRedisCache", "LOCATION": url}}
         try:
             caches["default"].clear()
         except Exception as error:  # no Redis on this machine: only CI and development machines have one
@@ -82,3 +83,27 @@ def test_concurrent_wrong_tokens_are_never_checked_past_the_limit(shared_cache, 
     )
     assert statuses.count(401) == 10  # a 401 is a wrong token that was checked; the rest were refused unchecked
     assert statuses.count(429) == THREADS * EACH - 10
+
+
+def test_a_redis_cache_that_is_down_lets_votes_through_instead_of_answering_500(settings, annotator, staff, caplog):
+    """The chaos soak killed Redis (the cache) and three API requests answered 500 from the throttle's count; the
+    refill request and the cached reports (leaderboard, quality) read and write the same cache."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "annotate.cache.ForgivingRedisCache",
+            "LOCATION": f"redis://127.0.0.1:{closed}/0",
+        }
+    }
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=annotator).key}")
+    assert client.get("/api/pairs/next/").status_code == 204  # no pair ready: answered, not a server error
+    wrong = APIClient(REMOTE_ADDR="10.0.9.8", HTTP_AUTHORIZATION="Token " + "x" * 40)
+    assert wrong.get("/api/pairs/next/").status_code == 401
+    staff_client = APIClient()
+    staff_client.force_authenticate(staff)
+    assert staff_client.get("/api/leaderboard/").status_code == 200
+    assert staff_client.get("/api/quality/").status_code == 200
+    assert "the cache is unreachable" in caplog.text and "Redis is unreachable" in caplog.text
