@@ -1,7 +1,8 @@
 """The staff API for vote quality: the report behind the quality page, and decisions about annotators."""
 
-from typing import Any
+from typing import Any, cast
 
+from django import forms
 from django.contrib.auth.models import User
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -19,7 +20,9 @@ from rest_framework.response import Response
 
 from annotate.annotation import services
 from annotate.models import AnnotatorAction
-from annotate.quality import views as quality_views
+from annotate.quality.columns import QUALITY_VALUES, QualityValue
+from annotate.quality.filters import QualityFilters
+from annotate.quality.selectors import quality_rows
 from annotate.web.staff_api import (
     BAD_FILTERS,
     NOT_STAFF,
@@ -77,29 +80,24 @@ class QualityFlagItem(serializers.Serializer[Any]):
     reason = serializers.CharField()
 
 
+def _annotator_field(value: QualityValue) -> serializers.Field[Any, Any, Any, Any]:
+    help_text = value.help or None
+    if value.kind == "annotator":
+        return serializers.CharField(help_text=help_text)
+    if value.kind == "count":
+        return serializers.IntegerField(help_text=help_text)
+    if value.kind == "flags":
+        return QualityFlagItem(many=True, help_text=help_text)
+    if value.kind == "status":
+        return serializers.BooleanField(help_text=help_text)
+    return serializers.FloatField(allow_null=True, help_text=help_text)
+
+
 class QualityAnnotatorItem(serializers.Serializer[Any]):
-    username = serializers.CharField()
-    votes = serializers.IntegerField()
-    left_share = serializers.FloatField(allow_null=True, help_text="Share of decisive votes for the left answer.")
-    left_decisive = serializers.IntegerField(help_text="Decisive votes whose screen side is known.")
-    position_p_value = serializers.FloatField(allow_null=True, help_text="Two-sided binomial test against 50 %.")
-    median_seconds = serializers.FloatField(allow_null=True)
-    share_under_floor = serializers.FloatField(allow_null=True, help_text="Share of votes under the speed floor.")
-    longer_share = serializers.FloatField(allow_null=True, help_text="Share of decisive votes for the longer answer.")
-    longer_decisive = serializers.IntegerField()
-    campaign_longer_share = serializers.FloatField(allow_null=True, help_text="The same share over every annotator.")
-    tie_rate = serializers.FloatField(allow_null=True)
-    both_bad_rate = serializers.FloatField(allow_null=True)
-    gold_accuracy = serializers.FloatField(allow_null=True)
-    gold_answered = serializers.IntegerField()
-    self_consistency = serializers.FloatField(allow_null=True)
-    repeats = serializers.IntegerField()
-    majority_agreement = serializers.FloatField(allow_null=True, help_text="With the leave-one-out majority.")
-    majority_compared = serializers.IntegerField()
-    competence = serializers.FloatField(allow_null=True, help_text="MACE: 1 - the probability of guessing.")
-    flags = QualityFlagItem(many=True)
-    paused = serializers.BooleanField()
-    votes_excluded = serializers.BooleanField()
+    """One annotator's row: the values of the quality page's table (annotate.quality.columns), one field each."""
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        return {value.name: _annotator_field(value) for value in QUALITY_VALUES}
 
 
 class QualityKappaItem(serializers.Serializer[Any]):
@@ -115,18 +113,19 @@ class QualityOutput(serializers.Serializer[Any]):
     kappas = QualityKappaItem(many=True)
 
 
-QUALITY_PARAMETERS = [
-    OpenApiParameter("campaign", OpenApiTypes.INT, description="A campaign's id."),
-    OpenApiParameter("date_from", OpenApiTypes.DATE, description="Votes cast on or after this day (UTC)."),
-    OpenApiParameter("date_to", OpenApiTypes.DATE, description="Votes cast on or before this day (UTC)."),
-    OpenApiParameter("round", OpenApiTypes.INT, description="A training round's id: only the votes it read."),
-    OpenApiParameter(
-        "sort",
-        OpenApiTypes.STR,
-        enum=[value for value, _ in quality_views.SORT_CHOICES],
-        description="A column of the annotator table; a leading '-' sorts high first.",
-    ),
-]
+def _filter_parameter(name: str, field: forms.Field) -> OpenApiParameter:
+    """A query parameter from one of the page's filter fields, with its help."""
+    if isinstance(field, forms.DateField):
+        return OpenApiParameter(name, OpenApiTypes.DATE, description=str(field.help_text))
+    if isinstance(field, forms.ModelChoiceField | forms.IntegerField):
+        return OpenApiParameter(name, OpenApiTypes.INT, description=str(field.help_text))
+    if not isinstance(field, forms.ChoiceField):
+        raise TypeError(f"no query parameter type for the {name} filter ({type(field).__name__})")
+    choices = [choice for choice, _ in cast(list[tuple[str, str]], field.choices)]
+    return OpenApiParameter(name, OpenApiTypes.STR, enum=choices, description=str(field.help_text))
+
+
+QUALITY_PARAMETERS = [_filter_parameter(name, field) for name, field in QualityFilters.base_fields.items()]
 
 
 @extend_schema(
@@ -137,19 +136,12 @@ QUALITY_PARAMETERS = [
 @api_view(["GET"])
 @permission_classes([IsAdminUser])
 def quality(request: Request) -> Response:
-    filters = quality_views.QualityFilters(request.query_params)
+    filters = QualityFilters(request.query_params)
     if not filters.is_valid():
         raise ValidationError({field: [str(error) for error in errors] for field, errors in filters.errors.items()})
-    report, rows = quality_views.quality_rows(filters)
+    report, rows = quality_rows(filters.judgements(), sort=filters.cleaned_data["sort"])
     return Response(
         QualityOutput(
-            {
-                "agreement": report.agreement,
-                "annotators": [
-                    {**vars(row), "flags": [{"code": flag.code, "reason": flag.reason} for flag in row.flags]}
-                    for row in rows
-                ],
-                "kappas": report.kappas,
-            }
+            {"agreement": report.agreement, "annotators": [row.values for row in rows], "kappas": report.kappas}
         ).data
     )

@@ -1,8 +1,9 @@
 """Vote quality on the Django side: read judgements into annotate.quality.agreement's records and compute the report.
 
 Every function takes an optional queryset of judgements, so a caller can narrow it to a campaign, a time window or
-a round's frozen votes. Gold answers and repeat votes are optional inputs (pair id -> expected choice; the ids of
-repeat judgements), so the statistics do not depend on how those are stored.
+a round's frozen votes (quality_judgements: the quality page's and GET /api/quality/'s filters). Gold answers and
+repeat votes are optional inputs (pair id -> expected choice; the ids of repeat judgements), so the statistics do not
+depend on how those are stored. quality_rows is the annotator table behind the page and the API.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import cast
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db.models import Count, Max, QuerySet
 from django.db.models.functions import Length
+from django.utils import timezone
 
-from annotate.models import Judgement
+from annotate.models import AnnotatorStanding, Campaign, Judgement, Pair, TrainingRound
 from annotate.quality.agreement import (
     LABELS,
     AgreementSummary,
@@ -30,6 +34,7 @@ from annotate.quality.agreement import (
     competence,
     pairwise_kappas,
 )
+from annotate.quality.columns import QualityRow, rows_sorted
 
 
 def quality_thresholds() -> QualityThresholds:
@@ -206,3 +211,70 @@ def pairwise_kappas_for(
     """Cohen's kappa for every two annotators who judged at least `min_shared_pairs` of the same pairs."""
     minimum = settings.QUALITY_KAPPA_MIN_SHARED_PAIRS if min_shared_pairs is None else min_shared_pairs
     return pairwise_kappas(votes_from_judgements(judgements), min_shared_items=minimum)
+
+
+# --- The quality page's filters and its annotator table -------------------------------------------------------
+
+
+def quality_judgements(
+    *,
+    campaign: Campaign | None = None,
+    date_from: date | None = None,
+    date_to: date | None = None,
+    training_round: TrainingRound | None = None,
+) -> QuerySet[Judgement]:
+    """The votes on `campaign`'s pairs, cast from the start of `date_from` to the end of `date_to` (UTC), up to
+    `training_round`'s cut-off (the votes it read); every bound optional."""
+    judgements = Judgement.objects.all()
+    if campaign is not None:
+        judgements = judgements.filter(pair__campaign=campaign)
+    start = _day_start(date_from)
+    if start is not None:
+        judgements = judgements.filter(created_at__gte=start)
+    after_end = _day_start(date_to + timedelta(days=1)) if date_to and date_to < date.max else None
+    if after_end is not None:
+        judgements = judgements.filter(created_at__lt=after_end)
+    if training_round is not None:
+        judgements = judgements.filter(pk__lte=training_round.last_judgement_id or 0)
+    return judgements
+
+
+def _day_start(day: date | None) -> datetime | None:
+    """Midnight UTC starting `day`; None for no day, and for days at the calendar's edge (no bound needed there)."""
+    if day is None or day <= date.min:
+        return None
+    return timezone.make_aware(datetime.combine(day, time.min), timezone.get_current_timezone())
+
+
+def quality_rows(judgements: QuerySet[Judgement], *, sort: str) -> tuple[QualityReport, list[QualityRow]]:
+    """The report over `judgements` (cached: see quality_report_cached) and its annotator rows ordered by `sort` (a
+    column of annotate.quality.columns, "-" in front for descending), with staff's decisions about each annotator
+    read afresh.
+
+    Gold answers come from the pairs (Pair.gold_choice) and repeats from the votes (Judgement.is_repeat)."""
+    gold = dict(
+        Pair.objects.exclude(gold_choice="")
+        .filter(pk__in=judgements.values("pair_id"))
+        .values_list("pk", "gold_choice")
+    )
+    repeat_ids = set(judgements.filter(is_repeat=True).values_list("pk", flat=True))
+    report = quality_report_cached(judgements, gold=gold, repeat_ids=repeat_ids)
+    standings = {
+        standing.annotator_id: standing
+        for standing in AnnotatorStanding.objects.filter(
+            annotator_id__in=[row.annotator_id for row in report.annotators]
+        )
+    }
+    rows = []
+    for row in report.annotators:
+        standing = standings.get(cast(int, row.annotator_id))
+        rows.append(
+            QualityRow(
+                annotator_id=cast(int, row.annotator_id),
+                username=row.username,
+                signals=row.signals,
+                paused=bool(standing and standing.paused),
+                votes_excluded=bool(standing and standing.votes_excluded),
+            )
+        )
+    return report, rows_sorted(rows, sort)

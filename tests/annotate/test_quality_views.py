@@ -189,6 +189,73 @@ def test_sorting_through_the_api(population, staff_api):
     assert names == sorted([*CAREFUL, SPAMMER], reverse=True)
 
 
+# What each heading sorts on, read from the API's fields: written out here, not taken from the column table.
+SORTED_ON = {
+    "annotator": lambda row: row["username"].lower(),
+    "flags": lambda row: len(row["flags"]),
+    "standing": lambda row: (row["paused"], row["votes_excluded"]),
+}
+
+
+def _expected_order(rows: list[dict], key: str, descending: bool) -> list[str]:
+    """Usernames by one column, ties by name, missing values last either way."""
+    value_of = SORTED_ON.get(key, lambda row: row[key])
+    by_name = sorted(rows, key=lambda row: row["username"].lower())
+    known = sorted([row for row in by_name if value_of(row) is not None], key=value_of, reverse=descending)
+    return [row["username"] for row in known + [row for row in by_name if value_of(row) is None]]
+
+
+def test_every_column_the_page_offers_sorts_both_ways_and_the_api_gives_each(
+    population, staff, staff_client, staff_api, django_user_model, make_pair
+):
+    from annotate.quality.columns import QUALITY_COLUMNS, QUALITY_VALUES
+
+    # Values that differ between annotators: a late annotator with a tie and a both-bad (no decisive vote, so no
+    # left share), gold pairs, a paused annotator and one whose votes are excluded.
+    late = django_user_model.objects.create_user("eve")
+    for _ in range(2):
+        make_pair(required=1)
+    _vote(late, "tie")
+    _vote(late, "both_bad")
+    for pair, expected in zip(Pair.objects.order_by("id")[:3], ["b", "a", "a"], strict=True):  # careful: 2 of 3
+        services.pair_mark_gold(pair=pair, expected=expected)
+    services.annotator_act(annotator=population, action="pause", by=staff, reason="left on every pair")
+    bob = django_user_model.objects.get(username="bob")
+    services.annotator_act(annotator=bob, action="exclude", by=staff, reason="checking")
+
+    html = staff_client.get("/quality/").content.decode()
+    headings = html.split('id="quality-annotators"', 1)[1].split("</thead>", 1)[0]
+    offered = re.findall(r'<th[^>]*><a href="/quality/\?sort=-?([a-z_]+)"[^>]*>([^<]+)</a>', headings)
+    assert offered == [(column.name, column.label) for column in QUALITY_COLUMNS]
+    body = staff_api.get("/api/quality/").json()
+    assert {field for row in body["annotators"] for field in row} == {value.name for value in QUALITY_VALUES}
+    schema = staff_api.get("/api/schema/?format=json").json()
+    item = schema["components"]["schemas"]["QualityAnnotatorItem"]["properties"]
+    assert list(item) == [value.name for value in QUALITY_VALUES]
+    parameters = schema["paths"]["/api/quality/"]["get"]["parameters"]
+    sorts = next(parameter for parameter in parameters if parameter["name"] == "sort")["schema"]["enum"]
+
+    rows = body["annotators"]
+    for key, _ in offered:
+        for descending in (False, True):
+            sort = f"-{key}" if descending else key
+            assert sort in sorts
+            expected = _expected_order(rows, key, descending)
+            page = staff_client.get(f"/quality/?sort={sort}")
+            assert page.status_code == 200
+            assert _rows(page.content.decode()) == expected, sort
+            assert f'aria-sort="{"descending" if descending else "ascending"}"><a href="/quality/?sort=' in (
+                page.content.decode()
+            )
+            api = staff_api.get(f"/api/quality/?sort={sort}")
+            assert api.status_code == 200
+            assert [row["username"] for row in api.json()["annotators"]] == expected, sort
+    # The orders checked above tell annotators apart: each column but self-consistency (no repeats served here)
+    # puts them in another order the other way round.
+    for key, _ in offered:
+        assert (_expected_order(rows, key, False) != _expected_order(rows, key, True)) == (key != "self_consistency")
+
+
 def test_filters_narrow_the_votes(
     population, staff_client, staff_api, django_user_model, make_pair, settings, tmp_path
 ):
