@@ -284,14 +284,15 @@ class Annotator(threading.Thread):
 
 
 def make_pairs(count: int, votes_per_pair: int) -> None:
-    from annotate.models import Campaign, Completion, ModelVersion, Pair, Prompt
+    from annotate.models import Campaign, Completion, ModelVersion, Pair, Prompt, conversation_hash
 
     version = ModelVersion.objects.ensure_base(name=os.environ["SERVED_MODEL_NAME"], base_model="default")
     Campaign.objects.update_or_create(name="default", defaults={"votes_per_pair": votes_per_pair})
     campaign = Campaign.objects.get(name="default")
+    conversations = [[{"role": "user", "content": f"Soak question {n}?"}] for n in range(count)]
+    # bulk_create skips Prompt.save, which sets the hash: set it the same way (rounds read it to hold prompts out).
     prompts = Prompt.objects.bulk_create(
-        Prompt(messages=[{"role": "user", "content": f"Soak question {n}?"}], content_hash=f"soak-{n}")
-        for n in range(count)
+        Prompt(messages=messages, content_hash=conversation_hash(messages)) for messages in conversations
     )
     answers = Completion.objects.bulk_create(
         Completion(prompt=prompt, model_version=version, text=f"Answer {side} to {prompt.pk}.", sampling={}, seed=side)
