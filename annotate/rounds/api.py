@@ -66,11 +66,8 @@ def _config_field(spec: FieldSpec) -> serializers.Field[Any, Any, Any, Any]:
     """A serializer field with exactly the spec's bounds (training.config, capped by the model server's LoRA limit)."""
     if spec.choices:
         return serializers.ChoiceField(choices=spec.choices, required=False, help_text=spec.help)
-    lowest = min([spec.minimum, *spec.allowed_values]) if spec.minimum is not None else None
-    if spec.kind is int:
-        top = int(spec.maximum) if spec.maximum is not None else None
-        return serializers.IntegerField(required=False, min_value=lowest, max_value=top, help_text=spec.help)
-    return serializers.FloatField(required=False, min_value=lowest, max_value=spec.maximum, help_text=spec.help)
+    field_class = serializers.IntegerField if spec.kind is int else serializers.FloatField
+    return field_class(required=False, **spec.input_bounds(), help_text=spec.help)
 
 
 class RoundInput(serializers.Serializer[Any]):
