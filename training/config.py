@@ -39,6 +39,17 @@ class FieldSpec:
         """The environment variable and Django setting holding the deployment's default."""
         return f"ROUND_{self.name.upper()}"
 
+    def input_bounds(self) -> dict[str, Any]:
+        """`min_value` and `max_value` for the field that reads this spec (Django's form fields and DRF's serializer
+        fields take the same two keywords): the lowest value accepted, an allowed value below the minimum included
+        (-1 for "no limit"), and the maximum, both whole numbers for an int field. `problem` gives the exact reason."""
+        lowest = min([self.minimum, *self.allowed_values]) if self.minimum is not None else None
+        highest = self.maximum
+        if self.kind is int:
+            lowest = int(lowest) if lowest is not None else None
+            highest = int(highest) if highest is not None else None
+        return {"min_value": lowest, "max_value": highest}
+
     def problem(self, value: Any) -> str | None:
         """Why `value` is not acceptable, or None."""
         if self.choices:

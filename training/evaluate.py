@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,15 +31,10 @@ from trl.trainer.utils import add_fused_lm_head
 
 from training.data import Message, PreferenceRow
 from training.fused_head import score_answer_positions_only
-
-# Kept importable from here until annotate/rounds.py imports them from training.gate (no torch) instead.
-from training.gate import GateDecision as GateDecision
-from training.gate import gate_decision as gate_decision
+from training.stats import wilson_interval
 
 POLICY_ADAPTER = "policy"
 REFERENCE_ADAPTER = "reference"
-# Two-sided 95 % normal quantile, for the Wilson score interval.
-Z_95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -210,17 +204,6 @@ def model_cache_key(model_dir: Path | str) -> str:
 
 def implicit_rewards(policy_logprobs: Sequence[float], reference_logprobs: Sequence[float], beta: float) -> list[float]:
     return [beta * (policy - reference) for policy, reference in zip(policy_logprobs, reference_logprobs, strict=True)]
-
-
-def wilson_interval(successes: float, count: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval of a proportion; `successes` may be fractional (a tie counts as half)."""
-    if count < 1:
-        raise ValueError("count must be >= 1")
-    proportion = successes / count
-    denominator = 1 + z * z / count
-    centre = (proportion + z * z / (2 * count)) / denominator
-    half_width = z * math.sqrt(proportion * (1 - proportion) / count + z * z / (4 * count * count)) / denominator
-    return max(0.0, centre - half_width), min(1.0, centre + half_width)
 
 
 def reward_accuracy(chosen_rewards: Sequence[float], rejected_rewards: Sequence[float], skipped: int = 0) -> EvalResult:

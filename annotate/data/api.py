@@ -43,10 +43,6 @@ def _upload_text(upload: UploadedFile) -> str:
     return imports.decode(upload.read())
 
 
-def _rejected(error: imports.ImportRejected) -> ValidationError:
-    return ValidationError({"file": error.details()})
-
-
 # --- Prompts ---------------------------------------------------------------------------------------------------
 
 
@@ -94,11 +90,7 @@ def _prompts_create(request: Request) -> Response:
         row = imports.prompt_row_from({**fields, "tags": data.validated_data["tags"]})
     except ValueError as error:
         raise ValidationError({next(iter(fields), "prompt"): [str(error)]}) from None
-    try:
-        prompt = imports.prompt_create(row=row, prompt_set=data.validated_data["prompt_set"], source="api")
-    except imports.PromptExists as exists:
-        body = {"detail": str(exists), "code": "duplicate", "prompt": exists.prompt.pk}
-        return Response(body, status=status.HTTP_409_CONFLICT)
+    prompt = imports.prompt_create(row=row, prompt_set=data.validated_data["prompt_set"], source="api")
     return Response(PromptItem(prompt).data, status=status.HTTP_201_CREATED)
 
 
@@ -154,12 +146,9 @@ def prompts_import(request: Request) -> Response:
     data = PromptImportInput(data=request.data)
     data.is_valid(raise_exception=True)
     upload = data.validated_data["file"]
-    try:
-        file_format = imports.prompt_file_format(upload.name, data.validated_data.get("format"))
-        rows = imports.parse_prompts(_upload_text(upload), file_format=file_format)
-        result = imports.prompts_import(rows=rows, prompt_set=data.validated_data["prompt_set"], source=upload.name)
-    except imports.ImportRejected as rejected:
-        raise _rejected(rejected) from None
+    file_format = imports.prompt_file_format(upload.name, data.validated_data.get("format"))
+    rows = imports.parse_prompts(_upload_text(upload), file_format=file_format)
+    result = imports.prompts_import(rows=rows, prompt_set=data.validated_data["prompt_set"], source=upload.name)
     return Response(PromptImportResult(result).data, status=status.HTTP_201_CREATED)
 
 
@@ -201,18 +190,15 @@ def preferences_import(request: Request) -> Response:
     data = PreferenceImportInput(data=request.data)
     data.is_valid(raise_exception=True)
     upload, dataset_format = data.validated_data["file"], data.validated_data["format"]
-    try:
-        parsed = imports.parse_preferences(
-            _upload_text(upload), dataset_format=dataset_format, skip_bad=data.validated_data["skip_bad"]
-        )
-        result = imports.preferences_import(
-            preference_file=parsed,
-            dataset_format=dataset_format,
-            file_name=upload.name or "upload",
-            prompt_set=data.validated_data["prompt_set"],
-        )
-    except imports.ImportRejected as rejected:
-        raise _rejected(rejected) from None
+    parsed = imports.parse_preferences(
+        _upload_text(upload), dataset_format=dataset_format, skip_bad=data.validated_data["skip_bad"]
+    )
+    result = imports.preferences_import(
+        preference_file=parsed,
+        dataset_format=dataset_format,
+        file_name=upload.name or "upload",
+        prompt_set=data.validated_data["prompt_set"],
+    )
     return Response(PreferenceImportResult(result).data, status=status.HTTP_201_CREATED)
 
 
@@ -401,15 +387,12 @@ def _exports_list(request: Request) -> Response:
 def _exports_create(request: Request) -> Response:
     data = ExportInput(data=request.data)
     data.is_valid(raise_exception=True)
-    try:
-        export = exports.export_request(
-            created_by=staff_of(request),
-            dataset_format=data.validated_data["dataset_format"],
-            file_format=data.validated_data["file_format"],
-            filters=data.to_filters(),
-        )
-    except exports.InvalidExport as invalid:
-        raise ValidationError(invalid.errors) from None
+    export = exports.export_request(
+        created_by=staff_of(request),
+        dataset_format=data.validated_data["dataset_format"],
+        file_format=data.validated_data["file_format"],
+        filters=data.to_filters(),
+    )
     return Response(ExportItem(export, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
 
 

@@ -24,6 +24,7 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, models, tra
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
+from annotate.errors import Conflict, Invalid
 from annotate.models import Completion, Judgement, ModelVersion, Pair, Prompt, conversation_hash
 from training.data import hh_rlhf_to_trl
 from training.data import messages_from as training_messages_from
@@ -70,18 +71,19 @@ class LineError:
         return f"line {self.line}: {self.reason}"
 
 
-class ImportRejected(Exception):
-    """A file that cannot be imported as it is. Nothing was written; `errors` names the bad lines."""
+class ImportRejected(Invalid):
+    """A file that cannot be imported as it is: an Invalid `file`, with the message and the first bad lines. Nothing
+    was written; `lines` names every bad line."""
 
-    def __init__(self, message: str, errors: Sequence[LineError] = ()) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, lines: Sequence[LineError] = ()) -> None:
         self.message = message
-        self.errors = list(errors)
+        self.lines = list(lines)
+        super().__init__({"file": self.details()})
 
     def details(self) -> list[str]:
         """The message and the first bad lines, ready to show."""
-        shown = [str(error) for error in self.errors[:MAX_ERRORS_SHOWN]]
-        more = len(self.errors) - len(shown)
+        shown = [str(error) for error in self.lines[:MAX_ERRORS_SHOWN]]
+        more = len(self.lines) - len(shown)
         return [self.message, *shown, *([f"... and {more} more bad lines"] if more > 0 else [])]
 
     def __str__(self) -> str:
@@ -342,9 +344,13 @@ def prompts_import(
     return PromptImportResult(created=len(new), duplicates=len(rows) - len(new), prompt_set=prompt_set)
 
 
-class PromptExists(Exception):
+class PromptExists(Conflict):
+    """The same conversation is stored already; the answer carries its id as `prompt`."""
+
+    code = "duplicate"
+
     def __init__(self, prompt: Prompt) -> None:
-        super().__init__(f"this conversation is already stored as prompt {prompt.pk}")
+        super().__init__(f"this conversation is already stored as prompt {prompt.pk}", prompt=prompt.pk)
         self.prompt = prompt
 
 

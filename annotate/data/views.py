@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from annotate.data import exports, imports
 from annotate.data.exports import ExportFilters
+from annotate.errors import Invalid
 from annotate.models import Export, ModelVersion, Prompt
 from annotate.web.pages import AppRequest, render_page, staff_required
 from training.config import WEIGHTINGS
@@ -177,7 +178,7 @@ def exports_page(request: AppRequest) -> HttpResponse:
                 file_format=form.cleaned_data["file_format"],
                 filters=form.to_filters(),
             )
-        except exports.InvalidExport as invalid:
+        except Invalid as invalid:
             for name, message in invalid.errors.items():
                 form.add_error(name if name in form.fields else None, message)
         else:

@@ -26,7 +26,6 @@ from annotate.quality.agreement import (
     LABELS,
     AgreementSummary,
     AnnotatorSignals,
-    PairwiseKappa,
     QualityThresholds,
     Vote,
     agreement_summary,
@@ -196,21 +195,6 @@ def report_from_votes(votes: list[Vote], *, gold: Mapping[int, str], thresholds:
         ],
         thresholds=thresholds,
     )
-
-
-def agreement_for(
-    judgements: QuerySet[Judgement] | None = None, *, repeat_ids: Collection[int] = frozenset()
-) -> AgreementSummary:
-    """Only the agreement summary (alphas and counts), in one query and without MACE: cheap enough for any page."""
-    return agreement_summary(votes_from_judgements(judgements, repeat_ids=repeat_ids))
-
-
-def pairwise_kappas_for(
-    judgements: QuerySet[Judgement] | None = None, *, min_shared_pairs: int | None = None
-) -> list[PairwiseKappa]:
-    """Cohen's kappa for every two annotators who judged at least `min_shared_pairs` of the same pairs."""
-    minimum = settings.QUALITY_KAPPA_MIN_SHARED_PAIRS if min_shared_pairs is None else min_shared_pairs
-    return pairwise_kappas(votes_from_judgements(judgements), min_shared_items=minimum)
 
 
 # --- The quality page's filters and its annotator table -------------------------------------------------------

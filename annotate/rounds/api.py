@@ -14,7 +14,6 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate.errors import Conflict, Invalid
 from annotate.models import ModelVersion, TrainingRound
 from annotate.rounds import canary
 from annotate.rounds import services as rounds
@@ -22,7 +21,6 @@ from annotate.sampling.generation import ModelServerRefused, ModelServerUnavaila
 from annotate.web.staff_api import (
     BAD_FILTERS,
     NOT_STAFF,
-    app_error_response,
     page_of,
     paginated,
     query_of,
@@ -66,11 +64,8 @@ def _config_field(spec: FieldSpec) -> serializers.Field[Any, Any, Any, Any]:
     """A serializer field with exactly the spec's bounds (training.config, capped by the model server's LoRA limit)."""
     if spec.choices:
         return serializers.ChoiceField(choices=spec.choices, required=False, help_text=spec.help)
-    lowest = min([spec.minimum, *spec.allowed_values]) if spec.minimum is not None else None
-    if spec.kind is int:
-        top = int(spec.maximum) if spec.maximum is not None else None
-        return serializers.IntegerField(required=False, min_value=lowest, max_value=top, help_text=spec.help)
-    return serializers.FloatField(required=False, min_value=lowest, max_value=spec.maximum, help_text=spec.help)
+    field_class = serializers.IntegerField if spec.kind is int else serializers.FloatField
+    return field_class(required=False, **spec.input_bounds(), help_text=spec.help)
 
 
 class RoundInput(serializers.Serializer[Any]):
@@ -124,12 +119,9 @@ def rounds_create(request: Request) -> Response:
     data.is_valid(raise_exception=True)
     overrides = dict(data.validated_data)
     gate_mode = overrides.pop("gate_mode", None)
-    try:
-        training_round = rounds.round_start(
-            trigger=TrainingRound.Trigger.API, started_by=staff_of(request), overrides=overrides, gate_mode=gate_mode
-        )
-    except (Conflict, Invalid) as error:
-        return app_error_response(error)
+    training_round = rounds.round_start(
+        trigger=TrainingRound.Trigger.API, started_by=staff_of(request), overrides=overrides, gate_mode=gate_mode
+    )
     return Response(RoundOutput(training_round).data, status=status.HTTP_201_CREATED)
 
 
@@ -146,10 +138,7 @@ def rounds_detail(request: Request, round_id: int) -> Response:
 @permission_classes([IsAdminUser])
 def rounds_cancel(request: Request, round_id: int) -> Response:
     training_round = get_object_or_404(TrainingRound, pk=round_id)
-    try:
-        rounds.round_cancel(training_round=training_round)
-    except (Conflict, Invalid) as error:
-        return app_error_response(error)
+    rounds.round_cancel(training_round=training_round)
     training_round.refresh_from_db()
     return Response(RoundOutput(training_round).data, status=status.HTTP_202_ACCEPTED)
 
@@ -169,10 +158,7 @@ def rounds_promote(request: Request, round_id: int) -> Response:
     training_round = get_object_or_404(TrainingRound, pk=round_id)
     data = PromoteInput(data=request.data)
     data.is_valid(raise_exception=True)
-    try:
-        rounds.round_promote(training_round=training_round, by=staff_of(request), reason=data.validated_data["reason"])
-    except (Conflict, Invalid) as error:
-        return app_error_response(error)
+    rounds.round_promote(training_round=training_round, by=staff_of(request), reason=data.validated_data["reason"])
     return Response(RoundOutput(training_round).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -191,7 +177,7 @@ def model_versions_serve(request: Request, version_id: int) -> Response:
             version.serve(client)
     except ModelServerUnavailable as error:
         return Response({"detail": str(error), "code": "unavailable"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-    except (Conflict, ModelServerRefused) as error:
+    except ModelServerRefused as error:
         return Response({"detail": str(error), "code": "conflict"}, status=status.HTTP_409_CONFLICT)
     return Response(ModelVersionItem(version).data)
 
@@ -216,14 +202,11 @@ def rounds_canary_decide(request: Request, round_id: int) -> Response:
     training_round = get_object_or_404(TrainingRound, pk=round_id)
     data = CanaryDecisionInput(data=request.data)
     data.is_valid(raise_exception=True)
-    try:
-        canary.canary_decide_early(
-            training_round=training_round,
-            by=staff_of(request),
-            decision=data.validated_data["decision"],
-            reason=data.validated_data["reason"],
-        )
-    except (Conflict, Invalid) as error:
-        return app_error_response(error)
+    canary.canary_decide_early(
+        training_round=training_round,
+        by=staff_of(request),
+        decision=data.validated_data["decision"],
+        reason=data.validated_data["reason"],
+    )
     training_round.refresh_from_db()
     return Response(RoundOutput(training_round).data, status=status.HTTP_202_ACCEPTED)

@@ -14,10 +14,8 @@ tally, the rule and the decision.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from statistics import NormalDist
 from typing import Any
 
 from django.conf import settings
@@ -35,13 +33,13 @@ from annotate.sampling.generation import (
     client_from_settings,
 )
 from annotate.sampling.services import canary_round
+from training.stats import wilson_interval
 
 logger = logging.getLogger(__name__)
 
 Status = TrainingRound.Status
 PROMOTE, REJECT = "promote", "reject"
 NOT_ENOUGH_VOTES = "not enough votes"
-Z_95 = NormalDist().inv_cdf(0.975)
 
 
 # --- The tally and the rule --------------------------------------------------------------------------------------
@@ -65,7 +63,8 @@ class Tally:
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        return wilson_interval(self.wins + self.ties / 2, self.votes)
+        """The win rate's Wilson 95 % interval (training.stats); None without votes."""
+        return wilson_interval(self.wins + self.ties / 2, self.votes) if self.votes else None
 
     def as_dict(self) -> dict[str, Any]:
         low_high = self.interval
@@ -76,21 +75,6 @@ class Tally:
             "low": low_high[0] if low_high else None,
             "high": low_high[1] if low_high else None,
         }
-
-
-def wilson_interval(successes: float, trials: int, z: float = Z_95) -> tuple[float, float] | None:
-    """The Wilson score interval for a proportion (95 % by default); None without trials.
-
-    Wilson rather than the normal approximation because canaries are small (tens of votes) and a good candidate's
-    win rate may sit near 1, where the normal interval is too narrow and can leave [0, 1]; Wilson keeps close to its
-    stated coverage there. Ties count half a win, so `successes` may be fractional."""
-    if trials <= 0:
-        return None
-    share = successes / trials
-    denominator = 1 + z * z / trials
-    centre = (share + z * z / (2 * trials)) / denominator
-    spread = z / denominator * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials))
-    return max(0.0, centre - spread), min(1.0, centre + spread)
 
 
 def canary_tally(training_round: TrainingRound) -> Tally:

@@ -29,11 +29,8 @@ def config_form_field(spec: FieldSpec) -> forms.Field:
     if spec.choices:
         choices = [("", "default"), *((choice, choice) for choice in spec.choices)]
         return forms.ChoiceField(choices=choices, help_text=spec.help, required=False)
-    lowest = min([spec.minimum, *spec.allowed_values]) if spec.minimum is not None else None
-    if spec.kind is int:
-        top = int(spec.maximum) if spec.maximum is not None else None
-        return forms.IntegerField(min_value=lowest, max_value=top, help_text=spec.help, required=False)
-    return forms.FloatField(min_value=lowest, max_value=spec.maximum, help_text=spec.help, required=False)
+    field_class = forms.IntegerField if spec.kind is int else forms.FloatField
+    return field_class(**spec.input_bounds(), help_text=spec.help, required=False)
 
 
 class RoundStartForm(forms.Form):

@@ -17,6 +17,7 @@ from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from annotate.errors import Conflict, Invalid
 
@@ -37,12 +38,19 @@ def _refused_body(exc: Exception) -> tuple[str, str, int] | None:
     return None
 
 
+def error_response(error: Invalid | Conflict) -> Response:
+    """The one answer to a user's error (annotate.errors): 400 with the bad fields under `errors`, or 409 with the
+    reason in `detail`, its `code` and whatever else the conflict carries (the id of what stands in the way)."""
+    if isinstance(error, Invalid):
+        return Response({"errors": error.errors}, status=status.HTTP_400_BAD_REQUEST)
+    return Response({"detail": str(error), "code": error.code, **error.context}, status=status.HTTP_409_CONFLICT)
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's errors, always as JSON with a `detail` or the fields named; annotation errors as 409 / 400."""
-    if isinstance(exc, Invalid):
-        return Response({"errors": exc.errors}, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, Conflict):
-        return Response({"detail": str(exc), "code": exc.code}, status=status.HTTP_409_CONFLICT)
+    """DRF's errors, always as JSON with a `detail` or the fields named; a user's errors through `error_response`."""
+    if isinstance(exc, Invalid | Conflict):
+        set_rollback()  # as DRF does for its own errors, should the request run in a transaction
+        return error_response(exc)
     refused = _refused_body(exc)
     if refused is not None:
         reason, code, status_code = refused

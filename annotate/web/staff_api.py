@@ -16,12 +16,10 @@ from drf_spectacular.utils import (
     OpenApiResponse,
     inline_serializer,
 )
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-
-from annotate.errors import Conflict, Invalid
 
 
 class DataPagination(PageNumberPagination):
@@ -63,9 +61,3 @@ def staff_of(request: Request) -> User:
 
 NOT_STAFF = OpenApiResponse(description="Not logged in (401) or not staff (403).")
 BAD_FILTERS = OpenApiResponse(description="Bad filters, named in `errors`.")
-
-
-def app_error_response(error: Conflict | Invalid) -> Response:
-    if isinstance(error, Invalid):
-        return Response({"errors": error.errors}, status=status.HTTP_400_BAD_REQUEST)
-    return Response({"detail": str(error), "code": error.code}, status=status.HTTP_409_CONFLICT)

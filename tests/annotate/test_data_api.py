@@ -1,3 +1,7 @@
+"""The staff data API, annotate/data/api.py: prompts, imports, pairs and votes, exports (the model versions list, in
+annotate/rounds/api.py, is read here beside the pairs). First, checks that span the whole API: every operation is in
+the schema, and every one checks who is asking (staff only, but for the annotation endpoints)."""
+
 import json
 import re
 

@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 
 from annotate.data import exports
 from annotate.data.exports import ExportFilters
+from annotate.errors import Invalid
 from annotate.models import Completion, Export, Judgement, ModelVersion, Pair
 from annotate.quality.preferences import PreferenceRules
 from tests.conftest import REPO, SHARED_DATA
@@ -340,7 +341,7 @@ def test_invalid_exports_name_the_fields_and_record_nothing(voted):
     filters = ExportFilters(
         model_versions=("nope",), annotators=("ghost", "voter0"), prompt_sets=("missing",), sources=("robots",)
     )
-    with pytest.raises(exports.InvalidExport) as raised:
+    with pytest.raises(Invalid) as raised:
         exports.export_create(created_by=None, dataset_format="csv", file_format="xlsx", filters=filters)
     assert raised.value.errors == {
         "dataset_format": "must be one of trl-preference, trl-unpaired, arena, hh-rlhf",
@@ -350,7 +351,7 @@ def test_invalid_exports_name_the_fields_and_record_nothing(voted):
         "prompt_sets": "unknown: missing",
         "sources": "unknown: robots (use human, simulated, imported)",
     }
-    with pytest.raises(exports.InvalidExport) as raised:
+    with pytest.raises(Invalid) as raised:
         exports.export_create(
             created_by=None, dataset_format="arena", file_format="jsonl", filters=ExportFilters(date_to=date.max)
         )

@@ -121,7 +121,7 @@ def test_bad_prompt_lines_are_named_with_their_reason(tmp_path, row, reason):
     path = jsonl(tmp_path / "prompts.jsonl", [{"prompt": "fine"}, row])
     with pytest.raises(imports.ImportRejected) as raised:
         imports.parse_prompts(imports.read_file(path), file_format="jsonl")
-    (error,) = raised.value.errors
+    (error,) = raised.value.lines
     assert error.line == 2 and reason in error.reason
 
 
@@ -140,7 +140,7 @@ def test_csv_with_a_prompt_column(tmp_path):
     path.write_text('id,prompt,category\n1,"First, with a comma",math\n2,"Second\nover two lines",\n3,,x\n')
     with pytest.raises(imports.ImportRejected) as raised:
         imports.parse_prompts(imports.read_file(path), file_format="csv")
-    assert [str(error) for error in raised.value.errors] == ['line 5: "prompt" must be a non-empty string']
+    assert [str(error) for error in raised.value.lines] == ['line 5: "prompt" must be a non-empty string']
 
     path.write_text('id,prompt,category\n1,"First, with a comma",math\n2,"Second\nover two lines",\n')
     call_command("import_prompts", str(path))
@@ -431,7 +431,7 @@ def test_malformed_preference_rows_are_named(dataset_format, row, reason):
     text = "\n".join(json.dumps(value) for value in ([good] if good else []) + [row])
     with pytest.raises(imports.ImportRejected) as raised:
         imports.parse_preferences(text, dataset_format=dataset_format)
-    (error,) = raised.value.errors
+    (error,) = raised.value.lines
     assert error.line == (2 if good else 1) and reason in error.reason
 
 

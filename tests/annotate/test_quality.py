@@ -12,8 +12,6 @@ from annotate.annotation import services
 from annotate.models import Judgement
 from annotate.quality.agreement import QualityThresholds
 from annotate.quality.selectors import (
-    agreement_for,
-    pairwise_kappas_for,
     quality_report,
     quality_thresholds,
     votes_from_judgements,
@@ -70,22 +68,23 @@ def test_a_queryset_narrows_the_votes(make_pair, annotator, other_annotator):
         _vote(annotator, "a", 1)
         _vote(other_annotator, "b", 1)
 
-    everything = agreement_for()
-    first_two = agreement_for(Judgement.objects.filter(pair__in=pairs[:2]))
+    everything = quality_report(thresholds=QualityThresholds(kappa_min_shared_items=3))
+    first_two = quality_report(Judgement.objects.filter(pair__in=pairs[:2]))
 
-    assert (everything.votes, everything.items, everything.annotators) == (6, 3, 2)
-    assert (first_two.votes, first_two.items) == (4, 2)
-    assert everything.alpha_nominal is not None and everything.alpha_nominal < 0  # they always disagree
-    [kappa] = pairwise_kappas_for(min_shared_pairs=3)
-    assert kappa.shared_items == 3
-    assert pairwise_kappas_for(min_shared_pairs=4) == []
+    assert (everything.agreement.votes, everything.agreement.items, everything.agreement.annotators) == (6, 3, 2)
+    assert (first_two.agreement.votes, first_two.agreement.items) == (4, 2)
+    # They always disagree.
+    assert everything.agreement.alpha_nominal is not None and everything.agreement.alpha_nominal < 0
+    [kappa] = everything.kappas
+    assert kappa.shared_pairs == 3
+    assert quality_report(thresholds=QualityThresholds(kappa_min_shared_items=4)).kappas == []
 
 
 def test_alpha_is_undefined_with_one_annotator(make_pair, annotator):
     for _ in range(3):
         make_pair(texts=(SHORT, LONG))
         _vote(annotator, "a", 2)
-    summary = agreement_for()
+    summary = quality_report().agreement
     assert (summary.alpha_nominal, summary.alpha_ordinal, summary.annotators) == (None, None, 1)
 
 

@@ -78,6 +78,26 @@ def test_start_form_names_bad_fields(staff_client, enough_votes, serving_version
     assert TrainingRound.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "accepted"),
+    [("max_steps", -1, True), ("max_steps", -2, False), ("max_steps", 1_000_001, False), ("beta", 10, True),
+     ("beta", 10.5, False), ("lora_rank", 16, True), ("lora_rank", 17, False)],
+)  # fmt: skip
+def test_the_form_and_the_api_take_the_same_bounds_from_the_spec(
+    staff_client, staff_api, enough_votes, serving_version, settings, field, value, accepted
+):
+    settings.VLLM_MAX_LORA_RANK = 16  # the model server's limit caps the rank in both
+    page = staff_client.post("/rounds/start/", {**FORM, field: str(value)})
+    assert page.status_code == (302 if accepted else 400)
+    if accepted:
+        rounds.round_cancel(training_round=TrainingRound.objects.get())
+    api = staff_api.post("/api/rounds/", {field: value}, format="json")
+    assert api.status_code == (201 if accepted else 400)
+    if not accepted:
+        assert field in api.json()["errors"]
+    assert TrainingRound.objects.count() == (2 if accepted else 0)
+
+
 def test_start_form_explains_a_conflict(staff_client, enough_votes, serving_version):
     make_round(status="training")
     response = staff_client.post("/rounds/start/", FORM)

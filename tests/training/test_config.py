@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from training.config import RoundConfig, cpu_multiplies_bf16
+from training.config import TUNABLE_FIELDS, FieldSpec, RoundConfig, cpu_multiplies_bf16
 
 REQUIRED = {"base_model_dir": "/models/base", "output_dir": "/runs/round-1"}
 
@@ -121,3 +121,20 @@ def test_a_saved_config_without_cpu_bf16_takes_this_machines_default() -> None:
 
     assert config.cpu_bf16 is cpu_multiplies_bf16()
     assert RoundConfig.from_json(config.to_json()) == config
+
+
+def test_input_bounds_take_in_the_allowed_values_below_the_minimum() -> None:
+    fields = {spec.name: spec for spec in TUNABLE_FIELDS}
+
+    assert fields["max_steps"].input_bounds() == {"min_value": -1, "max_value": 1_000_000}  # -1: run the epochs
+    assert fields["beta"].input_bounds() == {"min_value": 0.001, "max_value": 10.0}
+    assert fields["loss_type"].input_bounds() == {"min_value": None, "max_value": None}  # a choice, not a number
+
+
+def test_an_int_fields_bounds_are_whole_numbers() -> None:
+    spec = FieldSpec("lora_rank", int, 16, "LoRA rank", 1.0, 64.0)
+
+    bounds = spec.input_bounds()
+
+    assert bounds == {"min_value": 1, "max_value": 64}
+    assert all(type(bound) is int for bound in bounds.values())

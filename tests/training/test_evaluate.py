@@ -8,7 +8,6 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from scipy.stats import binomtest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
@@ -31,8 +30,8 @@ from training.evaluate import (
     score_pairs,
     tokenize_pair,
     tokenize_rows,
-    wilson_interval,
 )
+from training.stats import wilson_interval
 
 # The tiny pairs, plus one whose prompt alone fills MAX_LENGTH: TRL drops it, and so do we.
 LONG_PROMPT = pair("Please " * 60 + "answer.", "Yes.", "No.")
@@ -69,13 +68,6 @@ def test_reward_accuracy_counts_a_tie_as_half() -> None:
 def test_reward_accuracy_refuses_nothing_to_score() -> None:
     with pytest.raises(ValueError, match="no pair to score"):
         reward_accuracy([], [])
-
-
-@pytest.mark.parametrize(("successes", "count"), [(0, 5), (7, 10), (10, 10), (160, 300), (1, 1000)])
-def test_wilson_interval_matches_scipy(successes: int, count: int) -> None:
-    expected = binomtest(successes, count).proportion_ci(confidence_level=0.95, method="wilson")
-
-    assert wilson_interval(successes, count) == pytest.approx((expected.low, expected.high), abs=1e-9)
 
 
 def test_evaluate_pairs_is_beta_times_the_log_ratio() -> None:

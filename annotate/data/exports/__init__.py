@@ -14,7 +14,6 @@ from annotate.data.exports.card import card_path, card_read, dataset_card
 from annotate.data.exports.filters import SOURCES, ExportFilters, date_errors, filter_errors, judgements_matching
 from annotate.data.exports.formats import DATASET_FORMATS, FORMATS, DatasetFormat, RowContext
 from annotate.data.exports.services import (
-    InvalidExport,
     export_create,
     export_default_path,
     export_enqueue,
@@ -35,7 +34,6 @@ __all__ = [
     "DatasetFormat",
     "ExportFilters",
     "ExportStats",
-    "InvalidExport",
     "RowContext",
     "card_path",
     "card_read",

@@ -18,20 +18,13 @@ from annotate.data.exports.filters import ExportFilters, filter_errors, judgemen
 from annotate.data.exports.formats import DATASET_FORMATS, WEIGHTED_FORMAT
 from annotate.data.exports.stream import ExportStats, Progress, export_write
 from annotate.data.exports.writers import FILE_FORMATS
+from annotate.errors import Invalid
 from annotate.models import Export
 from annotate.owners import heartbeat, holder_is_dead, holder_name
 from training.config import WEIGHTINGS
 
 logger = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 1.0  # seconds between progress writes while an export runs
-
-
-class InvalidExport(Exception):
-    """An export request that cannot run; `errors` names the fields. Nothing was recorded."""
-
-    def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{name}: {message}" for name, message in errors.items()))
-        self.errors = errors
 
 
 def export_errors(*, dataset_format: str, file_format: str, filters: ExportFilters) -> dict[str, str]:
@@ -49,10 +42,10 @@ def export_errors(*, dataset_format: str, file_format: str, filters: ExportFilte
 
 
 def export_create(*, created_by: User | None, dataset_format: str, file_format: str, filters: ExportFilters) -> Export:
-    """Record an export to run; InvalidExport (and nothing recorded) when the request is wrong."""
+    """Record an export to run; Invalid, naming the fields (and nothing recorded), when the request is wrong."""
     errors = export_errors(dataset_format=dataset_format, file_format=file_format, filters=filters)
     if errors:
-        raise InvalidExport(errors)
+        raise Invalid(errors)
     return Export.objects.create(
         created_by=created_by, dataset_format=dataset_format, file_format=file_format, filters=filters.as_dict()
     )

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from annotate.data import exports
+from annotate.errors import Invalid
 from annotate.models import Export
 from training.config import WEIGHTINGS
 
@@ -65,7 +66,7 @@ class Command(BaseCommand):
             export = exports.export_create(
                 created_by=None, dataset_format=options["dataset_format"], file_format=file_format, filters=filters
             )
-        except exports.InvalidExport as invalid:
+        except Invalid as invalid:
             raise CommandError(str(invalid)) from None
         total = exports.judgements_matching(filters).count()
         with tqdm(total=total, desc="reading votes", unit="vote", disable=options["verbosity"] < 1) as bar:
