@@ -133,13 +133,16 @@ def data_import_enqueue(*, data_import: DataImport) -> bool:
 class _RowCounter:
     """Rows written so far: added to by the import, read by the heartbeat thread that reports it."""
 
-    def __init__(self) -> None:
+    def __init__(self, also: imports.Progress | None) -> None:
         self._lock = threading.Lock()
+        self._also = also
         self.rows = 0
 
     def __call__(self, done: int) -> None:
         with self._lock:
             self.rows += done
+        if self._also is not None:
+            self._also(done)
 
 
 def _line_errors(errors: list[imports.LineError]) -> list[dict[str, Any]]:
@@ -197,12 +200,12 @@ def _write_preferences(data_import: DataImport, text: str, counter: _RowCounter)
             raise NoLongerHeld
 
 
-def data_import_run(*, data_import: DataImport) -> DataImport:
+def data_import_run(*, data_import: DataImport, on_progress: imports.Progress | None = None) -> DataImport:
     """Read, check and write an import's file, recording progress and the outcome on the DataImport. Runs once per
     import: one started elsewhere (or over) is returned as it is."""
     if not data_import.start(holder=holder_name()):
         return data_import
-    counter = _RowCounter()
+    counter = _RowCounter(on_progress)
     lease = settings.DATA_IMPORT_LEASE_SECONDS
     try:
         with heartbeat(_renewer(data_import, counter), every=min(PROGRESS_INTERVAL, lease / 3), name=str(data_import)):
