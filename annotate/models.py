@@ -645,9 +645,9 @@ class DataImport(models.Model):
         PROMPTS = "prompts", "Prompts"
         PREFERENCES = "preferences", "Preference data"
 
-    class Status(models.TextChoices):
+    class Status(models.TextChoices):  # labels other than Export's, so the API schema can name each enum
         QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
+        RUNNING = "running", "Importing"
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
 

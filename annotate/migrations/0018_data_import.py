@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
                 ('content', models.BinaryField(blank=True, help_text='The uploaded file; emptied when it ends.')),
                 ('size_bytes', models.PositiveBigIntegerField(default=0)),
                 ('fingerprint', models.CharField(help_text='SHA-256 of the kind, format, options and file: the same upload, sent again.', max_length=64)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('done', 'Done'), ('failed', 'Failed')], default='queued', max_length=10)),
+                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Importing'), ('done', 'Done'), ('failed', 'Failed')], default='queued', max_length=10)),
                 ('rows_total', models.PositiveIntegerField(blank=True, help_text='Rows in the file (once it is read).', null=True)),
                 ('rows_done', models.PositiveIntegerField(default=0, help_text='Rows written so far (updated while running).')),
                 ('result', models.JSONField(blank=True, default=dict, help_text='What was stored and skipped, once done.')),
