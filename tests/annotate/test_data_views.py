@@ -106,6 +106,16 @@ def test_a_rejected_prompt_file_lists_the_lines_and_imports_nothing(staff_client
     assert data_import.content == b""  # the file is let go once the import is over
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_import_page_lists_the_first_20_bad_lines_and_counts_the_rest(staff_client):
+    bad = SimpleUploadedFile("bad.jsonl", b"not json\n" * 25)
+    response = staff_client.post("/data/prompts/import/", {"file": bad})
+    _run_import(response)
+    page = staff_client.get(response["Location"]).content.decode()
+    assert "25 bad lines; nothing was imported" in page and page.count("not valid JSON") == 20
+    assert "line 20: not valid JSON" in page and "line 21:" not in page and "... and 5 more bad lines" in page
+
+
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [
