@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
@@ -111,6 +112,7 @@ def data_import_request(
                 )
         except IntegrityError:  # the same upload, recorded by another request a moment ago
             return DataImport.objects.get(fingerprint=fingerprint, status__in=DataImport.ACTIVE_STATUSES), False
+        del data_import.content  # deferred from now on, as when loaded: refresh_from_db would read the file back
         transaction.on_commit(lambda: data_import_enqueue(data_import=data_import))
     data_import.refresh_from_db()
     return data_import, True
@@ -149,7 +151,7 @@ def _line_errors(errors: list[imports.LineError]) -> list[dict[str, Any]]:
     return [asdict(error) for error in errors[:LINE_ERRORS_KEPT]]
 
 
-def _renewer(data_import: DataImport, counter: _RowCounter) -> Any:
+def _renewer(data_import: DataImport, counter: _RowCounter) -> Callable[[], bool]:
     def renew() -> bool:
         try:
             return data_import.renew(rows_done=counter.rows)
