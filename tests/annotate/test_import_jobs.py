@@ -22,6 +22,7 @@ from annotate import tasks
 from annotate.data import import_jobs
 from annotate.models import DataImport, Judgement, Pair, Prompt
 from annotate.tasks import work_abandoned_end
+from tests.annotate.conftest import run_in_threads
 from tests.conftest import SHARED_DATA
 from tests.integration.conftest import REPO, shared_database_url, wait_until
 
@@ -170,3 +171,22 @@ def test_with_the_task_queue_down_the_import_waits_and_the_page_says_so(client, 
     data_import.refresh_from_db()
     assert (data_import.status, data_import.error) == ("queued", "not started yet: the task queue could not be reached")
     assert not Prompt.objects.exists()
+
+
+def test_the_same_upload_sent_twice_at_once_is_one_import(staff):
+    answers = []
+
+    def send() -> None:
+        upload = SimpleUploadedFile(HH_RLHF.name, HH_RLHF.read_bytes())
+        answers.append(
+            import_jobs.data_import_request(
+                created_by=staff, kind="preferences", upload=upload, file_format="hh-rlhf", options={"skip_bad": True}
+            )
+        )
+
+    run_in_threads([send, send])
+    data_import = DataImport.objects.get()
+    assert [(answer.pk, created) for answer, created in sorted(answers, key=lambda pair: pair[1])] == [
+        (data_import.pk, False),
+        (data_import.pk, True),
+    ]
