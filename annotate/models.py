@@ -626,6 +626,153 @@ class Export(models.Model):
         self.refresh_from_db()
 
 
+class DataImportManager(models.Manager["DataImport"]):
+    def get_queryset(self) -> models.QuerySet[DataImport]:
+        # The uploaded file (up to DATA_IMPORT_MAX_BYTES) is read once, by the worker: pages and the API, which poll
+        # an import every second, never load it.
+        return super().get_queryset().defer("content")
+
+
+class DataImport(models.Model):
+    """A file of prompts or preference data uploaded on a page or through the API, imported by a worker.
+
+    The file is kept in the row (not on a disk that the web and the worker hosts would both have to mount) until the
+    import ends. The import writes in one transaction that also marks it done, so it is all or nothing: a worker
+    killed midway leaves nothing behind, and `end_abandoned` says so.
+    """
+
+    class Kind(models.TextChoices):
+        PROMPTS = "prompts", "Prompts"
+        PREFERENCES = "preferences", "Preference data"
+
+    class Status(models.TextChoices):  # labels other than Export's, so the API schema can name each enum
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Importing"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    file_name = models.CharField(max_length=200)
+    file_format = models.CharField(
+        max_length=20, help_text="prompts: jsonl, csv or text; preferences: trl, hh-rlhf or ultrafeedback"
+    )
+    options = models.JSONField(default=dict, blank=True, help_text="prompt_set, and skip_bad for preference data.")
+    content = models.BinaryField(blank=True, editable=False, help_text="The uploaded file; emptied when it ends.")
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    fingerprint = models.CharField(
+        max_length=64, help_text="SHA-256 of the kind, format, options and file: the same upload, sent again."
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    rows_total = models.PositiveIntegerField(null=True, blank=True, help_text="Rows in the file (once it is read).")
+    rows_done = models.PositiveIntegerField(default=0, help_text="Rows written so far (updated while running).")
+    result = models.JSONField(default=dict, blank=True, help_text="What was stored and skipped, once done.")
+    error = models.TextField(blank=True)
+    line_errors = models.JSONField(
+        default=list, blank=True, help_text="The first bad lines ({line, reason}): why it failed, or what was skipped."
+    )
+    line_error_count = models.PositiveIntegerField(default=0, help_text="All the bad lines, listed or not.")
+    holder = models.CharField(max_length=200, blank=True, help_text="The worker process importing it (host:pid:token).")
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life of its worker while running (renewed every second)."
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = DataImportManager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            # A POST sent again (a retry, a double click) while the first is still queued or running finds it
+            # instead of importing the same file twice at once.
+            models.UniqueConstraint(
+                fields=["fingerprint"],
+                condition=Q(status__in=("queued", "running")),
+                name="data_import_one_active_per_upload",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Import {self.pk} ({self.get_kind_display()}, {self.file_name})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def progress_percent(self) -> int | None:
+        if not self.rows_total:
+            return 100 if self.status == self.Status.DONE else None
+        return min(100, 100 * self.rows_done // self.rows_total)
+
+    # Transitions: conditional updates, so two workers given the same import never both run it, and a worker that
+    # lost it (ended as abandoned) cannot finish it.
+
+    def _running_mine(self) -> models.QuerySet[DataImport]:
+        return DataImport.objects.filter(pk=self.pk, status=self.Status.RUNNING, holder=self.holder)
+
+    def start(self, *, holder: str) -> bool:
+        """queued -> running, held by `holder`; False (and nothing changed) when it started elsewhere or is over."""
+        started = DataImport.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.RUNNING, error="", holder=holder, heartbeat_at=timezone.now()
+        )
+        self.refresh_from_db()
+        return started == 1
+
+    def renew(self, *, rows_done: int) -> bool:
+        """Its holder's heartbeat, with the rows written so far; False when it is no longer running under this
+        holder."""
+        return self._running_mine().update(heartbeat_at=timezone.now(), rows_done=rows_done) == 1
+
+    def record_total(self, *, rows_total: int) -> None:
+        self._running_mine().update(rows_total=rows_total)
+        self.rows_total = rows_total
+
+    def finish(self, *, result: dict[str, Any], line_errors: list[dict[str, Any]], line_error_count: int) -> bool:
+        """running -> done, and the file let go; False when it is no longer this holder's (then the caller's
+        transaction, which holds what was imported, must roll back)."""
+        done = self._running_mine().update(
+            status=self.Status.DONE,
+            rows_done=self.rows_total or 0,
+            result=result,
+            line_errors=line_errors,
+            line_error_count=line_error_count,
+            content=b"",
+            finished_at=timezone.now(),
+        )
+        return done == 1
+
+    def fail(self, *, error: str, line_errors: list[dict[str, Any]] | None = None, line_error_count: int = 0) -> None:
+        """queued or running (under this holder) -> failed, and the file let go."""
+        DataImport.objects.filter(pk=self.pk).filter(
+            Q(status=self.Status.QUEUED) | Q(status=self.Status.RUNNING, holder=self.holder)
+        ).update(
+            status=self.Status.FAILED,
+            error=error,
+            line_errors=line_errors or [],
+            line_error_count=line_error_count,
+            content=b"",
+            finished_at=timezone.now(),
+        )
+        self.refresh_from_db()
+
+    def end_abandoned(self, *, reason: str) -> bool:
+        """running -> failed because its worker is gone; only if nobody renewed it since it was looked at."""
+        ended = DataImport.objects.filter(
+            pk=self.pk, status=self.Status.RUNNING, holder=self.holder, heartbeat_at=self.heartbeat_at
+        ).update(status=self.Status.FAILED, error=reason, content=b"", finished_at=timezone.now())
+        self.refresh_from_db()
+        return ended == 1
+
+    def note_waiting(self, *, reason: str) -> None:
+        """A queued import that could not be handed to a worker says why (it stays queued)."""
+        DataImport.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(error=reason)
+        self.refresh_from_db()
+
+
 class TrainingRound(models.Model):
     """One DPO round: the votes it froze, its config, what happened, and the model version it produced.
 

@@ -452,6 +452,9 @@ LOGGING = {
 # An import file (upload or command) larger than this, or with more rows, is refused before anything is read.
 DATA_IMPORT_MAX_BYTES = env_int("DATA_IMPORT_MAX_BYTES", 100 * 1024 * 1024)
 DATA_IMPORT_MAX_ROWS = env_int("DATA_IMPORT_MAX_ROWS", 200_000)
+# A running import (page or API; a worker runs it) whose worker sent no heartbeat for this long (it renews every second)
+# is ended as failed, saying why, by the next `work-abandoned-end` beat; it wrote nothing (one transaction).
+DATA_IMPORT_LEASE_SECONDS = env_float("DATA_IMPORT_LEASE_SECONDS", 30.0)
 # The longest prompt (all its messages together) an import or the API stores; longer ones are refused by line. The
 # default leaves room for an answer in a model with a 8k-token context (about 4 characters a token in English).
 PROMPT_MAX_CHARACTERS = env_int("PROMPT_MAX_CHARACTERS", 20_000)
@@ -465,4 +468,5 @@ API_PAGE_SIZE = env_int("API_PAGE_SIZE", 100)
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "ModelVersionStatusEnum": "annotate.models.ModelVersion.Status",
     "ExportStatusEnum": "annotate.models.Export.Status",
+    "DataImportStatusEnum": "annotate.models.DataImport.Status",
 }

@@ -8,8 +8,8 @@ from celery import shared_task
 from celery.signals import worker_ready
 
 from annotate.annotation import services
-from annotate.data import exports
-from annotate.models import Export, TrainingRound
+from annotate.data import exports, import_jobs
+from annotate.models import DataImport, Export, TrainingRound
 from annotate.rounds import canary, deploy
 from annotate.rounds import services as rounds
 from annotate.sampling import services as sampling
@@ -90,7 +90,15 @@ def export_run(export_id: int) -> None:
     exports.export_run(export=Export.objects.get(pk=export_id))
 
 
+# Acknowledged on receipt too: an import runs once (DataImport.start). A worker lost mid-import rolls back what it
+# wrote, and work_abandoned_end ends the import saying so.
+@shared_task(acks_late=False)
+def data_import_run(import_id: int) -> None:
+    """Import a file uploaded on a data page or through the API."""
+    import_jobs.data_import_run(data_import=DataImport.objects.get(pk=import_id))
+
+
 @shared_task
 def work_abandoned_end() -> int:
-    """End the work whose worker died without a word (running exports), saying why."""
-    return exports.exports_abandoned_end()
+    """End the work whose worker died without a word (running exports and imports), saying why."""
+    return exports.exports_abandoned_end() + import_jobs.data_imports_abandoned_end()

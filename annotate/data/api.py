@@ -2,7 +2,6 @@
 
 from typing import Any
 
-from django.core.files.uploadedfile import UploadedFile
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -22,9 +21,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from annotate.annotation import services
-from annotate.data import exports, imports
+from annotate.data import exports, import_jobs, imports
 from annotate.data.exports import ExportFilters
-from annotate.models import Export, Judgement, Pair, Prompt
+from annotate.models import DataImport, Export, Judgement, Pair, Prompt
 from annotate.web.staff_api import (
     BAD_FILTERS,
     NOT_STAFF,
@@ -36,11 +35,6 @@ from annotate.web.staff_api import (
 from training.config import WEIGHTINGS
 
 ROLES = ("system", "user", "assistant")
-
-
-def _upload_text(upload: UploadedFile) -> str:
-    imports.check_size(upload.size or 0)
-    return imports.decode(upload.read())
 
 
 # --- Prompts ---------------------------------------------------------------------------------------------------
@@ -125,36 +119,6 @@ class PromptImportInput(serializers.Serializer[Any]):
     prompt_set = serializers.CharField(max_length=100, default="default")
 
 
-class PromptImportResult(serializers.Serializer[Any]):
-    created = serializers.IntegerField()
-    duplicates = serializers.IntegerField(help_text="Already stored, or repeated in the file: skipped.")
-    prompt_set = serializers.CharField()
-
-
-@extend_schema(
-    request={"multipart/form-data": PromptImportInput},
-    responses={
-        201: PromptImportResult,
-        400: OpenApiResponse(description="The file was rejected whole: reasons and bad lines in `errors.file`."),
-    },
-    summary="Import a file of prompts (all or nothing)",
-)
-@api_view(["POST"])
-@parser_classes([MultiPartParser, FormParser])
-@permission_classes([IsAdminUser])
-def prompts_import(request: Request) -> Response:
-    data = PromptImportInput(data=request.data)
-    data.is_valid(raise_exception=True)
-    upload = data.validated_data["file"]
-    file_format = imports.prompt_file_format(upload.name, data.validated_data.get("format"))
-    rows = imports.parse_prompts(_upload_text(upload), file_format=file_format)
-    result = imports.prompts_import(rows=rows, prompt_set=data.validated_data["prompt_set"], source=upload.name)
-    return Response(PromptImportResult(result).data, status=status.HTTP_201_CREATED)
-
-
-# --- Preference data -------------------------------------------------------------------------------------------
-
-
 class PreferenceImportInput(serializers.Serializer[Any]):
     file = serializers.FileField(help_text="JSON Lines.")
     format = serializers.ChoiceField(choices=imports.PREFERENCE_FORMATS)
@@ -167,21 +131,83 @@ class LineErrorItem(serializers.Serializer[Any]):
     reason = serializers.CharField()
 
 
-class PreferenceImportResult(serializers.Serializer[Any]):
-    imported = serializers.IntegerField(help_text="Pairs stored, each with one imported vote.")
-    duplicates = serializers.IntegerField(help_text="The same preference imported before: skipped.")
-    new_prompts = serializers.IntegerField()
-    model_version = serializers.CharField(help_text="The external version the imported answers belong to.")
-    skipped = LineErrorItem(many=True, help_text="Bad rows left out (with skip_bad).")
+class DataImportItem(serializers.ModelSerializer[DataImport]):
+    url = serializers.SerializerMethodField(help_text="This import: poll it while status is queued or running.")
+    created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
+    progress_percent = serializers.IntegerField(read_only=True, allow_null=True)
+    result = serializers.DictField(
+        help_text="Once done. Prompts: created, duplicates, prompt_set. Preference data: imported (pairs stored, "
+        "each with one imported vote), duplicates (imported before: skipped), new_prompts, model_version (the "
+        "external version the answers belong to), skipped (bad rows left out with skip_bad, listed in line_errors)."
+    )
+    line_errors = LineErrorItem(
+        many=True,
+        help_text=f"The bad lines: why it failed, or the rows skipped (the first {import_jobs.LINE_ERRORS_KEPT}).",
+    )
+
+    class Meta:
+        model = DataImport
+        fields = [
+            "id", "url", "kind", "file_name", "file_format", "options", "size_bytes", "status", "rows_total",
+            "rows_done", "progress_percent", "result", "error", "line_errors", "line_error_count", "created_by",
+            "created_at", "finished_at",
+        ]  # fmt: skip
+        extra_kwargs = {
+            "error": {"help_text": "Why it failed, or why a queued import has not started (task queue down)."}
+        }
+
+    @extend_schema_field(serializers.URLField())
+    def get_url(self, data_import: DataImport) -> str:
+        url = reverse("api-import", args=[data_import.pk])
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request is not None else url
+
+
+IMPORT_ACCEPTED = OpenApiResponse(
+    DataImportItem,
+    description="Recorded (status queued) and handed to a worker: poll `url` for progress and the outcome (the "
+    "file's bad lines, if any, come there). The same upload sent again while the first is queued or running "
+    "answers with the first.",
+)
+IMPORT_REFUSED = OpenApiResponse(
+    description="Refused at once, nothing recorded: a missing or unknown field, a file too large, in an unknown "
+    "format, not UTF-8, or a CSV without a `prompt` column (reasons in `errors`)."
+)
+
+
+def _import_accepted(request: Request, **fields: Any) -> Response:
+    try:
+        data_import, _ = import_jobs.data_import_request(created_by=staff_of(request), **fields)
+    except imports.ImportRejected as rejected:
+        raise ValidationError({"file": rejected.details()}) from None
+    body = DataImportItem(data_import, context={"request": request}).data
+    return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
+
+
+@extend_schema(
+    request={"multipart/form-data": PromptImportInput},
+    responses={202: IMPORT_ACCEPTED, 400: IMPORT_REFUSED, 403: NOT_STAFF},
+    summary="Import a file of prompts (all or nothing; a worker imports it)",
+)
+@api_view(["POST"])
+@parser_classes([MultiPartParser, FormParser])
+@permission_classes([IsAdminUser])
+def prompts_import(request: Request) -> Response:
+    data = PromptImportInput(data=request.data)
+    data.is_valid(raise_exception=True)
+    return _import_accepted(
+        request,
+        kind=DataImport.Kind.PROMPTS,
+        upload=data.validated_data["file"],
+        file_format=data.validated_data.get("format"),
+        options={"prompt_set": data.validated_data["prompt_set"]},
+    )
 
 
 @extend_schema(
     request={"multipart/form-data": PreferenceImportInput},
-    responses={
-        201: PreferenceImportResult,
-        400: OpenApiResponse(description="Rejected: reasons and bad lines in `errors.file`; nothing was stored."),
-    },
-    summary="Import preference data (TRL, HH-RLHF or UltraFeedback) as imported votes",
+    responses={202: IMPORT_ACCEPTED, 400: IMPORT_REFUSED, 403: NOT_STAFF},
+    summary="Import preference data (TRL, HH-RLHF or UltraFeedback) as imported votes (a worker imports it)",
 )
 @api_view(["POST"])
 @parser_classes([MultiPartParser, FormParser])
@@ -189,17 +215,22 @@ class PreferenceImportResult(serializers.Serializer[Any]):
 def preferences_import(request: Request) -> Response:
     data = PreferenceImportInput(data=request.data)
     data.is_valid(raise_exception=True)
-    upload, dataset_format = data.validated_data["file"], data.validated_data["format"]
-    parsed = imports.parse_preferences(
-        _upload_text(upload), dataset_format=dataset_format, skip_bad=data.validated_data["skip_bad"]
+    return _import_accepted(
+        request,
+        kind=DataImport.Kind.PREFERENCES,
+        upload=data.validated_data["file"],
+        file_format=data.validated_data["format"],
+        options={"prompt_set": data.validated_data["prompt_set"], "skip_bad": data.validated_data["skip_bad"]},
     )
-    result = imports.preferences_import(
-        preference_file=parsed,
-        dataset_format=dataset_format,
-        file_name=upload.name or "upload",
-        prompt_set=data.validated_data["prompt_set"],
-    )
-    return Response(PreferenceImportResult(result).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(responses={200: DataImportItem, 403: NOT_STAFF, 404: OpenApiResponse(description="No such import.")},
+               summary="An import's status, progress (rows written) and outcome")  # fmt: skip
+@api_view(["GET"])
+@permission_classes([IsAdminUser])
+def imports_detail(request: Request, import_id: int) -> Response:
+    data_import = get_object_or_404(DataImport.objects.select_related("created_by"), pk=import_id)
+    return Response(DataImportItem(data_import, context={"request": request}).data)
 
 
 # --- Pairs, votes, model versions ------------------------------------------------------------------------------

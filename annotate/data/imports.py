@@ -50,7 +50,7 @@ def _ignore_progress(done: int) -> None:
     pass
 
 
-def _source_name(name: str) -> str:
+def source_name(name: str) -> str:
     """A file name as stored beside what came from it: NUL (which PostgreSQL refuses) left out, 200 characters."""
     return name.replace("\x00", "")[:200]
 
@@ -241,11 +241,25 @@ def _prompts_from_jsonl(lines: list[str]) -> Iterator[tuple[int, PromptRow | Lin
             yield number, LineError(number, str(error))
 
 
+CSV_HEADER_REASON = 'the header row must name a "prompt" column'
+
+
+def check_prompt_csv_header(start: str) -> None:
+    """ImportRejected, as the whole file's check would say it, when the CSV that begins with `start` (its first few
+    kilobytes are enough) has no "prompt" column: what an upload can be told at once, before a worker reads it all."""
+    try:
+        header = next(csv.reader(io.StringIO(start, newline="")), [])
+    except csv.Error:
+        return  # a header too odd to read from its beginning: the whole file's check names the line
+    if "prompt" not in header:
+        raise _rejected_lines([LineError(1, CSV_HEADER_REASON)], "line")
+
+
 def _prompts_from_csv(text: str) -> Iterator[tuple[int, PromptRow | LineError]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         if reader.fieldnames is None or "prompt" not in reader.fieldnames:
-            yield 1, LineError(1, 'the header row must name a "prompt" column')
+            yield 1, LineError(1, CSV_HEADER_REASON)
             return
         for record in reader:
             number = reader.line_num
@@ -334,7 +348,7 @@ def prompts_import(
                         content_hash=digest,
                         prompt_set=prompt_set,
                         tags=row.tags,
-                        source=_source_name(source),
+                        source=source_name(source),
                     )
                     for digest, row in chunk
                 )
@@ -360,7 +374,7 @@ def prompt_create(*, row: PromptRow, prompt_set: str, source: str) -> Prompt:
     if existing is not None:
         raise PromptExists(existing)
     return Prompt.objects.create(
-        messages=row.messages, prompt_set=prompt_set, tags=row.tags, source=_source_name(source)
+        messages=row.messages, prompt_set=prompt_set, tags=row.tags, source=source_name(source)
     )
 
 
@@ -606,7 +620,7 @@ def _prompts_for(
         new,
         now=now,
         prompt_set=prompt_set,
-        source=_source_name(source),
+        source=source_name(source),
         tags=[],
         is_active=False,
     )
@@ -642,7 +656,7 @@ def preferences_import(
 
     Which of chosen and rejected becomes answer A is random, so the position carries no signal.
     """
-    detail = f"{_source_name(file_name)} ({dataset_format})"[:300]
+    detail = f"{source_name(file_name)} ({dataset_format})"[:300]
     imported = duplicates = new_prompts = 0
     seen: set[tuple[int, str, str]] = set()
     with transaction.atomic():

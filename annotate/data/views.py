@@ -13,15 +13,17 @@ from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirec
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
+from django_htmx.http import HttpResponseClientRedirect
 
-from annotate.data import exports, imports
+from annotate.data import exports, import_jobs, imports
 from annotate.data.exports import ExportFilters
 from annotate.errors import Invalid
-from annotate.models import Export, ModelVersion, Prompt
+from annotate.models import DataImport, Export, ModelVersion, Prompt
 from annotate.web.pages import AppRequest, render_page, staff_required
 from training.config import WEIGHTINGS
 
 EXPORTS_SHOWN = 50
+IMPORTS_SHOWN = 10
 
 
 def _render(request: AppRequest, template_name: str, context: dict[str, Any], status: int = 200) -> HttpResponse:
@@ -48,58 +50,68 @@ class PreferenceUploadForm(forms.Form):
     )
 
 
-def _upload_text(form: forms.Form) -> str:
-    upload = form.cleaned_data["file"]
-    imports.check_size(upload.size or 0)
-    return imports.decode(upload.read())
+def _imports_context(form: forms.Form, kind: str, **extra: Any) -> dict[str, Any]:
+    recent = DataImport.objects.filter(kind=kind).select_related("created_by")[:IMPORTS_SHOWN]
+    return {"form": form, "imports": recent, **extra}
+
+
+def _import_request(
+    request: AppRequest, form: forms.Form, kind: str, file_format: str | None, options: dict[str, Any]
+) -> HttpResponse:
+    """Record the upload and go to its page, which follows the worker; or say at once why it was refused."""
+    try:
+        data_import, _ = import_jobs.data_import_request(
+            created_by=request.user, kind=kind, upload=form.cleaned_data["file"], file_format=file_format,
+            options=options,
+        )  # fmt: skip
+    except imports.ImportRejected as rejected:
+        context = _imports_context(form, kind, rejected=rejected.details())
+        return _render(request, f"data/{kind}_import.html", context, status=400)
+    url = reverse("data-import", args=[data_import.pk])
+    return HttpResponseClientRedirect(url) if request.htmx else HttpResponseRedirect(url, status=303)
 
 
 @require_http_methods(["GET", "POST"])
 @staff_required
 def prompts_import(request: AppRequest) -> HttpResponse:
     form = PromptUploadForm(request.POST or None, request.FILES or None)
-    context: dict[str, Any] = {"form": form}
-    if request.method == "POST":
-        if not form.is_valid():
-            return _render(request, "data/prompts_import.html", context, status=400)
-        name = form.cleaned_data["file"].name
-        try:
-            rows = imports.parse_prompts(
-                _upload_text(form), file_format=imports.prompt_file_format(name, form.cleaned_data["format"])
-            )
-            context["result"] = imports.prompts_import(
-                rows=rows, prompt_set=form.cleaned_data["prompt_set"] or "default", source=name
-            )
-        except imports.ImportRejected as rejected:
-            context["rejected"] = rejected.details()
-            return _render(request, "data/prompts_import.html", context, status=400)
-        context["form"] = PromptUploadForm()
-    return _render(request, "data/prompts_import.html", context)
+    kind = DataImport.Kind.PROMPTS
+    if request.method == "GET" or not form.is_valid():
+        status = 400 if request.method == "POST" else 200
+        return _render(request, "data/prompts_import.html", _imports_context(form, kind), status=status)
+    options = {"prompt_set": form.cleaned_data["prompt_set"] or "default"}
+    return _import_request(request, form, kind, form.cleaned_data["format"] or None, options)
 
 
 @require_http_methods(["GET", "POST"])
 @staff_required
 def preferences_import(request: AppRequest) -> HttpResponse:
     form = PreferenceUploadForm(request.POST or None, request.FILES or None)
-    context: dict[str, Any] = {"form": form}
+    kind = DataImport.Kind.PREFERENCES
+    if request.method == "GET" or not form.is_valid():
+        status = 400 if request.method == "POST" else 200
+        return _render(request, "data/preferences_import.html", _imports_context(form, kind), status=status)
+    options = {"prompt_set": form.cleaned_data["prompt_set"] or "imported", "skip_bad": form.cleaned_data["skip_bad"]}
+    return _import_request(request, form, kind, form.cleaned_data["format"], options)
+
+
+@require_http_methods(["GET", "POST"])
+@staff_required
+def import_detail(request: AppRequest, import_id: int) -> HttpResponse:
+    """The import, its progress (the page polls itself while it is queued or running) and its outcome; a POST hands
+    a queued import to a worker again (after the task queue was unreachable)."""
+    data_import = get_object_or_404(DataImport.objects.select_related("created_by"), pk=import_id)
     if request.method == "POST":
-        if not form.is_valid():
-            return _render(request, "data/preferences_import.html", context, status=400)
-        try:
-            parsed = imports.parse_preferences(
-                _upload_text(form), dataset_format=form.cleaned_data["format"], skip_bad=form.cleaned_data["skip_bad"]
-            )
-            context["result"] = imports.preferences_import(
-                preference_file=parsed,
-                dataset_format=form.cleaned_data["format"],
-                file_name=form.cleaned_data["file"].name,
-                prompt_set=form.cleaned_data["prompt_set"] or "imported",
-            )
-        except imports.ImportRejected as rejected:
-            context["rejected"] = rejected.details()
-            return _render(request, "data/preferences_import.html", context, status=400)
-        context["form"] = PreferenceUploadForm()
-    return _render(request, "data/preferences_import.html", context)
+        if data_import.status == DataImport.Status.QUEUED:
+            import_jobs.data_import_enqueue(data_import=data_import)
+        return HttpResponseRedirect(reverse("data-import", args=[data_import.pk]), status=303)
+    shown = data_import.line_errors[: imports.MAX_ERRORS_SHOWN]
+    context = {
+        "data_import": data_import,
+        "line_errors": shown,
+        "more_errors": data_import.line_error_count - len(shown),
+    }
+    return render(request, "data/import_detail.html", context)
 
 
 # --- Exports ---------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from urllib.parse import urlparse
 import pytest
 from django.core.management import call_command
 
-from annotate.models import Judgement, Prompt, TrainingRound
+from annotate import tasks
+from annotate.models import DataImport, Judgement, Prompt, TrainingRound
 from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [
@@ -182,8 +183,14 @@ def test_staff_pages_with_hostile_text_run_and_load_nothing(
     watched.visit("/data/prompts/import/")
     watched.page.set_input_files("input[type=file]", str(bad_file))
     watched.page.click("form.data-form button[type=submit]")
+    watched.page.wait_for_selector("[data-testid=waiting]")  # the import's own page, polling while it waits
+    data_import = DataImport.objects.get()
+    assert urlparse(watched.page.url).path == f"/data/imports/{data_import.pk}/"
+    tasks.data_import_run(data_import.pk)  # what the worker runs; the page shows the bad line when it next asks
+    watched.page.wait_for_selector("[data-testid=line-errors]")
     watched.page.wait_for_load_state("networkidle")
-    watched.assert_inert("/data/prompts/import/ rejected")
+    watched.assert_inert("/data/imports/ rejected")
+    assert watched.violations() == []
     watched.close()
 
 

@@ -12,8 +12,10 @@ from drf_spectacular.generators import SchemaGenerator
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from annotate import tasks
 from annotate.celery import app as celery_app
-from annotate.models import Export, Judgement, ModelVersion, Pair, Prompt
+from annotate.data import imports
+from annotate.models import DataImport, Export, Judgement, ModelVersion, Pair, Prompt
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.django_db
@@ -27,6 +29,7 @@ DATA_OPERATIONS = [
     ("post", "/api/prompts/"),
     ("post", "/api/prompts/import/"),
     ("post", "/api/preferences/import/"),
+    ("get", "/api/imports/1/"),
     ("get", "/api/pairs/"),
     ("get", "/api/judgements/list/"),
     ("get", "/api/model-versions/"),
@@ -177,64 +180,122 @@ def test_bad_prompts_are_a_400_naming_the_field(staff_api, body, field):
     assert not Prompt.objects.exists()
 
 
-def test_prompt_file_import(staff_api):
+def _imported(staff_api, response):
+    """The import a 202 answered with, after the worker ran it, as its URL tells."""
+    assert response.status_code == 202 and response["Location"] == response.json()["url"]
+    tasks.data_import_run(response.json()["id"])
+    return staff_api.get(response.json()["url"]).json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prompt_file_import(staff_api, staff):
     response = staff_api.post(
         "/api/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "mt-bench"}, format="multipart"
     )
-    assert response.status_code == 201
-    assert response.json() == {"created": 80, "duplicates": 0, "prompt_set": "mt-bench"}
-    again = staff_api.post("/api/prompts/import/", {"file": upload(MT_BENCH)}, format="multipart")
-    assert again.json() == {"created": 0, "duplicates": 80, "prompt_set": "default"}
+    accepted = response.json()
+    assert response.status_code == 202 and accepted["url"] == f"http://testserver/api/imports/{accepted['id']}/"
+    assert (accepted["status"], accepted["kind"], accepted["file_format"]) == ("queued", "prompts", "jsonl")
+    assert (accepted["created_by"], accepted["options"], accepted["result"]) == (
+        staff.username,
+        {"prompt_set": "mt-bench"},
+        {},
+    )
+    done = _imported(staff_api, response)
+    assert (done["status"], done["rows_total"], done["rows_done"], done["progress_percent"]) == ("done", 80, 80, 100)
+    assert done["result"] == {"created": 80, "duplicates": 0, "prompt_set": "mt-bench"}
+    again = _imported(staff_api, staff_api.post("/api/prompts/import/", {"file": upload(MT_BENCH)}, format="multipart"))
+    assert again["result"] == {"created": 0, "duplicates": 80, "prompt_set": "default"}
+    assert Prompt.objects.count() == 80
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_rejected_prompt_file_names_the_bad_lines_and_stores_nothing(staff_api, tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"prompt": "fine"}\n{"prompt": ""}\nnot json\n')
-    response = staff_api.post("/api/prompts/import/", {"file": upload(path)}, format="multipart")
-    assert response.status_code == 400
-    assert response.json()["errors"]["file"] == [
+    failed = _imported(staff_api, staff_api.post("/api/prompts/import/", {"file": upload(path)}, format="multipart"))
+    assert (failed["status"], failed["error"], failed["line_error_count"]) == (
+        "failed",
         "2 bad lines; nothing was imported",
-        'line 2: "prompt" must be a non-empty string',
-        "line 3: not valid JSON (Expecting value at column 1)",
+        2,
+    )
+    assert failed["line_errors"] == [
+        {"line": 2, "reason": '"prompt" must be a non-empty string'},
+        {"line": 3, "reason": "not valid JSON (Expecting value at column 1)"},
     ]
+    assert failed["finished_at"] is not None and not Prompt.objects.exists()
+
+
+def test_what_can_be_checked_at_once_is_a_400_and_records_nothing(staff_api, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "fine"}\n')
     missing = staff_api.post("/api/prompts/import/", {}, format="multipart")
     assert missing.status_code == 400 and "file" in missing.json()["errors"]
     unknown = staff_api.post("/api/prompts/import/", {"file": upload(path, "prompts.xlsx")}, format="multipart")
     assert unknown.status_code == 400 and "cannot tell the format" in unknown.json()["errors"]["file"][0]
-    assert not Prompt.objects.exists()
+    headless = SimpleUploadedFile("prompts.csv", b"question,category\nWhy?,science\n")
+    no_header = staff_api.post("/api/prompts/import/", {"file": headless}, format="multipart")
+    assert no_header.status_code == 400
+    assert no_header.json()["errors"]["file"] == [
+        "1 bad line; nothing was imported",
+        'line 1: the header row must name a "prompt" column',
+    ]
+    latin1 = SimpleUploadedFile("rows.jsonl", '{"prompt": "Q", "chosen": "café", "rejected": "no"}'.encode("latin-1"))
+    not_utf8 = staff_api.post("/api/preferences/import/", {"file": latin1, "format": "trl"}, format="multipart")
+    assert not_utf8.status_code == 400
+    assert not_utf8.json()["errors"]["file"] == ["the file is not UTF-8 text (byte 30 cannot be read)"]
+    # Read a megabyte at a time: a character cut by the chunk's end is read whole, a bad byte is named by its place.
+    long = b'{"prompt":  "' + "é".encode() * 600_000 + b'\xff"}\n'
+    far = staff_api.post("/api/prompts/import/", {"file": SimpleUploadedFile("p.jsonl", long)}, format="multipart")
+    assert far.json()["errors"]["file"] == ["the file is not UTF-8 text (byte 1200013 cannot be read)"]
+    assert not DataImport.objects.exists() and not Prompt.objects.exists()
 
 
 def test_an_upload_over_the_size_limit_is_refused(staff_api, settings):
     settings.DATA_IMPORT_MAX_BYTES = 100
     response = staff_api.post("/api/prompts/import/", {"file": upload(MT_BENCH)}, format="multipart")
     assert response.status_code == 400 and "DATA_IMPORT_MAX_BYTES" in response.json()["errors"]["file"][0]
+    assert not DataImport.objects.exists()
+
+
+def test_an_upload_sent_again_while_it_waits_is_the_same_import(staff_api, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True) as sent:
+        first = staff_api.post("/api/prompts/import/", {"file": upload(MT_BENCH)}, format="multipart")
+        retried = staff_api.post("/api/prompts/import/", {"file": upload(MT_BENCH)}, format="multipart")
+    assert first.status_code == retried.status_code == 202 and retried.json()["id"] == first.json()["id"]
+    assert len(sent) == 1 and DataImport.objects.count() == 1  # handed to the task queue once
+    other_set = staff_api.post(
+        "/api/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "b"}, format="multipart"
+    )
+    assert other_set.status_code == 202 and other_set.json()["id"] != first.json()["id"]
 
 
 # --- Preference data -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.django_db(transaction=True)
 def test_preference_import_all_or_nothing_or_skipping_bad_rows(staff_api):
-    rejected = staff_api.post(
-        "/api/preferences/import/", {"file": upload(HH_RLHF), "format": "hh-rlhf"}, format="multipart"
+    rejected = _imported(
+        staff_api,
+        staff_api.post("/api/preferences/import/", {"file": upload(HH_RLHF), "format": "hh-rlhf"}, format="multipart"),
     )
-    assert rejected.status_code == 400
-    assert rejected.json()["errors"]["file"][1:] == [
-        "line 87: the chosen answer is empty",
-        "line 517: the chosen answer is empty",
-        "line 926: the chosen answer is empty",
-    ]
+    assert (rejected["status"], rejected["error"]) == ("failed", "3 bad rows; nothing was imported")
+    assert [error["line"] for error in rejected["line_errors"]] == [87, 517, 926]
+    assert rejected["line_errors"][0]["reason"] == "the chosen answer is empty"
     assert not Pair.objects.exists()
 
-    imported = staff_api.post(
-        "/api/preferences/import/",
-        {"file": upload(HH_RLHF), "format": "hh-rlhf", "skip_bad": "true"},
-        format="multipart",
+    imported = _imported(
+        staff_api,
+        staff_api.post(
+            "/api/preferences/import/",
+            {"file": upload(HH_RLHF), "format": "hh-rlhf", "skip_bad": "true"},
+            format="multipart",
+        ),
     )
-    assert imported.status_code == 201
-    data = imported.json()
-    assert (data["imported"], data["duplicates"], data["new_prompts"]) == (997, 0, 997)
-    assert data["model_version"] == "imported:hh-rlhf"
-    assert [error["line"] for error in data["skipped"]] == [87, 517, 926]
+    assert imported["status"] == "done" and imported["options"] == {"prompt_set": "imported", "skip_bad": True}
+    assert imported["result"] == {
+        "imported": 997, "duplicates": 0, "new_prompts": 997, "model_version": "imported:hh-rlhf", "skipped": 3
+    }  # fmt: skip
+    assert [error["line"] for error in imported["line_errors"]] == [87, 517, 926]
     assert Judgement.objects.filter(source="imported", annotator=None).count() == 997
 
 
@@ -245,6 +306,11 @@ def test_preference_import_needs_a_known_format(staff_api):
         "/api/preferences/import/", {"file": upload(HH_RLHF), "format": "csv"}, format="multipart"
     )
     assert response.status_code == 400 and set(response.json()["errors"]) == {"format"}
+    assert not DataImport.objects.exists()
+
+
+def test_an_import_that_does_not_exist_is_a_404(staff_api):
+    assert staff_api.get("/api/imports/999/").status_code == 404
 
 
 # --- Pairs, votes, model versions ------------------------------------------------------------------------------
@@ -257,12 +323,8 @@ def one_vote_each_way(make_pair, annotator, staff_api):
     Judgement.objects.create(pair=pair, annotator=annotator, choice="a", strength=2, a_on_left=False)
     Pair.objects.filter(pk=pair.pk).update(judgement_count=1)
     make_pair()  # still needs its vote
-    staff_api.post(
-        "/api/preferences/import/",
-        {"file": SimpleUploadedFile("one.jsonl", b'{"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}'),
-         "format": "trl"},
-        format="multipart",
-    )  # fmt: skip
+    one = imports.parse_preferences('{"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}', dataset_format="trl")
+    imports.preferences_import(preference_file=one, dataset_format="trl", file_name="one.jsonl")
     return pair
 
 
@@ -412,14 +474,15 @@ def test_downloads_that_do_not_exist(staff_api, settings, tmp_path, serving_vers
     ],
     ids=["prompt-nul", "preference-nul", "deep", "one-megabyte"],
 )
+@pytest.mark.django_db(transaction=True)
 def test_imports_refuse_lines_the_database_or_the_model_server_cannot_take(staff_api, url, extra, line):
     good = '{"prompt": "Q2", "chosen": "yes", "rejected": "no"}'
     upload = SimpleUploadedFile("rows.jsonl", f"{good}\n{line}\n".encode())
-    response = staff_api.post(url, {"file": upload, **extra}, format="multipart")
-    assert response.status_code == 400
-    (message, reason) = response.json()["errors"]["file"]
+    failed = _imported(staff_api, staff_api.post(url, {"file": upload, **extra}, format="multipart"))
+    assert failed["status"] == "failed"
+    message, ((line, reason),) = failed["error"], [error.values() for error in failed["line_errors"]]
     assert message == "1 bad line; nothing was imported" if "prompts" in url else "1 bad row; nothing was imported"
-    assert reason.startswith("line 2: ") and any(
+    assert line == 2 and any(
         expected in reason for expected in ("NUL character", "nested too deeply", "1,000,000 characters")
     )
     assert (Prompt.objects.count(), Pair.objects.count()) == (0, 0)

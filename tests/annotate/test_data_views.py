@@ -6,7 +6,7 @@ from kombu.exceptions import OperationalError
 
 from annotate import tasks
 from annotate.celery import app as celery_app
-from annotate.models import Export, Judgement, Pair, Prompt
+from annotate.models import DataImport, Export, Judgement, Pair, Prompt
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.django_db
@@ -61,49 +61,103 @@ def test_staff_see_each_page_with_its_form(staff_client, url):
     assert 'href="/data/exports/"' in page  # the pages link to each other
 
 
-def test_prompt_upload_without_javascript(staff_client):
+def _run_import(response):
+    """What the worker does with the import a POST recorded and sent to the task queue."""
+    data_import = DataImport.objects.get()
+    tasks.data_import_run(data_import.pk)
+    return data_import
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prompt_upload_without_javascript_goes_to_the_import_page(staff_client):
     response = staff_client.post("/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "mt-bench"})
-    assert response.status_code == 200
-    page = response.content.decode()
+    data_import = DataImport.objects.get()
+    assert response.status_code == 303 and response["Location"] == f"/data/imports/{data_import.pk}/"
+    assert not Prompt.objects.exists()  # the worker imports it
+
+    tasks.data_import_run(data_import.pk)
+    page = staff_client.get(response["Location"]).content.decode()
     assert "<html" in page and "80 prompts imported into the set “mt-bench”; 0 duplicates skipped." in page
     assert Prompt.objects.filter(prompt_set="mt-bench").count() == 80
 
 
-def test_prompt_upload_through_htmx_returns_the_panel(staff_client):
+def test_prompt_upload_through_htmx_sends_the_browser_to_the_import_page(staff_client):
     response = staff_client.post("/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "x"}, **HTMX)
-    page = response.content.decode()
-    assert response.status_code == 200 and "<html" not in page and page.lstrip().startswith('<section id="panel"')
-    assert "80 prompts imported" in page
+    data_import = DataImport.objects.get()
+    assert response.status_code == 200 and response["HX-Redirect"] == f"/data/imports/{data_import.pk}/"
+    assert (data_import.status, data_import.options, data_import.file_format) == (
+        "queued",
+        {"prompt_set": "x"},
+        "jsonl",
+    )
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_rejected_prompt_file_lists_the_lines_and_imports_nothing(staff_client, tmp_path):
     path = tmp_path / "bad.txt"
     path.write_text('{"prompt": "ok"}\n{"prompt": 7}\n')
-    response = staff_client.post("/data/prompts/import/", {"file": upload(path, "bad.jsonl")}, **HTMX)
-    assert response.status_code == 400
-    page = response.content.decode()
+    response = staff_client.post("/data/prompts/import/", {"file": upload(path, "bad.jsonl")})
+    data_import = _run_import(response)
+    page = staff_client.get(response["Location"]).content.decode()
+    assert 'data-testid="status">Failed<' in page and "hx-trigger" not in page
     assert "1 bad line; nothing was imported" in page and "line 2: &quot;prompt&quot; must be a non-empty" in page
     assert not Prompt.objects.exists()
+    data_import.refresh_from_db()
+    assert data_import.content == b""  # the file is let go once the import is over
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_import_page_lists_the_first_20_bad_lines_and_counts_the_rest(staff_client):
+    bad = SimpleUploadedFile("bad.jsonl", b"not json\n" * 25)
+    response = staff_client.post("/data/prompts/import/", {"file": bad})
+    _run_import(response)
+    page = staff_client.get(response["Location"]).content.decode()
+    assert "25 bad lines; nothing was imported" in page and page.count("not valid JSON") == 20
+    assert "line 20: not valid JSON" in page and "line 21:" not in page and "... and 5 more bad lines" in page
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("prompts.xlsx", b"prompt\nhello\n", "cannot tell the format of &#x27;prompts.xlsx&#x27;"),
+        ("prompts.csv", b"question\nhello\n", "line 1: the header row must name a &quot;prompt&quot; column"),
+        ("prompts.txt", b"caf\xe9\n", "the file is not UTF-8 text (byte 3 cannot be read)"),
+    ],
+    ids=["format", "csv-header", "not-utf8"],
+)
+def test_what_can_be_checked_at_once_is_a_400_and_records_nothing(staff_client, name, content, reason):
+    response = staff_client.post("/data/prompts/import/", {"file": SimpleUploadedFile(name, content)}, **HTMX)
+    assert response.status_code == 400 and reason in response.content.decode()
+    assert not DataImport.objects.exists()
 
 
 def test_a_form_without_a_file_is_a_400(staff_client):
     response = staff_client.post("/data/preferences/import/", {"format": "hh-rlhf"})
     assert response.status_code == 400 and "This field is required." in response.content.decode()
+    assert staff_client.post("/data/prompts/import/").status_code == 400
+    assert not DataImport.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)
 def test_preference_upload_rejects_the_whole_file_then_skips_bad_rows(staff_client):
     rejected = staff_client.post("/data/preferences/import/", {"file": upload(HH_RLHF), "format": "hh-rlhf"})
-    assert rejected.status_code == 400 and "line 926: the chosen answer is empty" in rejected.content.decode()
+    _run_import(rejected)
+    page = staff_client.get(rejected["Location"]).content.decode()
+    assert "3 bad rows; nothing was imported" in page and "line 926: the chosen answer is empty" in page
     assert not Pair.objects.exists()
 
     response = staff_client.post(
-        "/data/preferences/import/", {"file": upload(HH_RLHF), "format": "hh-rlhf", "skip_bad": "on"}, **HTMX
+        "/data/preferences/import/", {"file": upload(HH_RLHF), "format": "hh-rlhf", "skip_bad": "on"}
     )
-    page = response.content.decode()
-    assert response.status_code == 200
+    data_import = DataImport.objects.get(options__skip_bad=True)
+    tasks.data_import_run(data_import.pk)
+    page = staff_client.get(response["Location"], **HTMX).content.decode()
+    assert 'data-testid="status">Done<' in page and "hx-trigger" not in page
     assert "997 pairs imported as votes of <code>imported:hh-rlhf</code> (997 new prompts)" in page
     assert "3 bad rows skipped" in page and "line 87: the chosen answer is empty" in page
     assert Judgement.objects.filter(source="imported").count() == 997
+    listed = staff_client.get("/data/preferences/import/").content.decode()
+    assert f'<a href="/data/imports/{data_import.pk}/">{data_import.pk}</a>' in listed and "<td>Done</td>" in listed
 
 
 EXPORT_FORM = {"dataset_format": "trl-preference", "file_format": "jsonl", "combine": "majority", "min_agreement": "0"}
