@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from annotate.data import exports, imports
 from annotate.errors import Conflict, Invalid
-from annotate.models import Export, Prompt, TrainingRound
+from annotate.models import DataImport, Export, Prompt, TrainingRound
 
 pytestmark = pytest.mark.django_db
 
@@ -26,12 +26,13 @@ def test_a_file_that_cannot_be_imported_is_invalid_naming_the_file(staff_api):
         imports.parse_prompts("\n \n", file_format="text")
     assert raised.value.errors == {"file": ["the file holds no prompts"]}
 
-    upload = SimpleUploadedFile("prompts.txt", b"\n \n")
+    # What a request can check before a worker reads the file is refused at once, in the same shape.
+    upload = SimpleUploadedFile("prompts.txt", b"\xff\n")
     response = staff_api.post("/api/prompts/import/", {"file": upload}, format="multipart")
 
     assert response.status_code == 400
-    assert response.json() == {"errors": {"file": ["the file holds no prompts"]}}
-    assert not Prompt.objects.exists()
+    assert response.json() == {"errors": {"file": ["the file is not UTF-8 text (byte 0 cannot be read)"]}}
+    assert not Prompt.objects.exists() and not DataImport.objects.exists()
 
 
 def test_a_prompt_stored_already_is_a_conflict_naming_it(staff_api):
