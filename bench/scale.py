@@ -1,10 +1,10 @@
 """Scaling: pairs per second with 1, 2 and 4 model servers and 1, 2 and 4 sampling workers, as ratios to one of each.
 
-    .venv/bin/python -m bench.scale [--seconds 6] [--settle 3] [--repeats 3] [--json FILE]
+    .venv/bin/python -m bench.scale [--seconds 8] [--settle 2] [--repeats 3] [--json FILE]   # about 8 minutes
 
 What runs, all on this machine:
 
-- the model servers: --servers-max stand-ins (bench.stand_in_server), each its own process. An answer takes a fixed
+- the model servers: four stand-ins (bench.stand_in_server), each its own process. An answer takes a fixed
   time per generated token, asleep, and a replica generates at most --max-sequences answers at once, so it has a
   fixed capacity and the CPU does not limit it: what is measured is pairloop's side;
 - the sampling workers: real Celery worker processes (`celery -A annotate worker --pool solo`, one refill at a time,
@@ -17,10 +17,10 @@ What runs, all on this machine:
 
 A cell (S servers, W workers) counts the pairs stored in --seconds, after --settle seconds for a change of worker
 count to take effect. The cells are interleaved: each repeat goes through the server counts (in reverse order every
-other repeat), starting the workers for each and going 1, 2, 4 workers up or 4, 2, 1 down; so every repeat has its
-own one-server-one-worker baseline, and every cell's ratio is taken to the baseline of its own repeat. It prints
-the load average around each cell and the workers' CPU seconds a pair, which say whether the machine or the
-model servers are what caps a cell.
+other repeat), starting four workers for each and letting 1, 2 then 4 of them consume the refill queue (4, 2, 1
+every other repeat); so every repeat has its own one-server-one-worker baseline, and every cell's ratio is taken to
+the baseline of its own repeat. It prints the load average around each cell, the workers' CPU time a pair and how
+busy the model servers' slots were, which say whether the machine, the workers or the model servers cap a cell.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ COUNTS = (1, 2, 4)
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=6.0, help="measured time a cell")
-    parser.add_argument("--settle", type=float, default=3.0, help="time for a change of worker count to take effect")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured time a cell")
+    parser.add_argument("--settle", type=float, default=2.0, help="time for a change of worker count to take effect")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--database", default="bench_scale", help="a PostgreSQL database name (dropped, recreated)")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
@@ -204,31 +204,41 @@ def adapter_serve(urls: list[str]) -> None:
 
 @dataclass
 class Workers:
-    """The sampling workers of one block (one set of model servers)."""
+    """The sampling workers of one block (one set of model servers): --workers-max Celery workers started together
+    (a start takes 10 to 20 s on a loaded machine), parked on a queue nobody uses; a cell's W of them consume the
+    refill queue (Celery's add_consumer / cancel_consumer: a worker that stops consuming finishes its refill first).
+    """
 
     arguments: argparse.Namespace
     urls: list[str]
     running: list[Process] = field(default_factory=list)
-    started: int = 0
+    consuming: int = 0
 
-    def resize(self, count: int) -> None:
-        if len(self.running) > count:
-            processes_stop(self.running[count:])
-            del self.running[count:]
-        new: list[Process] = []
-        while len(self.running) + len(new) < count:
-            self.started += 1
-            name = f"worker{self.started}"
+    def start(self, count: int) -> None:
+        for number in range(count):
+            name = f"worker{number + 1}"
             command = [sys.executable, "-m", "celery", "-A", "annotate", "worker", "--pool", "solo",
-                       "--loglevel", "INFO", "--queues", QUEUE, "--hostname", f"{name}@%h",
+                       "--loglevel", "INFO", "--queues", f"{QUEUE}-parked", "--hostname", f"{name}@%h",
                        "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
             env = {**environment(self.arguments), "VLLM_BASE_URL": ",".join(self.urls)}
-            new.append(Process(name, command, env, self.arguments.log_dir))
-        for process in new:
+            self.running.append(Process(name, command, env, self.arguments.log_dir))
+        for process in self.running:
             wait_for(lambda p=process: "ready." in p.log() or p.popen.poll() is not None, 180, f"{process.name}")
             if process.popen.poll() is not None:
                 raise SystemExit(f"{process.name} exited:\n{process.log()[-3000:]}")
-        self.running.extend(new)
+
+    def consume(self, count: int) -> None:
+        """The first `count` workers consume the refill queue, the others not."""
+        from annotate.celery import app
+
+        hosts = [f"{process.name}@{socket.gethostname()}" for process in self.running]
+        for host in hosts[self.consuming : count]:
+            if not app.control.add_consumer(QUEUE, destination=[host], reply=True, timeout=30):
+                raise SystemExit(f"{host} did not answer add_consumer")
+        for host in hosts[count : self.consuming]:
+            if not app.control.cancel_consumer(QUEUE, destination=[host], reply=True, timeout=30):
+                raise SystemExit(f"{host} did not answer cancel_consumer")
+        self.consuming = count
 
     def cpu_seconds(self) -> float:
         return sum(process.cpu_seconds() for process in self.running)
@@ -292,7 +302,7 @@ def cell_measure(arguments: argparse.Namespace, workers: Workers, servers: int, 
     busy = generating_seconds(workers.urls) - busy_before
     cell = Cell(
         servers=servers,
-        workers=len(workers.running),
+        workers=workers.consuming,
         repeat=repeat,
         pairs=pairs_after - pairs_before,
         seconds=seconds,
@@ -320,8 +330,9 @@ def block_run(arguments: argparse.Namespace, urls: list[str], servers: int, repe
     workers = Workers(arguments, urls[:servers])
     cells = []
     try:
+        workers.start(max(COUNTS))
         for number, count in enumerate(COUNTS if repeat % 2 == 0 else tuple(reversed(COUNTS))):
-            workers.resize(count)
+            workers.consume(count)
             if number == 0:
                 pairs_refill_request(throttle=False)  # starts the chain of refills; each asks for the next
             cells.append(cell_measure(arguments, workers, servers, repeat))
