@@ -17,8 +17,8 @@ What runs, all on this machine:
 
 A cell (S servers, W workers) counts the pairs stored in --seconds, after --settle seconds for a change of worker
 count to take effect. The cells are interleaved: each repeat goes through the server counts (in reverse order every
-other repeat), starting four workers for each and letting 1, 2 then 4 of them consume the refill queue (4, 2, 1
-every other repeat); so every repeat has its own one-server-one-worker baseline, and every cell's ratio is taken to
+other repeat), where 1, 2 then 4 of the four workers started for that set (all sets at the beginning) consume the
+refill queue (4, 2, 1 every other repeat); so every repeat has its own one-server-one-worker baseline, and every cell's ratio is taken to
 the baseline of its own repeat. It prints the load average around each cell, the workers' CPU time a pair and how
 busy the model servers' slots were, which say whether the machine, the workers or the model servers cap a cell.
 """
@@ -204,9 +204,10 @@ def adapter_serve(urls: list[str]) -> None:
 
 @dataclass
 class Workers:
-    """The sampling workers of one block (one set of model servers): --workers-max Celery workers started together
-    (a start takes 10 to 20 s on a loaded machine), parked on a queue nobody uses; a cell's W of them consume the
-    refill queue (Celery's add_consumer / cancel_consumer: a worker that stops consuming finishes its refill first).
+    """The sampling workers for one set of model servers: four Celery workers, parked on a queue nobody uses; a
+    cell's W of them consume the refill queue (Celery's add_consumer / cancel_consumer: a worker that stops
+    consuming finishes its refill first). Every set is started once, at the beginning: a start takes 10 to 60 s of a
+    loaded machine, and the workers must be restarted to be given other servers (VLLM_BASE_URL).
     """
 
     arguments: argparse.Namespace
@@ -216,12 +217,14 @@ class Workers:
 
     def start(self, count: int) -> None:
         for number in range(count):
-            name = f"worker{number + 1}"
+            name = f"servers{len(self.urls)}-worker{number + 1}"
             command = [sys.executable, "-m", "celery", "-A", "annotate", "worker", "--pool", "solo",
                        "--loglevel", "INFO", "--queues", f"{QUEUE}-parked", "--hostname", f"{name}@%h",
                        "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
             env = {**environment(self.arguments), "VLLM_BASE_URL": ",".join(self.urls)}
             self.running.append(Process(name, command, env, self.arguments.log_dir))
+
+    def wait_ready(self) -> None:
         for process in self.running:
             wait_for(lambda p=process: "ready." in p.log() or p.popen.poll() is not None, 180, f"{process.name}")
             if process.popen.poll() is not None:
@@ -256,14 +259,19 @@ def processes_stop(processes: list[Process]) -> None:
         process.stop()
 
 
-def queue_clear(arguments: argparse.Namespace) -> None:
-    """Between blocks: no refill queued, no claim left (each block starts its own chain)."""
-    import redis
+def queue_clear() -> None:
+    """Between blocks, once no worker consumes: every refill finished (no claim left), none queued, none marked as
+    queued, so each block starts its own chain of refills."""
+    from django.core.cache import cache
 
+    from annotate.celery import app
     from annotate.models import SamplingClaim
+    from annotate.sampling.services import REFILL_QUEUED_KEY
 
-    redis.Redis.from_url(arguments.redis).flushdb()  # the queue, the kombu bindings, the cache's marks
-    SamplingClaim.objects.all().delete()
+    wait_for(lambda: not SamplingClaim.objects.exists(), 120, "the last refills of a block to finish")
+    with app.connection_for_write() as connection:
+        connection.default_channel.queue_purge(QUEUE)
+    cache.delete(REFILL_QUEUED_KEY)
 
 
 @dataclass
@@ -322,22 +330,18 @@ def cell_measure(arguments: argparse.Namespace, workers: Workers, servers: int, 
     return cell
 
 
-def block_run(arguments: argparse.Namespace, urls: list[str], servers: int, repeat: int) -> list[Cell]:
+def block_run(arguments: argparse.Namespace, workers: Workers, repeat: int) -> list[Cell]:
     """One set of model servers: the workers go 1, 2, 4 (or 4, 2, 1 every other repeat), one cell each."""
     from annotate.sampling.services import pairs_refill_request
 
-    queue_clear(arguments)
-    workers = Workers(arguments, urls[:servers])
     cells = []
-    try:
-        workers.start(max(COUNTS))
-        for number, count in enumerate(COUNTS if repeat % 2 == 0 else tuple(reversed(COUNTS))):
-            workers.consume(count)
-            if number == 0:
-                pairs_refill_request(throttle=False)  # starts the chain of refills; each asks for the next
-            cells.append(cell_measure(arguments, workers, servers, repeat))
-    finally:
-        workers.stop()
+    for number, count in enumerate(COUNTS if repeat % 2 == 0 else tuple(reversed(COUNTS))):
+        workers.consume(count)
+        if number == 0:
+            pairs_refill_request(throttle=False)  # starts the chain of refills; each asks for the next
+        cells.append(cell_measure(arguments, workers, len(workers.urls), repeat))
+    workers.consume(0)
+    queue_clear()
     return cells
 
 
@@ -388,12 +392,20 @@ def main() -> int:
     )
     servers, urls = servers_start(arguments, max(COUNTS))
     adapter_serve(urls)
+    worker_sets = {count: Workers(arguments, urls[:count]) for count in COUNTS}
     cells: list[Cell] = []
     try:
+        for workers in worker_sets.values():
+            workers.start(max(COUNTS))
+        for workers in worker_sets.values():
+            workers.wait_ready()
+        print(f"{len(COUNTS) * max(COUNTS)} workers ready after {time.monotonic() - started:.0f} s", flush=True)
         for repeat in range(arguments.repeats):
             for count in COUNTS if repeat % 2 == 0 else tuple(reversed(COUNTS)):
-                cells.extend(block_run(arguments, urls, count, repeat))
+                cells.extend(block_run(arguments, worker_sets[count], repeat))
     finally:
+        for workers in worker_sets.values():
+            workers.stop()
         for server in servers:
             server.stop()
     rows = summarise(cells, arguments.max_sequences / answer_seconds / 2)
