@@ -76,7 +76,8 @@ class RefillQueue:
         cache.delete(sampling.REFILL_QUEUED_KEY)
 
     def waiting(self) -> int:
-        return int(self._channel.queue_declare(queue=self.name, passive=True).message_count)
+        # Not passive: Redis keeps no empty queue, and a passive declaration of a queue it does not have fails.
+        return int(self._channel.queue_declare(queue=self.name, durable=True, auto_delete=False).message_count)
 
     def run_next(self) -> int:
         """Take the next task off the queue and run it, as a worker does; returns what the refill made."""
