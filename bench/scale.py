@@ -18,9 +18,10 @@ What runs, all on this machine:
 A cell (S servers, W workers) counts the pairs stored in --seconds, after --settle seconds for a change of worker
 count to take effect. The cells are interleaved: each repeat goes through the server counts (in reverse order every
 other repeat), where 1, 2 then 4 of the four workers started for that set (all sets at the beginning) consume the
-refill queue (4, 2, 1 every other repeat); so every repeat has its own one-server-one-worker baseline, and every cell's ratio is taken to
-the baseline of its own repeat. It prints the load average around each cell, the workers' CPU time a pair and how
-busy the model servers' slots were, which say whether the machine, the workers or the model servers cap a cell.
+refill queue (4, 2, 1 every other repeat); so every repeat has its own one-server-one-worker baseline, and every
+cell's ratio is taken to the baseline of its own repeat. It prints the load average around each cell, the workers'
+CPU time a pair and how busy the model servers' slots were, which say whether the machine, the workers or the model
+servers cap a cell.
 """
 
 from __future__ import annotations
