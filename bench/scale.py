@@ -1,6 +1,6 @@
 """Scaling: pairs per second with 1, 2 and 4 model servers and 1, 2 and 4 sampling workers, as ratios to one of each.
 
-    .venv/bin/python -m bench.scale [--seconds 8] [--settle 2] [--repeats 3] [--json FILE]   # about 8 minutes
+    .venv/bin/python -m bench.scale [--seconds 8] [--settle 2] [--repeats 3] [--json FILE]   # about 7 minutes
 
 What runs, all on this machine:
 
