@@ -28,7 +28,7 @@ def pairs_refill() -> int:
 
     Prompts the server refuses are recorded and replaced, so they never fail the task (see sampling.pairs_sample).
     """
-    return sampling.pairs_refill()
+    return sampling.pairs_refill(from_queue=True)
 
 
 # A round runs for minutes to hours: acknowledged on receipt, so a broker's visibility timeout never hands it to a

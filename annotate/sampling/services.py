@@ -285,12 +285,18 @@ def _claim_held(claim: SamplingClaim) -> Iterator[None]:
         SamplingClaim.objects.filter(pk=claim.pk, holder=claim.holder).delete()
 
 
-def pairs_refill(*, client_factory: Callable[[], ModelServerPool] = client_from_settings) -> int:
+def pairs_refill(
+    *, client_factory: Callable[[], ModelServerPool] = client_from_settings, from_queue: bool = False
+) -> int:
     """Claim the next batch of missing pairs from the serving version and make it; returns pairs made.
 
-    When more pairs are missing than one batch, another refill is asked for first, so another worker makes the next
-    batch meanwhile. Raises ModelServerUnavailable when the model server cannot be reached (the task retries).
+    When more pairs are missing than one batch, another refill is asked for first (unless one is queued already), so
+    another worker makes the next batch meanwhile. `from_queue`: this is the worker's task, so the refill that was
+    queued is no longer waiting. Raises ModelServerUnavailable when the model server cannot be reached (the task
+    retries).
     """
+    if from_queue:
+        cache.delete(REFILL_QUEUED_KEY)  # the next request may queue one again
     version = ModelVersion.objects.serving()
     if version is None:
         logger.warning("no model version is serving; run `manage.py seed_demo` or start a round")
@@ -303,7 +309,7 @@ def pairs_refill(*, client_factory: Callable[[], ModelServerPool] = client_from_
             return 0
         with _claim_held(claim):
             if still_missing > 0:
-                enqueue("annotate.tasks.pairs_refill")
+                _pairs_refill_enqueue()
             made = _batch_make(version=version, wanted=claim.pairs, client=client)
     logger.info("made %d of a batch of %d pairs from %s", made, claim.pairs, version)
     return made
@@ -342,9 +348,21 @@ def pairs_refill_request(*, throttle: bool = True) -> None:
         transaction.on_commit(_pairs_refill_enqueue)
 
 
+# Set while a refill we asked for waits in the queue: one waiting refill makes all the batches missing (each refill
+# asks for the next), so more would only queue work that finds nothing to claim. Cleared by the refill when a worker
+# starts it; the expiry covers a queue lost with the broker (beat's refills, every PAIR_REFILL_INTERVAL, also clear
+# it).
+REFILL_QUEUED_KEY = "pairloop:pairs-refill-queued"
+REFILL_QUEUED_SECONDS = 300
+
+
 def _pairs_refill_enqueue() -> None:
+    """Queue a refill unless one already waits for a worker."""
+    if not cache.add(REFILL_QUEUED_KEY, "1", timeout=REFILL_QUEUED_SECONDS):
+        return
     # on_commit callbacks run inside the request: enqueue never raises, so a broker outage is no 500.
-    enqueue("annotate.tasks.pairs_refill")
+    if not enqueue("annotate.tasks.pairs_refill"):
+        cache.delete(REFILL_QUEUED_KEY)  # nothing is queued: the next request must try again
 
 
 # --- Head-to-head pairs: a canary's candidate, or an earlier version, against the serving one ----------------------

@@ -77,3 +77,19 @@ def test_nothing_listening_is_worth_retrying():
         ask(client, "Hello")
     with ModelServerClient(f"http://127.0.0.1:{closed_port}") as client:
         assert client.is_healthy() is False
+
+
+def test_every_client_of_a_process_shares_one_tls_context(settings):
+    """Building TLS settings parses the whole CA bundle (about 27 ms of CPU); a refill builds a client for every
+    replica, so a context built per client cost about 7 ms of CPU a pair with four replicas (bench.scale)."""
+    from annotate.sampling.generation import client_from_settings
+
+    settings.VLLM_BASE_URL = "https://replica-1.example:8000,https://replica-2.example:8000"
+    with client_from_settings() as first_refill, client_from_settings() as second_refill:
+        # httpx keeps the context on the client's connection pool; nothing public exposes it.
+        contexts = {
+            id(client._http._transport._pool._ssl_context)  # type: ignore[attr-defined]
+            for pool in (first_refill, second_refill)
+            for client in pool.clients
+        }
+    assert len(contexts) == 1

@@ -55,6 +55,65 @@ def test_a_claim_counts_its_pairs_as_on_their_way(stub, settings, serving_versio
     assert sampling.sampling_claim_take(version=serving_version, holder="elsewhere:2:y") == (None, 0)
 
 
+class RefillQueue:
+    """The broker's queue of this test run, read and taken from as a worker would (the real broker, no stand-in)."""
+
+    def __init__(self) -> None:
+        from django.conf import settings
+
+        from annotate.celery import app
+
+        self.name = settings.CELERY_TASK_DEFAULT_QUEUE
+        self._connection = app.connection_for_read()
+        self._channel = self._connection.default_channel
+        self.clear()
+
+    def clear(self) -> None:
+        """Nothing queued and nothing marked as queued (an earlier test may have left a refill in the queue)."""
+        from django.core.cache import cache
+
+        self._channel.queue_purge(self.name)
+        cache.delete(sampling.REFILL_QUEUED_KEY)
+
+    def waiting(self) -> int:
+        # Not passive: Redis keeps no empty queue, and a passive declaration of a queue it does not have fails.
+        return int(self._channel.queue_declare(queue=self.name, durable=True, auto_delete=False).message_count)
+
+    def run_next(self) -> int:
+        """Take the next task off the queue and run it, as a worker does; returns what the refill made."""
+        from annotate.celery import app
+
+        message = self._channel.basic_get(self.name, no_ack=True)
+        assert message is not None
+        assert message.headers["task"] == "annotate.tasks.pairs_refill"
+        return int(app.tasks["annotate.tasks.pairs_refill"].apply().get())
+
+    def close(self) -> None:
+        self._connection.release()
+
+
+def test_at_most_one_refill_waits_in_the_queue(stub, settings, serving_version):
+    """Every refill that leaves pairs missing asks for the next, and votes, pages and a worker's start ask too: one
+    waiting refill is enough, since it asks for the next itself; more only make work that finds nothing to claim."""
+    settings.PAIR_BUFFER_TARGET, settings.PAIR_REFILL_BATCH = 8, 2
+    prompts(8, stub)
+    queue = RefillQueue()
+    try:
+        for _ in range(3):
+            sampling.pairs_refill_request(throttle=False)  # the rounds page, a canary, a worker's start...
+            assert sampling.pairs_refill() == 2  # ...and a refill outside the queue that leaves pairs missing
+        assert queue.waiting() == 1
+
+        assert queue.run_next() == 2  # a worker takes it: the buffer is full, nothing more is asked for
+        assert sampling.pairs_ready_count(serving_version) == 8
+        assert queue.waiting() == 0
+        sampling.pairs_refill_request(throttle=False)  # the waiting refill was taken: a request queues one again
+        assert queue.waiting() == 1
+    finally:
+        queue.clear()
+        queue.close()
+
+
 def _refill_in_another_process(stub: ModelServerStub, **variables: str) -> subprocess.Popen[bytes]:
     """A refill in its own process, as a sampling worker runs it, on this test's database and model server."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "annotate.settings", "DATABASE_URL": shared_database_url(),
