@@ -32,6 +32,11 @@ class RoundStopped(Exception):
     """The round ended early (failed or cancelled); its status and error are already saved."""
 
 
+class RoundLost(RoundStopped):
+    """The round was ended elsewhere while this worker ran it (it was silent too long): no longer this worker's,
+    which writes nothing more to it."""
+
+
 def training_command(*arguments: str) -> list[str]:
     """`python -m training <arguments>`, through TRAINING_LAUNCHER (`accelerate launch`, `torchrun ...`) if set."""
     launcher = shlex.split(settings.TRAINING_LAUNCHER) if settings.TRAINING_LAUNCHER else [sys.executable]
@@ -116,7 +121,8 @@ def _follow(
             process_group_stop(process)
             training_round.finish(Status.CANCELLED, log_tail=log_tail(log_path), error="cancelled by an admin")
             raise RoundStopped
-        training_round.heartbeat()
+        if not training_round.heartbeat():  # ended elsewhere (abandoned while this worker was frozen)
+            raise RoundLost
         time.sleep(settings.ROUND_POLL_SECONDS)
     if process.returncode != 0:
         how = f"killed by signal {-process.returncode}" if process.returncode < 0 else f"exit {process.returncode}"
