@@ -170,6 +170,14 @@ def _in_status(training_round: TrainingRound, status: str, process: subprocess.P
     return wait_until(reached, 90, f"the other process to take the round to {status}", process)
 
 
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
 def _stop(process: subprocess.Popen[bytes], trainer_pid_file) -> None:  # type: ignore[no-untyped-def]
     for pid in (process.pid, int(trainer_pid_file.read_text()) if trainer_pid_file.exists() else None):
         if pid is not None:
@@ -185,9 +193,14 @@ def test_a_round_whose_trainer_was_killed_mid_training_is_failed_with_the_reason
     worker = _round_in_another_process(training_round, round_ready, _sleeping_trainer(tmp_path))
     try:
         _in_status(training_round, Status.TRAINING, worker)
+        pid_file = tmp_path / "trainer.pid"
+        written = wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30, "the training process", worker)
+        trainer = int(written)
         os.killpg(worker.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         worker.wait(timeout=30)
+        # Its training process goes with it (the parent-death signal), instead of running on without an owner.
+        wait_until(lambda: not _alive(trainer), 10, "the training process to stop with its worker")
 
         assert work_abandoned_end() == 0  # it sent a sign of life a moment ago
         wait_until(lambda: work_abandoned_end() == 1, STALE * 3, "the round to be ended once it was silent too long")
@@ -258,11 +271,11 @@ def test_a_frozen_worker_loses_its_round_and_stops_its_training_when_it_wakes(
         ended = (training_round.status, training_round.error, training_round.revision)
         assert ended[0] == Status.FAILED and "stopped reporting while it was training" in ended[1]
         trainer = int(trainer_pid_file.read_text())
-        assert Path(f"/proc/{trainer}").exists()  # its training process still runs, held by the frozen worker
+        assert _alive(trainer)  # its training process still runs, held by the frozen worker
 
         os.killpg(worker.pid, signal.SIGCONT)  # it wakes up: the round is no longer its own
         assert worker.wait(timeout=30) == 0
-        wait_until(lambda: not Path(f"/proc/{trainer}").exists(), 30, "the worker to stop its training process")
+        wait_until(lambda: not _alive(trainer), 30, "the worker to stop its training process")
     finally:
         _stop(worker, trainer_pid_file)
     training_round.refresh_from_db()
