@@ -149,13 +149,15 @@ def _sleeping_trainer(tmp_path) -> str:  # type: ignore[no-untyped-def]
     return str(path)
 
 
-def _round_in_another_process(training_round: TrainingRound, settings, launcher: str, model_server: str = ""):  # type: ignore[no-untyped-def]
-    """The round run by the training worker's task, as the `trainer` process runs it."""
+def _round_in_another_process(  # type: ignore[no-untyped-def]
+    training_round: TrainingRound, settings, launcher: str, model_server: str = "", task: str = "round_run"
+):
+    """The round run by the training worker's task (`task`), as the `trainer` process runs it."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "annotate.settings", "DATABASE_URL": shared_database_url(),
            "ROUND_DIR": str(settings.ROUND_DIR), "ADAPTER_STORE_DIR": str(settings.ADAPTER_STORE_DIR),
            "ROUND_MIN_TRAIN_PAIRS": "2", "ROUND_STALE_SECONDS": str(STALE), "ROUND_POLL_SECONDS": "0.2",
            "TRAINING_LAUNCHER": launcher, "VLLM_BASE_URL": model_server}  # fmt: skip
-    code = f"from annotate.tasks import round_run\nround_run({training_round.pk})"
+    code = f"from annotate.tasks import {task}\n{task}({training_round.pk})"
     return subprocess.Popen(
         [sys.executable, "manage.py", "shell", "-c", code], cwd=REPO, env=env, start_new_session=True
     )
@@ -253,6 +255,37 @@ def test_a_live_worker_keeps_its_round_through_a_slow_deploy(round_ready, servin
             _stop(worker, tmp_path / "trainer.pid")
     training_round.refresh_from_db()
     assert training_round.status == Status.SERVING and training_round.error == ""
+
+
+def test_a_live_deploy_task_keeps_a_promoted_round_through_a_slow_deploy(
+    round_ready, serving_version, staff, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SCRIPTED_ACCURACY", "0.3")  # the gate rejects the round; staff promote it over the gate
+    round_ready.TRAINING_LAUNCHER = scripted_trainer(tmp_path)
+    server = _SlowToLoad()
+    server.models = [serving_version.name]
+    with fake_model_server(server) as url:
+        round_ready.VLLM_BASE_URL = url
+        training_round = rounds.round_start(trigger="page", started_by=staff)
+        rounds.round_run(training_round.pk)
+        training_round.refresh_from_db()
+        assert training_round.status == Status.REJECTED
+        rounds.round_promote(training_round=training_round, by=staff, reason="the answers read better")
+        worker = _round_in_another_process(training_round, round_ready, "false", url, task="round_deploy")
+        try:
+            wait_until(server.loading.is_set, 90, "the deploy task to load the round's adapter", worker)
+            time.sleep(STALE * 1.5)
+            assert work_abandoned_end() == 0
+            training_round.refresh_from_db()
+            assert training_round.status == Status.DEPLOYING
+
+            server.go_on.set()
+            assert worker.wait(timeout=60) == 0
+        finally:
+            server.go_on.set()
+            _stop(worker, tmp_path / "trainer.pid")
+    training_round.refresh_from_db()
+    assert training_round.status == Status.SERVING
 
 
 def test_a_frozen_worker_loses_its_round_and_stops_its_training_when_it_wakes(
