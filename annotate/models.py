@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from django.conf import settings
@@ -15,6 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from annotate.errors import Conflict
+from annotate.owners import heartbeat
 
 
 def conversation_hash(messages: list[dict[str, Any]]) -> str:
@@ -778,8 +780,13 @@ class TrainingRound(models.Model):
 
     Its status is a state machine owned here (TRANSITIONS); other modules move it only through `advance`, `finish`
     and `deploy_begin`, which refuse a move the table does not allow with Conflict. Its other fields are written only
-    through its methods (`record`, `heartbeat`, `request_cancel`, `record_phases`, `record_evaluation`,
-    `record_steps`), each of which bumps `revision`, so the round page's poll sees every change.
+    through its methods (`record`, `request_cancel`, `record_phases`, `record_evaluation`, `record_steps`), each of
+    which bumps `revision`, so the round page's poll sees every change; `heartbeat` alone leaves it, as the page shows
+    nothing a heartbeat changes.
+
+    A running round is held by the worker that runs it, which heartbeats it (`heartbeating`) in every phase. One
+    silent for ROUND_STALE_SECONDS is ended by `end_abandoned` (annotate.rounds.services.rounds_abandoned_end); its
+    worker, should it wake up, finds the round ended at its next write (Conflict) or heartbeat (False) and stops.
     """
 
     class Status(models.TextChoices):
@@ -908,14 +915,31 @@ class TrainingRound(models.Model):
         return min(100, int(100 * last.get("step", 0) / last["max_steps"]))
 
     def record(self, **fields: Any) -> None:
-        """Save fields that are not the status (progress, results) with a heartbeat; the status is left alone."""
+        """Save fields of a running round that are not the status (progress, results) with a heartbeat; the status is
+        left alone. Conflict when the round ended meanwhile (its worker no longer holds it)."""
         if "status" in fields or "active" in fields:
             raise ValueError("a round's status changes through advance, finish or deploy_begin")
-        self._write(fields)
+        self._write(fields, only_active=True)
 
-    def heartbeat(self) -> None:
-        """Say that the worker running this round is alive: a round without one for ROUND_STALE_SECONDS is failed."""
-        self._write({})
+    def heartbeat(self) -> bool:
+        """Say that the worker running this round is alive; False (nothing written) when the round ended meanwhile:
+        its worker then stops. A running round without one for ROUND_STALE_SECONDS is ended as abandoned.
+
+        The revision stays: the page would only redraw the same round."""
+        try:
+            self._write({}, only_active=True, revision=False)
+        except Conflict:
+            return False
+        return True
+
+    @contextmanager
+    def heartbeating(self) -> Iterator[None]:
+        """Heartbeat the round from a thread while the block runs, every eighth of ROUND_STALE_SECONDS, whatever the
+        block does (reading votes, training, publishing, deploying); the thread stops once the round has ended."""
+        beating = type(self).objects.get(pk=self.pk)  # the thread's own copy: it never writes into the caller's
+        every = max(0.1, settings.ROUND_STALE_SECONDS / 8)
+        with heartbeat(beating.heartbeat, every=every, name=f"round {self.pk}"):
+            yield
 
     def request_cancel(self) -> None:
         """Ask the worker running this round to stop it at its next look. Conflict when it ended meanwhile.
@@ -934,11 +958,13 @@ class TrainingRound(models.Model):
             self._write({"evaluation": {**saved, **figures}})
 
     def record_steps(self, rows: list[dict[str, Any]]) -> None:
-        """Append training steps as they are logged (one row each: the page's charts read only new rows)."""
-        RoundStep.objects.bulk_create(
-            [RoundStep(training_round=self, step=int(row.get("step", 0)), values=row) for row in rows]
-        )
-        self._write({})
+        """Append training steps as they are logged (one row each: the page's charts read only new rows). Conflict,
+        and nothing written, when the round ended meanwhile."""
+        with transaction.atomic():
+            self._write({}, only_active=True)
+            RoundStep.objects.bulk_create(
+                [RoundStep(training_round=self, step=int(row.get("step", 0)), values=row) for row in rows]
+            )
 
     def advance(self, status: str, **fields: Any) -> None:
         """Move to the next running phase (preparing -> training -> evaluating)."""
@@ -949,6 +975,20 @@ class TrainingRound(models.Model):
         if status in self.ACTIVE_STATUSES:
             raise ValueError(f"{status} is not an end state")
         self._move(status, {**fields, "active": None, "finished_at": timezone.now(), "process_id": None})
+
+    def end_abandoned(self, *, reason: str) -> bool:
+        """End a running round whose worker went silent, as it was looked at: a deploying round becomes trained (its
+        adapter is whole; staff may promote it again), any other fails. False, and nothing written, when the round
+        moved on or its worker sent a sign of life since. Its last heartbeat stays as it was."""
+        ended = self.Status.TRAINED if self.status == self.Status.DEPLOYING else self.Status.FAILED
+        if not self.is_active or ended not in self.TRANSITIONS[self.status]:
+            return False
+        fields = {"status": ended, "error": reason, "active": None, "finished_at": timezone.now(), "process_id": None}
+        try:
+            self._write(fields, expected_status=self.status, heartbeat=False, unchanged_since_seen=True)
+        except Conflict:
+            return False
+        return True
 
     def deploy_begin(self) -> None:
         """Trained, rejected-then-overridden, or evaluated: deploying makes the round active again (one at a time)."""
@@ -971,13 +1011,19 @@ class TrainingRound(models.Model):
         *,
         only_active: bool = False,
         heartbeat: bool = True,
+        revision: bool = True,
+        unchanged_since_seen: bool = False,
     ) -> None:
-        """The one place a round's fields are written, always bumping its revision (the page's poll sees the change).
+        """The one place a round's fields are written, bumping its revision (the page's poll sees the change) unless
+        `revision` is False (a heartbeat: nothing to see).
 
-        A conditional update: when the status changed underneath (another process moved it), or the round ended and
-        `only_active` asks for a running one, nothing is written."""
+        A conditional update: when the status changed underneath (another process moved it), the round ended and
+        `only_active` asks for a running one, or `unchanged_since_seen` asks for the heartbeat this copy saw and
+        its worker sent another since, nothing is written and Conflict is raised."""
         now = timezone.now()
-        values = {**fields, "revision": F("revision") + 1}
+        values = {**fields}
+        if revision:
+            values["revision"] = F("revision") + 1
         if heartbeat:
             values["heartbeat_at"] = now
         rows = type(self).objects.filter(pk=self.pk)
@@ -985,6 +1031,8 @@ class TrainingRound(models.Model):
             rows = rows.filter(status=expected_status)
         if only_active:
             rows = rows.filter(active=True)
+        if unchanged_since_seen:
+            rows = rows.filter(heartbeat_at=self.heartbeat_at) if self.heartbeat_at else rows.filter(heartbeat_at=None)
         if rows.update(**values) != 1:
             self.refresh_from_db()
             raise Conflict(f"round {self.pk} changed meanwhile: it is {self.get_status_display().lower()}")
@@ -992,7 +1040,8 @@ class TrainingRound(models.Model):
             setattr(self, name, value)
         if heartbeat:
             self.heartbeat_at = now
-        self.refresh_from_db(fields=["revision"])
+        if revision:
+            self.refresh_from_db(fields=["revision"])
 
 
 class RoundStep(models.Model):

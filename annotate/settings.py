@@ -394,7 +394,9 @@ ROUND_GATE_MIN_ACCURACY = env_float("ROUND_GATE_MIN_ACCURACY", 0.5)
 ROUND_GATE_TOLERANCE = env_float("ROUND_GATE_TOLERANCE", 0.05)
 ROUND_LENGTH_PROMPTS = env_int("ROUND_LENGTH_PROMPTS", 8)
 ROUND_POLL_SECONDS = env_float("ROUND_POLL_SECONDS", 2.0)
-ROUND_STALE_SECONDS = env_int("ROUND_STALE_SECONDS", 600)
+# A running round's worker heartbeats it every eighth of this, in every phase; one silent this long lost its worker
+# and is ended with the reason by the next `work-abandoned-end` beat: within ROUND_STALE_SECONDS + 30 s of its death.
+ROUND_STALE_SECONDS = env_int("ROUND_STALE_SECONDS", 120)
 
 # --- Canary gate (annotate.rounds.canary) ----------------------------------------------------------------------------
 # offline: held-out accuracy decides (the default); human: head-to-head votes decide; both: offline, then humans.

@@ -32,7 +32,7 @@ def pairs_refill() -> int:
 
 
 # A round runs for minutes to hours: acknowledged on receipt, so a broker's visibility timeout never hands it to a
-# second worker. A worker lost mid-round leaves a stale round, which the next start marks failed.
+# second worker. A worker lost mid-round stops its heartbeat; work_abandoned_end ends the round with the reason.
 @shared_task(acks_late=False)
 def round_run(round_id: int) -> None:
     rounds.round_run(round_id)
@@ -83,7 +83,7 @@ def _fill_the_buffer_at_start(sender: Any, **kwargs: Any) -> None:
 
 
 # Acknowledged on receipt like a round: an export runs once (Export.start), so a redelivery would only find it
-# started. A worker lost mid-export leaves it running; staff export again.
+# started. A worker lost mid-export stops its heartbeat; work_abandoned_end ends the export with the reason.
 @shared_task(acks_late=False)
 def export_run(export_id: int) -> None:
     """Write an export asked for on the staff page or through the API."""
@@ -100,5 +100,6 @@ def data_import_run(import_id: int) -> None:
 
 @shared_task
 def work_abandoned_end() -> int:
-    """End the work whose worker died without a word (running exports and imports), saying why."""
-    return exports.exports_abandoned_end() + import_jobs.data_imports_abandoned_end()
+    """End the work whose worker died without a word (running exports, imports and rounds), saying why; returns how
+    many."""
+    return exports.exports_abandoned_end() + import_jobs.data_imports_abandoned_end() + rounds.rounds_abandoned_end()

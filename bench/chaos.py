@@ -54,7 +54,7 @@ from bench.soak import (
 )
 
 HH_RLHF = REPO.parent / "shared" / "data" / "hh_rlhf_harmless_dev.jsonl"
-ROUND_STALE_SECONDS = 60  # the trainer's heartbeat is every ROUND_POLL_SECONDS: a round silent this long has no owner
+ROUND_STALE_SECONDS = 60  # the trainer heartbeats its round every eighth of this: a round silent this long has no owner
 EXPORT_LEASE_SECONDS = 15
 
 

@@ -98,4 +98,5 @@ def round_deploy_retry(*, round_id: int) -> None:
     if training_round.status != Status.DEPLOYING:
         logger.info("round %s is %s; not deploying", round_id, training_round.status)
         return
-    round_deploy(training_round)
+    with training_round.heartbeating():  # loading an adapter into every model server may take a while
+        round_deploy(training_round)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,10 +33,24 @@ class RoundStopped(Exception):
     """The round ended early (failed or cancelled); its status and error are already saved."""
 
 
+class RoundLost(RoundStopped):
+    """The round was ended elsewhere while this worker ran it (it was silent too long): no longer this worker's,
+    which writes nothing more to it."""
+
+
 def training_command(*arguments: str) -> list[str]:
     """`python -m training <arguments>`, through TRAINING_LAUNCHER (`accelerate launch`, `torchrun ...`) if set."""
     launcher = shlex.split(settings.TRAINING_LAUNCHER) if settings.TRAINING_LAUNCHER else [sys.executable]
     return [*launcher, "-m", "training", *arguments]
+
+
+def _dies_with_this_worker(command: list[str]) -> list[str]:
+    """`command`, set to get SIGTERM should this worker die without a word (SIGKILL, the OOM killer): the kernel's
+    parent-death signal, set by util-linux's `setpriv` (a preexec_fn could, but is unsafe beside the round's heartbeat
+    thread). A launcher (torchrun, accelerate) stops its own workers on SIGTERM. Without setpriv on the host the
+    command runs as it is, and a killed worker's training process runs on to its end, its results unused."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
 def log_tail(path: Path, characters: int = 4000) -> str:
@@ -81,7 +96,7 @@ def training_process_run(
     environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command,
+            _dies_with_this_worker(command),
             cwd=settings.BASE_DIR,
             env=environment,
             stdout=log,
@@ -116,7 +131,8 @@ def _follow(
             process_group_stop(process)
             training_round.finish(Status.CANCELLED, log_tail=log_tail(log_path), error="cancelled by an admin")
             raise RoundStopped
-        training_round.heartbeat()
+        if not training_round.heartbeat():  # ended elsewhere (abandoned while this worker was frozen)
+            raise RoundLost
         time.sleep(settings.ROUND_POLL_SECONDS)
     if process.returncode != 0:
         how = f"killed by signal {-process.returncode}" if process.returncode < 0 else f"exit {process.returncode}"

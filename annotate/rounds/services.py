@@ -41,7 +41,7 @@ from annotate.quality.preferences import (
 from annotate.rounds.adapters import adapter_publish
 from annotate.rounds.canary import canary_begin
 from annotate.rounds.deploy import round_deploy, round_deploy_later
-from annotate.rounds.runner import RoundStopped, process_phases, training_process_run
+from annotate.rounds.runner import RoundLost, RoundStopped, process_phases, training_process_run
 from annotate.sampling.generation import (
     ModelServerPool,
     ModelServerRefused,
@@ -122,21 +122,39 @@ def usable_votes_since(when: Any) -> int:
 # --- Starting, cancelling, promoting ---------------------------------------------------------------------------
 
 
-def _fail_stale_rounds() -> None:
-    """A round whose worker stopped answering (killed, machine restarted) would block every later round."""
-    stale_before = timezone.now() - timedelta(seconds=settings.ROUND_STALE_SECONDS)
-    # A canary has no worker: it waits for votes, and the decision task heartbeats it; it is never stale.
-    stale = (
+def rounds_abandoned_end() -> int:
+    """End the running rounds that no worker holds any more, saying why; returns how many.
+
+    A worker heartbeats its round in every phase (TrainingRound.heartbeating), so a round silent for
+    ROUND_STALE_SECONDS lost its worker (killed, its host gone, frozen): it fails, or, when it was deploying, ends
+    trained for staff to promote again. A queued round no worker took in that time lost its task. A canary has no
+    worker (it waits for votes) and is never ended here. Beat looks every 30 s, and every round_start looks first,
+    so a dead worker's round ends within ROUND_STALE_SECONDS + 30 s and never blocks the next round longer."""
+    silent_since = timezone.now() - timedelta(seconds=settings.ROUND_STALE_SECONDS)
+    silent = (
         TrainingRound.objects.filter(active=True)
         .exclude(status=Status.CANARY)
-        .filter(Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, created_at__lt=stale_before))
+        .filter(Q(heartbeat_at__lt=silent_since) | Q(heartbeat_at__isnull=True, created_at__lt=silent_since))
     )
-    for training_round in stale:
-        logger.warning(
-            "round %s: no heartbeat since %s; marking it failed", training_round.pk, training_round.heartbeat_at
-        )
-        with suppress(Conflict):  # it moved on meanwhile: not stale after all
-            training_round.finish(Status.FAILED, error="the training worker stopped reporting (lost or restarted)")
+    ended = 0
+    for training_round in silent:
+        reason = _abandoned_reason(training_round)
+        if training_round.end_abandoned(reason=reason):
+            logger.warning("round %s ended: %s", training_round.pk, reason)
+            ended += 1
+    return ended
+
+
+def _abandoned_reason(training_round: TrainingRound) -> str:
+    limit = f"ROUND_STALE_SECONDS={settings.ROUND_STALE_SECONDS}"
+    if training_round.status == Status.QUEUED:
+        return f"no training worker took the round within {limit} s (its task was lost); start a round again"
+    last = training_round.heartbeat_at or training_round.created_at
+    again = "promote it again to deploy it" if training_round.status == Status.DEPLOYING else "start a round again"
+    return (
+        f"its training worker stopped reporting while it was {training_round.get_status_display().lower()}: no sign "
+        f"of life since {last:%Y-%m-%d %H:%M:%S} UTC, over {limit} s (killed, its host lost, or frozen); {again}"
+    )
 
 
 def _holdout_fraction(parent: ModelVersion) -> float:
@@ -180,7 +198,7 @@ def round_start(
         RoundConfig.from_dict({**config, "base_model_dir": "-", "output_dir": "-"})
     except ValueError as error:
         raise Invalid({"config": str(error)}) from None
-    _fail_stale_rounds()
+    rounds_abandoned_end()
     running = TrainingRound.objects.filter(active=True).first()
     if running is not None:
         raise Conflict(f"round {running.pk} is still {running.get_status_display().lower()}; wait for it or cancel it")
@@ -271,12 +289,17 @@ def is_heldout(prompt: Prompt, fraction: float) -> bool:
 
 @contextmanager
 def _phase(training_round: TrainingRound, name: str) -> Iterator[None]:
-    """Record how long a phase took, also when it ends early."""
+    """Record how long a phase took, also when it ends early; not when the round was ended elsewhere meanwhile (a
+    Conflict inside a phase says so too): it is no longer this worker's to write."""
     started = time.monotonic()
     try:
         yield
-    finally:
+    except (RoundLost, Conflict):
+        raise
+    except BaseException:
         training_round.record_phases({name: round(time.monotonic() - started, 1)})
+        raise
+    training_round.record_phases({name: round(time.monotonic() - started, 1)})
 
 
 def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
@@ -504,6 +527,11 @@ def round_run(round_id: int) -> None:
     except Conflict:
         logger.info("round %s is %s; nothing to do", round_id, training_round.status)
         return
+    with training_round.heartbeating():
+        _round_run_held(training_round)
+
+
+def _round_run_held(training_round: TrainingRound) -> None:
     try:
         with _phase(training_round, "prepare"):
             train_path, heldout_path = round_prepare(training_round)
@@ -515,10 +543,12 @@ def round_run(round_id: int) -> None:
     except RoundStopped:
         return
     except Exception as error:
-        logger.exception("round %s failed", round_id)
         training_round.refresh_from_db()
-        if training_round.is_active:
-            training_round.finish(Status.FAILED, error=f"{type(error).__name__}: {error}")
+        if not training_round.is_active:  # ended elsewhere (abandoned while this worker was frozen): not its own
+            logger.warning("round %s ended elsewhere; its worker stops (%r)", training_round.pk, error)
+            return
+        logger.exception("round %s failed", training_round.pk)
+        training_round.finish(Status.FAILED, error=f"{type(error).__name__}: {error}")
         return
     try:
         with _phase(training_round, "deploy"):
