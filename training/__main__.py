@@ -1,4 +1,4 @@
-"""Command line: `python -m training train|evaluate|compare|round ...` (also under `accelerate launch`).
+"""Command line: `python -m training train|evaluate|compare|round ...` (also under `torchrun`, `accelerate launch`).
 
     python -m training train --config CONFIG.json --data PAIRS.jsonl
     python -m training evaluate --model DIR [--adapter DIR] [--reference-adapter DIR] --data HELDOUT.jsonl \
@@ -14,6 +14,9 @@ trains like `train`, then scores like `compare` in the same process (the model i
 {"reference": "base", "interval": ..., "models": {"candidate": {...}, "parent": {...}}, ...}, each model with
 accuracy (ties as half), accuracy_low/accuracy_high (95 % Wilson score interval), mean_margin, count, skipped.
 The base model's log-probabilities of the held-out pairs are cached in --reference-cache across runs.
+
+`train` and `round` also run as several processes, `torchrun --standalone --nproc-per-node N -m training round ...`:
+they train one adapter together (data-parallel), and rank 0 alone writes it, scores it and reports (training.dpo).
 
 Exit status 0 on success, 2 on input the user can fix (the message says what), 1 on anything else.
 """
@@ -94,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
 def train_command(args: argparse.Namespace) -> int:
     config = RoundConfig.from_json(_read_text(args.config, "config"))
     _require_file(args.data, "data")
-    from training.dpo import train_round  # deferred: torch and TRL take seconds to import
+    from training.dpo import is_main_process, train_round  # deferred: torch and TRL take seconds to import
 
     result = train_round(config, args.data)
+    if not is_main_process():  # one of several processes of a launcher: rank 0 reports
+        return 0
     # The machine-readable outcome is result.json; stdout also carries the trainer's own log lines.
     print(f"trained {result.steps} steps on {result.pairs} pairs in {result.runtime_seconds:.1f} s")
     print(f"adapter: {result.adapter_dir}")
@@ -168,6 +173,8 @@ def round_command(args: argparse.Namespace) -> int:
 
     cache = ReferenceCache(args.reference_cache)
     result, results = train_and_evaluate_round(config, args.data, args.heldout, cache)
+    if results is None:  # one of several processes of a launcher: rank 0 scores and reports
+        return 0
     print(f"trained {result.steps} steps on {result.pairs} pairs in {result.runtime_seconds:.1f} s")
     print(f"adapter: {result.adapter_dir}")
     report = comparison_report(results, cache, config.beta, config.max_length, args.heldout)

@@ -9,6 +9,11 @@ Writes into config.output_dir:
     metrics.jsonl   one JSON object per optimizer step, appended while training runs
     adapter/        the PEFT adapter (adapter_config.json + adapter_model.safetensors), what vLLM loads
     result.json     runtime, steps and final metrics, written last: its presence means the round finished
+    dataset/        several processes only: the training pairs and TRL's caches of them, which they share
+
+Under a launcher of several processes (`torchrun --standalone --nproc-per-node N -m training ...`, or `accelerate
+launch`) the processes train one adapter together, data-parallel: on GPUs over NCCL, on the CPU over gloo. Only the
+main process (rank 0) writes these files and scores the held-out pairs; the others train their share and end.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +29,8 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 import torch
-from datasets import Dataset
+from accelerate import PartialState
+from datasets import Dataset, load_from_disk
 from peft import LoraConfig, PeftModel
 from torch.utils.data import Sampler
 from transformers import (
@@ -46,6 +53,7 @@ ADAPTER_DIR = "adapter"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
+DATASET_DIR = "dataset"
 # What a finished round leaves behind; training into a directory that holds any of them would mix two rounds.
 ROUND_OUTPUTS = (ADAPTER_DIR, METRICS_FILE, RESULT_FILE)
 
@@ -74,14 +82,18 @@ def train_and_evaluate_round(
     heldout_path: Path | str,
     reference_cache: ReferenceCache,
     batch_size: int | None = None,
-) -> tuple[TrainResult, dict[str, EvalResult]]:
+) -> tuple[TrainResult, dict[str, EvalResult] | None]:
     """Train one round, then score it in the same process (the model is loaded once) on held-out pairs.
 
     The candidate ("candidate") and its parent ("parent": the parent adapter, or the base model in round 1) are
-    both scored against the base model, the fixed reference; see training.evaluate.compare_against_base.
+    both scored against the base model, the fixed reference; see training.evaluate.compare_against_base. Under a
+    launcher of several processes only the main one scores (once, and alone writes the reference cache); the others
+    get None for the scores.
     """
     heldout = load_pairs(heldout_path)  # refused before training starts if it is bad
     trainer, result = run_training(config, dataset_path)
+    if not trainer.accelerator.is_main_process:
+        return result, None
     started = time.monotonic()
     # Without accelerate's autocast wrapper: the held-out pairs are scored in fp32, like the cached base log-probs
     model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
@@ -106,6 +118,8 @@ def train_and_evaluate_round(
 def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrainer, TrainResult]:
     """`train_round`, also returning the trainer (its model holds the trained adapter, "default")."""
     output_dir = Path(config.output_dir)
+    # Every process looks before the main one writes any of them: with several processes, the main one writes only
+    # after they all met while building the trainer (dataset_shared_on_disk), which each reaches after this check.
     leftovers = [name for name in ROUND_OUTPUTS if (output_dir / name).exists()]
     if leftovers:
         raise FileExistsError(f"{output_dir} already holds the outputs of a round ({', '.join(leftovers)})")
@@ -142,6 +156,14 @@ def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrai
     return trainer, result
 
 
+def is_main_process() -> bool:
+    """Whether this process writes a round's files and reports: the only one, or rank 0 of those a launcher started.
+
+    Accelerate's view of the processes, as the trainer set it up: ask after `run_training`.
+    """
+    return PartialState().is_main_process
+
+
 def build_trainer(
     config: RoundConfig, rows: Sequence[PreferenceRow], callbacks: Sequence[TrainerCallback] = ()
 ) -> DPOTrainer:
@@ -149,11 +171,15 @@ def build_trainer(
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir)
     score_answer_positions_only(enabled=not config.torch_compile)  # before TRL's reference pass in the constructor
     trainer_class = LengthGroupedDPOTrainer if config.group_by_length else WeightedDPOTrainer
+    arguments = dpo_arguments(config)  # also joins the processes of a launcher into one group
+    dataset = Dataset.from_list(rows_weighted_to_mean_one(rows))
+    if arguments.world_size > 1:
+        dataset = dataset_shared_on_disk(dataset, Path(config.output_dir) / DATASET_DIR, arguments)
     trainer = trainer_class(
         model=load_policy(config),
         ref_model=None,  # PEFT: base with the adapter disabled (round 1) or a frozen copy of the parent adapter
-        args=dpo_arguments(config),
-        train_dataset=Dataset.from_list(rows_weighted_to_mean_one(rows)),
+        args=arguments,
+        train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=None if config.parent_adapter_dir else lora_config(config),
         callbacks=list(callbacks),
@@ -161,6 +187,20 @@ def build_trainer(
     if trained_pair_count(trainer) == 0:
         raise ValueError(f"every pair's prompt fills max_length={config.max_length} tokens: nothing left to train on")
     return trainer
+
+
+def dataset_shared_on_disk(dataset: Dataset, directory: Path, arguments: TrainingArguments) -> Dataset:
+    """The dataset as files in `directory`, written by the main process and read by every process.
+
+    TRL's precomputed reference log-probs go to a cache file beside the dataset's files, written by the main process
+    and then read by all: for a dataset held in memory that is each process's own temporary folder, where the others
+    find nothing. On disk, TRL's tokenized copy is also made once, by the main process, and read by the others.
+    """
+    with arguments.main_process_first(local=False, desc="the training pairs, written for every process"):
+        if arguments.process_index == 0:
+            shutil.rmtree(directory, ignore_errors=True)  # a killed run's leftovers
+            dataset.save_to_disk(str(directory))
+        return load_from_disk(str(directory))
 
 
 WEIGHT: Final = "weight"
@@ -328,7 +368,13 @@ def dpo_arguments(config: RoundConfig) -> DPOConfig:
         # Weights stay fp32 (bf16 weights swallow small updates); the passes autocast to bf16 on a GPU that has it,
         # and on a CPU with bf16 arithmetic unless the config says otherwise (docs/benchmarks.md, "Training speed").
         bf16=(on_gpu and torch.cuda.is_bf16_supported()) or (not on_gpu and config.cpu_bf16),
-        use_cpu=not on_gpu and config.cpu_bf16,  # transformers refuses bf16 without a GPU unless told it is the CPU
+        # Without a GPU, say so: transformers then allows bf16 there, and accelerate joins the processes of a launcher
+        # into one data-parallel group over gloo (over NCCL on GPUs). Not told, it leaves each process to train the
+        # whole round alone, every one of them rank 0 writing the same files.
+        use_cpu=not on_gpu,
+        # Every trainable parameter (the adapter being trained) takes part in every pass: DDP need not search the
+        # graph for unused ones at each step (transformers' default does, and warns that it found none).
+        ddp_find_unused_parameters=False,
         precompute_ref_log_probs=config.precompute_reference,
         gradient_checkpointing=config.gradient_checkpointing,
         torch_compile=config.torch_compile,

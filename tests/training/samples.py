@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
 from training.config import RoundConfig
 from training.data import PreferenceRow
 
@@ -47,3 +50,25 @@ def tiny_round_config(base_model_dir: Path, output_dir: Path, **overrides: objec
         **overrides,
     }
     return RoundConfig.from_dict(values)
+
+
+def tiny_model_write(base_model_dir: Path, directory: Path) -> Path:
+    """A two-layer Llama with random weights and the base model's tokenizer, in `directory`: real code paths in
+    seconds."""
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -223,15 +223,38 @@ def test_reference_log_probs_are_computed_once_before_training(tiny_model_dir: P
     ).precompute_ref_logps
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="the expectation of a host without a GPU")
+
+
 def test_speed_levers_reach_trl(tmp_path: Path) -> None:
-    config = tiny_round_config(Path("/m"), tmp_path, gradient_checkpointing=True, cpu_bf16=True, torch_compile=True)
+    config = tiny_round_config(Path("/m"), tmp_path, gradient_checkpointing=True, torch_compile=True)
 
     arguments = dpo_arguments(config)
 
-    assert (arguments.gradient_checkpointing, arguments.bf16, arguments.torch_compile) == (True, True, True)
-    assert arguments.precompute_ref_log_probs is True
+    assert arguments.gradient_checkpointing and arguments.torch_compile and arguments.precompute_ref_log_probs
     defaults = dpo_arguments(tiny_round_config(Path("/m"), tmp_path))
-    assert (defaults.gradient_checkpointing, defaults.bf16, defaults.torch_compile) == (False, False, False)
+    assert (defaults.gradient_checkpointing, defaults.torch_compile) == (False, False)
+
+
+@without_cuda
+def test_on_the_cpu_bf16_follows_the_config_and_the_trainer_knows_it_is_the_cpu(tmp_path: Path) -> None:
+    with_bf16 = dpo_arguments(tiny_round_config(Path("/m"), tmp_path, cpu_bf16=True))
+    without_bf16 = dpo_arguments(tiny_round_config(Path("/m"), tmp_path, cpu_bf16=False))
+
+    assert (with_bf16.bf16, without_bf16.bf16) == (True, False)
+    # Told it is the CPU, accelerate makes the processes of a launcher one data-parallel group (gloo), not copies
+    for arguments in (with_bf16, without_bf16):
+        assert (arguments.use_cpu, arguments.ddp_find_unused_parameters) == (True, False)
+
+
+@needs_cuda
+def test_on_a_gpu_bf16_follows_the_gpu_whatever_cpu_bf16_says(tmp_path: Path) -> None:
+    for cpu_bf16 in (True, False):
+        arguments = dpo_arguments(tiny_round_config(Path("/m"), tmp_path, cpu_bf16=cpu_bf16))
+
+        assert arguments.bf16 is torch.cuda.is_bf16_supported()  # fp32 weights, bf16 autocast wherever the GPU has it
+        assert arguments.use_cpu is False and arguments.device.type == "cuda"
 
 
 @pytest.mark.slow
