@@ -174,7 +174,7 @@ def left_without_owner() -> dict[str, int]:
 
     from django.utils import timezone
 
-    from annotate.models import Export, SamplingClaim, TrainingRound
+    from annotate.models import DataImport, Export, SamplingClaim, TrainingRound
 
     now = timezone.now()
     # A canary has no worker (it waits for votes; beat decides it), and a trained round waits for staff.
@@ -187,6 +187,10 @@ def left_without_owner() -> dict[str, int]:
             status=Export.Status.RUNNING, heartbeat_at__lt=now - timedelta(seconds=EXPORT_LEASE_SECONDS)
         ).count(),
         "exports_queued": Export.objects.filter(status=Export.Status.QUEUED).count(),
+        "imports": DataImport.objects.filter(
+            status=DataImport.Status.RUNNING, heartbeat_at__lt=now - timedelta(seconds=EXPORT_LEASE_SECONDS)
+        ).count(),
+        "imports_queued": DataImport.objects.filter(status=DataImport.Status.QUEUED).count(),
         "sampling_claims_expired": SamplingClaim.objects.filter(expires_at__lt=now).count(),
     }
 
@@ -220,6 +224,7 @@ def main() -> int:
         "PAIR_REFILL_INTERVAL": "10",
         "SAMPLING_CLAIM_LEASE_SECONDS": "15",
         "EXPORT_LEASE_SECONDS": str(EXPORT_LEASE_SECONDS),
+        "DATA_IMPORT_LEASE_SECONDS": str(EXPORT_LEASE_SECONDS),
         "ROUND_STALE_SECONDS": str(ROUND_STALE_SECONDS),
         "ROUND_MIN_TRAIN_PAIRS": "4",
         "ROUND_GATE_MIN_ACCURACY": "0",  # every round deploys: the soak is about kills, not what two steps learn
@@ -370,7 +375,7 @@ def main() -> int:
 
         after_kill = [s for s in (seconds(k, "killed_at") for k in kills) if s is not None]
         after_back = [s for s in (seconds(k, "back_at") for k in kills) if s is not None]
-        from annotate.models import Export, TrainingRound
+        from annotate.models import DataImport, Export, TrainingRound
 
         figures = {
             "minutes": args.minutes,
@@ -400,7 +405,8 @@ def main() -> int:
             "rounds": dict(TrainingRound.objects.values_list("id", "status")),
             "rounds_serving": TrainingRound.objects.filter(status=TrainingRound.Status.SERVING).count(),
             "exports": dict(Export.objects.values_list("id", "status")),
-            "imports": staff.imports,
+            "imports": dict(DataImport.objects.values_list("id", "status")),
+            "import_requests": staff.imports,
             "staff_requests": staff.statuses,
             "load_average": os.getloadavg(),
         }
