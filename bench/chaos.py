@@ -12,6 +12,7 @@ when a kill ended it), ask for an export and import preference data through the 
 
 Every --kill-every seconds (drawn between the two bounds) one process is chosen at random (a web server, a sampling
 worker, the trainer mid-round, beat, a vLLM replica, Redis), SIGKILLed with its children, and started again at once.
+A process that exits by itself is started again too, as its supervisor would, and listed.
 
 At the end, after waiting out the leases, it prints: votes acknowledged against stored (each once), pairs over-voted,
 annotators told "no pair" while one was open to them, 5xx answers, rounds, exports and imports left non-terminal
@@ -313,6 +314,7 @@ def main() -> int:
             annotator.start()
 
         kills: list[dict[str, Any]] = []
+        exits: list[dict[str, Any]] = []
         staff_plan = [(0.1, "round"), (0.3, "export"), (0.5, "import")]
         next_kill = started + chooser.uniform(*args.kill_every)
         while time.monotonic() < deadline:
@@ -343,6 +345,15 @@ def main() -> int:
                               "killed_at": killed_at, "back_at": None, "next_pair_at": None})  # fmt: skip
                 print(f"{killed_at - started:.0f} s: SIGKILL {name}, started again", flush=True)
                 next_kill = killed_at + chooser.uniform(*args.kill_every)
+            # A supervisor's part (systemd's Restart=always, a Kubernetes pod): a process that exited by itself is
+            # started again, and counted. Celery workers exit when Redis goes away while they hold unacknowledged
+            # messages (kombu's restore_unacked on a closed channel: "Unrecoverable error: AttributeError").
+            for name, part in parts.items():
+                if part.process is not None and part.process.poll() is not None:
+                    exits.append({"part": name, "at_s": round(time.monotonic() - started, 1),
+                                  "returncode": part.process.returncode})  # fmt: skip
+                    print(f"{time.monotonic() - started:.0f} s: {name} exited by itself, started again", flush=True)
+                    part.start()
             for kill in kills:
                 if kill["back_at"] is None:
                     name = kill["part"]
@@ -391,6 +402,7 @@ def main() -> int:
                 for k in kills
             ],
             "kills_without_a_next_pair": sum(1 for k in kills if k["next_pair_at"] is None),
+            "exited_by_themselves_and_restarted": exits,
             "next_pair_after_kill_s": {
                 "median": statistics.median(after_kill) if after_kill else None,
                 "max": max(after_kill) if after_kill else None,
