@@ -59,7 +59,10 @@ def make_pair(serving_version) -> Callable[..., object]:  # type: ignore[no-unty
         messages: list[dict[str, str]] | None = None,
         required: int | None = None,
         prompt_set: str = "default",
+        version: object = None,
     ) -> Pair:
+        """A pair of `texts` sampled from `version` (by default the serving_version fixture's)."""
+        version = version or serving_version
         number = next(counter)
         prompt = Prompt.objects.create(
             messages=messages or [{"role": "user", "content": f"Question number {number}?"}],
@@ -69,7 +72,7 @@ def make_pair(serving_version) -> Callable[..., object]:  # type: ignore[no-unty
         completions = [
             Completion.objects.create(
                 prompt=prompt,
-                model_version=serving_version,
+                model_version=version,
                 text=text,
                 sampling={"temperature": 0.8, "top_p": 0.95, "max_tokens": 64, "seed": seed, "n": 1},
                 seed=seed,
@@ -84,7 +87,7 @@ def make_pair(serving_version) -> Callable[..., object]:  # type: ignore[no-unty
             prompt=prompt,
             completion_a=completions[0],
             completion_b=completions[1],
-            sampled_from=serving_version,
+            sampled_from=version,
             judgements_required=required,
         )
 
