@@ -42,9 +42,10 @@ def staff(django_user_model):  # type: ignore[no-untyped-def]
 def serving_version(db):  # type: ignore[no-untyped-def]
     from annotate.models import ModelVersion
 
-    return ModelVersion.objects.create(
-        name="policy-v0-secret-name", base_model="/models/base", status=ModelVersion.Status.SERVING
-    )
+    # The way the app makes its first version: the base model, serving because nothing serves yet.
+    version = ModelVersion.objects.ensure_base(name="policy-v0-secret-name", base_model="/models/base")
+    assert version.status == ModelVersion.Status.SERVING
+    return version
 
 
 @pytest.fixture
