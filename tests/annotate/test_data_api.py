@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 
 from annotate.celery import app as celery_app
 from annotate.models import Export, Judgement, ModelVersion, Pair, Prompt
+from tests.annotate.voting import vote_as_annotator
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.django_db
@@ -250,8 +251,7 @@ def test_preference_import_needs_a_known_format(staff_api):
 def one_vote_each_way(make_pair, annotator, staff_api):
     """A human vote on a served pair, and an imported vote."""
     pair = make_pair(texts=("left text", "right text"))
-    Judgement.objects.create(pair=pair, annotator=annotator, choice="a", strength=2, a_on_left=False)
-    Pair.objects.filter(pk=pair.pk).update(judgement_count=1)
+    vote_as_annotator(annotator, pair=pair, choice="a", strength=2)
     make_pair()  # still needs its vote
     staff_api.post(
         "/api/preferences/import/",
@@ -287,7 +287,7 @@ def test_pairs_list_with_filters(staff_api, one_vote_each_way, serving_version):
 def test_judgements_list_with_filters(staff_api, one_vote_each_way, annotator):
     votes = staff_api.get("/api/judgements/list/").json()["results"]
     assert [(v["annotator"], v["source"], v["a_on_left"], v["choice"]) for v in votes] == [
-        (annotator.username, "human", False, "a"),
+        (annotator.username, "human", Judgement.objects.get(annotator=annotator).a_on_left, "a"),
         (None, "imported", None, votes[1]["choice"]),
     ]
     assert votes[1]["source_detail"] == "one.jsonl (trl)"
