@@ -19,6 +19,7 @@ def vote_as_annotator(
     strength: int | None = 2,
     rationale: str = "",
     pair: Pair | None = None,
+    source: str = Judgement.Source.HUMAN,
 ) -> Judgement:
     """The annotator takes the next pair and votes `choice` (a, b, tie or both_bad, relative to the pair) on it.
 
@@ -39,6 +40,7 @@ def vote_as_annotator(
         strength=strength,
         rationale=rationale,
         idempotency_key=uuid.uuid4(),
+        source=source,
     )
     assert recorded.created and recorded.judgement.choice == choice
     return recorded.judgement
