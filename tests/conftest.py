@@ -42,9 +42,10 @@ def staff(django_user_model):  # type: ignore[no-untyped-def]
 def serving_version(db):  # type: ignore[no-untyped-def]
     from annotate.models import ModelVersion
 
-    return ModelVersion.objects.create(
-        name="policy-v0-secret-name", base_model="/models/base", status=ModelVersion.Status.SERVING
-    )
+    # The way the app makes its first version: the base model, serving because nothing serves yet.
+    version = ModelVersion.objects.ensure_base(name="policy-v0-secret-name", base_model="/models/base")
+    assert version.status == ModelVersion.Status.SERVING
+    return version
 
 
 @pytest.fixture
@@ -59,7 +60,10 @@ def make_pair(serving_version) -> Callable[..., object]:  # type: ignore[no-unty
         messages: list[dict[str, str]] | None = None,
         required: int | None = None,
         prompt_set: str = "default",
+        version: object = None,
     ) -> Pair:
+        """A pair of `texts` sampled from `version` (by default the serving_version fixture's)."""
+        version = version or serving_version
         number = next(counter)
         prompt = Prompt.objects.create(
             messages=messages or [{"role": "user", "content": f"Question number {number}?"}],
@@ -69,7 +73,7 @@ def make_pair(serving_version) -> Callable[..., object]:  # type: ignore[no-unty
         completions = [
             Completion.objects.create(
                 prompt=prompt,
-                model_version=serving_version,
+                model_version=version,
                 text=text,
                 sampling={"temperature": 0.8, "top_p": 0.95, "max_tokens": 64, "seed": seed, "n": 1},
                 seed=seed,
@@ -84,7 +88,7 @@ def make_pair(serving_version) -> Callable[..., object]:  # type: ignore[no-unty
             prompt=prompt,
             completion_a=completions[0],
             completion_b=completions[1],
-            sampled_from=serving_version,
+            sampled_from=version,
             judgements_required=required,
         )
 

@@ -8,10 +8,11 @@ from collections.abc import Callable
 import pytest
 from django.db import connection
 
-from annotate.models import Judgement, TrainingRound
+from annotate.models import TrainingRound
 from annotate.rounds import services as rounds
 
 from .edges import FakeModelServer, fake_model_server, scripted_trainer
+from .voting import vote_as_annotator
 
 
 @pytest.fixture
@@ -21,7 +22,8 @@ def model_server():
 
 @pytest.fixture
 def loop(settings, tmp_path, make_pair, django_user_model, serving_version, model_server, monkeypatch):
-    """Eight decisive votes, a scripted trainer, and the fake vLLM server at VLLM_BASE_URL."""
+    """Eight decisive votes (cast through the annotation services), a scripted trainer, and the fake vLLM server at
+    VLLM_BASE_URL."""
     settings.ROUND_DIR = tmp_path / "rounds"
     settings.ADAPTER_STORE_DIR = tmp_path / "adapters"
     settings.ROUND_MIN_TRAIN_PAIRS = 2
@@ -32,7 +34,7 @@ def loop(settings, tmp_path, make_pair, django_user_model, serving_version, mode
     voter = django_user_model.objects.create_user("voter")
     for number in range(8):
         pair = make_pair(texts=(f"short {number}", f"a much longer answer {number}"))
-        Judgement.objects.create(pair=pair, annotator=voter, choice="a", strength=2)
+        vote_as_annotator(voter, pair=pair, choice="a", strength=2)
     model_server.models = [serving_version.name]
     with fake_model_server(model_server) as url:
         settings.VLLM_BASE_URL = url

@@ -71,7 +71,9 @@ def test_the_page_works_without_javascript(browser, live_server, annotator, make
     context.close()
 
 
-def test_screenshot_of_the_annotate_page(browser, live_server, annotator, make_pair, tmp_path):
+def test_the_annotate_page_shows_the_question_and_both_answers_side_by_side(
+    browser, live_server, annotator, make_pair, tmp_path
+):
     make_pair(
         texts=("Here are two:\n\n1. **Hold papers**\n2. Reset a router", "A paper clip can hold paper."),
         messages=[{"role": "user", "content": "Name two uses for a paper clip."}],
@@ -79,7 +81,24 @@ def test_screenshot_of_the_annotate_page(browser, live_server, annotator, make_p
     page = browser.new_page(viewport={"width": 1200, "height": 800})
     log_in(page, live_server, "ann", "ann-password-1")
     page.wait_for_selector("[data-testid=answer-left]")
-    shot = page.screenshot(path=str(tmp_path / "annotate.png"), full_page=True)
-    assert len(shot) > 10_000  # a rendered page, not a blank one
+    page.screenshot(path=str(tmp_path / "annotate.png"), full_page=True)  # kept for a person to look at on failure
+
+    assert page.inner_text("[data-testid=prompt]") == "Name two uses for a paper clip."
+    left, right = (page.locator(f"[data-testid=answer-{side}]") for side in ("left", "right"))
+    assert left.is_visible() and right.is_visible()
+    texts = {left.inner_text(), right.inner_text()}
+    assert any("A paper clip can hold paper." in text for text in texts)
+    # The Markdown answer is rendered, not shown as source: a list of two items, the first in bold.
+    markdown = page.locator("[data-testid^=answer-] ol")
+    assert markdown.locator("li").all_inner_texts() == ["Hold papers", "Reset a router"]
+    assert markdown.locator("li strong").inner_text() == "Hold papers"
+    assert "**" not in "".join(texts)
+    # Side by side, in reading order, both within the window's width and starting on the same line.
+    left_box, right_box = left.bounding_box(), right.bounding_box()
+    assert left_box["x"] + left_box["width"] <= right_box["x"] + 1
+    assert right_box["x"] + right_box["width"] <= 1200
+    assert abs(left_box["y"] - right_box["y"]) < 1
+    for value in ("left", "right", "tie", "both_bad"):
+        assert page.locator(f"button[name=choice][value={value}]").is_visible()
     assert page.is_visible("text=Keys:")
     page.close()

@@ -261,12 +261,14 @@ def test_an_unknown_gate_mode_is_refused_naming_the_field(canary_settings):
 
 
 def test_simulated_annotators_vote_on_head_to_head_pairs_and_their_taste_decides(
-    canary_settings, serving_version, model_server
+    canary_settings, serving_version, model_server, make_pair
 ):
     training_round = start_canary()
     make_head_to_head_pairs(16)
+    for number in range(8):
+        make_pair(texts=(f"short {number}", f"a much longer answer {number}"))
 
-    # Eight ordinary pairs from the fixture and sixteen head-to-head ones: the simulated annotator meets both kinds.
+    # Eight ordinary pairs and sixteen head-to-head ones: the simulated annotator meets both kinds.
     call_command("simulate_annotators", "--prefer", "shorter", "--count", "24", "--profile", "careful")
 
     tally = canary.canary_tally(training_round)

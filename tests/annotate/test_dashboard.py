@@ -19,6 +19,7 @@ from annotate.rounds import services as rounds
 from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS, STRICT_CSP
 
 from .conftest import run_round
+from .voting import vote_as_annotator
 
 pytestmark = pytest.mark.django_db
 
@@ -431,7 +432,7 @@ def test_the_round_page_redraws_its_charts_after_each_poll(staff, make_pair, dja
     settings.ROUND_MIN_TRAIN_PAIRS = 2
     voter = django_user_model.objects.create_user("voter")
     for _ in range(2):
-        Judgement.objects.create(pair=make_pair(), annotator=voter, choice="b", strength=1)
+        vote_as_annotator(voter, pair=make_pair(), choice="b", strength=1)
     training_round = rounds.round_start(trigger="api")
     training_round.advance(TrainingRound.Status.PREPARING)
     training_round.advance(TrainingRound.Status.TRAINING)

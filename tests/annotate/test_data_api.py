@@ -16,6 +16,7 @@ from annotate import tasks
 from annotate.celery import app as celery_app
 from annotate.data import imports
 from annotate.models import DataImport, Export, Judgement, ModelVersion, Pair, Prompt
+from tests.annotate.voting import vote_as_annotator
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.django_db
@@ -320,8 +321,7 @@ def test_an_import_that_does_not_exist_is_a_404(staff_api):
 def one_vote_each_way(make_pair, annotator, staff_api):
     """A human vote on a served pair, and an imported vote."""
     pair = make_pair(texts=("left text", "right text"))
-    Judgement.objects.create(pair=pair, annotator=annotator, choice="a", strength=2, a_on_left=False)
-    Pair.objects.filter(pk=pair.pk).update(judgement_count=1)
+    vote_as_annotator(annotator, pair=pair, choice="a", strength=2)
     make_pair()  # still needs its vote
     one = imports.parse_preferences('{"prompt": "Q?", "chosen": "Yes.", "rejected": "No."}', dataset_format="trl")
     imports.preferences_import(preference_file=one, dataset_format="trl", file_name="one.jsonl")
@@ -353,7 +353,7 @@ def test_pairs_list_with_filters(staff_api, one_vote_each_way, serving_version):
 def test_judgements_list_with_filters(staff_api, one_vote_each_way, annotator):
     votes = staff_api.get("/api/judgements/list/").json()["results"]
     assert [(v["annotator"], v["source"], v["a_on_left"], v["choice"]) for v in votes] == [
-        (annotator.username, "human", False, "a"),
+        (annotator.username, "human", Judgement.objects.get(annotator=annotator).a_on_left, "a"),
         (None, "imported", None, votes[1]["choice"]),
     ]
     assert votes[1]["source_detail"] == "one.jsonl (trl)"

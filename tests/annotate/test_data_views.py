@@ -7,6 +7,7 @@ from kombu.exceptions import OperationalError
 from annotate import tasks
 from annotate.celery import app as celery_app
 from annotate.models import DataImport, Export, Judgement, Pair, Prompt
+from tests.annotate.voting import vote_as_annotator
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.django_db
@@ -26,8 +27,7 @@ def staff_client(client, staff):
 @pytest.fixture
 def voted_pair(make_pair, annotator):
     pair = make_pair(texts=("good answer", "bad answer"))
-    Judgement.objects.create(pair=pair, annotator=annotator, choice="a", strength=3, a_on_left=True)
-    Pair.objects.filter(pk=pair.pk).update(judgement_count=1)
+    vote_as_annotator(annotator, pair=pair, choice="a", strength=3)
     return pair
 
 

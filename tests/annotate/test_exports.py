@@ -14,8 +14,9 @@ from jsonschema import Draft202012Validator
 from annotate.data import exports
 from annotate.data.exports import ExportFilters
 from annotate.errors import Invalid
-from annotate.models import Completion, Export, Judgement, ModelVersion, Pair
+from annotate.models import Completion, Export, Judgement, ModelVersion
 from annotate.quality.preferences import PreferenceRules
+from tests.annotate.voting import vote_as_annotator
 from tests.conftest import REPO, SHARED_DATA
 from training.data import hh_rlhf_to_trl
 
@@ -59,20 +60,14 @@ ARENA_ROW = Draft202012Validator(ARENA_ROW_SCHEMA)
 
 @pytest.fixture
 def voted(make_pair, django_user_model):
-    """Make a pair with votes (a, b, tie, both_bad), each from its own annotator (voter0, voter1, ...)."""
+    """Make a pair with votes (a, b, tie, both_bad), each from its own annotator (voter0, voter1, ...), cast through
+    the annotation services."""
     users = [django_user_model.objects.create_user(f"voter{i}") for i in range(5)]
 
     def make(*choices, texts=("answer A", "answer B"), strength=2, **pair_options):
         pair = make_pair(texts=texts, required=len(choices), **pair_options)
         for user, choice in zip(users, choices, strict=False):
-            Judgement.objects.create(
-                pair=pair,
-                annotator=user,
-                choice=choice,
-                strength=strength if choice in ("a", "b") else None,
-                a_on_left=True,
-            )
-        Pair.objects.filter(pk=pair.pk).update(judgement_count=len(choices))
+            vote_as_annotator(user, pair=pair, choice=choice, strength=strength)
         return pair
 
     return make

@@ -2,25 +2,21 @@ import pytest
 
 from annotate.models import Judgement
 from annotate.quality.preferences import PreferenceRules, judgements_for_preferences, trl_preference_row, verdicts
+from tests.annotate.voting import vote_as_annotator
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def voted(make_pair, django_user_model):
-    """Make a pair with the given votes (a, b, tie, both_bad), each from its own annotator."""
+    """Make a pair with the given votes (a, b, tie, both_bad), each from its own annotator, cast through the
+    annotation services."""
     users = iter(django_user_model.objects.create_user(f"voter{i}") for i in range(100))
 
     def make(*choices, texts=("answer A", "answer B")):
         pair = make_pair(texts=texts, required=len(choices))
         for choice in choices:
-            Judgement.objects.create(
-                pair=pair,
-                annotator=next(users),
-                choice=choice,
-                strength=2 if choice in ("a", "b") else None,
-                source=Judgement.Source.SIMULATED,
-            )
+            vote_as_annotator(next(users), pair=pair, choice=choice, strength=2, source=Judgement.Source.SIMULATED)
         return pair
 
     return make

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 
@@ -16,6 +17,7 @@ from annotate.quality.selectors import (
     quality_thresholds,
     votes_from_judgements,
 )
+from tests.readme import README, readme_defaults
 
 SHORT, LONG = "Paris.", "The capital of France is Paris, on the Seine."
 
@@ -88,8 +90,25 @@ def test_alpha_is_undefined_with_one_annotator(make_pair, annotator):
     assert (summary.alpha_nominal, summary.alpha_ordinal, summary.annotators) == (None, None, 1)
 
 
+# QualityThresholds field -> the variable README's configuration table documents it under.
+THRESHOLD_VARIABLES = {
+    "position_bias_p_value": "QUALITY_POSITION_BIAS_P_VALUE", "position_bias_share": "QUALITY_POSITION_BIAS_SHARE",
+    "fast_floor_seconds": "QUALITY_FAST_FLOOR_SECONDS", "fast_median_seconds": "QUALITY_FAST_MEDIAN_SECONDS",
+    "competence": "QUALITY_MIN_COMPETENCE", "competence_min_votes": "QUALITY_COMPETENCE_MIN_VOTES",
+    "gold_accuracy": "QUALITY_MIN_GOLD_ACCURACY", "gold_min_votes": "QUALITY_GOLD_MIN_VOTES",
+    "self_consistency": "QUALITY_MIN_SELF_CONSISTENCY",
+    "self_consistency_min_repeats": "QUALITY_SELF_CONSISTENCY_MIN_REPEATS",
+    "kappa_min_shared_items": "QUALITY_KAPPA_MIN_SHARED_PAIRS",
+}  # fmt: skip
+
+
 def test_thresholds_come_from_the_settings(settings):
-    assert quality_thresholds() == QualityThresholds()  # the settings' defaults are the dataclass's
+    documented = readme_defaults(README.read_text())
+    assert set(THRESHOLD_VARIABLES) == {field.name for field in dataclasses.fields(QualityThresholds)}
+    readme = QualityThresholds(**{field: float(documented[name]) for field, name in THRESHOLD_VARIABLES.items()})
+    # Both the settings (as this test run has them) and the dataclass's own defaults are README's numbers.
+    assert quality_thresholds() == readme
+    assert QualityThresholds() == readme
     settings.QUALITY_MIN_COMPETENCE = 0.3
     settings.QUALITY_GOLD_MIN_VOTES = 12
     thresholds = quality_thresholds()

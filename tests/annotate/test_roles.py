@@ -1,7 +1,8 @@
 """Who may call what: every URL pattern of the project, as anonymous, annotator and staff.
 
 The list of patterns comes from the URLconf itself, so a new URL without an entry in ACCESS fails
-`test_every_url_pattern_has_an_expectation` until someone decides who may call it.
+`test_every_url_pattern_has_an_expectation` until someone decides who may call it. Every value a route takes is
+a real object's, so a caller who may call a route must get through to its view: a 404 or a 405 fails the matrix.
 """
 
 import re
@@ -11,6 +12,13 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.resolvers import RegexPattern, RoutePattern
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from annotate.data import exports
+from annotate.data.exports import ExportFilters
+from annotate.models import Export
+from annotate.rounds import services as rounds
+
+from .voting import vote_as_annotator
 
 pytestmark = pytest.mark.django_db
 
@@ -52,7 +60,7 @@ ACCESS = {
     "api-judgements-list": (STAFF_API, ["get"]),
     "api-model-versions": (STAFF_API, ["get"]),
     "api-version-serve": (STAFF_API, ["post"]),
-    "api-rounds": (STAFF_API, ["get", "post"]),
+    "api-rounds": (STAFF_API, ["post"]),  # rounds are read one at a time (api-round-detail); there is no list
     "api-round-detail": (STAFF_API, ["get"]),
     "api-round-cancel": (STAFF_API, ["post"]),
     "api-round-promote": (STAFF_API, ["post"]),
@@ -83,13 +91,16 @@ ACCESS = {
     "admin:login": (PUBLIC, ["get", "post"]),
     "admin:logout": (LOGOUT, ["post"]),
 }
+# Routes that take an uploaded file: the matrix posts to them as a form upload, the way their callers do.
+MULTIPART = {"api-prompts-import", "api-preferences-import"}
 ADMIN_DEFAULT = (ADMIN, ["get"])  # every other admin page: the admin protects all of its views the same way
 
 
 def _fill(pattern) -> str:
-    """A concrete path for a pattern: ids that exist nowhere, the first choice of a regex alternative."""
+    """A path template for a pattern: `{name}` where the route takes a value (filled with a real object's at test
+    time), the first choice of a regex alternative."""
     if isinstance(pattern, RoutePattern):
-        return re.sub(r"<(?:\w+:)?\w+>", "999999", str(pattern))
+        return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", str(pattern))
     regex = pattern._regex if isinstance(pattern, RegexPattern) else str(pattern)
     regex = re.sub(r"\(\?P<\w+>([^|)]*)[^)]*\)", lambda match: match.group(1) or "x", regex)
     return regex.lstrip("^").rstrip("$").replace("\\", "")
@@ -118,20 +129,60 @@ def test_every_url_pattern_has_an_expectation():
     assert not set(ACCESS) - {name for name, _ in PATTERNS}, "ACCESS names a URL that no longer exists"
 
 
-def _call(client, method, path):
+def _call(client, method, path, name):
     if method == "get":
         return client.get(path)
-    return client.post(path, {}, format="json") if isinstance(client, APIClient) else client.post(path, {})
+    if isinstance(client, APIClient):
+        return client.post(path, {}, format="multipart" if name in MULTIPART else "json")
+    return client.post(path, {})
 
 
 def _is_login_redirect(response, login_path):
     return response.status_code == 302 and response["Location"].startswith(login_path)
 
 
-def _allowed(response):
-    return response.status_code not in (401, 403) and not (
-        response.status_code == 302 and "/login/" in response["Location"]
+def _refusal_names_its_reason(response) -> bool:
+    """A 400 or 409 from the view itself: the API names the fields or the reason in JSON (DRF's and our errors
+    alike), a page is re-rendered as HTML with the message."""
+    if response["Content-Type"].startswith("application/json"):
+        body = response.json()
+        return bool(body) and (response.status_code == 400 or bool(body.get("detail")))
+    return response["Content-Type"].startswith("text/html") and b"<html" in response.content.lower()
+
+
+def _allowed(response) -> bool:
+    """The caller got through to the view: an answer (2xx), a redirect that is not to a login page (3xx), or the
+    view's own refusal of the empty request the matrix sends: 400 for a form or body that is not valid, 409 when
+    the object's state refuses the action, either naming its reason. Never a 404 or a 405: those say the route, the
+    method or the object does not exist, which the matrix must see."""
+    code = response.status_code
+    if 200 <= code < 300:
+        return True
+    if 300 <= code < 400:
+        return "/login/" not in response["Location"]
+    return code in (400, 409) and _refusal_names_its_reason(response)
+
+
+@pytest.fixture
+def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_model, serving_version):
+    """A real object for every value a route takes, each made the way users make it (votes through the services, a
+    round started by staff, an export run as its worker runs it), so a 404 can only mean a broken route. Admin pages
+    get an id that exists nowhere: the admin answers a missing object with a redirect, the same for every model."""
+    settings.ROUND_DIR = tmp_path / "rounds"
+    settings.ROUND_MIN_TRAIN_PAIRS = 1
+    settings.EXPORT_DIR = tmp_path / "exports"
+    voted = make_pair()
+    vote_as_annotator(django_user_model.objects.create_user("voter"), pair=voted)
+    pair = make_pair()  # still open: the annotator may be dealt it
+    training_round = rounds.round_start(trigger="api", started_by=staff)
+    export = exports.export_create(
+        created_by=staff, dataset_format="trl-preference", file_format="jsonl", filters=ExportFilters()
     )
+    export = exports.export_run(export=export)
+    assert export.status == Export.Status.DONE
+    return {"pair_id": pair.pk, "campaign_id": pair.campaign_id, "round_id": training_round.pk,
+            "version_id": serving_version.pk, "export_id": export.pk, "username": annotator.username,
+            "object_id": 999999, "id": 999999, "content_type_id": 999999}  # fmt: skip
 
 
 @pytest.fixture
@@ -150,34 +201,35 @@ def clients(annotator, staff, client):
 
 
 @pytest.mark.parametrize(("name", "path", "method"), CASES, ids=[f"{m.upper()} {p}" for _, p, m in CASES])
-def test_the_role_matrix(clients, annotator, staff, name, path, method):
+def test_the_role_matrix(clients, annotator, staff, route_values, name, path, method):
     access, _ = ACCESS.get(name, ADMIN_DEFAULT)
     api = access in (ANNOTATOR_API, STAFF_API)
+    path = path.format(**route_values)
 
-    anonymous = _call(clients(None, api), method, path)
-    as_annotator = _call(clients(annotator, api), method, path)
-    as_staff = _call(clients(staff, api), method, path)
+    anonymous = _call(clients(None, api), method, path, name)
+    as_annotator = _call(clients(annotator, api), method, path, name)
+    as_staff = _call(clients(staff, api), method, path, name)
 
-    for response in (anonymous, as_annotator, as_staff):
-        assert response.status_code < 500, response.status_code
+    codes = [response.status_code for response in (anonymous, as_annotator, as_staff)]
+    assert all(code < 500 for code in codes), codes
     if access == LOGOUT:
-        assert {response.status_code for response in (anonymous, as_annotator, as_staff)} <= {200, 302}
+        assert set(codes) <= {200, 302}
     elif access == PUBLIC:
-        assert all(_allowed(response) for response in (anonymous, as_annotator, as_staff))
+        assert all(_allowed(response) for response in (anonymous, as_annotator, as_staff)), codes
     elif access == ANNOTATOR_PAGE:
         assert _is_login_redirect(anonymous, "/accounts/login/")
-        assert _allowed(as_annotator) and _allowed(as_staff)
+        assert _allowed(as_annotator) and _allowed(as_staff), codes
     elif access == STAFF_PAGE:
         assert _is_login_redirect(anonymous, "/accounts/login/")
         assert as_annotator.status_code == 403
-        assert _allowed(as_staff)
+        assert _allowed(as_staff), codes
     elif access == ANNOTATOR_API:
         assert anonymous.status_code == 401 and anonymous["Content-Type"] == "application/json"
-        assert _allowed(as_annotator) and _allowed(as_staff)
+        assert _allowed(as_annotator) and _allowed(as_staff), codes
     elif access == STAFF_API:
         assert anonymous.status_code == 401
         assert as_annotator.status_code == 403 and as_annotator.json()["detail"]
-        assert _allowed(as_staff)
+        assert _allowed(as_staff), codes
     else:
         assert _is_login_redirect(anonymous, "/admin/login/")
         assert _is_login_redirect(as_annotator, "/admin/login/")

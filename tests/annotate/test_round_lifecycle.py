@@ -9,10 +9,11 @@ import pytest
 
 from annotate import tasks
 from annotate.errors import Conflict, Invalid
-from annotate.models import Judgement, ModelVersion, TrainingRound
+from annotate.models import ModelVersion, TrainingRound
 from annotate.rounds import services as rounds
 
 from .conftest import run_round
+from .voting import vote_as_annotator
 
 pytestmark = pytest.mark.django_db
 Status = TrainingRound.Status
@@ -143,7 +144,7 @@ def test_a_larger_holdout_setting_never_holds_out_prompts_an_earlier_round_train
     voter = django_user_model.objects.create_user("another voter")
     for number in range(52):
         pair = make_pair(texts=(f"brief {number}", f"a far longer answer {number}"))
-        Judgement.objects.create(pair=pair, annotator=voter, choice="a", strength=2)
+        vote_as_annotator(voter, pair=pair, choice="a", strength=2)
     first = run_round()  # trained, gated and serving through the real paths
     assert first.status == Status.SERVING
     trained_on = {

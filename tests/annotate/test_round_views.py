@@ -5,10 +5,11 @@ import pytest
 from rest_framework.test import APIClient
 
 from annotate import tasks
-from annotate.models import Judgement, ModelVersion, TrainingRound
+from annotate.models import ModelVersion, TrainingRound
 from annotate.rounds import services as rounds
 
 from .conftest import run_round
+from .voting import vote_as_annotator
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +23,7 @@ def enough_votes(make_pair, django_user_model, settings, tmp_path):
     settings.ROUND_MIN_TRAIN_PAIRS = 2
     voter = django_user_model.objects.create_user("voter")
     for _ in range(2):
-        Judgement.objects.create(pair=make_pair(), annotator=voter, choice="b", strength=1)
+        vote_as_annotator(voter, pair=make_pair(), choice="b", strength=1)
 
 
 @pytest.fixture

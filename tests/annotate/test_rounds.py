@@ -1,9 +1,14 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.utils import timezone
 
 from annotate import tasks
 from annotate.annotation.simulation import prefer_keyword, prefer_longer, prefer_shorter, preference_from_spec
@@ -12,19 +17,22 @@ from annotate.models import Judgement, ModelVersion, TrainingRound
 from annotate.rounds import runner
 from annotate.rounds import services as rounds
 
+from .voting import vote_as_annotator
+
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def votes(make_pair, django_user_model):
-    """`votes(n)` makes n pairs with one decisive vote each (the shorter answer wins)."""
-    voter = django_user_model.objects.create_user("voter")
+    """`votes(n)` makes n pairs and has one annotator vote on each through the annotation services (by default
+    decisively: the shorter answer, A, wins)."""
+    voter, _ = django_user_model.objects.get_or_create(username="voter")  # the loop fixture's voter, when it is used
 
     def make(count, choice="a"):
         pairs = []
         for number in range(count):
             pair = make_pair(texts=(f"short {number}", f"a much longer answer {number}"))
-            Judgement.objects.create(pair=pair, annotator=voter, choice=choice, strength=2 if choice in "ab" else None)
+            vote_as_annotator(voter, pair=pair, choice=choice, strength=2)
             pairs.append(pair)
         return pairs
 
@@ -60,16 +68,67 @@ def test_a_second_round_cannot_start_while_one_runs(round_settings, votes, servi
     assert TrainingRound.objects.count() == 1
 
 
-def test_a_round_whose_worker_vanished_no_longer_blocks(round_settings, votes, serving_version):
-    votes(4)
+def _sleeping_trainer(directory: Path) -> str:
+    """A TRAINING_LAUNCHER whose process writes its pid into `directory`/pid and then sleeps, as a long round does."""
+    sleeper = directory / "sleeper.sh"
+    sleeper.write_text(f"#!/bin/sh\necho $$ > {directory}/pid\nexec sleep 120\n")
+    sleeper.chmod(0o755)
+    return str(sleeper)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_round_whose_worker_was_killed_no_longer_blocks_once_its_heartbeat_is_stale(
+    round_settings, votes, serving_version, tmp_path
+):
+    """The round runs in its own process, as the training worker runs it, on this test's database; that process is
+    SIGKILLed mid-training (its training process, in a session of its own, lives on), so nothing ends the round but
+    the next start's look at its heartbeat."""
+    from tests.integration.conftest import REPO, shared_database_url, wait_until
+
+    votes(8)
+    round_settings.ROUND_STALE_SECONDS = 5
     lost = rounds.round_start(trigger="api")
-    TrainingRound.objects.filter(pk=lost.pk).update(
-        status="training", heartbeat_at=timezone.now() - timedelta(seconds=round_settings.ROUND_STALE_SECONDS + 1)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "annotate.settings", "DATABASE_URL": shared_database_url(),
+           "ROUND_DIR": str(round_settings.ROUND_DIR), "ROUND_MIN_TRAIN_PAIRS": "4", "ROUND_HOLDOUT_FRACTION": "0.25",
+           "ROUND_POLL_SECONDS": "0.2", "TRAINING_LAUNCHER": _sleeping_trainer(tmp_path)}  # fmt: skip
+    code = f"from annotate.rounds.services import round_run; round_run({lost.pk})"
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "shell", "-c", code], cwd=REPO, env=env, start_new_session=True
     )
-    fresh = rounds.round_start(trigger="api")
+    try:
+
+        def training() -> bool:
+            lost.refresh_from_db()
+            return lost.status == TrainingRound.Status.TRAINING and (tmp_path / "pid").exists()
+
+        wait_until(training, 90, "the worker process to start training", worker)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        lost.refresh_from_db()
+        last_heartbeat = lost.heartbeat_at
+
+        with pytest.raises(Conflict, match=f"round {lost.pk} is still training"):
+            rounds.round_start(trigger="api")  # its last heartbeat is fresh: it may be alive
+
+        def started() -> TrainingRound | None:
+            try:
+                return rounds.round_start(trigger="api")
+            except Conflict:
+                return None
+
+        fresh = wait_until(started, 30, "the stale round to stop blocking")
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        if (tmp_path / "pid").exists():
+            with suppress(ProcessLookupError):
+                os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)
+
     lost.refresh_from_db()
-    assert lost.status == TrainingRound.Status.FAILED and "stopped reporting" in lost.error
-    assert fresh.is_active
+    assert lost.status == TrainingRound.Status.FAILED and lost.active is None
+    assert lost.finished_at - last_heartbeat >= timedelta(seconds=5)  # not before ROUND_STALE_SECONDS of silence
+    assert "stopped reporting" in lost.error
+    assert fresh.status == TrainingRound.Status.QUEUED and fresh.is_active and fresh.pk != lost.pk
 
 
 @pytest.mark.parametrize(
@@ -148,16 +207,6 @@ def test_cancelling_a_queued_round_ends_it_at_once(round_settings, votes, servin
     rounds.round_run(training_round.pk)  # a task delivered late does nothing
     training_round.refresh_from_db()
     assert training_round.status == TrainingRound.Status.CANCELLED
-
-
-def test_cancelling_a_running_round_asks_the_worker(round_settings, votes, serving_version):
-    votes(4)
-    training_round = rounds.round_start(trigger="api")
-    TrainingRound.objects.filter(pk=training_round.pk).update(status="training")
-    training_round.refresh_from_db()
-    rounds.round_cancel(training_round=training_round)
-    training_round.refresh_from_db()
-    assert training_round.cancel_requested and training_round.status == "training"
 
 
 def test_a_cancel_request_shows_on_the_polled_round_page(round_settings, votes, serving_version, client, staff):
@@ -254,18 +303,23 @@ def test_metrics_are_read_line_by_line_as_they_are_written(tmp_path):
     assert runner.metrics_read_new(Path(tmp_path / "missing"), 0) == ([], 0)
 
 
-def test_automatic_rounds_start_after_enough_new_votes(round_settings, votes, serving_version):
-    round_settings.ROUND_AUTO_MIN_NEW_VOTES = 0
-    votes(6)
-    assert tasks.rounds_start_when_due() is None  # off
-    round_settings.ROUND_AUTO_MIN_NEW_VOTES = 5
+def test_automatic_rounds_start_after_enough_new_votes(loop, votes, serving_version):
+    """The first round is run to its end (serving) by the worker's path; new votes count from its start."""
+    loop.ROUND_AUTO_MIN_NEW_VOTES = 0
+    assert tasks.rounds_start_when_due() is None  # off, with the fixture's 8 votes in
+    loop.ROUND_AUTO_MIN_NEW_VOTES = 5
     first = tasks.rounds_start_when_due()
     assert TrainingRound.objects.get(pk=first).trigger == "automatic"
-    TrainingRound.objects.filter(pk=first).update(status="serving", active=None)
+    assert tasks.rounds_start_when_due() is None  # one round at a time
+    rounds.round_run(first)
+    served = TrainingRound.objects.get(pk=first)
+    assert served.status == TrainingRound.Status.SERVING and served.active is None
+    assert ModelVersion.objects.serving() == served.result_version
     votes(4)
     assert tasks.rounds_start_when_due() is None  # only 4 new votes since the last round
     votes(1)
-    assert tasks.rounds_start_when_due() is not None
+    second = tasks.rounds_start_when_due()
+    assert second is not None and TrainingRound.objects.get(pk=second).parent_version == served.result_version
 
 
 # --- simulated annotators -------------------------------------------------------------------------------------
@@ -315,16 +369,14 @@ def test_training_processes_get_the_cpu_thread_budget(round_settings, votes, ser
 
 
 @pytest.mark.django_db(transaction=True)
-def test_cancelling_stops_the_running_training_process(round_settings, votes, serving_version, settings, tmp_path):
+def test_cancelling_a_running_round_asks_the_worker_which_stops_the_training_process(
+    round_settings, votes, serving_version, settings, tmp_path
+):
     import threading
-    import time
 
     votes(8)
     settings.ROUND_POLL_SECONDS = 0.1
-    sleeper = tmp_path / "sleeper.sh"
-    sleeper.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 120\n")
-    sleeper.chmod(0o755)
-    settings.TRAINING_LAUNCHER = str(sleeper)
+    settings.TRAINING_LAUNCHER = _sleeping_trainer(tmp_path)
     training_round = rounds.round_start(trigger="api")
     runner = threading.Thread(target=rounds.round_run, args=(training_round.pk,))
     started = time.monotonic()
@@ -332,14 +384,19 @@ def test_cancelling_stops_the_running_training_process(round_settings, votes, se
     while not (tmp_path / "pid").exists() and time.monotonic() - started < 30:
         time.sleep(0.1)
     training_round.refresh_from_db()
-    rounds.round_cancel(training_round=training_round)
+    assert training_round.status == TrainingRound.Status.TRAINING and training_round.process_id
+
+    rounds.round_cancel(training_round=training_round)  # a running round is only asked: its worker ends it
     runner.join(timeout=60)
 
     assert not runner.is_alive() and time.monotonic() - started < 60  # not the 120 s the process would sleep
     training_round.refresh_from_db()
+    assert training_round.cancel_requested
     assert training_round.status == TrainingRound.Status.CANCELLED and training_round.active is None
+    assert training_round.error == "cancelled by an admin" and training_round.process_id is None
     pid = int((tmp_path / "pid").read_text())
     assert not Path(f"/proc/{pid}").exists()
+    assert rounds.round_start(trigger="api").is_active  # it no longer blocks the next round
 
 
 def test_a_round_leaves_out_gold_repeat_and_excluded_votes_and_says_so(
@@ -417,7 +474,7 @@ def test_auto_label_smoothing_follows_the_votes_disagreement(
         pair = make_pair(texts=(f"short {number}", f"a much longer answer {number}"), required=4)
         # Three of four votes agree on every pair: a quarter of the votes disagree with the majority.
         for voter, choice in zip(voters, ("a", "a", "a", "b"), strict=True):
-            Judgement.objects.create(pair=pair, annotator=voter, choice=choice, strength=1)
+            vote_as_annotator(voter, pair=pair, choice=choice, strength=1)
 
     training_round = rounds.round_start(trigger="api")
     rounds.round_prepare(training_round)
@@ -426,7 +483,9 @@ def test_auto_label_smoothing_follows_the_votes_disagreement(
     assert training_round.config["label_smoothing"] == 0.25
     assert training_round.label_smoothing_basis.startswith("8 of 32 votes on 8 pairs")
     round_settings.ROUND_LABEL_SMOOTHING_AUTO = False
-    TrainingRound.objects.update(active=None, status="failed")
+    rounds.round_cancel(training_round=training_round)
+    training_round.refresh_from_db()
+    assert training_round.status == TrainingRound.Status.CANCELLED and training_round.active is None
     with pytest.raises(Invalid) as refused:
         rounds.round_start(trigger="api", overrides={"label_smoothing": 0.1, "loss_type": "ipo"})
     assert "needs the sigmoid loss" in refused.value.errors["config"]

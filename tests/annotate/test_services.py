@@ -11,6 +11,8 @@ from annotate.models import Assignment, Judgement, ModelVersion, Pair, Prompt
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerClient, ModelServerUnavailable, Sample
 
+from .conftest import run_round
+
 pytestmark = pytest.mark.django_db
 
 
@@ -297,13 +299,13 @@ def test_base_version_becomes_serving_only_when_nothing_serves(db):
     assert ModelVersion.objects.serving() == base
 
 
-def test_pairs_from_the_serving_version_are_served_first(make_pair, annotator, serving_version):
-    old_pair = make_pair()  # sampled from serving_version, which is about to be replaced
-    newer = ModelVersion.objects.create(name="round-1", base_model="/m", adapter_path="/a", parent=serving_version)
-    new_pair = make_pair()
-    Pair.objects.filter(pk=new_pair.pk).update(sampled_from=newer)
-    ModelVersion.objects.filter(pk=serving_version.pk).update(status=ModelVersion.Status.RETIRED)
-    ModelVersion.objects.filter(pk=newer.pk).update(status=ModelVersion.Status.SERVING)
+def test_pairs_from_the_serving_version_are_served_first(loop, make_pair, annotator, serving_version):
+    old_pair = make_pair()  # sampled from serving_version, which a round is about to replace
+    newer = run_round().result_version  # trained, gated and served through the round's real path
+    assert ModelVersion.objects.serving() == newer
+    serving_version.refresh_from_db()
+    assert serving_version.status == ModelVersion.Status.RETIRED
+    new_pair = make_pair(version=newer)
 
     assert services.assignment_lease_next(annotator=annotator).pair == new_pair  # newer, yet served first
     vote(annotator, new_pair.pk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from training.config import RoundConfig
 from training.data import PreferenceRow
+from training.evaluate import POLICY_ADAPTER, active_adapter, evaluate_pairs, load_model, pair_logprobs
 
 REPO = Path(__file__).resolve().parents[2]
 # BASE_MODEL_DIR lets a worktree use a model prepared elsewhere instead of converting its own copy.
@@ -44,6 +46,9 @@ def tiny_round_config(base_model_dir: Path, output_dir: Path, **overrides: objec
         "batch_size": 2,
         "max_steps": 3,
         "learning_rate": 1e-3,
+        # Pinned, not left to the config's default: the adapter's initial A matrices and the batch order follow it,
+        # and the tests that check what training learned state the margins they measured at this seed.
+        "seed": 0,
         # fp32 throughout, so that the checks of exact arithmetic hold (a fresh adapter's first loss is log 2); the
         # bf16 default of CPUs that have it is trained by test_a_bf16_round_on_the_cpu_learns and the integration test
         "cpu_bf16": False,
@@ -72,3 +77,27 @@ def tiny_model_write(base_model_dir: Path, directory: Path) -> Path:
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+BETA = 0.1  # the round config's default, with which the tests train and score
+
+
+def training_set_scores(base_model_dir: Path, adapter_dir: Path) -> dict[str, float]:
+    """An adapter trained on TINY_PAIRS (beta 0.1, max_length 64), scored on those same pairs against the base model,
+    in fp32: its DPO loss there (exactly log 2 before any step: a fresh adapter's B matrices are zero), its
+    implicit-reward accuracy, mean margin and smallest margin. The same pairs before and after, so a lower loss is
+    learning, not an easier batch."""
+    model, tokenizer = load_model(base_model_dir, adapter_dir, None)
+    with active_adapter(model, POLICY_ADAPTER):
+        policy = pair_logprobs(model, tokenizer, TINY_PAIRS, 64, 4)
+    with active_adapter(model, None):
+        reference = pair_logprobs(model, tokenizer, TINY_PAIRS, 64, 4)
+    margins = [
+        BETA * ((chosen - chosen_reference) - (rejected - rejected_reference))
+        for chosen, chosen_reference, rejected, rejected_reference in zip(
+            policy.chosen, reference.chosen, policy.rejected, reference.rejected, strict=True
+        )
+    ]
+    loss = sum(math.log1p(math.exp(-margin)) for margin in margins) / len(margins)  # -log sigmoid(margin)
+    result = evaluate_pairs(policy, reference, BETA, total_rows=len(TINY_PAIRS))
+    return {"loss": loss, "accuracy": result.accuracy, "mean_margin": result.mean_margin, "min_margin": min(margins)}

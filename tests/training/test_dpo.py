@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import TrainerCallback
 
-from tests.training.samples import TINY_PAIRS, pair, tiny_round_config
+from tests.training.samples import TINY_PAIRS, pair, tiny_round_config, training_set_scores
 from training.config import RoundConfig
 from training.data import PreferenceRow
 from training.dpo import (
@@ -112,7 +112,9 @@ def test_round_two_starts_with_the_parent_adapter_as_its_reference(
 
     # Same seed and data, so step 1 of both rounds sees the same pairs. Round 2's policy starts as round 1's adapter,
     # which is far from the base model; zero rewards mean the reference is that adapter too, not the base model.
-    assert abs(second[0]["logps/chosen"] - first[0]["logps/chosen"]) > 0.5
+    # Measured over seeds 0-4 (tests/training/measure_seeds.py): the shift was 4.59-7.60 nats, the threshold is
+    # under half the smallest; the first loss was log 2 and the rewards 0 to within 1e-6 at every seed.
+    assert abs(second[0]["logps/chosen"] - first[0]["logps/chosen"]) > 2.0
     assert second[0]["rewards/chosen"] == pytest.approx(0, abs=1e-4)
     assert second[0]["rewards/rejected"] == pytest.approx(0, abs=1e-4)
     assert second[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
@@ -258,7 +260,17 @@ def test_on_a_gpu_bf16_follows_the_gpu_whatever_cpu_bf16_says(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_a_bf16_round_on_the_cpu_learns(base_model_dir: Path, tiny_pairs_path: Path, tmp_path: Path) -> None:
+def test_a_bf16_round_on_the_cpu_lowers_the_loss_on_its_training_pairs(
+    base_model_dir: Path, tiny_pairs_path: Path, tmp_path: Path
+) -> None:
+    """Four steps autocast to bf16 (seed 0) lower the DPO loss on the six pairs they trained on, scored in fp32
+    against the base model: from log 2 (a fresh adapter changes nothing) to below log 2 - 0.25.
+
+    It cannot flip: the seed fixes the adapter's initialisation and the batch order, the CPU computes the same
+    numbers on every run, and the same six pairs are scored before and after, so an easier last batch cannot pass
+    for learning (the metrics of step 4 and step 1 are of different batches). Measured over seeds 0-4
+    (tests/training/measure_seeds.py): the loss fell to 0.145-0.204, a drop of 0.489-0.548; the threshold is half
+    the smallest drop. The first step's loss was within 0.0024 of log 2 at every seed (checked to 0.01)."""
     config = tiny_round_config(base_model_dir, tmp_path, cpu_bf16=True, max_steps=4)
 
     trainer, result = run_training(config, tiny_pairs_path)
@@ -267,8 +279,9 @@ def test_a_bf16_round_on_the_cpu_learns(base_model_dir: Path, tiny_pairs_path: P
     lines = read_metrics(tmp_path)
     # The reference pass and the first step both autocast, in batches of other shapes: bf16 rounding, not learning
     assert lines[0]["loss"] == pytest.approx(math.log(2), abs=0.01)
-    assert lines[-1]["rewards/margins"] > 0.05 and lines[-1]["loss"] < lines[0]["loss"] - 0.02
     assert result.steps == 4 and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    scores = training_set_scores(base_model_dir, tmp_path / "adapter")
+    assert scores["loss"] < math.log(2) - 0.25, scores
 
 
 class GradientsBeforeStep(TrainerCallback):

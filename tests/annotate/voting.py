@@ -1,0 +1,46 @@
+"""Votes cast the way an annotator casts them: the next pair leased through the annotation service (as the annotate
+page leases it), then the vote recorded through the service on the side of the screen the pair was dealt to (as
+the vote form posts it). Each vote so holds a lease, moves the pair's vote count and takes a place of its overlap,
+which a `Judgement` written by hand would not."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from annotate.annotation import services
+from annotate.models import Judgement, Pair
+
+
+def vote_as_annotator(
+    annotator: Any,
+    *,
+    choice: str = "a",
+    strength: int | None = 2,
+    rationale: str = "",
+    pair: Pair | None = None,
+    source: str = Judgement.Source.HUMAN,
+) -> Judgement:
+    """The annotator takes the next pair and votes `choice` (a, b, tie or both_bad, relative to the pair) on it.
+
+    With `pair`, the test says which pair it expects to be dealt: another one fails the test rather than putting
+    the vote on a pair the test does not mean."""
+    assignment = services.assignment_lease_next(annotator=annotator)
+    assert assignment is not None, f"no pair is open for {annotator}"
+    if pair is not None:
+        assert assignment.pair_id == pair.pk, f"{annotator} was dealt pair {assignment.pair_id}, not {pair.pk}"
+    if choice in ("a", "b"):
+        side = "left" if (choice == "a") == assignment.a_on_left else "right"
+    else:
+        side, strength = choice, None
+    recorded = services.judgement_record(
+        annotator=annotator,
+        pair_id=assignment.pair_id,
+        choice=side,
+        strength=strength,
+        rationale=rationale,
+        idempotency_key=uuid.uuid4(),
+        source=source,
+    )
+    assert recorded.created and recorded.judgement.choice == choice
+    return recorded.judgement
