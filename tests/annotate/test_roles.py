@@ -8,14 +8,15 @@ a real object's, so a caller who may call a route must get through to its view: 
 import re
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.resolvers import RegexPattern, RoutePattern
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotate.data import exports
+from annotate.data import exports, import_jobs
 from annotate.data.exports import ExportFilters
-from annotate.models import Export
+from annotate.models import DataImport, Export
 from annotate.rounds import services as rounds
 
 from .voting import vote_as_annotator
@@ -180,8 +181,14 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
     )
     export = exports.export_run(export=export)
     assert export.status == Export.Status.DONE
+    upload = SimpleUploadedFile("prompts.txt", b"A question staff uploaded?\n")
+    data_import, _ = import_jobs.data_import_request(
+        created_by=staff, kind=DataImport.Kind.PROMPTS, upload=upload, file_format=None, options={"prompt_set": "roles"}
+    )
+    import_jobs.data_import_run(data_import=data_import)  # as its worker runs it
     return {"pair_id": pair.pk, "campaign_id": pair.campaign_id, "round_id": training_round.pk,
-            "version_id": serving_version.pk, "export_id": export.pk, "username": annotator.username,
+            "version_id": serving_version.pk, "export_id": export.pk, "import_id": data_import.pk,
+            "username": annotator.username,
             "object_id": 999999, "id": 999999, "content_type_id": 999999}  # fmt: skip
 
 
