@@ -96,7 +96,10 @@ class ModelServerClient:
     def __init__(self, base_url: str, api_key: str = "", timeout: float = 120.0) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, verify=_tls_context())
+        # One more try when a connection cannot be opened (nothing was sent, so a POST is safe to send again): a
+        # server whose listen queue overflowed for a moment is not set aside for VLLM_SERVER_RETRY_SECONDS.
+        transport = httpx.HTTPTransport(verify=_tls_context(), retries=1)
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:
         self._http.close()

@@ -79,6 +79,13 @@ class FakeModelServer:
         return 404, {"message": "unknown path"}
 
 
+class _BackloggedServer(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a refill's concurrent requests on a loaded machine overflowed it and
+    # the client saw "connection reset by peer" (CI failed on it). A real server's backlog is in the hundreds.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @contextmanager
 def fake_model_server(server: FakeModelServer) -> Iterator[str]:
     """Serve `server` over HTTP on a free local port; yields its base URL."""
@@ -100,7 +107,7 @@ def fake_model_server(server: FakeModelServer) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    http = _BackloggedServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
     try:

@@ -23,6 +23,9 @@ CONTEXT_ERROR = (
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver listens with a backlog of 5: a refill's concurrent requests on a loaded machine overflowed it and
+    # the client saw "connection reset by peer" (CI failed on it). A real server's backlog is in the hundreds.
+    request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that gave up (a timeout test) closed its socket: nothing to report
