@@ -627,6 +627,11 @@ class Export(models.Model):
         Export.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(error=reason)
         self.refresh_from_db()
 
+    def note_sent_again(self) -> bool:
+        """A queued export handed to the task queue once more: while queued, heartbeat_at is when that last
+        happened, so it is sent again at most once a lease. False when a worker took it meanwhile."""
+        return Export.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(heartbeat_at=timezone.now()) == 1
+
 
 class DataImportManager(models.Manager["DataImport"]):
     def get_queryset(self) -> models.QuerySet[DataImport]:
@@ -773,6 +778,11 @@ class DataImport(models.Model):
         """A queued import that could not be handed to a worker says why (it stays queued)."""
         DataImport.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(error=reason)
         self.refresh_from_db()
+
+    def note_sent_again(self) -> bool:
+        """A queued import handed to the task queue once more: while queued, heartbeat_at is when that last
+        happened, so it is sent again at most once a lease. False when a worker took it meanwhile."""
+        return DataImport.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(heartbeat_at=timezone.now()) == 1
 
 
 class TrainingRound(models.Model):

@@ -322,3 +322,51 @@ def test_a_round_no_worker_took_is_ended_once_the_bound_passes(round_ready, serv
     training_round.refresh_from_db()
     assert training_round.status == Status.FAILED and training_round.active is None
     assert training_round.error.startswith(f"no training worker took the round within ROUND_STALE_SECONDS={STALE} s")
+
+
+def _queued_tasks() -> list[tuple[str, Any]]:
+    """Every task waiting in this run's queue, taken off it as a worker would take it (the real broker)."""
+    from django.conf import settings as django_settings
+
+    from annotate.celery import app
+
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        taken = []
+        while (message := channel.basic_get(django_settings.CELERY_TASK_DEFAULT_QUEUE, no_ack=True)) is not None:
+            taken.append((message.headers["task"], message.headers.get("argsrepr")))
+        return taken
+
+
+def test_queued_work_whose_message_was_lost_is_sent_again_once_a_lease(export, staff, settings):
+    """A broker that restarts without keeping its queue (Redis without persistence, as in the chaos soak) loses the
+    message of an export or import no worker took yet: it would stay queued for good. After a lease without a worker
+    it is sent again, and no more than once a lease."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from annotate.data import import_jobs
+    from annotate.models import DataImport
+
+    upload = SimpleUploadedFile("prompts.txt", b"A question nobody imported yet?\n")
+    data_import, _ = import_jobs.data_import_request(
+        created_by=staff, kind=DataImport.Kind.PROMPTS, upload=upload, file_format=None, options={}
+    )
+    _queued_tasks()  # both recorded; whatever was sent for them is gone with the broker's queue
+    settings.EXPORT_LEASE_SECONDS = settings.DATA_IMPORT_LEASE_SECONDS = 60
+    work_abandoned_end()
+    assert _queued_tasks() == []  # within the lease: a worker may still be on its way
+
+    settings.EXPORT_LEASE_SECONDS = settings.DATA_IMPORT_LEASE_SECONDS = 0.5
+    time.sleep(0.6)
+    work_abandoned_end()
+    assert sorted(_queued_tasks()) == [
+        ("annotate.tasks.data_import_run", f"({data_import.pk},)"),
+        ("annotate.tasks.export_run", f"({export.pk},)"),
+    ]
+    work_abandoned_end()
+    assert _queued_tasks() == []  # sent again once a lease, not at every look
+
+    exports.export_run(export=Export.objects.get(pk=export.pk))  # a worker takes the message sent again
+    import_jobs.data_import_run(data_import=DataImport.objects.get(pk=data_import.pk))
+    assert Export.objects.get(pk=export.pk).status == Export.Status.DONE
+    assert DataImport.objects.get(pk=data_import.pk).status == DataImport.Status.DONE
