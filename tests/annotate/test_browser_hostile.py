@@ -5,7 +5,7 @@ dialogs (alert, confirm...) and on every request the page makes: only this serve
 """
 
 import json
-import uuid
+import sys
 from urllib.parse import urlparse
 
 import pytest
@@ -13,7 +13,9 @@ from django.core.management import call_command
 
 from annotate import tasks
 from annotate.models import DataImport, Judgement, Prompt, TrainingRound
+from annotate.rounds import services as rounds
 from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS
+from tests.annotate.voting import vote_as_annotator
 
 pytestmark = [
     pytest.mark.browser,
@@ -138,16 +140,22 @@ def test_the_annotate_page_with_hostile_output_runs_and_loads_nothing(browser, l
 def test_staff_pages_with_hostile_text_run_and_load_nothing(
     browser, live_server, django_user_model, annotator, hostile_pair, serving_version, settings, tmp_path
 ):
-    Judgement.objects.create(
-        pair=hostile_pair, annotator=annotator, choice="a", strength=2, a_on_left=True, rationale=HOSTILE,
-        idempotency_key=uuid.uuid4(),
-    )  # fmt: skip
+    vote_as_annotator(annotator, pair=hostile_pair, choice="a", rationale=HOSTILE)  # typed into the vote form
     settings.EXPORT_DIR = tmp_path
     call_command("export_preferences", "--format", "trl-preference", "--license", f"mit {HOSTILE}")
-    round_ = TrainingRound.objects.create(
-        trigger="api", parent_version=serving_version, config={"beta": 0.1, "loss_type": HOSTILE}, rules={},
-        status="failed", error=f"model server said: {HOSTILE}", log_tail=HOSTILE, override_reason=HOSTILE,
-    )  # fmt: skip
+    # A round whose training process printed hostile text and failed: the round page shows its log's tail.
+    settings.ROUND_DIR = tmp_path / "rounds"
+    settings.ROUND_MIN_TRAIN_PAIRS = 1
+    settings.ROUND_HOLDOUT_FRACTION = 0.0
+    settings.ROUND_POLL_SECONDS = 0.05
+    trainer = tmp_path / "hostile_trainer.py"
+    trainer.write_text(f"#!{sys.executable}\nimport sys\nprint({HOSTILE!r})\nsys.exit(1)\n")
+    trainer.chmod(0o755)
+    settings.TRAINING_LAUNCHER = str(trainer)
+    round_ = rounds.round_start(trigger="api")
+    rounds.round_run(round_.pk)
+    round_.refresh_from_db()
+    assert round_.status == TrainingRound.Status.FAILED and "<script>" in round_.log_tail
     django_user_model.objects.create_superuser("root", password="root-password-1")
     prompt = Prompt.objects.get(pk=hostile_pair.prompt_id)
     bad_file = tmp_path / "hostile.jsonl"
@@ -179,6 +187,8 @@ def test_staff_pages_with_hostile_text_run_and_load_nothing(
         assert watched.violations() == known_violations.get(path, []), path
         inline_scripts = "script:not([src]):not([type='application/json'])"
         assert watched.page.locator(f"main {inline_scripts}, #content {inline_scripts}").count() == 0, path
+        if path == f"/rounds/{round_.pk}/":  # the trainer's hostile output is there, as text
+            assert "<script>" in (watched.page.locator("pre.log").text_content() or "")
 
     watched.visit("/data/prompts/import/")
     watched.page.set_input_files("input[type=file]", str(bad_file))
