@@ -315,6 +315,33 @@ def main() -> int:
 
         kills: list[dict[str, Any]] = []
         exits: list[dict[str, Any]] = []
+
+        def observe() -> None:
+            """What a supervisor does, and what the figures need: exited processes started again, each killed
+            process's return (it answers again) and the first pair sampled after its kill."""
+            # A supervisor's part (systemd's Restart=always, a Kubernetes pod): a process that exited by itself is
+            # started again, and counted. Celery workers exit when Redis goes away while they hold unacknowledged
+            # messages (kombu's restore_unacked on a closed channel: "Unrecoverable error: AttributeError").
+            for name, part in parts.items():
+                if part.process is not None and part.process.poll() is not None:
+                    exits.append({"part": name, "at_s": round(time.monotonic() - started, 1),
+                                  "returncode": part.process.returncode})  # fmt: skip
+                    print(f"{time.monotonic() - started:.0f} s: {name} exited by itself, started again", flush=True)
+                    part.start()
+            for kill in kills:
+                if kill["back_at"] is None:
+                    name = kill["part"]
+                    if name.startswith("vllm"):
+                        back = answers(f"{urls[0 if name == 'vllm-a' else 1]}/health")
+                    elif name.startswith("web"):
+                        back = answers(f"http://localhost:{web_ports[0 if name == 'web-a' else 1]}/healthz")
+                    else:
+                        back = True
+                    if back:
+                        kill["back_at"] = time.monotonic()
+                if kill["next_pair_at"] is None and sampled_pairs() > kill["pairs_before"]:
+                    kill["next_pair_at"] = time.monotonic()
+
         staff_plan = [(0.1, "round"), (0.3, "export"), (0.5, "import")]
         next_kill = started + chooser.uniform(*args.kill_every)
         while time.monotonic() < deadline:
@@ -345,39 +372,21 @@ def main() -> int:
                               "killed_at": killed_at, "back_at": None, "next_pair_at": None})  # fmt: skip
                 print(f"{killed_at - started:.0f} s: SIGKILL {name}, started again", flush=True)
                 next_kill = killed_at + chooser.uniform(*args.kill_every)
-            # A supervisor's part (systemd's Restart=always, a Kubernetes pod): a process that exited by itself is
-            # started again, and counted. Celery workers exit when Redis goes away while they hold unacknowledged
-            # messages (kombu's restore_unacked on a closed channel: "Unrecoverable error: AttributeError").
-            for name, part in parts.items():
-                if part.process is not None and part.process.poll() is not None:
-                    exits.append({"part": name, "at_s": round(time.monotonic() - started, 1),
-                                  "returncode": part.process.returncode})  # fmt: skip
-                    print(f"{time.monotonic() - started:.0f} s: {name} exited by itself, started again", flush=True)
-                    part.start()
-            for kill in kills:
-                if kill["back_at"] is None:
-                    name = kill["part"]
-                    if name.startswith("vllm"):
-                        back = answers(f"{urls[0 if name == 'vllm-a' else 1]}/health")
-                    elif name.startswith("web"):
-                        back = answers(f"http://localhost:{web_ports[0 if name == 'web-a' else 1]}/healthz")
-                    else:
-                        back = True
-                    if back:
-                        kill["back_at"] = time.monotonic()
-                if kill["next_pair_at"] is None and sampled_pairs() > kill["pairs_before"]:
-                    kill["next_pair_at"] = time.monotonic()
+            observe()
             time.sleep(1)
 
         for annotator in annotators:
             annotator.join(timeout=90)
-        # Kills stop here; give every lease, heartbeat and beat pass one full bound to end what the kills left.
+        # Kills stop here; give every lease, heartbeat and beat pass one full bound to end what the kills left, and
+        # watch until every killed process is back with a pair after it (a vLLM-CPU start takes minutes here), for
+        # at most another five minutes.
         settle_until = time.monotonic() + max(ROUND_STALE_SECONDS, EXPORT_LEASE_SECONDS) + 45
-        while time.monotonic() < settle_until:
-            for kill in kills:
-                if kill["next_pair_at"] is None and sampled_pairs() > kill["pairs_before"]:
-                    kill["next_pair_at"] = time.monotonic()
-            time.sleep(2)
+        give_up = settle_until + 300
+        while time.monotonic() < settle_until or (
+            time.monotonic() < give_up and any(k["back_at"] is None or k["next_pair_at"] is None for k in kills)
+        ):
+            observe()
+            time.sleep(1)
 
         def seconds(kill: dict[str, Any], since: str) -> float | None:
             if kill["next_pair_at"] is None or kill[since] is None:
