@@ -12,6 +12,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.redis import RedisCache
 from redis.exceptions import RedisError
 
@@ -48,7 +49,14 @@ class ForgivingRedisCache(RedisCache):
     get_many = _forgiving(dict)(RedisCache.get_many)
     has_key = _forgiving(False)(RedisCache.has_key)
     set = _forgiving(None)(RedisCache.set)
-    set_many = _forgiving(list)(RedisCache.set_many)
+
+    def set_many(self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> list[Any]:
+        try:
+            return super().set_many(data, timeout, version)
+        except RedisError as error:
+            logger.warning("cache set_many skipped, Redis is unreachable: %s", error)
+            return list(data)  # the keys that were not set: all of them
+
     add = _forgiving(False)(RedisCache.add)
     touch = _forgiving(False)(RedisCache.touch)
     delete = _forgiving(False)(RedisCache.delete)

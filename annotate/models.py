@@ -7,7 +7,8 @@ import json
 import uuid
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Protocol, cast
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
@@ -530,7 +531,34 @@ class AnnotatorAction(models.Model):
         return f"{self.get_action_display()}: {self.annotator} by {self.by}"
 
 
-class Export(models.Model):
+class QueuedWork:
+    """What an export and an import share while they wait for a worker (each has `status` with "queued", `error`,
+    `heartbeat_at` and `created_at`). While queued, heartbeat_at is when it was last sent to the task queue again."""
+
+    def _queued(self) -> models.QuerySet[Any]:
+        return cast(Any, type(self))._default_manager.filter(pk=cast(Any, self).pk, status="queued")
+
+    def note_waiting(self, *, reason: str) -> None:
+        """It could not be handed to a worker: it says why (and stays queued)."""
+        self._queued().update(error=reason)
+        cast(Any, self).refresh_from_db()
+
+    def note_sent_again(self) -> bool:
+        """Handed to the task queue once more; False when a worker took it meanwhile."""
+        return bool(self._queued().update(heartbeat_at=timezone.now()) == 1)
+
+    @classmethod
+    def unclaimed(cls, *, silent_since: datetime) -> models.QuerySet[Any]:
+        """Still queued, neither asked for nor sent again since `silent_since`: its message may be gone with a broker
+        that restarted without keeping it."""
+        return (
+            cast(Any, cls)
+            ._default_manager.filter(status="queued")
+            .filter(Q(heartbeat_at__lt=silent_since) | Q(heartbeat_at__isnull=True, created_at__lt=silent_since))
+        )
+
+
+class Export(QueuedWork, models.Model):
     """A preference dataset written to a file, with its dataset card beside it."""
 
     class Status(models.TextChoices):
@@ -622,16 +650,6 @@ class Export(models.Model):
         )
         self.refresh_from_db()
 
-    def note_waiting(self, *, reason: str) -> None:
-        """A queued export that could not be handed to a worker says why (it stays queued)."""
-        Export.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(error=reason)
-        self.refresh_from_db()
-
-    def note_sent_again(self) -> bool:
-        """A queued export handed to the task queue once more: while queued, heartbeat_at is when that last
-        happened, so it is sent again at most once a lease. False when a worker took it meanwhile."""
-        return Export.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(heartbeat_at=timezone.now()) == 1
-
 
 class DataImportManager(models.Manager["DataImport"]):
     def get_queryset(self) -> models.QuerySet[DataImport]:
@@ -640,7 +658,7 @@ class DataImportManager(models.Manager["DataImport"]):
         return super().get_queryset().defer("content")
 
 
-class DataImport(models.Model):
+class DataImport(QueuedWork, models.Model):
     """A file of prompts or preference data uploaded on a page or through the API, imported by a worker.
 
     The file is kept in the row (not on a disk that the web and the worker hosts would both have to mount) until the
@@ -773,16 +791,6 @@ class DataImport(models.Model):
         ).update(status=self.Status.FAILED, error=reason, content=b"", finished_at=timezone.now())
         self.refresh_from_db()
         return ended == 1
-
-    def note_waiting(self, *, reason: str) -> None:
-        """A queued import that could not be handed to a worker says why (it stays queued)."""
-        DataImport.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(error=reason)
-        self.refresh_from_db()
-
-    def note_sent_again(self) -> bool:
-        """A queued import handed to the task queue once more: while queued, heartbeat_at is when that last
-        happened, so it is sent again at most once a lease. False when a worker took it meanwhile."""
-        return DataImport.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(heartbeat_at=timezone.now()) == 1
 
 
 class TrainingRound(models.Model):

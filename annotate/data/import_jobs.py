@@ -22,7 +22,6 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from annotate.broker import enqueue
@@ -259,10 +258,7 @@ def data_imports_abandoned_end() -> int:
             ended += 1
     # Queued, and no worker took it within a lease: its message may be gone with a broker that restarted without
     # keeping it. Sent again (an import runs once, so a second message is harmless), at most once a lease.
-    unclaimed = DataImport.objects.filter(status=DataImport.Status.QUEUED).filter(
-        Q(heartbeat_at__lt=silent_since) | Q(heartbeat_at__isnull=True, created_at__lt=silent_since)
-    )
-    for data_import in unclaimed:
+    for data_import in DataImport.unclaimed(silent_since=silent_since):
         if data_import_enqueue(data_import=data_import) and data_import.note_sent_again():
             logger.warning("%s was still queued after %s s: sent to the workers again", data_import,
                            settings.DATA_IMPORT_LEASE_SECONDS)  # fmt: skip

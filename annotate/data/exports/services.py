@@ -10,7 +10,6 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from annotate.broker import enqueue
@@ -159,10 +158,7 @@ def exports_abandoned_end() -> int:
             ended += 1
     # Queued, and no worker took it within a lease: its message may be gone with a broker that restarted without
     # keeping it. Sent again (an export runs once, so a second message is harmless), at most once a lease.
-    unclaimed = Export.objects.filter(status=Export.Status.QUEUED).filter(
-        Q(heartbeat_at__lt=silent_since) | Q(heartbeat_at__isnull=True, created_at__lt=silent_since)
-    )
-    for export in unclaimed:
+    for export in Export.unclaimed(silent_since=silent_since):
         if export_enqueue(export=export) and export.note_sent_again():
             logger.warning("export %s was still queued after %s s: sent to the workers again", export.pk,
                            settings.EXPORT_LEASE_SECONDS)  # fmt: skip
