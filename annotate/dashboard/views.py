@@ -1,5 +1,7 @@
-"""The staff dashboard, the page staff land on: votes per day, active annotators, agreement between annotators, ready
-pairs by campaign, the leaderboard, recent rounds with their gates, and answer length per model version.
+"""The staff dashboard, the page staff land on: first a summary of what staff decide on (the serving version, ready
+pairs, votes today, the current round, the model server's health), then votes per day, active annotators, agreement
+between annotators, ready pairs by campaign, the leaderboard, recent rounds with their outcomes, and answer length per
+model version.
 
 Every figure is aggregated in the database (a fixed number of queries whatever the data); every chart has a table
 beside it with the same numbers, so the page reads without JavaScript.
@@ -14,6 +16,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.db.models import Avg, Count, F, Max, Min, Q, Sum
@@ -28,9 +31,17 @@ from annotate.leaderboard.selectors import SCALE_DESCRIPTION, leaderboard_standi
 from annotate.models import Campaign, Completion, Judgement, ModelVersion, Pair, TrainingRound
 from annotate.quality.agreement import AgreementSummary, Vote, agreement_summary
 from annotate.quality.selectors import votes_from_judgements
+from annotate.rounds.status import RoundPhase, RoundState, round_phase, round_state
+from annotate.sampling.generation import ModelServerClient, model_server_urls
+from annotate.sampling.services import pairs_ready_count
 from annotate.web.pages import AppRequest, staff_required
 
 DAYS_SHOWN = 30
+# The chart starts at the first day with a vote (a new deployment has no 29 empty days to show), but shows a week.
+CHART_MIN_DAYS = 7
+# The model server's health is asked at most this often (every process shares the answer through the cache).
+HEALTH_CACHE_SECONDS = 15
+HEALTH_TIMEOUT_SECONDS = 2.0
 ROUNDS_SHOWN = 10
 SOURCES = list(Judgement.Source)  # human, simulated, imported: the order of the columns and chart lines
 AGREEMENT_RECENT_DAYS = 7
@@ -68,17 +79,77 @@ def votes_per_day(*, today: datetime.date, days: int = DAYS_SHOWN) -> list[DayVo
     return result
 
 
+def days_charted(days: list[DayVotes]) -> list[DayVotes]:
+    """The days the chart shows: from the first day with a vote, at least the last CHART_MIN_DAYS."""
+    first_vote = next((index for index, day in enumerate(days) if day.total), len(days))
+    return days[min(first_vote, max(0, len(days) - CHART_MIN_DAYS)) :]
+
+
 def _votes_chart(days: list[DayVotes]) -> dict[str, Any]:
-    """The spec static/pairloop/charts.js draws: one line per source."""
+    """The spec static/pairloop/charts.js draws: votes are counts, so bars, one stacked part per source that voted."""
+    shown = days_charted(days)
+    voted = [index for index, _ in enumerate(SOURCES) if any(day.counts[index] for day in shown)] or [0]
     return {
-        "title": f"Votes per day, last {len(days)} days",
-        "x": {"label": "Day", "categories": [day.day.isoformat() for day in days]},
+        "title": f"Votes per day, last {len(shown)} days",
+        "x": {"label": "Day", "categories": [day.day.strftime("%b %d") for day in shown]},
         "y": {"label": "Votes", "min": 0},
+        "stacked": True,
         "series": [
-            {"label": source.label, "values": [day.counts[index] for day in days]}
-            for index, source in enumerate(SOURCES)
+            {"label": SOURCES[index].label, "values": [day.counts[index] for day in shown], "bar": True}
+            for index in voted
         ],
     }
+
+
+@dataclass(frozen=True)
+class ModelServerHealth:
+    answering: int
+    replicas: int
+
+    @property
+    def up(self) -> bool:
+        return self.answering > 0
+
+
+def model_server_health() -> ModelServerHealth:
+    """How many of the model server's replicas answer /health, asked with a short timeout and cached briefly: the
+    dashboard answers fast whether the server is up, loading, or gone."""
+    urls = model_server_urls()
+    key = "dashboard-model-server-health:" + hashlib.sha256("|".join(urls).encode()).hexdigest()[:16]
+    answering = cache.get(key)
+    if not isinstance(answering, int):
+        answering = 0
+        for url in urls:
+            with ModelServerClient(url, settings.VLLM_API_KEY, HEALTH_TIMEOUT_SECONDS) as client:
+                answering += client.is_healthy()
+        cache.set(key, answering, HEALTH_CACHE_SECONDS)
+    return ModelServerHealth(answering=answering, replicas=len(urls))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What staff decide on first."""
+
+    serving: ModelVersion | None
+    ready_pairs: int
+    votes_today: int
+    current_round: TrainingRound | None
+    round_state: RoundState | None
+    round_phase: RoundPhase | None
+    health: ModelServerHealth
+
+
+def dashboard_summary(*, days: list[DayVotes], rounds: list[TrainingRound]) -> Summary:
+    latest = rounds[0] if rounds else None
+    return Summary(
+        serving=ModelVersion.objects.serving(),
+        ready_pairs=pairs_ready_count(),
+        votes_today=days[-1].total if days else 0,
+        current_round=latest,
+        round_state=round_state(latest) if latest else None,
+        round_phase=round_phase(latest) if latest else None,
+        health=model_server_health(),
+    )
 
 
 @dataclass(frozen=True)
@@ -227,12 +298,19 @@ def recent_rounds(limit: int = ROUNDS_SHOWN) -> list[TrainingRound]:
     )
 
 
+def _with_states(rounds: list[TrainingRound]) -> list[tuple[TrainingRound, RoundState]]:
+    """Each round with the words its own page uses for it (annotate.rounds.status), so the two never disagree."""
+    return [(training_round, round_state(training_round)) for training_round in rounds]
+
+
 @require_GET
 @staff_required
 def dashboard(request: AppRequest) -> HttpResponse:
     days = votes_per_day(today=timezone.localdate())
     lengths = answer_length_per_version()
+    rounds = recent_rounds()
     context = {
+        "summary": dashboard_summary(days=days, rounds=rounds),
         "days": days,
         "sources": SOURCES,
         "source_totals": [sum(day.counts[index] for day in days) for index in range(len(SOURCES))],
@@ -242,7 +320,7 @@ def dashboard(request: AppRequest) -> HttpResponse:
         "campaigns": ready_pairs_by_campaign(),
         "board": leaderboard_standings(),
         "scale": SCALE_DESCRIPTION,
-        "rounds": recent_rounds(),
+        "rounds": _with_states(rounds),
         "lengths": lengths,
         "length_chart": _length_chart(lengths),
     }

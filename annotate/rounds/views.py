@@ -10,13 +10,15 @@ from django.contrib import messages
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotate.errors import Conflict, Invalid
 from annotate.models import ModelVersion, TrainingRound
 from annotate.quality.preferences import WEIGHTS_RULE
 from annotate.rounds import canary
 from annotate.rounds import services as rounds
+from annotate.rounds.selectors import round_votes_preview
+from annotate.rounds.status import round_phase, round_state
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
 from annotate.web.pages import AppRequest, render_page, staff_required
@@ -34,19 +36,27 @@ def config_form_field(spec: FieldSpec) -> forms.Field:
 
 
 class RoundStartForm(forms.Form):
-    """One field per tunable config field, built from the spec so the bounds are never written twice."""
+    """One field per tunable config field, built from the spec so the bounds are never written twice; the gate mode
+    first, as the one choice most rounds make (the hyperparameters sit under "Advanced" on the page)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.specs = {spec.name: spec for spec in rounds.round_config_fields()}
-        for name, spec in self.specs.items():
-            self.fields[name] = config_form_field(spec)
         self.fields["gate_mode"] = forms.ChoiceField(
             choices=TrainingRound.GateMode.choices,
             required=False,  # left out: ROUND_GATE_MODE
             initial=settings.ROUND_GATE_MODE,
             help_text="What decides whether the trained model serves.",
         )
+        self.specs = {spec.name: spec for spec in rounds.round_config_fields()}
+        for name, spec in self.specs.items():
+            self.fields[name] = config_form_field(spec)
+
+    def advanced_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.specs]
+
+    def advanced_errors(self) -> bool:
+        """Whether an Advanced field has an error: the page then opens that section."""
+        return any(self[name].errors for name in self.specs)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -63,6 +73,8 @@ class ReasonForm(forms.Form):
 class CanaryDecisionForm(forms.Form):
     decision = forms.ChoiceField(choices=[(canary.PROMOTE, "Promote"), (canary.REJECT, "Reject")])
     reason = forms.CharField(max_length=2000, strip=True)
+    # Rejecting throws the candidate away: the first post asks again on a page of its own (no JavaScript needed).
+    confirmed = forms.BooleanField(required=False)
 
 
 # What the round page charts from each logged step: the metric's key, the chart's title, the id of its data block
@@ -103,14 +115,19 @@ def rounds_list(request: AppRequest) -> HttpResponse:
 
 
 def _render_list(request: AppRequest, form: RoundStartForm, status: int = 200) -> HttpResponse:
+    listed = list(TrainingRound.objects.select_related("parent_version", "result_version", "started_by")[:50])
     context = {
-        "rounds": TrainingRound.objects.select_related("parent_version", "result_version", "started_by")[:50],
+        "rounds": [(training_round, round_state(training_round)) for training_round in listed],
+        "running": next((training_round for training_round in listed if training_round.is_active), None),
         "versions": ModelVersion.objects.exclude(status=ModelVersion.Status.EXTERNAL).select_related(
             "parent", "training_round"
         ),
         "form": form,
         "rules": rounds.round_rules(),
         "ready_pairs": sampling.pairs_ready_count(),
+        # The poll swaps the rounds table alone: what a round would train on is counted for the full page only.
+        "preview": None if request.htmx else round_votes_preview(),
+        "min_train_pairs": settings.ROUND_MIN_TRAIN_PAIRS,
     }
     return render_page(request, "rounds/list.html", "rounds", context, status=status)
 
@@ -164,10 +181,13 @@ def _render_detail(
     request: AppRequest, training_round: TrainingRound, canary_form: CanaryDecisionForm | None = None, status: int = 200
 ) -> HttpResponse:
     metrics = training_round.metrics
+    last = metrics[-1] if metrics else {}
     context = {
         "round": training_round,
+        "state": round_state(training_round),
+        "phase": round_phase(training_round, last=last),
         "charts": _charts(metrics),
-        "last": metrics[-1] if metrics else {},
+        "last": last,
         "canary": canary.canary_summary(training_round),
         "canary_form": canary_form or CanaryDecisionForm(),
         "weights_rule": WEIGHTS_RULE if training_round.config.get("weighting", "none") != "none" else "",
@@ -175,10 +195,14 @@ def _render_detail(
     return render_page(request, "rounds/detail.html", "round", context, status=status)
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @staff_required
 def round_cancel(request: AppRequest, round_id: int) -> HttpResponse:
+    """GET: a page that asks before cancelling (the round page links here; no JavaScript needed). POST: cancel."""
     training_round = _get_round(request, round_id)
+    if request.method == "GET":
+        context = {"round": training_round, "state": round_state(training_round)}
+        return render_page(request, "rounds/confirm_cancel.html", "confirm", context)
     try:
         rounds.round_cancel(training_round=training_round)
         messages.info(request, f"Round {round_id} is being cancelled.")
@@ -228,6 +252,14 @@ def round_canary_decide(request: AppRequest, round_id: int) -> HttpResponse:
     form = CanaryDecisionForm(request.POST)
     if not form.is_valid():
         return _render_detail(request, training_round, form, status=400)
+    data = form.cleaned_data
+    if (
+        data["decision"] == canary.REJECT
+        and not data["confirmed"]
+        and training_round.status == TrainingRound.Status.CANARY
+    ):
+        context = {"round": training_round, "state": round_state(training_round), "reason": data["reason"]}
+        return render_page(request, "rounds/confirm_reject.html", "confirm", context)
     try:
         canary.canary_decide_early(
             training_round=training_round,

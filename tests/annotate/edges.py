@@ -60,6 +60,8 @@ class FakeModelServer:
 
     def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self.requests.append((path, body))
+        if path == "/health":  # vLLM's: 200 once the model is loaded
+            return 200, {}
         if path == "/v1/models":
             return 200, {"data": [{"id": name} for name in self.models]}
         if path == "/v1/load_lora_adapter":

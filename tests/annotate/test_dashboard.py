@@ -6,9 +6,11 @@ import re
 import statistics
 import time
 import uuid
+from contextlib import contextmanager
 from html.parser import HTMLParser
 
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -255,10 +257,12 @@ def test_recent_rounds_show_status_and_gate(staff_client, loop, monkeypatch):
 
     rows = tables_of(staff_client.get("/dashboard/"))["recent-rounds"][1:]
     assert [row[0] for row in rows] == [f"Round {queued.pk}", f"Round {serving.pk}", f"Round {rejected.pk}"]
-    assert rows[0][1] == "Queued" and rows[0][-1] == "\N{EN DASH}"
-    assert rows[1][1] == "Serving" and rows[1][4] == serving.result_version.name and rows[1][5] == "0.900"
-    assert rows[1][-1].startswith("passed: ")
-    assert rows[2][1] == "Rejected by the eval gate" and rows[2][-1].startswith("failed: held-out accuracy 0.410")
+    assert rows[0][1:3] == ["Queued", "\N{EN DASH}"] and rows[0][-1] == "\N{EN DASH}"
+    assert rows[1][1:3] == ["Serving", "the offline gate"]
+    assert rows[1][5] == serving.result_version.name and rows[1][6] == "0.900"
+    assert rows[1][-1].startswith("Offline gate passed: ")
+    assert rows[2][1:3] == ["Rejected by the offline gate", "the offline gate"]
+    assert rows[2][-1].startswith("Offline gate did not pass: held-out accuracy 0.410")
     assert TrainingRound.objects.count() == 3
 
 
@@ -322,6 +326,7 @@ def test_the_page_reads_a_fixed_number_of_queries(staff_client, annotator, make_
             )  # fmt: skip
 
     def queries():
+        cache.clear()  # the cached figures (agreement, the model server's health) are read afresh each time
         with CaptureQueriesContext(connection) as captured:
             assert staff_client.get("/dashboard/").status_code == 200
         return len(captured)
@@ -368,13 +373,15 @@ def drawn(page, spec_id):
     )
 
 
-@pytest.fixture
-def strict_page(live_server):
+@contextmanager
+def strict_staff_page(live_server, viewport=None):
+    """Chromium logged in as staff (sam), every page of the live server under STRICT_CSP, with console errors (CSP
+    refusals among them) kept in page.problems."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
+        page = browser.new_page(**({"viewport": viewport} if viewport else {}))
         page.problems = []
         page.on("console", lambda message: message.type == "error" and page.problems.append(message.text))
         page.on("pageerror", lambda error: page.problems.append(str(error)))
@@ -391,6 +398,12 @@ def strict_page(live_server):
         page.wait_for_load_state("load")
         yield page
         browser.close()
+
+
+@pytest.fixture
+def strict_page(live_server):
+    with strict_staff_page(live_server) as page:
+        yield page
 
 
 def refused(page):
@@ -417,8 +430,11 @@ def test_the_dashboard_charts_draw_without_console_errors(staff, annotator, make
         page, "[...document.querySelectorAll('canvas[data-chart-spec]')].every(canvas => Chart.getChart(canvas))"
     )
     votes = drawn(page, "dashboard-votes-chart")
-    assert [label for label, _ in votes] == ["Human annotator", "Simulated annotator", "Imported"]
-    assert len(votes[0][1]) == 30 and votes[0][1][-1] == 5 and sum(votes[1][1]) == 0
+    assert [label for label, _ in votes] == ["Human annotator"]  # the sources that voted: no empty series
+    assert len(votes[0][1]) == 7 and votes[0][1][-1] == 5  # from the first vote on, a week at least
+    votes_type = "Chart.getChart(document.querySelector('canvas[data-chart-spec=dashboard-votes-chart]'))"
+    assert page.evaluate(f"{votes_type}.data.datasets[0].type") == "bar"  # counts are bars
+    assert page.evaluate("Chart.defaults.font.size") >= 12
     assert [label for label, _ in drawn(page, "dashboard-lineage-chart")] == ["Rating", "Rating (interval)"]
     # Versions oldest first: the serving version of make_pair (5 tokens an answer), base-model 10, round-1 30.
     assert drawn(page, "dashboard-length-chart") == [["Mean tokens", [5, 10, 30]]]
@@ -448,7 +464,7 @@ def test_the_round_page_redraws_its_charts_after_each_poll(staff, make_pair, dja
     # The training worker logs two more steps; the page's 2-second poll swaps the section in and redraws.
     training_round.record_steps([{"step": step, "max_steps": 3, "loss": loss, "rewards/accuracies": accuracy}
                                  for step, loss, accuracy in ((2, 0.61, 0.75), (3, 0.52, 1.0))])  # fmt: skip
-    page.wait_for_selector("text=Step 3 of 3", timeout=10_000)
+    page.wait_for_selector("text=(training is done)", timeout=10_000)  # the last step: the process saves and scores
     loss_points = "Chart.getChart(document.querySelector('canvas[data-chart-spec=round-loss-chart]'))?.data.datasets[0]"
     wait_until(page, f"{loss_points}?.data.length === 3")
     assert drawn(page, "round-loss-chart") == [["Loss", [0.69, 0.61, 0.52]]]
@@ -458,3 +474,21 @@ def test_the_round_page_redraws_its_charts_after_each_poll(staff, make_pair, dja
     served = page.request.get(f"{live_server.url}/rounds/{training_round.pk}/").text()
     assert re.findall(r'<[^>]* style="[^"]*"', served) == []
     assert refused(page) == []
+
+
+def test_the_summary_comes_first_with_what_staff_decide_on(staff_client, loop, settings):
+    served = run_round()  # the loop fixture's eight votes, cast today; the round passes the gate and serves
+    page = staff_client.get("/dashboard/").content.decode()
+
+    assert page.index('data-testid="summary"') < page.index('id="votes-heading"')
+    assert f'data-testid="summary-serving">{served.result_version.name}<' in page
+    assert re.search(r'data-testid="summary-votes-today">8<', page)
+    assert re.search(r'data-testid="summary-ready">0 ', page)  # every pair the fixture made got its vote
+    assert re.search(rf'Round {served.pk}</a> <span class="status status-good" data-testid="summary-round-status">'
+                     r"Serving<", page)  # fmt: skip
+    assert '<span class="health-up">up</span>' in page and "1 of 1 replica answers" in page
+
+    settings.VLLM_BASE_URL = "http://127.0.0.1:9"  # nothing listens: a server still loading, or gone
+    cache.clear()
+    page = staff_client.get("/dashboard/").content.decode()
+    assert '<span class="health-down">not answering</span>' in page and "0 of 1 replica answer;" in page

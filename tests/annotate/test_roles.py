@@ -44,7 +44,7 @@ ACCESS = {
     "rounds": (STAFF_PAGE, ["get"]),
     "round-start": (STAFF_PAGE, ["post"]),
     "round-detail": (STAFF_PAGE, ["get"]),
-    "round-cancel": (STAFF_PAGE, ["post"]),
+    "round-cancel": (STAFF_PAGE, ["get", "post"]),  # GET: the page that asks before cancelling
     "round-promote": (STAFF_PAGE, ["post"]),
     "round-canary-decide": (STAFF_PAGE, ["post"]),
     "version-serve": (STAFF_PAGE, ["post"]),

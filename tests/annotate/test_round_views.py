@@ -1,3 +1,4 @@
+import html
 import json
 import re
 
@@ -6,9 +7,13 @@ from rest_framework.test import APIClient
 
 from annotate import tasks
 from annotate.models import ModelVersion, TrainingRound
+from annotate.rounds import canary
 from annotate.rounds import services as rounds
 
 from .conftest import run_round
+from .edges import ChattingModelServer
+from .test_canary import make_head_to_head_pairs, start_canary, vote
+from .test_dashboard import tables_of
 from .voting import vote_as_annotator
 
 pytestmark = pytest.mark.django_db
@@ -24,6 +29,21 @@ def enough_votes(make_pair, django_user_model, settings, tmp_path):
     voter = django_user_model.objects.create_user("voter")
     for _ in range(2):
         vote_as_annotator(voter, pair=make_pair(), choice="b", strength=1)
+
+
+@pytest.fixture
+def model_server():
+    """The fake vLLM server that also answers chats: a canary's head-to-head pairs need answers."""
+    return ChattingModelServer(max_lora_rank=16)
+
+
+@pytest.fixture
+def canary_settings(loop):
+    loop.CANARY_MIN_VOTES = 4
+    loop.CANARY_MIN_WIN_RATE = 0.3
+    loop.CANARY_MAX_MINUTES = 60
+    loop.CANARY_PAIR_SHARE = 1.0
+    return loop
 
 
 @pytest.fixture
@@ -115,7 +135,7 @@ def test_round_page_shows_progress_charts_and_evaluation(staff_client, loop, mon
                           "eta_seconds": 9.0} for s in (1, 2)])  # fmt: skip
     body = staff_client.get(f"/rounds/{round_.pk}/", HTTP_HX_REQUEST="true").content.decode()
     assert body.lstrip().startswith('<section id="round"')  # the fragment the page polls for
-    assert 'aria-valuenow="50"' in body and "Step 2 of 4" in body and "about 9 s left" in body
+    assert 'value="50"' in body and "Training: step 2 of 4." in body and "about 9 s left" in body
     # Two charts drawn by charts.js from their data blocks, and the same values as text for a page without scripts.
     assert body.count("<canvas data-chart-spec=") == 2
     loss = re.search(r'<script id="round-loss-chart" type="application/json">(.*?)</script>', body)
@@ -130,7 +150,8 @@ def test_round_page_shows_progress_charts_and_evaluation(staff_client, loop, mon
     body = staff_client.get(f"/rounds/{rejected.pk}/").content.decode()
     assert rejected.status == TrainingRound.Status.REJECTED
     assert "every 2s" not in body  # a finished round stops polling
-    assert "0.410" in body and "Gate: held-out accuracy 0.410 is below" in body and 'name="reason"' in body
+    assert "0.410" in body and "Offline gate did not pass: held-out accuracy 0.410 is below" in body
+    assert 'name="reason"' in body and "Rejected by the offline gate" in body
 
 
 def test_rollback_makes_an_earlier_version_serve(staff_client, serving_version):
@@ -208,3 +229,163 @@ def test_serve_through_the_api(staff_api, serving_version):
     external = ModelVersion.objects.create(name="imported:x", base_model="-", status="external")
     assert staff_api.post(f"/api/model-versions/{external.pk}/serve/").status_code == 409
     assert ModelVersion.objects.get(status="serving") == other
+
+
+# --- one status, the same words everywhere ----------------------------------------------------------------------
+
+
+def statuses_everywhere(client, training_round):
+    """The round's status as its own page, the rounds list and the dashboard show it, and who decided, each."""
+    page = client.get(f"/rounds/{training_round.pk}/").content.decode()
+    badge = re.search(r'data-testid="round-status">([^<]*)<', page).group(1)
+    decided = re.search(r'data-testid="decided-by">([^<]*)<', page)
+    listed = next(row for row in tables_of(client.get("/rounds/"))["rounds"] if row[0] == f"Round {training_round.pk}")
+    dashboard = client.get("/dashboard/")
+    recent = next(row for row in tables_of(dashboard)["recent-rounds"] if row[0] == f"Round {training_round.pk}")
+    on_page = [html.unescape(badge), html.unescape(decided.group(1)) if decided else ""]
+    return page, {"page": on_page, "list": listed[1:3], "dashboard": recent[1:3]}
+
+
+def rejected_by_the_canary() -> TrainingRound:
+    """A human-mode round whose canary had six votes before the rule looked (it needs four), and lost."""
+    training_round = start_canary()
+    make_head_to_head_pairs(6)  # as many as the votes: none left over for a later canary's voters
+    vote(training_round, ["loss"] * 5 + ["win"])
+    assert canary.canaries_decide() == "reject"
+    training_round.refresh_from_db()
+    return training_round
+
+
+def promoted_by_the_canary() -> TrainingRound:
+    """A both-mode round that passed the offline gate, then won its canary, and serves."""
+    training_round = start_canary("both")
+    make_head_to_head_pairs(4)
+    vote(training_round, ["win"] * 4)
+    assert canary.canaries_decide() == "promote"
+    tasks.round_deploy(training_round.pk)  # what the training worker runs
+    training_round.refresh_from_db()
+    return training_round
+
+
+def test_a_round_the_canary_rejected_says_so_on_every_page(canary_settings, staff_client):
+    training_round = rejected_by_the_canary()
+
+    page, statuses = statuses_everywhere(staff_client, training_round)
+    expected = ["Rejected by the canary", "the canary's rule"]
+    assert statuses == {"page": expected, "list": expected, "dashboard": expected}
+    assert "eval gate" not in page and "Rejected by the offline gate" not in page
+    # The offline check passed, but it decided nothing: neutral, never a green line above the red canary's.
+    assert 'class="gate gate-neutral"' in page and "gate-good" not in page
+    assert "for information (the canary decides in human mode)" in page
+    assert '<td data-testid="canary-votes">6 (4 needed)</td>' in page and "6 of 4" not in page
+    assert "Human: a canary of head-to-head votes decides" in page
+
+
+def test_a_round_the_canary_promoted_serves_and_says_so_on_every_page(canary_settings, staff_client):
+    training_round = promoted_by_the_canary()
+
+    page, statuses = statuses_everywhere(staff_client, training_round)
+    expected = ["Serving", "the canary's rule"]
+    assert statuses == {"page": expected, "list": expected, "dashboard": expected}
+    assert "The round passed the offline gate" in page and 'class="gate gate-neutral"' in page
+    summary = staff_client.get("/dashboard/").content.decode()
+    assert re.search(r'data-testid="summary-round-status">Serving<', summary)
+    assert f'data-testid="summary-serving">{training_round.result_version.name}<' in summary
+
+
+def test_a_round_rolled_back_from_no_longer_says_serving(staff_client, loop, serving_version):
+    served = run_round()
+    assert served.status == TrainingRound.Status.SERVING
+    staff_client.post(f"/versions/{serving_version.pk}/serve/")  # staff roll back
+
+    _, statuses = statuses_everywhere(staff_client, served)
+    expected = ["Promoted, no longer serving", "the offline gate"]
+    assert statuses == {"page": expected, "list": expected, "dashboard": expected}
+
+
+# --- wait states ---------------------------------------------------------------------------------------------------
+
+
+def test_a_training_round_says_what_it_waits_for_and_how_long_the_last_round_took(staff_client, loop):
+    earlier = run_round()  # the scripted trainer reports its phases as the real one does
+    earlier.record_phases({"evaluate": 90.0})  # as a long evaluation measured it
+    started = rounds.round_start(trigger="api")
+    page = staff_client.get(f"/rounds/{started.pk}/").content.decode()
+    assert "Queued: waiting for a training worker" in page
+    assert "Offline: held-out accuracy decides" in page  # the gate mode from the start
+
+    started.advance(TrainingRound.Status.PREPARING)
+    started.advance(TrainingRound.Status.TRAINING, started_at=started.created_at)
+    page = staff_client.get(f"/rounds/{started.pk}/").content.decode()
+    assert "Starting: loading the model and computing the reference log-probs" in page
+    assert re.search(r'<progress class="progress-bar" max="100">', page)  # no value: a busy bar, not an empty one
+    assert "so far" in page
+
+    started.record(heldout_pairs=12)
+    started.record_steps([{"step": 13, "max_steps": 13, "loss": 0.5, "eta_seconds": 0.0, "time": 1.0}])
+    page = staff_client.get(f"/rounds/{started.pk}/").content.decode()
+    assert "Evaluating: scoring the candidate and its parent on 12 held-out pairs" in page
+    assert "took 1 min 30 s in the previous round" in page
+    assert "about 0 s left" not in page and "Step 13 of 13" not in page
+
+
+# --- the start form ------------------------------------------------------------------------------------------------
+
+
+def test_the_start_form_puts_the_gate_and_the_votes_first_and_the_rest_under_advanced(staff_client, loop):
+    page = staff_client.get("/rounds/").content.decode()
+    preview = re.search(r'data-testid="votes-preview">(.*?)</p>', page, re.S).group(1)
+    assert "<strong>8</strong> votes that prefer one answer, of 8 so far" in preview  # the loop fixture's votes
+    gate, advanced = page.index('name="gate_mode"'), page.index('<details class="advanced"')
+    assert gate < advanced < page.index('name="beta"')
+    assert "how far the policy may move from its reference" in page  # help texts are rendered
+    assert '<details class="advanced">' in page  # closed while nothing is wrong
+
+
+def test_a_refused_start_shows_its_errors_above_the_form(staff_client, enough_votes, serving_version):
+    make_round(status="training")
+    refused = staff_client.post("/rounds/start/", FORM)
+    body = refused.content.decode()
+    assert refused.status_code == 409
+    errors = body.index('data-testid="start-errors"')
+    assert "is still training" in body[errors : body.index("<form", errors)]  # above the form, not in its grid
+    assert "Round 1 is running" in body
+
+    bad = staff_client.post("/rounds/start/", {**FORM, "beta": "-1"}).content.decode()
+    assert '<details class="advanced" open>' in bad  # the field in error is in view
+    assert "Beta: Ensure this value is greater than or equal to 0.001." in bad
+    assert TrainingRound.objects.count() == 1
+
+
+# --- asking before throwing work away ------------------------------------------------------------------------------
+
+
+def test_cancel_asks_first_on_a_page_of_its_own(staff_client, enough_votes, serving_version):
+    training_round = make_round(status="training")
+    page = staff_client.get(f"/rounds/{training_round.pk}/").content.decode()
+    assert f'href="/rounds/{training_round.pk}/cancel/"' in page  # a link to the question, not a button that acts
+
+    asked = staff_client.get(f"/rounds/{training_round.pk}/cancel/")
+    training_round.refresh_from_db()
+    assert asked.status_code == 200 and not training_round.cancel_requested
+    assert f"Yes, cancel round {training_round.pk}" in asked.content.decode()
+
+    assert staff_client.post(f"/rounds/{training_round.pk}/cancel/").status_code == 302
+    training_round.refresh_from_db()
+    assert training_round.cancel_requested
+
+
+def test_rejecting_a_canary_early_asks_first(canary_settings, staff_client):
+    training_round = start_canary()
+    url = f"/rounds/{training_round.pk}/canary/"
+
+    asked = staff_client.post(url, {"decision": "reject", "reason": "answers <b>read</b> worse"})
+    body = asked.content.decode()
+    training_round.refresh_from_db()
+    assert asked.status_code == 200 and training_round.status == TrainingRound.Status.CANARY
+    assert "Yes, reject it" in body and "answers &lt;b&gt;read&lt;/b&gt; worse" in body
+
+    done = staff_client.post(url, {"decision": "reject", "reason": "answers <b>read</b> worse", "confirmed": "on"})
+    training_round.refresh_from_db()
+    assert done.status_code == 302 and training_round.status == TrainingRound.Status.REJECTED
+    assert training_round.canary_decision["reason"] == "decided early: answers <b>read</b> worse"
