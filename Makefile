@@ -53,8 +53,10 @@ run: install model db
 	@export SECRET_KEY="$${SECRET_KEY:-$$(cat var/secret-key)}"; \
 	$(PY) manage.py seed_demo; \
 	mkdir -p var/log; \
-	if [ -n "$${VLLM_BASE_URL:-}" ]; then processes="web worker trainer beat"; server="$$VLLM_BASE_URL"; \
-	else processes="web worker trainer beat vllm"; server="a local vLLM server on port $${VLLM_PORT:-8100} (ready in about a minute)"; fi; \
+	if [ -n "$${VLLM_BASE_URL:-}" ]; then processes="web worker trainer beat"; server="$$VLLM_BASE_URL"; url="$$VLLM_BASE_URL"; \
+	else processes="web worker trainer beat vllm"; server="a local vLLM server on port $${VLLM_PORT:-8100} (ready in about a minute)"; \
+		url="http://$${VLLM_HOST:-127.0.0.1}:$${VLLM_PORT:-8100}"; fi; \
+	echo "$$url" > "$${PAIRLOOP_VAR_DIR:-var}/model-server-url"; \
 	echo; \
 	echo "pairloop is starting: http://127.0.0.1:$(PORT)/  (admin pages: http://127.0.0.1:$(PORT)/admin/)"; \
 	echo "model server: $$server"; \

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from celery.signals import worker_ready
+from celery.utils.time import get_exponential_backoff_interval
 
 from annotate.annotation import services
 from annotate.data import exports, import_jobs
@@ -16,19 +17,22 @@ from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerUnavailable
 
 
-@shared_task(
-    autoretry_for=(ModelServerUnavailable,),
-    retry_backoff=5,
-    retry_backoff_max=120,
-    retry_jitter=True,
-    max_retries=3,  # beat asks again every PAIR_REFILL_INTERVAL, so a long outage does not pile up retries
-)
-def pairs_refill() -> int:
+@shared_task(bind=True, max_retries=3)  # beat asks again every PAIR_REFILL_INTERVAL: a long outage piles up nothing
+def pairs_refill(self: Task) -> int:
     """Top up the buffer of ready pairs; retried with backoff while the model server is down.
 
     Prompts the server refuses are recorded and replaced, so they never fail the task (see sampling.pairs_sample).
+    A model server that does not answer (still loading, at start-up) is a wait, not a failure: sampling says so in
+    one line, and the task retries, then leaves it to beat, without a traceback.
     """
-    return sampling.pairs_refill(from_queue=True)
+    try:
+        return sampling.pairs_refill(from_queue=True)
+    except ModelServerUnavailable as error:
+        sampling.model_server_waiting_say(error)
+        if self.request.retries >= (self.max_retries or 0):
+            return 0
+        countdown = get_exponential_backoff_interval(5, self.request.retries, 120, full_jitter=True)
+        raise self.retry(countdown=countdown) from None
 
 
 # A round runs for minutes to hours: acknowledged on receipt, so a broker's visibility timeout never hands it to a

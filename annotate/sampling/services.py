@@ -34,6 +34,7 @@ from annotate.sampling.generation import (
     Sample,
     SamplingParams,
     client_from_settings,
+    model_server_urls,
 )
 
 logger = logging.getLogger(__name__)
@@ -283,6 +284,26 @@ def _claim_held(claim: SamplingClaim) -> Iterator[None]:
             yield
     finally:
         SamplingClaim.objects.filter(pk=claim.pk, holder=claim.holder).delete()
+
+
+# A worker that finds the model server not answering says so once a minute at most, among every worker (the cache
+# holds who said it last): `make run` starts the workers before a local vLLM has loaded its model.
+MODEL_SERVER_WAITING_SAY_EVERY_SECONDS = 60
+MODEL_SERVER_WAITING_KEY = "pairloop:model-server-waiting-said"
+
+
+def model_server_waiting_say(error: ModelServerUnavailable) -> bool:
+    """Log, in one sentence, that sampling waits for the model server; at most once every
+    MODEL_SERVER_WAITING_SAY_EVERY_SECONDS across processes. A traceback here read as a crash. True when it said so."""
+    if not cache.add(MODEL_SERVER_WAITING_KEY, 1, MODEL_SERVER_WAITING_SAY_EVERY_SECONDS):
+        return False
+    logger.warning(
+        "waiting for the model server at %s (starting, about a minute for a local vLLM; or down): pairs are sampled "
+        "once it answers [%s]",
+        ", ".join(model_server_urls()),
+        error,
+    )
+    return True
 
 
 def pairs_refill(

@@ -1,8 +1,11 @@
+import os
 import random
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
 
@@ -14,6 +17,32 @@ from annotate.annotation.simulation import (
     simulated_annotator_judge,
 )
 from annotate.sampling import services as sampling
+from annotate.sampling.generation import ModelServerUnavailable, client_from_settings, model_server_urls
+
+# `make run` writes the model server's URL here, so that a command in another shell samples from the server it
+# started (VLLM_PORT=8110 make run, say) without exporting anything; a VLLM_BASE_URL or VLLM_PORT set in this
+# shell still wins.
+MODEL_SERVER_URL_FILE = "model-server-url"
+
+
+def model_server_of_make_run() -> str | None:
+    """The URL `make run` recorded, when this shell names no model server itself."""
+    if os.environ.get("VLLM_BASE_URL") or os.environ.get("VLLM_PORT"):
+        return None
+    recorded = Path(settings.VAR_DIR) / MODEL_SERVER_URL_FILE
+    url = recorded.read_text().strip() if recorded.is_file() else ""
+    return url or None
+
+
+def model_server_check() -> None:
+    """CommandError, in one sentence, when the model server does not answer (a traceback read as a crash)."""
+    with client_from_settings(timeout=5) as client:
+        if client.is_healthy():
+            return
+    raise CommandError(
+        f"the model server at {', '.join(model_server_urls())} does not answer: start it with `make run` (a local "
+        "vLLM takes about a minute to load) or set VLLM_BASE_URL, then run this again"
+    )
 
 
 class Command(BaseCommand):
@@ -49,6 +78,11 @@ class Command(BaseCommand):
             profiles = [Profile("careful")] * (1 if options["annotators"] is None else options["annotators"])
         if options["count"] < 1 or not profiles:
             raise CommandError("--count and --annotators must be at least 1")
+        if options["sample"]:
+            recorded = model_server_of_make_run()
+            if recorded:
+                settings.VLLM_BASE_URL = recorded
+            model_server_check()
         # The profile is in the name, so the same command line votes as the same users again.
         annotators = [
             SimulatedAnnotator(
@@ -73,7 +107,11 @@ class Command(BaseCommand):
                 break
             if time.monotonic() - idle_since > 120:
                 raise CommandError(f"no new pairs to judge for two minutes; {given} votes given")
-            if sampling.pairs_refill() == 0:
+            try:
+                made = sampling.pairs_refill()
+            except ModelServerUnavailable as error:
+                raise CommandError(f"the model server stopped answering after {given} votes: {error}") from None
+            if made == 0:
                 time.sleep(2)  # a worker's refill holds the lock, or the server is busy: look again shortly
         mix = ", ".join(f"{name} x{count}" for name, count in Counter(profile.name for profile in profiles).items())
         self.stdout.write(f"{given} votes given preferring {options['prefer']} ({mix})")
