@@ -405,10 +405,10 @@ if ROUND_GATE_MODE not in ("offline", "human", "both"):
     raise ImproperlyConfigured(f"ROUND_GATE_MODE={ROUND_GATE_MODE!r}; use offline, human or both")
 CANARY_PAIR_SHARE = env_float("CANARY_PAIR_SHARE", 0.5)  # of new pairs while a canary runs: candidate vs serving
 # The canary's sequential test (annotate.rounds.canary, training.stats.WinRateTest). The defaults come from
-# bench/canary_power.py (docs/benchmarks.md): a 0.55 win rate serves 9 times in 10, 0.45 about 1 in 20.
+# bench/canary_power.py (docs/benchmarks.md): a 0.55 win rate serves 9 times in 10, 0.45 5-8 times in 100.
 CANARY_MARGIN = env_float("CANARY_MARGIN", 0.05)  # H0: a win rate of at most 0.5 - margin (worse beyond it)
 CANARY_TARGET_WIN_RATE = env_float("CANARY_TARGET_WIN_RATE", 0.55)  # H1: a win rate of at least this
-CANARY_ALPHA = env_float("CANARY_ALPHA", 0.05)  # the most often a candidate worse beyond the margin serves
+CANARY_ALPHA = env_float("CANARY_ALPHA", 0.05)  # how rarely a candidate worse beyond the margin may serve
 CANARY_BETA = env_float("CANARY_BETA", 0.1)  # the most often a candidate at the target is rejected
 CANARY_MIN_VOTES = env_int("CANARY_MIN_VOTES", 20)
 CANARY_MAX_VOTES = env_int("CANARY_MAX_VOTES", 200)

@@ -160,7 +160,7 @@ def main() -> None:
         rate = tally.win_rate or 0.0
         examples[name] = {
             "tally": [wins, ties, losses],
-            "evidence": test.log_likelihood_ratio(tally.score, tally.votes),
+            "evidence": round(test.log_likelihood_ratio(tally.score, tally.votes), 9) + 0.0,  # no "-0.00"
             "decision": decision,
             "votes_expected": more,
             "served_if_votes_split_alike": chance,
