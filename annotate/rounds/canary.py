@@ -126,14 +126,13 @@ def canary_test() -> WinRateTest:
 def decision_rule_text() -> str:
     test = canary_test()
     return (
-        f"After every vote (from the {test.min_votes}th on), a sequential test weighs the candidate's win rate (ties "
-        f"count half): it serves as soon as the evidence for a win rate of at least {test.target_win_rate:.2f} "
+        f"Once it has {test.min_votes} votes, a sequential test weighs the candidate's win rate (ties count half) "
+        f"after every vote: it serves as soon as the evidence for a win rate of at least {test.target_win_rate:.2f} "
         f"reaches its bound, and is rejected as soon as the evidence for one of at most {test.null_win_rate:.2f} "
-        f"(worse than its parent by more than the {settings.CANARY_MARGIN:.2f} margin) reaches its own; wrongly "
-        f"serving a worse candidate happens at most {test.alpha:.0%} of the time and wrongly rejecting a good one at "
-        f"most {test.beta:.0%}. Undecided after {test.max_votes} votes, or after {settings.CANARY_MAX_MINUTES:g} "
-        f"minutes with at least {test.min_votes}, it serves if its win rate is above {test.midpoint:.3f}; with "
-        f"fewer votes by then it is rejected."
+        f"(worse than its parent by more than the {settings.CANARY_MARGIN:.2f} margin) reaches its own; the bounds "
+        f"are set for at most {test.alpha:.0%} wrong serves and {test.beta:.0%} wrong rejections. Undecided after "
+        f"{test.max_votes} votes, or after {settings.CANARY_MAX_MINUTES:g} minutes with at least {test.min_votes}, it "
+        f"serves if its win rate is above {test.midpoint:.3f}; with fewer votes by then it is rejected."
     )
 
 

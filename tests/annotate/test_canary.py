@@ -20,6 +20,7 @@ from annotate.rounds import canary
 from annotate.rounds import services as rounds
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import client_from_settings
+from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS
 
 from .edges import ChattingModelServer
 
@@ -471,3 +472,41 @@ def test_staff_cannot_serve_a_candidate_its_canary_is_deciding_and_the_page_does
     assert rounds.round_start(trigger="api").status == Status.QUEUED
     # Once decided, a rejected candidate is approved by staff before it may serve; a retired one is offered again.
     assert serve_form not in client.get("/rounds/").content.decode()
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_the_canary_box_reads_at_desktop_and_phone_widths(
+    canary_settings, serving_version, staff, live_server, tmp_path
+):
+    """The round page of a waiting canary in Chromium: the votes the test expects to need and the rule are on screen,
+    and the canary box fits a phone's width (its table scrolls inside itself rather than widening the box)."""
+    from playwright.sync_api import sync_playwright
+
+    training_round = start_canary()
+    make_head_to_head_pairs(8)
+    vote(training_round, ["win", "win", "tie", "loss", "win", "loss"])
+    expected = canary.canary_outlook(canary.canary_tally(training_round))[1]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for name, viewport in (("desktop", {"width": 1400, "height": 900}), ("phone", {"width": 390, "height": 844})):
+            page = browser.new_page(viewport=viewport)
+            page.goto(f"{live_server.url}/")
+            page.fill("input[name=username]", "sam")
+            page.fill("input[name=password]", "sam-password-1")
+            page.click("button[type=submit]")
+            page.goto(f"{live_server.url}/rounds/{training_round.pk}/")
+            sentence = page.locator("[data-testid=canary-expected]")
+            sentence.scroll_into_view_if_needed()
+            assert sentence.is_visible()
+            assert f"about {expected:.0f} more votes" in sentence.inner_text()
+            assert "sequential test" in page.inner_text("body")
+            page.locator("h2", has_text="Canary").scroll_into_view_if_needed()
+            page.screenshot(path=str(tmp_path / f"round-canary-{name}.png"))  # for a person to look at
+            box = page.locator("[data-testid=canary-box]")
+            assert box.evaluate(
+                "box => box.scrollWidth <= box.clientWidth && box.getBoundingClientRect().right <= innerWidth"
+            )
+            page.close()
+        browser.close()
