@@ -404,16 +404,33 @@ ROUND_GATE_MODE = env_str("ROUND_GATE_MODE", "offline")
 if ROUND_GATE_MODE not in ("offline", "human", "both"):
     raise ImproperlyConfigured(f"ROUND_GATE_MODE={ROUND_GATE_MODE!r}; use offline, human or both")
 CANARY_PAIR_SHARE = env_float("CANARY_PAIR_SHARE", 0.5)  # of new pairs while a canary runs: candidate vs serving
-CANARY_MIN_VOTES = env_int("CANARY_MIN_VOTES", 30)
-CANARY_MIN_WIN_RATE = env_float("CANARY_MIN_WIN_RATE", 0.5)  # the Wilson 95 % lower bound must reach this
+# The canary's sequential test (annotate.rounds.canary, training.stats.WinRateTest). The defaults come from
+# bench/canary_power.py (docs/benchmarks.md): a 0.55 win rate serves 9 times in 10, 0.45 5-8 times in 100.
+CANARY_MARGIN = env_float("CANARY_MARGIN", 0.05)  # H0: a win rate of at most 0.5 - margin (worse beyond it)
+CANARY_TARGET_WIN_RATE = env_float("CANARY_TARGET_WIN_RATE", 0.55)  # H1: a win rate of at least this
+CANARY_ALPHA = env_float("CANARY_ALPHA", 0.05)  # how rarely a candidate worse beyond the margin may serve
+CANARY_BETA = env_float("CANARY_BETA", 0.1)  # the most often a candidate at the target is rejected
+CANARY_MIN_VOTES = env_int("CANARY_MIN_VOTES", 20)
+CANARY_MAX_VOTES = env_int("CANARY_MAX_VOTES", 200)
 CANARY_MAX_MINUTES = env_float("CANARY_MAX_MINUTES", 24 * 60)
 # Of new pairs while no canary runs: the serving version against an earlier one, so every version keeps getting
 # compared (0 turns it off).
 HEAD_TO_HEAD_PAIR_SHARE = env_float("HEAD_TO_HEAD_PAIR_SHARE", 0.1)
 if not 0 <= HEAD_TO_HEAD_PAIR_SHARE <= 1:
     raise ImproperlyConfigured(f"HEAD_TO_HEAD_PAIR_SHARE={HEAD_TO_HEAD_PAIR_SHARE}; it must be in [0, 1]")
-if not 0 <= CANARY_PAIR_SHARE <= 1 or CANARY_MIN_VOTES < 1 or not 0 <= CANARY_MIN_WIN_RATE <= 1:
-    raise ImproperlyConfigured("CANARY_PAIR_SHARE and CANARY_MIN_WIN_RATE must be in [0, 1], CANARY_MIN_VOTES >= 1")
+if not 0 <= CANARY_PAIR_SHARE <= 1:
+    raise ImproperlyConfigured(f"CANARY_PAIR_SHARE={CANARY_PAIR_SHARE}; it must be in [0, 1]")
+if not (
+    0 <= CANARY_MARGIN < 0.5
+    and 0.5 - CANARY_MARGIN < CANARY_TARGET_WIN_RATE < 1
+    and 0 < CANARY_ALPHA < 0.5
+    and 0 < CANARY_BETA < 0.5
+    and 1 <= CANARY_MIN_VOTES <= CANARY_MAX_VOTES
+):
+    raise ImproperlyConfigured(
+        "the canary test needs 0 <= CANARY_MARGIN < 0.5, 0.5 - CANARY_MARGIN < CANARY_TARGET_WIN_RATE < 1, "
+        "CANARY_ALPHA and CANARY_BETA in (0, 0.5), 1 <= CANARY_MIN_VOTES <= CANARY_MAX_VOTES"
+    )
 
 
 def _round_config_default(spec: FieldSpec) -> object:

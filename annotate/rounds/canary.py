@@ -3,9 +3,14 @@ votes decide whether it serves.
 
 A round in `human` (or `both`) gate mode ends its training in the canary status: the candidate is loaded into the
 model server but does not serve. A share of new pairs (CANARY_PAIR_SHARE) put its answer beside its parent's to the
-same prompt; once CANARY_MIN_VOTES votes on those pairs are in, `canary_decide` promotes the candidate when the lower
-end of its win rate's Wilson 95 % interval reaches CANARY_MIN_WIN_RATE, and rejects it otherwise. A canary that does
-not get enough votes within CANARY_MAX_MINUTES is rejected; staff may decide earlier, with a reason.
+same prompt, and `canary_decide` runs a sequential test on the candidate's win rate (ties half) after every batch of
+votes: Wald's SPRT of H0 "worse than its parent by more than CANARY_MARGIN" against H1 "a win rate of at least
+CANARY_TARGET_WIN_RATE", with errors CANARY_ALPHA and CANARY_BETA (training.stats.WinRateTest says why this test).
+It promotes or rejects as soon as the evidence reaches either bound, so a clear winner or loser is decided in a few
+dozen votes and a modest improvement gets the votes it needs instead of a fixed 30. At CANARY_MAX_VOTES, or at
+CANARY_MAX_MINUTES with at least CANARY_MIN_VOTES votes, an undecided test goes where its evidence leans; with fewer
+votes at the time limit the candidate is rejected. Staff may decide earlier, with a reason. bench/canary_power.py
+measures the rule's power and the votes it needs (docs/benchmarks.md).
 
 The head-to-head pairs themselves come from the one pair maker, annotate.sampling.services; this module keeps the
 tally, the rule and the decision.
@@ -33,7 +38,7 @@ from annotate.sampling.generation import (
     client_from_settings,
 )
 from annotate.sampling.services import canary_round
-from training.stats import wilson_interval
+from training.stats import WinRateTest, wilson_interval
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +63,18 @@ class Tally:
         return self.wins + self.ties + self.losses
 
     @property
+    def score(self) -> float:
+        """Wins, ties counting half."""
+        return self.wins + self.ties / 2
+
+    @property
     def win_rate(self) -> float | None:
-        return (self.wins + self.ties / 2) / self.votes if self.votes else None
+        return self.score / self.votes if self.votes else None
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        """The win rate's Wilson 95 % interval (training.stats); None without votes."""
+        """The win rate's Wilson 95 % interval at this look (training.stats), for the record; the rule does not use it
+        (a fixed-size interval read after every vote would promote too often). None without votes."""
         return wilson_interval(self.wins + self.ties / 2, self.votes) if self.votes else None
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,6 +85,7 @@ class Tally:
             "win_rate": self.win_rate,
             "low": low_high[0] if low_high else None,
             "high": low_high[1] if low_high else None,
+            "evidence": canary_test().log_likelihood_ratio(self.score, self.votes),
         }
 
 
@@ -99,25 +111,65 @@ def canary_tally(training_round: TrainingRound) -> Tally:
     return Tally(wins, ties, losses)
 
 
+def canary_test() -> WinRateTest:
+    """The sequential test the settings describe."""
+    return WinRateTest(
+        null_win_rate=0.5 - settings.CANARY_MARGIN,
+        target_win_rate=settings.CANARY_TARGET_WIN_RATE,
+        alpha=settings.CANARY_ALPHA,
+        beta=settings.CANARY_BETA,
+        min_votes=settings.CANARY_MIN_VOTES,
+        max_votes=settings.CANARY_MAX_VOTES,
+    )
+
+
 def decision_rule_text() -> str:
+    test = canary_test()
     return (
-        f"After {settings.CANARY_MIN_VOTES} head-to-head votes, the candidate serves if the lower end of its win "
-        f"rate's Wilson 95 % interval (ties count half) is at least {settings.CANARY_MIN_WIN_RATE:.2f}; otherwise it "
-        f"is rejected. Without enough votes after {settings.CANARY_MAX_MINUTES:g} minutes it is rejected."
+        f"Once it has {test.min_votes} votes, a sequential test weighs the candidate's win rate (ties count half) "
+        f"after every vote: it serves as soon as the evidence for a win rate of at least {test.target_win_rate:.2f} "
+        f"reaches its bound, and is rejected as soon as the evidence for one of at most {test.null_win_rate:.2f} "
+        f"(worse than its parent by more than the {settings.CANARY_MARGIN:.2f} margin) reaches its own; the bounds "
+        f"are set for at most {test.alpha:.0%} wrong serves and {test.beta:.0%} wrong rejections. Undecided after "
+        f"{test.max_votes} votes, or after {settings.CANARY_MAX_MINUTES:g} minutes with at least {test.min_votes}, it "
+        f"serves if its win rate is above {test.midpoint:.3f}; with fewer votes by then it is rejected."
     )
 
 
 def canary_rule(tally: Tally, *, waited: timedelta) -> tuple[str, str] | None:
     """The rule alone: (decision, reason), or None to keep waiting."""
-    if tally.votes >= settings.CANARY_MIN_VOTES:
-        low = (tally.interval or (0.0, 0.0))[0]
-        rate = f"win rate {tally.win_rate:.3f}, 95 % lower bound {low:.3f}"
-        if low >= settings.CANARY_MIN_WIN_RATE:
-            return PROMOTE, f"{rate} reaches {settings.CANARY_MIN_WIN_RATE:.3f} over {tally.votes} votes"
-        return REJECT, f"{rate} is below {settings.CANARY_MIN_WIN_RATE:.3f} over {tally.votes} votes"
-    if waited >= timedelta(minutes=settings.CANARY_MAX_MINUTES):
-        return REJECT, f"{NOT_ENOUGH_VOTES}: {tally.votes} of {settings.CANARY_MIN_VOTES} in the time limit"
-    return None
+    test = canary_test()
+    evidence = test.log_likelihood_ratio(tally.score, tally.votes)
+    rate = f"win rate {tally.win_rate or 0:.3f} over {tally.votes} votes"
+    if tally.votes >= test.min_votes and evidence >= test.upper:
+        return PROMOTE, (
+            f"{rate}: the evidence for a win rate of at least {test.target_win_rate:.3f} reached its bound "
+            f"(log-likelihood ratio {evidence:.2f} \u2265 {test.upper:.2f})"
+        )
+    if tally.votes >= test.min_votes and evidence <= test.lower:
+        return REJECT, (
+            f"{rate}: the evidence for a win rate of at most {test.null_win_rate:.3f} reached its bound "
+            f"(log-likelihood ratio {evidence:.2f} \u2264 {test.lower:.2f})"
+        )
+    if tally.votes >= test.max_votes:
+        stop = f"{test.max_votes} votes, the most the test takes, without a decision"
+    elif waited >= timedelta(minutes=settings.CANARY_MAX_MINUTES):
+        if tally.votes < test.min_votes:
+            return REJECT, f"{NOT_ENOUGH_VOTES}: {tally.votes} of {test.min_votes} in the time limit"
+        stop = "the time limit without a decision"
+    else:
+        return None
+    if test.lean(tally.score, tally.votes):
+        return PROMOTE, f"{stop}; {rate} is above {test.midpoint:.3f}"
+    return REJECT, f"{stop}; {rate} is not above {test.midpoint:.3f}"
+
+
+def canary_outlook(tally: Tally) -> tuple[float, float]:
+    """(chance the test ends serving the candidate, votes it expects to still need), if further votes split like those
+    so far. One pseudo-vote of each kind keeps the first votes from looking certain (three wins in three votes do not
+    make a sure winner)."""
+    win_share, tie_share = (tally.wins + 1) / (tally.votes + 3), (tally.ties + 1) / (tally.votes + 3)
+    return canary_test().outlook(win_share=win_share, tie_share=tie_share, score=tally.score, votes=tally.votes)
 
 
 # --- Deciding -----------------------------------------------------------------------------------------------------
@@ -231,7 +283,9 @@ def canary_summary(training_round: TrainingRound) -> dict[str, Any] | None:
         **tally.as_dict(),
         "waiting": training_round.status == Status.CANARY,
         "min_votes": settings.CANARY_MIN_VOTES,
-        "min_win_rate": settings.CANARY_MIN_WIN_RATE,
+        "max_votes": settings.CANARY_MAX_VOTES,
+        "bounds": (canary_test().lower, canary_test().upper),
+        "votes_expected": canary_outlook(tally)[1] if training_round.status == Status.CANARY else None,
         "deadline": deadline,
         "rule": decision_rule_text(),
         "decision": training_round.canary_decision,

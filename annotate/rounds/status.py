@@ -246,7 +246,8 @@ def round_phase(
         )
     # A canary: its tally and time limit are on the page beside this line.
     return RoundPhase(
-        f"Canary: annotators vote on head-to-head pairs; the rule decides at {settings.CANARY_MIN_VOTES} votes.",
+        "Canary: annotators vote on head-to-head pairs; a sequential test decides once it has "
+        f"{settings.CANARY_MIN_VOTES} votes (at most {settings.CANARY_MAX_VOTES}).",
         elapsed_seconds=_seconds_since(training_round.canary_started_at, now),
         estimate_seconds=settings.CANARY_MAX_MINUTES * 60,
         estimate_kind="limit",
