@@ -335,6 +335,24 @@ def test_a_training_round_says_what_it_waits_for_and_how_long_the_last_round_too
     assert "about 0 s left" not in page and "Step 13 of 13" not in page
 
 
+def test_the_wait_before_the_first_step_is_estimated_from_the_previous_round(staff_client, loop):
+    earlier = rounds.round_start(trigger="api")
+    earlier.advance(TrainingRound.Status.PREPARING)
+    earlier.advance(TrainingRound.Status.TRAINING, started_at=earlier.created_at)
+    # As the real trainer logs its first step: its clock (elapsed_seconds) starts after loading and the reference pass.
+    began = earlier.created_at.timestamp()
+    earlier.record_steps([{"step": 1, "max_steps": 4, "loss": 0.6, "time": began + 215.0, "elapsed_seconds": 5.0}])
+    earlier.record_phases({"start": 20.0, "load": 30.0, "train": 180.0})
+    earlier.finish(TrainingRound.Status.FAILED, error="the trainer crashed")
+
+    waiting = rounds.round_start(trigger="api")
+    waiting.advance(TrainingRound.Status.PREPARING)
+    waiting.advance(TrainingRound.Status.TRAINING)
+    page = staff_client.get(f"/rounds/{waiting.pk}/").content.decode()
+    assert "Starting: loading the model and computing the reference log-probs" in page
+    assert "took 3 min 30 s in the previous round" in page  # 215 s to the first step, less its own 5 s
+
+
 # --- the start form ------------------------------------------------------------------------------------------------
 
 
