@@ -80,7 +80,10 @@ def round_state(training_round: TrainingRound) -> RoundState:
     canary_reason = str(decision.get("reason", ""))
     if status == Status.REJECTED:
         if decision.get("decision") == "reject":
-            return RoundState("Rejected by the canary", BAD, _canary_decider(decision), gate_line, canary_reason)
+            # Staff may end a canary early: then they rejected it, not the votes.
+            by_rule = (decision.get("by") or "the rule") == "the rule"
+            headline = "Rejected by the canary" if by_rule else "Rejected by staff during the canary"
+            return RoundState(headline, BAD, _canary_decider(decision), gate_line, canary_reason)
         return RoundState("Rejected by the offline gate", BAD, "the offline gate", gate_line, gate_reason)
     if status in (Status.SERVING, Status.DEPLOYING, Status.TRAINED):
         if overridden:

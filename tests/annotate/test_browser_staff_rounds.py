@@ -16,6 +16,7 @@ from annotate.models import TrainingRound
 from annotate.rounds import services as rounds
 from tests.annotate.browsers import CHROMIUM
 
+from .test_canary import start_canary
 from .test_dashboard import refused, strict_staff_page
 from .test_round_views import canary_settings, model_server, promoted_by_the_canary, rejected_by_the_canary  # noqa: F401
 
@@ -61,6 +62,23 @@ def test_round_pages_and_the_dashboard_fit_and_agree(canary_settings, live_serve
     page, url = staff_page, live_server.url
     rejected = rejected_by_the_canary()
     promoted = promoted_by_the_canary()
+
+    # Staff reject a waiting canary early: the page asks first, on a page of its own, and only then rejects.
+    waiting = start_canary()
+    page.goto(f"{url}/rounds/{waiting.pk}/")
+    page.fill("#canary-reason", "its answers read worse")
+    page.click("button[name=decision][value=reject]")
+    page.wait_for_selector("text=Yes, reject it")
+    widths_confirm = page.evaluate(WIDTHS)
+    page.screenshot(path=str(shots / f"rounds-reject-confirm-{size}.png"))
+    waiting.refresh_from_db()
+    assert waiting.status == TrainingRound.Status.CANARY  # asked, not yet done
+    page.click("text=Yes, reject it")
+    page.wait_for_selector("[data-testid=round-status]")
+    assert page.inner_text("[data-testid=round-status]") == "Rejected by staff during the canary"
+    waiting.refresh_from_db()
+    assert waiting.status == TrainingRound.Status.REJECTED
+
     running = rounds.round_start(trigger="api")
     running.advance(TrainingRound.Status.PREPARING)
     running.advance(TrainingRound.Status.TRAINING)
@@ -76,6 +94,7 @@ def test_round_pages_and_the_dashboard_fit_and_agree(canary_settings, live_serve
         "dashboard": "/dashboard/",
     }
     widths = {name: visit(page, url + path, shots / f"{name}-{size}.png") for name, path in pages.items()}
+    widths["rounds-reject-confirm"] = widths_confirm
     page.goto(f"{url}/rounds/")
     page.click("#start-round summary")  # Advanced opens: the training settings with their help texts
     page.locator("#start-round").scroll_into_view_if_needed()

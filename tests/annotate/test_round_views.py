@@ -413,3 +413,6 @@ def test_rejecting_a_canary_early_asks_first(canary_settings, staff_client):
     training_round.refresh_from_db()
     assert done.status_code == 302 and training_round.status == TrainingRound.Status.REJECTED
     assert training_round.canary_decision["reason"] == "decided early: answers <b>read</b> worse"
+    _, statuses = statuses_everywhere(staff_client, training_round)
+    expected = ["Rejected by staff during the canary", "sam, during the canary"]
+    assert statuses == {"page": expected, "list": expected, "dashboard": expected}
