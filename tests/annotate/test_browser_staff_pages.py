@@ -79,7 +79,11 @@ def staff_world(make_pair, django_user_model, staff, settings, tmp_path, monkeyp
     tasks.export_run(export.pk)
     upload = SimpleUploadedFile("prompts.txt", b"What is a prompt?\nAnother prompt.\n")
     data_import, _ = import_jobs.data_import_request(
-        created_by=staff, kind=DataImport.Kind.PROMPTS, upload=upload, file_format=None, options={"prompt_set": "default"}
+        created_by=staff,
+        kind=DataImport.Kind.PROMPTS,
+        upload=upload,
+        file_format=None,
+        options={"prompt_set": "default"},
     )
     tasks.data_import_run(data_import.pk)
     return {"export": export.pk, "import": data_import.pk, "campaign": Campaign.objects.get(name="default").pk}

@@ -70,7 +70,9 @@ def _run_import(response):
 
 @pytest.mark.django_db(transaction=True)
 def test_prompt_upload_without_javascript_goes_to_the_import_page(staff_client):
-    response = staff_client.post("/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "mt-bench"})
+    response = staff_client.post(
+        "/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "mt-bench", "new_set": "on"}
+    )
     data_import = DataImport.objects.get()
     assert response.status_code == 303 and response["Location"] == f"/data/imports/{data_import.pk}/"
     assert not Prompt.objects.exists()  # the worker imports it
@@ -82,7 +84,9 @@ def test_prompt_upload_without_javascript_goes_to_the_import_page(staff_client):
 
 
 def test_prompt_upload_through_htmx_sends_the_browser_to_the_import_page(staff_client):
-    response = staff_client.post("/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "x"}, **HTMX)
+    response = staff_client.post(
+        "/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "x", "new_set": "on"}, **HTMX
+    )
     data_import = DataImport.objects.get()
     assert response.status_code == 200 and response["HX-Redirect"] == f"/data/imports/{data_import.pk}/"
     assert (data_import.status, data_import.options, data_import.file_format) == (
@@ -173,7 +177,7 @@ def test_export_without_javascript_goes_to_the_export_with_its_card(
     assert response.status_code == 303 and response["Location"] == f"/data/exports/{export.pk}/"
 
     page = staff_client.get(response["Location"]).content.decode()
-    assert 'data-testid="status">Done<' in page and "1 row " in page and "1 of 1 votes read (100 %)" in page
+    assert 'data-testid="status">Done<' in page and "1 row " in page and "1 vote exported as 1 row." in page
     assert "hx-trigger" not in page  # over: the page no longer polls
     assert "license: cc-by-4.0" in page and "<td>policy-v0-secret-name</td>" in page  # the card, rendered
     assert "<dt>license</dt><dd>cc-by-4.0</dd>" in page  # its front matter, read as YAML

@@ -193,16 +193,16 @@ def test_page_shows_table_matrix_and_chart_data(votes, staff_client):
     response = staff_client.get("/leaderboard/")
     assert response.status_code == 200
     page = response.content.decode()
-    rows = re.findall(r"<tr>\s*<td>(\d+)</td>\s*<td>([\w-]+)", page)
+    rows = re.findall(r'<tr data-version="[\w-]+">\s*<td>(\d+)</td>\s*<td>([\w-]+)', page)
     assert [name for _, name in rows] == ["round-2", "round-1", "base-model"]
-    assert "base-model (reference)" in page and "60 head-to-head votes" in page
+    assert 'base-model <span class="hint">(reference)</span>' in page and "60 head-to-head votes" in page
     assert 'id="leaderboard-matrix"' in page and "(20)" in page  # 20 votes between each two versions
     assert "vendor/chartjs/chart-4.6.1.umd.min.js" in page and "pairloop/charts.js" in page
     # Chart data travels as JSON in a data block (no inline script, no inline style).
     spec = json.loads(re.search(r'<script id="leaderboard-lineage-chart" type="application/json">(.*?)</script>',
                                 page, re.S).group(1))  # fmt: skip
     assert spec["x"]["categories"] == ["base-model", "round-1", "round-2"]  # along the lineage
-    assert spec["series"][0]["line"] is True  # one chain: base, its child, its grandchild
+    assert spec["series"][0]["line"] is False  # dots with whiskers: versions are no time series, even in one chain
     values, intervals = spec["series"][0]["values"], spec["series"][0]["intervals"]
     assert values[0] == 1000.0 and values[0] < values[1] < values[2]
     assert all(low <= value <= high for value, (low, high) in zip(values, intervals, strict=True))
