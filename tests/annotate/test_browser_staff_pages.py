@@ -41,8 +41,8 @@ LONG_ANSWER = "A long answer with code:\n\n```python\n" + "x = " + " + ".join(["
 
 @pytest.fixture
 def staff_world(make_pair, django_user_model, staff, settings, tmp_path, monkeypatch):
-    """Votes from five annotators (one always picks left), a lineage of three versions with head-to-head votes
-    (the newest candidate rejected), a done export and a done prompt import."""
+    """Votes from five annotators (one always picks left: their votes excluded), a lineage of three versions with
+    head-to-head votes (the newest candidate rejected), a done export and a done prompt import."""
     settings.LEADERBOARD_BOOTSTRAP_ROUNDS = 30
     settings.EXPORT_DIR = tmp_path / "exports"
     coin = random.Random(11)
@@ -71,6 +71,8 @@ def staff_world(make_pair, django_user_model, staff, settings, tmp_path, monkeyp
     vote_everything(voter, np.random.default_rng(4), {**STRENGTHS, "round-2": 2.4})
     second.reject()
 
+    zed = django_user_model.objects.get(username="zed")
+    services.annotator_act(annotator=zed, action="exclude", by=staff, reason="always picks the left answer")
     form = ExportForm({"dataset_format": "trl-preference", "file_format": "jsonl", "combine": "majority",
                        "min_agreement": "0"})  # fmt: skip
     assert form.is_valid(), form.errors

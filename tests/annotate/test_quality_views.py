@@ -493,3 +493,13 @@ def test_the_schema_describes_the_quality_endpoint(staff_api):
     assert set(output["properties"]) == {"agreement", "annotators", "kappas"}
     row = schema["components"]["schemas"]["QualityAnnotatorItem"]["properties"]
     assert {"competence", "gold_accuracy", "self_consistency", "flags", "paused", "votes_excluded"} <= set(row)
+
+
+def test_the_annotator_page_shows_the_evidence_before_the_decisions(population, staff_client):
+    page = staff_client.get(f"/quality/annotators/{SPAMMER}/").content.decode()
+    assert page.index("<h2>Signals</h2>") < page.index("<h2>Decisions</h2>") < page.index("<h2>Votes</h2>")
+    assert page.index('id="quality-flags"') < page.index('name="reason"')
+    flags = page.split('id="quality-flags">', 1)[1].split("</dd>", 1)[0]
+    assert '<span class="flag">Position bias</span> picked the left answer in 100% of 12 decisive votes' in flags
+    assert "position_bias" not in flags
+    assert "12 decisive votes, binomial test p &lt; 0.001" in page
