@@ -228,13 +228,17 @@ def _exports_context(form: ExportForm, **extra: Any) -> dict[str, Any]:
 
 
 def _export_outcome(export: Export) -> dict[str, Any]:
-    """Of the votes matching the filters, how many the export's rules left out, and the rules that did it (by the
-    reason the dataset card gives). The rules are named, not re-counted: votes may have changed since."""
+    """Of the votes matching the filters, how many the export's rules left out, and why: each rule with the votes it
+    leaves out as the votes stand now (they may have changed since the export), a minimum competence named only
+    (counting it would mean running MACE again)."""
     if export.status != Export.Status.DONE or export.votes_total is None:
         return {"left_out": None, "left_out_rules": []}
-    rules = ExportFilters.from_dict(export.filters).rules
-    # An empty competence map: naming the rules needs no MACE estimate.
-    reasons = list(rules.left_out_conditions(Judgement.objects.none(), competence={}))
+    filters = ExportFilters.from_dict(export.filters)
+    conditions = filters.rules.left_out_conditions(Judgement.objects.none(), competence={})
+    by_competence = [reason for reason in conditions if reason.startswith("votes of annotators with competence")]
+    counted = {reason: q for reason, q in conditions.items() if reason not in by_competence}
+    counts = filters.rules.left_out(exports.judgements_matching(filters), counted)
+    reasons = [f"{count} {reason}" for reason, count in counts.items() if count] + by_competence
     return {"left_out": max(0, export.votes_total - export.votes_read), "left_out_rules": reasons}
 
 
