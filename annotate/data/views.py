@@ -42,7 +42,11 @@ class PromptSetForm(forms.Form):
     prompt_set = forms.CharField(
         max_length=100, required=False, widget=forms.TextInput(attrs={"list": "prompt-sets", "autocomplete": "off"})
     )
-    new_set = forms.BooleanField(required=False, label="Start a new set with this name")
+    new_set = forms.BooleanField(
+        required=False,
+        label="Start a new set with this name",
+        help_text="Without it, a name that is not in the list is refused: a typo never starts an empty set.",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
