@@ -4,7 +4,8 @@ sideways; wide tables and long text scroll inside their own box.
 
 The data is reached as users reach it: votes through the annotation services (simulated annotators and the
 head-to-head voter of the leaderboard tests), a candidate rejected through its model's transition, an export and
-an import run by the worker's task. STAFF_SHOTS=<folder> keeps a screenshot of each page at each size there.
+an import run by the worker's task. STAFF_SHOTS=<folder> keeps a screenshot of each page at each size there (of
+the whole page with STAFF_SHOTS_FULL=1).
 """
 
 import os
@@ -126,7 +127,9 @@ def test_every_staff_page_fits_the_desktop_and_the_phone(staff_world, live_serve
                 assert response is not None and response.status == 200, (name, size)
                 page.wait_for_load_state("load")
                 page.wait_for_timeout(150)  # the charts draw on DOMContentLoaded
-                page.screenshot(path=str(shots / f"{name}-{size}.png"))
+                page.screenshot(
+                    path=str(shots / f"{name}-{size}.png"), full_page=bool(os.environ.get("STAFF_SHOTS_FULL"))
+                )
                 widths = page.evaluate(WIDTHS)
                 if widths["page"] > widths["window"]:
                     too_wide[f"{name} at {size}"] = widths
