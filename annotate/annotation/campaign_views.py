@@ -3,18 +3,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django import forms
 from django.contrib import messages
+from django.db.models import Count, F, Max, Q
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotate.annotation import services
 from annotate.errors import Invalid
-from annotate.models import Campaign, Judgement, Pair
+from annotate.models import Assignment, Campaign, Judgement, Pair
+from annotate.quality.columns import DEFAULT_SORT
+from annotate.quality.selectors import quality_judgements, quality_rows
 from annotate.web.pages import AppRequest, render_page, staff_required
 
 
@@ -38,6 +44,110 @@ class CampaignForm(forms.ModelForm):  # type: ignore[type-arg]
         return cleaned
 
 
+# An annotator counts as active on a campaign with a vote on it this recently, or a pair of it on their screen now.
+ACTIVE_WINDOW = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class CampaignProgress:
+    """Where a campaign's pairs stand (gold pairs aside: they are served at the gold rate, never filled up)."""
+
+    pairs: int
+    complete: int  # every vote its overlap asks for
+    open: int  # a place free for the next annotator
+    leased: int  # live leases: pairs on someone's screen now
+    votes: int
+    active_annotators: int
+
+    @property
+    def percent(self) -> int:
+        return 100 * self.complete // self.pairs if self.pairs else 0
+
+
+def _live_leases(now: Any) -> Q:
+    return Q(status=Assignment.Status.LEASED, expires_at__gt=now)
+
+
+def _campaigns_progress(campaigns: list[Campaign]) -> dict[int, CampaignProgress]:
+    now = timezone.now()
+    pairs = (
+        Pair.objects.filter(campaign__in=campaigns, gold_choice="")
+        .values("campaign_id")
+        .annotate(
+            pairs=Count("id"),
+            complete=Count("id", filter=Q(judgement_count__gte=F("judgements_required"))),
+            open=Count("id", filter=Q(judgement_count__lt=F("judgements_required") - F("lease_count"))),
+        )
+    )
+    votes = dict(
+        Judgement.objects.filter(pair__campaign__in=campaigns)
+        .values("pair__campaign_id")
+        .annotate(count=Count("id"))
+        .values_list("pair__campaign_id", "count")
+    )
+    leased = dict(
+        Assignment.objects.filter(_live_leases(now), pair__campaign__in=campaigns)
+        .values("pair__campaign_id")
+        .annotate(count=Count("id"))
+        .values_list("pair__campaign_id", "count")
+    )
+    active: dict[int, set[int]] = {}
+    recent = Judgement.objects.filter(pair__campaign__in=campaigns, created_at__gte=now - ACTIVE_WINDOW)
+    for campaign_id, annotator_id in recent.values_list("pair__campaign_id", "annotator_id").distinct():
+        if annotator_id is not None:  # imported votes belong to no annotator
+            active.setdefault(campaign_id, set()).add(annotator_id)
+    screens = Assignment.objects.filter(_live_leases(now), pair__campaign__in=campaigns)
+    for campaign_id, annotator_id in screens.values_list("pair__campaign_id", "annotator_id").distinct():
+        active.setdefault(campaign_id, set()).add(annotator_id)
+    counted: dict[int, dict[str, Any]] = {row["campaign_id"]: {**row} for row in pairs}
+    return {
+        campaign.pk: CampaignProgress(
+            pairs=counted.get(campaign.pk, {}).get("pairs", 0),
+            complete=counted.get(campaign.pk, {}).get("complete", 0),
+            open=counted.get(campaign.pk, {}).get("open", 0),
+            leased=leased.get(campaign.pk, 0),
+            votes=votes.get(campaign.pk, 0),
+            active_annotators=len(active.get(campaign.pk, ())),
+        )
+        for campaign in campaigns
+    }
+
+
+@dataclass(frozen=True)
+class AnnotatorProgress:
+    username: str
+    votes: int
+    skipped: int
+    leased: int  # pairs of the campaign on their screen now
+    last_vote: Any
+
+
+def _annotators_progress(campaign: Campaign) -> list[AnnotatorProgress]:
+    """Each annotator who was dealt a pair of the campaign: votes, skips, live leases and their last vote."""
+    now = timezone.now()
+    rows = (
+        Assignment.objects.filter(pair__campaign=campaign)
+        .values("annotator__username")
+        .annotate(
+            votes=Count("id", filter=Q(status=Assignment.Status.JUDGED)),
+            skipped=Count("id", filter=Q(status=Assignment.Status.SKIPPED)),
+            leased=Count("id", filter=_live_leases(now)),
+            last_vote=Max("finished_at", filter=Q(status=Assignment.Status.JUDGED)),
+        )
+        .order_by("-votes", "annotator__username")
+    )
+    return [
+        AnnotatorProgress(row["annotator__username"], row["votes"], row["skipped"], row["leased"], row["last_vote"])
+        for row in rows
+    ]
+
+
+def _campaign_agreement(campaign: Campaign) -> float | None:
+    """Krippendorff's alpha (nominal) over the campaign's votes, as the quality page computes it."""
+    report, _ = quality_rows(quality_judgements(campaign=campaign), sort=DEFAULT_SORT)
+    return report.agreement.alpha_nominal
+
+
 @require_http_methods(["GET", "POST"])
 @staff_required
 def campaigns(request: AppRequest) -> HttpResponse:
@@ -46,7 +156,13 @@ def campaigns(request: AppRequest) -> HttpResponse:
         campaign = form.save()
         messages.info(request, f"Campaign {campaign.name} created.")
         return HttpResponseRedirect(reverse("campaigns"), status=303)
-    context = {"campaigns": Campaign.objects.prefetch_related("groups"), "form": form}
+    listed = list(Campaign.objects.prefetch_related("groups").order_by("-is_active", "name"))
+    progress = _campaigns_progress(listed)
+    context = {
+        "campaigns": [(campaign, progress[campaign.pk]) for campaign in listed],
+        "form": form,
+        "active_hours": int(ACTIVE_WINDOW.total_seconds() // 3600),
+    }
     return render_page(request, "campaigns/list.html", "campaigns", context, status=400 if form.errors else 200)
 
 
@@ -59,7 +175,14 @@ def campaign_edit(request: AppRequest, campaign_id: int) -> HttpResponse:
         form.save()
         messages.info(request, f"Campaign {campaign.name} saved. New pairs take its overlap; older ones keep theirs.")
         return HttpResponseRedirect(reverse("campaigns"), status=303)
-    context = {"campaign": campaign, "form": form}
+    context = {
+        "campaign": campaign,
+        "form": form,
+        "progress": _campaigns_progress([campaign])[campaign.pk],
+        "annotators": _annotators_progress(campaign),
+        "agreement": _campaign_agreement(campaign),
+        "active_hours": int(ACTIVE_WINDOW.total_seconds() // 3600),
+    }
     return render_page(request, "campaigns/edit.html", "campaign", context, status=400 if form.errors else 200)
 
 

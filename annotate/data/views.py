@@ -18,7 +18,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from annotate.data import exports, import_jobs, imports
 from annotate.data.exports import ExportFilters
 from annotate.errors import Invalid
-from annotate.models import DataImport, Export, ModelVersion, Prompt
+from annotate.models import DataImport, Export, Judgement, ModelVersion, Prompt
 from annotate.web.pages import AppRequest, render_page, staff_required
 from training.config import WEIGHTINGS
 
@@ -33,21 +33,62 @@ def _render(request: AppRequest, template_name: str, context: dict[str, Any], st
 # --- Imports ---------------------------------------------------------------------------------------------------
 
 
-class PromptUploadForm(forms.Form):
+class PromptSetForm(forms.Form):
+    """Which prompt set an upload goes into: an existing one, or a new one only when that is said (new_set), so a
+    typo in a name never quietly starts an empty set (and with it an empty campaign)."""
+
+    default_set = "default"
+    # The page lists the stored sets in a datalist of this id (data/_prompt_sets.html).
+    prompt_set = forms.CharField(
+        max_length=100, required=False, widget=forms.TextInput(attrs={"list": "prompt-sets", "autocomplete": "off"})
+    )
+    new_set = forms.BooleanField(
+        required=False,
+        label="Start a new set with this name",
+        help_text="Without it, a name that is not in the list is refused: a typo never starts an empty set.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.existing_sets = sorted(
+            set(Prompt.objects.order_by().values_list("prompt_set", flat=True).distinct()) | {self.default_set}
+        )
+        field = self.fields["prompt_set"]
+        field.initial = self.default_set
+        field.help_text = f"One of the sets stored already ({len(self.existing_sets)}); empty: {self.default_set}."
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        name = cleaned.get("prompt_set") or self.default_set
+        known = name in self.existing_sets
+        if cleaned.get("new_set") and known:
+            self.add_error("new_set", f"There is a set named “{name}” already: untick this to add to it.")
+        elif not cleaned.get("new_set") and not known:
+            self.add_error(
+                "prompt_set", f"No prompt set is named “{name}”: choose one from the list, or tick “Start a new set”."
+            )
+        cleaned["prompt_set"] = name
+        return cleaned
+
+
+class PromptUploadForm(PromptSetForm):
     file = forms.FileField(help_text="JSON Lines, CSV with a prompt column, or text with one prompt a line.")
     format = forms.ChoiceField(
         choices=[("", "from the file name"), *((name, name) for name in imports.PROMPT_FILE_FORMATS)], required=False
     )
-    prompt_set = forms.CharField(max_length=100, initial="default", required=False, help_text="Empty: default.")
+    field_order = ["file", "format", "prompt_set", "new_set"]
 
 
-class PreferenceUploadForm(forms.Form):
+class PreferenceUploadForm(PromptSetForm):
+    default_set = "imported"
     file = forms.FileField(help_text="JSON Lines.")
     format = forms.ChoiceField(choices=[(name, name) for name in imports.PREFERENCE_FORMATS])
     skip_bad = forms.BooleanField(required=False, label="Skip bad rows (import the good ones and list the others)")
-    prompt_set = forms.CharField(
-        max_length=100, initial="imported", required=False, help_text="For prompts not stored yet. Empty: imported."
-    )
+    field_order = ["file", "format", "skip_bad", "prompt_set", "new_set"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["prompt_set"].help_text += " Only for prompts not stored yet."
 
 
 def _imports_context(form: forms.Form, kind: str, **extra: Any) -> dict[str, Any]:
@@ -79,7 +120,7 @@ def prompts_import(request: AppRequest) -> HttpResponse:
     if request.method == "GET" or not form.is_valid():
         status = 400 if request.method == "POST" else 200
         return _render(request, "data/prompts_import.html", _imports_context(form, kind), status=status)
-    options = {"prompt_set": form.cleaned_data["prompt_set"] or "default"}
+    options = {"prompt_set": form.cleaned_data["prompt_set"]}
     return _import_request(request, form, kind, form.cleaned_data["format"] or None, options)
 
 
@@ -91,7 +132,7 @@ def preferences_import(request: AppRequest) -> HttpResponse:
     if request.method == "GET" or not form.is_valid():
         status = 400 if request.method == "POST" else 200
         return _render(request, "data/preferences_import.html", _imports_context(form, kind), status=status)
-    options = {"prompt_set": form.cleaned_data["prompt_set"] or "imported", "skip_bad": form.cleaned_data["skip_bad"]}
+    options = {"prompt_set": form.cleaned_data["prompt_set"], "skip_bad": form.cleaned_data["skip_bad"]}
     return _import_request(request, form, kind, form.cleaned_data["format"], options)
 
 
@@ -171,9 +212,38 @@ class ExportForm(forms.Form):
         )
 
 
+# What most exports set; the other fields wait under "More options" with their defaults.
+EXPORT_FIELDS_FIRST = ("dataset_format", "file_format", "prompt_sets", "date_from", "date_to", "license")
+
+
 def _exports_context(form: ExportForm, **extra: Any) -> dict[str, Any]:
     recent = list(Export.objects.select_related("created_by").order_by("-id")[:EXPORTS_SHOWN])
-    return {"form": form, "exports": recent, "any_active": any(export.is_active for export in recent), **extra}
+    first = [form[name] for name in EXPORT_FIELDS_FIRST]
+    more = [field for field in form if field.name not in EXPORT_FIELDS_FIRST]
+    return {
+        "form": form,
+        "fields_first": first,
+        "fields_more": more,
+        "more_has_errors": any(field.errors for field in more),
+        "exports": recent,
+        "any_active": any(export.is_active for export in recent),
+        **extra,
+    }
+
+
+def _export_outcome(export: Export) -> dict[str, Any]:
+    """Of the votes matching the filters, how many the export's rules left out, and why: each rule with the votes it
+    leaves out as the votes stand now (they may have changed since the export), a minimum competence named only
+    (counting it would mean running MACE again)."""
+    if export.status != Export.Status.DONE or export.votes_total is None:
+        return {"left_out": None, "left_out_rules": []}
+    filters = ExportFilters.from_dict(export.filters)
+    conditions = filters.rules.left_out_conditions(Judgement.objects.none(), competence={})
+    by_competence = [reason for reason in conditions if reason.startswith("votes of annotators with competence")]
+    counted = {reason: q for reason, q in conditions.items() if reason not in by_competence}
+    counts = filters.rules.left_out(exports.judgements_matching(filters), counted)
+    reasons = [f"{count} {reason}" for reason, count in counts.items() if count] + by_competence
+    return {"left_out": max(0, export.votes_total - export.votes_read), "left_out_rules": reasons}
 
 
 @require_http_methods(["GET", "POST"])
@@ -213,7 +283,13 @@ def export_detail(request: AppRequest, export_id: int) -> HttpResponse:
     files = exports.export_files(export)
     front, body = exports.card_read(files["card"].read_text(encoding="utf-8")) if "card" in files else ({}, "")
     shown = [(key, ", ".join(map(str, value)) if isinstance(value, list) else value) for key, value in front.items()]
-    context = {"export": export, "files": files, "card_front_matter": shown, "card_body": body}
+    context = {
+        "export": export,
+        "files": files,
+        "card_front_matter": shown,
+        "card_body": body,
+        **_export_outcome(export),
+    }
     return render(request, "data/export_detail.html", context)
 
 

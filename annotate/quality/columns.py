@@ -236,6 +236,26 @@ def rows_sorted(rows: list[QualityRow], sort: str) -> list[QualityRow]:
 
 # --- The page's cells -----------------------------------------------------------------------------------------
 
+# How a flag's code (annotate.quality.agreement.Flag, also the API's) reads on the pages; its reason is the tooltip.
+FLAG_WORDS = {
+    "position_bias": "Position bias",
+    "fast": "Too fast",
+    "low_competence": "Low competence",
+    "gold": "Misses gold",
+    "inconsistent": "Inconsistent",
+}
+
+
+def flag_word(code: str) -> str:
+    return FLAG_WORDS.get(code, code.replace("_", " ").capitalize())
+
+
+def p_value_text(value: float) -> str:
+    """A p-value as people read it: "p = 0.42", "p = 0.013", "p < 0.001"."""
+    if value < 0.001:
+        return "p < 0.001"
+    return f"p = {value:.2f}" if value >= 0.01 else f"p = {value:.3f}"
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -250,7 +270,7 @@ def _written(kind: Kind, value: Any) -> str:
     if kind in ("share", "seconds"):
         return str(floatformat(value, 2 if kind == "share" else 1))
     if kind == "p_value":
-        return f"{value:.1e}"
+        return p_value_text(value)
     return str(localize(value))
 
 
@@ -260,7 +280,9 @@ def _cell_html(column: QualityColumn, row: QualityRow, annotator_url: str) -> Sa
     if first.kind == "annotator":
         return format_html('<a href="{}">{}</a>', annotator_url, value)
     if first.kind == "flags":
-        flags = format_html_join("", "<div><strong>{}</strong>: {}</div>", ((flag.code, flag.reason) for flag in value))
+        flags = format_html_join(
+            " ", '<span class="flag" title="{}">{}</span>', ((flag.reason, flag_word(flag.code)) for flag in value)
+        )
         return flags or mark_safe(UNKNOWN)
     if first.kind == "status":
         statuses = [format_html('<span class="status">{}</span>', status.label) for status in column.values

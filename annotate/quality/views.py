@@ -22,12 +22,12 @@ from django.views.decorators.http import require_GET, require_POST
 from annotate.annotation import services
 from annotate.errors import Invalid
 from annotate.models import AnnotatorAction, AnnotatorStanding, Judgement
-from annotate.quality.columns import QUALITY_COLUMNS, Cell, QualityRow, table_cells
+from annotate.quality.columns import QUALITY_COLUMNS, Cell, QualityRow, flag_word, p_value_text, table_cells
 from annotate.quality.filters import QualityFilters
 from annotate.quality.selectors import quality_rows
 from annotate.web.pages import AppRequest, render_page, staff_required
 
-VOTES_PER_PAGE = 20
+VOTES_PER_PAGE = 50
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ def _headings(request: AppRequest, filters: QualityFilters) -> list[Heading]:
 class TableRow:
     username: str
     cells: list[Cell]
+    css_class: str  # "flagged" when a signal asks for a look, "held" when staff paused them or excluded their votes
 
 
 def _table(rows: list[QualityRow], filter_query: str) -> list[TableRow]:
@@ -61,7 +62,8 @@ def _table(rows: list[QualityRow], filter_query: str) -> list[TableRow]:
     for row in rows:
         url = reverse("quality-annotator", args=[row.username])
         cells = table_cells(row, annotator_url=f"{url}?{filter_query}" if filter_query else url)
-        table.append(TableRow(row.username, cells))
+        held = row.paused or row.votes_excluded
+        table.append(TableRow(row.username, cells, "held" if held else "flagged" if row.signals.flags else ""))
     return table
 
 
@@ -126,8 +128,11 @@ def _annotator_page(
         .order_by("-id")
     )
     page = Paginator(votes, VOTES_PER_PAGE).get_page(request.GET.get("page"))
+    row = next((row.values for row in rows if row.annotator_id == annotator.pk), None)
     context.update(
-        row=next((row.values for row in rows if row.annotator_id == annotator.pk), None),
+        row=row,
+        flags=[(flag_word(flag.code), flag.reason) for flag in row["flags"]] if row else [],
+        position_p=p_value_text(row["position_p_value"]) if row and row["position_p_value"] is not None else "",
         report=report,
         page=page,
         votes=[_vote_view(vote) for vote in page.object_list],

@@ -100,3 +100,41 @@ def test_pausing_an_annotator_through_the_api_is_recorded_and_reversible(staff_a
     ]
     assert staff_api.post("/api/annotators/nobody/actions/", {"action": "pause", "reason": "x"},
                           format="json").status_code == 404  # fmt: skip
+
+
+def test_the_campaign_pages_show_progress_overall_and_per_annotator(
+    client, staff, annotator, other_annotator, make_pair
+):
+    from tests.annotate.voting import vote_as_annotator
+
+    pairs = [make_pair(required=1), make_pair(required=2), make_pair(required=2)]
+    vote_as_annotator(annotator, pair=pairs[0])  # pair 0 has its one vote
+    vote_as_annotator(other_annotator, pair=pairs[1])
+    vote_as_annotator(annotator, pair=pairs[2])
+    assert services.assignment_lease_next(annotator=other_annotator).pair_id == pairs[2].pk  # on their screen
+    client.force_login(staff)
+
+    listed = client.get("/campaigns/").content.decode()
+    row = listed.split('<tr data-campaign="default">', 1)[1].split("</tr>", 1)[0]
+    cells = [cell.strip() for cell in row.split("<td")[4:7]]
+    assert '<span data-testid="judged">1 of 3</span>' in row and "(33 %)" in row
+    assert cells == [">1</td>", ">1</td>", '>3 <span class="hint small">(1 a pair)</span></td>']  # open, leased, votes
+    assert "<td>2</td>" in row  # active annotators: one voted, the other votes and holds a lease
+
+    page = client.get(f"/campaigns/{pairs[0].campaign_id}/").content.decode()
+    assert '<strong data-testid="judged">1 of 3 pairs judged</strong>' in page
+    annotators = page.split('id="campaign-annotators"', 1)[1].split("</table>", 1)[0]
+    ann = annotators.split('data-annotator="ann"', 1)[1].split("</tr>", 1)[0]
+    bea = annotators.split('data-annotator="bea"', 1)[1].split("</tr>", 1)[0]
+    assert "<td>2</td><td>0</td><td>0</td>" in ann and "<td>1</td><td>0</td><td>1</td>" in bea
+    assert 'for="id_guidelines"' in page and 'id="id_votes_per_pair_helptext"' in page  # the form, field by field
+
+
+def test_a_bad_campaign_value_is_shown_beside_its_field(client, staff):
+    client.force_login(staff)
+    response = client.post("/campaigns/", {"name": "x", "votes_per_pair": 0, "gold_rate": 2, "repeat_rate": 0})
+    page = response.content.decode()
+    assert response.status_code == 400 and "<details" in page and "open>" in page.split("<details", 1)[1][:40]
+    gold = page.split('for="id_gold_rate"', 1)[1].split("</div>", 1)[0]
+    assert '<span class="field-error" role="alert">must be between 0 and 1</span>' in gold
+    assert not Campaign.objects.filter(name="x").exists()

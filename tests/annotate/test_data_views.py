@@ -70,7 +70,9 @@ def _run_import(response):
 
 @pytest.mark.django_db(transaction=True)
 def test_prompt_upload_without_javascript_goes_to_the_import_page(staff_client):
-    response = staff_client.post("/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "mt-bench"})
+    response = staff_client.post(
+        "/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "mt-bench", "new_set": "on"}
+    )
     data_import = DataImport.objects.get()
     assert response.status_code == 303 and response["Location"] == f"/data/imports/{data_import.pk}/"
     assert not Prompt.objects.exists()  # the worker imports it
@@ -82,7 +84,9 @@ def test_prompt_upload_without_javascript_goes_to_the_import_page(staff_client):
 
 
 def test_prompt_upload_through_htmx_sends_the_browser_to_the_import_page(staff_client):
-    response = staff_client.post("/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "x"}, **HTMX)
+    response = staff_client.post(
+        "/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "x", "new_set": "on"}, **HTMX
+    )
     data_import = DataImport.objects.get()
     assert response.status_code == 200 and response["HX-Redirect"] == f"/data/imports/{data_import.pk}/"
     assert (data_import.status, data_import.options, data_import.file_format) == (
@@ -173,7 +177,7 @@ def test_export_without_javascript_goes_to_the_export_with_its_card(
     assert response.status_code == 303 and response["Location"] == f"/data/exports/{export.pk}/"
 
     page = staff_client.get(response["Location"]).content.decode()
-    assert 'data-testid="status">Done<' in page and "1 row " in page and "1 of 1 votes read (100 %)" in page
+    assert 'data-testid="status">Done<' in page and "1 row " in page and "1 vote exported as 1 row." in page
     assert "hx-trigger" not in page  # over: the page no longer polls
     assert "license: cc-by-4.0" in page and "<td>policy-v0-secret-name</td>" in page  # the card, rendered
     assert "<dt>license</dt><dd>cc-by-4.0</dd>" in page  # its front matter, read as YAML
@@ -273,3 +277,38 @@ def test_a_date_at_the_end_of_the_calendar_is_a_400_naming_the_field(staff_clien
     assert not Export.objects.exists()
     # The last day as the first one is a real (empty) range: it is accepted.
     assert staff_client.post("/data/exports/", {**EXPORT_FORM, "date_from": "9999-12-31"}).status_code == 303
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_done_export_says_how_many_votes_its_rules_left_out_and_which(
+    staff_client, staff, make_pair, annotator, other_annotator, settings, tmp_path, worker_runs_tasks
+):
+    from annotate.annotation import services
+
+    settings.EXPORT_DIR = tmp_path
+    for number in range(2):
+        pair = make_pair(texts=(f"good answer {number}", f"bad answer {number}"), required=2)
+        vote_as_annotator(annotator, pair=pair, choice="a")
+        vote_as_annotator(other_annotator, pair=pair, choice="b")
+    services.annotator_act(annotator=other_annotator, action="exclude", by=staff, reason="guessing")
+    response = staff_client.post("/data/exports/", EXPORT_FORM)
+    page = staff_client.get(response["Location"]).content.decode()
+    progress = page.split('data-testid="progress">', 1)[1].split("</p>", 1)[0]
+    assert progress.startswith("2 votes exported as 2 rows. 2 other votes matched the filters and were left out")
+    assert progress.endswith("left out by the export's rules: 2 votes of excluded annotators.")  # rules that bit
+    assert "of 4 votes read" not in page
+
+
+def test_a_prompt_set_not_stored_yet_needs_new_set_ticked(staff_client, make_pair):
+    make_pair(prompt_set="maths")
+    page = staff_client.get("/data/prompts/import/").content.decode()
+    assert '<datalist id="prompt-sets"><option value="default"></option><option value="maths"></option>' in page
+    typo = staff_client.post("/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "mahts"})
+    assert typo.status_code == 400 and "No prompt set is named “mahts”" in typo.content.decode()
+    again = staff_client.post(
+        "/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "maths", "new_set": "on"}
+    )
+    assert again.status_code == 400 and "There is a set named “maths” already" in again.content.decode()
+    assert not DataImport.objects.exists()
+    into_existing = staff_client.post("/data/prompts/import/", {"file": upload(MT_BENCH), "prompt_set": "maths"})
+    assert into_existing.status_code == 303 and DataImport.objects.get().options == {"prompt_set": "maths"}

@@ -158,7 +158,8 @@ def test_a_finished_import_is_not_run_again(preference_import):
 def test_with_the_task_queue_down_the_import_waits_and_the_page_says_so(client, staff, broker_down):
     client.force_login(staff)
     response = client.post(
-        "/data/prompts/import/", {"file": SimpleUploadedFile("p.txt", b"one\ntwo\n"), "prompt_set": "s"}
+        "/data/prompts/import/",
+        {"file": SimpleUploadedFile("p.txt", b"one\ntwo\n"), "prompt_set": "s", "new_set": "on"},
     )
     data_import = DataImport.objects.get()
     assert response.status_code == 303 and data_import.status == "queued"

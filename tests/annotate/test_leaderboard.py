@@ -193,16 +193,16 @@ def test_page_shows_table_matrix_and_chart_data(votes, staff_client):
     response = staff_client.get("/leaderboard/")
     assert response.status_code == 200
     page = response.content.decode()
-    rows = re.findall(r"<tr>\s*<td>(\d+)</td>\s*<td>([\w-]+)", page)
+    rows = re.findall(r'<tr data-version="[\w-]+">\s*<td>(\d+)</td>\s*<td>([\w-]+)', page)
     assert [name for _, name in rows] == ["round-2", "round-1", "base-model"]
-    assert "base-model (reference)" in page and "60 head-to-head votes" in page
+    assert 'base-model <span class="hint">(reference)</span>' in page and "60 head-to-head votes" in page
     assert 'id="leaderboard-matrix"' in page and "(20)" in page  # 20 votes between each two versions
     assert "vendor/chartjs/chart-4.6.1.umd.min.js" in page and "pairloop/charts.js" in page
     # Chart data travels as JSON in a data block (no inline script, no inline style).
     spec = json.loads(re.search(r'<script id="leaderboard-lineage-chart" type="application/json">(.*?)</script>',
                                 page, re.S).group(1))  # fmt: skip
     assert spec["x"]["categories"] == ["base-model", "round-1", "round-2"]  # along the lineage
-    assert spec["series"][0]["line"] is True  # one chain: base, its child, its grandchild
+    assert spec["series"][0]["line"] is False  # dots with whiskers: versions are no time series, even in one chain
     values, intervals = spec["series"][0]["values"], spec["series"][0]["intervals"]
     assert values[0] == 1000.0 and values[0] < values[1] < values[2]
     assert all(low <= value <= high for value, (low, high) in zip(values, intervals, strict=True))
@@ -329,3 +329,25 @@ def test_the_chart_draws_under_a_strict_csp_and_redraws_after_an_htmx_swap(live_
         # to false: a base-template matter, left to the Content-Security-Policy work; nothing else may be refused.
         assert [problem for problem in problems if HTMX_INDICATOR_STYLE not in problem] == []
         browser.close()
+
+
+def test_a_rejected_candidate_is_listed_apart_unranked_and_few_votes_are_marked(lineage, annotator, staff_client):
+    """round-2 wins most of its votes, but it was rejected: it keeps its rating, below the versions that may serve,
+    with no rank; each version has 8 votes, under the 20 that make an interval worth acting on."""
+    for first, second in [("base-model", "round-1"), ("round-1", "round-2"), ("base-model", "round-2")] * 4:
+        head_to_head_pair(lineage[first], lineage[second])
+    vote_everything(annotator, np.random.default_rng(2), {**STRENGTHS, "round-2": 4.0})
+    lineage["round-2"].reject()
+
+    page = staff_client.get("/leaderboard/").content.decode()
+    table = page.split('id="leaderboard-ratings"', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r'<tr data-version="([\w-]+)"( class="unranked")?>\s*<td>([^<]+)</td>', table)
+    assert {name for name, unranked, _ in rows[:2] if not unranked} == {"round-1", "base-model"}
+    assert rows[2][:2] == ("round-2", ' class="unranked"')
+    assert rows[0][2] == "1" and rows[1][2] in ("1", "2") and rows[2][2] == "\N{EN DASH}"  # intervals may overlap
+    assert table.index("Not ranked: rejected candidates") < table.index('data-version="round-2"')
+    assert table.count(">few votes</span>") == 3
+    matrix = page.split('id="leaderboard-matrix"', 1)[1].split("</table>", 1)[0]
+    assert matrix.count('class="heat heat-none"') == 3  # the diagonal
+    cells = re.findall(r'class="heat heat-(\d+)">([\d.]+) <span class="small">\((\d+)\)', matrix)
+    assert len(cells) == 6 and all(int(heat) == round(float(rate) * 10) for heat, rate, _ in cells)  # the colour

@@ -60,11 +60,11 @@ def population(make_pair, django_user_model, monkeypatch):
 
 def _rows(html: str) -> list[str]:
     """The annotator table's usernames, top to bottom."""
-    return re.findall(r'<tr data-annotator="([^"]+)">', html)
+    return re.findall(r'<tr data-annotator="([^"]+)"', html)
 
 
 def _row_html(html: str, username: str) -> str:
-    return html.split(f'<tr data-annotator="{username}">', 1)[1].split("</tr>", 1)[0]
+    return html.split(f'<tr data-annotator="{username}"', 1)[1].split("</tr>", 1)[0]
 
 
 def _vote(annotator, side: str, strength: int | None = 2, rationale: str = "") -> Judgement:
@@ -117,9 +117,15 @@ def test_the_table_flags_the_spammer_and_not_the_careful(population, staff_clien
     html = response.content.decode()
     assert _rows(html)[0] == SPAMMER  # most flags first by default
     spammer_row = _row_html(html, SPAMMER)
-    assert "position_bias" in spammer_row and "picked the left answer in 100% of 12 decisive votes" in spammer_row
+    # The flag in words, its reason the tooltip; the row coloured as flagged.
+    assert (
+        ">Position bias</span>" in spammer_row and "picked the left answer in 100% of 12 decisive votes" in spammer_row
+    )
+    assert html.count(f'<tr data-annotator="{SPAMMER}" class="flagged">') == 1
+    assert "p &lt; 0.001" in spammer_row  # the position test's p-value as people read it, not 4.9e-04
     for name in CAREFUL:
-        assert "position_bias" not in _row_html(html, name)
+        assert "Position bias" not in _row_html(html, name)
+        assert f'<tr data-annotator="{name}">' in html
     agreement = html.split('id="quality-agreement"', 1)[1].split("</dl>", 1)[0]
     assert "undefined" not in agreement
     assert "<dt>Annotators</dt><dd>5</dd>" in agreement and "12, of which 12 with votes" in agreement
@@ -395,11 +401,11 @@ def test_the_drill_down_shows_votes_as_the_annotator_saw_them(make_pair, annotat
 
 
 def test_votes_are_paginated(make_pair, annotator, staff_client):
-    for _ in range(23):
+    for _ in range(53):
         make_pair(required=1)
         _vote(annotator, "right")
     first_page = staff_client.get(f"/quality/annotators/{annotator.username}/").content.decode()
-    assert first_page.count('class="card vote-record"') == 20 and "Page 1 of 2" in first_page
+    assert first_page.count('class="card vote-record"') == 50 and "Page 1 of 2" in first_page
     second_page = staff_client.get(f"/quality/annotators/{annotator.username}/?page=2").content.decode()
     assert second_page.count('class="card vote-record"') == 3
     assert staff_client.get(f"/quality/annotators/{annotator.username}/?page=zzz").status_code == 200
@@ -487,3 +493,13 @@ def test_the_schema_describes_the_quality_endpoint(staff_api):
     assert set(output["properties"]) == {"agreement", "annotators", "kappas"}
     row = schema["components"]["schemas"]["QualityAnnotatorItem"]["properties"]
     assert {"competence", "gold_accuracy", "self_consistency", "flags", "paused", "votes_excluded"} <= set(row)
+
+
+def test_the_annotator_page_shows_the_evidence_before_the_decisions(population, staff_client):
+    page = staff_client.get(f"/quality/annotators/{SPAMMER}/").content.decode()
+    assert page.index("<h2>Signals</h2>") < page.index("<h2>Decisions</h2>") < page.index("<h2>Votes</h2>")
+    assert page.index('id="quality-flags"') < page.index('name="reason"')
+    flags = page.split('id="quality-flags">', 1)[1].split("</dd>", 1)[0]
+    assert '<span class="flag">Position bias</span> picked the left answer in 100% of 12 decisive votes' in flags
+    assert "position_bias" not in flags
+    assert "12 decisive votes, binomial test p &lt; 0.001" in page
