@@ -68,9 +68,9 @@ def webhook_endpoint_create(
     )
 
 
-def webhook_endpoint_deactivate(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
-    """No new deliveries; those still pending fail at their next attempt, saying so."""
-    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(active=False)
+def webhook_endpoint_set_active(*, endpoint: WebhookEndpoint, active: bool) -> WebhookEndpoint:
+    """Switched off: no new deliveries, and those still pending fail at their next attempt, saying so."""
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(active=active)
     endpoint.refresh_from_db()
     return endpoint
 

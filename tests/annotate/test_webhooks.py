@@ -235,7 +235,7 @@ def test_unknown_or_no_events_are_refused(receiver, staff):
 def test_a_deactivated_endpoint_gets_nothing_more(receiver, staff):
     endpoint = endpoint_at(receiver, "/off", [events.EXPORT_READY])
     events.webhook_events_emit(event=events.EXPORT_READY, payload={"export": 1})
-    hooks.webhook_endpoint_deactivate(endpoint=endpoint)
+    hooks.webhook_endpoint_set_active(endpoint=endpoint, active=False)
     assert deliver_pending() == ["failed"]
     assert events.webhook_events_emit(event=events.EXPORT_READY, payload={"export": 2}) == 0
     assert receiver.requests == []
