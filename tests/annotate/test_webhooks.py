@@ -9,6 +9,7 @@ import time
 
 import pytest
 from django.db import transaction
+from rest_framework.test import APIClient
 
 from annotate.data import exports
 from annotate.data.exports import ExportFilters
@@ -16,6 +17,8 @@ from annotate.errors import Invalid
 from annotate.hooks import events
 from annotate.hooks import services as hooks
 from annotate.models import WebhookDelivery, WebhookEndpoint
+from annotate.rounds import canary
+from annotate.rounds import services as rounds
 
 from .conftest import run_round
 from .voting import vote_as_annotator
@@ -257,3 +260,39 @@ def test_the_secret_is_a_standard_webhooks_secret_and_masked_afterwards(receiver
     endpoint = endpoint_at(receiver, "/hook", [events.VOTE_RECORDED])
     assert endpoint.secret.startswith("whsec_") and len(endpoint.secret) > 40
     assert endpoint.secret_masked == "whsec_…" + endpoint.secret[-4:]
+
+
+def test_a_canary_decision_and_a_rollback_are_events_too(loop, receiver, staff, serving_version):
+    endpoint_at(receiver, "/ops", [events.CANARY_DECIDED, events.ROUND_FINISHED, events.VERSION_ROLLED_BACK])
+    canary_round = rounds.round_start(trigger="api", gate_mode="human")
+    rounds.round_run(canary_round.pk)
+    canary_round.refresh_from_db()
+    assert canary_round.status == "canary"
+    canary.canary_decide_early(training_round=canary_round, by=staff, decision="reject", reason="reads worse")
+    served_round = run_round()
+    assert served_round.status == "serving"
+    api = APIClient()
+    api.force_authenticate(staff)
+    assert api.post(f"/api/model-versions/{serving_version.pk}/serve/").status_code == 200  # back to the base model
+    deliver_pending()
+
+    assert receiver.events("/ops") == [events.ROUND_FINISHED, events.CANARY_DECIDED, events.ROUND_FINISHED,
+                                       events.VERSION_ROLLED_BACK]  # fmt: skip
+    rejected, decided, finished, rolled_back = (request.verified["data"] for request in receiver.received("/ops"))
+    assert rejected["round"] == decided["round"] == canary_round.pk and rejected["status"] == "rejected"
+    assert decided["decision"] == "reject" and decided["reason"] == "decided early: reads worse"
+    assert finished == {"round": served_round.pk, "status": "serving", "error": "",
+                        "result_version": served_round.result_version.name}  # fmt: skip
+    assert rolled_back == {"version": serving_version.pk, "name": serving_version.name, "was": "retired"}
+
+
+def test_with_the_broker_down_the_work_is_done_and_the_sweep_sends_the_delivery_later(
+    receiver, staff, make_pair, broker_down, settings
+):
+    settings.WEBHOOK_QUEUED_LEASE_SECONDS = 0.0  # the sweep may send again at once
+    endpoint_at(receiver, "/hook", [events.VOTE_RECORDED])
+    vote_as_annotator(staff, pair=make_pair())  # the on-commit enqueue fails (logged); the vote stands
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.status == "pending" and delivery.holder == WebhookDelivery.QUEUED
+    assert hooks.webhook_deliveries_send_due() == 1  # handed to the queue again (which is still down: logged)
+    assert hooks.webhook_delivery_send(delivery_id=delivery.pk) == "delivered"  # a worker takes it once it is back
