@@ -20,7 +20,7 @@ from annotate.models import WebhookDelivery, WebhookEndpoint
 from annotate.rounds import canary
 from annotate.rounds import services as rounds
 
-from .conftest import run_round
+from .conftest import run_in_threads, run_round
 from .voting import vote_as_annotator
 from .webhook_receiver import Receiver, webhook_receiver
 
@@ -296,3 +296,15 @@ def test_with_the_broker_down_the_work_is_done_and_the_sweep_sends_the_delivery_
     assert delivery.status == "pending" and delivery.holder == WebhookDelivery.QUEUED
     assert hooks.webhook_deliveries_send_due() == 1  # handed to the queue again (which is still down: logged)
     assert hooks.webhook_delivery_send(delivery_id=delivery.pk) == "delivered"  # a worker takes it once it is back
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_given_the_same_delivery_send_it_once(receiver, staff):
+    endpoint = endpoint_at(receiver, "/hook", [events.VOTE_RECORDED])
+    receiver.answers["/hook"] = [(200, b"ok", 0.3)]  # slow enough that both workers are at it together
+    delivery = hooks.webhook_endpoint_test(endpoint=endpoint)
+    outcomes: list[str | None] = []
+    run_in_threads([lambda: outcomes.append(hooks.webhook_delivery_send(delivery_id=delivery.pk))] * 2)
+    assert sorted(outcomes, key=str) == [None, "delivered"]
+    assert len(receiver.received("/hook")) == 1
+    assert WebhookDelivery.objects.get().attempts == 1
