@@ -94,6 +94,7 @@ def _endpoints_create(request: Request) -> Response:
         400: OpenApiResponse(description="A bad URL (scheme, host, private address) or events, in `errors`."),
         403: NOT_STAFF,
     },
+    operation_id="webhooks_create",
     summary="Register a webhook endpoint for events",
 )
 @api_view(["GET", "POST"])
@@ -127,6 +128,7 @@ def webhooks_detail(request: Request, endpoint_id: int) -> Response:
 
 
 @extend_schema(request=None, responses={202: DeliveryItem, 403: NOT_STAFF, 404: NO_ENDPOINT},
+               operation_id="webhooks_test",
                summary="Send a webhook.test event to this endpoint (a worker sends it)")  # fmt: skip
 @api_view(["POST"])
 @permission_classes([IsAdminUser])
@@ -136,6 +138,7 @@ def webhooks_test(request: Request, endpoint_id: int) -> Response:
 
 
 @extend_schema(responses={200: page_of(DeliveryItem), 403: NOT_STAFF, 404: NO_ENDPOINT},
+               operation_id="webhook_deliveries_list",
                summary="An endpoint's deliveries, newest first, with every attempt and answer")  # fmt: skip
 @api_view(["GET"])
 @permission_classes([IsAdminUser])
