@@ -147,7 +147,9 @@ def webhook_delivery_send(*, delivery_id: int) -> str | None:
         delivery.give_up(reason="the endpoint was deactivated")
         return delivery.status
     holder = holder_name()
-    if not delivery.claim(holder=holder, lease_seconds=2 * settings.WEBHOOK_TOTAL_SECONDS):
+    # Longer than the task's time limit (2 x WEBHOOK_TOTAL_SECONDS): no second worker takes it while this one may
+    # still be sending.
+    if not delivery.claim(holder=holder, lease_seconds=3 * settings.WEBHOOK_TOTAL_SECONDS):
         return None
     # Sorted keys and no spaces: the signed bytes are the sent bytes, the same on every attempt.
     body = json.dumps(delivery.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
