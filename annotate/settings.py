@@ -491,6 +491,12 @@ CELERY_BEAT_SCHEDULE["webhook-deliveries-send"] = {
     "task": "annotate.tasks.webhook_deliveries_send_due",
     "schedule": env_float("WEBHOOK_SWEEP_INTERVAL", 10.0),
 }
+# Deliveries that ended (delivered or failed) are deleted after this many days, by an hourly beat task.
+WEBHOOK_KEEP_DAYS = env_float("WEBHOOK_KEEP_DAYS", 30.0)
+CELERY_BEAT_SCHEDULE["webhook-deliveries-prune"] = {
+    "task": "annotate.tasks.webhook_deliveries_prune",
+    "schedule": 3600.0,
+}
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     **cast(dict[str, str], SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]),
     "WebhookDeliveryStatusEnum": "annotate.models.WebhookDelivery.Status",

@@ -119,3 +119,9 @@ def webhook_delivery_send(delivery_id: int) -> str | None:
 def webhook_deliveries_send_due() -> int:
     """Hand the webhook deliveries that are due (retries, lost messages, lost workers) to the workers."""
     return hooks.webhook_deliveries_send_due()
+
+
+@shared_task
+def webhook_deliveries_prune() -> int:
+    """Delete webhook deliveries that ended more than WEBHOOK_KEEP_DAYS ago."""
+    return hooks.webhook_deliveries_prune()

@@ -187,3 +187,12 @@ def webhook_deliveries_send_due() -> int:
             enqueue(SEND_TASK, delivery.pk)
             sent += 1
     return sent
+
+
+def webhook_deliveries_prune(*, now: datetime | None = None) -> int:
+    """Delete the deliveries that ended (delivered or failed) more than WEBHOOK_KEEP_DAYS ago, so a delivery per
+    vote does not pile up for good; returns how many. Pending ones stay whatever their age."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.WEBHOOK_KEEP_DAYS)
+    ended = (WebhookDelivery.Status.DELIVERED, WebhookDelivery.Status.FAILED)
+    deleted, _ = WebhookDelivery.objects.filter(status__in=ended, created_at__lt=cutoff).delete()
+    return deleted

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import socket
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from annotate.data import exports
@@ -308,3 +310,18 @@ def test_two_workers_given_the_same_delivery_send_it_once(receiver, staff):
     assert sorted(outcomes, key=str) == [None, "delivered"]
     assert len(receiver.received("/hook")) == 1
     assert WebhookDelivery.objects.get().attempts == 1
+
+
+def test_deliveries_that_ended_are_pruned_after_the_days_kept(receiver, staff, settings):
+    settings.WEBHOOK_RETRY_SECONDS = []
+    endpoint = endpoint_at(receiver, "/hook", [events.VOTE_RECORDED])
+    receiver.answers["/hook"] = [(200, b"", 0.0), (500, b"", 0.0)]
+    hooks.webhook_endpoint_test(endpoint=endpoint)
+    hooks.webhook_endpoint_test(endpoint=endpoint)
+    assert deliver_pending() == ["delivered", "failed"] and hooks.webhook_deliveries_prune() == 0
+    pending = hooks.webhook_endpoint_test(endpoint=endpoint)
+    later = timezone.now() + timedelta(days=settings.WEBHOOK_KEEP_DAYS, minutes=1)
+    pending.refresh_from_db()
+    assert pending.status == "pending"
+    assert hooks.webhook_deliveries_prune(now=later) == 2
+    assert list(WebhookDelivery.objects.values_list("pk", flat=True)) == [pending.pk]
