@@ -487,6 +487,10 @@ WEBHOOK_RETRY_SECONDS = [float(value) for value in env_list("WEBHOOK_RETRY_SECON
 # A delivery handed to the task queue and not taken by a worker within this long is sent again by the sweep (its
 # message lost with a broker restart, or its worker killed mid-attempt).
 WEBHOOK_QUEUED_LEASE_SECONDS = env_float("WEBHOOK_QUEUED_LEASE_SECONDS", 60.0)
+# Deliveries run on their own queue, served by their own worker process (`webhooks` in the Procfile): receivers that
+# hang hold that worker's slots only, never the ones that sample pairs.
+CELERY_WEBHOOK_QUEUE = env_str("CELERY_WEBHOOK_QUEUE", f"{CELERY_TASK_DEFAULT_QUEUE}-webhooks")
+CELERY_TASK_ROUTES["annotate.tasks.webhook_delivery_send"] = {"queue": CELERY_WEBHOOK_QUEUE}
 CELERY_BEAT_SCHEDULE["webhook-deliveries-send"] = {
     "task": "annotate.tasks.webhook_deliveries_send_due",
     "schedule": env_float("WEBHOOK_SWEEP_INTERVAL", 10.0),

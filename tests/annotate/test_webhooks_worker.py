@@ -1,12 +1,16 @@
-"""Webhooks with a real Celery worker process: a vote committed through the services is handed to the worker by the
-on-commit hook, and the worker's task delivers it, signed, to a real receiver."""
+"""Webhooks with real Celery worker processes, as in the Procfile: a vote committed through the services is handed
+to the webhook queue by the on-commit hook, and the `webhooks` worker's task delivers it, signed, to a real
+receiver; the pair-sampling worker (default queue) never sees it."""
+
+from collections.abc import Iterator
 
 import pytest
+from django.conf import settings
 
 from annotate.hooks import events
 from annotate.hooks import services as hooks
 from annotate.models import WebhookDelivery
-from tests.integration.conftest import celery_worker, wait_until  # noqa: F401 (a fixture)
+from tests.integration.conftest import _worker, wait_until
 
 from .voting import vote_as_annotator
 from .webhook_receiver import webhook_receiver
@@ -14,17 +18,23 @@ from .webhook_receiver import webhook_receiver
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_committed_vote_reaches_the_receiver_through_the_worker(celery_worker, make_pair, annotator):  # noqa: F811
+@pytest.fixture
+def webhook_worker(django_db_setup) -> Iterator[object]:
+    """The `webhooks` process: a Celery worker on this run's webhook queue."""
+    yield from _worker("webhook-worker", settings.CELERY_WEBHOOK_QUEUE)
+
+
+def test_a_committed_vote_reaches_the_receiver_through_the_webhook_worker(webhook_worker, make_pair, annotator):
+    assert settings.CELERY_TASK_ROUTES["annotate.tasks.webhook_delivery_send"]["queue"] == settings.CELERY_WEBHOOK_QUEUE
     with webhook_receiver() as receiver:
         endpoint = hooks.webhook_endpoint_create(
             url=receiver.url + "/votes", event_names=[events.VOTE_RECORDED], allow_private=True, created_by=None
         )
         receiver.secrets["/votes"] = endpoint.secret
-        pair = make_pair()
-        judgement = vote_as_annotator(annotator, pair=pair)
+        judgement = vote_as_annotator(annotator, pair=make_pair())
 
-        wait_until(lambda: receiver.requests, 60, "the worker to deliver the vote", celery_worker,
-                   celery_worker.log_path)  # fmt: skip
+        wait_until(lambda: receiver.requests, 60, "the worker to deliver the vote", webhook_worker,
+                   webhook_worker.log_path)  # fmt: skip
         (request,) = receiver.requests
         assert isinstance(request.verified, dict), request.verified
         assert request.verified["data"]["judgement"] == judgement.pk
