@@ -53,8 +53,8 @@ run: install model db
 	@export SECRET_KEY="$${SECRET_KEY:-$$(cat var/secret-key)}"; \
 	$(PY) manage.py seed_demo; \
 	mkdir -p var/log; \
-	if [ -n "$${VLLM_BASE_URL:-}" ]; then processes="web worker trainer beat"; server="$$VLLM_BASE_URL"; url="$$VLLM_BASE_URL"; \
-	else processes="web worker trainer beat vllm"; server="a local vLLM server on port $${VLLM_PORT:-8100} (ready in about a minute)"; \
+	if [ -n "$${VLLM_BASE_URL:-}" ]; then processes="web worker trainer webhooks beat"; server="$$VLLM_BASE_URL"; url="$$VLLM_BASE_URL"; \
+	else processes="web worker trainer webhooks beat vllm"; server="a local vLLM server on port $${VLLM_PORT:-8100} (ready in about a minute)"; \
 		url="http://$${VLLM_HOST:-127.0.0.1}:$${VLLM_PORT:-8100}"; fi; \
 	echo "$$url" > "$${PAIRLOOP_VAR_DIR:-var}/model-server-url"; \
 	echo; \

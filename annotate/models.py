@@ -17,6 +17,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from annotate.errors import Conflict
+from annotate.hooks import events
+from annotate.hooks.events import webhook_events_emit
 from annotate.owners import heartbeat
 
 
@@ -253,9 +255,13 @@ class ModelVersion(models.Model):
             raise Conflict(f"{self.name} is {self.get_status_display().lower()}; it cannot serve")
         self.ensure_loaded(server)
         now = timezone.now()
+        was = self.status
         with transaction.atomic():
             type(self).objects.filter(status=self.Status.SERVING).exclude(pk=self.pk).update(status=self.Status.RETIRED)
             type(self).objects.filter(pk=self.pk).update(status=self.Status.SERVING, serving_since=now)
+            if was != self.Status.SERVING:
+                event = events.VERSION_ROLLED_BACK if was == self.Status.RETIRED else events.VERSION_SERVED
+                webhook_events_emit(event=event, payload={"version": self.pk, "name": self.name, "was": was})
         self.refresh_from_db()
 
     def approve(self) -> None:
@@ -638,10 +644,17 @@ class Export(QueuedWork, models.Model):
 
     def finish(self, *, row_count: int, votes_read: int) -> None:
         """running -> done."""
-        Export.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+        done = Export.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
             status=self.Status.DONE, row_count=row_count, votes_read=votes_read, finished_at=timezone.now()
         )
         self.refresh_from_db()
+        if done:
+            webhook_events_emit(event=events.EXPORT_READY, payload=self.webhook_data)
+
+    @property
+    def webhook_data(self) -> dict[str, Any]:
+        return {"export": self.pk, "dataset_format": self.dataset_format, "file_format": self.file_format,
+                "row_count": self.row_count}  # fmt: skip
 
     def fail(self, *, error: str) -> None:
         """queued or running -> failed."""
@@ -993,6 +1006,7 @@ class TrainingRound(models.Model):
         if status in self.ACTIVE_STATUSES:
             raise ValueError(f"{status} is not an end state")
         self._move(status, {**fields, "active": None, "finished_at": timezone.now(), "process_id": None})
+        webhook_events_emit(event=self.webhook_event, payload=self.webhook_data)
 
     def end_abandoned(self, *, reason: str) -> bool:
         """End a running round whose worker went silent, as it was looked at: a deploying round becomes trained (its
@@ -1006,7 +1020,22 @@ class TrainingRound(models.Model):
             self._write(fields, expected_status=self.status, heartbeat=False, unchanged_since_seen=True)
         except Conflict:
             return False
+        webhook_events_emit(event=self.webhook_event, payload=self.webhook_data)
         return True
+
+    @property
+    def webhook_event(self) -> str:
+        return events.ROUND_FAILED if self.status == self.Status.FAILED else events.ROUND_FINISHED
+
+    @property
+    def webhook_data(self) -> dict[str, Any]:
+        """What a webhook says about a round that ended (never its config or log: receivers get the outcome)."""
+        return {
+            "round": self.pk,
+            "status": self.status,
+            "error": self.error[:500],
+            "result_version": self.result_version.name if self.result_version_id and self.result_version else None,
+        }
 
     def deploy_begin(self) -> None:
         """Trained, rejected-then-overridden, or evaluated: deploying makes the round active again (one at a time)."""
@@ -1116,3 +1145,147 @@ class RateCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.count}"
+
+
+# --- Webhooks ------------------------------------------------------------------------------------------------------
+
+
+class WebhookEndpoint(models.Model):
+    """A URL staff registered to be told of events (annotate.hooks.events.WEBHOOK_EVENTS), each delivery signed with
+    its secret (Standard Webhooks). The secret is shown once, when the endpoint is created; afterwards only masked."""
+
+    url = models.CharField(max_length=500, help_text="http or https; only this host is ever sent to.")
+    events = models.JSONField(default=list, help_text="The event names sent to it.")
+    secret = models.CharField(max_length=100, help_text="whsec_ and base64: the signing key (Standard Webhooks).")
+    active = models.BooleanField(default=True)
+    allow_private = models.BooleanField(
+        default=False, help_text="Staff allowed private, loopback and link-local addresses for its host."
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Webhook {self.pk} ({self.url})"
+
+    @property
+    def secret_masked(self) -> str:
+        return f"whsec_…{self.secret[-4:]}" if self.secret else ""
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint, and every attempt to send it: the row is the truth, so a delivery whose worker
+    died (its lease ran out) or whose task message was lost is sent again by the periodic sweep.
+
+    pending -> delivered (a 2xx answer) or failed (every attempt in WEBHOOK_RETRY_SECONDS used, or the endpoint
+    gone inactive). An attempt is taken with a conditional update (`claim`), so two workers never send one at once."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    QUEUED = "queued"  # the holder of a delivery handed to the task queue and not yet taken by a worker
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=50)
+    payload = models.JSONField(help_text="The message body: type, timestamp and data.")
+    message_id = models.CharField(max_length=50, unique=True, help_text="webhook-id: the same on every attempt.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    attempt_log = models.JSONField(
+        default=list, blank=True, help_text="Each attempt: when, the answer's status, the error, an excerpt, ms."
+    )
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    holder = models.CharField(max_length=200, blank=True, help_text="The worker sending it now, or queued.")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    last_response = models.TextField(blank=True, help_text="The start of the last answer's body (capped).")
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Delivery {self.message_id} ({self.event}, {self.status})"
+
+    def _pending(self) -> models.QuerySet[WebhookDelivery]:
+        return WebhookDelivery.objects.filter(pk=self.pk, status=self.Status.PENDING)
+
+    def hand_to_queue(self, *, lease_seconds: float) -> bool:
+        """Note that its task was (about to be) sent, so the sweep leaves it alone for `lease_seconds`; False when a
+        worker holds it or it is over."""
+        now = timezone.now()
+        free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+        return bool(
+            self._pending().filter(free).update(holder=self.QUEUED, lease_expires_at=now + _seconds(lease_seconds))
+        )
+
+    def claim(self, *, holder: str, lease_seconds: float) -> bool:
+        """pending and due -> held by `holder` for one more attempt, counted now (a worker killed mid-attempt used
+        it up, so a receiver that stalls every worker cannot be tried forever); False (nothing changed) when another
+        worker holds it, it is not due yet, or it is over."""
+        now = timezone.now()
+        free = Q(holder=self.QUEUED) | Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+        claimed = (
+            self._pending()
+            .filter(free)
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .update(holder=holder, lease_expires_at=now + _seconds(lease_seconds), attempts=F("attempts") + 1)
+        )
+        self.refresh_from_db()
+        return claimed == 1
+
+    def record_attempt(
+        self,
+        *,
+        holder: str,
+        status_code: int | None,
+        error: str,
+        response: str,
+        milliseconds: int,
+        retry_in: float | None,
+    ) -> bool:
+        """The attempt `holder` made: delivered without an error, else pending again in `retry_in` seconds, or failed
+        when `retry_in` is None. False (nothing written) when `holder` no longer held it."""
+        now = timezone.now()
+        entry = {
+            "attempt": self.attempts,
+            "at": now.isoformat(),
+            "status_code": status_code,
+            "error": error,
+            "response": response,
+            "milliseconds": milliseconds,
+        }
+        fields: dict[str, Any] = {
+            "attempt_log": [*self.attempt_log, entry],
+            "last_status_code": status_code,
+            "last_error": error[:300],
+            "last_response": response,
+            "holder": "",
+            "lease_expires_at": None,
+        }
+        if not error:
+            fields.update(status=self.Status.DELIVERED, delivered_at=now, next_attempt_at=None)
+        elif retry_in is None:
+            fields.update(status=self.Status.FAILED, next_attempt_at=None)
+        else:
+            fields.update(next_attempt_at=now + _seconds(retry_in))
+        written = self._pending().filter(holder=holder).update(**fields)
+        self.refresh_from_db()
+        return written == 1
+
+    def give_up(self, *, reason: str) -> None:
+        """pending -> failed without an attempt (its endpoint was deactivated or deleted)."""
+        self._pending().update(status=self.Status.FAILED, last_error=reason[:300], holder="", lease_expires_at=None)
+        self.refresh_from_db()
+
+
+def _seconds(value: float) -> Any:
+    from datetime import timedelta  # here, not at the top: this section is appended to a module others edit too
+
+    return timedelta(seconds=value)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -488,4 +489,36 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "ModelVersionStatusEnum": "annotate.models.ModelVersion.Status",
     "ExportStatusEnum": "annotate.models.Export.Status",
     "DataImportStatusEnum": "annotate.models.DataImport.Status",
+}
+
+# --- Webhooks ----------------------------------------------------------------------------------------------------
+# Each delivery is one request from a worker with these limits, so a receiver that hangs holds one task for at most
+# about CONNECT + READ seconds (a task time limit of WEBHOOK_TOTAL_SECONDS stops one that drips its answer).
+WEBHOOK_CONNECT_TIMEOUT = env_float("WEBHOOK_CONNECT_TIMEOUT", 3.0)
+WEBHOOK_READ_TIMEOUT = env_float("WEBHOOK_READ_TIMEOUT", 5.0)
+WEBHOOK_TOTAL_SECONDS = env_float("WEBHOOK_TOTAL_SECONDS", 15.0)
+# The start of an answer's body kept with the attempt; the rest is never read.
+WEBHOOK_RESPONSE_MAX_BYTES = env_int("WEBHOOK_RESPONSE_MAX_BYTES", 1024)
+# Seconds before each retry after a failed attempt (so at most one more attempt than there are numbers), then failed.
+WEBHOOK_RETRY_SECONDS = [float(value) for value in env_list("WEBHOOK_RETRY_SECONDS", "10,60,300,1800,7200")]
+# A delivery handed to the task queue and not taken by a worker within this long is sent again by the sweep (its
+# message lost with a broker restart, or its worker killed mid-attempt).
+WEBHOOK_QUEUED_LEASE_SECONDS = env_float("WEBHOOK_QUEUED_LEASE_SECONDS", 60.0)
+# Deliveries run on their own queue, served by their own worker process (`webhooks` in the Procfile): receivers that
+# hang hold that worker's slots only, never the ones that sample pairs.
+CELERY_WEBHOOK_QUEUE = env_str("CELERY_WEBHOOK_QUEUE", f"{CELERY_TASK_DEFAULT_QUEUE}-webhooks")
+CELERY_TASK_ROUTES["annotate.tasks.webhook_delivery_send"] = {"queue": CELERY_WEBHOOK_QUEUE}
+CELERY_BEAT_SCHEDULE["webhook-deliveries-send"] = {
+    "task": "annotate.tasks.webhook_deliveries_send_due",
+    "schedule": env_float("WEBHOOK_SWEEP_INTERVAL", 10.0),
+}
+# Deliveries that ended (delivered or failed) are deleted after this many days, by an hourly beat task.
+WEBHOOK_KEEP_DAYS = env_float("WEBHOOK_KEEP_DAYS", 30.0)
+CELERY_BEAT_SCHEDULE["webhook-deliveries-prune"] = {
+    "task": "annotate.tasks.webhook_deliveries_prune",
+    "schedule": 3600.0,
+}
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
+    **cast(dict[str, str], SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]),
+    "WebhookDeliveryStatusEnum": "annotate.models.WebhookDelivery.Status",
 }

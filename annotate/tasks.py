@@ -7,9 +7,11 @@ from typing import Any
 from celery import Task, shared_task
 from celery.signals import worker_ready
 from celery.utils.time import get_exponential_backoff_interval
+from django.conf import settings
 
 from annotate.annotation import services
 from annotate.data import exports, import_jobs
+from annotate.hooks import services as hooks
 from annotate.models import DataImport, Export, TrainingRound
 from annotate.rounds import canary, deploy
 from annotate.rounds import services as rounds
@@ -107,3 +109,23 @@ def work_abandoned_end() -> int:
     """End the work whose worker died without a word (running exports, imports and rounds), saying why; returns how
     many."""
     return exports.exports_abandoned_end() + import_jobs.data_imports_abandoned_end() + rounds.rounds_abandoned_end()
+
+
+# Acknowledged on receipt: the delivery row is the truth, and a worker lost mid-attempt leaves it to the sweep. The
+# time limit stops a receiver that drips its answer past the client's own timeouts (prefork workers).
+@shared_task(acks_late=False, time_limit=2 * settings.WEBHOOK_TOTAL_SECONDS)
+def webhook_delivery_send(delivery_id: int) -> str | None:
+    """One attempt at one webhook delivery."""
+    return hooks.webhook_delivery_send(delivery_id=delivery_id)
+
+
+@shared_task
+def webhook_deliveries_send_due() -> int:
+    """Hand the webhook deliveries that are due (retries, lost messages, lost workers) to the workers."""
+    return hooks.webhook_deliveries_send_due()
+
+
+@shared_task
+def webhook_deliveries_prune() -> int:
+    """Delete webhook deliveries that ended more than WEBHOOK_KEEP_DAYS ago."""
+    return hooks.webhook_deliveries_prune()

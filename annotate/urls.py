@@ -10,6 +10,8 @@ from annotate.annotation import staff_api as campaign_api
 from annotate.dashboard import views as dashboard_views
 from annotate.data import api as data_api
 from annotate.data import views as data_views
+from annotate.hooks import api as hooks_api
+from annotate.hooks import views as hooks_views
 from annotate.leaderboard import api as leaderboard_api
 from annotate.leaderboard import views as leaderboard_views
 from annotate.quality import api as quality_api
@@ -70,6 +72,11 @@ staff_pages = [
     path("quality/annotators/<str:username>/", quality_views.annotator_quality, name="quality-annotator"),
     path("quality/annotators/<str:username>/actions/", quality_views.annotator_act, name="quality-annotator-act"),
     path("dashboard/", dashboard_views.dashboard, name="dashboard"),
+    path("webhooks/", hooks_views.webhooks_page, name="webhooks"),
+    path("webhooks/<id:endpoint_id>/", hooks_views.webhook_detail, name="webhook"),
+    path("webhooks/<id:endpoint_id>/test/", hooks_views.webhook_test, name="webhook-test"),
+    path("webhooks/<id:endpoint_id>/active/", hooks_views.webhook_active, name="webhook-active"),
+    path("webhooks/<id:endpoint_id>/delete/", hooks_views.webhook_delete, name="webhook-delete"),
     # Where a login lands (LOGIN_REDIRECT_URL): staff on the dashboard, everyone else on the annotate page.
     path("start/", dashboard_views.start, name="start"),
 ]
@@ -97,6 +104,14 @@ staff_api_urls = [
     path("api/exports/<id:export_id>/download/", data_api.exports_download, name="api-export-download"),
     path("api/leaderboard/", leaderboard_api.leaderboard, name="api-leaderboard"),
     path("api/quality/", quality_api.quality, name="api-quality"),
+    path("api/staff/webhooks/", hooks_api.webhooks_collection, name="api-webhooks"),
+    path("api/staff/webhooks/<id:endpoint_id>/", hooks_api.webhooks_detail, name="api-webhook"),
+    path("api/staff/webhooks/<id:endpoint_id>/test/", hooks_api.webhooks_test, name="api-webhook-test"),
+    path(
+        "api/staff/webhooks/<id:endpoint_id>/deliveries/",
+        hooks_api.webhooks_deliveries,
+        name="api-webhook-deliveries",
+    ),
 ]
 
 urlpatterns = [

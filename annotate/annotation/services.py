@@ -25,6 +25,7 @@ from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from annotate.errors import Conflict, Invalid
+from annotate.hooks.events import VOTE_RECORDED, webhook_events_emit
 from annotate.models import (
     AnnotatorAction,
     AnnotatorStanding,
@@ -314,7 +315,21 @@ def judgement_record(
             return replay
         raise
     transaction.on_commit(sampling.refill_if_low)
+    webhook_events_emit(event=VOTE_RECORDED, payload=judgement_webhook_data(judgement))
     return RecordedJudgement(judgement, created=True)
+
+
+def judgement_webhook_data(judgement: Judgement) -> dict[str, Any]:
+    """What a webhook says about a vote: who, on which pair, what (the rationale stays here)."""
+    return {
+        "judgement": judgement.pk,
+        "pair": judgement.pair_id,
+        "annotator": judgement.annotator.get_username() if judgement.annotator else None,
+        "choice": judgement.choice,
+        "strength": judgement.strength,
+        "source": judgement.source,
+        "is_repeat": judgement.is_repeat,
+    }
 
 
 def _judgement_write(

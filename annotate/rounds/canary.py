@@ -30,6 +30,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from annotate.errors import Conflict, Invalid
+from annotate.hooks.events import CANARY_DECIDED, webhook_events_emit
 from annotate.models import Judgement, TrainingRound
 from annotate.rounds.deploy import round_deploy_later
 from annotate.sampling.generation import (
@@ -225,6 +226,7 @@ def _apply(training_round: TrainingRound, decision: str, reason: str, by: str, t
     record = {"decision": decision, "reason": reason, "by": by, "at": timezone.now().isoformat(), **tally.as_dict()}
     logger.info("round %s canary: %s (%s, by %s)", training_round.pk, decision, reason, by)
     (_promote if decision == PROMOTE else _reject)(training_round, record)
+    webhook_events_emit(event=CANARY_DECIDED, payload={"round": training_round.pk, **record})
 
 
 def canary_decide(training_round: TrainingRound, *, now: datetime | None = None) -> str | None:

@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from annotate.data import exports, import_jobs
 from annotate.data.exports import ExportFilters
+from annotate.hooks import services as hooks
 from annotate.models import DataImport, Export
 from annotate.rounds import services as rounds
 
@@ -86,6 +87,15 @@ ACCESS = {
     "api-annotator-actions": (STAFF_API, ["post"]),
     "api-leaderboard": (STAFF_API, ["get"]),
     "api-quality": (STAFF_API, ["get"]),
+    "webhooks": (STAFF_PAGE, ["get", "post"]),
+    "webhook": (STAFF_PAGE, ["get"]),
+    "webhook-test": (STAFF_PAGE, ["post"]),
+    "webhook-active": (STAFF_PAGE, ["post"]),
+    "webhook-delete": (STAFF_PAGE, ["post"]),
+    "api-webhooks": (STAFF_API, ["get", "post"]),
+    "api-webhook": (STAFF_API, ["get"]),
+    "api-webhook-test": (STAFF_API, ["post"]),
+    "api-webhook-deliveries": (STAFF_API, ["get"]),
     "healthz": (PUBLIC, ["get"]),
     "api-schema": (PUBLIC, ["get"]),
     "api-docs": (PUBLIC, ["get"]),
@@ -186,8 +196,12 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
         created_by=staff, kind=DataImport.Kind.PROMPTS, upload=upload, file_format=None, options={"prompt_set": "roles"}
     )
     import_jobs.data_import_run(data_import=data_import)  # as its worker runs it
+    endpoint = hooks.webhook_endpoint_create(
+        url="http://127.0.0.1:9/hook", event_names=["vote.recorded"], allow_private=True, created_by=staff
+    )
     return {"pair_id": pair.pk, "campaign_id": pair.campaign_id, "round_id": training_round.pk,
             "version_id": serving_version.pk, "export_id": export.pk, "import_id": data_import.pk,
+            "endpoint_id": endpoint.pk,
             "username": annotator.username,
             "object_id": 999999, "id": 999999, "content_type_id": 999999}  # fmt: skip
 

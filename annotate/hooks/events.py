@@ -1,0 +1,46 @@
+"""The one way an event leaves the app: `webhook_events_emit`, called on the line where the thing happens.
+
+This module imports no models at load time: annotate.models calls it from the state machines' transitions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+
+VOTE_RECORDED = "vote.recorded"
+ROUND_FINISHED = "round.finished"
+ROUND_FAILED = "round.failed"
+VERSION_SERVED = "version.served"
+VERSION_ROLLED_BACK = "version.rolled_back"
+EXPORT_READY = "export.ready"
+CANARY_DECIDED = "canary.decided"
+TEST = "webhook.test"  # sent on demand to one endpoint, whatever it subscribed to
+
+WEBHOOK_EVENTS = {
+    VOTE_RECORDED: "A vote recorded",
+    ROUND_FINISHED: "A round finished (serving, trained, rejected or cancelled)",
+    ROUND_FAILED: "A round failed",
+    VERSION_SERVED: "A model version served",
+    VERSION_ROLLED_BACK: "An earlier model version served again (a rollback)",
+    EXPORT_READY: "An export ready to download",
+    CANARY_DECIDED: "A canary decided (promote or reject)",
+}
+
+
+def webhook_message(*, event: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The body every delivery carries (the Standard Webhooks envelope)."""
+    return {"type": event, "timestamp": timezone.now().isoformat(), "data": data}
+
+
+def webhook_events_emit(*, event: str, payload: dict[str, Any]) -> int:
+    """Record a delivery of `event` for every active endpoint that subscribed to it, in the caller's transaction, and
+    hand each to a worker once that transaction commits (nothing is sent for work that rolled back). Returns how
+    many deliveries were recorded."""
+    from annotate.hooks.services import webhook_deliveries_create
+    from annotate.models import WebhookEndpoint
+
+    endpoints = [endpoint for endpoint in WebhookEndpoint.objects.filter(active=True) if event in endpoint.events]
+    if not endpoints:
+        return 0
+    return len(webhook_deliveries_create(endpoints=endpoints, message=webhook_message(event=event, data=payload)))
