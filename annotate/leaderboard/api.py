@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from annotate.leaderboard.ratings import Rating, Record
-from annotate.leaderboard.selectors import SCALE_DESCRIPTION, Standings, leaderboard_standings
+from annotate.leaderboard.selectors import SCALE_DESCRIPTION, Standings, leaderboard_standings, standings_ranked
 
 
 class LeaderboardQuery(serializers.Serializer[Any]):
@@ -25,7 +25,11 @@ class RatingItem(serializers.Serializer[Any]):
     rating = serializers.FloatField()
     lower = serializers.FloatField(help_text="95 % interval, from the bootstrap.")
     upper = serializers.FloatField()
-    rank = serializers.IntegerField(help_text="1 + the number of versions whose interval lies wholly above.")
+    rank = serializers.IntegerField(
+        allow_null=True,
+        help_text="1 + the number of ranked versions whose interval lies wholly above; null for a rejected candidate "
+        "(it keeps its rating but takes no rank, as on the page).",
+    )
 
 
 class RecordItem(serializers.Serializer[Any]):
@@ -45,6 +49,7 @@ class StandingItem(serializers.Serializer[Any]):
     rating = RatingItem()
     record = RecordItem()
     length_controlled = RatingItem(allow_null=True, help_text="Null unless length_control was asked for.")
+    few_votes = serializers.BooleanField(help_text="Under the few-votes mark: an interval too wide to act on.")
 
 
 class MatrixItem(RecordItem):
@@ -65,7 +70,7 @@ class LeaderboardOutput(serializers.Serializer[Any]):
     votes = serializers.IntegerField(help_text="Head-to-head votes: on pairs whose answers come from two versions.")
     bootstrap_rounds = serializers.IntegerField()
     ties = serializers.CharField()
-    versions = StandingItem(many=True, help_text="Best first.")
+    versions = StandingItem(many=True, help_text="The ranked versions best first, then rejected candidates.")
     matrix = MatrixItem(many=True, help_text="Each ordered pair of versions with votes between them.")
     length_effect = LengthEffectItem(allow_null=True)
     unconnected = serializers.ListField(
@@ -73,10 +78,10 @@ class LeaderboardOutput(serializers.Serializer[Any]):
     )
 
 
-def _rating(rating: Rating | None) -> dict[str, Any] | None:
+def _rating(rating: Rating | None, rank: int | None) -> dict[str, Any] | None:
     if rating is None:
         return None
-    return {"rating": rating.rating, "lower": rating.lower, "upper": rating.upper, "rank": rating.rank}
+    return {"rating": rating.rating, "lower": rating.lower, "upper": rating.upper, "rank": rank}
 
 
 def _record(record: Record) -> dict[str, Any]:
@@ -86,6 +91,7 @@ def _record(record: Record) -> dict[str, Any]:
 
 def _output(board: Standings) -> dict[str, Any]:
     effect = board.length_effect
+    ranked, unranked = standings_ranked(board.standings)
     return {
         "scale": SCALE_DESCRIPTION,
         "reference": board.reference.name if board.reference else None,
@@ -94,15 +100,16 @@ def _output(board: Standings) -> dict[str, Any]:
         "ties": "A tie, and a both-bad vote, count as half a win for each side.",
         "versions": [
             {
-                "id": standing.version.pk,
-                "name": standing.version.name,
-                "parent_version": standing.version.parent.name if standing.version.parent else None,
-                "status": standing.version.status,
-                "rating": _rating(standing.rating),
-                "record": _record(standing.record),
-                "length_controlled": _rating(standing.length_controlled),
+                "id": row.standing.version.pk,
+                "name": row.standing.version.name,
+                "parent_version": row.standing.version.parent.name if row.standing.version.parent else None,
+                "status": row.standing.version.status,
+                "rating": _rating(row.standing.rating, row.rank),
+                "record": _record(row.standing.record),
+                "length_controlled": _rating(row.standing.length_controlled, row.length_controlled_rank),
+                "few_votes": row.few_votes,
             }
-            for standing in board.standings
+            for row in [*ranked, *unranked]
         ],
         "matrix": [
             {"version": row.version.name, "opponent": column.name, **_record(cell)}

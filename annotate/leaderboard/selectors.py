@@ -88,6 +88,49 @@ class Standing:
     length_controlled: Rating | None
 
 
+# Under this many votes a version's bootstrap interval is too wide to act on: its rating is marked as tentative.
+FEW_VOTES = 20
+# Versions that can never be served again: they keep their rating but take no rank.
+UNRANKED = (ModelVersion.Status.REJECTED,)
+
+
+def _rank(rating: Rating | None, among: list[Rating | None]) -> int | None:
+    """1 + the number of versions in `among` whose interval lies wholly above this one's (the ratings' own rule)."""
+    if rating is None:
+        return None
+    return 1 + sum(1 for other in among if other is not None and other.lower > rating.upper)
+
+
+@dataclass(frozen=True)
+class BoardRow:
+    standing: Standing
+    rank: int | None  # None for a version that takes no rank (rejected)
+    length_controlled_rank: int | None
+    few_votes: bool
+
+
+def standings_ranked(standings: list[Standing]) -> tuple[list[BoardRow], list[BoardRow]]:
+    """The ranked versions best first, then the unranked ones (rejected), each ranked among the ranked only.
+
+    The one rule for a rank, read by the page and the API alike: a rejected candidate keeps its rating but takes no
+    rank, and does not push the versions that may still serve down.
+    """
+    ranked = [standing for standing in standings if standing.version.status not in UNRANKED]
+    unranked = [standing for standing in standings if standing.version.status in UNRANKED]
+    ratings: list[Rating | None] = [standing.rating for standing in ranked]
+    controlled = [standing.length_controlled for standing in ranked]
+
+    def row(standing: Standing, *, ranks: bool) -> BoardRow:
+        return BoardRow(
+            standing,
+            _rank(standing.rating, ratings) if ranks else None,
+            _rank(standing.length_controlled, controlled) if ranks else None,
+            standing.record.votes < FEW_VOTES,
+        )
+
+    return [row(standing, ranks=True) for standing in ranked], [row(standing, ranks=False) for standing in unranked]
+
+
 @dataclass(frozen=True)
 class MatrixRow:
     version: ModelVersion

@@ -14,53 +14,22 @@ from django import forms
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 
-from annotate.leaderboard.ratings import Rating, Record
-from annotate.leaderboard.selectors import SCALE_DESCRIPTION, Standing, Standings, leaderboard_standings
+from annotate.leaderboard.ratings import Record
+from annotate.leaderboard.selectors import (
+    FEW_VOTES,
+    SCALE_DESCRIPTION,
+    Standings,
+    leaderboard_standings,
+    standings_ranked,
+)
 from annotate.models import ModelVersion
 from annotate.web.pages import AppRequest, render_page, staff_required
 
-# Under this many votes a version's bootstrap interval is too wide to act on: its rating is marked as tentative.
-FEW_VOTES = 20
-# Versions that can never be served again: they keep their rating but take no rank.
-UNRANKED = (ModelVersion.Status.REJECTED,)
 HEAT_STEPS = 10  # the matrix's colour steps: win rate 0 to 1 in tenths (CSS classes heat-0 ... heat-10)
 
 
 class LeaderboardOptions(forms.Form):
     length_control = forms.ChoiceField(choices=[("0", "off"), ("1", "on")], required=False)
-
-
-def _rank(rating: Rating | None, among: list[Rating | None]) -> int | None:
-    """1 + the number of versions in `among` whose interval lies wholly above this one's (the ratings' own rule)."""
-    if rating is None:
-        return None
-    return 1 + sum(1 for other in among if other is not None and other.lower > rating.upper)
-
-
-@dataclass(frozen=True)
-class BoardRow:
-    standing: Standing
-    rank: int | None  # None for a version that takes no rank (rejected)
-    length_controlled_rank: int | None
-    few_votes: bool
-
-
-def _rows(standings: list[Standing]) -> tuple[list[BoardRow], list[BoardRow]]:
-    """The ranked versions best first, then the unranked ones, each ranked among the ranked only."""
-    ranked = [standing for standing in standings if standing.version.status not in UNRANKED]
-    unranked = [standing for standing in standings if standing.version.status in UNRANKED]
-    ratings: list[Rating | None] = [standing.rating for standing in ranked]
-    controlled = [standing.length_controlled for standing in ranked]
-
-    def row(standing: Standing, *, ranks: bool) -> BoardRow:
-        return BoardRow(
-            standing,
-            _rank(standing.rating, ratings) if ranks else None,
-            _rank(standing.length_controlled, controlled) if ranks else None,
-            standing.record.votes < FEW_VOTES,
-        )
-
-    return [row(standing, ranks=True) for standing in ranked], [row(standing, ranks=False) for standing in unranked]
 
 
 @dataclass(frozen=True)
@@ -95,7 +64,7 @@ def leaderboard(request: AppRequest) -> HttpResponse:
     if not options.is_valid():
         return render_page(request, "leaderboard/leaderboard.html", "leaderboard", context, status=400)
     board = leaderboard_standings(length_control=options.cleaned_data["length_control"] == "1")
-    ranked, unranked = _rows(board.standings)
+    ranked, unranked = standings_ranked(board.standings)
     effect = board.length_effect
     context.update(
         board=board,

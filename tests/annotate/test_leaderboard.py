@@ -351,3 +351,9 @@ def test_a_rejected_candidate_is_listed_apart_unranked_and_few_votes_are_marked(
     assert matrix.count('class="heat heat-none"') == 3  # the diagonal
     cells = re.findall(r'class="heat heat-(\d+)">([\d.]+) <span class="small">\((\d+)\)', matrix)
     assert len(cells) == 6 and all(int(heat) == round(float(rate) * 10) for heat, rate, _ in cells)  # the colour
+    # The API reads the same rule: the rejected candidate comes last, with its rating and no rank.
+    body = staff_client.get("/api/leaderboard/").json()
+    api_rows = [(version["name"], version["rating"]["rank"], version["few_votes"]) for version in body["versions"]]
+    page_ranks = {name: None if rank == "\N{EN DASH}" else int(rank) for name, _, rank in rows}
+    assert api_rows == [(name, page_ranks[name], True) for name, _, _ in rows]
+    assert api_rows[-1][:2] == ("round-2", None)
