@@ -7,10 +7,12 @@ process it would need oauth2_provider in pairloop's INSTALLED_APPS and its table
     python tests/annotate/oidc_provider.py SPEC.json
 
 SPEC names a folder for its database, the RSA private key (PEM) it signs ID tokens with, the client (id, secret,
-redirect URI) and the users (username, email, groups, and optionally id_token_seconds: the lifetime of their ID
-tokens, negative for one already expired). It prints its port on the first line, then serves until killed.
+redirect URIs, space-separated) and the users (username, email, groups, and optionally id_token_seconds: the
+lifetime of their ID tokens, negative for one already expired). It prints its port on the first line, then
+serves until killed.
 A test signs a user in with GET /as/<username>/?next=<authorize URL>: the provider's own login, which is not what
-is under test, so it takes no password.
+is under test, so it takes no password; a browser that comes to the provider unsigned is signed in as SPEC's
+browser_user.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def _configure() -> None:
         SECRET_KEY="oidc-provider-for-tests",
         ALLOWED_HOSTS=["127.0.0.1", "localhost"],
         ROOT_URLCONF=__name__,
+        LOGIN_URL=f"/as/{SPEC.get('browser_user', '')}/",  # a browser sent to sign in is signed in as this user
         INSTALLED_APPS=[
             "django.contrib.auth",
             "django.contrib.contenttypes",

@@ -1,13 +1,26 @@
 """The API does what the staff pages do, and its OpenAPI schema describes exactly what is served."""
 
+import json
 import re
+from types import SimpleNamespace
+from typing import Any
 
+import httpx
 import pytest
+from django.core.wsgi import get_wsgi_application
 from django.urls import URLPattern, URLResolver, get_resolver
 from drf_spectacular.generators import SchemaGenerator
+from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from annotate import tasks
+from annotate.celery import app as celery_app
+from annotate.models import Judgement
+from tests.readme import README
+
 # The same staff client and votes enough for a round as the round pages' tests.
+from .edges import FakeModelServer
+from .test_api_fuzz import keep_the_test_transaction  # noqa: F401 (the WSGI handler must not close it)
 from .test_round_views import enough_votes, staff_api  # noqa: F401
 
 pytestmark = pytest.mark.django_db
@@ -89,3 +102,58 @@ def test_the_served_schema_lists_the_rounds_list(client):
     operation = schema["paths"]["/api/rounds/"]["get"]
     assert operation["operationId"] == "rounds_list"
     assert {parameter["name"] for parameter in operation["parameters"]} >= {"status", "trigger", "active", "page"}
+
+
+# --- README's Python example runs a campaign end to end ---------------------------------------------------------
+
+
+class SamplingModelServer(FakeModelServer):
+    """The round tests' fake vLLM server, answering chat requests too (each answer names its seed, so twins
+    differ)."""
+
+    def handle(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if path != "/v1/chat/completions":
+            return super().handle(path, body)
+        text = f"Answer {body['seed']} to {body['messages'][-1]['content'][:40]}"
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        return 200, {"id": f"chat-{body['seed']}", "object": "chat.completion", "model": body["model"],
+                     "choices": [choice], "usage": {"prompt_tokens": 5, "completion_tokens": 5}}  # fmt: skip
+
+
+@pytest.fixture
+def model_server():
+    return SamplingModelServer(max_lora_rank=16)
+
+
+def readme_python_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    return next(block for block in blocks if "def run_campaign" in block)
+
+
+@pytest.mark.django_db(transaction=True)  # each request commits, and the work it hands to the workers runs then
+def test_the_readme_example_runs_a_campaign_end_to_end(loop, staff, annotator, settings, tmp_path):
+    """README's code, as written, against the app: httpx over WSGI, the workers' tasks run as they are sent (the
+    broker is the one part left out), the fake model server samples and serves, the scripted trainer trains."""
+    settings.EXPORT_DIR = tmp_path / "exports"
+    example: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(readme_python_example(), "README.md", "exec"), example)
+    # While the example waits, the sampling worker tops up the pairs, as beat has it do every PAIR_REFILL_INTERVAL.
+    example["time"] = SimpleNamespace(sleep=lambda seconds: tasks.pairs_refill())
+    app = httpx.WSGITransport(app=get_wsgi_application())
+
+    def client_of(user) -> httpx.Client:
+        token = Token.objects.create(user=user).key
+        return httpx.Client(transport=app, base_url="http://testserver", headers={"Authorization": f"Token {token}"})
+
+    celery_app.conf.task_always_eager = True
+    try:
+        result = example["run_campaign"](client_of(staff), client_of(annotator))
+    finally:
+        celery_app.conf.task_always_eager = False
+
+    assert result["round"]["status"] == "serving", result["round"]["error"]
+    assert [item["id"] for item in result["rounds"]["results"]] == [result["round"]["id"]]
+    assert Judgement.objects.filter(annotator=annotator, pair__prompt__prompt_set="tips").count() == 4
+    rows = [json.loads(line) for line in result["dataset"].splitlines()]
+    assert len(rows) == 4 and all({"prompt", "chosen", "rejected"} <= set(row) for row in rows)
+    assert result["leaderboard"]

@@ -11,9 +11,12 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from django.conf import settings as django_settings
 from django.contrib.auth.models import Group, User
 from django.core.cache import cache
 from rest_framework.test import APIClient
+
+from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.django_db
 
@@ -27,13 +30,16 @@ USERS = {
 
 
 @pytest.fixture(scope="module")
-def provider(tmp_path_factory):
-    """The provider's address, with its issuer's; it signs with an RSA key made for this run."""
+def provider(tmp_path_factory, live_server):
+    """The provider's address; it signs with an RSA key made for this run, and sends the browser back to the test
+    client's address or the live server's."""
     folder = tmp_path_factory.mktemp("oidc-provider")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     spec = folder / "spec.json"
-    spec.write_text(json.dumps({"dir": str(folder), "private_key": pem.decode(), "client": CLIENT, "users": USERS}))
+    client = {**CLIENT, "redirect_uri": f"{CLIENT['redirect_uri']} {live_server.url}/accounts/sso/callback/"}
+    spec.write_text(json.dumps({"dir": str(folder), "private_key": pem.decode(), "client": client, "users": USERS,
+                                "browser_user": "ada"}))  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("oidc_provider.py")), str(spec)],
         stdout=subprocess.PIPE,
@@ -166,3 +172,38 @@ def test_a_callback_without_a_sign_in_changes_nothing(client, sso):
     assert client.get("/accounts/sso/callback/?code=x&state=forged").status_code == 400
     assert client.get("/accounts/sso/callback/?error=access_denied").status_code == 400
     assert User.objects.count() == 0
+
+
+SHOTS = Path(django_settings.BASE_DIR) / "docs" / "screenshots"
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)  # the live server's thread sees what the flow writes
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_a_browser_signs_in_with_the_login_pages_button(sso, live_server):
+    """Chromium clicks "Sign in with Example ID": to the provider and back, refused in no group, then in as staff."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{live_server.url}/accounts/login/")
+        page.screenshot(path=str(SHOTS / "login-desktop.png"))
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(SHOTS / "login-phone.png"))
+
+        page.goto(f"{sso}/as/cy/?next=/o/.well-known/openid-configuration")  # cy is signed in at the provider
+        page.goto(f"{live_server.url}/accounts/login/")
+        page.click("[data-testid=sso-login]")
+        page.wait_for_selector("[data-testid=sso-refused]")
+        assert "in no group that may use pairloop" in page.inner_text("[data-testid=sso-refused]")
+        page.screenshot(path=str(SHOTS / "sso-refused-phone.png"))
+        assert not User.objects.filter(username="cy").exists()
+
+        page.goto(f"{sso}/as/ada/?next=/o/.well-known/openid-configuration")  # now ada, a staff group's member
+        page.set_viewport_size({"width": 1400, "height": 900})
+        page.goto(f"{live_server.url}/accounts/login/?next=/dashboard/")
+        page.click("[data-testid=sso-login]")
+        page.wait_for_url(f"{live_server.url}/dashboard/")
+        assert User.objects.get(username="ada").is_staff
+        browser.close()
