@@ -81,6 +81,7 @@ staff_api_urls = [
     path("api/campaigns/", campaign_api.campaigns, name="api-campaigns"),
     path("api/campaigns/<id:campaign_id>/", campaign_api.campaign_detail, name="api-campaign"),
     path("api/pairs/<id:pair_id>/gold/", data_api.pairs_gold, name="api-pair-gold"),
+    path("api/annotators/<str:username>/", quality_api.annotators_detail, name="api-annotator"),
     path("api/annotators/<str:username>/actions/", quality_api.annotators_act, name="api-annotator-actions"),
     path("api/prompts/", data_api.prompts, name="api-prompts"),
     path("api/prompts/import/", data_api.prompts_import, name="api-prompts-import"),

@@ -157,3 +157,25 @@ def test_the_readme_example_runs_a_campaign_end_to_end(loop, staff, annotator, s
     rows = [json.loads(line) for line in result["dataset"].splitlines()]
     assert len(rows) == 4 and all({"prompt", "chosen", "rejected"} <= set(row) for row in rows)
     assert result["leaderboard"]
+
+
+# --- Annotators: the standing and decisions the annotator's quality page shows ----------------------------------
+
+
+def test_an_annotators_standing_and_decisions(staff_api, annotator):  # noqa: F811
+    assert staff_api.get("/api/annotators/ann/").json() == {
+        "annotator": "ann", "paused": False, "votes_excluded": False, "decisions": [],
+    }  # fmt: skip
+    for action, reason in (("pause", "too fast"), ("exclude", "<script>x</script> all ties")):
+        response = staff_api.post("/api/annotators/ann/actions/", {"action": action, "reason": reason}, format="json")
+        assert response.status_code == 200
+
+    body = staff_api.get("/api/annotators/ann/").json()
+    assert body["paused"] and body["votes_excluded"]
+    assert [(item["action"], item["reason"], item["by"]) for item in body["decisions"]] == [
+        ("exclude", "<script>x</script> all ties", "sam"), ("pause", "too fast", "sam"),
+    ]  # fmt: skip
+    assert staff_api.get("/api/annotators/nobody/").status_code == 404
+    api = APIClient()
+    api.force_authenticate(annotator)
+    assert api.get("/api/annotators/ann/").status_code == 403

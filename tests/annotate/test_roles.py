@@ -85,6 +85,7 @@ ACCESS = {
     "api-campaigns": (STAFF_API, ["get", "post"]),
     "api-campaign": (STAFF_API, ["get"]),
     "api-pair-gold": (STAFF_API, ["post"]),
+    "api-annotator": (STAFF_API, ["get"]),
     "api-annotator-actions": (STAFF_API, ["post"]),
     "api-leaderboard": (STAFF_API, ["get"]),
     "api-quality": (STAFF_API, ["get"]),
