@@ -136,6 +136,17 @@ def test_a_user_in_no_group_is_refused_and_no_account_is_made(client, sso):
     assert client.get("/").status_code == 302  # not logged in: to the login page
 
 
+def test_an_existing_account_in_no_group_is_refused_and_left_as_it_was(client, sso):
+    local = User.objects.create_user("cy-local", email="cy@example.org", password="cy-password-1", is_staff=True)
+
+    response = sign_in(client, sso, "cy")
+
+    assert response.status_code == 403
+    local.refresh_from_db()
+    assert local.is_staff and local.is_active and local.check_password("cy-password-1")
+    assert client.get("/").status_code == 302
+
+
 def test_an_expired_id_token_is_refused(client, sso):
     response = sign_in(client, sso, "dee")
 
