@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from annotate.models import ModelVersion, TrainingRound
 from annotate.rounds import canary
 from annotate.rounds import services as rounds
+from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
 from annotate.web.staff_api import (
     BAD_FILTERS,
@@ -228,6 +229,7 @@ def model_versions_serve(request: Request, version_id: int) -> Response:
         return Response({"detail": str(error), "code": "unavailable"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
     except ModelServerRefused as error:
         return Response({"detail": str(error), "code": "conflict"}, status=status.HTTP_409_CONFLICT)
+    sampling.pairs_refill_request(throttle=False)  # pairs from the version now serving, as the rounds page asks
     return Response(ModelVersionItem(version).data)
 
 

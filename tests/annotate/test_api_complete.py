@@ -15,13 +15,14 @@ from rest_framework.test import APIClient
 
 from annotate import tasks
 from annotate.celery import app as celery_app
-from annotate.models import Judgement
+from annotate.models import Judgement, ModelVersion
 from tests.readme import README
 
 # The same staff client and votes enough for a round as the round pages' tests.
 from .edges import FakeModelServer
 from .test_api_fuzz import keep_the_test_transaction  # noqa: F401 (the WSGI handler must not close it)
 from .test_round_views import enough_votes, staff_api  # noqa: F401
+from .test_sampling_claims import RefillQueue
 
 pytestmark = pytest.mark.django_db
 
@@ -179,3 +180,18 @@ def test_an_annotators_standing_and_decisions(staff_api, annotator):  # noqa: F8
     api = APIClient()
     api.force_authenticate(annotator)
     assert api.get("/api/annotators/ann/").status_code == 403
+
+
+# --- Serving a version asks for pairs from it, as the rounds page does -------------------------------------------
+
+
+def test_serving_through_the_api_queues_a_refill(staff_api, serving_version, django_capture_on_commit_callbacks):  # noqa: F811
+    other = ModelVersion.objects.create(name="other", base_model="/m")
+    queue = RefillQueue()
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            assert staff_api.post(f"/api/model-versions/{other.pk}/serve/").status_code == 200
+        assert queue.waiting() == 1
+    finally:
+        queue.clear()
+        queue.close()
