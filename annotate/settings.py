@@ -280,6 +280,8 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "annotate.web.api_errors.schema_add_error_responses",
+        # Paginated lists take ?page= and ?page_size=: the schema says so for each of them.
+        "annotate.web.staff_api.schema_add_page_parameters",
     ],
 }
 
@@ -489,6 +491,7 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "ModelVersionStatusEnum": "annotate.models.ModelVersion.Status",
     "ExportStatusEnum": "annotate.models.Export.Status",
     "DataImportStatusEnum": "annotate.models.DataImport.Status",
+    "TrainingRoundStatusEnum": "annotate.models.TrainingRound.Status",
 }
 
 # --- Webhooks ----------------------------------------------------------------------------------------------------
@@ -522,3 +525,27 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     **cast(dict[str, str], SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]),
     "WebhookDeliveryStatusEnum": "annotate.models.WebhookDelivery.Status",
 }
+
+# Single sign-on with OpenID Connect (annotate.web.sso), beside local logins: off unless OIDC_RP_CLIENT_ID is set.
+# The provider's endpoints come from its discovery document at OIDC_OP_ISSUER unless set one by one.
+OIDC_RP_CLIENT_ID = env_str("OIDC_RP_CLIENT_ID", "")
+OIDC_RP_CLIENT_SECRET = env_str("OIDC_RP_CLIENT_SECRET", "")
+OIDC_OP_ISSUER = env_str("OIDC_OP_ISSUER", "")
+if OIDC_RP_CLIENT_ID and not OIDC_OP_ISSUER:
+    raise ImproperlyConfigured("OIDC_RP_CLIENT_ID is set: set OIDC_OP_ISSUER too (the ID tokens' issuer)")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env_str("OIDC_OP_AUTHORIZATION_ENDPOINT", "")
+OIDC_OP_TOKEN_ENDPOINT = env_str("OIDC_OP_TOKEN_ENDPOINT", "")
+OIDC_OP_USER_ENDPOINT = env_str("OIDC_OP_USER_ENDPOINT", "")
+OIDC_OP_JWKS_ENDPOINT = env_str("OIDC_OP_JWKS_ENDPOINT", "")
+OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on")  # the login page's "Sign in with ..."
+OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile")
+OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
+OIDC_STAFF_GROUPS = env_list("OIDC_STAFF_GROUPS", "")
+OIDC_ANNOTATOR_GROUPS = env_list("OIDC_ANNOTATOR_GROUPS", "")
+OIDC_CLOCK_LEEWAY_SECONDS = env_int("OIDC_CLOCK_LEEWAY_SECONDS", 30)
+OIDC_TIMEOUT = env_float("OIDC_TIMEOUT", 10.0)
+OIDC_VERIFY_SSL = True
+OIDC_RP_SIGN_ALGO = "RS256"  # checked against the provider's JWKS; a shared-secret HS256 token is refused
+OIDC_USE_PKCE = True
+OIDC_AUTHENTICATION_CALLBACK_URL = "sso-callback"
+AUTHENTICATION_BACKENDS = [*AUTHENTICATION_BACKENDS, "annotate.web.sso.GroupMappingOIDCBackend"]

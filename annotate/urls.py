@@ -18,6 +18,7 @@ from annotate.quality import api as quality_api
 from annotate.quality import views as quality_views
 from annotate.rounds import api as rounds_api
 from annotate.rounds import views as round_views
+from annotate.web import sso
 
 
 class DatabaseIdConverter:
@@ -38,7 +39,9 @@ annotator_pages = [
     path("", views.annotate, name="annotate"),
     path("pairs/<id:pair_id>/judge/", views.judge, name="judge"),
     path("pairs/<id:pair_id>/skip/", views.skip, name="skip"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", sso.LoginView.as_view(), name="login"),
+    path("accounts/sso/login/", sso.sso_login, name="sso-login"),
+    path("accounts/sso/callback/", sso.sso_callback, name="sso-callback"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]
 
@@ -85,6 +88,7 @@ staff_api_urls = [
     path("api/campaigns/", campaign_api.campaigns, name="api-campaigns"),
     path("api/campaigns/<id:campaign_id>/", campaign_api.campaign_detail, name="api-campaign"),
     path("api/pairs/<id:pair_id>/gold/", data_api.pairs_gold, name="api-pair-gold"),
+    path("api/annotators/<str:username>/", quality_api.annotators_detail, name="api-annotator"),
     path("api/annotators/<str:username>/actions/", quality_api.annotators_act, name="api-annotator-actions"),
     path("api/prompts/", data_api.prompts, name="api-prompts"),
     path("api/prompts/import/", data_api.prompts_import, name="api-prompts-import"),
@@ -94,7 +98,7 @@ staff_api_urls = [
     path("api/judgements/list/", data_api.judgements_list, name="api-judgements-list"),
     path("api/model-versions/", rounds_api.model_versions_list, name="api-model-versions"),
     path("api/model-versions/<id:version_id>/serve/", rounds_api.model_versions_serve, name="api-version-serve"),
-    path("api/rounds/", rounds_api.rounds_create, name="api-rounds"),
+    path("api/rounds/", rounds_api.rounds_collection, name="api-rounds"),
     path("api/rounds/<id:round_id>/", rounds_api.rounds_detail, name="api-round-detail"),
     path("api/rounds/<id:round_id>/cancel/", rounds_api.rounds_cancel, name="api-round-cancel"),
     path("api/rounds/<id:round_id>/promote/", rounds_api.rounds_promote, name="api-round-promote"),

@@ -1,4 +1,5 @@
-"""The staff API for vote quality: the report behind the quality page, and decisions about annotators."""
+"""The staff API for vote quality: the report behind the quality page, an annotator's standing, and decisions
+about annotators."""
 
 from typing import Any, cast
 
@@ -19,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from annotate.annotation import services
-from annotate.models import AnnotatorAction
+from annotate.models import AnnotatorAction, AnnotatorStanding
 from annotate.quality.columns import QUALITY_VALUES, QualityValue
 from annotate.quality.filters import QualityFilters
 from annotate.quality.selectors import quality_rows
@@ -57,6 +58,36 @@ def annotators_act(request: Request, username: str) -> Response:
         reason=data.validated_data["reason"],
     )  # fmt: skip
     return Response(AnnotatorStandingItem(standing).data)
+
+
+class AnnotatorDecisionItem(serializers.ModelSerializer[AnnotatorAction]):
+    by = serializers.CharField(source="by.username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = AnnotatorAction
+        fields = ["id", "action", "reason", "by", "created_at"]
+
+
+class AnnotatorDetail(serializers.Serializer[Any]):
+    annotator = serializers.CharField(source="username")
+    paused = serializers.BooleanField()
+    votes_excluded = serializers.BooleanField()
+    decisions = AnnotatorDecisionItem(many=True, help_text="Staff decisions about them, newest first.")
+
+
+@extend_schema(
+    responses={200: AnnotatorDetail, 404: OpenApiResponse(description="No such user.")},
+    summary="An annotator's standing (paused, votes excluded) and the decisions behind it",
+)
+@api_view(["GET"])
+@permission_classes([IsAdminUser])
+def annotators_detail(request: Request, username: str) -> Response:
+    annotator = get_object_or_404(User, username=username)
+    standing = AnnotatorStanding.objects.filter(annotator=annotator).first()
+    decisions = AnnotatorAction.objects.filter(annotator=annotator).select_related("by").order_by("-id")
+    body = {"username": annotator.get_username(), "paused": bool(standing and standing.paused),
+            "votes_excluded": bool(standing and standing.votes_excluded), "decisions": decisions}  # fmt: skip
+    return Response(AnnotatorDetail(body).data)
 
 
 # --- Vote quality ----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The staff API for training rounds and model versions: start, follow, cancel, promote, serve, decide a canary."""
+"""The staff API for training rounds and model versions: list, start, follow, cancel, promote, serve, decide a
+canary."""
 
 from typing import Any
 
@@ -17,6 +18,7 @@ from rest_framework.response import Response
 from annotate.models import ModelVersion, TrainingRound
 from annotate.rounds import canary
 from annotate.rounds import services as rounds
+from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerRefused, ModelServerUnavailable, client_from_settings
 from annotate.web.staff_api import (
     BAD_FILTERS,
@@ -106,15 +108,43 @@ class RoundOutput(serializers.ModelSerializer[TrainingRound]):
         ]  # fmt: skip
 
 
-@extend_schema(
-    request=RoundInput,
-    responses={201: RoundOutput, 400: OpenApiResponse(description="Invalid config fields, named in `errors`."),
-               409: OpenApiResponse(description="A round is running, or there are too few votes (`detail`).")},
-    summary="Start a training round",
-)  # fmt: skip
-@api_view(["POST"])
-@permission_classes([IsAdminUser])
-def rounds_create(request: Request) -> Response:
+class RoundItem(serializers.ModelSerializer[TrainingRound]):
+    """A round in the list: what the rounds page shows; its metrics, evaluation and log are on the round itself."""
+
+    parent_version = serializers.CharField(source="parent_version.name", read_only=True)
+    result_version = serializers.CharField(source="result_version.name", read_only=True, allow_null=True)
+    started_by = serializers.CharField(source="started_by.username", read_only=True, allow_null=True)
+    progress_percent = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = TrainingRound
+        fields = [
+            "id", "status", "trigger", "gate_mode", "parent_version", "result_version", "started_by", "votes_read",
+            "train_pairs", "heldout_pairs", "progress_percent", "created_at", "started_at", "finished_at", "revision",
+        ]  # fmt: skip
+
+
+class RoundFilter(serializers.Serializer[Any]):
+    status = serializers.ChoiceField(choices=TrainingRound.Status.choices, required=False)
+    trigger = serializers.ChoiceField(choices=TrainingRound.Trigger.choices, required=False)
+    active = serializers.BooleanField(
+        required=False, allow_null=True, default=None, help_text="true: the round running now; false: ended ones."
+    )
+
+
+def _rounds_list(request: Request) -> Response:
+    query = query_of(request, RoundFilter)
+    listed = TrainingRound.objects.select_related("parent_version", "result_version", "started_by").order_by("-id")
+    if "status" in query:
+        listed = listed.filter(status=query["status"])
+    if "trigger" in query:
+        listed = listed.filter(trigger=query["trigger"])
+    if "active" in query:
+        listed = listed.filter(active=True) if query["active"] else listed.filter(active__isnull=True)
+    return paginated(request, listed, RoundItem)
+
+
+def _rounds_create(request: Request) -> Response:
     data = RoundInput(data=request.data)
     data.is_valid(raise_exception=True)
     overrides = dict(data.validated_data)
@@ -123,6 +153,26 @@ def rounds_create(request: Request) -> Response:
         trigger=TrainingRound.Trigger.API, started_by=staff_of(request), overrides=overrides, gate_mode=gate_mode
     )
     return Response(RoundOutput(training_round).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(
+    methods=["GET"],
+    parameters=[RoundFilter],
+    responses={200: page_of(RoundItem), 400: BAD_FILTERS, 403: NOT_STAFF},
+    operation_id="rounds_list",
+    summary="List training rounds, newest first",
+)
+@extend_schema(
+    methods=["POST"],
+    request=RoundInput,
+    responses={201: RoundOutput, 400: OpenApiResponse(description="Invalid config fields, named in `errors`."),
+               409: OpenApiResponse(description="A round is running, or there are too few votes (`detail`).")},
+    summary="Start a training round",
+)  # fmt: skip
+@api_view(["GET", "POST"])
+@permission_classes([IsAdminUser])
+def rounds_collection(request: Request) -> Response:
+    return _rounds_list(request) if request.method == "GET" else _rounds_create(request)
 
 
 @extend_schema(responses={200: RoundOutput}, summary="A training round, with its live metrics and evaluation")
@@ -179,6 +229,7 @@ def model_versions_serve(request: Request, version_id: int) -> Response:
         return Response({"detail": str(error), "code": "unavailable"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
     except ModelServerRefused as error:
         return Response({"detail": str(error), "code": "conflict"}, status=status.HTTP_409_CONFLICT)
+    sampling.pairs_refill_request(throttle=False)  # pairs from the version now serving, as the rounds page asks
     return Response(ModelVersionItem(version).data)
 
 

@@ -61,3 +61,34 @@ def staff_of(request: Request) -> User:
 
 NOT_STAFF = OpenApiResponse(description="Not logged in (401) or not staff (403).")
 BAD_FILTERS = OpenApiResponse(description="Bad filters, named in `errors`.")
+
+
+PAGE_PARAMETERS = [
+    {"name": "page", "in": "query", "required": False, "description": "Which page, from 1.",
+     "schema": {"type": "integer", "minimum": 1}},
+    {"name": "page_size", "in": "query", "required": False,
+     "description": f"Items a page (API_PAGE_SIZE when left out; at most {DataPagination.max_page_size}).",
+     "schema": {"type": "integer", "minimum": 1, "maximum": DataPagination.max_page_size}},
+]  # fmt: skip
+
+
+NO_SUCH_PAGE = {
+    "description": "No such page (past the last, or not a page number).",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+
+
+def schema_add_page_parameters(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: every list answered with a page (`page_of`) takes ?page= and
+    ?page_size=, which function views do not declare themselves."""
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            answer = operation.get("responses", {}).get("200", {}).get("content", {}).get("application/json", {})
+            if answer.get("schema", {}).get("$ref", "").endswith("Page"):
+                known = {parameter["name"] for parameter in operation.get("parameters", [])}
+                added = [dict(parameter) for parameter in PAGE_PARAMETERS if parameter["name"] not in known]
+                operation["parameters"] = [*operation.get("parameters", []), *added]
+                operation["responses"].setdefault("404", NO_SUCH_PAGE)
+    return result

@@ -38,6 +38,8 @@ ACCESS = {
     "judge": (ANNOTATOR_PAGE, ["post"]),
     "skip": (ANNOTATOR_PAGE, ["post"]),
     "login": (PUBLIC, ["get", "post"]),
+    "sso-login": (PUBLIC, ["get"]),  # with single sign-on set up (route_values); 404 without
+    "sso-callback": (PUBLIC, ["get"]),
     "logout": (LOGOUT, ["post"]),
     "api-pairs-next": (ANNOTATOR_API, ["get"]),
     "api-pairs-skip": (ANNOTATOR_API, ["post"]),
@@ -62,7 +64,7 @@ ACCESS = {
     "api-judgements-list": (STAFF_API, ["get"]),
     "api-model-versions": (STAFF_API, ["get"]),
     "api-version-serve": (STAFF_API, ["post"]),
-    "api-rounds": (STAFF_API, ["post"]),  # rounds are read one at a time (api-round-detail); there is no list
+    "api-rounds": (STAFF_API, ["get", "post"]),
     "api-round-detail": (STAFF_API, ["get"]),
     "api-round-cancel": (STAFF_API, ["post"]),
     "api-round-promote": (STAFF_API, ["post"]),
@@ -84,6 +86,7 @@ ACCESS = {
     "api-campaigns": (STAFF_API, ["get", "post"]),
     "api-campaign": (STAFF_API, ["get"]),
     "api-pair-gold": (STAFF_API, ["post"]),
+    "api-annotator": (STAFF_API, ["get"]),
     "api-annotator-actions": (STAFF_API, ["post"]),
     "api-leaderboard": (STAFF_API, ["get"]),
     "api-quality": (STAFF_API, ["get"]),
@@ -182,6 +185,8 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
     settings.ROUND_DIR = tmp_path / "rounds"
     settings.ROUND_MIN_TRAIN_PAIRS = 1
     settings.EXPORT_DIR = tmp_path / "exports"
+    settings.OIDC_RP_CLIENT_ID, settings.OIDC_OP_ISSUER = "pairloop", "http://127.0.0.1:9"  # single sign-on set up
+    settings.OIDC_OP_AUTHORIZATION_ENDPOINT = "http://127.0.0.1:9/authorize"  # nothing is asked of the provider
     voted = make_pair()
     vote_as_annotator(django_user_model.objects.create_user("voter"), pair=voted)
     pair = make_pair()  # still open: the annotator may be dealt it
