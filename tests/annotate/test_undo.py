@@ -182,6 +182,7 @@ def test_the_quota_is_a_goal_and_leasing_stops_there(client, make_pair, annotato
     assert services.assignment_lease_next(annotator=annotator) is None
     body = client.get(reverse("annotate")).content.decode()
     assert "You have given every vote asked of you" in body
+    assert "<tr><td>default</td><td>2</td><td>0</td><td>2</td></tr>" in body  # their work per campaign
     assert Pair.objects.open().count() == 1  # one pair is still open to others
 
 
