@@ -12,6 +12,7 @@ from annotate.annotation import services
 from annotate.errors import Conflict
 from annotate.models import Assignment, Campaign, Judgement, Pair, SamplingClaim, UndoneJudgement
 from annotate.rounds import services as rounds
+from tests.annotate.conftest import run_in_threads
 
 pytestmark = pytest.mark.django_db
 
@@ -239,3 +240,22 @@ def test_guidelines_open_on_first_sight_and_again_after_a_change(client, make_pa
     Campaign.objects.filter(name="default").update(guidelines="Prefer the **longer** answer.")
     assert opened() is True
     assert opened() is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_undos_sent_at_once_take_the_vote_back_once(make_pair, annotator):
+    pair = make_pair(required=1)
+    judgement, _ = vote(annotator)
+    outcomes: list[str] = []
+
+    def undo() -> None:
+        try:
+            services.judgement_undo(annotator=annotator, judgement_id=judgement.pk)
+            outcomes.append("undone")
+        except Conflict:
+            outcomes.append("refused")
+
+    run_in_threads([undo, undo])
+
+    assert sorted(outcomes) == ["refused", "undone"]
+    assert counts(pair) == (0, 1) and UndoneJudgement.objects.count() == 1
