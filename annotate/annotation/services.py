@@ -478,9 +478,18 @@ def judgement_undo(*, annotator: User, judgement_id: int) -> Assignment:
     return Assignment.objects.select_related(*SELECTED).get(pk=assignment.pk)
 
 
-def judgement_undone_last(*, annotator: User, pair_id: int) -> UndoneJudgement | None:
-    """What the annotator said in the vote they last undid on this pair (the page offers it again)."""
-    return UndoneJudgement.objects.filter(annotator=annotator, pair_id=pair_id).order_by("-id").first()
+def judgement_undone_last(*, assignment: Assignment) -> UndoneJudgement | None:
+    """What the annotator said in the vote they undid to get this assignment back (the page offers it again).
+
+    Only for the assignment the undo reopened (undo leases it anew just before keeping the vote): a later repeat of
+    the pair must not show their earlier answer, or it would measure nothing."""
+    return (
+        UndoneJudgement.objects.filter(
+            annotator_id=assignment.annotator_id, pair_id=assignment.pair_id, undone_at__gte=assignment.leased_at
+        )
+        .order_by("-id")
+        .first()
+    )
 
 
 # --- Gold pairs and decisions about annotators --------------------------------------------------------------

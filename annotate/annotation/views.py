@@ -43,9 +43,7 @@ def _annotate_context(request: AppRequest, assignment: Assignment | None, **extr
         "idempotency_key": uuid.uuid4(),
         "progress": progress,
         "undoable": services.judgement_undoable(annotator=request.user),
-        "previous": services.judgement_undone_last(annotator=request.user, pair_id=assignment.pair_id)
-        if assignment
-        else None,
+        "previous": services.judgement_undone_last(assignment=assignment) if assignment else None,
         "strengths": list(zip(Judgement.Strength.values, STRENGTH_KEYS, Judgement.Strength.labels, strict=True)),
         **extra,
     }

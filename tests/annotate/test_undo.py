@@ -259,3 +259,20 @@ def test_two_undos_sent_at_once_take_the_vote_back_once(make_pair, annotator):
 
     assert sorted(outcomes) == ["refused", "undone"]
     assert counts(pair) == (0, 1) and UndoneJudgement.objects.count() == 1
+
+
+def test_a_later_repeat_of_the_pair_does_not_show_the_undone_answer(client, make_pair, annotator, settings):
+    settings.REPEAT_MIN_VOTES_BETWEEN = 0
+    pair = make_pair()
+    judgement, _ = vote(annotator, rationale="my first reason")
+    services.judgement_undo(annotator=annotator, judgement_id=judgement.pk)
+    vote(annotator, rationale="my second reason")
+    Campaign.objects.filter(name="default").update(repeat_rate=1.0)
+    make_pair()
+    client.force_login(annotator)
+
+    body = client.get(reverse("annotate")).content.decode()
+
+    assert Assignment.objects.get(annotator=annotator, kind=Assignment.Kind.REPEAT).pair_id == pair.pk
+    assert reverse("judge", args=[pair.pk]) in body
+    assert "my first reason" not in body and "></textarea>" in body
