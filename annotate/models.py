@@ -12,6 +12,7 @@ from typing import Any, Protocol, cast
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
+from django.core.validators import MinValueValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -53,7 +54,10 @@ class Campaign(models.Model):
     )
     is_active = models.BooleanField(default=True, help_text="Paused campaigns serve no pairs.")
     quota_per_annotator = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Votes each annotator is asked for in this campaign; empty: no quota."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Votes each annotator is asked for in this campaign; empty: no quota.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

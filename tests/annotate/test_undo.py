@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.urls import reverse
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from annotate.annotation import services
 from annotate.errors import Conflict
@@ -276,3 +277,22 @@ def test_a_later_repeat_of_the_pair_does_not_show_the_undone_answer(client, make
     assert Assignment.objects.get(annotator=annotator, kind=Assignment.Kind.REPEAT).pair_id == pair.pk
     assert reverse("judge", args=[pair.pk]) in body
     assert "my first reason" not in body and "></textarea>" in body
+
+
+def test_staff_set_a_quota_in_the_campaign_form_and_the_api(client, staff):
+    staff_api = APIClient()
+    staff_api.force_authenticate(staff)
+    client.force_login(staff)
+    form = {"name": "code", "votes_per_pair": 1, "gold_rate": 0, "repeat_rate": 0, "is_active": "on"}
+    refused = client.post("/campaigns/", {**form, "quota_per_annotator": 0})
+    assert refused.status_code == 400 and not Campaign.objects.exists()
+    assert client.post("/campaigns/", {**form, "quota_per_annotator": 40}).status_code == 303
+    campaign = Campaign.objects.get(name="code")
+    assert campaign.quota_per_annotator == 40
+
+    changed = staff_api.patch(f"/api/campaigns/{campaign.pk}/", {"quota_per_annotator": None}, format="json")
+    assert changed.status_code == 200 and changed.json()["quota_per_annotator"] is None
+    refused = staff_api.patch(f"/api/campaigns/{campaign.pk}/", {"quota_per_annotator": 0}, format="json")
+    assert refused.status_code == 400 and "quota_per_annotator" in refused.json()["errors"]
+    campaign.refresh_from_db()
+    assert campaign.quota_per_annotator is None
