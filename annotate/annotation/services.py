@@ -412,8 +412,8 @@ def _place_to_vote(pair_id: int, was_leased: bool) -> None:
 
 
 def judgement_undoable(*, annotator: User) -> Judgement | None:
-    """The annotator's last vote if they may still undo it: cast on the page, its lease not yet run out, and no
-    training round has read it (a round reads every vote up to its `last_judgement_id`)."""
+    """The annotator's last vote if they may still undo it: cast on the page, its lease not yet run out, no training
+    round has read it (a round reads every vote up to its `last_judgement_id`), and they are not paused."""
     last = (
         Judgement.objects.filter(annotator=annotator, assignment__isnull=False)
         .select_related("assignment")
@@ -422,7 +422,7 @@ def judgement_undoable(*, annotator: User) -> Judgement | None:
     )
     if last is None or last.source != Judgement.Source.HUMAN or _undo_refusal(last) is not None:
         return None
-    return last
+    return None if annotator_is_paused(annotator) else last
 
 
 def _undo_refusal(judgement: Judgement) -> str | None:
@@ -453,6 +453,8 @@ def judgement_undo(*, annotator: User, judgement_id: int) -> Assignment:
         refusal = _undo_refusal(last)
         if refusal is not None:
             raise Conflict(refusal)
+        if annotator_is_paused(annotator):
+            raise Conflict("your annotation work is paused: the vote stays as it is")
         assignment = last.assignment
         assert assignment is not None
         reopened = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.JUDGED).update(

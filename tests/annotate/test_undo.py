@@ -296,3 +296,14 @@ def test_staff_set_a_quota_in_the_campaign_form_and_the_api(client, staff):
     assert refused.status_code == 400 and "quota_per_annotator" in refused.json()["errors"]
     campaign.refresh_from_db()
     assert campaign.quota_per_annotator is None
+
+
+def test_a_paused_annotator_cannot_undo(make_pair, annotator, staff):
+    pair = make_pair()
+    judgement, _ = vote(annotator)
+    services.annotator_act(annotator=annotator, action="pause", by=staff, reason="checking their votes")
+
+    assert services.judgement_undoable(annotator=annotator) is None
+    with pytest.raises(Conflict, match="paused"):
+        services.judgement_undo(annotator=annotator, judgement_id=judgement.pk)
+    assert Judgement.objects.get() == judgement and counts(pair) == (1, 0)
