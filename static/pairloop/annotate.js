@@ -55,13 +55,12 @@ document.addEventListener("htmx:beforeSwap", () => {
   guidelinesOpen = details ? { campaign: details.dataset.campaign, open: details.open } : null;
 });
 
-document.addEventListener("htmx:afterSwap", () => {
+document.addEventListener("htmx:afterSwap", (event) => {
   const details = document.querySelector("#pair details.guidelines");
   if (details && guidelinesOpen && guidelinesOpen.campaign === details.dataset.campaign && guidelinesOpen.open) {
     details.open = true;
   }
-  // A new pair starts at its top, not where the last one was scrolled to.
-  const section = pair();
-  if (section && section.getBoundingClientRect().top < 0) section.scrollIntoView({ block: "start" });
-  for (const answer of document.querySelectorAll("#pair .answer")) answer.scrollTop = 0;
+  // After a vote, a skip or an undo the new pair starts at its top, not where the last one was scrolled to (the
+  // waiting page's polling, a GET, leaves the page where the annotator put it).
+  if (event.detail.requestConfig && event.detail.requestConfig.verb === "post") window.scrollTo({ top: 0 });
 });

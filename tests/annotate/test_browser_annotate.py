@@ -106,8 +106,9 @@ def test_a_code_answer_scrolls_in_its_box_and_the_vote_bar_is_in_view(
 
 @pytest.mark.parametrize("size", SIZES)
 def test_everything_with_the_keyboard_alone(browser, live_server, annotator, make_pair, tmp_path, size):
-    first = make_pair(texts=("First answer, **left or right**.", "First other answer."))
-    second = make_pair(texts=("Second answer one.", "Second answer two."))
+    long_text = "\n\n".join(f"Point {number} of a long answer." for number in range(1, 41))
+    first = make_pair(texts=("First answer, **left or right**.\n\n" + long_text, "First other answer."))
+    second = make_pair(texts=("Second answer one.\n\n" + long_text, "Second answer two."))
     make_pair(texts=("Third answer one.", "Third answer two."))
     Campaign.objects.filter(name="default").update(guidelines=GUIDELINES)
     page = open_annotate(browser, live_server, size)
@@ -130,6 +131,8 @@ def test_everything_with_the_keyboard_alone(browser, live_server, annotator, mak
     page.keyboard.press("r")
     page.keyboard.type("names the real use")
     page.keyboard.press("Escape")  # out of the box, back to the keys
+    page.keyboard.press("End")  # read on down the page
+    assert page.evaluate("window.scrollY") > 0
     page.keyboard.press("1")
     swapped_in(page, "text=Second answer one.")
     vote = Judgement.objects.get()
