@@ -36,7 +36,7 @@ annotator_pages = [
     path("", views.annotate, name="annotate"),
     path("pairs/<id:pair_id>/judge/", views.judge, name="judge"),
     path("pairs/<id:pair_id>/skip/", views.skip, name="skip"),
-    path("votes/<id:judgement_id>/undo/", views.undo, name="undo"),
+    path("votes/undo/", views.undo, name="undo"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

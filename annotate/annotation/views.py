@@ -150,15 +150,25 @@ def skip(request: AppRequest, pair_id: int) -> HttpResponse:
     return _after_answer(request, skipped=True)
 
 
+class UndoForm(forms.Form):
+    """The vote the page offered to undo: the service undoes it only while it is still the annotator's last."""
+
+    judgement = forms.IntegerField(min_value=1)
+
+
 @require_POST
 @login_required
-def undo(request: AppRequest, judgement_id: int) -> HttpResponse:
+def undo(request: AppRequest) -> HttpResponse:
     """Take back the annotator's last vote; the pair comes back to them, with what they said filled in."""
+    form = UndoForm(request.POST)
     try:
-        assignment = services.judgement_undo(annotator=request.user, judgement_id=judgement_id)
-    except Conflict as error:
+        if not form.is_valid():
+            raise Invalid({"judgement": "say which vote to undo (the page sends it)"})
+        assignment = services.judgement_undo(annotator=request.user, judgement_id=form.cleaned_data["judgement"])
+    except (Invalid, Conflict) as error:
+        status = 409 if isinstance(error, Conflict) else 400
         current = services.assignment_lease_next(annotator=request.user)
-        return _render_annotate(request, _annotate_context(request, current, error=str(error)), status=409)
+        return _render_annotate(request, _annotate_context(request, current, error=str(error)), status=status)
     if not request.htmx:
         return HttpResponseRedirect(reverse("annotate"))
     return _render_annotate(request, _annotate_context(request, assignment, undone=True))

@@ -174,7 +174,7 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
     settings.ROUND_MIN_TRAIN_PAIRS = 1
     settings.EXPORT_DIR = tmp_path / "exports"
     voted = make_pair()
-    vote = vote_as_annotator(django_user_model.objects.create_user("voter"), pair=voted)
+    vote_as_annotator(django_user_model.objects.create_user("voter"), pair=voted)
     pair = make_pair()  # still open: the annotator may be dealt it
     training_round = rounds.round_start(trigger="api", started_by=staff)
     export = exports.export_create(
@@ -189,7 +189,7 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
     import_jobs.data_import_run(data_import=data_import)  # as its worker runs it
     return {"pair_id": pair.pk, "campaign_id": pair.campaign_id, "round_id": training_round.pk,
             "version_id": serving_version.pk, "export_id": export.pk, "import_id": data_import.pk,
-            "username": annotator.username, "judgement_id": vote.pk,
+            "username": annotator.username,
             "object_id": 999999, "id": 999999, "content_type_id": 999999}  # fmt: skip
 
 

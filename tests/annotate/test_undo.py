@@ -88,7 +88,7 @@ def test_nobody_undoes_someone_elses_vote(client, make_pair, annotator, other_an
     judgement, _ = vote(other_annotator)
     client.force_login(annotator)
 
-    response = client.post(reverse("undo", args=[judgement.pk]), **HTMX)
+    response = client.post(reverse("undo"), {"judgement": judgement.pk}, **HTMX)
 
     assert response.status_code == 409
     assert "only your last vote" in response.content.decode()
@@ -143,7 +143,7 @@ def test_undo_without_javascript_redirects_to_the_pair_with_the_rationale_filled
     judgement = Judgement.objects.get()
     assert 'data-testid="undo"' in client.get(reverse("annotate")).content.decode()  # on the next pair
 
-    response = client.post(reverse("undo", args=[judgement.pk]))
+    response = client.post(reverse("undo"), {"judgement": judgement.pk})
 
     assert response.status_code == 302 and response["Location"] == reverse("annotate")
     body = client.get(reverse("annotate")).content.decode()
@@ -162,7 +162,7 @@ def test_undo_through_htmx_shows_the_pair_again(client, make_pair, annotator):
         **HTMX,
     )
 
-    response = client.post(reverse("undo", args=[Judgement.objects.get().pk]), **HTMX)
+    response = client.post(reverse("undo"), {"judgement": Judgement.objects.get().pk}, **HTMX)
 
     body = response.content.decode()
     assert response.status_code == 200 and body.lstrip().startswith('<section id="pair"')
@@ -306,4 +306,26 @@ def test_a_paused_annotator_cannot_undo(make_pair, annotator, staff):
     assert services.judgement_undoable(annotator=annotator) is None
     with pytest.raises(Conflict, match="paused"):
         services.judgement_undo(annotator=annotator, judgement_id=judgement.pk)
+    assert Judgement.objects.get() == judgement and counts(pair) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("sent", "status", "says"),
+    [
+        ({}, 400, "say which vote to undo"),
+        ({"judgement": "x"}, 400, "say which vote to undo"),
+        ({"judgement": "0"}, 400, "say which vote to undo"),
+        ({"judgement": "9" * 40}, 409, "only your last vote"),
+    ],
+)
+def test_an_undo_that_names_no_vote_of_theirs_is_refused_and_changes_nothing(
+    client, make_pair, annotator, sent, status, says
+):
+    pair = make_pair()
+    judgement, _ = vote(annotator)
+    client.force_login(annotator)
+
+    response = client.post(reverse("undo"), sent, **HTMX)
+
+    assert response.status_code == status and says in response.content.decode()
     assert Judgement.objects.get() == judgement and counts(pair) == (1, 0)
