@@ -12,6 +12,7 @@ from typing import Any, Protocol, cast
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
+from django.core.validators import MinValueValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -54,6 +55,12 @@ class Campaign(models.Model):
         "auth.Group", blank=True, related_name="campaigns", help_text="Who may work on it; none: every annotator."
     )
     is_active = models.BooleanField(default=True, help_text="Paused campaigns serve no pairs.")
+    quota_per_annotator = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Votes each annotator is asked for in this campaign; empty: no quota.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = CampaignQuerySet.as_manager()
@@ -500,6 +507,26 @@ class Judgement(models.Model):
             return str(self.choice)
         chose_a = self.choice == self.Choice.A
         return "left" if chose_a == self.a_on_left else "right"
+
+
+class UndoneJudgement(models.Model):
+    """A vote its annotator took back (undo) before any round read it: what it said, and its idempotency key, so
+    that a late resend of the request that cast it is refused instead of casting it again."""
+
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="+")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    idempotency_key = models.UUIDField(unique=True)
+    choice = models.CharField(max_length=10, choices=Judgement.Choice.choices)
+    strength = models.PositiveSmallIntegerField(choices=Judgement.Strength.choices, null=True, blank=True)
+    rationale = models.TextField(blank=True)
+    judged_at = models.DateTimeField()
+    undone_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"Undone vote on {self.pair} by {self.annotator}"
 
 
 class AnnotatorStanding(models.Model):

@@ -39,6 +39,7 @@ annotator_pages = [
     path("", views.annotate, name="annotate"),
     path("pairs/<id:pair_id>/judge/", views.judge, name="judge"),
     path("pairs/<id:pair_id>/skip/", views.skip, name="skip"),
+    path("votes/undo/", views.undo, name="undo"),
     path("accounts/login/", sso.LoginView.as_view(), name="login"),
     path("accounts/sso/login/", sso.sso_login, name="sso-login"),
     path("accounts/sso/callback/", sso.sso_callback, name="sso-callback"),

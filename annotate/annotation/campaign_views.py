@@ -27,7 +27,10 @@ from annotate.web.pages import AppRequest, render_page, staff_required
 class CampaignForm(forms.ModelForm):  # type: ignore[type-arg]
     class Meta:
         model = Campaign
-        fields = ["name", "title", "guidelines", "votes_per_pair", "gold_rate", "repeat_rate", "groups", "is_active"]
+        fields = [
+            "name", "title", "guidelines", "votes_per_pair", "gold_rate", "repeat_rate", "quota_per_annotator",
+            "groups", "is_active",
+        ]  # fmt: skip
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 6})}
 
     def clean(self) -> dict[str, Any]:

@@ -11,9 +11,11 @@ racing for the same pair each get another one, and nobody is told "no pair" whil
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
 from annotate.errors import Conflict, Invalid
@@ -31,15 +33,21 @@ from annotate.models import (
     AnnotatorStanding,
     Assignment,
     Campaign,
+    Completion,
     Judgement,
     ModelVersion,
     Pair,
+    SamplingClaim,
+    TrainingRound,
+    UndoneJudgement,
 )
 from annotate.sampling import services as sampling
 
 logger = logging.getLogger(__name__)
 
 SCREEN_CHOICES = ("left", "right", "tie", "both_bad")
+# The last answers a wait's estimate is taken from.
+PAIR_ESTIMATE_ANSWERS = 20
 SELECTED = ("pair__prompt", "pair__completion_a", "pair__completion_b", "pair__campaign")
 
 
@@ -74,7 +82,7 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
         return current
     if annotator_is_paused(annotator):
         return None
-    campaigns = list(Campaign.objects.open_to(annotator).values_list("id", flat=True))
+    campaigns = _campaigns_within_quota(annotator)
     if not campaigns:
         return None
     leased = _pair_lease_open(annotator, campaigns)
@@ -84,6 +92,25 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
         return None
     assignment = _instead_gold_or_repeat(annotator, leased) or leased
     return Assignment.objects.select_related(*SELECTED).get(pk=assignment.pk)
+
+
+def _campaigns_within_quota(annotator: User) -> list[int]:
+    """The campaigns open to this annotator where they have not given all the votes staff asked of them yet."""
+    open_campaigns = list(Campaign.objects.open_to(annotator).values_list("id", "quota_per_annotator"))
+    if all(quota is None for _, quota in open_campaigns):
+        return [campaign for campaign, _ in open_campaigns]
+    done = _votes_by_campaign(annotator)
+    return [campaign for campaign, quota in open_campaigns if quota is None or done.get(campaign, 0) < quota]
+
+
+def _votes_by_campaign(annotator: User) -> dict[int, int]:
+    """The votes this annotator gave in each campaign (repeats are checks of themselves, not votes on pairs)."""
+    return dict(
+        Judgement.objects.filter(annotator=annotator, is_repeat=False, pair__campaign__isnull=False)
+        .values_list("pair__campaign")
+        .annotate(votes=Count("id"))
+        .values_list("pair__campaign", "votes")
+    )
 
 
 def _open_pairs_for(annotator: User, campaigns: list[int]) -> QuerySet[Pair]:
@@ -267,6 +294,9 @@ def _validate_vote(choice: str, strength: int | None, rationale: str) -> dict[st
 def _existing_for_key(*, key: uuid.UUID, annotator: User, pair_id: int) -> RecordedJudgement | None:
     existing = Judgement.objects.filter(idempotency_key=key).first()
     if existing is None:
+        if UndoneJudgement.objects.filter(idempotency_key=key).exists():
+            # A late resend of a vote its annotator has undone since: casting it again would undo the undo.
+            raise Conflict("this vote was undone; vote again on the page")
         return None
     if existing.annotator_id != annotator.pk or existing.pair_id != pair_id:
         raise Conflict("this idempotency key was already used for another vote")
@@ -393,6 +423,92 @@ def _place_to_vote(pair_id: int, was_leased: bool) -> None:
         raise Conflict("your lease on this pair expired and it was given to someone else")
 
 
+# --- Undoing the last vote ----------------------------------------------------------------------------------
+
+
+def judgement_undoable(*, annotator: User) -> Judgement | None:
+    """The annotator's last vote if they may still undo it: cast on the page, its lease not yet run out, no training
+    round has read it (a round reads every vote up to its `last_judgement_id`), and they are not paused."""
+    last = (
+        Judgement.objects.filter(annotator=annotator, assignment__isnull=False)
+        .select_related("assignment")
+        .order_by("-id")
+        .first()
+    )
+    if last is None or last.source != Judgement.Source.HUMAN or _undo_refusal(last) is not None:
+        return None
+    return None if annotator_is_paused(annotator) else last
+
+
+def _undo_refusal(judgement: Judgement) -> str | None:
+    assignment = judgement.assignment
+    if assignment is None or assignment.expires_at <= timezone.now():
+        return "this vote can no longer be undone: its lease has run out"
+    if TrainingRound.objects.filter(last_judgement_id__gte=judgement.pk).exists():
+        return "this vote can no longer be undone: a training round has read it"
+    return None
+
+
+def judgement_undo(*, annotator: User, judgement_id: int) -> Assignment:
+    """Take back the annotator's last vote while its lease runs and before any round read it; the pair is theirs
+    to judge again (its lease is current again) and its place goes from the vote count back to the lease.
+
+    Conflict when the vote is not their last one (someone else's, undone already, an older one) or can no longer be
+    undone. What it said is kept in UndoneJudgement, whose key refuses a late resend of the vote."""
+    now = timezone.now()
+    with transaction.atomic():
+        last = (
+            Judgement.objects.select_for_update()
+            .filter(annotator=annotator, source=Judgement.Source.HUMAN)
+            .order_by("-id")
+            .first()
+        )
+        if last is None or last.pk != judgement_id or last.assignment_id is None:
+            raise Conflict("only your last vote can be undone, once")
+        refusal = _undo_refusal(last)
+        if refusal is not None:
+            raise Conflict(refusal)
+        if annotator_is_paused(annotator):
+            raise Conflict("your annotation work is paused: the vote stays as it is")
+        assignment = last.assignment
+        assert assignment is not None
+        reopened = Assignment.objects.filter(pk=assignment.pk, status=Assignment.Status.JUDGED).update(
+            status=Assignment.Status.LEASED, finished_at=None, leased_at=now
+        )
+        if reopened != 1:
+            raise Conflict("this vote was undone meanwhile")
+        UndoneJudgement.objects.create(
+            pair_id=last.pair_id,
+            annotator=annotator,
+            idempotency_key=last.idempotency_key,
+            choice=last.choice,
+            strength=last.strength,
+            rationale=last.rationale,
+            judged_at=last.created_at,
+        )
+        last.delete()
+        pairs = Pair.objects.filter(pk=last.pair_id, judgement_count__gt=0)
+        if assignment.kind == Assignment.Kind.PAIR:
+            pairs.update(judgement_count=F("judgement_count") - 1, lease_count=F("lease_count") + 1)
+        elif assignment.kind == Assignment.Kind.GOLD:
+            pairs.update(judgement_count=F("judgement_count") - 1)
+    return Assignment.objects.select_related(*SELECTED).get(pk=assignment.pk)
+
+
+def judgement_undone_last(*, assignment: Assignment) -> UndoneJudgement | None:
+    """What the annotator said in the vote they undid to get this assignment back (the page offers it again).
+
+    Only for the assignment the undo reopened (undo leases it anew just before keeping the vote): a later repeat of
+    the pair must not show their earlier answer, or it would measure nothing."""
+    return (
+        UndoneJudgement.objects.filter(
+            annotator_id=assignment.annotator_id, pair_id=assignment.pair_id, undone_at__gte=assignment.leased_at
+        )
+        .order_by("-id")
+        .first()
+    )
+
+
 # --- Gold pairs and decisions about annotators --------------------------------------------------------------
 
 
@@ -442,9 +558,35 @@ def annotator_act(*, annotator: User, action: str, by: User | None, reason: str)
 
 
 @dataclass(frozen=True)
+class CampaignProgress:
+    """One campaign as its annotator sees it: votes they gave, pairs still open to them, the quota staff set."""
+
+    campaign: Campaign
+    done: int
+    open_pairs: int
+    quota: int | None
+
+    @property
+    def left(self) -> int:
+        """Votes still asked of them: up to the quota when there is one, else every pair open to them."""
+        if self.quota is None:
+            return self.open_pairs
+        return max(0, min(self.open_pairs, self.quota - self.done))
+
+    @property
+    def goal(self) -> int:
+        return self.quota if self.quota is not None else self.done + self.open_pairs
+
+    @property
+    def quota_reached(self) -> bool:
+        return self.quota is not None and self.done >= self.quota
+
+
+@dataclass(frozen=True)
 class Progress:
     today: int
     total: int
+    campaigns: list[CampaignProgress]
 
 
 def annotator_progress(*, annotator: User) -> Progress:
@@ -452,4 +594,71 @@ def annotator_progress(*, annotator: User) -> Progress:
     counts = Judgement.objects.filter(annotator=annotator).aggregate(
         total=Count("id"), today=Count("id", filter=Q(created_at__gte=start_of_day))
     )
-    return Progress(today=counts["today"], total=counts["total"])
+    done = _votes_by_campaign(annotator)
+    open_campaigns = list(Campaign.objects.open_to(annotator).values_list("id", flat=True))
+    open_pairs = Counter(
+        dict(
+            _open_pairs_for(annotator, open_campaigns)
+            .values_list("campaign")
+            .annotate(pairs=Count("id"))
+            .values_list("campaign", "pairs")
+        )
+    )
+    # The pair on their screen is no longer open to them, but it is still theirs to do.
+    held = Assignment.objects.filter(
+        annotator=annotator, status=Assignment.Status.LEASED, kind=Assignment.Kind.PAIR, expires_at__gt=timezone.now()
+    )
+    open_pairs.update(held.values_list("pair__campaign", flat=True))
+    campaigns = [
+        CampaignProgress(
+            campaign=campaign,
+            done=done.get(campaign.pk, 0),
+            open_pairs=open_pairs.get(campaign.pk, 0),
+            quota=campaign.quota_per_annotator,
+        )
+        for campaign in Campaign.objects.filter(Q(pk__in=list(done)) | Q(pk__in=list(open_pairs)))
+    ]
+    return Progress(today=counts["today"], total=counts["total"], campaigns=campaigns)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why no pair is on the annotator's screen, and about how long until one is (None: no estimate)."""
+
+    reason: str
+    seconds: int | None = None
+    preparing: bool = False  # pairs are on their way (else none will come until staff or the annotator act)
+
+
+def annotator_wait(*, annotator: User, progress: Progress) -> Wait:
+    """Why this annotator has no pair, from what the database knows (no call to the model server on a page)."""
+    # No campaign at all yet: the first pairs sampled make the default one.
+    if Campaign.objects.exists() and not Campaign.objects.open_to(annotator).exists():
+        return Wait("No campaign is open to you at the moment. Staff open campaigns; this page checks again.")
+    if progress.campaigns and all(item.quota_reached for item in progress.campaigns if item.campaign.is_active):
+        return Wait("You have given every vote asked of you in the campaigns open to you. Thank you!")
+    serving = ModelVersion.objects.serving()
+    if serving is None:
+        return Wait("No model is serving yet, so no pairs can be written. Staff have been told on their dashboard.")
+    estimate = _pair_seconds_estimate(serving)
+    coming = SamplingClaim.objects.live(timezone.now()).aggregate(pairs=Sum("pairs"))["pairs"]
+    if coming:
+        plural = "s" if coming != 1 else ""
+        return Wait(f"The model is writing {coming} new pair{plural} of answers.", estimate, preparing=True)
+    return Wait("Every open pair has its votes. New pairs have been asked of the model.", estimate, preparing=True)
+
+
+def _pair_seconds_estimate(version: ModelVersion) -> int | None:
+    """About how long until the model has written a pair: the median time of its last answers (a pair's two answers
+    are written at the same time, pairs side by side); None before it has written any."""
+    latencies = sorted(
+        latency
+        for latency in Completion.objects.filter(model_version=version, latency_ms__isnull=False)
+        .order_by("-id")
+        .values_list("latency_ms", flat=True)[:PAIR_ESTIMATE_ANSWERS]
+        if latency is not None
+    )
+    if not latencies:
+        return None
+    median_ms = latencies[len(latencies) // 2]
+    return max(1, math.ceil(median_ms / 1000))

@@ -36,8 +36,8 @@ class CampaignItem(serializers.ModelSerializer[Campaign]):
     class Meta:
         model = Campaign
         fields = [
-            "id", "name", "title", "guidelines", "votes_per_pair", "gold_rate", "repeat_rate", "groups", "is_active",
-            "created_at",
+            "id", "name", "title", "guidelines", "votes_per_pair", "gold_rate", "repeat_rate", "quota_per_annotator",
+            "groups", "is_active", "created_at",
         ]  # fmt: skip
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

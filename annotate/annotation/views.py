@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from typing import Any
@@ -18,7 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotate.annotation import services
 from annotate.errors import Conflict, Invalid
-from annotate.models import Assignment, Judgement, ModelVersion, TrainingRound
+from annotate.models import Assignment, Campaign, Judgement, ModelVersion, TrainingRound
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerUnavailable, client_from_settings
 from annotate.web.pages import AppRequest, render_page
@@ -29,15 +30,44 @@ ANNOTATE_TEMPLATE = "annotate/annotate.html"
 
 
 def _annotate_context(request: AppRequest, assignment: Assignment | None, **extra: Any) -> dict[str, Any]:
+    campaign = assignment.pair.campaign if assignment else None
+    progress = services.annotator_progress(annotator=request.user)
+    paused = assignment is None and services.annotator_is_paused(request.user)
     return {
         "assignment": assignment,
-        "campaign": assignment.pair.campaign if assignment else None,
-        "paused": assignment is None and services.annotator_is_paused(request.user),
+        "campaign": campaign,
+        "campaign_progress": next((item for item in progress.campaigns if item.campaign == campaign), None),
+        "guidelines_open": _guidelines_first_sight(request, campaign),
+        "paused": paused,
+        "wait": None if assignment or paused else services.annotator_wait(annotator=request.user, progress=progress),
         "idempotency_key": uuid.uuid4(),
-        "progress": services.annotator_progress(annotator=request.user),
-        "strengths": Judgement.Strength.choices,
+        "progress": progress,
+        "undoable": services.judgement_undoable(annotator=request.user),
+        "previous": services.judgement_undone_last(assignment=assignment) if assignment else None,
+        "strengths": list(zip(Judgement.Strength.values, STRENGTH_KEYS, Judgement.Strength.labels, strict=True)),
         **extra,
     }
+
+
+# Keys for how much better, the row above the choice keys 1-4 (q under 1): one hand covers both.
+STRENGTH_KEYS = ("q", "w", "e")
+GUIDELINES_SEEN = "pairloop:guidelines-seen"
+
+
+def _guidelines_first_sight(request: AppRequest, campaign: Campaign | None) -> bool:
+    """True the first time this annotator sees the campaign's guidelines, and again whenever staff change them.
+
+    What they saw is kept in their session (database- or cache-backed, so any web process reads it): a digest of
+    the guidelines per campaign."""
+    if campaign is None or not campaign.guidelines:
+        return False
+    digest = hashlib.sha256(campaign.guidelines.encode()).hexdigest()[:16]
+    seen = dict(request.session.get(GUIDELINES_SEEN, {}))
+    if seen.get(str(campaign.pk)) == digest:
+        return False
+    seen[str(campaign.pk)] = digest
+    request.session[GUIDELINES_SEEN] = seen
+    return True
 
 
 def _render_annotate(request: AppRequest, context: dict[str, Any], status: int = 200) -> HttpResponse:
@@ -118,6 +148,30 @@ def skip(request: AppRequest, pair_id: int) -> HttpResponse:
     except Conflict as error:
         return _answer_failed(request, pair_id, error)
     return _after_answer(request, skipped=True)
+
+
+class UndoForm(forms.Form):
+    """The vote the page offered to undo: the service undoes it only while it is still the annotator's last."""
+
+    judgement = forms.IntegerField(min_value=1)
+
+
+@require_POST
+@login_required
+def undo(request: AppRequest) -> HttpResponse:
+    """Take back the annotator's last vote; the pair comes back to them, with what they said filled in."""
+    form = UndoForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise Invalid({"judgement": "say which vote to undo (the page sends it)"})
+        assignment = services.judgement_undo(annotator=request.user, judgement_id=form.cleaned_data["judgement"])
+    except (Invalid, Conflict) as error:
+        status = 409 if isinstance(error, Conflict) else 400
+        current = services.assignment_lease_next(annotator=request.user)
+        return _render_annotate(request, _annotate_context(request, current, error=str(error)), status=status)
+    if not request.htmx:
+        return HttpResponseRedirect(reverse("annotate"))
+    return _render_annotate(request, _annotate_context(request, assignment, undone=True))
 
 
 @never_cache
