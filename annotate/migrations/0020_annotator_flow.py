@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotate', '0018_data_import'),
+        ('annotate', '0019_webhooks'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
