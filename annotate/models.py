@@ -54,6 +54,36 @@ class Campaign(models.Model):
     is_active = models.BooleanField(default=True, help_text="Paused campaigns serve no pairs.")
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Sides(models.TextChoices):
+        SELF = "self", "Two answers of the serving version"
+        VERSION = "version", "The serving version against a named earlier version"
+        SETTINGS = "settings", "Two sampling settings of the serving version"
+
+    # What its new pairs are sampled with (empty: the deployment's SAMPLING_* defaults); bounds in
+    # annotate.sampling.generation.sampling_field_specs. Each answer records what made it, so a change applies to
+    # new pairs only.
+    system_prompt = models.TextField(blank=True, help_text="Sent as the system message before each prompt.")
+    temperature = models.FloatField(null=True, blank=True, help_text="Empty: SAMPLING_TEMPERATURE.")
+    top_p = models.FloatField(null=True, blank=True, help_text="Empty: SAMPLING_TOP_P.")
+    max_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: SAMPLING_MAX_TOKENS.")
+    sides = models.CharField(
+        max_length=10, choices=Sides.choices, default=Sides.SELF, help_text="What the two answers of a pair are."
+    )
+    opponent_version = models.ForeignKey(
+        "ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="With sides 'version': the earlier version that makes the second answer.",
+    )
+    second_temperature = models.FloatField(
+        null=True, blank=True, help_text="With sides 'settings': the second answer's temperature (empty: the first's)."
+    )
+    second_top_p = models.FloatField(
+        null=True, blank=True, help_text="With sides 'settings': the second answer's top_p (empty: the first's)."
+    )
+
     objects = CampaignQuerySet.as_manager()
 
     class Meta:
