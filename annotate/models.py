@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Protocol, cast
 
 from django.conf import settings
-from django.core.exceptions import ObjectDoesNotExist
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -96,6 +96,21 @@ class Campaign(models.Model):
 
     def __str__(self) -> str:
         return self.title or self.name
+
+    def clean(self) -> None:
+        """The rules between its sampling fields (each field's own bounds are in sampling_field_specs): what its sides
+        compare must be named. The form runs this through full_clean, the API serializer on a copy."""
+        problems = {}
+        if self.sides == self.Sides.VERSION:
+            opponent = self.opponent_version
+            if opponent is None:
+                problems["opponent_version"] = "name the earlier version to compare the serving one with"
+            elif opponent.status not in (ModelVersion.Status.SERVING, ModelVersion.Status.RETIRED):
+                problems["opponent_version"] = f"{opponent} has never served: choose a version that has"
+        if self.sides == self.Sides.SETTINGS and self.second_temperature is None and self.second_top_p is None:
+            problems["second_temperature"] = "set the second answer's temperature or top_p (or both)"
+        if problems:
+            raise ValidationError(problems)
 
     @classmethod
     def for_prompt_set(cls, name: str) -> Campaign:

@@ -62,6 +62,16 @@ def sampling_field_specs() -> dict[str, FieldSpec]:
     }
 
 
+# A campaign's sampling fields and the spec each is bounded by (the second side's settings share the first's).
+SAMPLING_SPEC_OF_FIELD = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_tokens": "max_tokens",
+    "second_temperature": "temperature",
+    "second_top_p": "top_p",
+}
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float
