@@ -34,6 +34,13 @@ class CampaignForm(forms.ModelForm):  # type: ignore[type-arg]
         widget=forms.Textarea(attrs={"rows": 3}),
         help_text="Sent as the system message before each prompt (a prompt's own system message wins).",
     )
+    # Not required, so a form (or a script) that predates it still makes campaigns that sample as before.
+    sides = forms.TypedChoiceField(
+        choices=Campaign.Sides.choices,
+        required=False,
+        empty_value=Campaign.Sides.SELF,
+        help_text="What the two answers of a pair are.",
+    )
     opponent_version = forms.ModelChoiceField(
         queryset=ModelVersion.objects.filter(status__in=[ModelVersion.Status.SERVING, ModelVersion.Status.RETIRED]),
         required=False,
