@@ -5,13 +5,20 @@ and store nothing."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import pytest
 from rest_framework.test import APIClient
 
+from annotate.data import exports
+from annotate.data.exports import ExportFilters
 from annotate.models import Campaign, Completion, ModelVersion, Pair, Prompt
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import client_from_settings
 from tests.annotate.model_server_stub import ModelServerStub
+from tests.annotate.voting import vote_as_annotator
 
 pytestmark = pytest.mark.django_db
 
@@ -141,6 +148,47 @@ def test_sides_against_a_named_earlier_version(stub, settings, staff_api, servin
         for answer in answers:
             assert sent_for(stub, answer)["model"] == answer.model_version.name
             assert answer.sampling["max_tokens"] == 30
+
+
+def test_exports_and_their_card_say_which_settings_made_which_rows(
+    stub, settings, staff_api, staff, annotator, tmp_path
+):
+    settings.EXPORT_DIR = tmp_path / "exports"
+    campaign = create_campaign(staff_api, sides="settings", system_prompt=SYSTEM_PROMPT, temperature=0.2,
+                               second_temperature=1.5, max_tokens=40)  # fmt: skip
+    nursing_prompts(3)
+    refill(settings, 3)
+    # A later change: the next pairs are sampled without the system prompt, as two settings still.
+    staff_api.patch(f"/api/campaigns/{campaign.pk}/", {"system_prompt": ""}, format="json")
+    refill(settings, 1)
+    votes = [vote_as_annotator(annotator, choice="a") for _ in range(4)]
+
+    done = exports.export_run(
+        export=exports.export_create(
+            created_by=staff,
+            dataset_format="trl-preference",
+            file_format="jsonl",
+            filters=ExportFilters(prompt_sets=("nursing",)),
+        )  # fmt: skip
+    )
+
+    assert (done.status, done.row_count) == ("done", 4)
+    digest = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:12]
+    cool, hot = (f"temperature {t}, top_p {settings.SAMPLING_TOP_P}, max_tokens 40" for t in (0.2, 1.5))
+    rows = {row["pair_id"]: row for row in map(json.loads, Path(done.path).read_text().splitlines())}
+    for vote in votes:
+        pair = vote.pair
+        expected = {}
+        for side, completion in (("chosen", pair.completion_a), ("rejected", pair.completion_b)):
+            label = cool if completion.sampling["temperature"] == 0.2 else hot
+            if completion.sampling.get("system_prompt"):
+                label += f", system prompt {digest}"
+            expected[f"{side}_sampling"] = label
+        assert {key: rows[pair.pk][key] for key in expected} == expected
+    card = Path(done.path).with_suffix(".md").read_text()
+    for line in (f"| {cool}, system prompt {digest} | 3 |", f"| {hot}, system prompt {digest} | 3 |",
+                 f"| {cool} | 1 |", f"| {hot} | 1 |"):  # fmt: skip
+        assert line in card, line
 
 
 # Each bad value, and the field the refusal names.
