@@ -169,7 +169,7 @@ def test_exports_and_their_card_say_which_settings_made_which_rows(
             dataset_format="trl-preference",
             file_format="jsonl",
             filters=ExportFilters(prompt_sets=("nursing",)),
-        )  # fmt: skip
+        )
     )
 
     assert (done.status, done.row_count) == ("done", 4)
