@@ -23,8 +23,8 @@ def _sampling_field(spec_name: str, label: str = "") -> forms.Field:
     """A sampling setting's field, bounded by its spec (annotate.sampling.generation.sampling_field_specs)."""
     spec = sampling_field_specs()[spec_name]
     field_class = forms.IntegerField if spec.kind is int else forms.FloatField
-    return field_class(required=False, label=label or None, help_text=f"{spec.help}; empty: the deployment's default",
-                       **spec.input_bounds())  # fmt: skip
+    help_text = f"{spec.help.capitalize()}; empty: the deployment's default."
+    return field_class(required=False, label=label or None, help_text=help_text, **spec.input_bounds())
 
 
 class CampaignForm(forms.ModelForm):  # type: ignore[type-arg]

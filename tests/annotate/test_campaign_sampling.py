@@ -17,6 +17,7 @@ from annotate.data.exports import ExportFilters
 from annotate.models import Campaign, Completion, ModelVersion, Pair, Prompt
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import client_from_settings
+from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS
 from tests.annotate.model_server_stub import ModelServerStub
 from tests.annotate.voting import vote_as_annotator
 
@@ -263,3 +264,45 @@ def test_the_form_saves_the_sampling_fields(client, staff, serving_version):
         SYSTEM_PROMPT, 0.5, 0.9, 64,
     )  # fmt: skip
     assert campaign.opponent_version == serving_version
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_the_campaign_page_sets_the_sampling_and_names_a_bad_value(staff, serving_version, live_server, tmp_path):
+    """In Chromium, at desktop and phone widths: staff set a campaign's sampling on its page; a temperature out of
+    bounds is refused with the field named, and the form fits the screen's width."""
+    from playwright.sync_api import sync_playwright
+
+    campaign = Campaign.objects.create(name="nursing", title="Nursing answers")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for name, viewport in (("desktop", {"width": 1400, "height": 900}), ("phone", {"width": 390, "height": 844})):
+            page = browser.new_page(viewport=viewport)
+            page.goto(f"{live_server.url}/")
+            page.fill("input[name=username]", "sam")
+            page.fill("input[name=password]", "sam-password-1")
+            page.click("button[type=submit]")
+            page.goto(f"{live_server.url}/campaigns/{campaign.pk}/")
+            page.fill("textarea[name=system_prompt]", SYSTEM_PROMPT)
+            page.fill("input[name=temperature]", "5")
+            page.fill("input[name=max_tokens]", "64")
+            page.select_option("select[name=sides]", "settings")
+            page.fill("input[name=second_temperature]", "1.2")
+            # The browser's own check would stop the post (the field's max is 2): send it as a script could.
+            page.locator("#campaign form").evaluate("form => { form.noValidate = true; }")
+            page.click("#campaign form button.primary")
+            assert "less than or equal to 2" in page.inner_text("body")
+            campaign.refresh_from_db()
+            assert campaign.temperature is None and campaign.system_prompt == ""
+            page.locator("input[name=temperature]").scroll_into_view_if_needed()
+            page.screenshot(path=str(tmp_path / f"campaign-sampling-{name}.png"))  # for a person to look at
+            assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+            page.fill("input[name=temperature]", "0.4")
+            page.click("#campaign form button.primary")
+            campaign.refresh_from_db()
+            assert (campaign.temperature, campaign.second_temperature, campaign.sides) == (0.4, 1.2, "settings")
+            Campaign.objects.filter(pk=campaign.pk).update(temperature=None, system_prompt="", sides="self",
+                                                           second_temperature=None)  # fmt: skip
+            page.close()
+        browser.close()
