@@ -17,7 +17,7 @@ from annotate.data.exports import ExportFilters
 from annotate.models import Campaign, Completion, ModelVersion, Pair, Prompt
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import client_from_settings
-from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS
+from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS, log_in
 from tests.annotate.model_server_stub import ModelServerStub
 from tests.annotate.voting import vote_as_annotator
 
@@ -279,10 +279,7 @@ def test_the_campaign_page_sets_the_sampling_and_names_a_bad_value(staff, servin
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for name, viewport in (("desktop", {"width": 1400, "height": 900}), ("phone", {"width": 390, "height": 844})):
             page = browser.new_page(viewport=viewport)
-            page.goto(f"{live_server.url}/")
-            page.fill("input[name=username]", "sam")
-            page.fill("input[name=password]", "sam-password-1")
-            page.click("button[type=submit]")
+            log_in(page, live_server.url, "sam", "sam-password-1")
             page.goto(f"{live_server.url}/campaigns/{campaign.pk}/")
             page.fill("textarea[name=system_prompt]", SYSTEM_PROMPT)
             page.fill("input[name=temperature]", "5")
