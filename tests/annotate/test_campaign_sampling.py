@@ -303,3 +303,19 @@ def test_the_campaign_page_sets_the_sampling_and_names_a_bad_value(staff, servin
                                                            second_temperature=None)  # fmt: skip
             page.close()
         browser.close()
+
+
+def test_the_admin_checks_the_same_bounds(client, staff, django_user_model):
+    admin = django_user_model.objects.create_superuser("root", password="root-password-1")
+    client.force_login(admin)
+    campaign = Campaign.objects.create(name="nursing")
+    form = {"name": "nursing", "title": "", "guidelines": "", "votes_per_pair": 1, "gold_rate": 0, "repeat_rate": 0,
+            "is_active": "on", "system_prompt": "", "temperature": 5, "sides": "self"}  # fmt: skip
+    response = client.post(f"/admin/annotate/campaign/{campaign.pk}/change/", form)
+    assert response.status_code == 200 and "less than or equal to 2" in response.content.decode()
+    campaign.refresh_from_db()
+    assert campaign.temperature is None
+    response = client.post(f"/admin/annotate/campaign/{campaign.pk}/change/", {**form, "temperature": 1})
+    assert response.status_code == 302
+    campaign.refresh_from_db()
+    assert campaign.temperature == 1
