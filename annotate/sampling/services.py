@@ -130,7 +130,8 @@ def campaign_recipes(campaign: Campaign | None, serving: ModelVersion) -> tuple[
         system_prompt=campaign.system_prompt,
         temperature=campaign.temperature,
         top_p=campaign.top_p,
-        max_tokens=campaign.max_tokens,
+        # A cap lowered since the campaign was saved still holds: its answers are not longer than the cap allows.
+        max_tokens=None if campaign.max_tokens is None else min(campaign.max_tokens, settings.SAMPLING_MAX_TOKENS_CAP),
     )
     if campaign.sides == Campaign.Sides.VERSION and campaign.opponent_version is not None:
         return first, replace(first, version=campaign.opponent_version)

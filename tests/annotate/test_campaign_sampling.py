@@ -319,3 +319,14 @@ def test_the_admin_checks_the_same_bounds(client, staff, django_user_model):
     assert response.status_code == 302
     campaign.refresh_from_db()
     assert campaign.temperature == 1
+
+
+def test_a_cap_lowered_after_the_campaign_was_saved_still_holds(stub, settings, staff_api):
+    create_campaign(staff_api, max_tokens=1000)
+    settings.SAMPLING_MAX_TOKENS_CAP = 300
+    nursing_prompts(1)
+
+    refill(settings, 1)
+
+    assert [body["max_tokens"] for body in stub.requests] == [300, 300]
+    assert {completion.sampling["max_tokens"] for completion in Completion.objects.all()} == {300}
