@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from annotate.annotation.campaign_views import CampaignForm
 from annotate.models import (
     AnnotatorAction,
     AnnotatorStanding,
@@ -68,7 +69,8 @@ class JudgementAdmin(admin.ModelAdmin):
 
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ["name", "title", "votes_per_pair", "gold_rate", "repeat_rate", "is_active"]
+    form = CampaignForm  # the same bounds as the Campaigns page and the API
+    list_display = ["name", "title", "votes_per_pair", "gold_rate", "repeat_rate", "sides", "is_active"]
     list_filter = ["is_active"]
     filter_horizontal = ["groups"]
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Protocol, cast
 
 from django.conf import settings
-from django.core.exceptions import ObjectDoesNotExist
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.validators import MinValueValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
@@ -63,6 +63,36 @@ class Campaign(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Sides(models.TextChoices):
+        SELF = "self", "Two answers of the serving version"
+        VERSION = "version", "The serving version against a named earlier version"
+        SETTINGS = "settings", "Two sampling settings of the serving version"
+
+    # What its new pairs are sampled with (empty: the deployment's SAMPLING_* defaults); bounds in
+    # annotate.sampling.generation.sampling_field_specs. Each answer records what made it, so a change applies to
+    # new pairs only.
+    system_prompt = models.TextField(blank=True, help_text="Sent as the system message before each prompt.")
+    temperature = models.FloatField(null=True, blank=True, help_text="Empty: SAMPLING_TEMPERATURE.")
+    top_p = models.FloatField(null=True, blank=True, help_text="Empty: SAMPLING_TOP_P.")
+    max_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: SAMPLING_MAX_TOKENS.")
+    sides = models.CharField(
+        max_length=10, choices=Sides.choices, default=Sides.SELF, help_text="What the two answers of a pair are."
+    )
+    opponent_version = models.ForeignKey(
+        "ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="With sides 'version': the earlier version that makes the second answer.",
+    )
+    second_temperature = models.FloatField(
+        null=True, blank=True, help_text="With sides 'settings': the second answer's temperature (empty: the first's)."
+    )
+    second_top_p = models.FloatField(
+        null=True, blank=True, help_text="With sides 'settings': the second answer's top_p (empty: the first's)."
+    )
+
     objects = CampaignQuerySet.as_manager()
 
     class Meta:
@@ -75,6 +105,21 @@ class Campaign(models.Model):
 
     def __str__(self) -> str:
         return self.title or self.name
+
+    def clean(self) -> None:
+        """The rules between its sampling fields (each field's own bounds are in sampling_field_specs): what its sides
+        compare must be named. The form runs this through full_clean, the API serializer on a copy."""
+        problems = {}
+        if self.sides == self.Sides.VERSION:
+            opponent = self.opponent_version
+            if opponent is None:
+                problems["opponent_version"] = "name the earlier version to compare the serving one with"
+            elif opponent.status not in (ModelVersion.Status.SERVING, ModelVersion.Status.RETIRED):
+                problems["opponent_version"] = f"{opponent} has never served: choose a version that has"
+        if self.sides == self.Sides.SETTINGS and self.second_temperature is None and self.second_top_p is None:
+            problems["second_temperature"] = "set the second answer's temperature or top_p (or both)"
+        if problems:
+            raise ValidationError(problems)
 
     @classmethod
     def for_prompt_set(cls, name: str) -> Campaign:

@@ -336,6 +336,10 @@ SERVED_MODEL_NAME = env_str("SERVED_MODEL_NAME", "smollm2-135m-instruct")
 SAMPLING_TEMPERATURE = env_float("SAMPLING_TEMPERATURE", 0.8)
 SAMPLING_TOP_P = env_float("SAMPLING_TOP_P", 0.95)
 SAMPLING_MAX_TOKENS = env_int("SAMPLING_MAX_TOKENS", 256)
+# The most a campaign may ask for (its max_tokens field's upper bound): keeps one campaign from tying up the server.
+SAMPLING_MAX_TOKENS_CAP = env_int("SAMPLING_MAX_TOKENS_CAP", 4096)
+if not 1 <= SAMPLING_MAX_TOKENS <= SAMPLING_MAX_TOKENS_CAP:
+    raise ImproperlyConfigured("SAMPLING_MAX_TOKENS must be between 1 and SAMPLING_MAX_TOKENS_CAP")
 
 # --- Annotation queue ----------------------------------------------------------------------------------------
 # Chosen by bench/sampling.py (docs/benchmarks.md, "Sampling"): 16 prompts (32 answers) in flight is where vLLM's

@@ -18,18 +18,53 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from annotate.annotation import services
 from annotate.errors import Invalid
-from annotate.models import Assignment, Campaign, Judgement, Pair
+from annotate.models import Assignment, Campaign, Judgement, ModelVersion, Pair
 from annotate.quality.columns import DEFAULT_SORT
 from annotate.quality.selectors import quality_judgements, quality_rows
+from annotate.sampling.generation import SAMPLING_SPEC_OF_FIELD, SYSTEM_PROMPT_MAX_CHARACTERS, sampling_field_specs
 from annotate.web.pages import AppRequest, render_page, staff_required
 
 
+def _sampling_field(spec_name: str, label: str = "") -> forms.Field:
+    """A sampling setting's field, bounded by its spec (annotate.sampling.generation.sampling_field_specs)."""
+    spec = sampling_field_specs()[spec_name]
+    field_class = forms.IntegerField if spec.kind is int else forms.FloatField
+    help_text = f"{spec.help.capitalize()}; empty: the deployment's default."
+    return field_class(required=False, label=label or None, help_text=help_text, **spec.input_bounds())
+
+
 class CampaignForm(forms.ModelForm):  # type: ignore[type-arg]
+    system_prompt = forms.CharField(
+        required=False,
+        max_length=SYSTEM_PROMPT_MAX_CHARACTERS,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Sent as the system message before each prompt (a prompt's own system message wins).",
+    )
+    # Not required, so a form (or a script) that predates it still makes campaigns that sample as before.
+    sides = forms.TypedChoiceField(
+        choices=Campaign.Sides.choices,
+        required=False,
+        empty_value=Campaign.Sides.SELF,
+        help_text="What the two answers of a pair are.",
+    )
+    opponent_version = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.filter(status__in=[ModelVersion.Status.SERVING, ModelVersion.Status.RETIRED]),
+        required=False,
+        help_text="With sides 'version': the earlier version that makes the second answer.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Built here, not at import: max_tokens' cap is a setting.
+        for name, spec_name in SAMPLING_SPEC_OF_FIELD.items():
+            self.fields[name] = _sampling_field(spec_name, label=name.replace("_", " ").capitalize())
+
     class Meta:
         model = Campaign
         fields = [
             "name", "title", "guidelines", "votes_per_pair", "gold_rate", "repeat_rate", "quota_per_annotator",
-            "groups", "is_active",
+            "groups", "is_active", "system_prompt", "temperature", "top_p", "max_tokens", "sides", "opponent_version",
+            "second_temperature", "second_top_p",
         ]  # fmt: skip
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 6})}
 
@@ -176,7 +211,9 @@ def campaign_edit(request: AppRequest, campaign_id: int) -> HttpResponse:
     form = CampaignForm(request.POST or None, instance=campaign)
     if request.method == "POST" and form.is_valid():
         form.save()
-        messages.info(request, f"Campaign {campaign.name} saved. New pairs take its overlap; older ones keep theirs.")
+        messages.info(
+            request, f"Campaign {campaign.name} saved. New pairs take its overlap and sampling; older ones keep theirs."
+        )
         return HttpResponseRedirect(reverse("campaigns"), status=303)
     context = {
         "campaign": campaign,

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from training.config import FieldSpec
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,6 +43,35 @@ class ModelServerRefused(Exception):
         return self.status_code in (400, 413, 422)
 
 
+# A campaign's system prompt: long enough for detailed instructions, short enough to leave the model room to answer.
+SYSTEM_PROMPT_MAX_CHARACTERS = 20_000
+
+
+def sampling_field_specs() -> dict[str, FieldSpec]:
+    """The bounds of the sampling settings a campaign may set: the one spec its form, its API serializer and the
+    sampler read. max_tokens is capped by SAMPLING_MAX_TOKENS_CAP, read when asked so a deployment may change it.
+    top_p 0 would keep no token at all (vLLM refuses it), hence its small positive minimum."""
+    return {
+        "temperature": FieldSpec(
+            "temperature", float, None, "sampling temperature; 0 always picks the likeliest", 0, 2
+        ),
+        "top_p": FieldSpec("top_p", float, None, "nucleus sampling: the share of probability mass kept", 0.01, 1),
+        "max_tokens": FieldSpec(
+            "max_tokens", int, None, "longest answer, in tokens", 1, settings.SAMPLING_MAX_TOKENS_CAP
+        ),
+    }
+
+
+# A campaign's sampling fields and the spec each is bounded by (the second side's settings share the first's).
+SAMPLING_SPEC_OF_FIELD = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_tokens": "max_tokens",
+    "second_temperature": "temperature",
+    "second_top_p": "top_p",
+}
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float
@@ -49,13 +80,29 @@ class SamplingParams:
     seed: int
 
     @classmethod
-    def from_settings(cls, seed: int) -> SamplingParams:
+    def from_settings(
+        cls,
+        seed: int,
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_tokens: int | None = None,
+    ) -> SamplingParams:
+        """The deployment's SAMPLING_* defaults, with whatever a campaign sets in their place."""
         return cls(
-            temperature=settings.SAMPLING_TEMPERATURE,
-            top_p=settings.SAMPLING_TOP_P,
-            max_tokens=settings.SAMPLING_MAX_TOKENS,
+            temperature=settings.SAMPLING_TEMPERATURE if temperature is None else temperature,
+            top_p=settings.SAMPLING_TOP_P if top_p is None else top_p,
+            max_tokens=settings.SAMPLING_MAX_TOKENS if max_tokens is None else max_tokens,
             seed=seed,
         )
+
+
+def messages_with_system_prompt(messages: list[dict[str, Any]], system_prompt: str) -> list[dict[str, Any]]:
+    """The conversation sent for a prompt under a campaign's system prompt: the campaign's goes first, unless the
+    prompt brings its own system message (more specific to it), or the campaign has none."""
+    if not system_prompt or (messages and messages[0].get("role") == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -25,7 +25,7 @@ from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from annotate.broker import enqueue
-from annotate.models import Completion, ModelVersion, Pair, Prompt, SamplingClaim, TrainingRound
+from annotate.models import Campaign, Completion, ModelVersion, Pair, Prompt, SamplingClaim, TrainingRound
 from annotate.owners import heartbeat, holder_is_dead, holder_name
 from annotate.sampling.generation import (
     ModelServerPool,
@@ -34,6 +34,7 @@ from annotate.sampling.generation import (
     Sample,
     SamplingParams,
     client_from_settings,
+    messages_with_system_prompt,
     model_server_urls,
 )
 
@@ -95,6 +96,64 @@ def _new_seed() -> int:
     return secrets.randbits(31)
 
 
+@dataclass(frozen=True)
+class AnswerRecipe:
+    """How one side of a pair is sampled, as its campaign says: the version, the system prompt and the settings
+    (None: the deployment's SAMPLING_* default)."""
+
+    version: ModelVersion
+    system_prompt: str = ""
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+    def sample(self, client: ModelServerPool, prompt: Prompt) -> Sample:
+        """One answer with a fresh seed. Its `sampling` (the completion's lineage) is what was sent, and the system
+        prompt when the campaign's was sent."""
+        params = SamplingParams.from_settings(
+            _new_seed(), temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens
+        )
+        messages = messages_with_system_prompt(prompt.messages, self.system_prompt)
+        sample = client.chat(model=self.version.name, messages=messages, params=params)
+        if messages is prompt.messages:
+            return sample
+        return replace(sample, sampling={**sample.sampling, "system_prompt": self.system_prompt})
+
+
+def campaign_recipes(campaign: Campaign | None, serving: ModelVersion) -> tuple[AnswerRecipe, AnswerRecipe]:
+    """The two sides of a new pair of `campaign` (None: a prompt set with no campaign yet, the defaults): the serving
+    version twice, the serving version against the campaign's opponent, or the serving version with the campaign's
+    settings and with its second settings."""
+    if campaign is None:
+        return AnswerRecipe(serving), AnswerRecipe(serving)
+    first = AnswerRecipe(
+        serving,
+        system_prompt=campaign.system_prompt,
+        temperature=campaign.temperature,
+        top_p=campaign.top_p,
+        # A cap lowered since the campaign was saved still holds: its answers are not longer than the cap allows.
+        max_tokens=None if campaign.max_tokens is None else min(campaign.max_tokens, settings.SAMPLING_MAX_TOKENS_CAP),
+    )
+    if campaign.sides == Campaign.Sides.VERSION and campaign.opponent_version is not None:
+        return first, replace(first, version=campaign.opponent_version)
+    if campaign.sides == Campaign.Sides.SETTINGS:
+        second = replace(
+            first,
+            temperature=first.temperature if campaign.second_temperature is None else campaign.second_temperature,
+            top_p=first.top_p if campaign.second_top_p is None else campaign.second_top_p,
+        )
+        return first, second
+    return first, first
+
+
+def _campaigns_of(prompts: list[Prompt]) -> dict[str, Campaign]:
+    names = {prompt.prompt_set for prompt in prompts}
+    return {
+        campaign.name: campaign
+        for campaign in Campaign.objects.filter(name__in=names).select_related("opponent_version")
+    }
+
+
 def _completion_create(prompt: Prompt, version: ModelVersion, sample: Sample) -> Completion:
     return Completion.objects.create(
         prompt=prompt,
@@ -111,16 +170,25 @@ def _completion_create(prompt: Prompt, version: ModelVersion, sample: Sample) ->
     )
 
 
-def pair_create(*, prompt: Prompt, version: ModelVersion, first: Sample, second: Sample) -> Pair | None:
-    """Store two answers as a pair, unless they are the same text (nothing to compare)."""
+def pair_create(
+    *,
+    prompt: Prompt,
+    version: ModelVersion,
+    first: Sample,
+    second: Sample,
+    first_version: ModelVersion | None = None,
+    second_version: ModelVersion | None = None,
+) -> Pair | None:
+    """Store two answers as a pair sampled while `version` served, unless they are the same text (nothing to
+    compare). Each answer is `version`'s unless its own version is given (a campaign comparing two versions)."""
     if first.text.strip() == second.text.strip():
         logger.info("prompt %s: version %s gave identical twin answers; not making a pair", prompt.pk, version)
         return None
     with transaction.atomic():
         return Pair.objects.create(
             prompt=prompt,
-            completion_a=_completion_create(prompt, version, first),
-            completion_b=_completion_create(prompt, version, second),
+            completion_a=_completion_create(prompt, first_version or version, first),
+            completion_b=_completion_create(prompt, second_version or version, second),
             sampled_from=version,
         )
 
@@ -128,7 +196,8 @@ def pair_create(*, prompt: Prompt, version: ModelVersion, first: Sample, second:
 @dataclass
 class _PromptInFlight:
     prompt: Prompt
-    answers: list[Sample] = field(default_factory=list)
+    recipes: tuple[AnswerRecipe, AnswerRecipe]
+    answers: dict[int, Sample] = field(default_factory=dict)  # by side: 0 and 1
     outstanding: int = 2
     refusal: ModelServerRefused | None = None
     unavailable: bool = False
@@ -137,7 +206,8 @@ class _PromptInFlight:
 def pairs_sample(
     *, version: ModelVersion, prompts: list[Prompt], client: ModelServerPool, wanted: int | None = None
 ) -> list[Pair]:
-    """Sample two seeded answers per prompt and store each pair as soon as both of its answers are in.
+    """Sample two seeded answers per prompt, as its campaign says (campaign_recipes), and store each pair as soon as
+    both of its answers are in.
 
     PAIR_GENERATION_CONCURRENCY prompts (two requests each) are in flight together so the server batches them.
     Stops at `wanted` pairs (default: one per prompt); a prompt the server refuses, or whose twin answers are the
@@ -148,38 +218,35 @@ def pairs_sample(
     ModelServerRefused when nothing could be stored because it refused the caller or the model (401, 403, 404).
     """
     wanted = len(prompts) if wanted is None else wanted
-    waiting = deque(prompts)
+    recipes = _recipes_by_prompt_set(version, prompts, client)
+    waiting = deque(prompt for prompt in prompts if prompt.prompt_set in recipes)
     concurrency = max(1, settings.PAIR_GENERATION_CONCURRENCY)
     stored: list[Pair] = []
     slots_used = 0  # a stored pair or a failed request uses a slot; a refused prompt or identical twins free theirs
-    in_flight: dict[Future[Sample], _PromptInFlight] = {}
+    in_flight: dict[Future[Sample], tuple[_PromptInFlight, int]] = {}
     prompts_in_flight = 0
     unavailable: list[ModelServerUnavailable] = []
     blocking_refusals: list[ModelServerRefused] = []
-
-    def sample(prompt: Prompt) -> Sample:
-        return client.chat(
-            model=version.name, messages=prompt.messages, params=SamplingParams.from_settings(_new_seed())
-        )
 
     with ThreadPoolExecutor(max_workers=concurrency * 2, thread_name_prefix="sample") as pool:
 
         def submit_more() -> None:
             nonlocal prompts_in_flight
             while waiting and prompts_in_flight < concurrency and slots_used + prompts_in_flight < wanted:
-                entry = _PromptInFlight(waiting.popleft())
-                for _ in range(2):
-                    in_flight[pool.submit(sample, entry.prompt)] = entry
+                prompt = waiting.popleft()
+                entry = _PromptInFlight(prompt, recipes[prompt.prompt_set])
+                for side, recipe in enumerate(entry.recipes):
+                    in_flight[pool.submit(recipe.sample, client, prompt)] = (entry, side)
                 prompts_in_flight += 1
 
         submit_more()
         while in_flight:
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
-                entry = in_flight.pop(future)
+                entry, side = in_flight.pop(future)
                 entry.outstanding -= 1
                 try:
-                    entry.answers.append(future.result())
+                    entry.answers[side] = future.result()
                 except ModelServerRefused as error:
                     entry.refusal = entry.refusal or error
                 except ModelServerUnavailable as error:
@@ -224,7 +291,37 @@ def _prompt_finished(
         return None
     if len(entry.answers) < 2:
         return None  # one request failed; logged once for the batch
-    return pair_create(prompt=entry.prompt, version=version, first=entry.answers[0], second=entry.answers[1])
+    sides = [(recipe.version, entry.answers[side]) for side, recipe in enumerate(entry.recipes)]
+    if entry.recipes[0] != entry.recipes[1] and secrets.randbelow(2):
+        sides.reverse()  # which side is A is random when they differ, so A carries no meaning a vote could pick up
+    (first_version, first), (second_version, second) = sides
+    return pair_create(
+        prompt=entry.prompt,
+        version=version,
+        first=first,
+        second=second,
+        first_version=first_version,
+        second_version=second_version,
+    )
+
+
+def _recipes_by_prompt_set(
+    version: ModelVersion, prompts: list[Prompt], client: ModelServerPool
+) -> dict[str, tuple[AnswerRecipe, AnswerRecipe]]:
+    """Each prompt set's two sides (campaign_recipes). A campaign whose opponent version cannot be loaded samples no
+    pairs this time (logged): it asked for that comparison, and the other campaigns' prompts still fill the batch."""
+    campaigns = _campaigns_of(prompts)
+    recipes = {}
+    for name in {prompt.prompt_set for prompt in prompts}:
+        sides = campaign_recipes(campaigns.get(name), version)
+        try:
+            for opponent in {recipe.version for recipe in sides} - {version}:
+                opponent.ensure_loaded(client)
+        except (ModelServerRefused, ModelServerUnavailable) as error:
+            logger.warning("campaign %s: its opponent version could not be loaded, no pairs this time: %s", name, error)
+            continue
+        recipes[name] = sides
+    return recipes
 
 
 # --- Refills: the buffer shared out in claimed batches ------------------------------------------------------------
@@ -397,15 +494,16 @@ def pairs_sample_head_to_head(
     client: ModelServerPool,
     sampled_from: ModelVersion | None = None,
 ) -> list[Pair]:
-    """One answer per version to each prompt, with the same sampling settings and each its own seed, stored as one
-    pair whose A side is drawn at random. `sampled_from` is the serving version (the default), which the pair
-    buffer counts it against; each answer's own version is on its completion."""
+    """One answer per version to each prompt, with the same sampling settings (the campaign's first side) and system
+    prompt, and each its own seed, stored as one pair whose A side is drawn at random. `sampled_from` is the serving
+    version (the default), which the pair buffer counts it against; each answer's own version is on its completion."""
     owner = sampled_from or ModelVersion.objects.serving() or first
+    campaigns = _campaigns_of(prompts)
 
     def sample(version: ModelVersion, prompt: Prompt) -> Sample:
-        return client.chat(
-            model=version.name, messages=prompt.messages, params=SamplingParams.from_settings(_new_seed())
-        )
+        # Both versions answer with the first side of the campaign's recipe: the comparison is between versions.
+        recipe = campaign_recipes(campaigns.get(prompt.prompt_set), version)[0]
+        return recipe.sample(client, prompt)
 
     workers = max(1, settings.PAIR_GENERATION_CONCURRENCY * 2)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="head-to-head") as pool:

@@ -107,6 +107,8 @@ def test_trl_preference_rows_carry_the_winner_and_their_lineage(tmp_path, voted,
             "rejected_model": serving_version.name,
             "sampled_from": serving_version.name,
             "on_policy": True,
+            "chosen_sampling": "temperature 0.8, top_p 0.95, max_tokens 64",  # what make_pair's answers record
+            "rejected_sampling": "temperature 0.8, top_p 0.95, max_tokens 64",
             "votes": 3,
             "agreement": 0.6667,
             "source": "human",

@@ -146,6 +146,10 @@ def dataset_card(
                 for v in versions
             ],
         ),
+        "sampling": _table(
+            ("sampling settings", "answers in the data"),
+            [(label, f"{count:,}") for label, count in stats.answers_by_sampling.most_common()],
+        ),
         "licence": _cell(licence),
         "imported_from": [(_cell(detail), f"{count:,}") for detail, count in sorted(stats.imported_from.items())],
     }

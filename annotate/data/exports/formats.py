@@ -54,6 +54,8 @@ class ExportPair:
     completion_b_version: int
     sampled_from: int
     sampled_from_status: str
+    completion_a_sampling: str = ""  # sampling_label of each answer
+    completion_b_sampling: str = ""
 
     @property
     def on_policy(self) -> bool:
@@ -117,6 +119,18 @@ class RowContext:
         return pseudonym
 
 
+def sampling_label(sampling: dict[str, Any]) -> str:
+    """The settings that made an answer (its completion's `sampling`) as one short label that rows repeat and the
+    card counts: temperature, top_p, max_tokens and, when one was sent, the system prompt's SHA-256 (12 hex digits;
+    the text itself may be long). The seed is left out: every answer has its own."""
+    if not sampling:
+        return "not recorded"
+    parts = [f"{key} {sampling[key]}" for key in ("temperature", "top_p", "max_tokens") if key in sampling]
+    if sampling.get("system_prompt"):
+        parts.append(f"system prompt {hashlib.sha256(str(sampling['system_prompt']).encode()).hexdigest()[:12]}")
+    return ", ".join(parts)
+
+
 def margin(strength: float | None) -> float:
     """Strength of preference on TRL's reward margin scale: slightly 1/3, clearly 2/3, much better 1; unknown 0."""
     return round(strength / 3, 4) if strength is not None else 0.0
@@ -131,9 +145,10 @@ def _sources(verdict: ExportVerdict) -> str:
 
 def _paired_lineage(verdict: ExportVerdict, context: RowContext) -> Row:
     pair = verdict.pair
+    a_won = verdict.outcome == Judgement.Choice.A
     chosen, rejected = (
         (pair.completion_a_version, pair.completion_b_version)
-        if verdict.outcome == Judgement.Choice.A
+        if a_won
         else (pair.completion_b_version, pair.completion_a_version)
     )
     return {
@@ -144,6 +159,8 @@ def _paired_lineage(verdict: ExportVerdict, context: RowContext) -> Row:
         "rejected_model": context.name(rejected),
         "sampled_from": context.name(pair.sampled_from),
         "on_policy": pair.on_policy,
+        "chosen_sampling": pair.completion_a_sampling if a_won else pair.completion_b_sampling,
+        "rejected_sampling": pair.completion_b_sampling if a_won else pair.completion_a_sampling,
         "votes": verdict.votes,
         "agreement": round(verdict.agreement, 4),
         "source": _sources(verdict),
@@ -171,10 +188,10 @@ def trl_unpaired_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[R
         return  # a tie says neither answer is good or bad
     pair = verdict.pair
     answers = (
-        (pair.completion_a_id, pair.completion_a_text, pair.completion_a_version),
-        (pair.completion_b_id, pair.completion_b_text, pair.completion_b_version),
+        (pair.completion_a_id, pair.completion_a_text, pair.completion_a_version, pair.completion_a_sampling),
+        (pair.completion_b_id, pair.completion_b_text, pair.completion_b_version, pair.completion_b_sampling),
     )
-    for (completion_id, text, version), label in zip(answers, labels, strict=True):
+    for (completion_id, text, version, sampling), label in zip(answers, labels, strict=True):
         yield {
             "prompt": pair.prompt,
             "completion": assistant(text),
@@ -184,6 +201,7 @@ def trl_unpaired_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[R
             "prompt_set": pair.prompt_set,
             "completion_id": completion_id,
             "model": context.name(version),
+            "sampling": sampling,
             "verdict": verdict.outcome,
             "votes": verdict.votes,
             "agreement": round(verdict.agreement, 4),
@@ -267,6 +285,7 @@ WEIGHT_COLUMN = Column(
     "to mean 1",
 )
 
+_SAMPLING_MEANING = "temperature, top_p, max_tokens, and the system prompt's SHA-256 when its campaign sent one"
 _PAIRED_LINEAGE = (
     Column("pair_id", pa.int64(), "the pair in pairloop"),
     Column("prompt_id", pa.int64(), "the prompt in pairloop"),
@@ -275,6 +294,8 @@ _PAIRED_LINEAGE = (
     Column("rejected_model", pa.string(), "model version of the rejected answer"),
     Column("sampled_from", pa.string(), "version serving when the pair was sampled (imported:FORMAT for imports)"),
     Column("on_policy", pa.bool_(), "both answers from sampled_from, a version that served"),
+    Column("chosen_sampling", pa.string(), f"settings that made the chosen answer ({_SAMPLING_MEANING})"),
+    Column("rejected_sampling", pa.string(), "settings that made the rejected answer"),
     Column("votes", pa.int64(), "votes on the pair that passed the filters"),
     Column("agreement", pa.float64(), "share of those votes that agree with this row"),
     Column("source", pa.string(), "who voted: human, simulated or imported (joined with + when mixed)"),
@@ -311,6 +332,7 @@ FORMATS = {
             Column("prompt_set", pa.string(), "the prompt's set"),
             Column("completion_id", pa.int64(), "the answer in pairloop"),
             Column("model", pa.string(), "model version of the answer"),
+            Column("sampling", pa.string(), f"settings that made the answer ({_SAMPLING_MEANING})"),
             Column("verdict", pa.string(), "the pair's verdict: a, b or both_bad"),
             Column("votes", pa.int64(), "votes on the pair that passed the filters"),
             Column("agreement", pa.float64(), "share of those votes that agree with the verdict"),

@@ -23,7 +23,15 @@ from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from annotate.data.exports.filters import ExportFilters, judgements_matching
-from annotate.data.exports.formats import FORMATS, WEIGHT_COLUMN, ExportPair, ExportVerdict, ExportVote, RowContext
+from annotate.data.exports.formats import (
+    FORMATS,
+    WEIGHT_COLUMN,
+    ExportPair,
+    ExportVerdict,
+    ExportVote,
+    RowContext,
+    sampling_label,
+)
 from annotate.data.exports.writers import open_writer
 from annotate.models import Judgement
 from annotate.quality.preferences import PairWeights, PreferenceRules, combine
@@ -37,7 +45,7 @@ PAIR_FIELDS = (
     "pair__prompt_id", "prompt_json", "pair__prompt__prompt_set",
     "pair__completion_a_id", "pair__completion_a__text", "pair__completion_a__model_version_id",
     "pair__completion_b_id", "pair__completion_b__text", "pair__completion_b__model_version_id",
-    "pair__sampled_from_id", "pair__sampled_from__status",
+    "pair__sampled_from_id", "pair__sampled_from__status", "a_sampling_json", "b_sampling_json",
 )  # fmt: skip
 _VOTE = slice(0, len(VOTE_FIELDS))
 _PAIR_ID = itemgetter(1)
@@ -50,19 +58,23 @@ def votes_to_export(
     `left_out`: the rules' conditions when already decided (PreferenceRules.left_out_conditions)."""
     return (
         filters.rules.counted(judgements_matching(filters), left_out)
-        .annotate(prompt_json=Cast("pair__prompt__messages", TextField()))
+        .annotate(
+            prompt_json=Cast("pair__prompt__messages", TextField()),
+            a_sampling_json=Cast("pair__completion_a__sampling", TextField()),
+            b_sampling_json=Cast("pair__completion_b__sampling", TextField()),
+        )
         .order_by("pair_id", "id")
         .values_list(*VOTE_FIELDS, *PAIR_FIELDS)
     )
 
 
 def _pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
-    (prompt_id, prompt_json, prompt_set, a_id, a_text, a_version, b_id, b_text, b_version, sampled, status) = row[
-        len(VOTE_FIELDS) :
-    ]
+    (prompt_id, prompt_json, prompt_set, a_id, a_text, a_version, b_id, b_text, b_version, sampled, status,
+     a_sampling, b_sampling) = row[len(VOTE_FIELDS):]  # fmt: skip
     return ExportPair(
         pair_id, prompt_id, orjson.loads(prompt_json), prompt_set,
         a_id, a_text, a_version, b_id, b_text, b_version, sampled, status,
+        sampling_label(orjson.loads(a_sampling)), sampling_label(orjson.loads(b_sampling)),
     )  # fmt: skip
 
 
@@ -92,6 +104,7 @@ class ExportStats:
     sources: Counter[str] = field(default_factory=Counter)  # votes behind the rows, by source
     imported_from: Counter[str] = field(default_factory=Counter)  # imported votes behind the rows, by file
     answers_by_version: Counter[int] = field(default_factory=Counter)
+    answers_by_sampling: Counter[str] = field(default_factory=Counter)  # by formats.sampling_label
     first_vote: datetime | None = None
     last_vote: datetime | None = None
     lightest: float | None = None  # the smallest and largest row weight, when the rows carry weights
@@ -106,6 +119,8 @@ class ExportStats:
         self.outcomes[verdict.outcome] += 1
         self.answers_by_version[verdict.pair.completion_a_version] += 1
         self.answers_by_version[verdict.pair.completion_b_version] += 1
+        self.answers_by_sampling[verdict.pair.completion_a_sampling] += 1
+        self.answers_by_sampling[verdict.pair.completion_b_sampling] += 1
         for vote in verdict.judgements:
             self.sources[vote.source] += 1
             if vote.source == Judgement.Source.IMPORTED:
