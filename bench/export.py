@@ -15,6 +15,9 @@ bulk_create, then runs each export in a fresh Python process, so that its peak r
 Every format and file format is measured, interleaved with the dump and repeated (--repeat); the median and the
 spread are printed, with the ratio to the dump of the same round and the load average. Memory: the export of all votes
 against the export of 10 % of them (by prompt set) should be about the same above the idle floor.
+
+    --previous DIR   also runs every export with the code of another checkout (say, `git worktree add DIR COMMIT`),
+                     interleaved with this one's on the same database, and prints the ratio of this one to it
 """
 
 from __future__ import annotations
@@ -187,10 +190,12 @@ def measure(database: str, scratch: Path, run: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def _in_subprocess(database: str, scratch: Path, run: dict[str, Any]) -> dict[str, Any]:
+def _in_subprocess(database: str, scratch: Path, run: dict[str, Any], previous: Path | None = None) -> dict[str, Any]:
+    # The previous implementation runs in its own checkout (its bench.export's measure, which takes the same run).
     command = [sys.executable, "-m", "bench.export", "--measure", json.dumps(run), "--database", database,
                "--scratch", str(scratch)]  # fmt: skip
-    output = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True).stdout
+    where = previous if run.get("previous") and previous else REPO
+    output = subprocess.run(command, cwd=where, check=True, capture_output=True, text=True).stdout
     return dict(json.loads(output.strip().splitlines()[-1]))
 
 
@@ -205,12 +210,17 @@ def _run(kind: str, share: str, dataset_format: str = "-", file_format: str = "j
     return {"name": name, "kind": kind, "share": share, "dataset_format": dataset_format, "file_format": file_format}
 
 
-def _rounds() -> list[dict[str, Any]]:
-    """One round: the dump, then every format and file format, interleaved with the dump again."""
+def _rounds(previous: bool = False) -> list[dict[str, Any]]:
+    """One round: the dump, then every format and file format, interleaved with the dump again (and with the
+    previous implementation's export of the same, when there is one)."""
     runs = [_run("dump", "100%")]
     for dataset_format in FORMATS:
         for file_format in ("jsonl", "parquet"):
-            runs += [_run("export", "100%", dataset_format, file_format), _run("dump", "100%")]
+            runs.append(_run("export", "100%", dataset_format, file_format))
+            if previous:
+                runs.append({**_run("export", "100%", dataset_format, file_format), "previous": True})
+                runs[-1]["name"] += "-previous"
+            runs.append(_run("dump", "100%"))
     return runs
 
 
@@ -226,6 +236,8 @@ def report(fill_result: dict[str, Any], results: list[dict[str, Any]], database:
     """Votes per second by the wall clock and per CPU second of the exporting process (on a loaded machine the
     second says what one free core would do; on PostgreSQL it leaves out the server's own work)."""
     idle = next(r for r in results if r["kind"] == "idle")["peak_mib"]
+    previous = [r for r in results if r.get("previous")]
+    results = [r for r in results if not r.get("previous")]
     dumps = [r for r in results if r["kind"] == "dump" and r["share"] == "100%"]
     dump_wall, dump_cpu = _median(_speeds(dumps, "seconds")), _median(_speeds(dumps, "cpu_seconds"))
     lines = [
@@ -254,6 +266,22 @@ def report(fill_result: dict[str, Any], results: list[dict[str, Any]], database:
                 f"{max(r['peak_mib'] for r in runs) - idle:>5.0f}"
             )
     lines.append("(goal: 50,000 votes/s by the clock; MiB: peak memory above the idle process)")
+    if previous:
+        lines += ["", f"{'against the previous code':<26} {'votes/s':>8} {'previous':>8} {'x':>5} {'votes/CPU s':>11} "
+                      f"{'previous':>8} {'x':>5} {'MiB':>4} {'prev.':>5}"]  # fmt: skip
+        for dataset_format in FORMATS:
+            for file_format in ("jsonl", "parquet"):
+                key = (dataset_format, file_format)
+                ours = [r for r in results if r["kind"] == "export" and r["share"] == "100%"
+                        and (r["dataset_format"], r["file_format"]) == key]  # fmt: skip
+                theirs = [r for r in previous if (r["dataset_format"], r["file_format"]) == key]
+                wall, wall_before = _median(_speeds(ours, "seconds")), _median(_speeds(theirs, "seconds"))
+                cpu, cpu_before = _median(_speeds(ours, "cpu_seconds")), _median(_speeds(theirs, "cpu_seconds"))
+                lines.append(
+                    f"{dataset_format + ' ' + file_format:<26} {wall:>8,.0f} {wall_before:>8,.0f} "
+                    f"{wall / wall_before:>5.2f} {cpu:>11,.0f} {cpu_before:>8,.0f} {cpu / cpu_before:>5.2f} "
+                    f"{max(r['peak_mib'] for r in ours) - idle:>4.0f} {max(r['peak_mib'] for r in theirs) - idle:>5.0f}"
+                )
     for run in (r for r in results if r["kind"] == "export" and r["share"] == "10%"):
         full = max(
             r["peak_mib"] for r in results
@@ -278,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds of every export, interleaved with the dump")
     parser.add_argument("--database", help="a PostgreSQL URL (emptied first); default: SQLite in a temporary folder")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--previous", type=Path, help="a checkout of the code to compare with, interleaved")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one run, in a child process
     parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
@@ -293,12 +322,12 @@ def main(argv: list[str] | None = None) -> None:
         fill_result = _in_fill_process(database, scratch, arguments.votes)
         runs = [_run("idle", "10%")]
         for _ in range(arguments.repeat):
-            runs += _rounds()
+            runs += _rounds(previous=arguments.previous is not None)
         runs += [_run("export", "10%", "trl-preference", "jsonl"), _run("export", "10%", "arena", "parquet")]
         results = []
         for number, run in enumerate(runs, start=1):
             print(f"[{number}/{len(runs)}] {run['name']} ...", flush=True)
-            results.append(_in_subprocess(database, scratch, run))
+            results.append(_in_subprocess(database, scratch, run, arguments.previous))
         text = report(fill_result, results, database, load)
     print(text)
     if arguments.json:

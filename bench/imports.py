@@ -167,7 +167,7 @@ def measure(database: str, scratch: Path, run: dict[str, Any]) -> dict[str, Any]
         )
         stored = result.created
     elif run["kind"] == "preferences":
-        parsed = imports.parse_preferences(imports.read_file(path), dataset_format="trl")
+        parsed = imports.parse_preferences(imports.file_lines(path), dataset_format="trl")
         stored = imports.preferences_import(preference_file=parsed, dataset_format="trl", file_name="bench").imported
     elif run["kind"] == "plain-prompts":
         with transaction.atomic():

@@ -178,9 +178,9 @@ def _write_prompts(data_import: DataImport, text: str, counter: _RowCounter) -> 
             raise NoLongerHeld
 
 
-def _write_preferences(data_import: DataImport, text: str, counter: _RowCounter) -> None:
+def _write_preferences(data_import: DataImport, lines: imports.LineSource, counter: _RowCounter) -> None:
     parsed = imports.parse_preferences(
-        text, dataset_format=data_import.file_format, skip_bad=bool(data_import.options.get("skip_bad"))
+        lines, dataset_format=data_import.file_format, skip_bad=bool(data_import.options.get("skip_bad"))
     )
     data_import.record_total(rows_total=len(parsed.rows))
     with transaction.atomic():
@@ -211,13 +211,15 @@ def data_import_run(*, data_import: DataImport, on_progress: imports.Progress | 
     lease = settings.DATA_IMPORT_LEASE_SECONDS
     try:
         with heartbeat(_renewer(data_import, counter), every=min(PROGRESS_INTERVAL, lease / 3), name=str(data_import)):
-            content = DataImport.objects.filter(pk=data_import.pk).values_list("content", flat=True).get()
-            text = imports.decode(bytes(content))
-            del content
+            content = bytes(DataImport.objects.filter(pk=data_import.pk).values_list("content", flat=True).get())
             if data_import.kind == DataImport.Kind.PROMPTS:
+                text = imports.decode(content)
+                del content
                 _write_prompts(data_import, text, counter)
             else:
-                _write_preferences(data_import, text, counter)
+                # Read a line at a time from the stored bytes, twice (check, then write): no decoded copy of the
+                # whole file and no list of its rows.
+                _write_preferences(data_import, imports.content_lines(content), counter)
     except imports.ImportRejected as rejected:
         data_import.fail(
             error=rejected.message, line_errors=_line_errors(rejected.lines), line_error_count=len(rejected.lines)

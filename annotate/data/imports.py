@@ -2,6 +2,8 @@
 
 Every import reads and checks the whole file before it writes anything, and writes in one transaction: a file with
 a bad line changes nothing (preference imports may be told to skip bad rows instead), and the error names the lines.
+Preference files are read twice, a line at a time: once to check every row, once to write them in batches, so an
+import holds one batch of rows however long the file is.
 Imported votes are marked as imported (source, file and format), belong to no annotator, and were shown on no screen.
 """
 
@@ -123,6 +125,50 @@ def lines_of(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 
+# Each call reads the file again from its beginning, a line at a time: a preference import reads it twice.
+LineSource = Callable[[], Iterator[str]]
+
+
+def text_lines(text: str) -> Iterator[str]:
+    """The lines of `text` as lines_of splits them, one at a time (no list of them all beside the text)."""
+    start = 0
+    while (end := text.find("\n", start)) >= 0:
+        yield text[start:end].removesuffix("\r")
+        start = end + 1
+    yield text[start:].removesuffix("\r")
+
+
+def _decoded_lines(raw_lines: Iterable[bytes]) -> Iterator[str]:
+    """Lines of UTF-8 bytes (split at newlines only, as lines_of splits text) as text; ImportRejected, naming the
+    byte, at the first that is not UTF-8. A newline byte is never part of another character, so decoding line by
+    line accepts exactly the files that decoding them whole does."""
+    offset = 0
+    for number, raw in enumerate(raw_lines):
+        try:
+            line = raw.decode("utf-8-sig" if number == 0 else "utf-8")
+        except UnicodeDecodeError as error:
+            raise ImportRejected(f"the file is not UTF-8 text (byte {offset + error.start} cannot be read)") from None
+        offset += len(raw)
+        yield line.removesuffix("\n").removesuffix("\r")
+
+
+def file_lines(path: Path) -> LineSource:
+    """The file's lines, read from disk again for each pass (its size checked now)."""
+    check_size(path.stat().st_size)
+
+    def lines() -> Iterator[str]:
+        with path.open("rb") as file:  # binary lines end at b"\n" only
+            yield from _decoded_lines(file)
+
+    return lines
+
+
+def content_lines(content: bytes) -> LineSource:
+    """The lines of a file held as bytes (an upload), decoded a line at a time (its size checked now)."""
+    check_size(len(content))
+    return lambda: _decoded_lines(io.BytesIO(content))
+
+
 def _check_row_count(count: int) -> None:
     if count > settings.DATA_IMPORT_MAX_ROWS:
         raise ImportRejected(
@@ -144,6 +190,18 @@ def _json_lines(lines: Iterable[str]) -> Iterator[tuple[int, Any | LineError]]:
             yield number, LineError(number, f"not valid JSON ({error.msg} at column {error.colno})")
         except RecursionError:
             yield number, LineError(number, "nested too deeply to read (no row needs more than a few levels)")
+
+
+def _parsed_json_lines(lines: Iterable[str], parse: Callable[[Any], T]) -> Iterator[tuple[int, T | LineError]]:
+    """(line number, what `parse` made of the line's JSON, or why the line is bad) for every line not blank."""
+    for number, value in _json_lines(lines):
+        if isinstance(value, LineError):
+            yield number, value
+            continue
+        try:
+            yield number, parse(value)
+        except ValueError as error:
+            yield number, LineError(number, str(error))
 
 
 # --- Messages --------------------------------------------------------------------------------------------------
@@ -231,14 +289,7 @@ def prompt_row_from(value: Any) -> PromptRow:
 
 
 def _prompts_from_jsonl(lines: list[str]) -> Iterator[tuple[int, PromptRow | LineError]]:
-    for number, value in _json_lines(lines):
-        if isinstance(value, LineError):
-            yield number, value
-            continue
-        try:
-            yield number, prompt_row_from(value)
-        except ValueError as error:
-            yield number, LineError(number, str(error))
+    return _parsed_json_lines(lines, prompt_row_from)
 
 
 CSV_HEADER_REASON = 'the header row must name a "prompt" column'
@@ -488,33 +539,59 @@ _PREFERENCE_PARSERS: dict[str, Callable[[Any], PreferenceRow]] = {
 }
 
 
+class PreferenceRows:
+    """The good rows of a checked preference file, parsed again from the file each time they are iterated, so no
+    list of them all is ever held. ImportRejected while iterating when the file is not what was checked."""
+
+    def __init__(
+        self, lines: LineSource, parse: Callable[[Any], PreferenceRow], count: int, skipped: Collection[int]
+    ) -> None:
+        self._lines, self._parse, self._count, self._skipped = lines, parse, count, skipped
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[PreferenceRow]:
+        changed = "the file changed after it was checked; nothing was imported"
+        count = 0
+        for number, row in _parsed_json_lines(self._lines(), self._parse):
+            if isinstance(row, LineError):
+                if number in self._skipped:
+                    continue
+                raise ImportRejected(changed, [row])
+            count += 1
+            yield row
+        if count != self._count:
+            raise ImportRejected(changed)
+
+
 @dataclass(frozen=True)
 class PreferenceFile:
-    rows: list[PreferenceRow]
+    rows: PreferenceRows
     skipped: list[LineError]
 
 
-def parse_preferences(text: str, *, dataset_format: str, skip_bad: bool = False) -> PreferenceFile:
-    """Every preference row in a JSON Lines file. Bad rows reject the file (naming them) unless skip_bad."""
+def parse_preferences(text: str | LineSource, *, dataset_format: str, skip_bad: bool = False) -> PreferenceFile:
+    """Check every preference row of a JSON Lines file (its text, or a LineSource such as file_lines). Bad rows reject
+    the file (naming them) unless skip_bad. The rows are not kept: iterating the result's `rows` reads them again."""
     parse = _PREFERENCE_PARSERS.get(dataset_format)
     if parse is None:
         raise ImportRejected(f"unknown format {dataset_format!r}: use one of {', '.join(PREFERENCE_FORMATS)}")
-    rows: list[PreferenceRow] = []
+    lines: LineSource = (lambda: text_lines(text)) if isinstance(text, str) else text
+    count = 0
     errors: list[LineError] = []
-    for number, value in _json_lines(lines_of(text)):
-        if isinstance(value, LineError):
-            errors.append(value)
-            continue
-        try:
-            rows.append(parse(value))
-        except ValueError as error:
-            errors.append(LineError(number, str(error)))
+    for _, row in _parsed_json_lines(lines(), parse):
+        if isinstance(row, LineError):
+            errors.append(row)
+        else:
+            count += 1
     if errors and not skip_bad:
         raise _rejected_lines(errors, "row")
-    if not rows:
+    if not count:
         raise ImportRejected("the file holds no usable preference rows", errors)
-    _check_row_count(len(rows) + len(errors))
-    return PreferenceFile(rows=rows, skipped=errors)
+    _check_row_count(count + len(errors))
+    skipped_lines = frozenset(error.line for error in errors)
+    return PreferenceFile(rows=PreferenceRows(lines, parse, count, skipped_lines), skipped=errors)
 
 
 @dataclass(frozen=True)
@@ -627,14 +704,20 @@ def _prompts_for(
     return stored, {digest: id_ for (digest, _), id_ in zip(new, ids, strict=True)}
 
 
-def _stored_preferences(version: ModelVersion, prompt_ids: Collection[int]) -> set[tuple[int, str, str]]:
-    """(prompt, chosen, rejected) of the votes already imported for these prompts."""
+def _stored_preferences(
+    version: ModelVersion, prompt_ids: Collection[int], answers: Collection[str]
+) -> set[tuple[int, str, str]]:
+    """(prompt, chosen, rejected) of the votes already imported for these prompts whose answer A is one of `answers`
+    (the chosen and rejected answers of the rows at hand: only those can be the same preference). Votes written
+    earlier in the same transaction are found too, so no set of every preference imported so far is kept."""
     stored: set[tuple[int, str, str]] = set()
     if not prompt_ids:
         return stored
     # The version is checked here rather than in SQL: given both, SQLite reads every pair of the version (its index
     # looks the more selective) for each chunk, which made a large import slower with each chunk.
-    votes = Judgement.objects.filter(source=Judgement.Source.IMPORTED, pair__prompt_id__in=list(prompt_ids))
+    votes = Judgement.objects.filter(
+        source=Judgement.Source.IMPORTED, pair__prompt_id__in=list(prompt_ids), pair__completion_a__text__in=answers
+    )
     for sampled_from, prompt_id, choice, text_a, text_b in votes.order_by().values_list(
         "pair__sampled_from_id", "pair__prompt_id", "choice", "pair__completion_a__text", "pair__completion_b__text"
     ):
@@ -658,7 +741,6 @@ def preferences_import(
     """
     detail = f"{source_name(file_name)} ({dataset_format})"[:300]
     imported = duplicates = new_prompts = 0
-    seen: set[tuple[int, str, str]] = set()
     with transaction.atomic():
         version = external_version(dataset_format=dataset_format)
         for chunk in batched(preference_file.rows, WRITE_BATCH):
@@ -666,7 +748,10 @@ def preferences_import(
             digests = [conversation_hash(row.prompt) for row in chunk]
             stored, created = _prompts_for(chunk, digests, prompt_set=prompt_set, source=file_name, now=now)
             new_prompts += len(created)
-            seen |= _stored_preferences(version, stored.values())  # a prompt stored just now has no votes yet
+            # Preferences stored before this batch (by earlier imports, or earlier in this file); a prompt stored
+            # just now has no votes yet.
+            texts = {answer for row in chunk for answer in (row.chosen, row.rejected)}
+            seen = _stored_preferences(version, stored.values(), texts)
             prompts = stored | created
             fresh: list[tuple[int, PreferenceRow]] = []
             for row, digest in zip(chunk, digests, strict=True):

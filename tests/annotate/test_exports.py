@@ -1,7 +1,10 @@
+import hashlib
 import json
+import re
 from datetime import date, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -11,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from jsonschema import Draft202012Validator
 
-from annotate.data import exports
+from annotate.data import exports, imports
 from annotate.data.exports import ExportFilters
 from annotate.errors import Invalid
 from annotate.models import Completion, Export, Judgement, ModelVersion
@@ -256,6 +259,86 @@ def test_parquet_holds_the_same_rows_as_json_lines_in_batches(tmp_path, voted, m
     assert table.schema.equals(exports.FORMATS[dataset_format].schema)
     assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_row_groups == -(-len(json_rows) // 2)
     assert parquet_rows == json_rows and json_rows
+
+
+# The bytes every export wrote before it was made faster (sha256 of the JSON Lines file, with the ids, times and
+# judge pseudonyms that differ from run to run numbered in their order of appearance): the same data must give the
+# same files. Computed with the implementation of commit f43b65d.
+PINNED_JSONL = {
+    "trl-preference": "60a62b132e2cb1e7263e6e4983829e4a7a1614fd03de8dc153d5cf3b2018ceb2",
+    "trl-preference weighted": "6d70bafa52cba5dd6bf1ed47aed4f8d15026e87ebabfdd0d79cf9fbb7cb17d6e",
+    "trl-unpaired": "4e566f1743d5c456466b44c427780bca8e465505872462b99eec2400a65feddf",
+    "arena": "293956de6e3a49bc09c799ba862e4e2bf077f81e729e4a3aaf03ac1e0dd6f381",
+    "hh-rlhf": "88eb3346f6c1cbd01d23e7f0db8dcf027d9e377429587e81ca083606b5bd5c19",
+}
+_VARYING = re.compile(rb'"(pair_id|prompt_id|completion_id|question_id|tstamp|judge)":("?)([^,"}]+)')
+
+
+def _numbered(content):
+    """The file with each run-dependent value replaced by its number of appearance (the same value, the same number;
+    question ids are pair ids)."""
+    seen = {}
+
+    def number(match):
+        kind = b"pair_id" if match[1] == b"question_id" else match[1]
+        token = seen.setdefault((kind, match[3]), len([key for key in seen if key[0] == kind]))
+        return b'"%s":%s%s-%d' % (match[1], match[2], kind, token)
+
+    return _VARYING.sub(number, content)
+
+
+@pytest.fixture
+def fixed_votes(voted, monkeypatch):
+    """A small fixed set of votes, cast through the services: every outcome, a system turn and a conversation of
+    several turns, non-ASCII text and JSON's special characters, strengths, and an imported vote."""
+    voted("a", "b", "a", texts=("Pourquoi pas ? Ça dépend 🙂", 'A "quoted" \\ answer\nwith a newline'), strength=3)
+    voted("tie", "tie", "a")
+    voted("both_bad", strength=1)
+    voted(
+        "b",
+        "b",
+        texts=("short", "longer " * 40),
+        strength=1,
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "First?"},
+            {"role": "assistant", "content": "One."},
+            {"role": "user", "content": "And then — 二?"},
+        ],
+    )
+    voted("a", "b")  # a draw: no verdict under majority
+    imported = imports.parse_preferences(
+        json.dumps({"prompt": "Imported question?", "chosen": "Kept.", "rejected": "Dropped."}), dataset_format="trl"
+    )
+    monkeypatch.setattr(imports.secrets, "randbits", lambda bits: 1)  # the chosen answer is A (else at random)
+    imports.preferences_import(preference_file=imported, dataset_format="trl", file_name="outside.jsonl")
+
+
+@pytest.mark.parametrize("variant", list(PINNED_JSONL))
+def test_exports_write_the_same_bytes_as_before_they_were_made_faster(tmp_path, fixed_votes, monkeypatch, variant):
+    dataset_format, _, weighted = variant.partition(" ")
+    filters = ExportFilters(
+        rules=PreferenceRules(include_ties=True, include_both_bad=True), weighting="strength" if weighted else "none"
+    )
+    paths = {}
+    monkeypatch.setattr(exports.writers, "PARQUET_BATCH", 3)  # several row groups
+    for file_format in exports.FILE_FORMATS:
+        paths[file_format] = tmp_path / f"out.{file_format}"
+        exports.export_write(
+            dataset_format=dataset_format, file_format=file_format, filters=filters, path=paths[file_format]
+        )
+
+    jsonl = paths["jsonl"].read_bytes()
+    assert hashlib.sha256(_numbered(jsonl)).hexdigest() == PINNED_JSONL[variant], _numbered(jsonl).decode()
+    # Parquet: the file pyarrow writes from the same rows, three to a record batch and row group.
+    schema = (
+        exports.FORMATS[dataset_format].with_weights().schema if weighted else exports.FORMATS[dataset_format].schema
+    )
+    rows = [json.loads(line) for line in jsonl.splitlines()]
+    with pq.ParquetWriter(str(tmp_path / "expected.parquet"), schema) as writer:
+        for start in range(0, len(rows), 3):
+            writer.write_table(pa.Table.from_pylist(rows[start : start + 3], schema=schema))
+    assert paths["parquet"].read_bytes() == (tmp_path / "expected.parquet").read_bytes()
 
 
 def test_an_empty_export_is_a_valid_empty_file(tmp_path, serving_version):

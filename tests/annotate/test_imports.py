@@ -1,5 +1,6 @@
 import hashlib
 import json
+import tracemalloc
 import uuid
 
 import pytest
@@ -403,7 +404,7 @@ WRONG = {"role": "assistant", "content": "Lyon."}
 )  # fmt: skip
 def test_preference_formats(dataset_format, row):
     parsed = imports.parse_preferences(json.dumps(row), dataset_format=dataset_format)
-    assert parsed.rows == [imports.PreferenceRow(prompt=[USER], chosen="Paris.", rejected="Lyon.")]
+    assert list(parsed.rows) == [imports.PreferenceRow(prompt=[USER], chosen="Paris.", rejected="Lyon.")]
 
 
 @pytest.mark.parametrize(
@@ -440,6 +441,56 @@ def test_skip_bad_with_nothing_good_left_is_rejected(tmp_path):
     with pytest.raises(CommandError, match="holds no usable preference rows"):
         call_command("import_preferences", str(path), "--format", "trl", "--skip-bad")
     assert stored_counts() == (0, 0, 0, 0)
+
+
+def _long_rows(count, prefix="Question"):
+    return [{"prompt": f"{prefix} {n}?", "chosen": f"Yes {n}. " + "so " * 300, "rejected": f"No {n}."}
+            for n in range(count)]  # fmt: skip
+
+
+def test_a_bad_row_near_the_end_of_a_long_file_imports_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(imports, "WRITE_BATCH", 100)  # many batches: the bad row comes long after the first
+    rows = _long_rows(1200)
+    rows[1198] = {"prompt": "Q?", "chosen": "Same.", "rejected": "Same."}
+    path = jsonl(tmp_path / "long.jsonl", rows)
+
+    with pytest.raises(CommandError, match="line 1199: chosen and rejected are the same answer"):
+        call_command("import_preferences", str(path), "--format", "trl")
+    assert stored_counts() == (0, 0, 0, 0)
+
+
+def test_a_file_that_changes_between_its_check_and_its_write_imports_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(imports, "WRITE_BATCH", 100)
+    rows = _long_rows(1200)
+    path = jsonl(tmp_path / "long.jsonl", rows)
+    parsed = imports.parse_preferences(imports.file_lines(path), dataset_format="trl")
+    rows[1198] = {"prompt": "Q?", "chosen": "Same.", "rejected": "Same."}
+    jsonl(path, rows)  # after the check: the rows are read again to be written, and row 1,199 is now bad
+
+    with pytest.raises(imports.ImportRejected, match="changed after it was checked") as raised:
+        imports.preferences_import(preference_file=parsed, dataset_format="trl", file_name="long.jsonl")
+    assert [error.line for error in raised.value.lines] == [1199]
+    assert stored_counts() == (0, 0, 0, 0)  # the 1,100 rows written before it are gone with the transaction
+
+
+def test_a_preference_import_holds_one_batch_of_rows_however_long_its_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(imports, "WRITE_BATCH", 50)
+
+    def peak_bytes(count):
+        path = jsonl(tmp_path / f"{count}.jsonl", _long_rows(count, prefix=f"File {count}, question"))
+        tracemalloc.start()
+        try:
+            parsed = imports.parse_preferences(imports.file_lines(path), dataset_format="trl")
+            result = imports.preferences_import(preference_file=parsed, dataset_format="trl", file_name=path.name)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert result.imported == count
+        return peak
+
+    # The long file first: what the first import allocates once (query compilation, caches) counts against it.
+    many, few = peak_bytes(2000), peak_bytes(200)  # about 1.8 MB and 0.2 MB of answers
+    assert many < 1.5 * few, f"peak {many:,} bytes for 2,000 rows against {few:,} for 200"
 
 
 # --- Input the database cannot store, or the model server cannot take ------------------------------------------

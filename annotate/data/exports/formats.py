@@ -35,7 +35,7 @@ class ExportVote(NamedTuple):
     strength: float | None
     source: str
     source_detail: str
-    created_at: datetime
+    created_at: Any  # as the database cursor gives it: RowContext.vote_time makes it a datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +99,18 @@ class RowContext:
     """What rows need beyond the votes: version names (few, read once), the judge pseudonyms' key, and how to weigh a
     row when the export asks for weights."""
 
-    def __init__(self, weights: PairWeights | None = None) -> None:
+    def __init__(self, weights: PairWeights | None = None, vote_time: Callable[[Any], datetime] | None = None) -> None:
         self.weights = weights
+        self._vote_time = vote_time
         self.version_names: dict[int, str] = dict(ModelVersion.objects.values_list("id", "name"))
         self._key = settings.SECRET_KEY.encode()
         self._judges: dict[tuple[int | None, str], str] = {}  # one entry per annotator or imported file
+
+    def vote_time(self, vote: ExportVote) -> datetime:
+        """When the vote was cast (its time is read as the database gives it, and turned into a datetime here)."""
+        if self._vote_time is None:
+            return vote.created_at  # type: ignore[no-any-return]
+        return self._vote_time(vote.created_at)
 
     def name(self, version_id: int) -> str:
         return self.version_names[version_id]
@@ -225,7 +232,7 @@ def arena_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
             "conversation_b": [*prompt, *assistant(pair.completion_b_text)],
             "turn": sum(1 for message in prompt if message["role"] == "user"),
             "anony": True,
-            "tstamp": vote.created_at.timestamp(),
+            "tstamp": context.vote_time(vote).timestamp(),
         }
 
 

@@ -25,7 +25,7 @@ class Command(BaseCommand):
         if not file.is_file():
             raise CommandError(f"{file} is not a file")
         try:
-            parsed = imports.parse_preferences(imports.read_file(file), dataset_format=format, skip_bad=skip_bad)
+            parsed = imports.parse_preferences(imports.file_lines(file), dataset_format=format, skip_bad=skip_bad)
             bar = tqdm(total=len(parsed.rows), desc="storing pairs", unit="pair", disable=options["verbosity"] < 1)
             with bar:
                 result = imports.preferences_import(
