@@ -4,8 +4,8 @@ sideways; wide tables and long text scroll inside their own box.
 
 The data is reached as users reach it: votes through the annotation services (simulated annotators and the
 head-to-head voter of the leaderboard tests), a candidate rejected through its model's transition, an export and
-an import run by the worker's task. STAFF_SHOTS=<folder> keeps a screenshot of each page at each size there (of
-the whole page with STAFF_SHOTS_FULL=1).
+an import run by the worker's task. SCREENSHOT_DIR=<folder> keeps a screenshot of each page at each size there (of
+the whole page with SCREENSHOT_FULL_PAGE=1).
 """
 
 import os
@@ -110,7 +110,7 @@ def _pages(world: dict[str, int]) -> dict[str, str]:
 def test_every_staff_page_fits_the_desktop_and_the_phone(staff_world, live_server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    shots = Path(os.environ.get("STAFF_SHOTS") or tmp_path)
+    shots = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     too_wide = {}
     with sync_playwright() as playwright:
@@ -128,7 +128,7 @@ def test_every_staff_page_fits_the_desktop_and_the_phone(staff_world, live_serve
                 page.wait_for_load_state("load")
                 page.wait_for_timeout(150)  # the charts draw on DOMContentLoaded
                 page.screenshot(
-                    path=str(shots / f"{name}-{size}.png"), full_page=bool(os.environ.get("STAFF_SHOTS_FULL"))
+                    path=str(shots / f"{name}-{size}.png"), full_page=bool(os.environ.get("SCREENSHOT_FULL_PAGE"))
                 )
                 widths = page.evaluate(WIDTHS)
                 if widths["page"] > widths["window"]:

@@ -3,7 +3,7 @@ server, under a strict Content-Security-Policy), at a desktop and a phone size: 
 status of a round the canary rejected and of one it promoted reads the same on its page, the rounds list and the
 dashboard.
 
-Set STAFF_SHOTS to a folder to keep the screenshots (docs/screenshots holds the ones looked at)."""
+Set SCREENSHOT_DIR to a folder to keep the screenshots (docs/screenshots holds the ones looked at)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ WIDTHS = "() => ({page: document.documentElement.scrollWidth, window: window.inn
 
 @pytest.fixture
 def shots(tmp_path):
-    folder = Path(os.environ.get("STAFF_SHOTS") or tmp_path)
+    folder = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -28,7 +28,7 @@ WIDTHS = """() => {
 def test_the_annotator_table_stays_in_the_content_column(population, staff, live_server, tmp_path):  # noqa: F811
     from playwright.sync_api import sync_playwright
 
-    shots = Path(os.environ.get("QUALITY_SHOTS") or tmp_path)  # where the screenshots go, to look at
+    shots = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)  # where the screenshots go, to look at
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

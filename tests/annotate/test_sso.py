@@ -2,6 +2,7 @@
 oidc_provider.py): the whole code flow, from the login page's button to a session, and the refusals."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,6 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from django.conf import settings as django_settings
 from django.contrib.auth.models import Group, User
 from django.core.cache import cache
 from rest_framework.test import APIClient
@@ -185,30 +185,29 @@ def test_a_callback_without_a_sign_in_changes_nothing(client, sso):
     assert User.objects.count() == 0
 
 
-SHOTS = Path(django_settings.BASE_DIR) / "docs" / "screenshots"
-
-
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)  # the live server's thread sees what the flow writes
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
-def test_a_browser_signs_in_with_the_login_pages_button(sso, live_server):
-    """Chromium clicks "Sign in with Example ID": to the provider and back, refused in no group, then in as staff."""
+def test_a_browser_signs_in_with_the_login_pages_button(sso, live_server, tmp_path):
+    """Chromium clicks "Sign in with Example ID": to the provider and back, refused in no group, then in as staff.
+    SCREENSHOT_DIR=docs/screenshots keeps its screenshots for the docs."""
+    shots = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(f"{live_server.url}/accounts/login/")
-        page.screenshot(path=str(SHOTS / "login-desktop.png"))
+        page.screenshot(path=str(shots / "login-desktop.png"))
         page.set_viewport_size({"width": 390, "height": 844})
-        page.screenshot(path=str(SHOTS / "login-phone.png"))
+        page.screenshot(path=str(shots / "login-phone.png"))
 
         page.goto(f"{sso}/as/cy/?next=/o/.well-known/openid-configuration")  # cy is signed in at the provider
         page.goto(f"{live_server.url}/accounts/login/")
         page.click("[data-testid=sso-login]")
         page.wait_for_selector("[data-testid=sso-refused]")
         assert "in no group that may use pairloop" in page.inner_text("[data-testid=sso-refused]")
-        page.screenshot(path=str(SHOTS / "sso-refused-phone.png"))
+        page.screenshot(path=str(shots / "sso-refused-phone.png"))
         assert not User.objects.filter(username="cy").exists()
 
         page.goto(f"{sso}/as/ada/?next=/o/.well-known/openid-configuration")  # now ada, a staff group's member

@@ -31,7 +31,7 @@ def test_staff_register_an_endpoint_and_read_its_deliveries(staff, live_server, 
     from playwright.sync_api import sync_playwright
 
     settings.WEBHOOK_RETRY_SECONDS = [0.0]
-    shots = Path(os.environ.get("WEBHOOK_SHOTS") or tmp_path)  # docs/screenshots when asked for, to look at
+    shots = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)  # docs/screenshots when asked for, to look at
     with webhook_receiver() as receiver, sync_playwright() as playwright:
         receiver.answers["/hook"] = [(500, HOSTILE, 0.0), (200, b'{"ok": true}', 0.0)]
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
