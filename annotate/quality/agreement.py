@@ -78,6 +78,13 @@ class Vote:
         return self.strength if self.label == "a" else -self.strength
 
 
+def p_value_text(value: float) -> str:
+    """A p-value as people read it: "p = 0.42", "p = 0.013", "p < 0.001"."""
+    if value < 0.001:
+        return "p < 0.001"
+    return f"p = {value:.2f}" if value >= 0.01 else f"p = {value:.3f}"
+
+
 def first_votes(votes: Iterable[Vote]) -> list[Vote]:
     """Each annotator's first vote on each item: repeats are left out, and so is any later duplicate."""
     seen: set[tuple[Hashable, Hashable]] = set()
@@ -440,7 +447,7 @@ def annotator_flags(signals: AnnotatorSignals, thresholds: QualityThresholds) ->
                 Flag(
                     "position_bias",
                     f"picked the {side} answer in {side_share:.0%} of {position.decisive} decisive votes "
-                    f"(binomial p = {position.p_value:.1e})",
+                    f"(binomial test, {p_value_text(position.p_value)})",
                 )
             )
     median = signals.speed.median_seconds

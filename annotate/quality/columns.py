@@ -18,7 +18,7 @@ from django.utils.formats import localize
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from annotate.quality.agreement import AnnotatorSignals
+from annotate.quality.agreement import AnnotatorSignals, p_value_text
 
 # How a value is typed in the API and written on the page.
 Kind = Literal["annotator", "count", "share", "seconds", "p_value", "flags", "status"]
@@ -248,13 +248,6 @@ FLAG_WORDS = {
 
 def flag_word(code: str) -> str:
     return FLAG_WORDS.get(code, code.replace("_", " ").capitalize())
-
-
-def p_value_text(value: float) -> str:
-    """A p-value as people read it: "p = 0.42", "p = 0.013", "p < 0.001"."""
-    if value < 0.001:
-        return "p < 0.001"
-    return f"p = {value:.2f}" if value >= 0.01 else f"p = {value:.3f}"
 
 
 @dataclass(frozen=True)

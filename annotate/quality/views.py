@@ -22,7 +22,8 @@ from django.views.decorators.http import require_GET, require_POST
 from annotate.annotation import services
 from annotate.errors import Invalid
 from annotate.models import AnnotatorAction, AnnotatorStanding, Judgement
-from annotate.quality.columns import QUALITY_COLUMNS, Cell, QualityRow, flag_word, p_value_text, table_cells
+from annotate.quality.agreement import p_value_text
+from annotate.quality.columns import QUALITY_COLUMNS, Cell, QualityRow, flag_word, table_cells
 from annotate.quality.filters import QualityFilters
 from annotate.quality.selectors import quality_rows
 from annotate.web.pages import AppRequest, render_page, staff_required

@@ -123,6 +123,7 @@ def test_the_table_flags_the_spammer_and_not_the_careful(population, staff_clien
     )
     assert html.count(f'<tr data-annotator="{SPAMMER}" class="flagged">') == 1
     assert "p &lt; 0.001" in spammer_row  # the position test's p-value as people read it, not 4.9e-04
+    assert "(binomial test, p &lt; 0.001)" in spammer_row and "e-0" not in spammer_row  # the tooltip's too
     for name in CAREFUL:
         assert "Position bias" not in _row_html(html, name)
         assert f'<tr data-annotator="{name}">' in html
