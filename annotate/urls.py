@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from annotate.annotation import api, campaign_views, views
 from annotate.annotation import staff_api as campaign_api
+from annotate.dashboard import api as dashboard_api
 from annotate.dashboard import views as dashboard_views
 from annotate.data import api as data_api
 from annotate.data import views as data_views
@@ -50,6 +51,7 @@ annotator_api = [
     path("api/pairs/next/", api.pairs_next, name="api-pairs-next"),
     path("api/pairs/skip/", api.pairs_skip, name="api-pairs-skip"),
     path("api/judgements/", api.judgements_create, name="api-judgements"),
+    path("api/judgements/undo/", api.judgements_undo, name="api-judgements-undo"),
 ]
 
 staff_pages = [
@@ -95,6 +97,7 @@ staff_api_urls = [
     path("api/prompts/import/", data_api.prompts_import, name="api-prompts-import"),
     path("api/preferences/import/", data_api.preferences_import, name="api-preferences-import"),
     path("api/imports/<id:import_id>/", data_api.imports_detail, name="api-import"),
+    path("api/imports/<id:import_id>/enqueue/", data_api.imports_enqueue, name="api-import-enqueue"),
     path("api/pairs/", data_api.pairs_list, name="api-pairs"),
     path("api/judgements/list/", data_api.judgements_list, name="api-judgements-list"),
     path("api/model-versions/", rounds_api.model_versions_list, name="api-model-versions"),
@@ -106,7 +109,9 @@ staff_api_urls = [
     path("api/rounds/<id:round_id>/canary/", rounds_api.rounds_canary_decide, name="api-round-canary-decide"),
     path("api/exports/", data_api.exports_collection, name="api-exports"),
     path("api/exports/<id:export_id>/", data_api.exports_detail, name="api-export"),
+    path("api/exports/<id:export_id>/enqueue/", data_api.exports_enqueue, name="api-export-enqueue"),
     path("api/exports/<id:export_id>/download/", data_api.exports_download, name="api-export-download"),
+    path("api/dashboard/", dashboard_api.dashboard, name="api-dashboard"),
     path("api/leaderboard/", leaderboard_api.leaderboard, name="api-leaderboard"),
     path("api/quality/", quality_api.quality, name="api-quality"),
     path("api/staff/webhooks/", hooks_api.webhooks_collection, name="api-webhooks"),

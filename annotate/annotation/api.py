@@ -1,4 +1,5 @@
-"""The annotation API, for annotators: lease a pair, vote, skip. The same services as the HTML views.
+"""The annotation API, for annotators: lease a pair, vote, undo the last vote, skip. The same services as the
+HTML views.
 
 Outside clients rely on these shapes: extend them, never rename.
 """
@@ -103,6 +104,32 @@ def judgements_create(request: Request) -> Response:
         JudgementOutput(recorded.judgement).data,
         status=status.HTTP_201_CREATED if recorded.created else status.HTTP_200_OK,
     )
+
+
+class UndoInput(serializers.Serializer[Any]):
+    judgement = serializers.IntegerField(
+        min_value=1, max_value=ID_MAX, help_text="The id of your last vote (`id` in the answer that recorded it)."
+    )
+
+
+@extend_schema(
+    request=UndoInput,
+    responses={
+        200: OpenApiResponse(NextPairOutput, description="The vote is gone; its pair is leased to you again."),
+        400: OpenApiResponse(description="No vote named (or not an id), in `errors`."),
+        409: OpenApiResponse(
+            description="Not your last vote (someone else's, an older one, or undone already), its lease has run "
+            "out, a training round has read it, or your work is paused (reason in `detail`)."
+        ),
+    },
+    summary="Undo your last vote; its pair comes back to you",
+)
+@api_view(["POST"])
+def judgements_undo(request: Request) -> Response:
+    data = UndoInput(data=request.data)
+    data.is_valid(raise_exception=True)
+    assignment = services.judgement_undo(annotator=_annotator(request), judgement_id=data.validated_data["judgement"])
+    return Response(NextPairOutput(assignment).data)
 
 
 class SkipInput(serializers.Serializer[Any]):

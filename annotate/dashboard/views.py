@@ -16,67 +16,28 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.db.models import Avg, Count, F, Max, Min, Q, Sum
-from django.db.models.functions import TruncDate
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from annotate.dashboard.selectors import SOURCES, DayVotes, dashboard_summary, recent_rounds, votes_per_day
 from annotate.leaderboard.selectors import SCALE_DESCRIPTION, leaderboard_standings
 from annotate.models import Campaign, Completion, Judgement, ModelVersion, Pair, TrainingRound
 from annotate.quality.agreement import AgreementSummary, Vote, agreement_summary
 from annotate.quality.selectors import votes_from_judgements
-from annotate.rounds.status import RoundPhase, RoundState, round_phase, round_state
-from annotate.sampling.generation import ModelServerClient, model_server_urls
-from annotate.sampling.services import pairs_ready_count
+from annotate.rounds.status import RoundState, round_state
 from annotate.web.pages import AppRequest, staff_required
 
-DAYS_SHOWN = 30
 # The chart starts at the first day with a vote (a new deployment has no 29 empty days to show), but shows a week.
 CHART_MIN_DAYS = 7
-# The model server's health is asked at most this often (every process shares the answer through the cache).
-HEALTH_CACHE_SECONDS = 15
-HEALTH_TIMEOUT_SECONDS = 2.0
-ROUNDS_SHOWN = 10
-SOURCES = list(Judgement.Source)  # human, simulated, imported: the order of the columns and chart lines
 AGREEMENT_RECENT_DAYS = 7
 # The key changes with every new or changed vote; this bounds how far the recent window may lag behind the clock.
 AGREEMENT_CACHE_SECONDS = 600
-
-
-@dataclass(frozen=True)
-class DayVotes:
-    day: datetime.date
-    counts: list[int]  # one per SOURCES
-    total: int
-
-
-def votes_per_day(*, today: datetime.date, days: int = DAYS_SHOWN) -> list[DayVotes]:
-    """Votes given on each of the last `days` days (today included, in the site's time zone), by source.
-
-    Repeat checks (a pair shown again to measure an annotator's consistency) are not votes on the pair: left out.
-    """
-    first = today - datetime.timedelta(days=days - 1)
-    since = timezone.make_aware(datetime.datetime.combine(first, datetime.time.min))
-    rows = (
-        Judgement.objects.filter(created_at__gte=since, is_repeat=False)
-        .annotate(day=TruncDate("created_at"))
-        .values("day", "source")
-        .annotate(votes=Count("id"))
-        .order_by()
-    )
-    counts = {(row["day"], row["source"]): row["votes"] for row in rows}
-    result = []
-    for offset in range(days):
-        day = first + datetime.timedelta(days=offset)
-        by_source = [counts.get((day, source.value), 0) for source in SOURCES]
-        result.append(DayVotes(day=day, counts=by_source, total=sum(by_source)))
-    return result
 
 
 def days_charted(days: list[DayVotes]) -> list[DayVotes]:
@@ -99,57 +60,6 @@ def _votes_chart(days: list[DayVotes]) -> dict[str, Any]:
             for index in voted
         ],
     }
-
-
-@dataclass(frozen=True)
-class ModelServerHealth:
-    answering: int
-    replicas: int
-
-    @property
-    def up(self) -> bool:
-        return self.answering > 0
-
-
-def model_server_health() -> ModelServerHealth:
-    """How many of the model server's replicas answer /health, asked with a short timeout and cached briefly: the
-    dashboard answers fast whether the server is up, loading, or gone."""
-    urls = model_server_urls()
-    key = "dashboard-model-server-health:" + hashlib.sha256("|".join(urls).encode()).hexdigest()[:16]
-    answering = cache.get(key)
-    if not isinstance(answering, int):
-        answering = 0
-        for url in urls:
-            with ModelServerClient(url, settings.VLLM_API_KEY, HEALTH_TIMEOUT_SECONDS) as client:
-                answering += client.is_healthy()
-        cache.set(key, answering, HEALTH_CACHE_SECONDS)
-    return ModelServerHealth(answering=answering, replicas=len(urls))
-
-
-@dataclass(frozen=True)
-class Summary:
-    """What staff decide on first."""
-
-    serving: ModelVersion | None
-    ready_pairs: int
-    votes_today: int
-    current_round: TrainingRound | None
-    round_state: RoundState | None
-    round_phase: RoundPhase | None
-    health: ModelServerHealth
-
-
-def dashboard_summary(*, days: list[DayVotes], rounds: list[TrainingRound]) -> Summary:
-    latest = rounds[0] if rounds else None
-    return Summary(
-        serving=ModelVersion.objects.serving(),
-        ready_pairs=pairs_ready_count(),
-        votes_today=days[-1].total if days else 0,
-        current_round=latest,
-        round_state=round_state(latest) if latest else None,
-        round_phase=round_phase(latest) if latest else None,
-        health=model_server_health(),
-    )
 
 
 @dataclass(frozen=True)
@@ -290,12 +200,6 @@ def _length_chart(lengths: list[VersionLength]) -> dict[str, Any]:
             {"label": "Mean tokens", "values": [round(length.mean_tokens, 1) for length in lengths], "line": False}
         ],
     }
-
-
-def recent_rounds(limit: int = ROUNDS_SHOWN) -> list[TrainingRound]:
-    return list(
-        TrainingRound.objects.select_related("parent_version", "result_version").defer("log_tail", "config")[:limit]
-    )
 
 
 def _with_states(rounds: list[TrainingRound]) -> list[tuple[TrainingRound, RoundState]]:

@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from annotate.annotation import services
 from annotate.data import exports, import_jobs, imports
 from annotate.data.exports import ExportFilters
+from annotate.errors import Conflict
 from annotate.models import DataImport, Export, Judgement, Pair, Prompt
 from annotate.web.staff_api import (
     BAD_FILTERS,
@@ -231,6 +232,36 @@ def preferences_import(request: Request) -> Response:
 def imports_detail(request: Request, import_id: int) -> Response:
     data_import = get_object_or_404(DataImport.objects.select_related("created_by"), pk=import_id)
     return Response(DataImportItem(data_import, context={"request": request}).data)
+
+
+NOT_QUEUED = OpenApiResponse(
+    description="It is running or has ended already (its `status` in the answer): only a queued one is sent again."
+)
+
+
+@extend_schema(
+    request=None,
+    responses={
+        202: OpenApiResponse(
+            DataImportItem,
+            description="Handed to a worker again (still queued). If the task queue is still down, `error` says so.",
+        ),
+        403: NOT_STAFF,
+        404: OpenApiResponse(description="No such import."),
+        409: NOT_QUEUED,
+    },
+    summary="Send a queued import to the workers again (after the task queue was unreachable)",
+)
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def imports_enqueue(request: Request, import_id: int) -> Response:
+    data_import = get_object_or_404(DataImport.objects.select_related("created_by"), pk=import_id)
+    if data_import.status != DataImport.Status.QUEUED:
+        raise Conflict(f"import {data_import.pk} is {data_import.status}: only a queued import is sent again",
+                       status=data_import.status)  # fmt: skip
+    import_jobs.data_import_enqueue(data_import=data_import)
+    body = DataImportItem(data_import, context={"request": request}).data
+    return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 
 
 # --- Pairs, votes, model versions ------------------------------------------------------------------------------
@@ -460,6 +491,30 @@ def exports_collection(request: Request) -> Response:
 def exports_detail(request: Request, export_id: int) -> Response:
     export = get_object_or_404(Export.objects.select_related("created_by"), pk=export_id)
     return Response(ExportItem(export, context={"request": request}).data)
+
+
+@extend_schema(
+    request=None,
+    responses={
+        202: OpenApiResponse(
+            ExportItem,
+            description="Handed to a worker again (still queued). If the task queue is still down, `error` says so.",
+        ),
+        403: NOT_STAFF,
+        404: OpenApiResponse(description="No such export."),
+        409: NOT_QUEUED,
+    },
+    summary="Send a queued export to the workers again (after the task queue was unreachable)",
+)
+@api_view(["POST"])
+@permission_classes([IsAdminUser])
+def exports_enqueue(request: Request, export_id: int) -> Response:
+    export = get_object_or_404(Export.objects.select_related("created_by"), pk=export_id)
+    if export.status != Export.Status.QUEUED:
+        raise Conflict(f"export {export.pk} is {export.status}: only a queued export is sent again",
+                       status=export.status)  # fmt: skip
+    exports.export_enqueue(export=export)
+    return Response(ExportItem(export, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
 
 
 @extend_schema(

@@ -14,6 +14,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from annotate.annotation import services
 from annotate.models import Campaign, Completion, Judgement, ModelVersion, Pair, Prompt, TrainingRound
@@ -495,3 +496,64 @@ def test_the_summary_comes_first_with_what_staff_decide_on(staff_client, loop, s
     cache.clear()
     page = staff_client.get("/dashboard/").content.decode()
     assert '<span class="health-down">not answering</span>' in page and "0 of 1 replica answer;" in page
+
+
+# --- the same summary through the API ---------------------------------------------------------------------------
+
+
+def api_of(user):
+    api = APIClient()
+    api.force_authenticate(user)
+    return api
+
+
+def test_the_api_summary_is_the_pages(staff_client, staff, loop, settings):
+    served = run_round()  # as above: eight votes today, a round that passed its gate and serves
+    summary = api_of(staff).get("/api/dashboard/")
+
+    assert summary.status_code == 200
+    assert summary.json() == {
+        "serving": {"id": served.result_version.pk, "name": served.result_version.name},
+        "ready_pairs": 0,
+        "votes_today": 8,
+        "latest_round": {
+            "id": served.pk, "status": "serving", "headline": "Serving", "tone": "good",
+            "decided_by": summary.json()["latest_round"]["decided_by"], "phase": None,
+        },
+        "model_server": {"up": True, "answering": 1, "replicas": 1},
+    }  # fmt: skip
+    page = staff_client.get("/dashboard/").content.decode()
+    assert f"decided by {summary.json()['latest_round']['decided_by']}" in page
+
+    settings.VLLM_BASE_URL = "http://127.0.0.1:9"  # nothing listens
+    cache.clear()
+    assert api_of(staff).get("/api/dashboard/").json()["model_server"] == {"up": False, "answering": 0, "replicas": 1}
+
+
+def test_the_api_summary_of_a_new_deployment_and_of_a_running_round(
+    staff, serving_version, settings, make_pair, django_user_model, tmp_path
+):
+    settings.VLLM_BASE_URL = "http://127.0.0.1:9"
+    settings.ROUND_DIR = tmp_path
+    settings.ROUND_MIN_TRAIN_PAIRS = 2
+    make_pair(required=1)
+    empty = api_of(staff).get("/api/dashboard/").json()
+    assert empty["latest_round"] is None and empty["votes_today"] == 0 and empty["ready_pairs"] == 1
+    assert empty["serving"] == {"id": serving_version.pk, "name": serving_version.name}
+
+    voter = django_user_model.objects.create_user("voter")
+    make_pair(required=1)
+    for _ in range(2):
+        vote_as_annotator(voter, choice="b", strength=1)
+    training_round = rounds.round_start(trigger="api")
+    training_round.advance(TrainingRound.Status.PREPARING)
+    training_round.advance(TrainingRound.Status.TRAINING)
+    training_round.record_steps([{"step": 1, "max_steps": 3, "loss": 0.69, "rewards/accuracies": 0.5}])
+    latest = api_of(staff).get("/api/dashboard/").json()["latest_round"]
+    assert (latest["id"], latest["status"], latest["decided_by"]) == (training_round.pk, "training", "")
+    assert (latest["phase"]["step"], latest["phase"]["max_steps"]) == (1, 3) and latest["phase"]["text"]
+
+
+def test_the_api_summary_is_for_staff_only(annotator):
+    assert APIClient().get("/api/dashboard/").status_code == 401
+    assert api_of(annotator).get("/api/dashboard/").status_code == 403

@@ -9,6 +9,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from drf_spectacular.generators import SchemaGenerator
+from kombu.exceptions import OperationalError
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -31,6 +32,7 @@ DATA_OPERATIONS = [
     ("post", "/api/prompts/import/"),
     ("post", "/api/preferences/import/"),
     ("get", "/api/imports/1/"),
+    ("post", "/api/imports/1/enqueue/"),
     ("get", "/api/pairs/"),
     ("get", "/api/judgements/list/"),
     ("get", "/api/model-versions/"),
@@ -38,8 +40,14 @@ DATA_OPERATIONS = [
     ("post", "/api/exports/"),
     ("get", "/api/exports/1/"),
     ("get", "/api/exports/1/download/"),
+    ("post", "/api/exports/1/enqueue/"),
 ]
-ANNOTATION_OPERATIONS = {("get", "/api/pairs/next/"), ("post", "/api/judgements/"), ("post", "/api/pairs/skip/")}
+ANNOTATION_OPERATIONS = {
+    ("get", "/api/pairs/next/"),
+    ("post", "/api/judgements/"),
+    ("post", "/api/judgements/undo/"),
+    ("post", "/api/pairs/skip/"),
+}
 
 
 def _schema_operations():
@@ -312,6 +320,35 @@ def test_preference_import_needs_a_known_format(staff_api):
 
 def test_an_import_that_does_not_exist_is_a_404(staff_api):
     assert staff_api.get("/api/imports/999/").status_code == 404
+    assert staff_api.post("/api/imports/999/enqueue/").status_code == 404
+
+
+def _broker_refuses(*args, **kwargs):
+    """A task's send while the broker is away (as the data pages' tests have it)."""
+    raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_queued_import_is_sent_again_as_the_page_does(staff_api, monkeypatch):
+    with monkeypatch.context() as patched:
+        patched.setattr(tasks.data_import_run, "apply_async", _broker_refuses)
+        response = staff_api.post("/api/prompts/import/", {"file": upload(MT_BENCH)}, format="multipart")
+        waiting = response.json()
+        assert response.status_code == 202 and waiting["status"] == "queued"
+        assert waiting["error"] == "not started yet: the task queue could not be reached"
+        still_down = staff_api.post(f"/api/imports/{waiting['id']}/enqueue/")
+        assert still_down.status_code == 202 and still_down.json()["error"] == waiting["error"]
+
+    sent = staff_api.post(f"/api/imports/{waiting['id']}/enqueue/")  # the queue is back (the tests' own broker)
+    assert sent.status_code == 202 and sent["Location"] == waiting["url"]
+    assert (sent.json()["status"], sent.json()["error"]) == ("queued", "")
+
+    tasks.data_import_run(waiting["id"])  # a worker takes it
+    done = staff_api.post(f"/api/imports/{waiting['id']}/enqueue/")
+    assert (
+        done.status_code == 409 and done.json()["status"] == "done" and "only a queued import" in done.json()["detail"]
+    )
+    assert Prompt.objects.count() == 80 and DataImport.objects.get().status == "done"
 
 
 # --- Pairs, votes, model versions ------------------------------------------------------------------------------
@@ -431,6 +468,25 @@ def test_an_export_waits_queued_until_a_worker_runs_it(staff_api, one_vote_each_
     assert staff_api.get(f"/api/exports/{export_id}/").json()["status"] == "queued"
     tasks.export_run(export_id)
     assert staff_api.get(f"/api/exports/{export_id}/").json()["status"] == "done"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_queued_export_is_sent_again_as_the_page_does(staff_api, one_vote_each_way, settings, tmp_path, monkeypatch):
+    settings.EXPORT_DIR = tmp_path
+    with monkeypatch.context() as patched:
+        patched.setattr(tasks.export_run, "apply_async", _broker_refuses)
+        waiting = staff_api.post("/api/exports/", {"dataset_format": "arena"}, format="json").json()
+        assert waiting["error"] == "not started yet: the task queue could not be reached"
+
+    sent = staff_api.post(f"/api/exports/{waiting['id']}/enqueue/")  # the queue is back (the tests' own broker)
+    assert sent.status_code == 202 and (sent.json()["status"], sent.json()["error"]) == ("queued", "")
+
+    tasks.export_run(waiting["id"])
+    done = staff_api.post(f"/api/exports/{waiting['id']}/enqueue/")
+    assert (
+        done.status_code == 409 and done.json()["status"] == "done" and "only a queued export" in done.json()["detail"]
+    )
+    assert staff_api.post("/api/exports/999/enqueue/").status_code == 404
 
 
 def test_bad_exports_are_a_400_naming_the_fields(staff_api, one_vote_each_way):

@@ -329,3 +329,70 @@ def test_an_undo_that_names_no_vote_of_theirs_is_refused_and_changes_nothing(
 
     assert response.status_code == status and says in response.content.decode()
     assert Judgement.objects.get() == judgement and counts(pair) == (1, 0)
+
+
+# --- The same undo through the annotator API --------------------------------------------------------------------
+
+
+def api_of(user):
+    api = APIClient()
+    api.force_authenticate(user)
+    return api
+
+
+def api_vote(api):
+    """Lease the next pair and vote on it through the API, as an outside client does; returns the pair and the vote."""
+    shown = api.get("/api/pairs/next/").json()
+    body = {"pair": shown["pair"], "choice": "left", "strength": 2, "idempotency_key": str(uuid.uuid4())}
+    recorded = api.post("/api/judgements/", body, format="json")
+    assert recorded.status_code == 201
+    return shown, recorded.json()
+
+
+def test_undo_through_the_api_gives_the_pair_back_as_next_would(make_pair, annotator):
+    pair = make_pair(required=1)
+    api = api_of(annotator)
+    shown, recorded = api_vote(api)
+
+    undone = api.post("/api/judgements/undo/", {"judgement": recorded["id"]}, format="json")
+
+    assert undone.status_code == 200
+    body = undone.json()
+    assert {key: body[key] for key in ("pair", "prompt", "left", "right")} == {
+        key: shown[key] for key in ("pair", "prompt", "left", "right")
+    }
+    assert not Judgement.objects.exists() and counts(pair) == (0, 1)
+    assert api.get("/api/pairs/next/").json()["pair"] == pair.pk  # the reopened lease is the one next serves
+
+    second = api.post("/api/judgements/undo/", {"judgement": recorded["id"]}, format="json")
+    assert second.status_code == 409 and "only your last vote" in second.json()["detail"]
+    assert counts(pair) == (0, 1)
+
+
+def test_the_api_refuses_to_undo_someone_elses_vote(make_pair, annotator, other_annotator):
+    pair = make_pair(required=2)
+    _, recorded = api_vote(api_of(other_annotator))
+
+    response = api_of(annotator).post("/api/judgements/undo/", {"judgement": recorded["id"]}, format="json")
+
+    assert response.status_code == 409 and response.json()["code"] == "conflict"
+    assert Judgement.objects.get().pk == recorded["id"] and counts(pair)[0] == 1
+
+
+@pytest.mark.parametrize("sent", [{}, {"judgement": "x"}, {"judgement": 0}, {"judgement": "9" * 40}])
+def test_an_api_undo_that_names_no_vote_is_a_400_and_changes_nothing(make_pair, annotator, sent):
+    pair = make_pair()
+    api = api_of(annotator)
+    _, recorded = api_vote(api)
+
+    response = api.post("/api/judgements/undo/", sent, format="json")
+
+    assert response.status_code == 400 and set(response.json()["errors"]) == {"judgement"}
+    assert Judgement.objects.get().pk == recorded["id"] and counts(pair) == (1, 0)
+
+
+def test_the_api_undo_is_for_logged_in_annotators(make_pair, annotator):
+    pair = make_pair()
+    _, recorded = api_vote(api_of(annotator))
+    assert APIClient().post("/api/judgements/undo/", {"judgement": recorded["id"]}, format="json").status_code == 401
+    assert counts(pair) == (1, 0)
