@@ -26,8 +26,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
+from annotate.cache import cache_generation, cached_for, cached_read
 from annotate.errors import Conflict, Invalid
 from annotate.hooks.events import VOTE_RECORDED, webhook_events_emit
+from annotate.invalidation import LEASE_INPUTS
 from annotate.models import (
     AnnotatorAction,
     AnnotatorStanding,
@@ -49,6 +51,9 @@ SCREEN_CHOICES = ("left", "right", "tie", "both_bad")
 # The last answers a wait's estimate is taken from.
 PAIR_ESTIMATE_ANSWERS = 20
 SELECTED = ("pair__prompt", "pair__completion_a", "pair__completion_b", "pair__campaign")
+# Which version serves only orders the open pairs (its pairs first), so a lease may go on using the one before for a
+# few seconds after a switch: every open pair it offers is still a valid pair to vote on.
+SERVING_VERSION_CACHE_SECONDS = 5
 
 
 # --- Leasing pairs to annotators -----------------------------------------------------------------------------
@@ -80,9 +85,14 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
         Assignment.objects.filter(pk=current.pk, status=Assignment.Status.LEASED).update(expires_at=_lease_expiry())
         current.refresh_from_db(fields=["expires_at", "status"])
         return current
-    if annotator_is_paused(annotator):
+    # Both reads are cached until a standing, a campaign or a group membership changes (annotate/invalidation.py).
+    generation = cache_generation(LEASE_INPUTS)
+    paused = cached_read(
+        LEASE_INPUTS, f"paused:{annotator.pk}", lambda: annotator_is_paused(annotator), generation=generation
+    )
+    if paused:
         return None
-    campaigns = _campaigns_within_quota(annotator)
+    campaigns = _campaigns_within_quota(annotator, generation)
     if not campaigns:
         return None
     leased = _pair_lease_open(annotator, campaigns)
@@ -90,13 +100,25 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
         leased = _pair_lease_open(annotator, campaigns)  # leases that ran out freed places
     if leased is None:
         return None
-    assignment = _instead_gold_or_repeat(annotator, leased) or leased
+    assignment = _instead_gold_or_repeat(annotator, leased)
+    if assignment is None:
+        return leased  # read with its pair, prompt, answers and campaign: nothing to read again
     return Assignment.objects.select_related(*SELECTED).get(pk=assignment.pk)
 
 
-def _campaigns_within_quota(annotator: User) -> list[int]:
+def _campaigns_open(annotator: User, generation: str | None) -> list[tuple[int, int | None]]:
+    """(id, quota per annotator) of the campaigns open to this annotator."""
+    return cached_read(
+        LEASE_INPUTS,
+        f"campaigns-open:{annotator.pk}",
+        lambda: list(Campaign.objects.open_to(annotator).values_list("id", "quota_per_annotator")),
+        generation=generation,
+    )
+
+
+def _campaigns_within_quota(annotator: User, generation: str | None = None) -> list[int]:
     """The campaigns open to this annotator where they have not given all the votes staff asked of them yet."""
-    open_campaigns = list(Campaign.objects.open_to(annotator).values_list("id", "quota_per_annotator"))
+    open_campaigns = _campaigns_open(annotator, generation)
     if all(quota is None for _, quota in open_campaigns):
         return [campaign for campaign, _ in open_campaigns]
     done = _votes_by_campaign(annotator)
@@ -120,7 +142,11 @@ def _open_pairs_for(annotator: User, campaigns: list[int]) -> QuerySet[Pair]:
 
 def _pair_lease_open(annotator: User, campaigns: list[int]) -> Assignment | None:
     """Take a place on the open pair with the fewest votes (the serving version's pairs first, then the oldest)."""
-    serving = ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).values_list("id", flat=True).first()
+    serving = cached_for(
+        "serving-version-id",
+        SERVING_VERSION_CACHE_SECONDS,
+        lambda: ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).values_list("id", flat=True).first(),
+    )
     scopes = [_open_pairs_for(annotator, campaigns)]
     if serving is not None:
         scopes.insert(0, scopes[0].filter(sampled_from_id=serving))
@@ -129,7 +155,7 @@ def _pair_lease_open(annotator: User, campaigns: list[int]) -> Assignment | None
             with transaction.atomic():
                 # Rows other annotators are leasing right now are skipped, not waited for: each gets another pair.
                 pair = (
-                    scope.select_related("campaign")
+                    scope.select_related("campaign", "prompt", "completion_a", "completion_b")
                     .order_by("judgement_count", "id")
                     .select_for_update(skip_locked=True, of=("self",))
                     .first()
@@ -141,6 +167,7 @@ def _pair_lease_open(annotator: User, campaigns: list[int]) -> Assignment | None
                 ).update(lease_count=F("lease_count") + 1)
                 if taken != 1:
                     continue  # filled between the read and the lock (a database without row locks): next one
+                pair.lease_count += 1  # as the row now says: the lease is returned without reading it again
                 try:
                     with transaction.atomic():
                         return Assignment.objects.create(
@@ -239,11 +266,22 @@ def leases_expire() -> int:
     return expired
 
 
-def _assignment_for_answer(*, annotator: User, pair_id: int) -> Assignment:
-    """The annotator's assignment of this pair that an answer goes to: the open one, else the latest."""
+def _assignment_for_answer(*, annotator: User, pair_id: int, idempotency_key: uuid.UUID | None = None) -> Assignment:
+    """The annotator's assignment of this pair that an answer goes to: the open one, else the latest.
+
+    With a vote's `idempotency_key`, a Conflict also when a vote was stored or undone under that key: the same read
+    asks, so a first vote costs one statement here; the caller's replay lookup then says which."""
     assignments = Assignment.objects.filter(pair_id=pair_id, annotator=annotator).order_by("-id")
-    assignment = next((a for a in assignments if a.status == Assignment.Status.LEASED), None)
-    assignment = assignment or assignments.first()
+    if idempotency_key is not None:
+        assignments = assignments.annotate(
+            key_used=Exists(Judgement.objects.filter(idempotency_key=idempotency_key))
+            | Exists(UndoneJudgement.objects.filter(idempotency_key=idempotency_key))
+        )
+    rows = list(assignments)
+    if rows and getattr(rows[0], "key_used", False):
+        raise Conflict("this idempotency key was already used")
+    assignment = next((a for a in rows if a.status == Assignment.Status.LEASED), None)
+    assignment = assignment or (rows[0] if rows else None)
     if assignment is None:
         raise Conflict("this pair is not leased to you")
     if assignment.status == Assignment.Status.JUDGED:
@@ -324,10 +362,8 @@ def judgement_record(
     errors = _validate_vote(choice, strength, rationale)
     if errors:
         raise Invalid(errors)
-    replay = _existing_for_key(key=idempotency_key, annotator=annotator, pair_id=pair_id)
-    if replay is not None:
-        return replay
     try:
+        # A key used before (a resend, a vote undone since) is found by the write's first read, which refuses it.
         judgement = _judgement_write(
             annotator=annotator,
             pair_id=pair_id,
@@ -339,7 +375,8 @@ def judgement_record(
             time_spent_ms=time_spent_ms,
         )
     except (IntegrityError, Conflict):
-        # The same key sent twice at once: whichever request lost, the vote is stored; answer with it.
+        # A resend, or the same key sent twice at once: whichever request lost, the vote is stored; answer with it.
+        # A key whose vote was undone is refused here, with why.
         replay = _existing_for_key(key=idempotency_key, annotator=annotator, pair_id=pair_id)
         if replay is not None:
             return replay
@@ -373,7 +410,7 @@ def _judgement_write(
     source: str,
     time_spent_ms: int | None,
 ) -> Judgement:
-    assignment = _assignment_for_answer(annotator=annotator, pair_id=pair_id)
+    assignment = _assignment_for_answer(annotator=annotator, pair_id=pair_id, idempotency_key=idempotency_key)
     if choice in ("left", "right"):
         chose_a = (choice == "left") == assignment.a_on_left
         stored_choice = Judgement.Choice.A if chose_a else Judgement.Choice.B
