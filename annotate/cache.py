@@ -82,13 +82,19 @@ def _generation_key(namespace: str) -> str:
     return f"generation:{namespace}"
 
 
-def cache_generation(namespace: str) -> str | None:
-    """The namespace's current token, made if there is none; None when the cache cannot keep one (or is a table)."""
+def cache_is_database() -> bool:
+    """Whether the cache is a table (the embedded default): then a copy in it saves no statement."""
     from django.core.cache import caches
     from django.core.cache.backends.db import DatabaseCache
 
-    cache = caches["default"]
-    if isinstance(cache, DatabaseCache):
+    return isinstance(caches["default"], DatabaseCache)
+
+
+def cache_generation(namespace: str) -> str | None:
+    """The namespace's current token, made if there is none; None when the cache cannot keep one (or is a table)."""
+    from django.core.cache import cache
+
+    if cache_is_database():
         return None
 
     key = _generation_key(namespace)
@@ -117,11 +123,9 @@ def cached_read(namespace: str, key: str, compute: Callable[[], Result], *, gene
 
 def cached_for(key: str, seconds: int, compute: Callable[[], Result]) -> Result:
     """`compute()`, kept `seconds`: for a read whose staleness the caller has shown to be harmless."""
-    from django.core.cache import caches
-    from django.core.cache.backends.db import DatabaseCache
+    from django.core.cache import cache
 
-    cache = caches["default"]
-    if isinstance(cache, DatabaseCache):
+    if cache_is_database():
         return compute()
     value = cache.get(key, _MISSING)
     if value is _MISSING:
