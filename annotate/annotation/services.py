@@ -87,10 +87,7 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
         return current
     # Both reads are cached until a standing, a campaign or a group membership changes (annotate/invalidation.py).
     generation = cache_generation(LEASE_INPUTS)
-    paused = cached_read(
-        LEASE_INPUTS, f"paused:{annotator.pk}", lambda: annotator_is_paused(annotator), generation=generation
-    )
-    if paused:
+    if _annotator_is_paused_cached(annotator, generation):
         return None
     campaigns = _campaigns_within_quota(annotator, generation)
     if not campaigns:
@@ -106,7 +103,14 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
     return Assignment.objects.select_related(*SELECTED).get(pk=assignment.pk)
 
 
-def _campaigns_open(annotator: User, generation: str | None) -> list[tuple[int, int | None]]:
+def _annotator_is_paused_cached(annotator: User, generation: str | None = None) -> bool:
+    """Whether they are paused, for serving and showing pages; what refuses work (an undo) asks the database."""
+    return cached_read(
+        LEASE_INPUTS, f"paused:{annotator.pk}", lambda: annotator_is_paused(annotator), generation=generation
+    )
+
+
+def _campaigns_open(annotator: User, generation: str | None = None) -> list[tuple[int, int | None]]:
     """(id, quota per annotator) of the campaigns open to this annotator."""
     return cached_read(
         LEASE_INPUTS,
@@ -474,7 +478,8 @@ def judgement_undoable(*, annotator: User) -> Judgement | None:
     )
     if last is None or last.source != Judgement.Source.HUMAN or _undo_refusal(last) is not None:
         return None
-    return None if annotator_is_paused(annotator) else last
+    # Only whether the page offers the undo: judgement_undo asks the database before it changes anything.
+    return None if _annotator_is_paused_cached(annotator) else last
 
 
 def _undo_refusal(judgement: Judgement) -> str | None:
@@ -632,7 +637,7 @@ def annotator_progress(*, annotator: User) -> Progress:
         total=Count("id"), today=Count("id", filter=Q(created_at__gte=start_of_day))
     )
     done = _votes_by_campaign(annotator)
-    open_campaigns = list(Campaign.objects.open_to(annotator).values_list("id", flat=True))
+    open_campaigns = [campaign for campaign, _ in _campaigns_open(annotator)]
     open_pairs = Counter(
         dict(
             _open_pairs_for(annotator, open_campaigns)

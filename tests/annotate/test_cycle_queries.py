@@ -127,18 +127,23 @@ def test_a_campaign_closed_or_given_to_a_group_is_seen_by_the_next_lease(api, an
     assert api.get("/api/pairs/next/").status_code == 200
 
 
-def test_a_webhook_endpoint_added_or_switched_off_is_seen_by_the_next_vote(api, staff, make_pair):
-    for _ in range(3):
+def test_a_webhook_endpoint_added_or_switched_on_and_off_is_seen_by_the_next_vote(api, staff, make_pair):
+    for _ in range(5):
         make_pair()
-    assert _vote(api, api.get("/api/pairs/next/").json()["pair"]).status_code == 201  # "no endpoint" cached
+
+    def deliveries_after_a_vote() -> int:
+        assert _vote(api, api.get("/api/pairs/next/").json()["pair"]).status_code == 201
+        return WebhookDelivery.objects.count()
+
+    assert deliveries_after_a_vote() == 0  # "no endpoint wants votes" cached
     endpoint = hooks.webhook_endpoint_create(
         url="http://127.0.0.1:9/hook", event_names=["vote.recorded"], allow_private=True, created_by=staff
     )
-    assert _vote(api, api.get("/api/pairs/next/").json()["pair"]).status_code == 201
-    assert WebhookDelivery.objects.filter(endpoint=endpoint).count() == 1
     hooks.webhook_endpoint_set_active(endpoint=endpoint, active=False)
-    assert _vote(api, api.get("/api/pairs/next/").json()["pair"]).status_code == 201
-    assert WebhookDelivery.objects.filter(endpoint=endpoint).count() == 1
+    assert deliveries_after_a_vote() == 0  # "no endpoint wants votes" cached again
+    hooks.webhook_endpoint_set_active(endpoint=endpoint, active=True)  # a queryset update: no post_save
+    assert deliveries_after_a_vote() == 1
+    assert deliveries_after_a_vote() == 2
 
 
 def test_a_resent_or_undone_vote_is_answered_as_before(api, annotator, make_pair):
