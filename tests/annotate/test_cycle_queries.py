@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from django.contrib.auth.models import Group
+from django.core.cache import caches
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -31,6 +32,9 @@ TRANSACTION_CONTROL = re.compile(r"(BEGIN|COMMIT|ROLLBACK)\b")
 def redis_like_cache(settings):
     # Production keeps the cache in Redis (a read there is no SQL statement); the locmem cache stands in for it.
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    caches["default"].clear()  # locmem keeps its store per process: nothing from another test
+    yield
+    caches["default"].clear()
 
 
 @pytest.fixture
