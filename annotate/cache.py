@@ -8,6 +8,7 @@ caller that needs the count (the throttles) decides what an unknown count means.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -61,3 +62,85 @@ class ForgivingRedisCache(RedisCache):
     touch = _forgiving(False)(RedisCache.touch)
     delete = _forgiving(False)(RedisCache.delete)
     delete_many = _forgiving(None)(RedisCache.delete_many)
+
+
+# --- Reads that change rarely, cached under a generation -------------------------------------------------------
+#
+# A namespace's values live under keys that name its current generation (a random token in the cache). Changing one
+# of the rows they come from replaces the token once the change commits, so every copy computed before is never read
+# again, on any process; a reader that computed from the old rows while the change committed stores its copy under
+# the old token, where nobody looks. A lost token (Redis restarted, evicted) is a fresh token: a miss, never an old
+# copy. Without a reachable cache every read goes to the database, as before; with the database cache (the embedded
+# default) too, since a copy read from a table saves no statement. A change made while Redis cannot be reached bumps
+# nothing, so copies live CACHED_READ_SECONDS at most: how long such a change may go unseen.
+
+GENERATION_SECONDS = 24 * 3600
+CACHED_READ_SECONDS = 300
+
+
+def _generation_key(namespace: str) -> str:
+    return f"generation:{namespace}"
+
+
+def cache_is_database() -> bool:
+    """Whether the cache is a table (the embedded default): then a copy in it saves no statement."""
+    from django.core.cache import caches
+    from django.core.cache.backends.db import DatabaseCache
+
+    return isinstance(caches["default"], DatabaseCache)
+
+
+def cache_generation(namespace: str) -> str | None:
+    """The namespace's current token, made if there is none; None when the cache cannot keep one (or is a table)."""
+    from django.core.cache import cache
+
+    if cache_is_database():
+        return None
+
+    key = _generation_key(namespace)
+    token = cache.get(key)
+    if token is None:
+        cache.add(key, uuid.uuid4().hex, GENERATION_SECONDS)
+        token = cache.get(key)
+    return token if isinstance(token, str) else None
+
+
+def cached_read(namespace: str, key: str, compute: Callable[[], Result], *, generation: str | None = None) -> Result:
+    """`compute()`, kept in the cache until the namespace's generation changes. `generation` spares a lookup of the
+    token when the caller already has it (several reads in one request)."""
+    from django.core.cache import cache
+
+    token = generation or cache_generation(namespace)
+    if token is None:
+        return compute()
+    full_key = f"{namespace}:{token}:{key}"
+    value = cache.get(full_key, _MISSING)
+    if value is _MISSING:
+        value = compute()
+        cache.set(full_key, value, CACHED_READ_SECONDS)
+    return value  # type: ignore[no-any-return]
+
+
+def cached_for(key: str, seconds: int, compute: Callable[[], Result]) -> Result:
+    """`compute()`, kept `seconds`: for a read whose staleness the caller has shown to be harmless."""
+    from django.core.cache import cache
+
+    if cache_is_database():
+        return compute()
+    value = cache.get(key, _MISSING)
+    if value is _MISSING:
+        value = compute()
+        cache.set(key, value, seconds)
+    return value  # type: ignore[no-any-return]
+
+
+def cache_generation_bump(namespace: str) -> None:
+    """Forget every copy in the namespace once the caller's transaction commits (at once outside one): a reader
+    between the change and its commit would otherwise cache the rows as they were."""
+    from django.core.cache import cache
+    from django.db import transaction
+
+    transaction.on_commit(lambda: cache.set(_generation_key(namespace), uuid.uuid4().hex, GENERATION_SECONDS))
+
+
+_MISSING = object()

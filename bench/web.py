@@ -11,8 +11,9 @@ database `--database` (default `sampling_bench`) is dropped and made again, so n
    ten pairs each, two answers of about 300 characters, one vote needed each; annotators with API tokens and sessions.
    `--history N` adds N judged pairs with their assignments and votes (in SQL), so the lease query can be checked
    at the size of a long-running deployment; `--explain-only` stops after step 2.
-2. Counts the SQL queries of each request (Django's test client in this process, CaptureQueriesContext) and prints
-   them, then EXPLAIN ANALYZE of the SELECTs on pairs that leasing a pair runs (whatever the lease code is today).
+2. Counts the SQL queries of each request after one unmeasured cycle (which fills the cache), through Django's test
+   client in this process (CaptureQueriesContext), and prints them, then EXPLAIN ANALYZE of the SELECTs on pairs
+   that leasing a pair runs (whatever the lease code is today).
 3. For each `--conn-max-age` value, starts gunicorn (`annotate.wsgi`, 2 workers x 4 threads, as in the Procfile)
    with bench/web_settings.py (the product's settings plus a bare view, bench/web_urls.py), then
    - paced: `--annotators` annotators, each pausing a random `--pause` seconds between lease and vote; most use
@@ -241,6 +242,11 @@ def count_queries(token: str, session_key: str) -> dict[str, list[str]]:
         queries[name] = [query["sql"] for query in captured.captured_queries]
         return response
 
+    # One cycle unmeasured first: a process's first cycle fills the cache (the campaigns open to the annotator,
+    # whether they are paused, which events have a webhook endpoint); the counts below are those of every later one.
+    warm = api.get("/api/pairs/next/").json()["pair"]
+    warm_vote = {"pair": warm, "choice": "left", "strength": 2, "idempotency_key": str(uuid.uuid4())}
+    api.post("/api/judgements/", warm_vote, content_type="application/json")
     leased = measure("GET /api/pairs/next/ (new lease)", lambda: api.get("/api/pairs/next/"))
     measure("GET /api/pairs/next/ (lease held)", lambda: api.get("/api/pairs/next/"))
     vote = {"pair": leased.json()["pair"], "choice": "left", "strength": 2, "idempotency_key": str(uuid.uuid4())}

@@ -26,8 +26,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
+from annotate.cache import cache_generation, cached_for, cached_read
 from annotate.errors import Conflict, Invalid
 from annotate.hooks.events import VOTE_RECORDED, webhook_events_emit
+from annotate.invalidation import LEASE_INPUTS
 from annotate.models import (
     AnnotatorAction,
     AnnotatorStanding,
@@ -49,6 +51,9 @@ SCREEN_CHOICES = ("left", "right", "tie", "both_bad")
 # The last answers a wait's estimate is taken from.
 PAIR_ESTIMATE_ANSWERS = 20
 SELECTED = ("pair__prompt", "pair__completion_a", "pair__completion_b", "pair__campaign")
+# Which version serves only orders the open pairs (its pairs first), so a lease may go on using the one before for a
+# few seconds after a switch: every open pair it offers is still a valid pair to vote on.
+SERVING_VERSION_CACHE_SECONDS = 5
 
 
 # --- Leasing pairs to annotators -----------------------------------------------------------------------------
@@ -80,9 +85,11 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
         Assignment.objects.filter(pk=current.pk, status=Assignment.Status.LEASED).update(expires_at=_lease_expiry())
         current.refresh_from_db(fields=["expires_at", "status"])
         return current
-    if annotator_is_paused(annotator):
+    # Both reads are cached until a standing, a campaign or a group membership changes (annotate/invalidation.py).
+    generation = cache_generation(LEASE_INPUTS)
+    if _annotator_is_paused_cached(annotator, generation):
         return None
-    campaigns = _campaigns_within_quota(annotator)
+    campaigns = _campaigns_within_quota(annotator, generation)
     if not campaigns:
         return None
     leased = _pair_lease_open(annotator, campaigns)
@@ -90,13 +97,32 @@ def assignment_lease_next(*, annotator: User) -> Assignment | None:
         leased = _pair_lease_open(annotator, campaigns)  # leases that ran out freed places
     if leased is None:
         return None
-    assignment = _instead_gold_or_repeat(annotator, leased) or leased
+    assignment = _instead_gold_or_repeat(annotator, leased)
+    if assignment is None:
+        return leased  # read with its pair, prompt, answers and campaign: nothing to read again
     return Assignment.objects.select_related(*SELECTED).get(pk=assignment.pk)
 
 
-def _campaigns_within_quota(annotator: User) -> list[int]:
+def _annotator_is_paused_cached(annotator: User, generation: str | None = None) -> bool:
+    """Whether they are paused, for serving and showing pages; what refuses work (an undo) asks the database."""
+    return cached_read(
+        LEASE_INPUTS, f"paused:{annotator.pk}", lambda: annotator_is_paused(annotator), generation=generation
+    )
+
+
+def _campaigns_open(annotator: User, generation: str | None = None) -> list[tuple[int, int | None]]:
+    """(id, quota per annotator) of the campaigns open to this annotator."""
+    return cached_read(
+        LEASE_INPUTS,
+        f"campaigns-open:{annotator.pk}",
+        lambda: list(Campaign.objects.open_to(annotator).values_list("id", "quota_per_annotator")),
+        generation=generation,
+    )
+
+
+def _campaigns_within_quota(annotator: User, generation: str | None = None) -> list[int]:
     """The campaigns open to this annotator where they have not given all the votes staff asked of them yet."""
-    open_campaigns = list(Campaign.objects.open_to(annotator).values_list("id", "quota_per_annotator"))
+    open_campaigns = _campaigns_open(annotator, generation)
     if all(quota is None for _, quota in open_campaigns):
         return [campaign for campaign, _ in open_campaigns]
     done = _votes_by_campaign(annotator)
@@ -120,39 +146,40 @@ def _open_pairs_for(annotator: User, campaigns: list[int]) -> QuerySet[Pair]:
 
 def _pair_lease_open(annotator: User, campaigns: list[int]) -> Assignment | None:
     """Take a place on the open pair with the fewest votes (the serving version's pairs first, then the oldest)."""
-    serving = ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).values_list("id", flat=True).first()
+    serving = cached_for(
+        "serving-version-id",
+        SERVING_VERSION_CACHE_SECONDS,
+        lambda: ModelVersion.objects.filter(status=ModelVersion.Status.SERVING).values_list("id", flat=True).first(),
+    )
     scopes = [_open_pairs_for(annotator, campaigns)]
     if serving is not None:
         scopes.insert(0, scopes[0].filter(sampled_from_id=serving))
     for scope in scopes:
         for _attempt in range(5):
-            with transaction.atomic():
-                # Rows other annotators are leasing right now are skipped, not waited for: each gets another pair.
-                pair = (
-                    scope.select_related("campaign")
-                    .order_by("judgement_count", "id")
-                    .select_for_update(skip_locked=True, of=("self",))
-                    .first()
-                )
-                if pair is None:
-                    break
-                taken = Pair.objects.filter(
-                    pk=pair.pk, judgement_count__lt=F("judgements_required") - F("lease_count")
-                ).update(lease_count=F("lease_count") + 1)
-                if taken != 1:
-                    continue  # filled between the read and the lock (a database without row locks): next one
-                try:
-                    with transaction.atomic():
-                        return Assignment.objects.create(
-                            pair=pair,
-                            annotator=annotator,
-                            a_on_left=secrets.randbits(1) == 1,
-                            expires_at=_lease_expiry(),
-                        )
-                except IntegrityError:
-                    # They were given this pair meanwhile (two tabs asking at once): give the place back.
-                    Pair.objects.filter(pk=pair.pk).update(lease_count=F("lease_count") - 1)
-                    continue
+            try:
+                with transaction.atomic():
+                    # Rows other annotators are leasing right now are skipped, not waited for: each gets another pair.
+                    pair = (
+                        scope.select_related("campaign", "prompt", "completion_a", "completion_b")
+                        .order_by("judgement_count", "id")
+                        .select_for_update(skip_locked=True, of=("self",))
+                        .first()
+                    )
+                    if pair is None:
+                        break
+                    taken = Pair.objects.filter(
+                        pk=pair.pk, judgement_count__lt=F("judgements_required") - F("lease_count")
+                    ).update(lease_count=F("lease_count") + 1)
+                    if taken != 1:
+                        continue  # filled between the read and the lock (a database without row locks): next one
+                    pair.lease_count += 1  # as the row now says: the lease is returned without reading it again
+                    return Assignment.objects.create(
+                        pair=pair, annotator=annotator, a_on_left=secrets.randbits(1) == 1, expires_at=_lease_expiry()
+                    )
+            except IntegrityError:
+                # They were given this pair meanwhile (two tabs asking at once). The transaction rolled back, place
+                # taken and all, without a savepoint of its own (two statements fewer on every lease): next one.
+                continue
     return None
 
 
@@ -239,11 +266,22 @@ def leases_expire() -> int:
     return expired
 
 
-def _assignment_for_answer(*, annotator: User, pair_id: int) -> Assignment:
-    """The annotator's assignment of this pair that an answer goes to: the open one, else the latest."""
+def _assignment_for_answer(*, annotator: User, pair_id: int, idempotency_key: uuid.UUID | None = None) -> Assignment:
+    """The annotator's assignment of this pair that an answer goes to: the open one, else the latest.
+
+    With a vote's `idempotency_key`, a Conflict also when a vote was stored or undone under that key: the same read
+    asks, so a first vote costs one statement here; the caller's replay lookup then says which."""
     assignments = Assignment.objects.filter(pair_id=pair_id, annotator=annotator).order_by("-id")
-    assignment = next((a for a in assignments if a.status == Assignment.Status.LEASED), None)
-    assignment = assignment or assignments.first()
+    if idempotency_key is not None:
+        assignments = assignments.annotate(
+            key_used=Exists(Judgement.objects.filter(idempotency_key=idempotency_key))
+            | Exists(UndoneJudgement.objects.filter(idempotency_key=idempotency_key))
+        )
+    rows = list(assignments)
+    if rows and getattr(rows[0], "key_used", False):
+        raise Conflict("this idempotency key was already used")
+    assignment = next((a for a in rows if a.status == Assignment.Status.LEASED), None)
+    assignment = assignment or (rows[0] if rows else None)
     if assignment is None:
         raise Conflict("this pair is not leased to you")
     if assignment.status == Assignment.Status.JUDGED:
@@ -324,10 +362,8 @@ def judgement_record(
     errors = _validate_vote(choice, strength, rationale)
     if errors:
         raise Invalid(errors)
-    replay = _existing_for_key(key=idempotency_key, annotator=annotator, pair_id=pair_id)
-    if replay is not None:
-        return replay
     try:
+        # A key used before (a resend, a vote undone since) is found by the write's first read, which refuses it.
         judgement = _judgement_write(
             annotator=annotator,
             pair_id=pair_id,
@@ -339,7 +375,8 @@ def judgement_record(
             time_spent_ms=time_spent_ms,
         )
     except (IntegrityError, Conflict):
-        # The same key sent twice at once: whichever request lost, the vote is stored; answer with it.
+        # A resend, or the same key sent twice at once: whichever request lost, the vote is stored; answer with it.
+        # A key whose vote was undone is refused here, with why.
         replay = _existing_for_key(key=idempotency_key, annotator=annotator, pair_id=pair_id)
         if replay is not None:
             return replay
@@ -373,7 +410,7 @@ def _judgement_write(
     source: str,
     time_spent_ms: int | None,
 ) -> Judgement:
-    assignment = _assignment_for_answer(annotator=annotator, pair_id=pair_id)
+    assignment = _assignment_for_answer(annotator=annotator, pair_id=pair_id, idempotency_key=idempotency_key)
     if choice in ("left", "right"):
         chose_a = (choice == "left") == assignment.a_on_left
         stored_choice = Judgement.Choice.A if chose_a else Judgement.Choice.B
@@ -437,7 +474,8 @@ def judgement_undoable(*, annotator: User) -> Judgement | None:
     )
     if last is None or last.source != Judgement.Source.HUMAN or _undo_refusal(last) is not None:
         return None
-    return None if annotator_is_paused(annotator) else last
+    # Only whether the page offers the undo: judgement_undo asks the database before it changes anything.
+    return None if _annotator_is_paused_cached(annotator) else last
 
 
 def _undo_refusal(judgement: Judgement) -> str | None:
@@ -595,7 +633,7 @@ def annotator_progress(*, annotator: User) -> Progress:
         total=Count("id"), today=Count("id", filter=Q(created_at__gte=start_of_day))
     )
     done = _votes_by_campaign(annotator)
-    open_campaigns = list(Campaign.objects.open_to(annotator).values_list("id", flat=True))
+    open_campaigns = [campaign for campaign, _ in _campaigns_open(annotator)]
     open_pairs = Counter(
         dict(
             _open_pairs_for(annotator, open_campaigns)

@@ -37,9 +37,20 @@ def webhook_events_emit(*, event: str, payload: dict[str, Any]) -> int:
     """Record a delivery of `event` for every active endpoint that subscribed to it, in the caller's transaction, and
     hand each to a worker once that transaction commits (nothing is sent for work that rolled back). Returns how
     many deliveries were recorded."""
+    from annotate.cache import cached_read
     from annotate.hooks.services import webhook_deliveries_create
+    from annotate.invalidation import WEBHOOK_ENDPOINTS
     from annotate.models import WebhookEndpoint
 
+    # Most events (every vote) have no endpoint: which events have one is cached until an endpoint changes.
+    subscribed = cached_read(
+        WEBHOOK_ENDPOINTS,
+        "events",
+        lambda: sorted({name for events in WebhookEndpoint.objects.filter(active=True).values_list("events", flat=True)
+                        for name in events}),
+    )  # fmt: skip
+    if event not in subscribed:
+        return 0
     endpoints = [endpoint for endpoint in WebhookEndpoint.objects.filter(active=True) if event in endpoint.events]
     if not endpoints:
         return 0

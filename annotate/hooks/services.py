@@ -18,9 +18,11 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from annotate.broker import enqueue
+from annotate.cache import cache_generation_bump
 from annotate.errors import Invalid
 from annotate.hooks import events
 from annotate.hooks.transport import AddressRefused, webhook_address_resolve, webhook_post, webhook_url_problem
+from annotate.invalidation import WEBHOOK_ENDPOINTS
 from annotate.models import WebhookDelivery, WebhookEndpoint
 from annotate.owners import holder_name
 
@@ -71,6 +73,7 @@ def webhook_endpoint_create(
 def webhook_endpoint_set_active(*, endpoint: WebhookEndpoint, active: bool) -> WebhookEndpoint:
     """Switched off: no new deliveries, and those still pending fail at their next attempt, saying so."""
     WebhookEndpoint.objects.filter(pk=endpoint.pk).update(active=active)
+    cache_generation_bump(WEBHOOK_ENDPOINTS)  # an update sends no post_save: which events have an endpoint changed
     endpoint.refresh_from_db()
     return endpoint
 

@@ -25,6 +25,7 @@ from django.db.models import Count, F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from annotate.broker import enqueue
+from annotate.cache import cache_is_database
 from annotate.models import Campaign, Completion, ModelVersion, Pair, Prompt, SamplingClaim, TrainingRound
 from annotate.owners import heartbeat, holder_is_dead, holder_name
 from annotate.sampling.generation import (
@@ -447,8 +448,17 @@ def _batch_make(*, version: ModelVersion, wanted: int, client: ModelServerPool) 
     return head_to_head + len(pairs_sample(version=version, prompts=prompts, client=client, wanted=wanted))
 
 
+REFILL_CHECKED_KEY = "pairloop:pairs-buffer-checked"
+REFILL_CHECK_SECONDS = 1
+
+
 def refill_if_low() -> None:
     """After a vote: ask for more pairs when fewer than PAIR_BUFFER_LOW_WATERMARK are left to judge."""
+    # One vote a second, across every process, looks: the others skip a count that just said the same. A refill
+    # is throttled to one every 10 s anyway, and beat asks every PAIR_REFILL_INTERVAL. A database cache would cost
+    # more statements than the count, so there every vote counts.
+    if not cache_is_database() and not cache.add(REFILL_CHECKED_KEY, "1", timeout=REFILL_CHECK_SECONDS):
+        return
     low = settings.PAIR_BUFFER_LOW_WATERMARK
     # Counts at most `low` rows (COUNT over a LIMIT): every vote runs this, and counting every open pair costs a scan
     # of all of them (about 5 ms at 20,000 on PostgreSQL).

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, User
 from django.db import connection
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from annotate.annotation import services
@@ -177,3 +178,28 @@ def test_lease_and_vote_use_few_queries(make_pair, annotator, django_assert_max_
     with django_assert_max_num_queries(8):
         vote(annotator, assignment.pair_id)
     assert connection.vendor in ("sqlite", "postgresql")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_annotator_leasing_from_many_tabs_at_once_holds_each_place_once(make_pair, annotator):
+    """Every tab gets a lease or none, never two of one pair; a lease that lost the race for its row (the insert's
+    unique constraint) gave its place back with its transaction: each pair's lease count is its live leases."""
+    pairs = [make_pair() for _ in range(6)]
+    leased: list[int] = []
+
+    def tab() -> None:
+        for _ in range(3):
+            assignment = services.assignment_lease_next(annotator=annotator)
+            if assignment is not None:
+                leased.append(assignment.pair_id)
+            Assignment.objects.filter(annotator=annotator, status=Assignment.Status.LEASED).update(
+                expires_at=timezone.now()  # ran out: the next ask takes another pair
+            )
+
+    run_in_threads([tab] * 6)
+
+    assert leased
+    assert Assignment.objects.values("pair").distinct().count() == Assignment.objects.count()
+    live = Counter(Assignment.objects.filter(status=Assignment.Status.LEASED).values_list("pair_id", flat=True))
+    for pair in Pair.objects.filter(pk__in=[p.pk for p in pairs]):
+        assert pair.lease_count == live.get(pair.pk, 0), (pair.pk, pair.lease_count, live)
