@@ -17,9 +17,9 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from annotate import events
 from annotate.errors import Conflict
-from annotate.hooks import events
-from annotate.hooks.events import webhook_events_emit
+from annotate.events import webhook_events_emit
 from annotate.owners import heartbeat
 
 
@@ -1223,7 +1223,7 @@ class RateCount(models.Model):
 
 
 class WebhookEndpoint(models.Model):
-    """A URL staff registered to be told of events (annotate.hooks.events.WEBHOOK_EVENTS), each delivery signed with
+    """A URL staff registered to be told of events (annotate.events.WEBHOOK_EVENTS), each delivery signed with
     its secret (Standard Webhooks). The secret is shown once, when the endpoint is created; afterwards only masked."""
 
     url = models.CharField(max_length=500, help_text="http or https; only this host is ever sent to.")

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from annotate.cache import cache_generation, cached_for, cached_read
 from annotate.errors import Conflict, Invalid
-from annotate.hooks.events import VOTE_RECORDED, webhook_events_emit
+from annotate.events import VOTE_RECORDED, webhook_events_emit
 from annotate.invalidation import LEASE_INPUTS
 from annotate.models import (
     AnnotatorAction,

@@ -13,7 +13,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate.hooks import events
+from annotate import events
 from annotate.hooks import services as hooks
 from annotate.models import WebhookDelivery, WebhookEndpoint
 from annotate.web.staff_api import NOT_STAFF, page_of, paginated, staff_of

@@ -17,10 +17,10 @@ from django.db.models import Q
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
+from annotate import events
 from annotate.broker import enqueue
-from annotate.cache import cache_generation_bump
+from annotate.cache import cache_generation_bump, cached_read
 from annotate.errors import Invalid
-from annotate.hooks import events
 from annotate.hooks.transport import AddressRefused, webhook_address_resolve, webhook_post, webhook_url_problem
 from annotate.invalidation import WEBHOOK_ENDPOINTS
 from annotate.models import WebhookDelivery, WebhookEndpoint
@@ -29,6 +29,27 @@ from annotate.owners import holder_name
 logger = logging.getLogger(__name__)
 
 SEND_TASK = "annotate.tasks.webhook_delivery_send"
+
+
+# --- Events --------------------------------------------------------------------------------------------------------
+
+
+def webhook_deliveries_for_event(*, event: str, payload: dict[str, Any], **_signal: Any) -> int:
+    """The receiver of events.event_happened: a delivery for each active endpoint subscribed to `event`."""
+    # Most events (every vote) have no endpoint: which events have one is cached until an endpoint changes.
+    subscribed = cached_read(
+        WEBHOOK_ENDPOINTS,
+        "events",
+        lambda: sorted({name for names in WebhookEndpoint.objects.filter(active=True).values_list("events", flat=True)
+                        for name in names}),
+    )  # fmt: skip
+    if event not in subscribed:
+        return 0
+    endpoints = [endpoint for endpoint in WebhookEndpoint.objects.filter(active=True) if event in endpoint.events]
+    if not endpoints:
+        return 0
+    message = events.webhook_message(event=event, data=payload)
+    return len(webhook_deliveries_create(endpoints=endpoints, message=message))
 
 
 # --- Endpoints -----------------------------------------------------------------------------------------------------

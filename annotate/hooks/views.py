@@ -9,8 +9,8 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from annotate import events
 from annotate.errors import Invalid
-from annotate.hooks import events
 from annotate.hooks import services as hooks
 from annotate.models import WebhookEndpoint
 from annotate.web.pages import AppRequest, staff_required

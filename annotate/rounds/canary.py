@@ -30,7 +30,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from annotate.errors import Conflict, Invalid
-from annotate.hooks.events import CANARY_DECIDED, webhook_events_emit
+from annotate.events import CANARY_DECIDED, webhook_events_emit
 from annotate.models import Judgement, TrainingRound
 from annotate.rounds.deploy import round_deploy_later
 from annotate.sampling.generation import (

@@ -12,10 +12,10 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from annotate import events
 from annotate.data import exports
 from annotate.data.exports import ExportFilters
 from annotate.errors import Invalid
-from annotate.hooks import events
 from annotate.hooks import services as hooks
 from annotate.models import WebhookDelivery, WebhookEndpoint
 from annotate.rounds import canary

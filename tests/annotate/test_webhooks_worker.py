@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from django.conf import settings
 
-from annotate.hooks import events
+from annotate import events
 from annotate.hooks import services as hooks
 from annotate.models import WebhookDelivery
 from tests.integration.conftest import _worker, wait_until

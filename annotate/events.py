@@ -1,11 +1,12 @@
 """The one way an event leaves the app: `webhook_events_emit`, called on the line where the thing happens.
 
-This module imports no models at load time: annotate.models calls it from the state machines' transitions."""
+This module imports no models: annotate.models calls it from the state machines' transitions."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from django.dispatch import Signal
 from django.utils import timezone
 
 VOTE_RECORDED = "vote.recorded"
@@ -33,25 +34,14 @@ def webhook_message(*, event: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": event, "timestamp": timezone.now().isoformat(), "data": data}
 
 
+# Sent by webhook_events_emit; annotate.hooks.services records the deliveries (connected in AnnotateConfig.ready).
+# A signal keeps this module free of models, so annotate.models can emit from its transitions without a circle.
+event_happened = Signal()
+
+
 def webhook_events_emit(*, event: str, payload: dict[str, Any]) -> int:
     """Record a delivery of `event` for every active endpoint that subscribed to it, in the caller's transaction, and
     hand each to a worker once that transaction commits (nothing is sent for work that rolled back). Returns how
     many deliveries were recorded."""
-    from annotate.cache import cached_read
-    from annotate.hooks.services import webhook_deliveries_create
-    from annotate.invalidation import WEBHOOK_ENDPOINTS
-    from annotate.models import WebhookEndpoint
-
-    # Most events (every vote) have no endpoint: which events have one is cached until an endpoint changes.
-    subscribed = cached_read(
-        WEBHOOK_ENDPOINTS,
-        "events",
-        lambda: sorted({name for events in WebhookEndpoint.objects.filter(active=True).values_list("events", flat=True)
-                        for name in events}),
-    )  # fmt: skip
-    if event not in subscribed:
-        return 0
-    endpoints = [endpoint for endpoint in WebhookEndpoint.objects.filter(active=True) if event in endpoint.events]
-    if not endpoints:
-        return 0
-    return len(webhook_deliveries_create(endpoints=endpoints, message=webhook_message(event=event, data=payload)))
+    answers = event_happened.send(sender=None, event=event, payload=payload)
+    return sum(cast(int, count) for _, count in answers)
