@@ -613,6 +613,8 @@ class QueuedWork:
     """What an export and an import share while they wait for a worker (each has `status` with "queued", `error`,
     `heartbeat_at` and `created_at`). While queued, heartbeat_at is when it was last sent to the task queue again."""
 
+    work_noun = "work"  # what the page and the API call it
+
     def _queued(self) -> models.QuerySet[Any]:
         return cast(Any, type(self))._default_manager.filter(pk=cast(Any, self).pk, status="queued")
 
@@ -620,6 +622,12 @@ class QueuedWork:
         """It could not be handed to a worker: it says why (and stays queued)."""
         self._queued().update(error=reason)
         cast(Any, self).refresh_from_db()
+
+    def require_queued(self) -> None:
+        """Only a queued one is handed to the workers again: Conflict (with its status) for one running or ended."""
+        work, noun = cast(Any, self), self.work_noun
+        if work.status != "queued":
+            raise Conflict(f"{noun} {work.pk} is {work.status}: only a queued {noun} is sent again", status=work.status)
 
     def note_sent_again(self) -> bool:
         """Handed to the task queue once more; False when a worker took it meanwhile."""
@@ -638,6 +646,8 @@ class QueuedWork:
 
 class Export(QueuedWork, models.Model):
     """A preference dataset written to a file, with its dataset card beside it."""
+
+    work_noun = "export"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -750,6 +760,8 @@ class DataImport(QueuedWork, models.Model):
     import ends. The import writes in one transaction that also marks it done, so it is all or nothing: a worker
     killed midway leaves nothing behind, and `end_abandoned` says so.
     """
+
+    work_noun = "import"
 
     class Kind(models.TextChoices):
         PROMPTS = "prompts", "Prompts"

@@ -23,7 +23,6 @@ from rest_framework.response import Response
 from annotate.annotation import services
 from annotate.data import exports, import_jobs, imports
 from annotate.data.exports import ExportFilters
-from annotate.errors import Conflict
 from annotate.models import DataImport, Export, Judgement, Pair, Prompt
 from annotate.web.staff_api import (
     BAD_FILTERS,
@@ -256,9 +255,7 @@ NOT_QUEUED = OpenApiResponse(
 @permission_classes([IsAdminUser])
 def imports_enqueue(request: Request, import_id: int) -> Response:
     data_import = get_object_or_404(DataImport.objects.select_related("created_by"), pk=import_id)
-    if data_import.status != DataImport.Status.QUEUED:
-        raise Conflict(f"import {data_import.pk} is {data_import.status}: only a queued import is sent again",
-                       status=data_import.status)  # fmt: skip
+    data_import.require_queued()
     import_jobs.data_import_enqueue(data_import=data_import)
     body = DataImportItem(data_import, context={"request": request}).data
     return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
@@ -510,9 +507,7 @@ def exports_detail(request: Request, export_id: int) -> Response:
 @permission_classes([IsAdminUser])
 def exports_enqueue(request: Request, export_id: int) -> Response:
     export = get_object_or_404(Export.objects.select_related("created_by"), pk=export_id)
-    if export.status != Export.Status.QUEUED:
-        raise Conflict(f"export {export.pk} is {export.status}: only a queued export is sent again",
-                       status=export.status)  # fmt: skip
+    export.require_queued()
     exports.export_enqueue(export=export)
     return Response(ExportItem(export, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
 
