@@ -15,3 +15,5 @@ def log_in(page, base_url: str, username: str, password: str) -> None:  # type: 
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
+    # Signed in only once the form's answer has taken the page off the login form: a goto before that races it.
+    page.wait_for_url(lambda url: "/accounts/login/" not in url)

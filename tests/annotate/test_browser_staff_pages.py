@@ -22,7 +22,7 @@ from annotate.annotation.simulation import Profile, SimulatedAnnotator, prefer_s
 from annotate.data import exports, import_jobs
 from annotate.data.views import ExportForm
 from annotate.models import Campaign, DataImport, ModelVersion
-from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS
+from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS, log_in
 
 from .test_leaderboard import STRENGTHS, head_to_head_pair, vote_everything
 
@@ -116,10 +116,7 @@ def test_every_staff_page_fits_the_desktop_and_the_phone(staff_world, live_serve
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(f"{live_server.url}/")
-        page.fill("input[name=username]", "sam")
-        page.fill("input[name=password]", "sam-password-1")
-        page.click("button[type=submit]")
+        log_in(page, live_server.url, "sam", "sam-password-1")
         for size, (width, height) in SIZES.items():
             page.set_viewport_size({"width": width, "height": height})
             for name, url in _pages(staff_world).items():

@@ -20,7 +20,7 @@ from annotate.rounds import canary
 from annotate.rounds import services as rounds
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import client_from_settings
-from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS
+from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS, log_in
 
 from .edges import ChattingModelServer
 
@@ -492,10 +492,7 @@ def test_the_canary_box_reads_at_desktop_and_phone_widths(
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for name, viewport in (("desktop", {"width": 1400, "height": 900}), ("phone", {"width": 390, "height": 844})):
             page = browser.new_page(viewport=viewport)
-            page.goto(f"{live_server.url}/")
-            page.fill("input[name=username]", "sam")
-            page.fill("input[name=password]", "sam-password-1")
-            page.click("button[type=submit]")
+            log_in(page, live_server.url, "sam", "sam-password-1")
             page.goto(f"{live_server.url}/rounds/{training_round.pk}/")
             sentence = page.locator("[data-testid=canary-expected]")
             sentence.scroll_into_view_if_needed()
