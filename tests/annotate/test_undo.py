@@ -11,9 +11,11 @@ from rest_framework.test import APIClient
 
 from annotate.annotation import services
 from annotate.errors import Conflict
-from annotate.models import Assignment, Campaign, Judgement, Pair, SamplingClaim, UndoneJudgement
+from annotate.models import Assignment, Campaign, Judgement, Pair, UndoneJudgement
 from annotate.rounds import services as rounds
+from annotate.sampling import services as sampling
 from tests.annotate.conftest import run_in_threads
+from tests.annotate.voting import vote_as_annotator
 
 pytestmark = pytest.mark.django_db
 
@@ -199,12 +201,15 @@ def test_progress_without_a_quota_counts_every_pair_open_to_them(make_pair, anno
     assert (campaign.done, campaign.left, campaign.goal, campaign.quota) == (1, 2, 3, None)
 
 
-def test_a_wait_says_what_the_model_is_writing_and_about_how_long(client, make_pair, annotator, serving_version):
-    make_pair()  # answers written in 100 ms each: the model's recent writing time
-    Pair.objects.update(judgement_count=1)
-    SamplingClaim.objects.create(
-        version=serving_version, pairs=8, holder="host:1:token", expires_at=timezone.now() + timedelta(minutes=1)
-    )
+def test_a_wait_says_what_the_model_is_writing_and_about_how_long(
+    client, make_pair, annotator, other_annotator, serving_version, settings
+):
+    settings.PAIR_BUFFER_TARGET = settings.PAIR_REFILL_BATCH = 8
+    pair = make_pair()  # answers written in 100 ms each: the model's recent writing time
+    vote_as_annotator(other_annotator, pair=pair)  # its one vote given: nothing is open
+    # A sampling worker has claimed the next batch and is writing it (the claim its refill takes).
+    claim, _ = sampling.sampling_claim_take(version=serving_version, holder="host:1:token")
+    assert claim is not None and claim.pairs == 8
     client.force_login(annotator)
 
     body = client.get(reverse("annotate")).content.decode()
