@@ -10,6 +10,7 @@ the whole page with SCREENSHOT_FULL_PAGE=1).
 
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ pytestmark = [
 
 SIZES = {"desktop": (1400, 900), "phone": (390, 844)}
 
+CHARTS_DRAWN = (
+    "[...document.querySelectorAll('canvas[data-chart-spec]')].every(canvas => window.Chart && Chart.getChart(canvas))"
+)
 WIDTHS = """() => ({page: document.documentElement.scrollWidth, window: window.innerWidth,
                    body: document.body.scrollWidth})"""
 
@@ -123,7 +127,12 @@ def test_every_staff_page_fits_the_desktop_and_the_phone(staff_world, live_serve
                 response = page.goto(f"{live_server.url}{url}")
                 assert response is not None and response.status == 200, (name, size)
                 page.wait_for_load_state("load")
-                page.wait_for_timeout(150)  # the charts draw on DOMContentLoaded
+                # Measured once every chart has drawn (a drawn chart may widen the page); polled from here, since
+                # the strict CSP refuses page.wait_for_function's eval.
+                deadline = time.monotonic() + 10
+                while not page.evaluate(CHARTS_DRAWN):
+                    assert time.monotonic() < deadline, (name, size, "charts never drew")
+                    page.wait_for_timeout(50)
                 page.screenshot(
                     path=str(shots / f"{name}-{size}.png"), full_page=bool(os.environ.get("SCREENSHOT_FULL_PAGE"))
                 )
