@@ -4,6 +4,7 @@ in view without scrolling, and an annotator does everything with the keyboard al
 With SCREENSHOT_DIR set, the screenshots land there (docs/screenshots/ for the docs); else in the test's tmp_path."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,13 @@ def open_annotate(browser, live_server, size: str):
     width, height = SIZES[size]
     page = browser.new_page(viewport={"width": width, "height": height})
     page.goto(f"{live_server.url}/")
-    page.keyboard.type("ann")  # the login page focuses the user name
+    # The login page focuses the user name; keys pressed before it has are lost (seen once on a loaded CI machine:
+    # a login failure, then a 30 s wait on the login page), so wait for the focus, as a person waits for the cursor.
+    deadline = time.monotonic() + 10
+    while not page.evaluate("document.activeElement?.name === 'username'"):
+        assert time.monotonic() < deadline, "the login page never focused the user name"
+        page.wait_for_timeout(50)
+    page.keyboard.type("ann")
     page.keyboard.press("Tab")
     page.keyboard.type("ann-password-1")
     page.keyboard.press("Enter")
