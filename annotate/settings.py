@@ -546,6 +546,9 @@ OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile")
 OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
 OIDC_STAFF_GROUPS = env_list("OIDC_STAFF_GROUPS", "")
 OIDC_ANNOTATOR_GROUPS = env_list("OIDC_ANNOTATOR_GROUPS", "")
+# Users are matched by email: an ID token whose email_verified is not true is refused unless this is set (for a
+# provider that verifies every address it hands out but leaves the claim out).
+OIDC_TRUST_UNVERIFIED_EMAIL = env_bool("OIDC_TRUST_UNVERIFIED_EMAIL", False)
 OIDC_CLOCK_LEEWAY_SECONDS = env_int("OIDC_CLOCK_LEEWAY_SECONDS", 30)
 OIDC_TIMEOUT = env_float("OIDC_TIMEOUT", 10.0)
 OIDC_VERIFY_SSL = True
