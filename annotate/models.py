@@ -9,6 +9,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
@@ -1252,11 +1253,22 @@ class WebhookEndpoint(models.Model):
         ordering = ["-id"]
 
     def __str__(self) -> str:
-        return f"Webhook {self.pk} ({self.url})"
+        return f"Webhook {self.pk} ({self.url_masked})"
 
     @property
     def secret_masked(self) -> str:
         return f"whsec_…{self.secret[-4:]}" if self.secret else ""
+
+    @property
+    def url_masked(self) -> str:
+        """The URL as pages, the API and logs show it: many receivers (chat tools' incoming hooks) take their secret
+        in the path or the query, so past the host and the first path segment only the last 4 characters show."""
+        parts = urlsplit(self.url)
+        first, slash, more = parts.path.lstrip("/").partition("/")
+        hidden = f"{slash}{more}" + (f"?{parts.query}" if parts.query else "")
+        if len(hidden) <= 8:
+            return self.url
+        return f"{parts.scheme}://{parts.netloc}/{first}…{hidden[-4:]}"
 
 
 class WebhookDelivery(models.Model):
