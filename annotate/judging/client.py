@@ -105,7 +105,7 @@ def judge_ask(*, url: str, api_key: str, model: str, allow_private: bool, conten
         read_seconds=settings.JUDGE_READ_TIMEOUT,
         total_seconds=settings.JUDGE_TOTAL_SECONDS,
     )
-    raw = answer.excerpt[:REPLY_KEPT_CHARACTERS]
+    raw = _kept(answer.excerpt)
     if answer.error:
         return Reply("", None, raw, answer.error)
     if answer.truncated:
@@ -118,8 +118,13 @@ def judge_ask(*, url: str, api_key: str, model: str, allow_private: bool, conten
         return Reply("", None, raw, "the completion's content is not text")
     read = reply_read(message)
     if read is None:
-        return Reply("", None, message[:REPLY_KEPT_CHARACTERS], "no choice in the reply (expected 1, 2 or tie)")
-    return Reply(read[0], read[1], message[:REPLY_KEPT_CHARACTERS])
+        return Reply("", None, _kept(message), "no choice in the reply (expected 1, 2 or tie)")
+    return Reply(read[0], read[1], _kept(message))
+
+
+def _kept(text: str) -> str:
+    """What is stored of a reply: its start, without the NUL characters a database text column refuses."""
+    return text[:REPLY_KEPT_CHARACTERS].replace("\x00", "\ufffd")
 
 
 def both_orders(first: Reply, second: Reply) -> tuple[str, float | None, bool, str, str]:
