@@ -1519,3 +1519,14 @@ class JudgeVerdict(models.Model):
 
     def __str__(self) -> str:
         return f"Verdict of {self.judge_id} on {self.pair_id}: {self.choice or self.status}"
+
+
+class JudgeHint(models.Model):
+    """A person's vote cast with the judge's verdict on screen (a campaign that shows it to annotators), so the
+    quality page can compare votes made with and without it."""
+
+    judgement = models.OneToOneField(Judgement, on_delete=models.CASCADE, related_name="judge_hint")
+    verdict = models.ForeignKey(JudgeVerdict, on_delete=models.CASCADE, related_name="hints")
+
+    def __str__(self) -> str:
+        return f"{self.judgement} saw {self.verdict}"

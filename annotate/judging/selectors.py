@@ -91,3 +91,41 @@ def verdict_for_pair(*, pair_id: int) -> JudgeVerdict | None:
         .order_by("-id")
         .first()
     )
+
+
+@dataclass(frozen=True)
+class HintEffect:
+    """How often people chose what the judge chose, with its verdict on screen and without (pairs it answered,
+    gold aside): a gap says the hint sways them."""
+
+    shown: int
+    shown_agreeing: int
+    hidden: int
+    hidden_agreeing: int
+
+    @property
+    def shown_share(self) -> float | None:
+        return self.shown_agreeing / self.shown if self.shown else None
+
+    @property
+    def hidden_share(self) -> float | None:
+        return self.hidden_agreeing / self.hidden if self.hidden else None
+
+
+def judge_hint_effect(*, judge: Judge) -> HintEffect:
+    verdicts = dict(
+        JudgeVerdict.objects.filter(
+            judge=judge, status=JudgeVerdict.Status.DONE, pair__gold_choice="", prompt_version=judge.prompt_version
+        ).values_list("pair_id", "choice")
+    )
+    votes = (
+        Judgement.objects.filter(pair_id__in=list(verdicts), is_repeat=False)
+        .exclude(source=Judgement.Source.JUDGE)
+        .values_list("pair_id", "choice", "judge_hint__verdict__judge_id")
+    )
+    counts = {True: [0, 0], False: [0, 0]}
+    for pair_id, choice, shown_by in votes.iterator():
+        tally = counts[shown_by == judge.pk]
+        tally[0] += 1
+        tally[1] += choice == verdicts[pair_id]
+    return HintEffect(counts[True][0], counts[True][1], counts[False][0], counts[False][1])

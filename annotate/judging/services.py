@@ -30,7 +30,7 @@ from annotate.hooks.transport import (
 )
 from annotate.judging.client import both_orders, judge_ask, judge_prompt, template_problem
 from annotate.judging.trust import Bars, Trust, routing_refusal
-from annotate.models import Campaign, Judge, Judgement, JudgeVerdict, Pair
+from annotate.models import Assignment, Campaign, Judge, JudgeHint, Judgement, JudgeVerdict, Pair
 from annotate.owners import holder_name
 
 logger = logging.getLogger(__name__)
@@ -316,3 +316,30 @@ def verdicts_failed_again(*, judge: Judge) -> int:
     return JudgeVerdict.objects.filter(
         Q(status=JudgeVerdict.Status.FAILED), judge=judge, prompt_version=judge.prompt_version
     ).delete()[0]
+
+
+# --- Showing the judge to annotators -------------------------------------------------------------------------------
+
+
+def judge_hint_for(assignment: Assignment | None) -> JudgeVerdict | None:
+    """The judge's verdict the annotate page shows beside a pair that needs votes, when its campaign asks for it
+    (never on gold pairs or repeats: those measure the people themselves)."""
+    from annotate.judging.selectors import verdict_for_pair
+
+    if assignment is None or assignment.kind != Assignment.Kind.PAIR:
+        return None
+    return verdict_for_pair(pair_id=assignment.pair_id)
+
+
+def judge_hint_record(*, judgement: Judgement, verdict_id: str | None) -> JudgeHint | None:
+    """Note that the vote was cast with the judge's verdict on screen: only a verdict the page could show for this
+    pair (verdict_for_pair) counts; anything else posted is ignored. Idempotent for a resent vote."""
+    from annotate.judging.selectors import verdict_for_pair
+
+    if not verdict_id or judgement.annotator_id is None or judgement.is_repeat or judgement.pair.gold_choice:
+        return None
+    shown = verdict_for_pair(pair_id=judgement.pair_id)
+    if shown is None or str(shown.pk) != str(verdict_id).strip():
+        return None
+    hint, _ = JudgeHint.objects.get_or_create(judgement=judgement, defaults={"verdict": shown})
+    return hint

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from annotate.errors import Invalid
 from annotate.judging import services as judging
 from annotate.judging.api import JudgeSettings, app_hosts_of, trust_data
-from annotate.judging.selectors import judge_of, judge_trust_by_version
+from annotate.judging.selectors import judge_hint_effect, judge_of, judge_trust_by_version
 from annotate.judging.trust import Trust, routing_refusal
 from annotate.models import Campaign, Judge
 from annotate.web.pages import AppRequest, staff_required
@@ -31,6 +31,7 @@ def judge_summary(judge: Judge) -> dict[str, Any]:
         "trusts": trusts,
         "current": current,
         "refusal": routing_refusal(current, judging.judge_bars(judge)),
+        "hint": judge_hint_effect(judge=judge),
     }
 
 

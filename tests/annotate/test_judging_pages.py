@@ -131,3 +131,46 @@ def test_the_quality_page_shows_the_judge_as_one_more_annotator_and_the_votes_it
     assert body["trust"][0]["votes_saved"] == 5 and body["trust"][0]["gold_accuracy"] == 1.0
     verdicts = staff_api.get(f"/api/campaigns/{judge.campaign_id}/judge/verdicts/").json()
     assert verdicts["count"] == 13 and verdicts["results"][0]["endpoint"] == stand_in.url
+
+
+def test_the_judge_is_shown_to_annotators_only_when_the_campaign_asks_and_the_page_says_so(
+    client, annotator, other_annotator, staff, make_pair
+):
+    import re
+
+    from annotate.models import JudgeHint
+    from tests.annotate.test_judging import BAD, GOOD
+
+    for _ in range(2):
+        make_pair(texts=(GOOD, BAD), prompt_set=CAMPAIGN)
+    with stand_in_judge() as stand_in:
+        judge = configure(stand_in.url, routing_allowed=False)
+        judging.judge_run(judge_id=judge.pk, limit=10)
+    client.force_login(annotator)
+    hidden = client.get("/").content.decode()
+    assert 'data-testid="judge-hint"' not in hidden and "AI judge" not in hidden
+
+    configure(judge.url, routing_allowed=False, show_to_annotators=True)
+    page = client.get("/").content.decode()
+    assert "This campaign shows an AI judge" in page and "0.95 sure" in page
+    verdict_id = re.search(r'name="judge_verdict" value="(\d+)"', page).group(1)
+    vote_on_page(client, page, judge_verdict=verdict_id)
+    assert JudgeHint.objects.filter(verdict_id=verdict_id, judgement__annotator=annotator).count() == 1
+    # A verdict id the page could not have shown is ignored.
+    client.force_login(other_annotator)
+    vote_on_page(client, client.get("/").content.decode(), judge_verdict="999999")
+    assert JudgeHint.objects.count() == 1
+    client.force_login(staff)
+    quality = client.get("/quality/").content.decode()
+    assert 'data-testid="hint-effect"' in quality and "of 1 votes made with its opinion on screen" in quality
+
+
+def vote_on_page(client, page: str, **extra: str) -> None:
+    """Vote "left" on the pair `page` shows, as its form posts it, with `extra` fields."""
+    import re
+
+    pair_id = re.search(r"/pairs/(\d+)/judge/", page).group(1)
+    key = re.search(r'name="idempotency_key" value="([0-9a-f-]+)"', page).group(1)
+    vote = {"choice": "left", "strength": "2", "idempotency_key": key, **extra}
+    answer = client.post(f"/pairs/{pair_id}/judge/", vote)
+    assert answer.status_code in (200, 302)
