@@ -507,6 +507,7 @@ class Judgement(models.Model):
         HUMAN = "human", "Human annotator"
         SIMULATED = "simulated", "Simulated annotator"
         IMPORTED = "imported", "Imported"
+        JUDGE = "judge", "AI judge"
 
     pair = models.ForeignKey(Pair, on_delete=models.PROTECT, related_name="judgements")
     annotator = models.ForeignKey(
@@ -1385,3 +1386,159 @@ def _seconds(value: float) -> Any:
     from datetime import timedelta  # here, not at the top: this section is appended to a module others edit too
 
     return timedelta(seconds=value)
+
+
+# --- The AI judge --------------------------------------------------------------------------------------------------
+
+JUDGE_PROMPT_TEMPLATE = """You compare two answers to the same conversation. Say which answer is better.
+
+Conversation:
+{prompt}
+
+Answer 1:
+{first}
+
+Answer 2:
+{second}
+
+Reply with JSON only: {{"choice": "1" or "2" or "tie", "confidence": a number from 0 to 1}}"""
+
+
+class Judge(models.Model):
+    """An OpenAI-compatible endpoint and model that votes on a campaign's pairs beside the people (off by default).
+
+    Its verdicts are measured against people (annotate.judging.trust); routing (it settles pairs alone) runs only
+    while staff allow it and the measurement earns it. `routing_stop` is the one way routing ends by itself."""
+
+    campaign = models.OneToOneField(Campaign, on_delete=models.CASCADE, related_name="judge")
+    url = models.CharField(max_length=500, help_text="The API's base URL, e.g. https://host/v1 (chat/completions).")
+    api_key = models.CharField(max_length=300, blank=True, help_text="Sent as a bearer token; shown back masked.")
+    model = models.CharField(max_length=200, help_text="The model name the endpoint serves.")
+    prompt_template = models.TextField(
+        default=JUDGE_PROMPT_TEMPLATE, help_text="With {prompt}, {first} and {second}; asked twice, sides swapped."
+    )
+    prompt_version = models.CharField(max_length=50, default="v1", help_text="Change it when the template changes.")
+    enabled = models.BooleanField(default=False, help_text="Off: it judges nothing.")
+    allow_private = models.BooleanField(default=False, help_text="Staff allowed a private or loopback address.")
+    show_to_annotators = models.BooleanField(
+        default=False, help_text="Annotators see its choice (the page says so); off: never shown."
+    )
+    routing_allowed = models.BooleanField(
+        default=False, help_text="Staff let it settle pairs alone while its measured trust stays above the bars."
+    )
+    routing_active = models.BooleanField(default=False, help_text="Its trust earned routing at the last review.")
+    min_confidence = models.FloatField(default=0.8, help_text="It settles only pairs it is at least this sure of.")
+    min_gold_accuracy = models.FloatField(default=0.8, help_text="Routing needs at least this accuracy on gold.")
+    min_kappa = models.FloatField(default=0.6, help_text="Routing needs at least this Cohen's kappa with people.")
+    min_evidence = models.PositiveIntegerField(
+        default=20, help_text="Gold pairs and people-voted pairs it must have judged before its trust counts."
+    )
+    check_share = models.FloatField(
+        default=0.1, help_text="Share of the pairs it could settle that still go to people, as a check."
+    )
+    routing_stopped_at = models.DateTimeField(null=True, blank=True)
+    routing_stopped_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(check_share__gte=0, check_share__lte=1), name="judge_check_share"),
+            models.CheckConstraint(condition=Q(min_confidence__gte=0, min_confidence__lte=1), name="judge_confidence"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Judge {self.model} of {self.campaign}"
+
+    @property
+    def api_key_masked(self) -> str:
+        return f"…{self.api_key[-4:]}" if len(self.api_key) > 8 else ("set" if self.api_key else "")
+
+    def routing_start(self) -> bool:
+        """Trust earned: routing on (it was allowed). False when it was on already or is no longer allowed."""
+        return bool(
+            type(self)
+            .objects.filter(pk=self.pk, routing_allowed=True, routing_active=False)
+            .update(routing_active=True)
+        )
+
+    def routing_stop(self, *, reason: str) -> bool:
+        """The check showed it slipping: routing off and no longer allowed (staff allow it again), the reason kept,
+        and a webhook event sent. False when it was not routing."""
+        with transaction.atomic():
+            stopped = (
+                type(self)
+                .objects.filter(pk=self.pk, routing_active=True)
+                .update(
+                    routing_active=False,
+                    routing_allowed=False,
+                    routing_stopped_at=timezone.now(),
+                    routing_stopped_reason=reason[:1000],
+                )
+            )
+            if stopped:
+                webhook_events_emit(
+                    event=events.JUDGE_ROUTING_STOPPED,
+                    payload={"campaign": self.campaign_id, "judge": self.pk, "reason": reason[:1000]},
+                )
+        self.refresh_from_db()
+        return bool(stopped)
+
+
+class JudgeVerdict(models.Model):
+    """What a judge said about one pair under one prompt version, asked twice with the sides swapped, with its
+    lineage (endpoint, model, prompt version, both raw replies). While `asking` it is held by `holder` until
+    `lease_expires_at`; a worker killed mid-question leaves it to be taken over once the lease runs out."""
+
+    class Status(models.TextChoices):
+        ASKING = "asking", "Asking"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    class Choice(models.TextChoices):
+        A = "a", "A is better"
+        B = "b", "B is better"
+        TIE = "tie", "Tie"
+        UNSURE = "unsure", "Unsure (it flipped with the order)"
+
+    judge = models.ForeignKey(Judge, on_delete=models.CASCADE, related_name="verdicts")
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="judge_verdicts")
+    prompt_version = models.CharField(max_length=50)
+    endpoint = models.CharField(max_length=500)
+    model = models.CharField(max_length=200)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ASKING)
+    holder = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    first_reply = models.TextField(blank=True, help_text="Raw reply with A shown first (capped).")
+    second_reply = models.TextField(blank=True, help_text="Raw reply with B shown first (capped).")
+    first_choice = models.CharField(max_length=10, blank=True)
+    second_choice = models.CharField(max_length=10, blank=True)
+    choice = models.CharField(max_length=10, choices=Choice.choices, blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    consistent = models.BooleanField(null=True)
+    error = models.CharField(max_length=300, blank=True)
+    settled = models.BooleanField(default=False, help_text="It settled the pair alone (a judge vote recorded).")
+    is_check = models.BooleanField(default=False, help_text="It could have settled it; sent to people as a check.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["judge", "pair", "prompt_version"], name="judge_verdict_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Verdict of {self.judge_id} on {self.pair_id}: {self.choice or self.status}"
+
+
+class JudgeHint(models.Model):
+    """A person's vote cast with the judge's verdict on screen (a campaign that shows it to annotators), so the
+    quality page can compare votes made with and without it."""
+
+    judgement = models.OneToOneField(Judgement, on_delete=models.CASCADE, related_name="judge_hint")
+    verdict = models.ForeignKey(JudgeVerdict, on_delete=models.CASCADE, related_name="hints")
+
+    def __str__(self) -> str:
+        return f"{self.judgement} saw {self.verdict}"

@@ -395,6 +395,8 @@ ROUND_MIN_AGREEMENT = env_float("ROUND_MIN_AGREEMENT", 0.0)
 ROUND_MIN_COMPETENCE = env_float("ROUND_MIN_COMPETENCE", 0.0)
 # Votes on head-to-head pairs (the canary's, the leaderboard's) train like any other unless this is on.
 ROUND_EXCLUDE_HEAD_TO_HEAD = env_bool("ROUND_EXCLUDE_HEAD_TO_HEAD", False)
+# The AI judge's votes (pairs it settled alone, annotate.judging) train only when this is on; exports choose per export.
+ROUND_INCLUDE_JUDGE = env_bool("ROUND_INCLUDE_JUDGE", False)
 # Set each round's label smoothing (robust DPO) from how much its votes disagree, instead of ROUND_LABEL_SMOOTHING.
 ROUND_LABEL_SMOOTHING_AUTO = env_bool("ROUND_LABEL_SMOOTHING_AUTO", False)
 ROUND_GATE_MIN_ACCURACY = env_float("ROUND_GATE_MIN_ACCURACY", 0.5)
@@ -556,3 +558,19 @@ OIDC_RP_SIGN_ALGO = "RS256"  # checked against the provider's JWKS; a shared-sec
 OIDC_USE_PKCE = True
 OIDC_AUTHENTICATION_CALLBACK_URL = "sso-callback"
 AUTHENTICATION_BACKENDS = [*AUTHENTICATION_BACKENDS, "annotate.web.sso.GroupMappingOIDCBackend"]
+
+# --- The AI judge (annotate.judging) -------------------------------------------------------------------------------
+# Each question to a judge is one request with these limits (the same outbound rules as webhooks); a judge that hangs
+# or answers megabytes is a recorded failure of that verdict, never a stuck worker.
+JUDGE_CONNECT_TIMEOUT = env_float("JUDGE_CONNECT_TIMEOUT", 5.0)
+JUDGE_READ_TIMEOUT = env_float("JUDGE_READ_TIMEOUT", 30.0)
+JUDGE_TOTAL_SECONDS = env_float("JUDGE_TOTAL_SECONDS", 45.0)
+JUDGE_REPLY_MAX_BYTES = env_int("JUDGE_REPLY_MAX_BYTES", 65536)
+JUDGE_MAX_TOKENS = env_int("JUDGE_MAX_TOKENS", 64)
+# Pairs one task asks a judge about; a verdict held longer than the lease by a worker that died is taken over.
+JUDGE_BATCH_PAIRS = env_int("JUDGE_BATCH_PAIRS", 20)
+JUDGE_LEASE_SECONDS = env_float("JUDGE_LEASE_SECONDS", 2 * 2 * 45.0 + 30.0)
+CELERY_BEAT_SCHEDULE["judges-run"] = {
+    "task": "annotate.tasks.judges_run",
+    "schedule": env_float("JUDGE_INTERVAL", 30.0),
+}

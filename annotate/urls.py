@@ -13,6 +13,8 @@ from annotate.data import api as data_api
 from annotate.data import views as data_views
 from annotate.hooks import api as hooks_api
 from annotate.hooks import views as hooks_views
+from annotate.judging import api as judging_api
+from annotate.judging import views as judging_views
 from annotate.leaderboard import api as leaderboard_api
 from annotate.leaderboard import views as leaderboard_views
 from annotate.quality import api as quality_api
@@ -57,6 +59,8 @@ annotator_api = [
 staff_pages = [
     path("campaigns/", campaign_views.campaigns, name="campaigns"),
     path("campaigns/<id:campaign_id>/", campaign_views.campaign_edit, name="campaign-edit"),
+    path("campaigns/<id:campaign_id>/judge/", judging_views.judge_page, name="campaign-judge"),
+    path("campaigns/<id:campaign_id>/judge/run/", judging_views.judge_run, name="campaign-judge-run"),
     path("pairs/<id:pair_id>/", campaign_views.pair_detail, name="pair-detail"),
     path("pairs/<id:pair_id>/gold/", campaign_views.pair_gold, name="pair-gold"),
     path("rounds/", round_views.rounds_list, name="rounds"),
@@ -90,6 +94,9 @@ staff_pages = [
 staff_api_urls = [
     path("api/campaigns/", campaign_api.campaigns, name="api-campaigns"),
     path("api/campaigns/<id:campaign_id>/", campaign_api.campaign_detail, name="api-campaign"),
+    path("api/campaigns/<id:campaign_id>/judge/", judging_api.judge_detail, name="api-campaign-judge"),
+    path("api/campaigns/<id:campaign_id>/judge/verdicts/", judging_api.judge_verdicts, name="api-judge-verdicts"),
+    path("api/campaigns/<id:campaign_id>/judge/run/", judging_api.judge_run, name="api-judge-run"),
     path("api/pairs/<id:pair_id>/gold/", data_api.pairs_gold, name="api-pair-gold"),
     path("api/annotators/<str:username>/", quality_api.annotators_detail, name="api-annotator"),
     path("api/annotators/<str:username>/actions/", quality_api.annotators_act, name="api-annotator-actions"),

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotate.annotation import services
 from annotate.errors import Conflict, Invalid
+from annotate.judging import services as judging
 from annotate.models import Assignment, Campaign, Judgement, ModelVersion, TrainingRound
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerUnavailable, client_from_settings
@@ -45,6 +46,7 @@ def _annotate_context(request: AppRequest, assignment: Assignment | None, **extr
         "undoable": services.judgement_undoable(annotator=request.user),
         "previous": services.judgement_undone_last(assignment=assignment) if assignment else None,
         "strengths": list(zip(Judgement.Strength.values, STRENGTH_KEYS, Judgement.Strength.labels, strict=True)),
+        "judge_hint": judging.judge_hint_for(assignment),
         **extra,
     }
 
@@ -137,6 +139,7 @@ def judge(request: AppRequest, pair_id: int) -> HttpResponse:
         )
     except (Invalid, Conflict) as error:
         return _answer_failed(request, pair_id, error)
+    judging.judge_hint_record(judgement=recorded.judgement, verdict_id=request.POST.get("judge_verdict"))
     return _after_answer(request, saved=recorded.judgement)
 
 

@@ -40,6 +40,8 @@ class PreferenceRules:
     # Leave out annotators whose MACE competence (agreement.competence, over the votes being read) is lower;
     # 0 keeps everyone.
     min_competence: float = 0.0
+    # The AI judge's votes (Judgement.Source.JUDGE, pairs it settled alone): left out unless included.
+    include_judge: bool = False
 
     def __post_init__(self) -> None:
         if self.combine not in ("majority", "all", "unanimous"):
@@ -60,6 +62,7 @@ class PreferenceRules:
             "include_excluded_annotators": self.include_excluded_annotators,
             "exclude_head_to_head": self.exclude_head_to_head,
             "min_competence": self.min_competence,
+            "include_judge": self.include_judge,
         }
 
     def left_out_conditions(
@@ -79,6 +82,8 @@ class PreferenceRules:
             reasons["repeat votes (self-consistency checks)"] = Q(is_repeat=True)
         if not self.include_excluded_annotators:
             reasons["votes of excluded annotators"] = Q(annotator__standing__votes_excluded=True)
+        if not self.include_judge:
+            reasons["votes of the AI judge"] = Q(source=Judgement.Source.JUDGE)
         if self.exclude_head_to_head:
             same_version = F("pair__completion_b__model_version_id")
             reasons["votes on head-to-head pairs (two model versions)"] = ~Q(

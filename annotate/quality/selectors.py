@@ -208,8 +208,9 @@ def quality_judgements(
     training_round: TrainingRound | None = None,
 ) -> QuerySet[Judgement]:
     """The votes on `campaign`'s pairs, cast from the start of `date_from` to the end of `date_to` (UTC), up to
-    `training_round`'s cut-off (the votes it read); every bound optional."""
-    judgements = Judgement.objects.all()
+    `training_round`'s cut-off (the votes it read); every bound optional. People's votes only: the AI judge is
+    measured apart (annotate.judging.selectors)."""
+    judgements = Judgement.objects.exclude(source=Judgement.Source.JUDGE)
     if campaign is not None:
         judgements = judgements.filter(pair__campaign=campaign)
     start = _day_start(date_from)

@@ -74,6 +74,7 @@ def round_rules() -> PreferenceRules:
         min_agreement=settings.ROUND_MIN_AGREEMENT,
         min_competence=settings.ROUND_MIN_COMPETENCE,
         exclude_head_to_head=settings.ROUND_EXCLUDE_HEAD_TO_HEAD,
+        include_judge=settings.ROUND_INCLUDE_JUDGE,
     )
 
 

@@ -432,7 +432,7 @@ def test_invalid_exports_name_the_fields_and_record_nothing(voted):
         "model_versions": "unknown: nope",
         "annotators": "unknown: ghost",
         "prompt_sets": "unknown: missing",
-        "sources": "unknown: robots (use human, simulated, imported)",
+        "sources": "unknown: robots (use human, simulated, imported, judge)",
     }
     with pytest.raises(Invalid) as raised:
         exports.export_create(

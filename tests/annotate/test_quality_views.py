@@ -328,8 +328,8 @@ def test_the_page_answers_htmx_with_its_fragment(population, staff_client):
 
 def test_queries_do_not_grow_with_annotators_or_votes(population, staff_client, django_assert_max_num_queries):
     # The session and user, the campaigns for the filter, gold answers, repeats, the votes' fingerprint, the cache,
-    # the votes, names, standings; storing the report in the database cache takes three more.
-    with django_assert_max_num_queries(15):
+    # the votes, names, standings; storing the report in the database cache takes three more; the AI judges (none).
+    with django_assert_max_num_queries(16):
         assert staff_client.get("/quality/").status_code == 200
     with django_assert_max_num_queries(10):  # the report from the cache: neither the votes nor the names
         assert staff_client.get("/quality/").status_code == 200

@@ -68,6 +68,7 @@ def _filter_lines(filters: ExportFilters, spec: DatasetFormat) -> list[tuple[str
         ("votes on gold pairs", "included" if rules.include_gold else "left out (they test annotators)"),
         ("repeat votes", "included" if rules.include_repeats else "left out (they test self-consistency)"),
         ("votes of excluded annotators", "included" if rules.include_excluded_annotators else "left out"),
+        ("votes of the AI judge", "included" if rules.include_judge else "left out"),
         ("votes on head-to-head pairs", "left out" if rules.exclude_head_to_head else "included (off-policy)"),
         ("minimum annotator competence (MACE)", f"{rules.min_competence:g}"),
         ("weights", filters.weighting if filters.weighting != "none" else "none"),
