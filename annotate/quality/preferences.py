@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from itertools import groupby
+from dataclasses import dataclass, field, replace
+from itertools import combinations, groupby
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from django.db.models import Count, F, Q, QuerySet
 
-from annotate.models import Judgement, Pair
+from annotate.annotation import rankings
+from annotate.models import Completion, Judgement, Pair
 
 Combine = Literal["majority", "all", "unanimous"]
 DECISIVE = (Judgement.Choice.A, Judgement.Choice.B)
@@ -129,22 +130,31 @@ class Verdict:
     agreement: float  # share of the votes that agree with the outcome
     strength: float | None  # mean strength of the votes for the outcome (a or b only)
     judgement_ids: list[int] = field(default_factory=list)
-    judgements: list[Judgement] = field(default_factory=list)  # the same votes as judgement_ids, for their lineage
+    # The same votes as judgement_ids, for their lineage and weights (for a pair implied by rankings, each ranking's
+    # RankedVote: what it says of the two answers compared).
+    judgements: Sequence[Any] = field(default_factory=list)
+    # A pair implied by rankings (ranking_verdicts): the two answers it compares, first and second standing for A and
+    # B in `outcome`, and its share of its rankings' weight (annotate/annotation/rankings.py).
+    compared: tuple[Completion, Completion] | None = None
+    share: float = 1.0
+
+    def _answers(self) -> tuple[Completion, Completion]:
+        return self.compared or (self.pair.completion_a, self.pair.completion_b)
 
     @property
     def chosen(self) -> str | None:
         if self.outcome == Judgement.Choice.A:
-            return self.pair.completion_a.text
+            return self._answers()[0].text
         if self.outcome == Judgement.Choice.B:
-            return self.pair.completion_b.text
+            return self._answers()[1].text
         return None
 
     @property
     def rejected(self) -> str | None:
         if self.outcome == Judgement.Choice.A:
-            return self.pair.completion_b.text
+            return self._answers()[1].text
         if self.outcome == Judgement.Choice.B:
-            return self.pair.completion_a.text
+            return self._answers()[0].text
         return None
 
 
@@ -221,9 +231,13 @@ def combine(votes: Sequence[VoteT], rules: PreferenceRules) -> Iterator[Combined
 
 
 def verdicts(judgements: Iterable[Judgement], rules: PreferenceRules) -> Iterator[Verdict]:
-    """Combine votes into verdicts. `judgements` must be ordered by pair (see judgements_for_preferences)."""
+    """Combine votes into verdicts. `judgements` must be ordered by pair (see judgements_for_preferences). The
+    rankings of a ranking pair give a verdict for each two of its answers (ranking_verdicts)."""
     for _, group in groupby(judgements, key=lambda judgement: judgement.pair_id):
         votes = list(group)
+        if votes[0].pair.is_ranking:
+            yield from ranking_verdicts(votes, rules)
+            continue
         for combined in combine(votes, rules):
             backing = list(combined.judgements)
             yield Verdict(
@@ -235,6 +249,56 @@ def verdicts(judgements: Iterable[Judgement], rules: PreferenceRules) -> Iterato
                 [vote.pk for vote in backing],
                 backing,
             )
+
+
+@dataclass(frozen=True, slots=True)
+class RankedVote:
+    """What one ranking says of two of its pair's answers, as a vote on them: a (the first is ranked better), b,
+    tie, or both_bad (the ranking said all bad)."""
+
+    choice: str
+    judgement: Judgement
+    strength: float | None = None  # a ranking has none
+
+    @property
+    def annotator_id(self) -> int | None:
+        return self.judgement.annotator_id
+
+    @property
+    def pk(self) -> int:
+        return self.judgement.pk
+
+
+def _ranked_vote(judgement: Judgement, first: int, second: int) -> RankedVote:
+    ranking = judgement.ranking or []
+    if judgement.choice == Judgement.Choice.BOTH_BAD:
+        return RankedVote(Judgement.Choice.BOTH_BAD, judgement)
+    if ranking[first] == ranking[second]:
+        return RankedVote(Judgement.Choice.TIE, judgement)
+    return RankedVote(Judgement.Choice.A if ranking[first] < ranking[second] else Judgement.Choice.B, judgement)
+
+
+def ranking_verdicts(votes: Sequence[Judgement], rules: PreferenceRules) -> Iterator[Verdict]:
+    """The verdicts of one ranking pair's rankings: every two answers are combined under the rules like votes on a
+    pair of two (rankings.implied_pairs says which pairs a ranking implies, and why). The decisive verdicts that the
+    same rankings stand behind share K - 1 of weight (rankings.implied_pair_weight): one ranking counts like K - 1
+    votes however many pairs it implies."""
+    pair = votes[0].pair
+    answers = pair.answers()
+    ranked = [vote for vote in votes if vote.ranking is not None and len(vote.ranking) == len(answers)]
+    found: list[Verdict] = []
+    for first, second in combinations(range(len(answers)), 2):
+        implied = [_ranked_vote(vote, first, second) for vote in ranked]
+        for combined in combine(implied, rules) if implied else ():
+            backing = list(combined.judgements)
+            found.append(
+                Verdict(pair, combined.outcome, combined.votes, combined.agreement, None, [vote.pk for vote in backing],
+                        backing, compared=(answers[first], answers[second]))
+            )  # fmt: skip
+    decisive = Counter(tuple(verdict.judgement_ids) for verdict in found if verdict.outcome in DECISIVE)
+    for verdict in found:
+        implied_count = decisive.get(tuple(verdict.judgement_ids), 0)
+        yield replace(verdict, share=rankings.implied_pair_weight(len(answers), implied_count) or 1.0)
 
 
 # --- Weights of training pairs --------------------------------------------------------------------------------

@@ -319,3 +319,62 @@ def test_a_campaign_of_two_keeps_the_pair_page(client, annotator, make_pair):
     client.force_login(annotator)
     html = client.get("/").content.decode()
     assert 'name="choice" value="left"' in html and "rank-form" not in html
+
+
+# --- Training -------------------------------------------------------------------------------------------------
+
+
+def rank_through_the_service(annotator, pair, ranks_on_screen):
+    assignment = leased(annotator)
+    assert assignment.pair_id == pair.pk
+    services.judgement_record(annotator=annotator, pair_id=pair.pk, choice="rank", strength=None, rationale="",
+                              idempotency_key=uuid.uuid4(), ranks=ranks_on_screen)  # fmt: skip
+    return rankings.ranking_by_position(ranks_on_screen, assignment.answer_order)
+
+
+def test_a_round_trains_on_the_pairs_rankings_imply_weighing_k_minus_1_each(
+    settings, tmp_path, annotator, make_ranking_pair, make_pair
+):
+    import json
+
+    from annotate.rounds import services as rounds
+
+    settings.ROUND_DIR = tmp_path / "rounds"
+    settings.ROUND_MIN_TRAIN_PAIRS = 2
+    settings.ROUND_HOLDOUT_FRACTION = 0.0
+    strict, tied = make_ranking_pair(), make_ranking_pair()
+    rankings_given = {strict.pk: rank_through_the_service(annotator, strict, [1, 2, 3, 4]),
+                      tied.pk: rank_through_the_service(annotator, tied, [1, 1, 2, 2])}  # fmt: skip
+    for number in range(2):
+        pair = make_pair(texts=(f"short {number}", f"a much longer answer {number}"))
+        assignment = leased(annotator)
+        assert assignment.pair_id == pair.pk
+        services.judgement_record(annotator=annotator, pair_id=pair.pk, choice="left" if assignment.a_on_left else
+                                  "right", strength=2, rationale="", idempotency_key=uuid.uuid4())  # fmt: skip
+    training_round = rounds.round_start(trigger="api")
+    train_path, _ = rounds.round_prepare(training_round)
+
+    rows = [json.loads(line) for line in train_path.read_text().splitlines()]
+    assert len(rows) == 6 + 4 + 2  # every two answers ranked apart, and one row per vote
+    rank_of_text = {}
+    for pair in (strict, tied):
+        for answer, rank in zip(pair.answers(), rankings_given[pair.pk], strict=True):
+            rank_of_text[answer.text] = (pair.pk, rank)
+    raw_weights = {}
+    for row in rows:
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        if chosen in rank_of_text:
+            (pair_id, chosen_rank), (other_pair, rejected_rank) = rank_of_text[chosen], rank_of_text[rejected]
+            assert pair_id == other_pair and chosen_rank < rejected_rank
+            raw_weights.setdefault(pair_id, []).append(row["weight"])
+        else:
+            assert chosen.startswith("short")
+            raw_weights.setdefault("vote", []).append(row["weight"])
+    # Normalised to mean 1 over 12 rows of raw weights 0.5 (x6), 0.75 (x4), 1 (x2): scale 12/8.
+    assert raw_weights[strict.pk] == [pytest.approx(0.75)] * 6
+    assert raw_weights[tied.pk] == [pytest.approx(1.125)] * 4
+    assert raw_weights["vote"] == [pytest.approx(1.5)] * 2
+    # Each ranking weighs as K - 1 = 3 votes.
+    assert sum(raw_weights[strict.pk]) / 1.5 == pytest.approx(3) == sum(raw_weights[tied.pk]) / 1.5
+    training_round.refresh_from_db()
+    assert "2 rankings read" in training_round.weighting_basis
