@@ -378,3 +378,64 @@ def test_a_round_trains_on_the_pairs_rankings_imply_weighing_k_minus_1_each(
     assert sum(raw_weights[strict.pk]) / 1.5 == pytest.approx(3) == sum(raw_weights[tied.pk]) / 1.5
     training_round.refresh_from_db()
     assert "2 rankings read" in training_round.weighting_basis
+
+
+# --- Agreement --------------------------------------------------------------------------------------------------
+
+
+def test_ranking_agreement_against_a_hand_count():
+    from annotate.quality.agreement import Vote, agreement_summary
+
+    # Two annotators rank three answers of three pairs; they disagree only on pair 2's first two answers.
+    given = {("x", 1): (1, 2, 3), ("y", 1): (1, 2, 3), ("x", 2): (1, 2, 3), ("y", 2): (2, 1, 3),
+             ("x", 3): (3, 2, 1), ("y", 3): (3, 2, 1)}  # fmt: skip
+    votes = [Vote(annotator=who, item=item, label="a", ranking=ranks) for (who, item), ranks in given.items()]
+    summary = agreement_summary(votes)
+
+    # Kendall's tau by hand: pair 1 and 3 agree on all 3 orders (tau 1); pair 2 on 2 of 3: (2 - 1) / 3.
+    assert summary.ranking_kendall_tau == pytest.approx((1 + 1 / 3 + 1) / 3)
+    # Alpha by hand: 9 units of two values; -1 (first better) 11 times, +1 7 times, one unit split (-1, +1). With two
+    # values ordinal alpha is nominal alpha: 1 - (n - 1) * D_o / D_e = 1 - 17 * 2 / (2 * 11 * 7).
+    assert summary.ranking_alpha_ordinal == pytest.approx(1 - 17 * 2 / (2 * 11 * 7))
+    assert summary.rankings == 6
+
+
+def test_kendall_tau_with_ties_matches_a_hand_count_of_tau_b():
+    from annotate.quality.agreement import Vote, ranking_kendall_tau
+
+    def tau_b(first, second):
+        concordant = discordant = tied_first = tied_second = 0
+        for i, j in combinations(range(len(first)), 2):
+            a, b = first[i] - first[j], second[i] - second[j]
+            if a == 0 and b == 0:
+                continue
+            if a == 0:
+                tied_first += 1
+            elif b == 0:
+                tied_second += 1
+            elif (a > 0) == (b > 0):
+                concordant += 1
+            else:
+                discordant += 1
+        pairs_first = concordant + discordant + tied_second
+        pairs_second = concordant + discordant + tied_first
+        return (concordant - discordant) / (pairs_first * pairs_second) ** 0.5
+
+    cases = [((1, 1, 2, 3), (1, 2, 2, 3)), ((1, 2, 3, 4), (4, 3, 2, 1)), ((1, 1, 2, 2), (2, 1, 1, 2))]
+    for first, second in cases:
+        votes = [Vote("x", "p", "a", ranking=first), Vote("y", "p", "a", ranking=second)]
+        assert ranking_kendall_tau(votes) == pytest.approx(tau_b(first, second))
+    all_bad = [Vote("x", "p", "both_bad", ranking=(1, 1, 1)), Vote("y", "p", "a", ranking=(1, 2, 3))]
+    assert ranking_kendall_tau(all_bad) is None
+
+
+def test_the_quality_page_reads_rankings(
+    client, staff, annotator, other_annotator, ranking_campaign, make_ranking_pair
+):
+    Campaign.objects.filter(pk=ranking_campaign.pk).update(votes_per_pair=2)
+    pair = make_ranking_pair()
+    for who in (annotator, other_annotator):
+        rank_through_the_service(who, pair, [1, 2, 3, 4])
+    client.force_login(staff)
+    html = client.get("/quality/").content.decode()
+    assert 'data-testid="rankings">2 ' in html and "Kendall" in html
