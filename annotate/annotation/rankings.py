@@ -75,6 +75,16 @@ def choice_of_ranking(ranking: Sequence[int], *, all_bad: bool = False) -> str:
     return Judgement.Choice.TIE
 
 
+def choice_between(ranking: Sequence[int], first: int, second: int, *, all_bad: bool = False) -> str:
+    """What a ranking says of two of its answers, as a vote on them: a (the first ranked better), b, tie, or
+    both_bad when the ranking said all bad."""
+    if all_bad:
+        return Judgement.Choice.BOTH_BAD
+    if ranking[first] == ranking[second]:
+        return Judgement.Choice.TIE
+    return Judgement.Choice.A if ranking[first] < ranking[second] else Judgement.Choice.B
+
+
 def implied_pairs(ranking: Sequence[int]) -> list[tuple[int, int]]:
     """(better, worse) positions for every two answers with different ranks, in position order."""
     pairs = []

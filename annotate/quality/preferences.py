@@ -6,8 +6,8 @@ Training rounds and exports read preference data through here, so both follow th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import combinations, groupby
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -269,36 +269,58 @@ class RankedVote:
         return self.judgement.pk
 
 
-def _ranked_vote(judgement: Judgement, first: int, second: int) -> RankedVote:
-    ranking = judgement.ranking or []
-    if judgement.choice == Judgement.Choice.BOTH_BAD:
-        return RankedVote(Judgement.Choice.BOTH_BAD, judgement)
-    if ranking[first] == ranking[second]:
-        return RankedVote(Judgement.Choice.TIE, judgement)
-    return RankedVote(Judgement.Choice.A if ranking[first] < ranking[second] else Judgement.Choice.B, judgement)
+@dataclass(frozen=True, slots=True)
+class ImpliedVerdict(Generic[VoteT]):
+    """A verdict on two answers of a ranking pair, with its share of its rankings' weight."""
+
+    first: int
+    second: int
+    combined: Combined[VoteT]
+    share: float
+
+
+def implied_verdicts(
+    votes: Sequence[VoteT], rankings_of: Sequence[Sequence[int] | None], answer_count: int, rules: PreferenceRules,
+    as_vote: Callable[[VoteT, str], VoteT], vote_key: Callable[[VoteT], Hashable],
+) -> list[ImpliedVerdict[VoteT]]:  # fmt: skip
+    """The verdicts the rankings of one ranking pair give: every two answers combined under the rules like votes on
+    a pair of two (rankings.implied_pairs says which pairs a ranking implies, and why).
+
+    `rankings_of` gives each vote's ranking (None: not a ranking, left out); `as_vote` makes the vote it stands for
+    on two answers, whose `vote_key` is its ranking's (the same for every vote one ranking stands for). The decisive
+    verdicts that the same rankings stand behind share K - 1 of weight (rankings.implied_pair_weight): one ranking
+    counts like K - 1 votes however many pairs it implies. Training rounds and exports both read rankings here."""
+    ranked = [(vote, ranking) for vote, ranking in zip(votes, rankings_of, strict=True)
+              if ranking is not None and len(ranking) == answer_count]  # fmt: skip
+    found: list[tuple[int, int, Combined[VoteT]]] = []
+    for first, second in combinations(range(answer_count), 2):
+        implied = [
+            as_vote(vote, rankings.choice_between(ranking, first, second, all_bad=vote.choice == "both_bad"))
+            for vote, ranking in ranked
+        ]
+        found.extend((first, second, combined) for combined in (combine(implied, rules) if implied else ()))
+    backing = [tuple(vote_key(vote) for vote in combined.judgements) for _, _, combined in found]
+    decisive = Counter(
+        key for key, (_, _, combined) in zip(backing, found, strict=True) if combined.outcome in DECISIVE
+    )
+    return [
+        ImpliedVerdict(first, second, combined, rankings.implied_pair_weight(answer_count, decisive[key]) or 1.0)
+        for key, (first, second, combined) in zip(backing, found, strict=True)
+    ]
 
 
 def ranking_verdicts(votes: Sequence[Judgement], rules: PreferenceRules) -> Iterator[Verdict]:
-    """The verdicts of one ranking pair's rankings: every two answers are combined under the rules like votes on a
-    pair of two (rankings.implied_pairs says which pairs a ranking implies, and why). The decisive verdicts that the
-    same rankings stand behind share K - 1 of weight (rankings.implied_pair_weight): one ranking counts like K - 1
-    votes however many pairs it implies."""
+    """The verdicts of one ranking pair's rankings (implied_verdicts), each on the two answers it compares."""
     pair = votes[0].pair
     answers = pair.answers()
-    ranked = [vote for vote in votes if vote.ranking is not None and len(vote.ranking) == len(answers)]
-    found: list[Verdict] = []
-    for first, second in combinations(range(len(answers)), 2):
-        implied = [_ranked_vote(vote, first, second) for vote in ranked]
-        for combined in combine(implied, rules) if implied else ():
-            backing = list(combined.judgements)
-            found.append(
-                Verdict(pair, combined.outcome, combined.votes, combined.agreement, None, [vote.pk for vote in backing],
-                        backing, compared=(answers[first], answers[second]))
-            )  # fmt: skip
-    decisive = Counter(tuple(verdict.judgement_ids) for verdict in found if verdict.outcome in DECISIVE)
-    for verdict in found:
-        implied_count = decisive.get(tuple(verdict.judgement_ids), 0)
-        yield replace(verdict, share=rankings.implied_pair_weight(len(answers), implied_count) or 1.0)
+    ranked = [RankedVote(vote.choice, vote) for vote in votes]
+    as_vote: Callable[[RankedVote, str], RankedVote] = lambda vote, choice: RankedVote(choice, vote.judgement)  # noqa: E731
+    rankings_of = [vote.ranking for vote in votes]
+    for found in implied_verdicts(ranked, rankings_of, len(answers), rules, as_vote, lambda vote: vote.pk):
+        combined = found.combined
+        backing = list(combined.judgements)
+        yield Verdict(pair, combined.outcome, combined.votes, combined.agreement, None, [vote.pk for vote in backing],
+                      backing, compared=(answers[found.first], answers[found.second]), share=found.share)  # fmt: skip
 
 
 # --- Weights of training pairs --------------------------------------------------------------------------------

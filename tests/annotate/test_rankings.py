@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from itertools import combinations
+from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
@@ -439,3 +440,58 @@ def test_the_quality_page_reads_rankings(
     client.force_login(staff)
     html = client.get("/quality/").content.decode()
     assert 'data-testid="rankings">2 ' in html and "Kendall" in html
+
+
+# --- Exports --------------------------------------------------------------------------------------------------
+
+
+def test_exports_give_rankings_as_implied_pairs_and_as_ultrafeedback_rows(
+    tmp_path, settings, staff, annotator, make_ranking_pair, make_pair
+):
+    import json
+
+    import datasets
+
+    from annotate.data import exports
+    from annotate.data.exports import ExportFilters
+
+    settings.EXPORT_DIR = tmp_path / "exports"
+    pair = make_ranking_pair()
+    ranking = rank_through_the_service(annotator, pair, [1, 2, 3, 4])
+    voted = make_pair()
+    assignment = leased(annotator)
+    assert assignment.pair_id == voted.pk
+    services.judgement_record(annotator=annotator, pair_id=voted.pk, choice="left", strength=3, rationale="",
+                              idempotency_key=uuid.uuid4())  # fmt: skip
+    rank_of = {answer.text: rank for answer, rank in zip(pair.answers(), ranking, strict=True)}
+
+    runs = {}
+    for dataset_format, file_format, weighting in (("trl-preference", "jsonl", "strength"),
+                                                   ("ultrafeedback", "parquet", "none")):  # fmt: skip
+        created = exports.export_create(created_by=staff, dataset_format=dataset_format, file_format=file_format,
+                                        filters=ExportFilters(weighting=weighting))  # fmt: skip
+        runs[dataset_format] = exports.export_run(export=created)
+        assert runs[dataset_format].status == "done", runs[dataset_format].error
+
+    binarised = [json.loads(line) for line in Path(runs["trl-preference"].path).read_text().splitlines()]
+    ranked_rows = [row for row in binarised if row["pair_id"] == pair.pk]
+    assert len(ranked_rows) == 6 and len(binarised) == 7
+    for row in ranked_rows:
+        assert rank_of[row["chosen"][0]["content"]] < rank_of[row["rejected"][0]["content"]]
+        assert row["weight"] == pytest.approx(2 / 3 * 3 / 6, abs=1e-4)  # strength unknown (clearly) x share
+    [vote_row] = [row for row in binarised if row["pair_id"] == voted.pk]
+    assert vote_row["weight"] == 1.0
+
+    loaded = datasets.load_dataset("parquet", data_files=runs["ultrafeedback"].path, split="train")
+    assert loaded.num_rows == 1  # the vote on two answers is no ranking
+    [row] = list(loaded)
+    assert row["pair_id"] == pair.pk and row["all_bad"] is False
+    assert {c["response"][0]["content"]: c["rank"] for c in row["completions"]} == rank_of
+    assert row["prompt"] == pair.prompt.messages
+    trl = datasets.load_dataset("json", data_files=runs["trl-preference"].path, split="train")
+    assert trl.num_rows == 7 and set(trl.column_names) >= {"prompt", "chosen", "rejected", "weight"}
+
+    for run in runs.values():
+        card = Path(run.path).with_suffix(".md").read_text()
+        assert "| rankings among them (3 or 4 answers ranked) | 1 |" in card
+    assert "weigh K - 1 together" in Path(runs["trl-preference"].path).with_suffix(".md").read_text()
