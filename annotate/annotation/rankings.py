@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import combinations
 
-from annotate.models import MAX_ANSWERS_PER_PAIR, MIN_ANSWERS_PER_PAIR, Judgement
+from annotate.models import MAX_ANSWERS_PER_PAIR, Judgement
 
 # What a ranking form posts as its choice: a ranking, or every answer bad.
 RANK = "rank"
@@ -30,16 +30,17 @@ RANKING_CHOICES = (RANK, ALL_BAD)
 
 
 def ranks_errors(ranks: Sequence[object], answer_count: int | None = None) -> str | None:
-    """Why `ranks` (one per answer shown) is not a ranking of `answer_count` answers (None: of any count allowed);
-    None when it is one."""
+    """Why `ranks` (one per answer shown) is not a ranking of `answer_count` answers; None when it is one. Without
+    a count (the pair not known yet) only what no pair allows is found: more than MAX_ANSWERS_PER_PAIR ranks, or a
+    rank out of 1..MAX_ANSWERS_PER_PAIR."""
     if not isinstance(ranks, Sequence) or isinstance(ranks, str | bytes):
         return "must be a list of ranks, one per answer"
     expected = answer_count
-    if expected is None and not MIN_ANSWERS_PER_PAIR <= len(ranks) <= MAX_ANSWERS_PER_PAIR:
-        return f"must give {MIN_ANSWERS_PER_PAIR} to {MAX_ANSWERS_PER_PAIR} ranks, one per answer"
+    if expected is None and len(ranks) > MAX_ANSWERS_PER_PAIR:
+        return f"must give at most {MAX_ANSWERS_PER_PAIR} ranks, one per answer"
     if expected is not None and len(ranks) != expected:
         return f"must give exactly {expected} ranks, one per answer shown (got {len(ranks)})"
-    top = len(ranks)
+    top = expected or MAX_ANSWERS_PER_PAIR
     if any(isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= top for rank in ranks):
         return f"each rank must be a whole number from 1 (best) to {top}"
     return None

@@ -14,44 +14,10 @@ from rest_framework.test import APIClient
 from annotate.annotation import rankings, services
 from annotate.models import Assignment, Campaign, Judgement, Pair, Prompt, UndoneJudgement
 from annotate.sampling import services as sampling
-from annotate.sampling.generation import Sample
 from tests.annotate.model_server_stub import ModelServerStub
+from tests.annotate.ranking_pairs import sample
 
 pytestmark = pytest.mark.django_db
-
-
-def sample(text: str) -> Sample:
-    seed = abs(hash(text)) % 2**31
-    return Sample(text, "stop", 10, 5, 20, f"r-{seed}", {"temperature": 0.8, "top_p": 0.95, "seed": seed, "n": 1})
-
-
-@pytest.fixture
-def ranking_campaign(db):
-    return Campaign.objects.create(name="ranked", title="Ranked", answers_per_pair=4)
-
-
-@pytest.fixture
-def make_ranking_pair(serving_version, ranking_campaign):
-    """A pair of four answers made by the sampling service's own pair_create (as a refill stores one)."""
-    counter = iter(range(1, 10_000))
-
-    def make(count: int = 4) -> Pair:
-        number = next(counter)
-        prompt = Prompt.objects.create(
-            messages=[{"role": "user", "content": f"Rank question {number}?"}], prompt_set="ranked", source="test"
-        )
-        texts = [f"Answer {'ABCD'[index]} to {number}." for index in range(count)]
-        pair = sampling.pair_create(
-            prompt=prompt,
-            version=serving_version,
-            first=sample(texts[0]),
-            second=sample(texts[1]),
-            extra=[(serving_version, sample(text)) for text in texts[2:]],
-        )
-        assert pair is not None
-        return pair
-
-    return make
 
 
 def post_ranking(client, pair_id, ranks, *, choice="rank", key=None, rationale=""):
@@ -70,7 +36,8 @@ def post_ranking(client, pair_id, ranks, *, choice="rank", key=None, rationale="
         ([1, 1, 2, 2], 4, None),
         ([2, 2, 2], 3, None),  # all tied is a ranking (the choice is a tie)
         ([1, 2, 3], 4, "exactly 4"),  # wrong length
-        ([1, 2, 3, 4, 1], None, "2 to 4"),
+        ([1, 2, 3, 4, 1], None, "at most 4"),
+        ([1, 2, 3, 3], None, None),
         ([1, 2, 5, 3], 4, "from 1 (best) to 4"),  # out of range
         ([0, 1, 2, 3], 4, "from 1 (best) to 4"),
         ([1, "2", 3, 4], 4, "whole number"),
@@ -222,6 +189,7 @@ def test_all_bad_needs_no_ranks(client, annotator, make_ranking_pair):
         ({"rank_0": "1", "rank_1": "2", "rank_2": "3", "rank_3": "x"}, "rank_3"),
         ({"rank_0": "1", "rank_1": "2", "rank_2": "3", "rank_3": "-1"}, "rank_3"),
         ({}, "ranks"),
+        ({"rank_0": "1"}, "ranks"),
     ],
 )
 def test_a_ranking_that_is_not_one_is_refused_and_stores_nothing(client, annotator, make_ranking_pair, data, field):
