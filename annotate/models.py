@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import uuid
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -30,6 +31,11 @@ def conversation_hash(messages: list[dict[str, Any]]) -> str:
         [{"role": m["role"], "content": m["content"]} for m in messages], ensure_ascii=False, separators=(",", ":")
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# How many answers a pair may show: two are compared, more are ranked (annotate/annotation/rankings.py).
+MIN_ANSWERS_PER_PAIR = 2
+MAX_ANSWERS_PER_PAIR = 4
 
 
 class CampaignQuerySet(models.QuerySet["Campaign"]):
@@ -93,6 +99,13 @@ class Campaign(models.Model):
     second_top_p = models.FloatField(
         null=True, blank=True, help_text="With sides 'settings': the second answer's top_p (empty: the first's)."
     )
+    # Rank K answers (issue 19 part 2): more than 2 makes each new pair carry extra answers that annotators rank.
+    answers_per_pair = models.PositiveSmallIntegerField(
+        default=2,
+        validators=[MinValueValidator(MIN_ANSWERS_PER_PAIR), MaxValueValidator(MAX_ANSWERS_PER_PAIR)],
+        help_text=f"Answers each new pair shows ({MIN_ANSWERS_PER_PAIR}: compare two; up to {MAX_ANSWERS_PER_PAIR}: "
+        "annotators rank them).",
+    )
 
     objects = CampaignQuerySet.as_manager()
 
@@ -102,6 +115,10 @@ class Campaign(models.Model):
             models.CheckConstraint(condition=Q(votes_per_pair__gte=1), name="campaign_at_least_one_vote"),
             models.CheckConstraint(condition=Q(gold_rate__gte=0, gold_rate__lte=1), name="campaign_gold_rate"),
             models.CheckConstraint(condition=Q(repeat_rate__gte=0, repeat_rate__lte=1), name="campaign_repeat_rate"),
+            models.CheckConstraint(
+                condition=Q(answers_per_pair__gte=MIN_ANSWERS_PER_PAIR, answers_per_pair__lte=MAX_ANSWERS_PER_PAIR),
+                name="campaign_answers_per_pair",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -392,6 +409,9 @@ class Pair(models.Model):
         help_text="For a gold pair, the expected answer (a, b, tie or both_bad); its votes never train.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # A ranking pair (its campaign's answers_per_pair > 2) carries answers beyond A and B, in PairExtraAnswer rows;
+    # the count is kept here so that a lease knows how to show the pair without reading them.
+    answer_count = models.PositiveSmallIntegerField(default=2, help_text="Answers shown: A, B and the extra ones.")
 
     objects = PairQuerySet.as_manager()
 
@@ -435,6 +455,36 @@ class Pair(models.Model):
     @property
     def is_head_to_head(self) -> bool:
         return self.completion_a.model_version_id != self.completion_b.model_version_id
+
+    @property
+    def is_ranking(self) -> bool:
+        return self.answer_count > 2
+
+    def answers(self) -> list[Completion]:
+        """Its answers by position: A (0), B (1), then the extra ones (2, 3) of a ranking pair."""
+        extra = [row.completion for row in self.extra_answers.select_related("completion").order_by("position")]
+        return [self.completion_a, self.completion_b, *extra]
+
+
+class PairExtraAnswer(models.Model):
+    """An answer of a ranking pair beyond A and B: its position (2, 3) in the pair's own order, not the screen's."""
+
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="extra_answers")
+    position = models.PositiveSmallIntegerField()
+    completion = models.ForeignKey(Completion, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        ordering = ["pair", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["pair", "position"], name="pair_extra_answer_position_once"),
+            models.UniqueConstraint(fields=["pair", "completion"], name="pair_extra_answer_completion_once"),
+            models.CheckConstraint(
+                condition=Q(position__gte=2, position__lt=MAX_ANSWERS_PER_PAIR), name="pair_extra_answer_position"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Answer {self.position} of {self.pair}"
 
 
 class Assignment(models.Model):
@@ -488,6 +538,18 @@ class Assignment(models.Model):
     def right(self) -> Completion:
         return self.pair.completion_b if self.a_on_left else self.pair.completion_a
 
+    @property
+    def answer_order(self) -> list[int]:
+        """The pair's answer positions in the order this annotator's screen shows them (left to right, top to
+        bottom): A before B exactly when `a_on_left`, the rest shuffled once per assignment (seeded by its id, so a
+        reload shows the same order without storing it)."""
+        order = list(range(self.pair.answer_count))
+        random.Random(f"answer-order:{self.pk}").shuffle(order)
+        if (order.index(0) < order.index(1)) != self.a_on_left:
+            first, second = order.index(0), order.index(1)
+            order[first], order[second] = order[second], order[first]
+        return order
+
 
 class Judgement(models.Model):
     """One vote on a pair. The choice is stored relative to the pair (A/B), never to the screen."""
@@ -529,6 +591,10 @@ class Judgement(models.Model):
     is_repeat = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # A ranking of a ranking pair's answers (annotate/annotation/rankings.py): each answer's rank by the pair's own
+    # positions (A, B, extras), 1 the best, equal ranks a tie; `choice` then says what it says of A against B. All
+    # bad: every rank 1 and the choice both_bad. Empty for a vote on two answers.
+    ranking = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
@@ -568,6 +634,7 @@ class UndoneJudgement(models.Model):
     rationale = models.TextField(blank=True)
     judged_at = models.DateTimeField()
     undone_at = models.DateTimeField(auto_now_add=True)
+    ranking = models.JSONField(null=True, blank=True, help_text="The ranking, when the vote was one.")
 
     class Meta:
         ordering = ["id"]

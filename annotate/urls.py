@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from annotate.annotation import api, campaign_views, views
+from annotate.annotation import api, campaign_views, rank_views, views
 from annotate.annotation import staff_api as campaign_api
 from annotate.dashboard import api as dashboard_api
 from annotate.dashboard import views as dashboard_views
@@ -42,6 +42,7 @@ annotator_pages = [
     path("", views.annotate, name="annotate"),
     path("pairs/<id:pair_id>/judge/", views.judge, name="judge"),
     path("pairs/<id:pair_id>/skip/", views.skip, name="skip"),
+    path("pairs/<id:pair_id>/rank/", rank_views.rank, name="rank"),
     path("votes/undo/", views.undo, name="undo"),
     path("accounts/login/", sso.LoginView.as_view(), name="login"),
     path("accounts/sso/login/", sso.sso_login, name="sso-login"),

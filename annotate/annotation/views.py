@@ -125,7 +125,12 @@ def _answer_failed(request: AppRequest, pair_id: int, error: Invalid | Conflict)
 @require_POST
 @login_required
 def judge(request: AppRequest, pair_id: int) -> HttpResponse:
-    form = VoteForm(request.POST)
+    return vote_form_record(request, pair_id, VoteForm(request.POST))
+
+
+def vote_form_record(request: AppRequest, pair_id: int, form: VoteForm) -> HttpResponse:
+    """Record what a vote form posted (a vote, or a ranking: annotate/annotation/rank_views.py) and answer with the
+    next pair, or with the error and the pair still in place."""
     if not form.is_valid():
         return _answer_failed(request, pair_id, Invalid(form.errors_by_field()))
     try:
@@ -133,9 +138,10 @@ def judge(request: AppRequest, pair_id: int) -> HttpResponse:
             annotator=request.user,
             pair_id=pair_id,
             choice=form.cleaned_data["choice"],
-            strength=form.cleaned_data["strength"],
+            strength=form.cleaned_data.get("strength"),
             rationale=form.cleaned_data["rationale"],
             idempotency_key=form.cleaned_data["idempotency_key"],
+            ranks=form.cleaned_data.get("ranks"),
         )
     except (Invalid, Conflict) as error:
         return _answer_failed(request, pair_id, error)

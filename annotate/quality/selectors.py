@@ -75,13 +75,13 @@ def votes_from_judgements(
             "length_a",
             "length_b",
             "is_repeat",
+            "ranking",
         )
     )
     votes = []
     for row in rows.iterator(chunk_size=5000):
-        judgement_id, annotator_id, pair_id, choice, strength, a_on_left, time_spent_ms, length_a, length_b, repeat = (
-            row
-        )
+        (judgement_id, annotator_id, pair_id, choice, strength, a_on_left, time_spent_ms, length_a, length_b, repeat,
+         ranking) = row  # fmt: skip
         votes.append(
             Vote(
                 annotator=annotator_id,
@@ -93,6 +93,7 @@ def votes_from_judgements(
                 a_is_longer=None if length_a == length_b else length_a > length_b,
                 is_repeat=repeat or judgement_id in repeats,
                 vote_id=judgement_id,
+                ranking=None if ranking is None else tuple(ranking),
             )
         )
     return votes

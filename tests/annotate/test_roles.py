@@ -38,6 +38,7 @@ ACCESS = {
     "annotate": (ANNOTATOR_PAGE, ["get"]),
     "judge": (ANNOTATOR_PAGE, ["post"]),
     "skip": (ANNOTATOR_PAGE, ["post"]),
+    "rank": (ANNOTATOR_PAGE, ["post"]),
     "undo": (ANNOTATOR_PAGE, ["post"]),
     "login": (PUBLIC, ["get", "post"]),
     "sso-login": (PUBLIC, ["get"]),  # with single sign-on set up (route_values); 404 without

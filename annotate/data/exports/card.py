@@ -117,6 +117,7 @@ def dataset_card(
                 ("rows", f"{stats.rows:,}"),
                 ("verdicts (pairs, or votes when one row per vote)", f"{stats.verdicts:,}"),
                 ("votes read (after the filters)", f"{stats.votes_read:,}"),
+                ("rankings among them (3 or 4 answers ranked)", f"{stats.rankings_read:,}"),
                 ("verdicts by outcome", _counts(stats.outcomes) or "none"),
                 ("left out: no row in this format", _counts(stats.left_out) or "none"),
                 ("votes behind the rows, by source", _counts(stats.sources) or "none"),
