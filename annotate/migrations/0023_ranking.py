@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("annotate", "0021_campaign_sampling"),
+        ("annotate", "0022_judge"),
         ("auth", "0012_alter_user_first_name_max_length"),
     ]
 
