@@ -58,7 +58,8 @@ def test_next_pair_shows_sides_as_leased(api, annotator, make_pair):
         ("alpha", "beta") if assignment.a_on_left else ("beta", "alpha")
     )
     assert data["lease_expires"].startswith(assignment.expires_at.strftime("%Y-%m-%dT%H:%M"))
-    assert set(data) == {"pair", "prompt", "left", "right", "lease_expires"}
+    assert data["answers"] == []  # only a ranking pair (three or more answers) lists them
+    assert set(data) == {"pair", "prompt", "left", "right", "lease_expires", "answers"}
 
 
 def test_next_pair_is_204_when_none_is_ready(api, serving_version):

@@ -164,10 +164,10 @@ def test_votes_per_day_and_active_annotators_follow_the_votes(
     rows = {row[0]: row[1:] for row in tables["votes-per-day"][1:-1]}
     assert len(rows) == 30
     today, earlier = timezone.localdate(), timezone.localtime(three_days_ago).date()
-    assert rows[today.isoformat()] == ["3", "1", "0", "4"]  # human, simulated, imported, all
-    assert rows[earlier.isoformat()] == ["2", "0", "0", "2"]
+    assert rows[today.isoformat()] == ["3", "1", "0", "0", "4"]  # human, simulated, imported, AI judge, all
+    assert rows[earlier.isoformat()] == ["2", "0", "0", "0", "2"]
     assert sum(int(row[-1]) for row in rows.values()) == 6
-    assert tables["votes-per-day"][-1] == ["30 days", "5", "1", "0", ""]
+    assert tables["votes-per-day"][-1] == ["30 days", "5", "1", "0", "0", ""]
     assert tables["active-annotators"][1:] == [["24 hours", "1", "1"], ["7 days", "2", "1"]]
 
 
@@ -185,7 +185,7 @@ def test_votes_older_than_thirty_days_and_repeat_checks_are_left_out(
     assert Judgement.objects.filter(is_repeat=True).count() == 1 and Judgement.objects.count() == 2
 
     tables = tables_of(staff_client.get("/dashboard/"))
-    assert tables["votes-per-day"][-1] == ["30 days", "0", "0", "0", ""]
+    assert tables["votes-per-day"][-1] == ["30 days", "0", "0", "0", "0", ""]
     assert tables["active-annotators"][1:] == [["24 hours", "1", "0"], ["7 days", "1", "0"]]
 
 

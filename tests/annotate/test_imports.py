@@ -370,7 +370,7 @@ def test_an_import_stores_exactly_these_field_values(monkeypatch, returning):
         {"id": None, "prompt_id": prompt, "completion_a_id": answers[2 * index]["id"],
          "completion_b_id": answers[2 * index + 1]["id"], "sampled_from_id": version.pk, "campaign_id": None,
          "judgements_required": 1, "judgement_count": 1, "lease_count": 0, "gold_choice": "",
-         "created_at": "during the import"}
+         "created_at": "during the import", "answer_count": 2}
         for index, (prompt, *_) in enumerate(fresh)
     ]  # fmt: skip
     votes = _written(Judgement, last[Judgement], started, finished)
@@ -379,7 +379,7 @@ def test_an_import_stores_exactly_these_field_values(monkeypatch, returning):
          "choice": "a" if a_chosen else "b", "strength": None, "rationale": "", "a_on_left": None,
          "time_spent_ms": None, "idempotency_key": "random", "source": "imported",
          "source_detail": "prefs.jsonl (trl)", "is_repeat": False, "created_at": "during the import",
-         "updated_at": "during the import"}
+         "updated_at": "during the import", "ranking": None}
         for pair, (*_, a_chosen) in zip(pairs, fresh, strict=True)
     ]  # fmt: skip
     assert len(set(Judgement.objects.values_list("idempotency_key", flat=True))) == Judgement.objects.count()
