@@ -284,3 +284,24 @@ def test_a_judge_url_pointing_at_the_app_itself_is_refused(pairs):
         )
     assert "answers to" in str(refused.value.errors["url"])
     assert not Judge.objects.exists()
+
+
+def test_a_failed_verdict_is_asked_again_later_up_to_the_attempts_allowed(stand_in, pairs, settings):
+    settings.JUDGE_RETRY_SECONDS, settings.JUDGE_MAX_ATTEMPTS = 0, 2
+    made = pairs(1)
+    stand_in.mode = "status"  # the judge is down
+    judge = configure(stand_in.url)
+    judging.judge_run(judge_id=judge.pk, limit=5)
+    assert JudgeVerdict.objects.get(pair=made[0]).status == JudgeVerdict.Status.FAILED
+
+    stand_in.mode = "gold"  # back up: the next run asks again
+    assert judging.judge_run(judge_id=judge.pk, limit=5) == 1
+
+    verdict = JudgeVerdict.objects.get(pair=made[0])
+    assert verdict.status == JudgeVerdict.Status.DONE and verdict.attempts == 2 and verdict.error == ""
+    other = pairs(1)[0]
+    stand_in.mode = "status"
+    judging.judge_run(judge_id=judge.pk, limit=5)
+    judging.judge_run(judge_id=judge.pk, limit=5)
+    assert judging.judge_run(judge_id=judge.pk, limit=5) == 0  # two asks used: left failed
+    assert JudgeVerdict.objects.get(pair=other).attempts == 2
