@@ -1585,6 +1585,7 @@ class JudgeVerdict(models.Model):
     confidence = models.FloatField(null=True, blank=True)
     consistent = models.BooleanField(null=True)
     error = models.CharField(max_length=300, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=1, help_text="Times asked (a failure is asked again later).")
     settled = models.BooleanField(default=False, help_text="It settled the pair alone (a judge vote recorded).")
     is_check = models.BooleanField(default=False, help_text="It could have settled it; sent to people as a check.")
     created_at = models.DateTimeField(auto_now_add=True)

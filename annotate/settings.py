@@ -570,6 +570,9 @@ JUDGE_MAX_TOKENS = env_int("JUDGE_MAX_TOKENS", 64)
 # Pairs one task asks a judge about; a verdict held longer than the lease by a worker that died is taken over.
 JUDGE_BATCH_PAIRS = env_int("JUDGE_BATCH_PAIRS", 20)
 JUDGE_LEASE_SECONDS = env_float("JUDGE_LEASE_SECONDS", 2 * 2 * 45.0 + 30.0)
+# A failed verdict (the judge down, garbage, too slow) is asked again this long after, up to JUDGE_MAX_ATTEMPTS times.
+JUDGE_RETRY_SECONDS = env_float("JUDGE_RETRY_SECONDS", 600.0)
+JUDGE_MAX_ATTEMPTS = env_int("JUDGE_MAX_ATTEMPTS", 3)
 CELERY_BEAT_SCHEDULE["judges-run"] = {
     "task": "annotate.tasks.judges_run",
     "schedule": env_float("JUDGE_INTERVAL", 30.0),

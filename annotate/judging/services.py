@@ -116,18 +116,28 @@ def _lease() -> Any:
 
 
 def _verdicts_claim(*, judge: Judge, holder: str, limit: int) -> list[JudgeVerdict]:
-    """Up to `limit` verdicts for this holder to ask: ones abandoned by a worker whose lease ran out, then new ones
+    """Up to `limit` verdicts for this holder to ask: ones abandoned by a worker whose lease ran out and failures due
+    to be asked again (JUDGE_RETRY_SECONDS, at most JUDGE_MAX_ATTEMPTS asks), then new ones
     for pairs it has not judged under its prompt version (gold pairs and people-voted ones first: they measure
     it; then untouched pairs, which it may settle). A pair another worker claimed first is skipped."""
     now = timezone.now()
     claimed: list[JudgeVerdict] = []
-    abandoned = JudgeVerdict.objects.filter(
-        judge=judge, prompt_version=judge.prompt_version, status=JudgeVerdict.Status.ASKING, lease_expires_at__lt=now
-    ).values_list("pk", flat=True)[:limit]
-    for verdict_id in list(abandoned):
-        taken = JudgeVerdict.objects.filter(
-            pk=verdict_id, status=JudgeVerdict.Status.ASKING, lease_expires_at__lt=now
-        ).update(holder=holder, lease_expires_at=_lease(), endpoint=judge.url, model=judge.model)
+    mine = JudgeVerdict.objects.filter(judge=judge, prompt_version=judge.prompt_version)
+    abandoned = Q(status=JudgeVerdict.Status.ASKING, lease_expires_at__lt=now)
+    retry = Q(
+        status=JudgeVerdict.Status.FAILED,
+        finished_at__lt=now - timedelta(seconds=settings.JUDGE_RETRY_SECONDS),
+        attempts__lt=settings.JUDGE_MAX_ATTEMPTS,
+    )
+    for verdict_id in list(mine.filter(abandoned | retry).values_list("pk", flat=True)[:limit]):
+        taken = mine.filter(abandoned | retry, pk=verdict_id).update(
+            status=JudgeVerdict.Status.ASKING,
+            holder=holder,
+            lease_expires_at=_lease(),
+            endpoint=judge.url,
+            model=judge.model,
+            attempts=F("attempts") + 1,
+        )
         if taken:
             claimed.append(JudgeVerdict.objects.select_related("pair__prompt").get(pk=verdict_id))
     judged = JudgeVerdict.objects.filter(judge=judge, prompt_version=judge.prompt_version, pair=OuterRef("pk"))
@@ -210,6 +220,7 @@ def _verdict_ask(*, judge: Judge, verdict: JudgeVerdict, holder: str) -> int:
         choice, confidence, consistent, first_choice, second_choice = both_orders(replies[0], replies[1])
         fields.update(
             status=JudgeVerdict.Status.DONE,
+            error="",
             choice=choice,
             confidence=confidence,
             consistent=consistent,
@@ -309,13 +320,6 @@ def judge_trust_review(*, judge: Judge) -> Trust:
 
 def judge_bars(judge: Judge) -> Bars:
     return Bars(min_gold_accuracy=judge.min_gold_accuracy, min_kappa=judge.min_kappa, min_evidence=judge.min_evidence)
-
-
-def verdicts_failed_again(*, judge: Judge) -> int:
-    """Failed verdicts of the current prompt version are forgotten so the next run asks again."""
-    return JudgeVerdict.objects.filter(
-        Q(status=JudgeVerdict.Status.FAILED), judge=judge, prompt_version=judge.prompt_version
-    ).delete()[0]
 
 
 # --- Showing the judge to annotators -------------------------------------------------------------------------------

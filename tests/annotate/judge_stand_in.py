@@ -20,6 +20,7 @@ class StandIn:
     url: str = ""
     mode: str = "gold"
     confidence: float = 0.95
+    garbage: str = "I think both answers have merits \x00 and I cannot decide."  # what "garbage" answers
     requests: list[dict[str, object]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -53,7 +54,7 @@ def stand_in_judge() -> Iterator[StandIn]:
                 self._send(200, b"{" + b" " * (10 * 1024 * 1024) + b"}")
                 return
             if mode == "garbage":
-                content = "I think both answers have merits \x00 and I cannot decide."
+                content = stand_in.garbage
             else:
                 choice = _choice(body["messages"][-1]["content"], mode)
                 content = json.dumps({"choice": choice, "confidence": stand_in.confidence})

@@ -284,3 +284,58 @@ def test_a_judge_url_pointing_at_the_app_itself_is_refused(pairs):
         )
     assert "answers to" in str(refused.value.errors["url"])
     assert not Judge.objects.exists()
+
+
+def test_a_failed_verdict_is_asked_again_later_up_to_the_attempts_allowed(stand_in, pairs, settings):
+    settings.JUDGE_RETRY_SECONDS, settings.JUDGE_MAX_ATTEMPTS = 0, 2
+    made = pairs(1)
+    stand_in.mode = "status"  # the judge is down
+    judge = configure(stand_in.url)
+    judging.judge_run(judge_id=judge.pk, limit=5)
+    assert JudgeVerdict.objects.get(pair=made[0]).status == JudgeVerdict.Status.FAILED
+
+    stand_in.mode = "gold"  # back up: the next run asks again
+    assert judging.judge_run(judge_id=judge.pk, limit=5) == 1
+
+    verdict = JudgeVerdict.objects.get(pair=made[0])
+    assert verdict.status == JudgeVerdict.Status.DONE and verdict.attempts == 2 and verdict.error == ""
+    other = pairs(1)[0]
+    stand_in.mode = "status"
+    judging.judge_run(judge_id=judge.pk, limit=5)
+    judging.judge_run(judge_id=judge.pk, limit=5)
+    assert judging.judge_run(judge_id=judge.pk, limit=5) == 0  # two asks used: left failed
+    assert JudgeVerdict.objects.get(pair=other).attempts == 2
+
+
+def test_exports_mark_judge_votes_and_the_card_says_how_many(stand_in, pairs, annotator, staff, settings, tmp_path):
+    import json
+
+    from annotate.data import exports
+    from annotate.data.exports import ExportFilters
+
+    settings.EXPORT_DIR = tmp_path / "exports"
+    pairs(4, gold=True)
+    pairs(4)
+    people_vote_on_all(annotator, 4)
+    pairs(3)
+    judge = configure(stand_in.url)
+    judging.judge_run(judge_id=judge.pk, limit=50)
+    assert judge_trust(judge=judge).settled == 3
+
+    def export(include_judge: bool) -> tuple[list[dict[str, Any]], str]:
+        filters = ExportFilters(rules=PreferenceRules(include_judge=include_judge))
+        done = exports.export_run(
+            export=exports.export_create(
+                created_by=staff, dataset_format="trl-preference", file_format="jsonl", filters=filters
+            )
+        )
+        files = exports.export_files(done)
+        rows = [json.loads(line) for line in files["data"].read_text().splitlines()]
+        return rows, files["card"].read_text()
+
+    rows, card = export(include_judge=False)
+    assert len(rows) == 4 and {row["source"] for row in rows} == {"human"}
+    assert "votes of the AI judge" in card and "left out" in card
+    rows, card = export(include_judge=True)
+    assert len(rows) == 7 and sum(row["source"] == "judge" for row in rows) == 3
+    assert "human: 4, judge: 3" in card, card

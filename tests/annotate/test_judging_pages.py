@@ -174,3 +174,18 @@ def vote_on_page(client, page: str, **extra: str) -> None:
     vote = {"choice": "left", "strength": "2", "idempotency_key": key, **extra}
     answer = client.post(f"/pairs/{pair_id}/judge/", vote)
     assert answer.status_code in (200, 302)
+
+
+def test_a_hostile_reply_is_shown_as_text_on_the_judge_page(client, staff, campaign):
+    with stand_in_judge() as stand_in:
+        stand_in.mode = "garbage"
+        stand_in.garbage = '<script>alert("judge")</script><img src=x onerror=alert(1)>'
+        judge = configure(stand_in.url)
+        judging.judge_run(judge_id=judge.pk, limit=5)
+    client.force_login(staff)
+
+    page = client.get(f"/campaigns/{campaign.pk}/judge/").content.decode()
+
+    assert "no choice in the reply" in page
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert" in page  # the reply is shown, as text

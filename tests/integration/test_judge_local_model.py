@@ -3,6 +3,8 @@ its verdicts are recorded with their lineage, its trust is measured and shown, a
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from django.conf import settings
 
@@ -44,4 +46,5 @@ def test_the_default_model_as_judge_is_measured_and_routing_stays_off(
     client.force_login(staff)
     page = client.get("/quality/").content.decode()
     assert "AI judges" in page and "Routing off, not earned" in page
-    print(f"default model as judge: {trust}")  # the numbers the issue note quotes
+    errors = Counter(JudgeVerdict.objects.values_list("error", flat=True))
+    print(f"default model as judge: {trust}; errors: {dict(errors)}")  # the numbers the issue note quotes
