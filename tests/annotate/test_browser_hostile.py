@@ -213,3 +213,27 @@ def test_the_api_docs_work_under_the_policy(browser, live_server):
     watched.assert_inert("/api/docs/")
     assert watched.violations() == []
     watched.close()
+
+
+def test_the_rank_page_with_hostile_answers_runs_and_loads_nothing(browser, live_server, annotator, make_ranking_pair):
+    make_ranking_pair(texts=[f"Answer {number}.\n\n{HOSTILE}" for number in range(1, 5)])
+    watched = Watched(browser, live_server)
+    watched.log_in("ann", "ann-password-1")
+    watched.page.wait_for_selector("[data-testid=rank-form]")
+    watched.page.wait_for_load_state("networkidle")
+
+    watched.assert_inert("/ (rank 4)")
+    assert watched.page.locator("#pair img, #pair script, #pair svg, #pair iframe").count() == 0
+    assert watched.page.locator("#pair a[href^='javascript']").count() == 0
+    assert watched.violations() == []
+
+    # A hostile rationale with a ranking, through the page; the next page (htmx swap) stays inert as well.
+    watched.page.fill("textarea[name=rationale]", HOSTILE)
+    for number, rank in ((1, 1), (2, 2), (3, 2), (4, 3)):
+        watched.page.click(f"[data-testid=rank-{number}-{rank}]")
+    watched.page.click("[data-testid=rank-submit]")
+    watched.page.wait_for_selector("[data-testid=waiting]")
+    watched.page.wait_for_load_state("networkidle")
+    watched.assert_inert("/ after ranking")
+    assert Judgement.objects.get().rationale.startswith("<script>")
+    watched.close()

@@ -463,3 +463,37 @@ def test_exports_give_rankings_as_implied_pairs_and_as_ultrafeedback_rows(
         card = Path(run.path).with_suffix(".md").read_text()
         assert "| rankings among them (3 or 4 answers ranked) | 1 |" in card
     assert "weigh K - 1 together" in Path(runs["trl-preference"].path).with_suffix(".md").read_text()
+
+
+# --- Fuzzing the ranking form --------------------------------------------------------------------------------
+
+
+def test_a_fuzzed_ranking_form_never_fails_and_stores_only_rankings(client, annotator, make_ranking_pair):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    pair = make_ranking_pair()
+    client.force_login(annotator)
+    leased(annotator)
+    text = st.one_of(st.text(max_size=30), st.sampled_from(["1", "2", "3", "4", "5", "0", "-1", "1\x00", "٣", ""]))
+    fields = st.fixed_dictionaries(
+        {"choice": st.one_of(st.sampled_from(["rank", "all_bad", "left", "tie"]), st.text(max_size=10))},
+        optional={f"rank_{place}": text for place in range(5)}
+        | {"idempotency_key": st.one_of(st.uuids().map(str), st.text(max_size=40)), "rationale": st.text(max_size=50)},
+    )
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(fields)
+    def post(data):
+        before = Judgement.objects.count()
+        response = client.post(f"/pairs/{pair.pk}/rank/", data)
+        assert response.status_code in (302, 400, 409), (data, response.status_code)
+        if response.status_code != 302:
+            assert Judgement.objects.count() == before
+        if Judgement.objects.exists():  # one got through: a valid ranking of the four answers, stored once
+            judgement = Judgement.objects.get()
+            assert rankings.ranks_errors(judgement.ranking, 4) is None
+
+    post()
+    hostile = post_ranking(client, pair.pk, [1, 2, 3, 4], rationale="<script>alert(1)</script>\x00")
+    assert hostile.status_code in (400, 409)
