@@ -115,15 +115,20 @@ def hostile_pair(make_pair):
     )
 
 
-def test_the_annotate_page_with_hostile_output_runs_and_loads_nothing(browser, live_server, annotator, hostile_pair):
+def annotate_page_inert(browser, live_server, ready: str) -> Watched:
+    """The annotator's page once `ready` shows on it, checked to have run and loaded nothing of the hostile text."""
     watched = Watched(browser, live_server)
     watched.log_in("ann", "ann-password-1")
-    watched.page.wait_for_selector("[data-testid=answer-left]")
+    watched.page.wait_for_selector(ready)
     watched.page.wait_for_load_state("networkidle")
-
     watched.assert_inert("/")
     assert watched.page.locator("#pair img, #pair script, #pair svg, #pair iframe").count() == 0
     assert watched.page.locator("#pair a[href^='javascript']").count() == 0
+    return watched
+
+
+def test_the_annotate_page_with_hostile_output_runs_and_loads_nothing(browser, live_server, annotator, hostile_pair):
+    watched = annotate_page_inert(browser, live_server, "[data-testid=answer-left]")
     assert watched.page.is_visible("text=remote image")  # the image is a link carrying its alt text
     assert watched.violations() == []
 
@@ -217,14 +222,7 @@ def test_the_api_docs_work_under_the_policy(browser, live_server):
 
 def test_the_rank_page_with_hostile_answers_runs_and_loads_nothing(browser, live_server, annotator, make_ranking_pair):
     make_ranking_pair(texts=[f"Answer {number}.\n\n{HOSTILE}" for number in range(1, 5)])
-    watched = Watched(browser, live_server)
-    watched.log_in("ann", "ann-password-1")
-    watched.page.wait_for_selector("[data-testid=rank-form]")
-    watched.page.wait_for_load_state("networkidle")
-
-    watched.assert_inert("/ (rank 4)")
-    assert watched.page.locator("#pair img, #pair script, #pair svg, #pair iframe").count() == 0
-    assert watched.page.locator("#pair a[href^='javascript']").count() == 0
+    watched = annotate_page_inert(browser, live_server, "[data-testid=rank-form]")
     assert watched.violations() == []
 
     # A hostile rationale with a ranking, through the page; the next page (htmx swap) stays inert as well.
