@@ -497,3 +497,27 @@ def test_a_fuzzed_ranking_form_never_fails_and_stores_only_rankings(client, anno
     post()
     hostile = post_ranking(client, pair.pk, [1, 2, 3, 4], rationale="<script>alert(1)</script>\x00")
     assert hostile.status_code in (400, 409)
+
+
+# --- Concurrency ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_ranking_sent_twice_at_once_is_stored_once(annotator, make_ranking_pair):
+    from tests.annotate.conftest import run_in_threads
+
+    pair = make_ranking_pair()
+    leased(annotator)
+    key = uuid.uuid4()
+    recorded = []
+
+    def send() -> None:
+        recorded.append(services.judgement_record(annotator=annotator, pair_id=pair.pk, choice="rank", strength=None,
+                                                  rationale="", idempotency_key=key, ranks=[2, 1, 4, 3]))  # fmt: skip
+
+    run_in_threads([send, send, send])
+    assert Judgement.objects.count() == 1
+    assert {item.judgement.pk for item in recorded} == {Judgement.objects.get().pk}
+    assert sorted(item.created for item in recorded) == [False, False, True]
+    pair.refresh_from_db()
+    assert (pair.judgement_count, pair.lease_count) == (1, 0)
