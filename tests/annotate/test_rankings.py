@@ -521,3 +521,15 @@ def test_the_same_ranking_sent_twice_at_once_is_stored_once(annotator, make_rank
     assert sorted(item.created for item in recorded) == [False, False, True]
     pair.refresh_from_db()
     assert (pair.judgement_count, pair.lease_count) == (1, 0)
+
+
+def test_simulated_annotators_rank_by_their_taste(make_ranking_pair):
+    from django.core.management import call_command
+
+    pair = make_ranking_pair(texts=["a", "a somewhat longer one", "bb", "the longest answer of all four"])
+    call_command("simulate_annotators", "--prefer", "shorter", "--count", "1", "--annotators", "1")
+
+    judgement = Judgement.objects.get()
+    assert (judgement.pair_id, judgement.source, judgement.strength) == (pair.pk, "simulated", None)
+    assert judgement.ranking == [1, 3, 2, 4]  # by length, shortest best
+    assert judgement.choice == Judgement.Choice.A
