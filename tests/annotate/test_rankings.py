@@ -533,3 +533,13 @@ def test_simulated_annotators_rank_by_their_taste(make_ranking_pair):
     assert (judgement.pair_id, judgement.source, judgement.strength) == (pair.pk, "simulated", None)
     assert judgement.ranking == [1, 3, 2, 4]  # by length, shortest best
     assert judgement.choice == Judgement.Choice.A
+
+
+def test_the_pair_page_shows_staff_every_answer_and_each_ranking(client, staff, annotator, make_ranking_pair):
+    pair = make_ranking_pair()
+    ranking = rank_through_the_service(annotator, pair, [1, 2, 3, 4])
+    client.force_login(staff)
+    html = client.get(f"/pairs/{pair.pk}/").content.decode()
+    for answer in pair.answers():
+        assert answer.text in html
+    assert f'data-testid="ranking">{rankings.ranking_describe(ranking, "ABCD")}</span>' in html.replace("&gt;", ">")
