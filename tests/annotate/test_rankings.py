@@ -184,7 +184,7 @@ def test_all_bad_needs_no_ranks(client, annotator, make_ranking_pair):
     ("data", "field"),
     [
         ({"rank_0": "1", "rank_1": "2", "rank_2": "3"}, "ranks"),  # three ranks for four answers
-        ({"rank_0": "1", "rank_1": "2", "rank_3": "3"}, "__all__"),  # one answer left out
+        ({"rank_0": "1", "rank_1": "2", "rank_3": "3"}, "ranks: give every answer a rank"),  # one left out
         ({"rank_0": "1", "rank_1": "2", "rank_2": "3", "rank_3": "5"}, "rank_3"),  # out of range
         ({"rank_0": "1", "rank_1": "2", "rank_2": "3", "rank_3": "x"}, "rank_3"),
         ({"rank_0": "1", "rank_1": "2", "rank_2": "3", "rank_3": "-1"}, "rank_3"),
@@ -199,6 +199,7 @@ def test_a_ranking_that_is_not_one_is_refused_and_stores_nothing(client, annotat
     response = client.post(f"/pairs/{pair.pk}/rank/", {"choice": "rank", "idempotency_key": str(uuid.uuid4()), **data})
     assert response.status_code == 400
     assert 'role="alert"' in response.content.decode()
+    assert field in response.content.decode()  # the error names what is wrong
     assert not Judgement.objects.exists()
     pair.refresh_from_db()
     assert (pair.judgement_count, pair.lease_count) == (0, 1)
