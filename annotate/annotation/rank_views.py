@@ -41,6 +41,13 @@ class RankForm(VoteForm):
             self.add_error(None, "give every answer a rank (or choose all bad)")
         return cleaned
 
+    def errors_by_field(self) -> dict[str, str]:
+        """The form's own error (an answer left out) is about the ranks, and says so."""
+        errors = super().errors_by_field()
+        if "__all__" in errors:
+            errors["ranks"] = errors.pop("__all__")
+        return errors
+
 
 @require_POST
 @login_required

@@ -46,7 +46,7 @@ def ranks_errors(ranks: Sequence[object], answer_count: int | None = None) -> st
     return None
 
 
-def ranks_dense(ranks: Sequence[int]) -> list[int]:
+def ranks_dense(ranks: Sequence[float]) -> list[int]:
     """The same order with ranks 1, 2, ... and no gaps: [1, 3, 3] becomes [1, 2, 2]."""
     levels = {rank: index for index, rank in enumerate(sorted(set(ranks)), start=1)}
     return [levels[rank] for rank in ranks]

@@ -7,12 +7,13 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from typing import Protocol
 
 from django.contrib.auth.models import User
 
-from annotate.annotation import services
-from annotate.models import Judgement
+from annotate.annotation import rankings, services
+from annotate.models import Assignment, Judgement
 
 
 class Preference(Protocol):
@@ -188,6 +189,25 @@ class SimulatedAnnotator:
     profile: Profile
 
 
+def _ranks_by_wins(profile: Profile, assignment: Assignment, preference: Preference, rng: random.Random) -> list[int]:
+    """A ranking pair ranked as the profile would: each shown answer against each other one, ranked by how many
+    of those comparisons it wins (a tie is half a win; equal wins, equal ranks)."""
+    answers = assignment.pair.answers()
+    shown = [answers[position].text for position in assignment.answer_order]
+    prompt = assignment.pair.prompt.last_user_message
+    wins = [0.0] * len(shown)
+    for first, second in combinations(range(len(shown)), 2):
+        choice = profile.decide(left=shown[first], right=shown[second], preference=preference, rng=rng, prompt=prompt)
+        if choice.choice == "left":
+            wins[first] += 1
+        elif choice.choice == "right":
+            wins[second] += 1
+        else:
+            wins[first] += 0.5
+            wins[second] += 0.5
+    return rankings.ranks_dense([-win for win in wins])
+
+
 def simulated_annotator_judge(
     *, annotators: Sequence[SimulatedAnnotator], preference: Preference, limit: int, rng: random.Random
 ) -> int:
@@ -210,12 +230,14 @@ def simulated_annotator_judge(
             rng=rng,
             prompt=assignment.pair.prompt.last_user_message,
         )
+        ranks = _ranks_by_wins(annotator.profile, assignment, preference, rng) if assignment.pair.is_ranking else None
         # A simulated annotator answers at once: it says how long a person of its profile would have taken.
         services.judgement_record(
             annotator=annotator.user,
             pair_id=assignment.pair_id,
-            choice=decision.choice,
-            strength=decision.strength,
+            choice=decision.choice if ranks is None else rankings.RANK,
+            strength=decision.strength if ranks is None else None,
+            ranks=ranks,
             rationale=f"simulated: {annotator.profile.name}",
             idempotency_key=uuid.uuid4(),
             source=Judgement.Source.SIMULATED,

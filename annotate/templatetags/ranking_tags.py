@@ -1,4 +1,5 @@
-"""What the rank partial (templates/annotate/_rank.html) shows of a ranking pair: its answers in screen order."""
+"""What pages show of ranking pairs: the annotator's answers in screen order (templates/annotate/_rank.html), and
+staff's extra answers and rankings in words (templates/campaigns/pair.html)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from dataclasses import dataclass
 
 from django import template
 
-from annotate.models import Assignment, Completion, UndoneJudgement
+from annotate.annotation import rankings
+from annotate.models import Assignment, Completion, Pair, UndoneJudgement
 
 register = template.Library()
+ANSWER_LETTERS = "ABCD"  # the staff pages' names of a pair's answers by position
 
 
 @dataclass(frozen=True)
@@ -27,3 +30,15 @@ def rank_rows(assignment: Assignment, previous: UndoneJudgement | None = None) -
         RankRow(place, place + 1, answers[position], ranking[position] if ranking else None)
         for place, position in enumerate(assignment.answer_order)
     ]
+
+
+@register.filter
+def ranking_words(ranking: list[int] | None) -> str:
+    """A stored ranking in words by the pair's answer letters, best first: "B > A = C"."""
+    return rankings.ranking_describe(ranking, ANSWER_LETTERS) if ranking else ""
+
+
+@register.simple_tag
+def extra_answers(pair: Pair) -> list[tuple[str, Completion]]:
+    """A ranking pair's answers beyond A and B, with their letters (C, D)."""
+    return [(ANSWER_LETTERS[position], answer) for position, answer in enumerate(pair.answers()) if position >= 2]

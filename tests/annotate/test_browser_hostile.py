@@ -115,15 +115,20 @@ def hostile_pair(make_pair):
     )
 
 
-def test_the_annotate_page_with_hostile_output_runs_and_loads_nothing(browser, live_server, annotator, hostile_pair):
+def annotate_page_inert(browser, live_server, ready: str) -> Watched:
+    """The annotator's page once `ready` shows on it, checked to have run and loaded nothing of the hostile text."""
     watched = Watched(browser, live_server)
     watched.log_in("ann", "ann-password-1")
-    watched.page.wait_for_selector("[data-testid=answer-left]")
+    watched.page.wait_for_selector(ready)
     watched.page.wait_for_load_state("networkidle")
-
     watched.assert_inert("/")
     assert watched.page.locator("#pair img, #pair script, #pair svg, #pair iframe").count() == 0
     assert watched.page.locator("#pair a[href^='javascript']").count() == 0
+    return watched
+
+
+def test_the_annotate_page_with_hostile_output_runs_and_loads_nothing(browser, live_server, annotator, hostile_pair):
+    watched = annotate_page_inert(browser, live_server, "[data-testid=answer-left]")
     assert watched.page.is_visible("text=remote image")  # the image is a link carrying its alt text
     assert watched.violations() == []
 
@@ -212,4 +217,21 @@ def test_the_api_docs_work_under_the_policy(browser, live_server):
     assert watched.page.locator(".opblock").count() > 10  # the operations, from /api/schema/ on this origin
     watched.assert_inert("/api/docs/")
     assert watched.violations() == []
+    watched.close()
+
+
+def test_the_rank_page_with_hostile_answers_runs_and_loads_nothing(browser, live_server, annotator, make_ranking_pair):
+    make_ranking_pair(texts=[f"Answer {number}.\n\n{HOSTILE}" for number in range(1, 5)])
+    watched = annotate_page_inert(browser, live_server, "[data-testid=rank-form]")
+    assert watched.violations() == []
+
+    # A hostile rationale with a ranking, through the page; the next page (htmx swap) stays inert as well.
+    watched.page.fill("textarea[name=rationale]", HOSTILE)
+    for number, rank in ((1, 1), (2, 2), (3, 2), (4, 3)):
+        watched.page.click(f"[data-testid=rank-{number}-{rank}]")
+    watched.page.click("[data-testid=rank-submit]")
+    watched.page.wait_for_selector("[data-testid=waiting]")
+    watched.page.wait_for_load_state("networkidle")
+    watched.assert_inert("/ after ranking")
+    assert Judgement.objects.get().rationale.startswith("<script>")
     watched.close()

@@ -184,7 +184,7 @@ def test_all_bad_needs_no_ranks(client, annotator, make_ranking_pair):
     ("data", "field"),
     [
         ({"rank_0": "1", "rank_1": "2", "rank_2": "3"}, "ranks"),  # three ranks for four answers
-        ({"rank_0": "1", "rank_1": "2", "rank_3": "3"}, "__all__"),  # one answer left out
+        ({"rank_0": "1", "rank_1": "2", "rank_3": "3"}, "ranks: give every answer a rank"),  # one left out
         ({"rank_0": "1", "rank_1": "2", "rank_2": "3", "rank_3": "5"}, "rank_3"),  # out of range
         ({"rank_0": "1", "rank_1": "2", "rank_2": "3", "rank_3": "x"}, "rank_3"),
         ({"rank_0": "1", "rank_1": "2", "rank_2": "3", "rank_3": "-1"}, "rank_3"),
@@ -199,6 +199,7 @@ def test_a_ranking_that_is_not_one_is_refused_and_stores_nothing(client, annotat
     response = client.post(f"/pairs/{pair.pk}/rank/", {"choice": "rank", "idempotency_key": str(uuid.uuid4()), **data})
     assert response.status_code == 400
     assert 'role="alert"' in response.content.decode()
+    assert field in response.content.decode()  # the error names what is wrong
     assert not Judgement.objects.exists()
     pair.refresh_from_db()
     assert (pair.judgement_count, pair.lease_count) == (0, 1)
@@ -463,3 +464,83 @@ def test_exports_give_rankings_as_implied_pairs_and_as_ultrafeedback_rows(
         card = Path(run.path).with_suffix(".md").read_text()
         assert "| rankings among them (3 or 4 answers ranked) | 1 |" in card
     assert "weigh K - 1 together" in Path(runs["trl-preference"].path).with_suffix(".md").read_text()
+
+
+# --- Fuzzing the ranking form --------------------------------------------------------------------------------
+
+
+def test_a_fuzzed_ranking_form_never_fails_and_stores_only_rankings(client, annotator, make_ranking_pair):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    pair = make_ranking_pair()
+    client.force_login(annotator)
+    leased(annotator)
+    text = st.one_of(st.text(max_size=30), st.sampled_from(["1", "2", "3", "4", "5", "0", "-1", "1\x00", "٣", ""]))
+    fields = st.fixed_dictionaries(
+        {"choice": st.one_of(st.sampled_from(["rank", "all_bad", "left", "tie"]), st.text(max_size=10))},
+        optional={f"rank_{place}": text for place in range(5)}
+        | {"idempotency_key": st.one_of(st.uuids().map(str), st.text(max_size=40)), "rationale": st.text(max_size=50)},
+    )
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(fields)
+    def post(data):
+        before = Judgement.objects.count()
+        response = client.post(f"/pairs/{pair.pk}/rank/", data)
+        assert response.status_code in (302, 400, 409), (data, response.status_code)
+        if response.status_code != 302:
+            assert Judgement.objects.count() == before
+        if Judgement.objects.exists():  # one got through: a valid ranking of the four answers, stored once
+            judgement = Judgement.objects.get()
+            assert rankings.ranks_errors(judgement.ranking, 4) is None
+
+    post()
+    hostile = post_ranking(client, pair.pk, [1, 2, 3, 4], rationale="<script>alert(1)</script>\x00")
+    assert hostile.status_code in (400, 409)
+
+
+# --- Concurrency ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_ranking_sent_twice_at_once_is_stored_once(annotator, make_ranking_pair):
+    from tests.annotate.conftest import run_in_threads
+
+    pair = make_ranking_pair()
+    leased(annotator)
+    key = uuid.uuid4()
+    recorded = []
+
+    def send() -> None:
+        recorded.append(services.judgement_record(annotator=annotator, pair_id=pair.pk, choice="rank", strength=None,
+                                                  rationale="", idempotency_key=key, ranks=[2, 1, 4, 3]))  # fmt: skip
+
+    run_in_threads([send, send, send])
+    assert Judgement.objects.count() == 1
+    assert {item.judgement.pk for item in recorded} == {Judgement.objects.get().pk}
+    assert sorted(item.created for item in recorded) == [False, False, True]
+    pair.refresh_from_db()
+    assert (pair.judgement_count, pair.lease_count) == (1, 0)
+
+
+def test_simulated_annotators_rank_by_their_taste(make_ranking_pair):
+    from django.core.management import call_command
+
+    pair = make_ranking_pair(texts=["a", "a somewhat longer one", "bb", "the longest answer of all four"])
+    call_command("simulate_annotators", "--prefer", "shorter", "--count", "1", "--annotators", "1")
+
+    judgement = Judgement.objects.get()
+    assert (judgement.pair_id, judgement.source, judgement.strength) == (pair.pk, "simulated", None)
+    assert judgement.ranking == [1, 3, 2, 4]  # by length, shortest best
+    assert judgement.choice == Judgement.Choice.A
+
+
+def test_the_pair_page_shows_staff_every_answer_and_each_ranking(client, staff, annotator, make_ranking_pair):
+    pair = make_ranking_pair()
+    ranking = rank_through_the_service(annotator, pair, [1, 2, 3, 4])
+    client.force_login(staff)
+    html = client.get(f"/pairs/{pair.pk}/").content.decode()
+    for answer in pair.answers():
+        assert answer.text in html
+    assert f'data-testid="ranking">{rankings.ranking_describe(ranking, "ABCD")}</span>' in html.replace("&gt;", ">")
