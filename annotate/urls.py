@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from annotate.annotation import api, campaign_views, views
+from annotate.annotation import api, campaign_views, edit_views, views
 from annotate.annotation import staff_api as campaign_api
 from annotate.dashboard import api as dashboard_api
 from annotate.dashboard import views as dashboard_views
@@ -59,6 +59,7 @@ staff_pages = [
     path("campaigns/<id:campaign_id>/", campaign_views.campaign_edit, name="campaign-edit"),
     path("pairs/<id:pair_id>/", campaign_views.pair_detail, name="pair-detail"),
     path("pairs/<id:pair_id>/gold/", campaign_views.pair_gold, name="pair-gold"),
+    path("edits/<id:answer_id>/review/", edit_views.edit_review, name="edit-review"),
     path("rounds/", round_views.rounds_list, name="rounds"),
     path("rounds/start/", round_views.round_start, name="round-start"),
     path("rounds/<id:round_id>/", round_views.round_detail, name="round-detail"),
