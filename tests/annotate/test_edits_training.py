@@ -3,15 +3,20 @@ answers of its pair, beside the votes' choices or instead of them; staff's rejec
 answers are cast through the annotation services, as the annotate page casts them."""
 
 import json
-import uuid
 
 import pytest
 
-from annotate.annotation import edits, services
+from annotate.annotation import edits
 from annotate.models import Campaign, HumanAnswer
 from annotate.rounds import services as rounds
+from tests.annotate.voting import vote_a_with_edit
 
 pytestmark = pytest.mark.django_db
+
+
+def better_for_the_first_three(pair):
+    number = int(pair.completion_a.text.split()[-1])
+    return f"better {number}" if number < 3 else ""
 
 
 @pytest.fixture
@@ -24,17 +29,7 @@ def written(settings, tmp_path, make_pair, annotator):
         make_pair(texts=(f"short {number}", f"a much longer answer {number}"))
     Campaign.objects.filter(name="default").update(edits_allowed=True)
     for _ in range(6):
-        assignment = services.assignment_lease_next(annotator=annotator)
-        number = int(assignment.pair.completion_a.text.split()[-1])
-        edits.judgement_record_with_edit(
-            annotator=annotator,
-            pair_id=assignment.pair_id,
-            choice="left" if assignment.a_on_left else "right",
-            strength=2,
-            rationale="",
-            idempotency_key=uuid.uuid4(),
-            edit=f"better {number}" if number < 3 else "",
-        )
+        vote_a_with_edit(annotator, better_for_the_first_three)
     assert HumanAnswer.objects.count() == 3
     return settings
 
