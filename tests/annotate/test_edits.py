@@ -334,3 +334,27 @@ def test_annotators_cannot_review_and_a_missing_answer_is_a_404(client, annotato
     assert client.get(review).status_code == 405
     written.refresh_from_db()
     assert written.status == HumanAnswer.Status.ACCEPTED
+
+
+def test_the_quality_row_counts_written_answers_and_how_much_they_change(
+    client, annotator, other_annotator, staff, make_pair, edits_on
+):
+    make_pair(texts=("one two three four", "other"), required=2)
+    make_pair(texts=("five six", "seven"), required=2)
+    edits_on()
+    client.force_login(annotator)
+    for edit in ("one two three four five", "written afresh"):
+        assignment = lease(client)
+        post_vote(client, assignment, choice="both_bad", edit=edit, edit_from="" if "afresh" in edit else "left")
+    client.force_login(other_annotator)
+    post_vote(client, lease(client), choice="tie")
+
+    answers = list(HumanAnswer.objects.filter(author=annotator))
+    changed = sum(answer.chars_added + answer.chars_removed for answer in answers)
+    total = sum(len(answer.text) + len(answer.started_from.text if answer.started_from else "") for answer in answers)
+    client.force_login(staff)
+    rows = {row["username"]: row for row in client.get(reverse("api-quality")).json()["annotators"]}
+    assert rows["ann"]["edits"] == 2 and rows["ann"]["edit_changed_share"] == pytest.approx(changed / total)
+    assert rows["bea"]["edits"] == 0 and rows["bea"]["edit_changed_share"] is None
+    page = client.get(reverse("quality")).content.decode()
+    assert "Written" in page and f"{changed / total:.2f} changed" in page

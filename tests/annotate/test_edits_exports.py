@@ -13,7 +13,7 @@ from annotate.data import exports
 from annotate.data.exports.filters import ExportFilters
 from annotate.models import Campaign, HumanAnswer
 from annotate.quality.preferences import PreferenceRules
-from tests.annotate.voting import vote_a_with_edit
+from tests.annotate.voting import vote_with_edit
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +25,7 @@ def written(make_pair, annotator):
     make_pair(texts=("short 1", "long answer 1"))
     Campaign.objects.filter(name="default").update(edits_allowed=True)
     for _ in range(2):
-        vote_a_with_edit(annotator, lambda pair: "short 0, written better" if pair == first else "", strength=1)
+        vote_with_edit(annotator, lambda pair: "short 0, written better" if pair == first else "", strength=1)
     return first
 
 

@@ -9,7 +9,7 @@ import pytest
 from annotate.annotation import edits
 from annotate.models import Campaign, HumanAnswer
 from annotate.rounds import services as rounds
-from tests.annotate.voting import vote_a_with_edit
+from tests.annotate.voting import vote_with_edit
 
 pytestmark = pytest.mark.django_db
 
@@ -29,7 +29,7 @@ def written(settings, tmp_path, make_pair, annotator):
         make_pair(texts=(f"short {number}", f"a much longer answer {number}"))
     Campaign.objects.filter(name="default").update(edits_allowed=True)
     for _ in range(6):
-        vote_a_with_edit(annotator, better_for_the_first_three)
+        vote_with_edit(annotator, better_for_the_first_three)
     assert HumanAnswer.objects.count() == 3
     return settings
 
