@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from annotate.annotation import api, campaign_views, edit_views, views
+from annotate.annotation import api, campaign_views, edit_api, edit_views, views
 from annotate.annotation import staff_api as campaign_api
 from annotate.dashboard import api as dashboard_api
 from annotate.dashboard import views as dashboard_views
@@ -91,6 +91,7 @@ staff_pages = [
 staff_api_urls = [
     path("api/campaigns/", campaign_api.campaigns, name="api-campaigns"),
     path("api/campaigns/<id:campaign_id>/", campaign_api.campaign_detail, name="api-campaign"),
+    path("api/edits/<id:answer_id>/review/", edit_api.edits_review, name="api-edit-review"),
     path("api/pairs/<id:pair_id>/gold/", data_api.pairs_gold, name="api-pair-gold"),
     path("api/annotators/<str:username>/", quality_api.annotators_detail, name="api-annotator"),
     path("api/annotators/<str:username>/actions/", quality_api.annotators_act, name="api-annotator-actions"),

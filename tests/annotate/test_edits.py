@@ -358,3 +358,23 @@ def test_the_quality_row_counts_written_answers_and_how_much_they_change(
     assert rows["bea"]["edits"] == 0 and rows["bea"]["edit_changed_share"] is None
     page = client.get(reverse("quality")).content.decode()
     assert "Written" in page and f"{changed / total:.2f} changed" in page
+
+
+def test_staff_review_over_the_api(client, annotator, staff, make_pair, edits_on):
+    written = written_answer(client, annotator, make_pair, edits_on)
+    api = APIClient()
+    api.force_authenticate(staff)
+    url = reverse("api-edit-review", args=[written.pk])
+    assert api.post(url, {"decision": "reject"}, format="json").status_code == 400  # no reason
+    assert api.post(url, {"decision": "maybe", "reason": "x"}, format="json").status_code == 400
+    response = api.post(url, {"decision": "reject", "reason": "not an answer"}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["status"], body["reviewed_by"], body["review_reason"]) == ("rejected", "sam", "not an answer")
+    assert api.post(url, {"decision": "reject", "reason": "again"}, format="json").status_code == 409
+    assert api.post(reverse("api-edit-review", args=[written.pk + 1]), {"decision": "accept"}).status_code == 404
+    annotator_api = APIClient()
+    annotator_api.force_authenticate(annotator)
+    assert annotator_api.post(url, {"decision": "accept"}, format="json").status_code == 403
+    written.refresh_from_db()
+    assert written.status == "rejected"
