@@ -569,6 +569,7 @@ class UndoneJudgement(models.Model):
     rationale = models.TextField(blank=True)
     judged_at = models.DateTimeField()
     undone_at = models.DateTimeField(auto_now_add=True)
+    edit = models.TextField(blank=True, help_text="The better answer written with the vote (offered again).")
 
     class Meta:
         ordering = ["id"]

@@ -169,7 +169,7 @@ def test_an_edit_on_a_campaign_that_takes_none_is_a_400_and_the_vote_is_not_stor
     response = post_vote(client, assignment, edit="my answer", **HTMX)
     assert response.status_code == 400 and "does not take written answers" in response.content.decode()
     assert nothing_stored()
-    assert "my answer" in response.content.decode() or 'data-testid="edit"' not in response.content.decode()
+    assert 'data-testid="edit"' not in response.content.decode()  # no box to put the draft back in
     # The same key again without the edit is a vote like any other.
     assert post_vote(client, assignment).status_code == 302 and Judgement.objects.count() == 1
 
@@ -269,8 +269,13 @@ def test_undoing_the_vote_takes_its_edit_with_it(client, annotator, make_pair, e
     assignment = lease(client)
     post_vote(client, assignment, choice="both_bad", edit="mine")
     judgement = Judgement.objects.get()
-    client.post(reverse("undo"), {"judgement": judgement.pk})
+    page = client.post(reverse("undo"), {"judgement": judgement.pk}, **HTMX).content.decode()
     assert nothing_stored()
+    # The pair comes back with the answer they wrote in the box, open, to send again (or change).
+    assert '<details class="edit-answer" data-testid="edit" open>' in page
+    assert 'placeholder="Your answer">mine</textarea>' in page
+    assert post_vote(client, assignment, choice="both_bad", edit="mine, again").status_code == 302
+    assert HumanAnswer.objects.get().text == "mine, again"
 
 
 def written_answer(client, annotator, make_pair, edits_on, text="A <b>better</b> answer."):
@@ -378,3 +383,14 @@ def test_staff_review_over_the_api(client, annotator, staff, make_pair, edits_on
     assert annotator_api.post(url, {"decision": "accept"}, format="json").status_code == 403
     written.refresh_from_db()
     assert written.status == "rejected"
+
+
+def test_a_refused_vote_keeps_what_they_wrote_in_the_box(client, annotator, make_pair, edits_on):
+    make_pair()
+    edits_on()
+    client.force_login(annotator)
+    assignment = lease(client)
+    response = post_vote(client, assignment, strength="", edit="<b>kept</b> draft", **HTMX)  # no strength: 400
+    body = response.content.decode()
+    assert response.status_code == 400 and nothing_stored()
+    assert 'placeholder="Your answer">&lt;b&gt;kept&lt;/b&gt; draft</textarea>' in body
