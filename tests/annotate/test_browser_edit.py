@@ -6,7 +6,7 @@ With SCREENSHOT_DIR set, the screenshots land there (docs/screenshots/ for the d
 import pytest
 
 from annotate.models import Campaign, HumanAnswer, Judgement
-from tests.annotate.browsers import CHROMIUM
+from tests.annotate.browsers import CHROMIUM, log_in
 from tests.annotate.test_browser_annotate import (
     NO_SIDEWAYS_SCROLL,
     SIZES,
@@ -98,4 +98,38 @@ def test_writing_a_better_answer_with_the_mouse_alone(browser, live_server, anno
     # The next pair's box is closed and empty.
     assert page.locator("[data-testid=edit]").get_attribute("open") is None
     assert page.input_value("textarea[name=edit]") == ""
+    page.close()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_staff_read_and_reject_a_written_answer_on_the_pair_page(
+    browser,  # noqa: F811
+    live_server,
+    annotator,
+    staff,
+    pairs,
+    tmp_path,
+    size,
+):
+    from tests.annotate.voting import vote_with_edit
+
+    vote_with_edit(annotator, lambda pair: f"{pair.completion_a.text} It has been the capital since 987.")
+    width, height = SIZES[size]
+    page = browser.new_page(viewport={"width": width, "height": height})
+    log_in(page, live_server.url, "sam", "sam-password-1")
+    page.goto(f"{live_server.url}/pairs/{pairs.pk}/")
+    written = page.locator("[data-testid=human-answer]")
+    written.scroll_into_view_if_needed()
+    assert "edited from A" in written.inner_text() and "since 987" in written.inner_text()
+    page.screenshot(path=screenshot_path(tmp_path, f"pair-written-answer-{size}"))
+    # The section fits the window (the votes table above it is as wide as its columns, a matter of its own).
+    assert page.evaluate(
+        "[...document.querySelectorAll('[data-testid=human-answer], [data-testid=human-answer] *')]"
+        ".every(e => e.getBoundingClientRect().right <= window.innerWidth + 0.5)"
+    )
+    written.locator("input[name=reason]").fill("a date nobody can source")
+    written.locator("[data-testid=human-answer-reject]").click()
+    page.wait_for_selector("[data-testid=human-answer-accept]")
+    assert page.inner_text("[data-testid=human-answer-status]") == "Rejected by staff"
+    assert HumanAnswer.objects.get().status == HumanAnswer.Status.REJECTED
     page.close()
