@@ -21,8 +21,12 @@ from annotate.models import Completion, HumanAnswer, Judgement, Pair
 
 # Where the edit started, as the page says it: the answer shown on that side, or (empty) the side voted for.
 EDIT_FROM_CHOICES = ("", "left", "right")
-# Words, runs of white space and single other characters: the units the diff is counted in.
-_DIFF_TOKENS = re.compile(r"\w+|\s+|[^\w\s]")
+# Words and single other characters (white space between them is not counted): the units the diff is counted in.
+_DIFF_TOKENS = re.compile(r"\w+|[^\w\s]")
+# Up to this many token pairs (about 500 words against 500) the matcher looks at every token; above, it leaves out
+# tokens that make up over 1 % of a long text (difflib's autojunk), without which its time grows with the product
+# of the lengths: 16-46 s on 10,000 repeated words, under 50 ms with it.
+DIFF_EXACT_MAX_PAIRS = 250_000
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,13 @@ class DiffSize:
 
 
 def diff_size(source: str, edited: str) -> DiffSize:
-    """Characters added and removed between two texts, counted over the words (and spaces, and punctuation)
-    difflib's matcher finds inserted, deleted or replaced. Junk heuristics are off: in a long answer a space or a
-    "the" is a common token, not noise to skip."""
+    """Characters added and removed between two texts, counted over the words (and punctuation marks) difflib's
+    matcher finds inserted, deleted or replaced. Exact up to DIFF_EXACT_MAX_PAIRS token pairs; longer texts are
+    matched with difflib's junk heuristic, which bounds the time and may count a little more as changed."""
     before, after = _DIFF_TOKENS.findall(source), _DIFF_TOKENS.findall(edited)
     added = removed = 0
-    matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+    exact = len(before) * len(after) <= DIFF_EXACT_MAX_PAIRS
+    matcher = difflib.SequenceMatcher(None, before, after, autojunk=not exact)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag in ("replace", "delete"):
             removed += sum(map(len, before[i1:i2]))

@@ -12,6 +12,18 @@ document.addEventListener(
   true, // toggle does not bubble
 );
 
+// The box opens (D, or a click on its title) with the cursor in it at once, not a task later when "toggle" fires:
+// keys typed straight after D go into the box, never to the vote keys.
+document.addEventListener("click", (event) => {
+  const summary = event.target instanceof Element ? event.target.closest("details.edit-answer > summary") : null;
+  if (!summary) return;
+  event.preventDefault();
+  const details = summary.parentElement;
+  details.open = !details.open;
+  details.querySelector(".edit-from").hidden = false;
+  if (details.open) details.querySelector("textarea[name=edit]").focus();
+});
+
 document.addEventListener("click", (event) => {
   const button = event.target instanceof Element ? event.target.closest("button[data-edit-from]") : null;
   if (!button) return;

@@ -64,11 +64,11 @@ def test_writing_a_better_answer_with_the_keyboard_alone(browser, live_server, a
     written = HumanAnswer.objects.get()
     assert written.text == f"{LEFT_OR_RIGHT} It has been since 987."
     assert written.started_from == pairs.completion_a and written.judgement.strength == 3
-    assert (written.chars_added, written.chars_removed) == (len(" It has been since 987."), 0)
+    assert (written.chars_added, written.chars_removed) == (len("Ithasbeensince987."), 0)  # no white space
 
     # D opens an empty box: an answer written afresh when both are bad.
     page.keyboard.press("d")
-    assert page.evaluate("document.activeElement.name") == "edit"
+    assert page.evaluate("document.activeElement.name") == "edit"  # at once: the keys that follow are text
     page.keyboard.type("Neither: here is mine.")
     page.keyboard.press("Escape")
     page.keyboard.press("4")

@@ -1,6 +1,7 @@
 """Writing a better answer with a vote (annotate/annotation/edits.py): through the annotate page's form, the API and
 the staff pair page, as annotators and staff reach each state."""
 
+import time
 import uuid
 
 import pytest
@@ -63,10 +64,18 @@ def nothing_stored():
 
 def test_diff_size_counts_the_characters_of_the_words_added_and_removed():
     assert edits.diff_size("The cat sat.", "The cat sat.") == edits.DiffSize(0, 0)
-    assert edits.diff_size("The cat sat.", "The black cat sat.") == edits.DiffSize(6, 0)  # "black" and a space
+    assert edits.diff_size("The cat sat.", "The black cat sat.") == edits.DiffSize(5, 0)  # white space not counted
     assert edits.diff_size("The cat sat.", "The dog sat.") == edits.DiffSize(3, 3)
-    assert edits.diff_size("", "Written afresh") == edits.DiffSize(14, 0)
-    assert edits.diff_size("Gone entirely", "") == edits.DiffSize(0, 13)
+    assert edits.diff_size("", "Written afresh!") == edits.DiffSize(14, 0)
+    assert edits.diff_size("Gone entirely", "") == edits.DiffSize(0, 12)
+    assert edits.diff_size("a b c", "a  b\n\nc") == edits.DiffSize(0, 0)  # only white space changed
+
+
+def test_diff_size_stays_fast_on_long_repetitive_text():
+    """Without difflib's junk heuristic 10,000 repeated words took 46 s; the long-text path takes milliseconds."""
+    started = time.monotonic()
+    size = edits.diff_size("a " * 10_000, "a " * 5_000 + "b " + "a " * 4_999)
+    assert time.monotonic() - started < 2 and size.added >= 1 and size.removed >= 1
 
 
 def test_the_page_offers_the_box_only_where_the_campaign_takes_written_answers(client, annotator, make_pair, edits_on):
@@ -95,7 +104,7 @@ def test_an_edit_of_the_chosen_answer_is_stored_with_its_vote(client, annotator,
     written = HumanAnswer.objects.get()
     assert (written.judgement, written.author, written.started_from) == (judgement, annotator, pair.completion_a)
     assert written.text == "Paris is the capital of France."
-    assert (written.chars_added, written.chars_removed) == (14, 2)  # "in" became "the capital of"
+    assert (written.chars_added, written.chars_removed) == (12, 2)  # "in" became "the capital of"
     assert written.status == HumanAnswer.Status.ACCEPTED
     assert 0 < written.changed_share < 1
 
@@ -107,7 +116,7 @@ def test_both_bad_with_an_answer_written_afresh(client, annotator, make_pair, ed
     assignment = lease(client)
     assert post_vote(client, assignment, choice="both_bad", edit="A better one.").status_code == 302
     written = HumanAnswer.objects.get()
-    assert written.started_from is None and (written.chars_added, written.chars_removed) == (13, 0)
+    assert written.started_from is None and (written.chars_added, written.chars_removed) == (11, 0)
     assert written.judgement.choice == Judgement.Choice.BOTH_BAD
 
 
@@ -236,7 +245,7 @@ def test_the_api_takes_an_edit_and_answers_a_resend_with_it(annotator, make_pair
     second = api.post(reverse("api-judgements"), body, format="json")
     assert (first.status_code, second.status_code) == (201, 200)
     assert first.json()["edit"] == second.json()["edit"]
-    assert first.json()["edit"]["chars_added"] == len(" And more.") and first.json()["edit"]["status"] == "accepted"
+    assert first.json()["edit"]["chars_added"] == len("Andmore.") and first.json()["edit"]["status"] == "accepted"
     assert HumanAnswer.objects.count() == 1
 
 
