@@ -16,6 +16,7 @@ VERSION_SERVED = "version.served"
 VERSION_ROLLED_BACK = "version.rolled_back"
 EXPORT_READY = "export.ready"
 CANARY_DECIDED = "canary.decided"
+JUDGE_ROUTING_STOPPED = "judge.routing_stopped"
 TEST = "webhook.test"  # sent on demand to one endpoint, whatever it subscribed to
 
 WEBHOOK_EVENTS = {
@@ -26,6 +27,7 @@ WEBHOOK_EVENTS = {
     VERSION_ROLLED_BACK: "An earlier model version served again (a rollback)",
     EXPORT_READY: "An export ready to download",
     CANARY_DECIDED: "A canary decided (promote or reject)",
+    JUDGE_ROUTING_STOPPED: "An AI judge's routing stopped by itself (its checked trust fell below the bars)",
 }
 
 

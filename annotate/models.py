@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import uuid
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -29,6 +31,11 @@ def conversation_hash(messages: list[dict[str, Any]]) -> str:
         [{"role": m["role"], "content": m["content"]} for m in messages], ensure_ascii=False, separators=(",", ":")
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# How many answers a pair may show: two are compared, more are ranked (annotate/annotation/rankings.py).
+MIN_ANSWERS_PER_PAIR = 2
+MAX_ANSWERS_PER_PAIR = 4
 
 
 class CampaignQuerySet(models.QuerySet["Campaign"]):
@@ -95,6 +102,13 @@ class Campaign(models.Model):
     edits_allowed = models.BooleanField(
         default=False, help_text="Annotators may write a better answer with their vote (annotate.annotation.edits)."
     )
+    # Rank K answers (issue 19 part 2): more than 2 makes each new pair carry extra answers that annotators rank.
+    answers_per_pair = models.PositiveSmallIntegerField(
+        default=2,
+        validators=[MinValueValidator(MIN_ANSWERS_PER_PAIR), MaxValueValidator(MAX_ANSWERS_PER_PAIR)],
+        help_text=f"Answers each new pair shows ({MIN_ANSWERS_PER_PAIR}: compare two; up to {MAX_ANSWERS_PER_PAIR}: "
+        "annotators rank them).",
+    )
 
     objects = CampaignQuerySet.as_manager()
 
@@ -104,6 +118,10 @@ class Campaign(models.Model):
             models.CheckConstraint(condition=Q(votes_per_pair__gte=1), name="campaign_at_least_one_vote"),
             models.CheckConstraint(condition=Q(gold_rate__gte=0, gold_rate__lte=1), name="campaign_gold_rate"),
             models.CheckConstraint(condition=Q(repeat_rate__gte=0, repeat_rate__lte=1), name="campaign_repeat_rate"),
+            models.CheckConstraint(
+                condition=Q(answers_per_pair__gte=MIN_ANSWERS_PER_PAIR, answers_per_pair__lte=MAX_ANSWERS_PER_PAIR),
+                name="campaign_answers_per_pair",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -394,6 +412,9 @@ class Pair(models.Model):
         help_text="For a gold pair, the expected answer (a, b, tie or both_bad); its votes never train.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # A ranking pair (its campaign's answers_per_pair > 2) carries answers beyond A and B, in PairExtraAnswer rows;
+    # the count is kept here so that a lease knows how to show the pair without reading them.
+    answer_count = models.PositiveSmallIntegerField(default=2, help_text="Answers shown: A, B and the extra ones.")
 
     objects = PairQuerySet.as_manager()
 
@@ -437,6 +458,36 @@ class Pair(models.Model):
     @property
     def is_head_to_head(self) -> bool:
         return self.completion_a.model_version_id != self.completion_b.model_version_id
+
+    @property
+    def is_ranking(self) -> bool:
+        return self.answer_count > 2
+
+    def answers(self) -> list[Completion]:
+        """Its answers by position: A (0), B (1), then the extra ones (2, 3) of a ranking pair."""
+        extra = [row.completion for row in self.extra_answers.select_related("completion").order_by("position")]
+        return [self.completion_a, self.completion_b, *extra]
+
+
+class PairExtraAnswer(models.Model):
+    """An answer of a ranking pair beyond A and B: its position (2, 3) in the pair's own order, not the screen's."""
+
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="extra_answers")
+    position = models.PositiveSmallIntegerField()
+    completion = models.ForeignKey(Completion, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        ordering = ["pair", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["pair", "position"], name="pair_extra_answer_position_once"),
+            models.UniqueConstraint(fields=["pair", "completion"], name="pair_extra_answer_completion_once"),
+            models.CheckConstraint(
+                condition=Q(position__gte=2, position__lt=MAX_ANSWERS_PER_PAIR), name="pair_extra_answer_position"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Answer {self.position} of {self.pair}"
 
 
 class Assignment(models.Model):
@@ -490,6 +541,18 @@ class Assignment(models.Model):
     def right(self) -> Completion:
         return self.pair.completion_b if self.a_on_left else self.pair.completion_a
 
+    @property
+    def answer_order(self) -> list[int]:
+        """The pair's answer positions in the order this annotator's screen shows them (left to right, top to
+        bottom): A before B exactly when `a_on_left`, the rest shuffled once per assignment (seeded by its id, so a
+        reload shows the same order without storing it)."""
+        order = list(range(self.pair.answer_count))
+        random.Random(f"answer-order:{self.pk}").shuffle(order)
+        if (order.index(0) < order.index(1)) != self.a_on_left:
+            first, second = order.index(0), order.index(1)
+            order[first], order[second] = order[second], order[first]
+        return order
+
 
 class Judgement(models.Model):
     """One vote on a pair. The choice is stored relative to the pair (A/B), never to the screen."""
@@ -509,6 +572,7 @@ class Judgement(models.Model):
         HUMAN = "human", "Human annotator"
         SIMULATED = "simulated", "Simulated annotator"
         IMPORTED = "imported", "Imported"
+        JUDGE = "judge", "AI judge"
 
     pair = models.ForeignKey(Pair, on_delete=models.PROTECT, related_name="judgements")
     annotator = models.ForeignKey(
@@ -530,6 +594,10 @@ class Judgement(models.Model):
     is_repeat = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # A ranking of a ranking pair's answers (annotate/annotation/rankings.py): each answer's rank by the pair's own
+    # positions (A, B, extras), 1 the best, equal ranks a tie; `choice` then says what it says of A against B. All
+    # bad: every rank 1 and the choice both_bad. Empty for a vote on two answers.
+    ranking = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
@@ -570,6 +638,7 @@ class UndoneJudgement(models.Model):
     judged_at = models.DateTimeField()
     undone_at = models.DateTimeField(auto_now_add=True)
     edit = models.TextField(blank=True, help_text="The better answer written with the vote (offered again).")
+    ranking = models.JSONField(null=True, blank=True, help_text="The ranking, when the vote was one.")
 
     class Meta:
         ordering = ["id"]
@@ -1259,11 +1328,22 @@ class WebhookEndpoint(models.Model):
         ordering = ["-id"]
 
     def __str__(self) -> str:
-        return f"Webhook {self.pk} ({self.url})"
+        return f"Webhook {self.pk} ({self.url_masked})"
 
     @property
     def secret_masked(self) -> str:
         return f"whsec_…{self.secret[-4:]}" if self.secret else ""
+
+    @property
+    def url_masked(self) -> str:
+        """The URL as pages, the API and logs show it: many receivers (chat tools' incoming hooks) take their secret
+        in the path or the query, so past the host and the first path segment only the last 4 characters show."""
+        parts = urlsplit(self.url)
+        first, slash, more = parts.path.lstrip("/").partition("/")
+        hidden = f"{slash}{more}" + (f"?{parts.query}" if parts.query else "")
+        if len(hidden) <= 8:
+            return self.url
+        return f"{parts.scheme}://{parts.netloc}/{first}…{hidden[-4:]}"
 
 
 class WebhookDelivery(models.Model):
@@ -1380,6 +1460,162 @@ def _seconds(value: float) -> Any:
     from datetime import timedelta  # here, not at the top: this section is appended to a module others edit too
 
     return timedelta(seconds=value)
+
+
+# --- The AI judge --------------------------------------------------------------------------------------------------
+
+JUDGE_PROMPT_TEMPLATE = """You compare two answers to the same conversation. Say which answer is better.
+
+Conversation:
+{prompt}
+
+Answer 1:
+{first}
+
+Answer 2:
+{second}
+
+Reply with JSON only: {{"choice": "1" or "2" or "tie", "confidence": a number from 0 to 1}}"""
+
+
+class Judge(models.Model):
+    """An OpenAI-compatible endpoint and model that votes on a campaign's pairs beside the people (off by default).
+
+    Its verdicts are measured against people (annotate.judging.trust); routing (it settles pairs alone) runs only
+    while staff allow it and the measurement earns it. `routing_stop` is the one way routing ends by itself."""
+
+    campaign = models.OneToOneField(Campaign, on_delete=models.CASCADE, related_name="judge")
+    url = models.CharField(max_length=500, help_text="The API's base URL, e.g. https://host/v1 (chat/completions).")
+    api_key = models.CharField(max_length=300, blank=True, help_text="Sent as a bearer token; shown back masked.")
+    model = models.CharField(max_length=200, help_text="The model name the endpoint serves.")
+    prompt_template = models.TextField(
+        default=JUDGE_PROMPT_TEMPLATE, help_text="With {prompt}, {first} and {second}; asked twice, sides swapped."
+    )
+    prompt_version = models.CharField(max_length=50, default="v1", help_text="Change it when the template changes.")
+    enabled = models.BooleanField(default=False, help_text="Off: it judges nothing.")
+    allow_private = models.BooleanField(default=False, help_text="Staff allowed a private or loopback address.")
+    show_to_annotators = models.BooleanField(
+        default=False, help_text="Annotators see its choice (the page says so); off: never shown."
+    )
+    routing_allowed = models.BooleanField(
+        default=False, help_text="Staff let it settle pairs alone while its measured trust stays above the bars."
+    )
+    routing_active = models.BooleanField(default=False, help_text="Its trust earned routing at the last review.")
+    min_confidence = models.FloatField(default=0.8, help_text="It settles only pairs it is at least this sure of.")
+    min_gold_accuracy = models.FloatField(default=0.8, help_text="Routing needs at least this accuracy on gold.")
+    min_kappa = models.FloatField(default=0.6, help_text="Routing needs at least this Cohen's kappa with people.")
+    min_evidence = models.PositiveIntegerField(
+        default=20, help_text="Gold pairs and people-voted pairs it must have judged before its trust counts."
+    )
+    check_share = models.FloatField(
+        default=0.1, help_text="Share of the pairs it could settle that still go to people, as a check."
+    )
+    routing_stopped_at = models.DateTimeField(null=True, blank=True)
+    routing_stopped_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(check_share__gte=0, check_share__lte=1), name="judge_check_share"),
+            models.CheckConstraint(condition=Q(min_confidence__gte=0, min_confidence__lte=1), name="judge_confidence"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Judge {self.model} of {self.campaign}"
+
+    @property
+    def api_key_masked(self) -> str:
+        return f"…{self.api_key[-4:]}" if len(self.api_key) > 8 else ("set" if self.api_key else "")
+
+    def routing_start(self) -> bool:
+        """Trust earned: routing on (it was allowed). False when it was on already or is no longer allowed."""
+        return bool(
+            type(self)
+            .objects.filter(pk=self.pk, routing_allowed=True, routing_active=False)
+            .update(routing_active=True)
+        )
+
+    def routing_stop(self, *, reason: str) -> bool:
+        """The check showed it slipping: routing off and no longer allowed (staff allow it again), the reason kept,
+        and a webhook event sent. False when it was not routing."""
+        with transaction.atomic():
+            stopped = (
+                type(self)
+                .objects.filter(pk=self.pk, routing_active=True)
+                .update(
+                    routing_active=False,
+                    routing_allowed=False,
+                    routing_stopped_at=timezone.now(),
+                    routing_stopped_reason=reason[:1000],
+                )
+            )
+            if stopped:
+                webhook_events_emit(
+                    event=events.JUDGE_ROUTING_STOPPED,
+                    payload={"campaign": self.campaign_id, "judge": self.pk, "reason": reason[:1000]},
+                )
+        self.refresh_from_db()
+        return bool(stopped)
+
+
+class JudgeVerdict(models.Model):
+    """What a judge said about one pair under one prompt version, asked twice with the sides swapped, with its
+    lineage (endpoint, model, prompt version, both raw replies). While `asking` it is held by `holder` until
+    `lease_expires_at`; a worker killed mid-question leaves it to be taken over once the lease runs out."""
+
+    class Status(models.TextChoices):
+        ASKING = "asking", "Asking"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    class Choice(models.TextChoices):
+        A = "a", "A is better"
+        B = "b", "B is better"
+        TIE = "tie", "Tie"
+        UNSURE = "unsure", "Unsure (it flipped with the order)"
+
+    judge = models.ForeignKey(Judge, on_delete=models.CASCADE, related_name="verdicts")
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="judge_verdicts")
+    prompt_version = models.CharField(max_length=50)
+    endpoint = models.CharField(max_length=500)
+    model = models.CharField(max_length=200)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ASKING)
+    holder = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    first_reply = models.TextField(blank=True, help_text="Raw reply with A shown first (capped).")
+    second_reply = models.TextField(blank=True, help_text="Raw reply with B shown first (capped).")
+    first_choice = models.CharField(max_length=10, blank=True)
+    second_choice = models.CharField(max_length=10, blank=True)
+    choice = models.CharField(max_length=10, choices=Choice.choices, blank=True)
+    confidence = models.FloatField(null=True, blank=True)
+    consistent = models.BooleanField(null=True)
+    error = models.CharField(max_length=300, blank=True)
+    settled = models.BooleanField(default=False, help_text="It settled the pair alone (a judge vote recorded).")
+    is_check = models.BooleanField(default=False, help_text="It could have settled it; sent to people as a check.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["judge", "pair", "prompt_version"], name="judge_verdict_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Verdict of {self.judge_id} on {self.pair_id}: {self.choice or self.status}"
+
+
+class JudgeHint(models.Model):
+    """A person's vote cast with the judge's verdict on screen (a campaign that shows it to annotators), so the
+    quality page can compare votes made with and without it."""
+
+    judgement = models.OneToOneField(Judgement, on_delete=models.CASCADE, related_name="judge_hint")
+    verdict = models.ForeignKey(JudgeVerdict, on_delete=models.CASCADE, related_name="hints")
+
+    def __str__(self) -> str:
+        return f"{self.judgement} saw {self.verdict}"
 
 
 class HumanAnswer(models.Model):

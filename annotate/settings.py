@@ -401,6 +401,8 @@ ROUND_EXCLUDE_HEAD_TO_HEAD = env_bool("ROUND_EXCLUDE_HEAD_TO_HEAD", False)
 ROUND_EDITS = env_str("ROUND_EDITS", "edits_and_choices")
 if ROUND_EDITS not in ("off", "edits_only", "edits_and_choices"):
     raise ImproperlyConfigured(f"ROUND_EDITS must be off, edits_only or edits_and_choices, not {ROUND_EDITS!r}")
+# The AI judge's votes (pairs it settled alone, annotate.judging) train only when this is on; exports choose per export.
+ROUND_INCLUDE_JUDGE = env_bool("ROUND_INCLUDE_JUDGE", False)
 # Set each round's label smoothing (robust DPO) from how much its votes disagree, instead of ROUND_LABEL_SMOOTHING.
 ROUND_LABEL_SMOOTHING_AUTO = env_bool("ROUND_LABEL_SMOOTHING_AUTO", False)
 ROUND_GATE_MIN_ACCURACY = env_float("ROUND_GATE_MIN_ACCURACY", 0.5)
@@ -552,6 +554,9 @@ OIDC_RP_SCOPES = env_str("OIDC_RP_SCOPES", "openid email profile")
 OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups")
 OIDC_STAFF_GROUPS = env_list("OIDC_STAFF_GROUPS", "")
 OIDC_ANNOTATOR_GROUPS = env_list("OIDC_ANNOTATOR_GROUPS", "")
+# Users are matched by email: an ID token whose email_verified is not true is refused unless this is set (for a
+# provider that verifies every address it hands out but leaves the claim out).
+OIDC_TRUST_UNVERIFIED_EMAIL = env_bool("OIDC_TRUST_UNVERIFIED_EMAIL", False)
 OIDC_CLOCK_LEEWAY_SECONDS = env_int("OIDC_CLOCK_LEEWAY_SECONDS", 30)
 OIDC_TIMEOUT = env_float("OIDC_TIMEOUT", 10.0)
 OIDC_VERIFY_SSL = True
@@ -559,3 +564,19 @@ OIDC_RP_SIGN_ALGO = "RS256"  # checked against the provider's JWKS; a shared-sec
 OIDC_USE_PKCE = True
 OIDC_AUTHENTICATION_CALLBACK_URL = "sso-callback"
 AUTHENTICATION_BACKENDS = [*AUTHENTICATION_BACKENDS, "annotate.web.sso.GroupMappingOIDCBackend"]
+
+# --- The AI judge (annotate.judging) -------------------------------------------------------------------------------
+# Each question to a judge is one request with these limits (the same outbound rules as webhooks); a judge that hangs
+# or answers megabytes is a recorded failure of that verdict, never a stuck worker.
+JUDGE_CONNECT_TIMEOUT = env_float("JUDGE_CONNECT_TIMEOUT", 5.0)
+JUDGE_READ_TIMEOUT = env_float("JUDGE_READ_TIMEOUT", 30.0)
+JUDGE_TOTAL_SECONDS = env_float("JUDGE_TOTAL_SECONDS", 45.0)
+JUDGE_REPLY_MAX_BYTES = env_int("JUDGE_REPLY_MAX_BYTES", 65536)
+JUDGE_MAX_TOKENS = env_int("JUDGE_MAX_TOKENS", 64)
+# Pairs one task asks a judge about; a verdict held longer than the lease by a worker that died is taken over.
+JUDGE_BATCH_PAIRS = env_int("JUDGE_BATCH_PAIRS", 20)
+JUDGE_LEASE_SECONDS = env_float("JUDGE_LEASE_SECONDS", 2 * 2 * 45.0 + 30.0)
+CELERY_BEAT_SCHEDULE["judges-run"] = {
+    "task": "annotate.tasks.judges_run",
+    "schedule": env_float("JUDGE_INTERVAL", 30.0),
+}

@@ -12,6 +12,7 @@ from django.conf import settings
 from annotate.annotation import services
 from annotate.data import exports, import_jobs
 from annotate.hooks import services as hooks
+from annotate.judging import services as judging
 from annotate.models import DataImport, Export, TrainingRound
 from annotate.rounds import canary, deploy
 from annotate.rounds import services as rounds
@@ -129,3 +130,17 @@ def webhook_deliveries_send_due() -> int:
 def webhook_deliveries_prune() -> int:
     """Delete webhook deliveries that ended more than WEBHOOK_KEEP_DAYS ago."""
     return hooks.webhook_deliveries_prune()
+
+
+# Acknowledged on receipt: each verdict row names its holder and expires, so a worker lost mid-question leaves it to
+# the next run. The time limit covers a batch of questions that each stop at JUDGE_TOTAL_SECONDS.
+@shared_task(acks_late=False, time_limit=2 * settings.JUDGE_BATCH_PAIRS * settings.JUDGE_TOTAL_SECONDS + 60)
+def judge_run(judge_id: int) -> int:
+    """Ask a campaign's AI judge about a batch of pairs."""
+    return judging.judge_run(judge_id=judge_id)
+
+
+@shared_task
+def judges_run() -> int:
+    """A batch for every enabled AI judge (beat)."""
+    return judging.judges_run()

@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from annotate.annotation import api, campaign_views, edit_api, edit_views, views
+from annotate.annotation import api, campaign_views, edit_api, edit_views, rank_views, views
 from annotate.annotation import staff_api as campaign_api
 from annotate.dashboard import api as dashboard_api
 from annotate.dashboard import views as dashboard_views
@@ -13,6 +13,8 @@ from annotate.data import api as data_api
 from annotate.data import views as data_views
 from annotate.hooks import api as hooks_api
 from annotate.hooks import views as hooks_views
+from annotate.judging import api as judging_api
+from annotate.judging import views as judging_views
 from annotate.leaderboard import api as leaderboard_api
 from annotate.leaderboard import views as leaderboard_views
 from annotate.quality import api as quality_api
@@ -40,6 +42,7 @@ annotator_pages = [
     path("", views.annotate, name="annotate"),
     path("pairs/<id:pair_id>/judge/", views.judge, name="judge"),
     path("pairs/<id:pair_id>/skip/", views.skip, name="skip"),
+    path("pairs/<id:pair_id>/rank/", rank_views.rank, name="rank"),
     path("votes/undo/", views.undo, name="undo"),
     path("accounts/login/", sso.LoginView.as_view(), name="login"),
     path("accounts/sso/login/", sso.sso_login, name="sso-login"),
@@ -57,6 +60,8 @@ annotator_api = [
 staff_pages = [
     path("campaigns/", campaign_views.campaigns, name="campaigns"),
     path("campaigns/<id:campaign_id>/", campaign_views.campaign_edit, name="campaign-edit"),
+    path("campaigns/<id:campaign_id>/judge/", judging_views.judge_page, name="campaign-judge"),
+    path("campaigns/<id:campaign_id>/judge/run/", judging_views.judge_run, name="campaign-judge-run"),
     path("pairs/<id:pair_id>/", campaign_views.pair_detail, name="pair-detail"),
     path("pairs/<id:pair_id>/gold/", campaign_views.pair_gold, name="pair-gold"),
     path("edits/<id:answer_id>/review/", edit_views.edit_review, name="edit-review"),
@@ -92,6 +97,9 @@ staff_api_urls = [
     path("api/campaigns/", campaign_api.campaigns, name="api-campaigns"),
     path("api/campaigns/<id:campaign_id>/", campaign_api.campaign_detail, name="api-campaign"),
     path("api/edits/<id:answer_id>/review/", edit_api.edits_review, name="api-edit-review"),
+    path("api/campaigns/<id:campaign_id>/judge/", judging_api.judge_detail, name="api-campaign-judge"),
+    path("api/campaigns/<id:campaign_id>/judge/verdicts/", judging_api.judge_verdicts, name="api-judge-verdicts"),
+    path("api/campaigns/<id:campaign_id>/judge/run/", judging_api.judge_run, name="api-judge-run"),
     path("api/pairs/<id:pair_id>/gold/", data_api.pairs_gold, name="api-pair-gold"),
     path("api/annotators/<str:username>/", quality_api.annotators_detail, name="api-annotator"),
     path("api/annotators/<str:username>/actions/", quality_api.annotators_act, name="api-annotator-actions"),

@@ -15,8 +15,8 @@ from rest_framework.decorators import api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate.annotation import edits, services
-from annotate.models import HumanAnswer, Judgement
+from annotate.annotation import edits, rankings, services
+from annotate.models import MAX_ANSWERS_PER_PAIR, Assignment, HumanAnswer, Judgement
 from annotate.sampling import services as sampling
 
 # Ids are 64-bit integer columns: a larger number is refused as a bad field, not sent to the database.
@@ -37,6 +37,15 @@ class NextPairOutput(serializers.Serializer[Any]):
     left = AnswerSerializer()
     right = AnswerSerializer()
     lease_expires = serializers.DateTimeField(source="expires_at")
+    answers = serializers.SerializerMethodField(
+        help_text="A ranking pair's answers in the order to rank them by (`ranks` follows it); empty for two answers."
+    )
+
+    def get_answers(self, assignment: Assignment) -> list[dict[str, str]]:
+        if not assignment.pair.is_ranking:
+            return []
+        answers = assignment.pair.answers()
+        return [{"text": answers[position].text} for position in assignment.answer_order]
 
 
 @extend_schema(
@@ -54,7 +63,19 @@ def pairs_next(request: Request) -> Response:
 
 class JudgementInput(serializers.Serializer[Any]):
     pair = serializers.IntegerField(min_value=1, max_value=ID_MAX)
-    choice = serializers.ChoiceField(choices=services.SCREEN_CHOICES)
+    choice = serializers.ChoiceField(
+        choices=[*services.SCREEN_CHOICES, *rankings.RANKING_CHOICES],
+        help_text="left, right, tie or both_bad; for a ranking pair rank (with `ranks`) or all_bad.",
+    )
+    ranks = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_ANSWERS_PER_PAIR),
+        required=False,
+        allow_null=True,
+        default=None,
+        max_length=MAX_ANSWERS_PER_PAIR,
+        help_text="A ranking pair's ranks, one per answer in the order `answers` listed them; 1 the best, equal ranks "
+        "a tie.",
+    )
     strength = serializers.IntegerField(
         required=False,
         allow_null=True,
@@ -95,6 +116,9 @@ class JudgementOutput(serializers.Serializer[Any]):
     choice = serializers.CharField(source="choice_on_screen", help_text="As shown: left, right, tie or both_bad.")
     choice_relative_to_pair = serializers.CharField(source="choice", help_text="a, b, tie or both_bad.")
     strength = serializers.IntegerField(allow_null=True)
+    ranking = serializers.ListField(
+        child=serializers.IntegerField(), allow_null=True, help_text="Ranks by the pair's positions (A, B, extras)."
+    )
     rationale = serializers.CharField()
     idempotency_key = serializers.UUIDField()
     time_spent_ms = serializers.IntegerField(allow_null=True)
@@ -130,11 +154,19 @@ def judgements_create(request: Request) -> Response:
         idempotency_key=data.validated_data["idempotency_key"],
         edit=data.validated_data["edit"],
         edit_from=data.validated_data["edit_from"],
+        ranks=_ranks(data.validated_data),
     )
     return Response(
         JudgementOutput(recorded.judgement).data,
         status=status.HTTP_201_CREATED if recorded.created else status.HTTP_200_OK,
     )
+
+
+def _ranks(validated: dict[str, Any]) -> list[int] | None:
+    """The ranks sent; a ranking's choice without them is an empty ranking (the service says what is missing)."""
+    if validated["ranks"] is None and validated["choice"] in rankings.RANKING_CHOICES:
+        return []
+    return validated["ranks"]
 
 
 class UndoInput(serializers.Serializer[Any]):

@@ -18,7 +18,15 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from annotate.annotation import edits, services
 from annotate.errors import Invalid
-from annotate.models import Assignment, Campaign, Judgement, ModelVersion, Pair
+from annotate.models import (
+    MAX_ANSWERS_PER_PAIR,
+    MIN_ANSWERS_PER_PAIR,
+    Assignment,
+    Campaign,
+    Judgement,
+    ModelVersion,
+    Pair,
+)
 from annotate.quality.columns import DEFAULT_SORT
 from annotate.quality.selectors import quality_judgements, quality_rows
 from annotate.sampling.generation import SAMPLING_SPEC_OF_FIELD, SYSTEM_PROMPT_MAX_CHARACTERS, sampling_field_specs
@@ -52,6 +60,13 @@ class CampaignForm(forms.ModelForm):  # type: ignore[type-arg]
         required=False,
         help_text="With sides 'version': the earlier version that makes the second answer.",
     )
+    answers_per_pair = forms.TypedChoiceField(
+        choices=[(count, str(count)) for count in range(MIN_ANSWERS_PER_PAIR, MAX_ANSWERS_PER_PAIR + 1)],
+        coerce=int,
+        required=False,
+        empty_value=None,
+        help_text="Answers in each new pair: 2 are compared, 3 or 4 are ranked.",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -64,7 +79,7 @@ class CampaignForm(forms.ModelForm):  # type: ignore[type-arg]
         fields = [
             "name", "title", "guidelines", "votes_per_pair", "gold_rate", "repeat_rate", "quota_per_annotator",
             "groups", "is_active", "system_prompt", "temperature", "top_p", "max_tokens", "sides", "opponent_version",
-            "second_temperature", "second_top_p", "edits_allowed",
+            "second_temperature", "second_top_p", "answers_per_pair", "edits_allowed",
         ]  # fmt: skip
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 6})}
 
@@ -76,6 +91,8 @@ class CampaignForm(forms.ModelForm):  # type: ignore[type-arg]
                 self.add_error(name, "must be between 0 and 1")
         if (cleaned.get("gold_rate") or 0) + (cleaned.get("repeat_rate") or 0) > 1:
             self.add_error("repeat_rate", "gold and repeat rates together must not exceed 1")
+        if cleaned.get("answers_per_pair") is None:
+            cleaned["answers_per_pair"] = MIN_ANSWERS_PER_PAIR  # a form that predates it compares two, as before
         votes = cleaned.get("votes_per_pair")
         if votes is not None and votes < 1:
             self.add_error("votes_per_pair", "must be at least 1")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -80,6 +81,7 @@ def judgement_record_with_edit(
     edit_from: str = "",
     source: str = Judgement.Source.HUMAN,
     time_spent_ms: int | None = None,
+    ranks: Sequence[int] | None = None,
 ) -> RecordedJudgement:
     """Record a vote (judgement_record) and the answer written with it, as one: both are stored or neither.
 
@@ -101,6 +103,7 @@ def judgement_record_with_edit(
             idempotency_key=idempotency_key,
             source=source,
             time_spent_ms=time_spent_ms,
+            ranks=ranks,
         )
         if not recorded.created or not text:
             return recorded

@@ -16,6 +16,7 @@ import random
 import secrets
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
+from annotate.annotation import rankings
 from annotate.cache import cache_generation, cached_for, cached_read
 from annotate.errors import Conflict, Invalid
 from annotate.events import VOTE_RECORDED, webhook_events_emit
@@ -272,7 +274,7 @@ def _assignment_for_answer(*, annotator: User, pair_id: int, idempotency_key: uu
 
     With a vote's `idempotency_key`, a Conflict also when a vote was stored or undone under that key: the same read
     asks, so a first vote costs one statement here; the caller's replay lookup then says which."""
-    assignments = Assignment.objects.filter(pair_id=pair_id, annotator=annotator).order_by("-id")
+    assignments = Assignment.objects.filter(pair_id=pair_id, annotator=annotator).select_related("pair").order_by("-id")
     if idempotency_key is not None:
         assignments = assignments.annotate(
             key_used=Exists(Judgement.objects.filter(idempotency_key=idempotency_key))
@@ -314,11 +316,19 @@ class RecordedJudgement:
     created: bool
 
 
-def _validate_vote(choice: str, strength: int | None, rationale: str) -> dict[str, str]:
+def _validate_vote(choice: str, strength: int | None, rationale: str, ranks: Sequence[int] | None) -> dict[str, str]:
     errors = {}
-    if choice not in SCREEN_CHOICES:
+    if ranks is not None:
+        # A ranking (rankings.py): its ranks are checked against the pair's answers once the pair is known.
+        if choice not in rankings.RANKING_CHOICES:
+            errors["choice"] = f"must be one of {', '.join(rankings.RANKING_CHOICES)} with a ranking"
+        elif choice == rankings.RANK and (problem := rankings.ranks_errors(ranks)):
+            errors["ranks"] = problem
+        if strength is not None:
+            errors["strength"] = "is not given with a ranking"
+    elif choice not in SCREEN_CHOICES:
         errors["choice"] = f"must be one of {', '.join(SCREEN_CHOICES)}"
-    if choice in ("left", "right"):
+    elif choice in ("left", "right"):
         if strength not in (1, 2, 3):
             errors["strength"] = "must be 1 (slightly), 2 (clearly) or 3 (much better)"
     elif strength is not None:
@@ -352,15 +362,21 @@ def judgement_record(
     idempotency_key: uuid.UUID,
     source: str = Judgement.Source.HUMAN,
     time_spent_ms: int | None = None,
+    ranks: Sequence[int] | None = None,
 ) -> RecordedJudgement:
     """Record one vote given on screen sides (left/right/tie/both_bad), stored relative to the pair.
+
+    On a ranking pair (more than two answers) the vote is a ranking: `ranks` gives each answer's rank in the order
+    the screen showed them and the choice is "rank", or "all_bad" (ranks then ignored); it is stored by the pair's
+    own positions with the A/B choice it implies (annotate/annotation/rankings.py). A left/right/tie/both_bad vote
+    on a ranking pair, or a ranking of the wrong number of answers, is Invalid.
 
     The same idempotency key always answers with the vote stored under it (created=False), whichever of several
     requests sent at once wrote it. Invalid for bad fields; Conflict when the pair is not the annotator's to judge.
     `time_spent_ms` overrides the time measured from the lease (simulated annotators).
     """
     rationale = rationale.strip()
-    errors = _validate_vote(choice, strength, rationale)
+    errors = _validate_vote(choice, strength, rationale, ranks)
     if errors:
         raise Invalid(errors)
     try:
@@ -374,6 +390,7 @@ def judgement_record(
             idempotency_key=idempotency_key,
             source=source,
             time_spent_ms=time_spent_ms,
+            ranks=ranks,
         )
     except (IntegrityError, Conflict):
         # A resend, or the same key sent twice at once: whichever request lost, the vote is stored; answer with it.
@@ -410,13 +427,10 @@ def _judgement_write(
     idempotency_key: uuid.UUID,
     source: str,
     time_spent_ms: int | None,
+    ranks: Sequence[int] | None,
 ) -> Judgement:
     assignment = _assignment_for_answer(annotator=annotator, pair_id=pair_id, idempotency_key=idempotency_key)
-    if choice in ("left", "right"):
-        chose_a = (choice == "left") == assignment.a_on_left
-        stored_choice = Judgement.Choice.A if chose_a else Judgement.Choice.B
-    else:
-        stored_choice = Judgement.Choice(choice)
+    stored_choice, ranking = _stored_choice(assignment, choice, ranks)
     now = timezone.now()
     with transaction.atomic():
         was_leased = assignment.status == Assignment.Status.LEASED
@@ -443,7 +457,28 @@ def _judgement_write(
             idempotency_key=idempotency_key,
             source=source,
             is_repeat=assignment.kind == Assignment.Kind.REPEAT,
+            ranking=ranking,
         )
+
+
+def _stored_choice(assignment: Assignment, choice: str, ranks: Sequence[int] | None) -> tuple[str, list[int] | None]:
+    """The choice relative to the pair and, for a ranking, the ranks by the pair's positions. Invalid when the vote
+    does not fit the pair: a ranking pair is ranked, a pair of two compared (or ranked), ranks match its answers."""
+    count = assignment.pair.answer_count
+    if ranks is None:
+        if count > 2:
+            raise Invalid({"choice": f"this pair shows {count} answers: rank them"})
+        if choice in ("left", "right"):
+            chose_a = (choice == "left") == assignment.a_on_left
+            return (Judgement.Choice.A if chose_a else Judgement.Choice.B), None
+        return Judgement.Choice(choice), None
+    if choice == rankings.ALL_BAD:
+        return Judgement.Choice.BOTH_BAD, rankings.ranking_all_bad(count)
+    problem = rankings.ranks_errors(ranks, count)
+    if problem:
+        raise Invalid({"ranks": problem})
+    ranking = rankings.ranking_by_position(ranks, assignment.answer_order)
+    return rankings.choice_of_ranking(ranking), ranking
 
 
 def _place_to_vote(pair_id: int, was_leased: bool) -> None:
@@ -525,6 +560,7 @@ def judgement_undo(*, annotator: User, judgement_id: int) -> Assignment:
             rationale=last.rationale,
             judged_at=last.created_at,
             edit=HumanAnswer.objects.filter(judgement=last).values_list("text", flat=True).first() or "",
+            ranking=last.ranking,
         )
         last.delete()  # its written answer (HumanAnswer) with it
         pairs = Pair.objects.filter(pk=last.pair_id, judgement_count__gt=0)

@@ -16,7 +16,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate.models import Campaign, ModelVersion
+from annotate.models import MAX_ANSWERS_PER_PAIR, MIN_ANSWERS_PER_PAIR, Campaign, ModelVersion
 from annotate.sampling.generation import SAMPLING_SPEC_OF_FIELD, SYSTEM_PROMPT_MAX_CHARACTERS, sampling_field_specs
 from annotate.web.staff_api import (
     NOT_STAFF,
@@ -34,6 +34,12 @@ class CampaignItem(serializers.ModelSerializer[Campaign]):
     votes_per_pair = serializers.IntegerField(min_value=1, max_value=50, default=1)
     gold_rate = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.0)
     repeat_rate = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.0)
+    answers_per_pair = serializers.IntegerField(
+        min_value=MIN_ANSWERS_PER_PAIR,
+        max_value=MAX_ANSWERS_PER_PAIR,
+        default=MIN_ANSWERS_PER_PAIR,
+        help_text="Answers in each new pair: 2 are compared, 3 or 4 are ranked.",
+    )
     system_prompt = serializers.CharField(
         required=False, allow_blank=True, max_length=SYSTEM_PROMPT_MAX_CHARACTERS, help_text="Sent before each prompt."
     )
@@ -49,7 +55,7 @@ class CampaignItem(serializers.ModelSerializer[Campaign]):
         fields = [
             "id", "name", "title", "guidelines", "votes_per_pair", "gold_rate", "repeat_rate", "quota_per_annotator",
             "groups", "is_active", "created_at", "system_prompt", "temperature", "top_p", "max_tokens", "sides",
-            "opponent_version", "second_temperature", "second_top_p", "edits_allowed",
+            "opponent_version", "second_temperature", "second_top_p", "answers_per_pair", "edits_allowed",
         ]  # fmt: skip
 
     def get_fields(self) -> dict[str, serializers.Field]:  # type: ignore[type-arg]

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotate.annotation import edits, services
 from annotate.errors import Conflict, Invalid
+from annotate.judging import services as judging
 from annotate.models import Assignment, Campaign, Judgement, ModelVersion, TrainingRound
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerUnavailable, client_from_settings
@@ -46,6 +47,7 @@ def _annotate_context(request: AppRequest, assignment: Assignment | None, **extr
         "previous": services.judgement_undone_last(assignment=assignment) if assignment else None,
         "edit_max_length": settings.EDIT_MAX_LENGTH,
         "strengths": list(zip(Judgement.Strength.values, STRENGTH_KEYS, Judgement.Strength.labels, strict=True)),
+        "judge_hint": judging.judge_hint_for(assignment),
         **extra,
     }
 
@@ -130,7 +132,12 @@ def _answer_failed(request: AppRequest, pair_id: int, error: Invalid | Conflict,
 @require_POST
 @login_required
 def judge(request: AppRequest, pair_id: int) -> HttpResponse:
-    form = VoteForm(request.POST)
+    return vote_form_record(request, pair_id, VoteForm(request.POST))
+
+
+def vote_form_record(request: AppRequest, pair_id: int, form: VoteForm) -> HttpResponse:
+    """Record what a vote form posted (a vote, or a ranking: annotate/annotation/rank_views.py) and answer with the
+    next pair, or with the error and the pair still in place."""
     draft = request.POST.get("edit", "").replace("\x00", "")
     if not form.is_valid():
         return _answer_failed(request, pair_id, Invalid(form.errors_by_field()), draft)
@@ -139,14 +146,16 @@ def judge(request: AppRequest, pair_id: int) -> HttpResponse:
             annotator=request.user,
             pair_id=pair_id,
             choice=form.cleaned_data["choice"],
-            strength=form.cleaned_data["strength"],
+            strength=form.cleaned_data.get("strength"),
             rationale=form.cleaned_data["rationale"],
             idempotency_key=form.cleaned_data["idempotency_key"],
-            edit=form.cleaned_data["edit"],
-            edit_from=form.cleaned_data["edit_from"],
+            edit=form.cleaned_data.get("edit") or "",
+            edit_from=form.cleaned_data.get("edit_from") or "",
+            ranks=form.cleaned_data.get("ranks"),
         )
     except (Invalid, Conflict) as error:
         return _answer_failed(request, pair_id, error, draft)
+    judging.judge_hint_record(judgement=recorded.judgement, verdict_id=request.POST.get("judge_verdict"))
     return _after_answer(request, saved=recorded.judgement)
 
 

@@ -391,6 +391,9 @@ class ExportInput(serializers.Serializer[Any]):
     exclude_head_to_head = serializers.BooleanField(
         default=False, help_text="Leave out votes on head-to-head pairs (answers from two model versions)."
     )
+    include_judge = serializers.BooleanField(
+        default=False, help_text="Votes of the AI judge on pairs it settled alone (left out by default)."
+    )
     min_competence = serializers.FloatField(
         default=0.0, min_value=0.0, max_value=1.0, help_text="Leave out annotators whose MACE competence is lower."
     )

@@ -186,6 +186,7 @@ class ExportForm(forms.Form):
     include_gold = forms.BooleanField(required=False, label="Include votes on gold pairs")
     include_repeats = forms.BooleanField(required=False, label="Include repeat votes")
     include_excluded_annotators = forms.BooleanField(required=False, label="Include excluded annotators' votes")
+    include_judge = forms.BooleanField(required=False, label="Include the AI judge's votes")
     exclude_head_to_head = forms.BooleanField(
         required=False, label="Leave out head-to-head votes", help_text="Pairs whose answers come from two versions."
     )

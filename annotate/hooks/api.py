@@ -23,6 +23,11 @@ NO_ENDPOINT = OpenApiResponse(description="No such webhook endpoint.")
 
 class EndpointItem(serializers.ModelSerializer[WebhookEndpoint]):
     secret = serializers.CharField(source="secret_masked", read_only=True, help_text="Masked: shown once, at creation.")
+    url = serializers.CharField(
+        source="url_masked",
+        read_only=True,
+        help_text="Past the host and first path segment, masked: in full at creation.",
+    )
     created_by = serializers.CharField(source="created_by.username", read_only=True, allow_null=True)
 
     class Meta:
@@ -31,6 +36,7 @@ class EndpointItem(serializers.ModelSerializer[WebhookEndpoint]):
 
 
 class EndpointCreated(EndpointItem):
+    url = serializers.CharField(read_only=True, help_text="In full: this once only.")
     secret = serializers.CharField(read_only=True, help_text="The signing secret, in full: this once only.")
 
 

@@ -28,6 +28,7 @@ class Answer:
     error: str
     excerpt: str
     milliseconds: int
+    truncated: bool = False  # more of the answer was left unread (the cap or the deadline)
 
 
 def webhook_url_problem(url: str) -> str | None:
@@ -95,10 +96,36 @@ def _pinned(url: str, address: str) -> tuple[str, str]:
 def webhook_post(*, url: str, body: bytes, headers: dict[str, str], allow_private: bool) -> Answer:
     """POST `body` to `url` once. Never raises for what a receiver does: a refused address, a timeout, a redirect, a
     non-2xx status or a broken connection is an Answer with its error."""
+    return outbound_post(
+        url=url,
+        body=body,
+        headers=headers,
+        allow_private=allow_private,
+        max_bytes=settings.WEBHOOK_RESPONSE_MAX_BYTES,
+        connect_seconds=settings.WEBHOOK_CONNECT_TIMEOUT,
+        read_seconds=settings.WEBHOOK_READ_TIMEOUT,
+        total_seconds=settings.WEBHOOK_TOTAL_SECONDS,
+    )
+
+
+def outbound_post(
+    *,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    allow_private: bool,
+    max_bytes: int,
+    connect_seconds: float,
+    read_seconds: float,
+    total_seconds: float,
+) -> Answer:
+    """POST `body` to `url` once, under the rules every request the app sends out follows (webhooks, the AI judge):
+    the address checked when sent and pinned, no redirects, no proxy, and at most `max_bytes` of the answer read
+    before `total_seconds` (the Answer says `truncated` when more was left). Never raises for what a server does."""
     started = time.monotonic()
 
-    def answer(status_code: int | None, error: str, excerpt: str = "") -> Answer:
-        return Answer(status_code, error[:300], excerpt, int((time.monotonic() - started) * 1000))
+    def answer(status_code: int | None, error: str, excerpt: str = "", truncated: bool = False) -> Answer:
+        return Answer(status_code, error[:300], excerpt, int((time.monotonic() - started) * 1000), truncated)
 
     try:
         address = webhook_address_resolve(url, allow_private=allow_private)
@@ -106,12 +133,7 @@ def webhook_post(*, url: str, body: bytes, headers: dict[str, str], allow_privat
         return answer(None, f"refused: {refused}")
     pinned_url, host_header = _pinned(url, address)
     hostname = urlsplit(url).hostname or ""
-    timeout = httpx.Timeout(
-        connect=settings.WEBHOOK_CONNECT_TIMEOUT,
-        read=settings.WEBHOOK_READ_TIMEOUT,
-        write=settings.WEBHOOK_READ_TIMEOUT,
-        pool=settings.WEBHOOK_CONNECT_TIMEOUT,
-    )
+    timeout = httpx.Timeout(connect=connect_seconds, read=read_seconds, write=read_seconds, pool=connect_seconds)
     # trust_env=False: no proxy from the environment, which would send to an address this module never checked.
     try:
         with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
@@ -124,13 +146,13 @@ def webhook_post(*, url: str, body: bytes, headers: dict[str, str], allow_privat
             )
             response = client.send(request, stream=True)
             try:
-                excerpt = _excerpt(response, started)
+                excerpt, truncated = _excerpt(response, started + total_seconds, max_bytes)
                 if response.is_redirect:
                     where = response.headers.get("location", "")[:100]
-                    return answer(response.status_code, f"redirect to {where!r} not followed", excerpt)
+                    return answer(response.status_code, f"redirect to {where!r} not followed", excerpt, truncated)
                 if not response.is_success:
-                    return answer(response.status_code, f"answered {response.status_code}", excerpt)
-                return answer(response.status_code, "", excerpt)
+                    return answer(response.status_code, f"answered {response.status_code}", excerpt, truncated)
+                return answer(response.status_code, "", excerpt, truncated)
             finally:
                 response.close()  # the rest of the body is never read
     except httpx.TimeoutException as error:
@@ -139,16 +161,39 @@ def webhook_post(*, url: str, body: bytes, headers: dict[str, str], allow_privat
         return answer(None, f"{type(error).__name__}: {error}")
 
 
-def _excerpt(response: httpx.Response, started: float) -> str:
-    """The first WEBHOOK_RESPONSE_MAX_BYTES of the body, read until the cap or the deadline; the rest is left."""
-    limit = settings.WEBHOOK_RESPONSE_MAX_BYTES
-    deadline = started + settings.WEBHOOK_TOTAL_SECONDS
+def own_address_problem(url: str, *, app_hosts: list[str]) -> str | None:
+    """Why `url` would send the app's requests back to the app itself (its host is one the app answers to, by
+    ALLOWED_HOSTS or `app_hosts`, the Host of the request that configures it), or None."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    for own in app_hosts:
+        try:
+            own_parts = urlsplit(f"//{own}")
+            own_host, own_port = (own_parts.hostname or "").lower().rstrip("."), own_parts.port
+        except ValueError:
+            continue
+        if own_host and host == own_host and (own_port == port or (own_port is None and port in (80, 443))):
+            return f"{parts.netloc} is this app itself"
+    for pattern in settings.ALLOWED_HOSTS:
+        pattern = pattern.lower()
+        if pattern in ("*", "localhost", "127.0.0.1", "[::1]"):
+            continue  # loopback: the private-address rule covers it (a model server on this host may be meant)
+        if host == pattern or (pattern.startswith(".") and (host.endswith(pattern) or host == pattern[1:])):
+            return f"{host} is a name this app answers to (ALLOWED_HOSTS)"
+    return None
+
+
+def _excerpt(response: httpx.Response, deadline: float, limit: int) -> tuple[str, bool]:
+    """The first `limit` bytes of the body, read until the cap or the deadline, and whether more was left."""
     read = b""
+    truncated = False
     try:
         for chunk in response.iter_raw():
             read += chunk
-            if len(read) >= limit or time.monotonic() > deadline:
+            if len(read) > limit or time.monotonic() > deadline:
+                truncated = True
                 break
     except httpx.HTTPError:
-        pass  # the status is what counts; a body cut short is only a shorter excerpt
-    return read[:limit].decode("utf-8", errors="replace")
+        truncated = True  # the status is what counts for a webhook; a body cut short is only a shorter excerpt
+    return read[:limit].decode("utf-8", errors="replace"), truncated

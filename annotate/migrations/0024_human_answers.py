@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotate', '0021_campaign_sampling'),
+        ('annotate', '0023_ranking'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

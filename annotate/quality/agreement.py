@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import krippendorff
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, kendalltau
 
 LABELS: tuple[str, ...] = ("a", "b", "tie", "both_bad")
 DECISIVE: frozenset[str] = frozenset({"a", "b"})
@@ -47,6 +47,9 @@ class Vote:
     a_is_longer: bool | None = None
     is_repeat: bool = False
     vote_id: Hashable = None
+    # A ranking of a ranking pair's answers (ranks by position, 1 the best; annotate/annotation/rankings.py), whose
+    # `label` is what it says of A against B. None for a vote on two answers.
+    ranking: tuple[int, ...] | None = None
 
     @property
     def is_decisive(self) -> bool:
@@ -149,6 +152,42 @@ def alpha_ordinal(votes: Iterable[Vote]) -> float | None:
     )
 
 
+def _ranked(votes: Iterable[Vote]) -> list[Vote]:
+    """First votes that rank (all-bad rankings aside: they order nothing)."""
+    return [vote for vote in first_votes(votes) if vote.ranking is not None and vote.label != "both_bad"]
+
+
+def ranking_alpha_ordinal(votes: Iterable[Vote]) -> float | None:
+    """Krippendorff's alpha, ordinal, on the pair orders rankings imply: each two answers of a ranking pair are a
+    unit, valued -1 (the first ranked better), 0 (tied) or +1 (the second ranked better)."""
+    ratings = []
+    for vote in _ranked(votes):
+        ranks = vote.ranking or ()
+        for first, second in combinations(range(len(ranks)), 2):
+            order = float(np.sign(ranks[first] - ranks[second]))
+            ratings.append((vote.annotator, (vote.item, first, second), order))
+    return reliability_alpha(ratings, level="ordinal")
+
+
+def ranking_kendall_tau(votes: Iterable[Vote]) -> float | None:
+    """Kendall's tau-b between two annotators' rankings of the same answers (scipy.stats.kendalltau, which corrects
+    for ties), averaged over every two annotators of every ranking pair; None with no pair ranked twice, and a pair
+    whose two rankings tie everything (tau undefined) is left out."""
+    by_item: dict[Hashable, list[tuple[int, ...]]] = defaultdict(list)
+    for vote in _ranked(votes):
+        by_item[vote.item].append(vote.ranking or ())
+    taus = []
+    for rankings in by_item.values():
+        for first, second in combinations(rankings, 2):
+            if len(first) == len(second):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # a constant ranking: tau is nan, left out below
+                    tau = float(kendalltau(first, second).statistic)
+                if not np.isnan(tau):
+                    taus.append(tau)
+    return statistics.fmean(taus) if taus else None
+
+
 @dataclass(frozen=True)
 class AgreementSummary:
     alpha_nominal: float | None
@@ -158,6 +197,10 @@ class AgreementSummary:
     votes: int
     # Items with votes from at least two annotators: the ones agreement is measured on.
     pairable_items: int
+    # Rankings among the votes, and the agreement of rankings of the same answers (None: no two to compare).
+    rankings: int = 0
+    ranking_alpha_ordinal: float | None = None
+    ranking_kendall_tau: float | None = None
 
 
 def agreement_summary(votes: Sequence[Vote]) -> AgreementSummary:
@@ -170,6 +213,9 @@ def agreement_summary(votes: Sequence[Vote]) -> AgreementSummary:
         items=len(per_item),
         votes=len(firsts),
         pairable_items=sum(1 for count in per_item.values() if count >= 2),
+        rankings=sum(1 for vote in firsts if vote.ranking is not None),
+        ranking_alpha_ordinal=ranking_alpha_ordinal(firsts),
+        ranking_kendall_tau=ranking_kendall_tau(firsts),
     )
 
 

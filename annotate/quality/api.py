@@ -104,6 +104,13 @@ class QualityAgreementItem(serializers.Serializer[Any]):
     units = serializers.IntegerField(source="items", help_text="Pairs with votes.")
     pairable_units = serializers.IntegerField(source="pairable_items", help_text="Pairs with two annotators or more.")
     votes = serializers.IntegerField(help_text="First votes (repeats left out).")
+    rankings = serializers.IntegerField(help_text="Rankings among those votes (pairs of 3 or 4 answers).")
+    ranking_alpha_ordinal = serializers.FloatField(
+        allow_null=True, help_text="Krippendorff's alpha, ordinal, on the pair orders rankings imply (-1, 0, +1)."
+    )
+    ranking_kendall_tau = serializers.FloatField(
+        allow_null=True, help_text="Mean Kendall's tau-b between two annotators' rankings of the same answers."
+    )
 
 
 class QualityFlagItem(serializers.Serializer[Any]):

@@ -6,14 +6,15 @@ Training rounds and exports read preference data through here, so both follow th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import combinations, groupby
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from django.db.models import Count, F, Q, QuerySet
 
-from annotate.models import HumanAnswer, Judgement, Pair
+from annotate.annotation import rankings
+from annotate.models import Completion, HumanAnswer, Judgement, Pair
 
 Combine = Literal["majority", "all", "unanimous"]
 # What annotators' written answers (HumanAnswer) add: nothing; only their rows (the votes' own choices are left
@@ -47,6 +48,8 @@ class PreferenceRules:
     # Written answers train as the chosen answer against both sampled answers of their pair (edit_preference_rows);
     # by default beside the choices: a vote with an answer written is still a vote between the two.
     edits: Edits = "edits_and_choices"
+    # The AI judge's votes (Judgement.Source.JUDGE, pairs it settled alone): left out unless included.
+    include_judge: bool = False
 
     def __post_init__(self) -> None:
         if self.edits not in EDITS_RULES:
@@ -70,6 +73,7 @@ class PreferenceRules:
             "exclude_head_to_head": self.exclude_head_to_head,
             "min_competence": self.min_competence,
             "edits": self.edits,
+            "include_judge": self.include_judge,
         }
 
     @property
@@ -97,6 +101,8 @@ class PreferenceRules:
             reasons["repeat votes (self-consistency checks)"] = Q(is_repeat=True)
         if not self.include_excluded_annotators:
             reasons["votes of excluded annotators"] = Q(annotator__standing__votes_excluded=True)
+        if not self.include_judge:
+            reasons["votes of the AI judge"] = Q(source=Judgement.Source.JUDGE)
         if self.exclude_head_to_head:
             same_version = F("pair__completion_b__model_version_id")
             reasons["votes on head-to-head pairs (two model versions)"] = ~Q(
@@ -147,22 +153,31 @@ class Verdict:
     agreement: float  # share of the votes that agree with the outcome
     strength: float | None  # mean strength of the votes for the outcome (a or b only)
     judgement_ids: list[int] = field(default_factory=list)
-    judgements: list[Judgement] = field(default_factory=list)  # the same votes as judgement_ids, for their lineage
+    # The same votes as judgement_ids, for their lineage and weights (for a pair implied by rankings, each ranking's
+    # RankedVote: what it says of the two answers compared).
+    judgements: Sequence[Any] = field(default_factory=list)
+    # A pair implied by rankings (ranking_verdicts): the two answers it compares, first and second standing for A and
+    # B in `outcome`, and its share of its rankings' weight (annotate/annotation/rankings.py).
+    compared: tuple[Completion, Completion] | None = None
+    share: float = 1.0
+
+    def _answers(self) -> tuple[Completion, Completion]:
+        return self.compared or (self.pair.completion_a, self.pair.completion_b)
 
     @property
     def chosen(self) -> str | None:
         if self.outcome == Judgement.Choice.A:
-            return self.pair.completion_a.text
+            return self._answers()[0].text
         if self.outcome == Judgement.Choice.B:
-            return self.pair.completion_b.text
+            return self._answers()[1].text
         return None
 
     @property
     def rejected(self) -> str | None:
         if self.outcome == Judgement.Choice.A:
-            return self.pair.completion_b.text
+            return self._answers()[1].text
         if self.outcome == Judgement.Choice.B:
-            return self.pair.completion_a.text
+            return self._answers()[0].text
         return None
 
 
@@ -239,9 +254,13 @@ def combine(votes: Sequence[VoteT], rules: PreferenceRules) -> Iterator[Combined
 
 
 def verdicts(judgements: Iterable[Judgement], rules: PreferenceRules) -> Iterator[Verdict]:
-    """Combine votes into verdicts. `judgements` must be ordered by pair (see judgements_for_preferences)."""
+    """Combine votes into verdicts. `judgements` must be ordered by pair (see judgements_for_preferences). The
+    rankings of a ranking pair give a verdict for each two of its answers (ranking_verdicts)."""
     for _, group in groupby(judgements, key=lambda judgement: judgement.pair_id):
         votes = list(group)
+        if votes[0].pair.is_ranking:
+            yield from ranking_verdicts(votes, rules)
+            continue
         for combined in combine(votes, rules):
             backing = list(combined.judgements)
             yield Verdict(
@@ -253,6 +272,78 @@ def verdicts(judgements: Iterable[Judgement], rules: PreferenceRules) -> Iterato
                 [vote.pk for vote in backing],
                 backing,
             )
+
+
+@dataclass(frozen=True, slots=True)
+class RankedVote:
+    """What one ranking says of two of its pair's answers, as a vote on them: a (the first is ranked better), b,
+    tie, or both_bad (the ranking said all bad)."""
+
+    choice: str
+    judgement: Judgement
+    strength: float | None = None  # a ranking has none
+
+    @property
+    def annotator_id(self) -> int | None:
+        return self.judgement.annotator_id
+
+    @property
+    def pk(self) -> int:
+        return self.judgement.pk
+
+
+@dataclass(frozen=True, slots=True)
+class ImpliedVerdict(Generic[VoteT]):
+    """A verdict on two answers of a ranking pair, with its share of its rankings' weight."""
+
+    first: int
+    second: int
+    combined: Combined[VoteT]
+    share: float
+
+
+def implied_verdicts(
+    votes: Sequence[VoteT], rankings_of: Sequence[Sequence[int] | None], answer_count: int, rules: PreferenceRules,
+    as_vote: Callable[[VoteT, str], VoteT], vote_key: Callable[[VoteT], Hashable],
+) -> list[ImpliedVerdict[VoteT]]:  # fmt: skip
+    """The verdicts the rankings of one ranking pair give: every two answers combined under the rules like votes on
+    a pair of two (rankings.implied_pairs says which pairs a ranking implies, and why).
+
+    `rankings_of` gives each vote's ranking (None: not a ranking, left out); `as_vote` makes the vote it stands for
+    on two answers, whose `vote_key` is its ranking's (the same for every vote one ranking stands for). The decisive
+    verdicts that the same rankings stand behind share K - 1 of weight (rankings.implied_pair_weight): one ranking
+    counts like K - 1 votes however many pairs it implies. Training rounds and exports both read rankings here."""
+    ranked = [(vote, ranking) for vote, ranking in zip(votes, rankings_of, strict=True)
+              if ranking is not None and len(ranking) == answer_count]  # fmt: skip
+    found: list[tuple[int, int, Combined[VoteT]]] = []
+    for first, second in combinations(range(answer_count), 2):
+        implied = [
+            as_vote(vote, rankings.choice_between(ranking, first, second, all_bad=vote.choice == "both_bad"))
+            for vote, ranking in ranked
+        ]
+        found.extend((first, second, combined) for combined in (combine(implied, rules) if implied else ()))
+    backing = [tuple(vote_key(vote) for vote in combined.judgements) for _, _, combined in found]
+    decisive = Counter(
+        key for key, (_, _, combined) in zip(backing, found, strict=True) if combined.outcome in DECISIVE
+    )
+    return [
+        ImpliedVerdict(first, second, combined, rankings.implied_pair_weight(answer_count, decisive[key]) or 1.0)
+        for key, (first, second, combined) in zip(backing, found, strict=True)
+    ]
+
+
+def ranking_verdicts(votes: Sequence[Judgement], rules: PreferenceRules) -> Iterator[Verdict]:
+    """The verdicts of one ranking pair's rankings (implied_verdicts), each on the two answers it compares."""
+    pair = votes[0].pair
+    answers = pair.answers()
+    ranked = [RankedVote(vote.choice, vote) for vote in votes]
+    as_vote: Callable[[RankedVote, str], RankedVote] = lambda vote, choice: RankedVote(choice, vote.judgement)  # noqa: E731
+    rankings_of = [vote.ranking for vote in votes]
+    for found in implied_verdicts(ranked, rankings_of, len(answers), rules, as_vote, lambda vote: vote.pk):
+        combined = found.combined
+        backing = list(combined.judgements)
+        yield Verdict(pair, combined.outcome, combined.votes, combined.agreement, None, [vote.pk for vote in backing],
+                      backing, compared=(answers[found.first], answers[found.second]), share=found.share)  # fmt: skip
 
 
 # --- Weights of training pairs --------------------------------------------------------------------------------

@@ -76,13 +76,13 @@ def votes_from_judgements(
             "length_a",
             "length_b",
             "is_repeat",
+            "ranking",
         )
     )
     votes = []
     for row in rows.iterator(chunk_size=5000):
-        judgement_id, annotator_id, pair_id, choice, strength, a_on_left, time_spent_ms, length_a, length_b, repeat = (
-            row
-        )
+        (judgement_id, annotator_id, pair_id, choice, strength, a_on_left, time_spent_ms, length_a, length_b, repeat,
+         ranking) = row  # fmt: skip
         votes.append(
             Vote(
                 annotator=annotator_id,
@@ -94,6 +94,7 @@ def votes_from_judgements(
                 a_is_longer=None if length_a == length_b else length_a > length_b,
                 is_repeat=repeat or judgement_id in repeats,
                 vote_id=judgement_id,
+                ranking=None if ranking is None else tuple(ranking),
             )
         )
     return votes
@@ -209,8 +210,9 @@ def quality_judgements(
     training_round: TrainingRound | None = None,
 ) -> QuerySet[Judgement]:
     """The votes on `campaign`'s pairs, cast from the start of `date_from` to the end of `date_to` (UTC), up to
-    `training_round`'s cut-off (the votes it read); every bound optional."""
-    judgements = Judgement.objects.all()
+    `training_round`'s cut-off (the votes it read); every bound optional. People's votes only: the AI judge is
+    measured apart (annotate.judging.selectors)."""
+    judgements = Judgement.objects.exclude(source=Judgement.Source.JUDGE)
     if campaign is not None:
         judgements = judgements.filter(pair__campaign=campaign)
     start = _day_start(date_from)

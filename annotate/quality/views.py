@@ -21,6 +21,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotate.annotation import services
 from annotate.errors import Invalid
+from annotate.judging.views import judges_for_quality
 from annotate.models import AnnotatorAction, AnnotatorStanding, Judgement
 from annotate.quality.agreement import p_value_text
 from annotate.quality.columns import QUALITY_COLUMNS, Cell, QualityRow, flag_word, table_cells
@@ -80,6 +81,7 @@ def quality(request: AppRequest) -> HttpResponse:
     context.update(
         report=report, rows=_table(rows, filter_query), headings=_headings(request, filters), filter_query=filter_query
     )
+    context["judges"] = judges_for_quality()
     return render_page(request, "quality/quality.html", "quality", context)
 
 

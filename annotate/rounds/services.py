@@ -78,6 +78,7 @@ def round_rules() -> PreferenceRules:
         min_agreement=settings.ROUND_MIN_AGREEMENT,
         min_competence=settings.ROUND_MIN_COMPETENCE,
         exclude_head_to_head=settings.ROUND_EXCLUDE_HEAD_TO_HEAD,
+        include_judge=settings.ROUND_INCLUDE_JUDGE,
         edits=cast(Edits, settings.ROUND_EDITS),
     )
 
@@ -334,11 +335,12 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
                 heldout += 1
             else:
                 train_file.write(trl_preference_row(verdict))
-                train_weights.append(weights.weight(verdict.outcome, verdict.judgements))
+                # A pair implied by a ranking weighs its share of the ranking (quality.preferences.ranking_verdicts).
+                train_weights.append(weights.weight(verdict.outcome, verdict.judgements) * verdict.share)
         edits = human_answers_for_preferences(rules.counted(read, left_out)) if rules.edits_train else None
         edits_used = _edit_rows_write(training_round, edits, weights, train_file, train_weights)
     train = len(train_weights)
-    if weighting != "none" and train:
+    if (weighting != "none" or any(weight != 1.0 for weight in train_weights)) and train:
         try:
             train_weights = _weights_write(train_path, weights_to_mean_one(train_weights))
         except ValueError as error:
@@ -348,7 +350,7 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
         training_round.record(config={**training_round.config, "label_smoothing": disagreement.label_smoothing()})
     training_round.record(
         label_smoothing_basis=disagreement.describe(),
-        weighting_basis=weights_described(weighting, train_weights),
+        weighting_basis=weights_described(weighting, train_weights) + _rankings_described(counted.rankings),
         directory=str(directory),
         votes_read=counted.count,
         train_pairs=train,
@@ -421,16 +423,25 @@ class _Disagreement:
 
 
 class _Counted:
-    """Counts the votes a round reads while they stream past."""
+    """Counts the votes a round reads while they stream past, and the rankings among them."""
 
     def __init__(self, votes: Iterator[Judgement]) -> None:
         self._votes = votes
         self.count = 0
+        self.rankings = 0
 
     def __iter__(self) -> Iterator[Judgement]:
         for vote in self._votes:
             self.count += 1
+            self.rankings += vote.pair.is_ranking
             yield vote
+
+
+def _rankings_described(rankings: int) -> str:
+    if not rankings:
+        return ""
+    return (f"; {rankings} ranking{'s' if rankings != 1 else ''} read, each implying a pair for every two answers "
+            f"ranked apart, together weighing K - 1 (K answers)")  # fmt: skip
 
 
 def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, heldout_path: Path) -> ModelVersion:

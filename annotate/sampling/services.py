@@ -12,7 +12,7 @@ import math
 import random
 import secrets
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -26,7 +26,16 @@ from django.utils import timezone
 
 from annotate.broker import enqueue
 from annotate.cache import cache_is_database
-from annotate.models import Campaign, Completion, ModelVersion, Pair, Prompt, SamplingClaim, TrainingRound
+from annotate.models import (
+    Campaign,
+    Completion,
+    ModelVersion,
+    Pair,
+    PairExtraAnswer,
+    Prompt,
+    SamplingClaim,
+    TrainingRound,
+)
 from annotate.owners import heartbeat, holder_is_dead, holder_name
 from annotate.sampling.generation import (
     ModelServerPool,
@@ -147,6 +156,12 @@ def campaign_recipes(campaign: Campaign | None, serving: ModelVersion) -> tuple[
     return first, first
 
 
+def recipes_for_answers(sides: tuple[AnswerRecipe, AnswerRecipe], count: int) -> tuple[AnswerRecipe, ...]:
+    """The recipes of a pair's `count` answers: its two sides, then (a ranking pair) the sides again in turn, so that
+    when the sides differ each is ranked against the other and against itself."""
+    return tuple(sides[index % 2] for index in range(count))
+
+
 def _campaigns_of(prompts: list[Prompt]) -> dict[str, Campaign]:
     names = {prompt.prompt_set for prompt in prompts}
     return {
@@ -179,27 +194,40 @@ def pair_create(
     second: Sample,
     first_version: ModelVersion | None = None,
     second_version: ModelVersion | None = None,
+    extra: Sequence[tuple[ModelVersion, Sample]] = (),
 ) -> Pair | None:
-    """Store two answers as a pair sampled while `version` served, unless they are the same text (nothing to
-    compare). Each answer is `version`'s unless its own version is given (a campaign comparing two versions)."""
-    if first.text.strip() == second.text.strip():
-        logger.info("prompt %s: version %s gave identical twin answers; not making a pair", prompt.pk, version)
+    """Store two answers as a pair sampled while `version` served, unless two are the same text (nothing to
+    compare). Each answer is `version`'s unless its own version is given (a campaign comparing two versions).
+    `extra`: a ranking pair's further answers (positions 2, 3), each with the version that wrote it."""
+    texts = [first.text.strip(), second.text.strip(), *(sample.text.strip() for _, sample in extra)]
+    if len(set(texts)) < len(texts):
+        logger.info("prompt %s: version %s gave identical answers; not making a pair", prompt.pk, version)
         return None
     with transaction.atomic():
-        return Pair.objects.create(
+        pair = Pair.objects.create(
             prompt=prompt,
             completion_a=_completion_create(prompt, first_version or version, first),
             completion_b=_completion_create(prompt, second_version or version, second),
             sampled_from=version,
+            answer_count=2 + len(extra),
         )
+        for position, (answer_version, sample) in enumerate(extra, start=2):
+            PairExtraAnswer.objects.create(
+                pair=pair, position=position, completion=_completion_create(prompt, answer_version, sample)
+            )
+        return pair
 
 
 @dataclass
 class _PromptInFlight:
     prompt: Prompt
-    recipes: tuple[AnswerRecipe, AnswerRecipe]
-    answers: dict[int, Sample] = field(default_factory=dict)  # by side: 0 and 1
-    outstanding: int = 2
+    recipes: tuple[AnswerRecipe, ...]
+    answers: dict[int, Sample] = field(default_factory=dict)  # by side: 0 and 1 (and 2, 3 for a ranking pair)
+    outstanding: int = 0
+
+    def __post_init__(self) -> None:
+        self.outstanding = len(self.recipes)
+
     refusal: ModelServerRefused | None = None
     unavailable: bool = False
 
@@ -290,12 +318,13 @@ def _prompt_finished(
         else:
             blocking_refusals.append(entry.refusal)
         return None
-    if len(entry.answers) < 2:
+    if len(entry.answers) < len(entry.recipes):
         return None  # one request failed; logged once for the batch
     sides = [(recipe.version, entry.answers[side]) for side, recipe in enumerate(entry.recipes)]
-    if entry.recipes[0] != entry.recipes[1] and secrets.randbelow(2):
-        sides.reverse()  # which side is A is random when they differ, so A carries no meaning a vote could pick up
-    (first_version, first), (second_version, second) = sides
+    if len(set(entry.recipes)) > 1:
+        # Which answer is A (B, ...) is random when they differ, so a position carries no meaning a vote could pick up.
+        secrets.SystemRandom().shuffle(sides)
+    (first_version, first), (second_version, second), *extra = sides
     return pair_create(
         prompt=entry.prompt,
         version=version,
@@ -303,12 +332,13 @@ def _prompt_finished(
         second=second,
         first_version=first_version,
         second_version=second_version,
+        extra=extra,
     )
 
 
 def _recipes_by_prompt_set(
     version: ModelVersion, prompts: list[Prompt], client: ModelServerPool
-) -> dict[str, tuple[AnswerRecipe, AnswerRecipe]]:
+) -> dict[str, tuple[AnswerRecipe, ...]]:
     """Each prompt set's two sides (campaign_recipes). A campaign whose opponent version cannot be loaded samples no
     pairs this time (logged): it asked for that comparison, and the other campaigns' prompts still fill the batch."""
     campaigns = _campaigns_of(prompts)
@@ -321,7 +351,8 @@ def _recipes_by_prompt_set(
         except (ModelServerRefused, ModelServerUnavailable) as error:
             logger.warning("campaign %s: its opponent version could not be loaded, no pairs this time: %s", name, error)
             continue
-        recipes[name] = sides
+        campaign = campaigns.get(name)
+        recipes[name] = recipes_for_answers(sides, campaign.answers_per_pair if campaign else 2)
     return recipes
 
 

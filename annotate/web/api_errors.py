@@ -105,8 +105,14 @@ _COMMON_ERRORS = {
     "401": "Not logged in, or a wrong token.",
     "403": "Not allowed for this user (most endpoints are staff only).",
     "429": "Too many requests (or wrong tokens) from this user or address; `Retry-After` says when to try again.",
+    # Any request can be unreadable (a NUL character in its address), whatever its operation takes.
+    "400": "The request could not be read, or invalid fields, named in `errors`.",
 }
-_BODY_ERRORS = {"400": "Invalid fields, named in `errors`.", "413": "The request body is larger than accepted."}
+_BODY_ERRORS = {
+    "400": "Invalid fields, named in `errors`.",
+    "413": "The request body is larger than accepted.",
+    "415": "The body's content type is not one this endpoint reads (JSON, a form, or multipart that parses).",
+}
 
 
 def schema_add_error_responses(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:

@@ -100,7 +100,10 @@ def sso_user_sync(*, claims: dict[str, Any]) -> User:
         raw_groups = [raw_groups]
     names = {str(group) for group in raw_groups}
     email = claims.get("email")
-    if not isinstance(email, str) or not email or claims.get("email_verified") is False:
+    # Accounts are matched by email, so an address the provider has not verified could sign in as someone else's
+    # account: it must say verified, unless staff trust every address it gives (OIDC_TRUST_UNVERIFIED_EMAIL).
+    verified = claims.get("email_verified") is True or settings.OIDC_TRUST_UNVERIFIED_EMAIL
+    if not isinstance(email, str) or not email or not verified:
         raise SsoRefused("The sign-in provider gave no verified email address for you.")
     is_staff = bool(names & set(settings.OIDC_STAFF_GROUPS))
     campaign_groups = Group.objects.filter(campaigns__isnull=False).distinct()

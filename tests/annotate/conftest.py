@@ -12,6 +12,7 @@ from annotate.models import TrainingRound
 from annotate.rounds import services as rounds
 
 from .edges import FakeModelServer, fake_model_server, scripted_trainer
+from .ranking_pairs import make_ranking_pair, ranking_campaign  # noqa: F401 (fixtures)
 from .voting import vote_as_annotator
 
 

@@ -8,8 +8,8 @@ process it would need oauth2_provider in pairloop's INSTALLED_APPS and its table
 
 SPEC names a folder for its database, the RSA private key (PEM) it signs ID tokens with, the client (id, secret,
 redirect URIs, space-separated) and the users (username, email, groups, and optionally id_token_seconds: the
-lifetime of their ID tokens, negative for one already expired). It prints its port on the first line, then
-serves until killed.
+lifetime of their ID tokens, negative for one already expired; email_verified: false, or null to leave the claim
+out). It prints its port on the first line, then serves until killed.
 A test signs a user in with GET /as/<username>/?next=<authorize URL>: the provider's own login, which is not what
 is under test, so it takes no password; a browser that comes to the provider unsigned is signed in as SPEC's
 browser_user.
@@ -82,8 +82,11 @@ if __name__ == "__main__":
 
         def get_additional_claims(self, request: Any) -> dict[str, Any]:
             user = SPEC["users"][request.user.username]
-            return {"email": user["email"], "email_verified": True, "preferred_username": request.user.username,
-                    "groups": user["groups"]}  # fmt: skip
+            claims = {"email": user["email"], "preferred_username": request.user.username, "groups": user["groups"]}
+            verified = user.get("email_verified", True)  # null in SPEC: the claim is left out, as some providers do
+            if verified is not None:
+                claims["email_verified"] = verified
+            return claims
 
         def get_id_token_dictionary(self, token: Any, token_handler: Any, request: Any) -> Any:
             claims, expiration = super().get_id_token_dictionary(token, token_handler, request)

@@ -46,10 +46,10 @@ def screenshot_path(tmp_path: Path, name: str) -> str:
     return str(folder / f"{name}.png")
 
 
-def open_annotate(browser, live_server, size: str):
-    """Log in with the keyboard alone (typing and Enter) and land on the annotate page."""
+def open_annotate(browser, live_server, size: str, ready: str = "[data-testid=answer-left]", **options):
+    """Log in with the keyboard alone (typing and Enter) and land on the annotate page (`ready` shows on it)."""
     width, height = SIZES[size]
-    page = browser.new_page(viewport={"width": width, "height": height})
+    page = browser.new_page(viewport={"width": width, "height": height}, **options)
     page.goto(f"{live_server.url}/")
     # The login page focuses the user name; keys pressed before it has are lost (seen once on a loaded CI machine:
     # a login failure, then a 30 s wait on the login page), so wait for the focus, as a person waits for the cursor.
@@ -61,7 +61,7 @@ def open_annotate(browser, live_server, size: str):
     page.keyboard.press("Tab")
     page.keyboard.type("ann-password-1")
     page.keyboard.press("Enter")
-    page.wait_for_selector("[data-testid=answer-left]")
+    page.wait_for_selector(ready)
     page.wait_for_load_state("load")  # deferred scripts (htmx, the key bindings) have run
     return page
 

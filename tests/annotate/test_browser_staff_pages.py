@@ -22,8 +22,10 @@ from annotate.annotation import services
 from annotate.annotation.simulation import Profile, SimulatedAnnotator, prefer_shorter, simulated_annotator_judge
 from annotate.data import exports, import_jobs
 from annotate.data.views import ExportForm
+from annotate.judging import services as judging
 from annotate.models import Campaign, DataImport, ModelVersion
 from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS, log_in
+from tests.annotate.judge_stand_in import stand_in_judge
 
 from .test_leaderboard import STRENGTHS, head_to_head_pair, vote_everything
 
@@ -93,6 +95,12 @@ def staff_world(make_pair, django_user_model, staff, settings, tmp_path, monkeyp
         options={"prompt_set": "default"},
     )
     tasks.data_import_run(data_import.pk)
+    with stand_in_judge() as stand_in:  # an AI judge that always picks the first answer shown: unsure everywhere
+        stand_in.mode = "first"
+        values = {"url": stand_in.url, "model": "stand-in-judge", "allow_private": True, "enabled": True,
+                  "routing_allowed": True, "api_key": "sk-screenshot-0000"}  # fmt: skip
+        judge = judging.judge_configure(campaign=Campaign.objects.get(name="default"), values=values, app_hosts=[])
+        judging.judge_run(judge_id=judge.pk, limit=12)
     return {"export": export.pk, "import": data_import.pk, "campaign": Campaign.objects.get(name="default").pk}
 
 
@@ -100,6 +108,7 @@ def _pages(world: dict[str, int]) -> dict[str, str]:
     return {
         "campaigns": "/campaigns/",
         "campaign": f"/campaigns/{world['campaign']}/",
+        "campaign-judge": f"/campaigns/{world['campaign']}/judge/",
         "quality": "/quality/",
         "quality-annotator": "/quality/annotators/zed/",
         "leaderboard": "/leaderboard/",

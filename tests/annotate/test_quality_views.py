@@ -330,11 +330,11 @@ def test_the_page_answers_htmx_with_its_fragment(population, staff_client):
 
 def test_queries_do_not_grow_with_annotators_or_votes(population, staff_client, django_assert_max_num_queries):
     # The session and user, the campaigns for the filter, gold answers, repeats, the votes' fingerprint, the cache,
-    # the votes, names, standings; storing the report in the database cache takes three more.
-    # One of each budget is the written answers' counts per annotator (annotate/quality/edits.py: one query).
-    with django_assert_max_num_queries(16):
+    # the votes, names, standings; storing the report in the database cache takes three more; the AI judges (none);
+    # the written answers' counts per annotator (annotate/quality/edits.py: one query).
+    with django_assert_max_num_queries(17):
         assert staff_client.get("/quality/").status_code == 200
-    with django_assert_max_num_queries(11):  # the report from the cache: neither the votes nor the names
+    with django_assert_max_num_queries(12):  # the report from the cache: neither the votes nor the names
         assert staff_client.get("/quality/").status_code == 200
     with django_assert_max_num_queries(14):
         assert staff_client.get(f"/quality/annotators/{SPAMMER}/").status_code == 200

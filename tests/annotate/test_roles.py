@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 from annotate.data import exports, import_jobs
 from annotate.data.exports import ExportFilters
 from annotate.hooks import services as hooks
+from annotate.judging import services as judging
 from annotate.models import Campaign, DataImport, Export
 from annotate.rounds import services as rounds
 
@@ -37,6 +38,7 @@ ACCESS = {
     "annotate": (ANNOTATOR_PAGE, ["get"]),
     "judge": (ANNOTATOR_PAGE, ["post"]),
     "skip": (ANNOTATOR_PAGE, ["post"]),
+    "rank": (ANNOTATOR_PAGE, ["post"]),
     "undo": (ANNOTATOR_PAGE, ["post"]),
     "login": (PUBLIC, ["get", "post"]),
     "sso-login": (PUBLIC, ["get"]),  # with single sign-on set up (route_values); 404 without
@@ -106,6 +108,11 @@ ACCESS = {
     "api-webhook": (STAFF_API, ["get"]),
     "api-webhook-test": (STAFF_API, ["post"]),
     "api-webhook-deliveries": (STAFF_API, ["get"]),
+    "campaign-judge": (STAFF_PAGE, ["get", "post"]),
+    "campaign-judge-run": (STAFF_PAGE, ["post"]),
+    "api-campaign-judge": (STAFF_API, ["get"]),  # PUT: tests/annotate/test_judging_pages.py (the matrix posts)
+    "api-judge-verdicts": (STAFF_API, ["get"]),
+    "api-judge-run": (STAFF_API, ["post"]),
     "healthz": (PUBLIC, ["get"]),
     "api-schema": (PUBLIC, ["get"]),
     "api-docs": (PUBLIC, ["get"]),
@@ -214,6 +221,11 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
     import_jobs.data_import_run(data_import=data_import)  # as its worker runs it
     endpoint = hooks.webhook_endpoint_create(
         url="http://127.0.0.1:9/hook", event_names=["vote.recorded"], allow_private=True, created_by=staff
+    )
+    judging.judge_configure(
+        campaign=pair.campaign,
+        values={"url": "http://127.0.0.1:9/v1", "model": "m", "allow_private": True, "enabled": True},
+        app_hosts=[],
     )
     return {"pair_id": pair.pk, "campaign_id": pair.campaign_id, "round_id": training_round.pk,
             "version_id": serving_version.pk, "export_id": export.pk, "import_id": data_import.pk,

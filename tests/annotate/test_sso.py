@@ -26,6 +26,8 @@ USERS = {
     "bo": {"email": "bo@example.org", "groups": ["raters", "marketing"]},
     "cy": {"email": "cy@example.org", "groups": ["marketing"]},
     "dee": {"email": "dee@example.org", "groups": ["pairloop-staff"], "id_token_seconds": -3600},
+    "eve": {"email": "ada@example.org", "groups": ["raters"], "email_verified": False},
+    "fay": {"email": "ada@example.org", "groups": ["pairloop-staff"], "email_verified": None},
 }
 
 
@@ -145,6 +147,31 @@ def test_an_existing_account_in_no_group_is_refused_and_left_as_it_was(client, s
     local.refresh_from_db()
     assert local.is_staff and local.is_active and local.check_password("cy-password-1")
     assert client.get("/").status_code == 302
+
+
+@pytest.mark.parametrize("username", ["eve", "fay"])
+def test_an_address_the_provider_did_not_verify_never_signs_in_as_its_account(client, sso, username):
+    """eve's provider account claims ada's address unverified, fay's leaves email_verified out: neither may take over
+    ada's local staff account, nor make one."""
+    ada = User.objects.create_user("ada", email="ada@example.org", password="ada-password-1", is_staff=True)
+
+    response = sign_in(client, sso, username)
+
+    assert response.status_code == 403
+    assert "no verified email address" in response.content.decode()
+    ada.refresh_from_db()
+    assert ada.is_staff and ada.check_password("ada-password-1") and list(ada.groups.all()) == []
+    assert User.objects.count() == 1
+    assert client.get("/").status_code == 302  # not logged in
+
+
+def test_a_provider_trusted_with_unverified_addresses_signs_them_in(client, sso, settings):
+    settings.OIDC_TRUST_UNVERIFIED_EMAIL = True
+
+    response = sign_in(client, sso, "fay")
+
+    assert response.status_code == 302
+    assert User.objects.get(email="ada@example.org").is_staff
 
 
 def test_an_expired_id_token_is_refused(client, sso):

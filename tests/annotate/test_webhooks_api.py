@@ -55,6 +55,24 @@ def test_the_api_registers_an_endpoint_and_shows_its_secret_once(api, receiver):
     assert endpoint.secret not in api.get("/api/staff/webhooks/").content.decode()
 
 
+def test_a_secret_in_the_url_is_shown_in_full_only_at_creation(api, client, staff, receiver):
+    """Chat tools' incoming hooks carry their secret in the path; pages and the API show it masked after creation."""
+    url = receiver.url + "/services/T0001/B0002/s3cretTokenValue?sig=abcd1234wxyz"
+    created = api.post("/api/staff/webhooks/", {"url": url, "events": ["vote.recorded"], "allow_private": True},
+                       format="json")  # fmt: skip
+    assert created.status_code == 201 and created.json()["url"] == url
+    endpoint = WebhookEndpoint.objects.get()
+    assert endpoint.url == url and endpoint.url_masked == receiver.url + "/services…wxyz"
+    client.force_login(staff)
+    for shown in (
+        api.get("/api/staff/webhooks/").content.decode(),
+        api.get(f"/api/staff/webhooks/{endpoint.pk}/").content.decode(),
+        client.get("/webhooks/").content.decode(),
+        client.get(f"/webhooks/{endpoint.pk}/").content.decode(),
+    ):
+        assert "s3cretTokenValue" not in shown and "abcd1234" not in shown and "/services…wxyz" in shown
+
+
 @pytest.mark.parametrize("url", BAD_URLS)
 def test_the_api_refuses_a_bad_url_with_400(api, url):
     answer = api.post("/api/staff/webhooks/", {"url": url, "events": ["vote.recorded"]}, format="json")

@@ -36,6 +36,17 @@ class ExportVote(NamedTuple):
     source: str
     source_detail: str
     created_at: Any  # as the database cursor gives it: RowContext.vote_time makes it a datetime
+    ranking: Any = None  # a ranking's ranks by position, as JSON text (the stream decodes it); None for a vote
+
+
+@dataclass(frozen=True, slots=True)
+class ExportAnswer:
+    """One answer of a ranking pair, by its position (A, B, then the extra ones)."""
+
+    id: int
+    text: str
+    version: int
+    sampling: str  # sampling_label
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,7 @@ class ExportPair:
     sampled_from_status: str
     completion_a_sampling: str = ""  # sampling_label of each answer
     completion_b_sampling: str = ""
+    answers: tuple[ExportAnswer, ...] = ()  # a ranking pair's answers, all of them (empty for a pair of two)
 
     @property
     def on_policy(self) -> bool:
@@ -77,6 +89,7 @@ class ExportVerdict:
     agreement: float
     strength: float | None
     judgements: Sequence[ExportVote]
+    share: float = 1.0  # a pair implied by rankings: its share of their weight (preferences.implied_verdicts)
 
     @property
     def chosen(self) -> str | None:
@@ -182,7 +195,8 @@ def trl_preference_rows(verdict: ExportVerdict, context: RowContext) -> Iterator
             **_paired_lineage(verdict, context),
         }
         if context.weights is not None:
-            row[WEIGHT_COLUMN.name] = round(context.weights.weight(verdict.outcome, verdict.judgements), 4)
+            weight = context.weights.weight(verdict.outcome, verdict.judgements) * verdict.share
+            row[WEIGHT_COLUMN.name] = round(weight, 4)
         yield row
 
 
@@ -236,6 +250,33 @@ def arena_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
         }
 
 
+def ultrafeedback_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
+    """One row per ranking, every answer with its rank (whole rankings: the stream gives one verdict per vote)."""
+    pair = verdict.pair
+    for vote in verdict.judgements:
+        if vote.ranking is None or len(vote.ranking) != len(pair.answers):
+            continue
+        yield {
+            "prompt": pair.prompt,
+            "completions": [
+                {
+                    "completion_id": answer.id,
+                    "response": assistant(answer.text),
+                    "model": context.name(answer.version),
+                    "sampling": answer.sampling,
+                    "rank": rank,
+                }
+                for answer, rank in zip(pair.answers, vote.ranking, strict=True)
+            ],
+            "all_bad": vote.choice == Judgement.Choice.BOTH_BAD,
+            "pair_id": pair.id,
+            "prompt_id": pair.prompt_id,
+            "prompt_set": pair.prompt_set,
+            "judge": context.judge(vote),
+            "source": vote.source,
+        }
+
+
 _HH_SPEAKERS = {"user": "Human", "assistant": "Assistant"}
 
 
@@ -270,6 +311,8 @@ class DatasetFormat:
     rows: Callable[[ExportVerdict, RowContext], Iterator[Row]]
     mapping: str
     one_row_per_vote: bool = False
+    # Rows of whole rankings (one verdict per ranking, with all its answers) instead of the pairs rankings imply.
+    whole_rankings: bool = False
 
     @property
     def schema(self) -> pa.Schema:
@@ -283,6 +326,11 @@ class DatasetFormat:
         return replace(rules, combine="all") if self.one_row_per_vote else rules
 
 
+RANKINGS_AS_PAIRS = (
+    "A ranking of 3 or 4 answers gives a row for every two answers ranked apart (combined across annotators by "
+    "the same rule); the rows of one ranking weigh K - 1 together (K answers), each (K - 1) / n of its n rows, in "
+    "the weight column when weights are asked for."
+)
 # Only when an export asks for weights, and only on trl-preference rows (the rows training reads).
 WEIGHTED_FORMAT = "trl-preference"
 WEIGHT_COLUMN = Column(
@@ -324,7 +372,7 @@ FORMATS = {
             "One row per verdict where one answer won (A or B): the winner is `chosen`. Tie and both-bad verdicts "
             "have no chosen answer and are left out whatever the filters say. `margin` is the mean strength of the "
             "votes for the winner divided by 3 (imported votes carry no strength: 0), the scale `RewardTrainer` "
-            "adds to its loss; DPO ignores it."
+            "adds to its loss; DPO ignores it. " + RANKINGS_AS_PAIRS
         ),
     ),
     "trl-unpaired": DatasetFormat(
@@ -391,5 +439,43 @@ FORMATS = {
         ),
     ),
 }
+
+FORMATS["ultrafeedback"] = DatasetFormat(
+    name="ultrafeedback",
+    use="UltraFeedback-style rankings (every answer with its rank), e.g. for reward models or to binarise yourself",
+    columns=(
+        Column("prompt", MESSAGES, "the conversation answered, ending with the user's turn"),
+        Column(
+            "completions",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("completion_id", pa.int64()),
+                        ("response", MESSAGES),
+                        ("model", pa.string()),
+                        ("sampling", pa.string()),
+                        ("rank", pa.int64()),
+                    ]
+                )
+            ),
+            "every answer shown (one assistant message each), its model version, settings and rank: 1 the best, "
+            "equal ranks a tie",
+        ),
+        Column("all_bad", pa.bool_(), "the annotator found every answer bad (then every rank is 1)"),
+        Column("pair_id", pa.int64(), "the ranking pair in pairloop"),
+        Column("prompt_id", pa.int64(), "the prompt in pairloop"),
+        Column("prompt_set", pa.string(), "the prompt's set"),
+        Column("judge", pa.string(), "a stable pseudonym of the annotator (HMAC of their id)"),
+        Column("source", pa.string(), "who ranked: human or simulated"),
+    ),
+    rows=ultrafeedback_rows,
+    one_row_per_vote=True,
+    whole_rankings=True,
+    mapping=(
+        "One row per ranking of 3 or 4 answers (votes on pairs of two are left out), whatever the combine rule. "
+        "Gold, repeat and excluded annotators' rankings follow the filters like votes. The pairs these rankings "
+        "imply are the trl-preference export of the same filters."
+    ),
+)
 
 DATASET_FORMATS = tuple(FORMATS)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import groupby
 from operator import itemgetter
@@ -32,6 +32,7 @@ from annotate.data.exports.filters import ExportFilters, judgements_matching
 from annotate.data.exports.formats import (
     FORMATS,
     WEIGHT_COLUMN,
+    ExportAnswer,
     ExportPair,
     ExportVerdict,
     ExportVote,
@@ -39,23 +40,26 @@ from annotate.data.exports.formats import (
     sampling_label,
 )
 from annotate.data.exports.writers import open_writer
-from annotate.models import Judgement
-from annotate.quality.preferences import PairWeights, PreferenceRules, combine
+from annotate.models import Judgement, PairExtraAnswer
+from annotate.quality.preferences import PairWeights, PreferenceRules, combine, implied_verdicts
 
 READ_CHUNK = 2000  # votes fetched from the database at a time (and between progress reports)
 Progress = Callable[[int], None]
 
-VOTE_FIELDS = ("id", "pair_id", "annotator_id", "choice", "strength", "source", "source_detail", "created_at")
+VOTE_FIELDS = (
+    "id", "pair_id", "annotator_id", "choice", "strength", "source", "source_detail", "created_at", "ranking_json",
+)  # fmt: skip
 # The prompt comes as its stored JSON text and is decoded once per pair, not once per vote.
 PAIR_FIELDS = (
     "pair__prompt_id", "prompt_json", "pair__prompt__prompt_set",
     "pair__completion_a_id", "pair__completion_a__text", "pair__completion_a__model_version_id",
     "pair__completion_b_id", "pair__completion_b__text", "pair__completion_b__model_version_id",
-    "pair__sampled_from_id", "pair__sampled_from__status", "a_sampling_json", "b_sampling_json",
+    "pair__sampled_from_id", "pair__sampled_from__status", "a_sampling_json", "b_sampling_json", "pair__answer_count",
 )  # fmt: skip
 _VOTE = slice(0, len(VOTE_FIELDS))
 _PAIR_ID = itemgetter(1)
 _CREATED_AT = VOTE_FIELDS.index("created_at")
+_RANKING = VOTE_FIELDS.index("ranking_json")
 Rows = list[tuple[Any, ...]]  # as the database cursor gives them (sqlite3 and psycopg give tuples)
 VoteTime = Callable[[Any], datetime]  # a vote's time as the database cursor gave it, as a datetime
 
@@ -71,6 +75,7 @@ def votes_to_export(
             prompt_json=Cast("pair__prompt__messages", TextField()),
             a_sampling_json=Cast("pair__completion_a__sampling", TextField()),
             b_sampling_json=Cast("pair__completion_b__sampling", TextField()),
+            ranking_json=Cast("ranking", TextField()),
         )
         .order_by("pair_id", "id")
         .values_list(*VOTE_FIELDS, *PAIR_FIELDS)
@@ -129,7 +134,7 @@ def _converted(raw: Any, converters: list[Any], expression: Any, connection: Any
 
 def _pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
     (prompt_id, prompt_json, prompt_set, a_id, a_text, a_version, b_id, b_text, b_version, sampled, status,
-     a_sampling, b_sampling) = row[len(VOTE_FIELDS):]  # fmt: skip
+     a_sampling, b_sampling, _answer_count) = row[len(VOTE_FIELDS):]  # fmt: skip
     return ExportPair(
         pair_id, prompt_id, orjson.loads(prompt_json), prompt_set,
         a_id, a_text, a_version, b_id, b_text, b_version, sampled, status,
@@ -137,13 +142,22 @@ def _pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
     )  # fmt: skip
 
 
-def export_verdicts(rows: Iterable[tuple[Any, ...]], rules: PreferenceRules) -> Iterator[ExportVerdict]:
+def export_verdicts(
+    rows: Iterable[tuple[Any, ...]], rules: PreferenceRules, *, whole_rankings: bool = False
+) -> Iterator[ExportVerdict]:
     """Combine tuples from votes_to_export into verdicts, pair by pair, with annotate.quality.preferences.combine.
-    A vote's `created_at` is as the rows give it (VoteRows: as the database cursor gave it)."""
+    A vote's `created_at` is as the rows give it (VoteRows: as the database cursor gave it). The rankings of a
+    ranking pair give verdicts on every two of its answers (_ranking_verdicts), or with `whole_rankings` one verdict
+    per ranking carrying all the answers."""
     make_vote = ExportVote._make
     for pair_id, group in groupby(rows, key=_PAIR_ID):
         pair_rows = list(group)
         votes = [make_vote(row[_VOTE]) for row in pair_rows]
+        if pair_rows[0][-1] > 2:
+            yield from _ranking_verdicts(_ranking_pair(pair_id, pair_rows[0]), votes, rules, whole_rankings)
+            continue
+        if whole_rankings:
+            continue  # a vote on two answers is no ranking
         pair: ExportPair | None = None  # built (and its prompt decoded) only when a verdict needs it
         for combined in combine(votes, rules):
             pair = pair or _pair(pair_id, pair_rows[0])
@@ -152,12 +166,57 @@ def export_verdicts(rows: Iterable[tuple[Any, ...]], rules: PreferenceRules) -> 
             )
 
 
+def _ranking_pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
+    """A ranking pair with all its answers (its extra ones read here: one query per ranking pair)."""
+    pair = _pair(pair_id, row)
+    extra = [
+        ExportAnswer(completion, text, version, sampling_label(sampling))
+        for completion, text, version, sampling in PairExtraAnswer.objects.filter(pair_id=pair_id)
+        .order_by("position")
+        .values_list("completion_id", "completion__text", "completion__model_version_id", "completion__sampling")
+    ]
+    first = ExportAnswer(pair.completion_a_id, pair.completion_a_text, pair.completion_a_version,
+                         pair.completion_a_sampling)  # fmt: skip
+    second = ExportAnswer(pair.completion_b_id, pair.completion_b_text, pair.completion_b_version,
+                          pair.completion_b_sampling)  # fmt: skip
+    return replace(pair, answers=(first, second, *extra))
+
+
+def _comparing(pair: ExportPair, first: ExportAnswer, second: ExportAnswer) -> ExportPair:
+    """The pair as two of its answers, as the row builders read a pair of two."""
+    return replace(
+        pair,
+        completion_a_id=first.id, completion_a_text=first.text, completion_a_version=first.version,
+        completion_a_sampling=first.sampling, completion_b_id=second.id, completion_b_text=second.text,
+        completion_b_version=second.version, completion_b_sampling=second.sampling,
+    )  # fmt: skip
+
+
+def _ranking_verdicts(
+    pair: ExportPair, votes: list[ExportVote], rules: PreferenceRules, whole_rankings: bool
+) -> Iterator[ExportVerdict]:
+    votes = [vote._replace(ranking=orjson.loads(vote.ranking)) if vote.ranking else vote for vote in votes]
+    if whole_rankings:
+        for vote in votes:
+            yield ExportVerdict(pair, vote.choice, len(votes), 1.0, None, (vote,))
+        return
+    rankings_of = [vote.ranking for vote in votes]
+    for found in implied_verdicts(votes, rankings_of, len(pair.answers), rules,
+                                  lambda vote, choice: vote._replace(choice=choice), lambda vote: vote.id):  # fmt: skip
+        combined = found.combined
+        yield ExportVerdict(
+            _comparing(pair, pair.answers[found.first], pair.answers[found.second]), combined.outcome, combined.votes,
+            combined.agreement, None, combined.judgements, share=found.share,
+        )  # fmt: skip
+
+
 @dataclass
 class ExportStats:
     """What went into a file, gathered while it streams (nothing here grows with the number of rows)."""
 
     rows: int = 0
     votes_read: int = 0
+    rankings_read: int = 0  # rankings among the votes read (pairs of 3 or 4 answers)
     verdicts: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     left_out: Counter[str] = field(default_factory=Counter)  # verdicts this format cannot hold, by outcome
@@ -210,6 +269,7 @@ def _counted(
 ) -> Iterator[tuple[Any, ...]]:
     for chunk in chunks:
         stats.votes_read += len(chunk)
+        stats.rankings_read += sum(1 for row in chunk if row[_RANKING] is not None)
         if on_progress is not None:
             on_progress(len(chunk))
         yield from chunk
@@ -235,7 +295,9 @@ def export_write(
     choices = filters.rules.choices_train  # else only written answers give rows (rule edits: edits_only)
     try:
         try:
-            for verdict in export_verdicts(_counted(rows.chunks(), stats, on_progress), spec.rules(filters.rules)):
+            counted = _counted(rows.chunks(), stats, on_progress)
+            verdicts = export_verdicts(counted, spec.rules(filters.rules), whole_rankings=spec.whole_rankings)
+            for verdict in verdicts:
                 if not choices:
                     continue
                 written = 0
