@@ -99,6 +99,9 @@ class Campaign(models.Model):
     second_top_p = models.FloatField(
         null=True, blank=True, help_text="With sides 'settings': the second answer's top_p (empty: the first's)."
     )
+    edits_allowed = models.BooleanField(
+        default=False, help_text="Annotators may write a better answer with their vote (annotate.annotation.edits)."
+    )
     # Rank K answers (issue 19 part 2): more than 2 makes each new pair carry extra answers that annotators rank.
     answers_per_pair = models.PositiveSmallIntegerField(
         default=2,
@@ -634,6 +637,7 @@ class UndoneJudgement(models.Model):
     rationale = models.TextField(blank=True)
     judged_at = models.DateTimeField()
     undone_at = models.DateTimeField(auto_now_add=True)
+    edit = models.TextField(blank=True, help_text="The better answer written with the vote (offered again).")
     ranking = models.JSONField(null=True, blank=True, help_text="The ranking, when the vote was one.")
 
     class Meta:
@@ -1069,6 +1073,9 @@ class TrainingRound(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # Bumped by every change a watcher would see, so the round page's poll can answer "nothing new" cheaply.
     revision = models.PositiveIntegerField(default=0)
+    edits_used = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Annotators' written answers the round trained on (rules: edits)."
+    )
 
     class Meta:
         ordering = ["-id"]
@@ -1610,3 +1617,65 @@ class JudgeHint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.judgement} saw {self.verdict}"
+
+
+class HumanAnswer(models.Model):
+    """An answer an annotator wrote with their vote (annotate.annotation.edits): the answer they chose, edited, or
+    one written afresh when both were bad. It trains as the chosen answer against the pair's sampled answers
+    (PreferenceRules.edits) unless staff rejected it. Deleted with its vote when the vote is undone."""
+
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted"
+        REJECTED = "rejected", "Rejected by staff"
+
+    judgement = models.OneToOneField(Judgement, on_delete=models.CASCADE, related_name="human_answer")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="human_answers")
+    started_from = models.ForeignKey(
+        Completion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The sampled answer it was edited from; empty: written afresh.",
+    )
+    text = models.TextField()
+    # The diff's size against the answer it started from (empty: everything is added), in characters of the words
+    # difflib found added or removed.
+    chars_added = models.PositiveIntegerField(default=0)
+    chars_removed = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACCEPTED)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"Written answer {self.pk} with vote {self.judgement_id}"
+
+    @property
+    def changed_share(self) -> float:
+        """Share of the characters of both texts that the diff touched: 0 unchanged, 1 nothing kept."""
+        source = len(self.started_from.text) if self.started_from_id is not None and self.started_from else 0
+        total = source + len(self.text)
+        return (self.chars_added + self.chars_removed) / total if total else 0.0
+
+    def reject(self, *, by: Any, reason: str) -> None:
+        """accepted -> rejected: no round that reads it from now on trains on it (exports leave it out too)."""
+        self._review(self.Status.ACCEPTED, self.Status.REJECTED, by=by, reason=reason)
+
+    def accept(self, *, by: Any, reason: str = "") -> None:
+        """rejected -> accepted: staff took the rejection back."""
+        self._review(self.Status.REJECTED, self.Status.ACCEPTED, by=by, reason=reason)
+
+    def _review(self, current: str, new: str, *, by: Any, reason: str) -> None:
+        moved = HumanAnswer.objects.filter(pk=self.pk, status=current).update(
+            status=new, reviewed_by=by, reviewed_at=timezone.now(), review_reason=reason
+        )
+        if moved != 1:
+            raise Conflict(f"this written answer is not {current} (someone reviewed it meanwhile)")
+        self.refresh_from_db()

@@ -361,6 +361,8 @@ PROMPT_MAX_REFUSALS = env_int("PROMPT_MAX_REFUSALS", 3)
 JUDGEMENTS_PER_PAIR = env_int("JUDGEMENTS_PER_PAIR", 1)
 LEASE_SECONDS = env_int("LEASE_SECONDS", 600)
 RATIONALE_MAX_LENGTH = env_int("RATIONALE_MAX_LENGTH", 2000)
+# The longest answer an annotator may write with a vote (annotate/annotation/edits.py), in characters.
+EDIT_MAX_LENGTH = env_int("EDIT_MAX_LENGTH", 20000)
 # A repeat (self-consistency check) shows a pair judged at least this many votes earlier.
 REPEAT_MIN_VOTES_BETWEEN = env_int("REPEAT_MIN_VOTES_BETWEEN", 5)
 
@@ -395,6 +397,10 @@ ROUND_MIN_AGREEMENT = env_float("ROUND_MIN_AGREEMENT", 0.0)
 ROUND_MIN_COMPETENCE = env_float("ROUND_MIN_COMPETENCE", 0.0)
 # Votes on head-to-head pairs (the canary's, the leaderboard's) train like any other unless this is on.
 ROUND_EXCLUDE_HEAD_TO_HEAD = env_bool("ROUND_EXCLUDE_HEAD_TO_HEAD", False)
+# What annotators' written answers do in a round (PreferenceRules.edits): off, edits_only, edits_and_choices.
+ROUND_EDITS = env_str("ROUND_EDITS", "edits_and_choices")
+if ROUND_EDITS not in ("off", "edits_only", "edits_and_choices"):
+    raise ImproperlyConfigured(f"ROUND_EDITS must be off, edits_only or edits_and_choices, not {ROUND_EDITS!r}")
 # The AI judge's votes (pairs it settled alone, annotate.judging) train only when this is on; exports choose per export.
 ROUND_INCLUDE_JUDGE = env_bool("ROUND_INCLUDE_JUDGE", False)
 # Set each round's label smoothing (robust DPO) from how much its votes disagree, instead of ROUND_LABEL_SMOOTHING.

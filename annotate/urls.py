@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from annotate.annotation import api, campaign_views, rank_views, views
+from annotate.annotation import api, campaign_views, edit_api, edit_views, rank_views, views
 from annotate.annotation import staff_api as campaign_api
 from annotate.dashboard import api as dashboard_api
 from annotate.dashboard import views as dashboard_views
@@ -64,6 +64,7 @@ staff_pages = [
     path("campaigns/<id:campaign_id>/judge/run/", judging_views.judge_run, name="campaign-judge-run"),
     path("pairs/<id:pair_id>/", campaign_views.pair_detail, name="pair-detail"),
     path("pairs/<id:pair_id>/gold/", campaign_views.pair_gold, name="pair-gold"),
+    path("edits/<id:answer_id>/review/", edit_views.edit_review, name="edit-review"),
     path("rounds/", round_views.rounds_list, name="rounds"),
     path("rounds/start/", round_views.round_start, name="round-start"),
     path("rounds/<id:round_id>/", round_views.round_detail, name="round-detail"),
@@ -95,6 +96,7 @@ staff_pages = [
 staff_api_urls = [
     path("api/campaigns/", campaign_api.campaigns, name="api-campaigns"),
     path("api/campaigns/<id:campaign_id>/", campaign_api.campaign_detail, name="api-campaign"),
+    path("api/edits/<id:answer_id>/review/", edit_api.edits_review, name="api-edit-review"),
     path("api/campaigns/<id:campaign_id>/judge/", judging_api.judge_detail, name="api-campaign-judge"),
     path("api/campaigns/<id:campaign_id>/judge/verdicts/", judging_api.judge_verdicts, name="api-judge-verdicts"),
     path("api/campaigns/<id:campaign_id>/judge/run/", judging_api.judge_run, name="api-judge-run"),

@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import Any, cast
 
 from django.contrib.auth.models import User
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate.annotation import rankings, services
-from annotate.models import MAX_ANSWERS_PER_PAIR, Assignment
+from annotate.annotation import edits, rankings, services
+from annotate.models import MAX_ANSWERS_PER_PAIR, Assignment, HumanAnswer, Judgement
 from annotate.sampling import services as sampling
 
 # Ids are 64-bit integer columns: a larger number is refused as a bad field, not sent to the database.
@@ -86,6 +86,28 @@ class JudgementInput(serializers.Serializer[Any]):
     )
     rationale = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=True)
     idempotency_key = serializers.UUIDField()
+    edit = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        trim_whitespace=False,
+        help_text="A better answer written with the vote, where the pair's campaign takes them (edits_allowed).",
+    )
+    edit_from = serializers.ChoiceField(
+        choices=edits.EDIT_FROM_CHOICES,
+        required=False,
+        default="",
+        help_text="The side whose answer the edit started from; empty: the side voted for (none after tie, both_bad).",
+    )
+
+
+class HumanAnswerOutput(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    text = serializers.CharField()
+    started_from = serializers.IntegerField(source="started_from_id", allow_null=True, help_text="A completion id.")
+    chars_added = serializers.IntegerField()
+    chars_removed = serializers.IntegerField()
+    status = serializers.CharField(help_text="accepted or rejected (by staff).")
 
 
 class JudgementOutput(serializers.Serializer[Any]):
@@ -101,6 +123,12 @@ class JudgementOutput(serializers.Serializer[Any]):
     idempotency_key = serializers.UUIDField()
     time_spent_ms = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
+    edit = serializers.SerializerMethodField(help_text="The answer written with the vote, if any.")
+
+    @extend_schema_field(HumanAnswerOutput(allow_null=True))
+    def get_edit(self, judgement: Judgement) -> dict[str, Any] | None:
+        human_answer = HumanAnswer.objects.filter(judgement=judgement).first()
+        return HumanAnswerOutput(human_answer).data if human_answer else None
 
 
 @extend_schema(
@@ -117,13 +145,15 @@ class JudgementOutput(serializers.Serializer[Any]):
 def judgements_create(request: Request) -> Response:
     data = JudgementInput(data=request.data)
     data.is_valid(raise_exception=True)
-    recorded = services.judgement_record(
+    recorded = edits.judgement_record_with_edit(
         annotator=_annotator(request),
         pair_id=data.validated_data["pair"],
         choice=data.validated_data["choice"],
         strength=data.validated_data["strength"],
         rationale=data.validated_data["rationale"],
         idempotency_key=data.validated_data["idempotency_key"],
+        edit=data.validated_data["edit"],
+        edit_from=data.validated_data["edit_from"],
         ranks=_ranks(data.validated_data),
     )
     return Response(

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from annotate.annotation import services
+from annotate.annotation import edits, services
 from annotate.errors import Invalid
 from annotate.models import (
     MAX_ANSWERS_PER_PAIR,
@@ -79,7 +79,7 @@ class CampaignForm(forms.ModelForm):  # type: ignore[type-arg]
         fields = [
             "name", "title", "guidelines", "votes_per_pair", "gold_rate", "repeat_rate", "quota_per_annotator",
             "groups", "is_active", "system_prompt", "temperature", "top_p", "max_tokens", "sides", "opponent_version",
-            "second_temperature", "second_top_p", "answers_per_pair",
+            "second_temperature", "second_top_p", "answers_per_pair", "edits_allowed",
         ]  # fmt: skip
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 6})}
 
@@ -252,13 +252,20 @@ class GoldForm(forms.Form):
 @require_GET
 @staff_required
 def pair_detail(request: AppRequest, pair_id: int) -> HttpResponse:
+    return pair_page(request, pair_id)
+
+
+def pair_page(request: AppRequest, pair_id: int, status: int = 200, **extra: Any) -> HttpResponse:
+    """The pair's staff page; `extra` is what a refused change on it says (the answers written with its votes have
+    their own review, annotate/annotation/edit_views.py)."""
     pair = get_object_or_404(
         Pair.objects.select_related("prompt", "completion_a__model_version", "completion_b__model_version", "campaign"),
         pk=pair_id,
     )
     votes = pair.judgements.select_related("annotator").order_by("id")
     context = {"pair": pair, "votes": votes, "gold_form": GoldForm(initial={"expected": pair.gold_choice})}
-    return render_page(request, "campaigns/pair.html", "pair", context)
+    context["human_answers"] = edits.human_answers_of_pair(pair)
+    return render_page(request, "campaigns/pair.html", "pair", {**context, **extra}, status=status)
 
 
 @require_POST

@@ -38,6 +38,7 @@ from annotate.models import (
     Assignment,
     Campaign,
     Completion,
+    HumanAnswer,
     Judgement,
     ModelVersion,
     Pair,
@@ -558,9 +559,10 @@ def judgement_undo(*, annotator: User, judgement_id: int) -> Assignment:
             strength=last.strength,
             rationale=last.rationale,
             judged_at=last.created_at,
+            edit=HumanAnswer.objects.filter(judgement=last).values_list("text", flat=True).first() or "",
             ranking=last.ranking,
         )
-        last.delete()
+        last.delete()  # its written answer (HumanAnswer) with it
         pairs = Pair.objects.filter(pk=last.pair_id, judgement_count__gt=0)
         if assignment.kind == Assignment.Kind.PAIR:
             pairs.update(judgement_count=F("judgement_count") - 1, lease_count=F("lease_count") + 1)

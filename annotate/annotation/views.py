@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from annotate.annotation import services
+from annotate.annotation import edits, services
 from annotate.errors import Conflict, Invalid
 from annotate.judging import services as judging
 from annotate.models import Assignment, Campaign, Judgement, ModelVersion, TrainingRound
@@ -45,6 +45,7 @@ def _annotate_context(request: AppRequest, assignment: Assignment | None, **extr
         "progress": progress,
         "undoable": services.judgement_undoable(annotator=request.user),
         "previous": services.judgement_undone_last(assignment=assignment) if assignment else None,
+        "edit_max_length": settings.EDIT_MAX_LENGTH,
         "strengths": list(zip(Judgement.Strength.values, STRENGTH_KEYS, Judgement.Strength.labels, strict=True)),
         "judge_hint": judging.judge_hint_for(assignment),
         **extra,
@@ -93,6 +94,9 @@ class VoteForm(forms.Form):
     strength = forms.TypedChoiceField(choices=Judgement.Strength.choices, coerce=int, required=False, empty_value=None)
     rationale = forms.CharField(required=False, max_length=settings.RATIONALE_MAX_LENGTH)
     idempotency_key = forms.UUIDField()
+    # A better answer written with the vote (annotate/annotation/edits.py), and the side it started from.
+    edit = forms.CharField(required=False, max_length=settings.EDIT_MAX_LENGTH, strip=False)
+    edit_from = forms.ChoiceField(choices=[(side, side) for side in edits.EDIT_FROM_CHOICES], required=False)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -113,13 +117,16 @@ def _after_answer(request: AppRequest, **extra: Any) -> HttpResponse:
     return _render_annotate(request, _annotate_context(request, assignment, **extra))
 
 
-def _answer_failed(request: AppRequest, pair_id: int, error: Invalid | Conflict) -> HttpResponse:
-    """Show the error with the pair still in place (or the next one when this pair is no longer theirs)."""
+def _answer_failed(request: AppRequest, pair_id: int, error: Invalid | Conflict, edit_draft: str = "") -> HttpResponse:
+    """Show the error with the pair still in place (or the next one when this pair is no longer theirs), and the
+    answer they were writing for it, if any."""
     status = 409 if isinstance(error, Conflict) else 400
     assignment = services.assignment_current(annotator=request.user)
     if assignment is None or assignment.pair_id != pair_id:
         assignment = services.assignment_lease_next(annotator=request.user)
-    return _render_annotate(request, _annotate_context(request, assignment, error=str(error)), status=status)
+    same_pair = assignment is not None and assignment.pair_id == pair_id
+    extra = {"edit_draft": edit_draft} if same_pair and len(edit_draft) <= settings.EDIT_MAX_LENGTH else {}
+    return _render_annotate(request, _annotate_context(request, assignment, error=str(error), **extra), status=status)
 
 
 @require_POST
@@ -131,20 +138,23 @@ def judge(request: AppRequest, pair_id: int) -> HttpResponse:
 def vote_form_record(request: AppRequest, pair_id: int, form: VoteForm) -> HttpResponse:
     """Record what a vote form posted (a vote, or a ranking: annotate/annotation/rank_views.py) and answer with the
     next pair, or with the error and the pair still in place."""
+    draft = request.POST.get("edit", "").replace("\x00", "")
     if not form.is_valid():
-        return _answer_failed(request, pair_id, Invalid(form.errors_by_field()))
+        return _answer_failed(request, pair_id, Invalid(form.errors_by_field()), draft)
     try:
-        recorded = services.judgement_record(
+        recorded = edits.judgement_record_with_edit(
             annotator=request.user,
             pair_id=pair_id,
             choice=form.cleaned_data["choice"],
             strength=form.cleaned_data.get("strength"),
             rationale=form.cleaned_data["rationale"],
             idempotency_key=form.cleaned_data["idempotency_key"],
+            edit=form.cleaned_data.get("edit") or "",
+            edit_from=form.cleaned_data.get("edit_from") or "",
             ranks=form.cleaned_data.get("ranks"),
         )
     except (Invalid, Conflict) as error:
-        return _answer_failed(request, pair_id, error)
+        return _answer_failed(request, pair_id, error, draft)
     judging.judge_hint_record(judgement=recorded.judgement, verdict_id=request.POST.get("judge_verdict"))
     return _after_answer(request, saved=recorded.judgement)
 

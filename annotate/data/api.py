@@ -24,6 +24,7 @@ from annotate.annotation import services
 from annotate.data import exports, import_jobs, imports
 from annotate.data.exports import ExportFilters
 from annotate.models import DataImport, Export, Judgement, Pair, Prompt
+from annotate.quality.preferences import EDITS_RULES
 from annotate.web.staff_api import (
     BAD_FILTERS,
     NOT_STAFF,
@@ -397,6 +398,11 @@ class ExportInput(serializers.Serializer[Any]):
         default=0.0, min_value=0.0, max_value=1.0, help_text="Leave out annotators whose MACE competence is lower."
     )
     min_agreement = serializers.FloatField(default=0.0, min_value=0.0, max_value=1.0)
+    edits = serializers.ChoiceField(
+        choices=EDITS_RULES,
+        default="edits_and_choices",
+        help_text="trl-preference only: rows of annotators' written answers (chosen over each sampled answer).",
+    )
     weighting = serializers.ChoiceField(
         choices=WEIGHTINGS,
         default="none",

@@ -19,6 +19,7 @@ from annotate.data import exports, import_jobs, imports
 from annotate.data.exports import ExportFilters
 from annotate.errors import Invalid
 from annotate.models import DataImport, Export, Judgement, ModelVersion, Prompt
+from annotate.quality.preferences import EDITS_RULES
 from annotate.web.pages import AppRequest, render_page, staff_required
 from training.config import WEIGHTINGS
 
@@ -191,6 +192,11 @@ class ExportForm(forms.Form):
     )
     min_competence = forms.FloatField(min_value=0.0, max_value=1.0, initial=0.0, required=False)
     min_agreement = forms.FloatField(min_value=0.0, max_value=1.0, initial=0.0)
+    edits = forms.ChoiceField(
+        choices=[(name, name.replace("_", " ")) for name in EDITS_RULES], required=False,
+        initial="edits_and_choices", label="Written answers",
+        help_text="trl-preference only: annotators' written answers as chosen over each sampled answer.",
+    )  # fmt: skip
     weighting = forms.ChoiceField(
         choices=[(name, name) for name in WEIGHTINGS], required=False, initial="none", label="Weights",
         help_text="trl-preference only: a weight column from the votes' strength and/or their voters' competence.",

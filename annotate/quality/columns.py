@@ -9,7 +9,7 @@ entry here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from annotate.quality.agreement import AnnotatorSignals, p_value_text
+from annotate.quality.edits import EditSignals
 
 # How a value is typed in the API and written on the page.
 Kind = Literal["annotator", "count", "share", "seconds", "p_value", "flags", "status"]
@@ -34,6 +35,7 @@ class QualityRow:
     signals: AnnotatorSignals
     paused: bool
     votes_excluded: bool
+    edits: EditSignals = field(default_factory=EditSignals)  # their written answers (annotate/quality/edits.py)
 
     @cached_property
     def values(self) -> dict[str, Any]:
@@ -195,6 +197,19 @@ QUALITY_COLUMNS: tuple[QualityColumn, ...] = (
         "competence",
         "Competence",
         _share("competence", lambda row: row.signals.competence, "MACE: 1 - the probability of guessing."),
+    ),
+    _column(
+        "edits",
+        "Written",
+        _count("edits", lambda row: row.edits.written, "Better answers they wrote with these votes."),
+        _share(
+            "edit_changed_share",
+            lambda row: row.edits.changed_share,
+            "How much their written answers change the ones they started from: characters added and removed over "
+            "both texts' (written afresh: all added).",
+            beside="{} changed",
+            beside_unknown=False,
+        ),
     ),
     _column(
         "flags",

@@ -14,9 +14,13 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 from django.db.models import Count, F, Q, QuerySet
 
 from annotate.annotation import rankings
-from annotate.models import Completion, Judgement, Pair
+from annotate.models import Completion, HumanAnswer, Judgement, Pair
 
 Combine = Literal["majority", "all", "unanimous"]
+# What annotators' written answers (HumanAnswer) add: nothing; only their rows (the votes' own choices are left
+# out); or their rows beside the choices.
+Edits = Literal["off", "edits_only", "edits_and_choices"]
+EDITS_RULES = ("off", "edits_only", "edits_and_choices")
 DECISIVE = (Judgement.Choice.A, Judgement.Choice.B)
 
 
@@ -41,10 +45,15 @@ class PreferenceRules:
     # Leave out annotators whose MACE competence (agreement.competence, over the votes being read) is lower;
     # 0 keeps everyone.
     min_competence: float = 0.0
+    # Written answers train as the chosen answer against both sampled answers of their pair (edit_preference_rows);
+    # by default beside the choices: a vote with an answer written is still a vote between the two.
+    edits: Edits = "edits_and_choices"
     # The AI judge's votes (Judgement.Source.JUDGE, pairs it settled alone): left out unless included.
     include_judge: bool = False
 
     def __post_init__(self) -> None:
+        if self.edits not in EDITS_RULES:
+            raise ValueError(f"edits must be one of {', '.join(EDITS_RULES)}, not {self.edits!r}")
         if self.combine not in ("majority", "all", "unanimous"):
             raise ValueError(f"combine must be majority, all or unanimous, not {self.combine!r}")
         if not 0.0 <= self.min_agreement <= 1.0:
@@ -63,8 +72,17 @@ class PreferenceRules:
             "include_excluded_annotators": self.include_excluded_annotators,
             "exclude_head_to_head": self.exclude_head_to_head,
             "min_competence": self.min_competence,
+            "edits": self.edits,
             "include_judge": self.include_judge,
         }
+
+    @property
+    def choices_train(self) -> bool:
+        return self.edits != "edits_only"
+
+    @property
+    def edits_train(self) -> bool:
+        return self.edits != "off"
 
     def left_out_conditions(
         self, judgements: QuerySet[Judgement], competence: Mapping[int, float] | None = None
@@ -412,3 +430,42 @@ def trl_preference_row(verdict: Verdict) -> dict[str, Any]:
     if verdict.chosen is None or verdict.rejected is None:
         raise ValueError(f"pair {verdict.pair.pk}: a {verdict.outcome} verdict has no chosen and rejected answer")
     return preference_row(verdict.pair.prompt.messages, verdict.chosen, verdict.rejected)
+
+
+# --- Written answers ----------------------------------------------------------------------------------------------
+
+
+def human_answers_for_preferences(judgements: QuerySet[Judgement]) -> QuerySet[HumanAnswer]:
+    """The written answers of these votes (the ones the rules let in) that staff have not rejected, with what their
+    rows need, in vote order."""
+    return (
+        HumanAnswer.objects.filter(judgement__in=judgements, status=HumanAnswer.Status.ACCEPTED)
+        .select_related("judgement__pair__prompt", "judgement__pair__completion_a", "judgement__pair__completion_b")
+        .order_by("judgement_id")
+    )
+
+
+def edit_preference_rows(answer: HumanAnswer) -> list[dict[str, Any]]:
+    """A written answer's rows: chosen over each of its pair's sampled answers (the one it was edited from too:
+    that row holds exactly what the annotator changed). A sampled answer it copied unchanged gives no row."""
+    pair = answer.judgement.pair
+    return [
+        preference_row(pair.prompt.messages, answer.text, sampled.text)
+        for sampled in (pair.completion_a, pair.completion_b)
+        if sampled.text.strip() != answer.text
+    ]
+
+
+@dataclass(frozen=True)
+class WrittenVote:
+    """How a written answer's rows are weighed (PairWeights): as a vote of the strongest kind by its author."""
+
+    annotator_id: int | None
+    choice: str = "written"
+    strength: float | None = STRONGEST
+
+
+EDITS_WEIGHT_RULE = (
+    "A written answer's rows weigh as one vote of the strongest kind (much better) by its author: by strength 1, by "
+    "competence the author's."
+)

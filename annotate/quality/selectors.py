@@ -34,6 +34,7 @@ from annotate.quality.agreement import (
     pairwise_kappas,
 )
 from annotate.quality.columns import QualityRow, rows_sorted
+from annotate.quality.edits import EditSignals, edit_signals
 
 
 def quality_thresholds() -> QualityThresholds:
@@ -251,6 +252,7 @@ def quality_rows(judgements: QuerySet[Judgement], *, sort: str) -> tuple[Quality
             annotator_id__in=[row.annotator_id for row in report.annotators]
         )
     }
+    edits = edit_signals(judgements)
     rows = []
     for row in report.annotators:
         standing = standings.get(cast(int, row.annotator_id))
@@ -261,6 +263,7 @@ def quality_rows(judgements: QuerySet[Judgement], *, sort: str) -> tuple[Quality
                 signals=row.signals,
                 paused=bool(standing and standing.paused),
                 votes_excluded=bool(standing and standing.votes_excluded),
+                edits=edits.get(cast(int, row.annotator_id), EditSignals()),
             )
         )
     return report, rows_sorted(rows, sort)

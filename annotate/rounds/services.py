@@ -22,17 +22,21 @@ from typing import Any, cast
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Q
+from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
 from annotate.broker import enqueue
 from annotate.errors import Conflict, Invalid
-from annotate.models import Judgement, ModelVersion, Prompt, TrainingRound
+from annotate.models import HumanAnswer, Judgement, ModelVersion, Prompt, TrainingRound
 from annotate.quality.preferences import (
     Combine,
+    Edits,
     PairWeights,
     PreferenceRules,
     Weighting,
+    WrittenVote,
+    edit_preference_rows,
+    human_answers_for_preferences,
     judgements_for_preferences,
     trl_preference_row,
     verdicts,
@@ -75,6 +79,7 @@ def round_rules() -> PreferenceRules:
         min_competence=settings.ROUND_MIN_COMPETENCE,
         exclude_head_to_head=settings.ROUND_EXCLUDE_HEAD_TO_HEAD,
         include_judge=settings.ROUND_INCLUDE_JUDGE,
+        edits=cast(Edits, settings.ROUND_EDITS),
     )
 
 
@@ -323,7 +328,7 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     with JsonLinesWriter(train_path) as train_file, JsonLinesWriter(heldout_path) as heldout_file:
         for verdict in verdicts(counted, rules):
             disagreement.add(verdict.votes, verdict.agreement)
-            if verdict.chosen is None:
+            if verdict.chosen is None or not rules.choices_train:
                 continue
             if is_heldout(verdict.pair.prompt, training_round.holdout_fraction):
                 heldout_file.write(trl_preference_row(verdict))
@@ -332,6 +337,8 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
                 train_file.write(trl_preference_row(verdict))
                 # A pair implied by a ranking weighs its share of the ranking (quality.preferences.ranking_verdicts).
                 train_weights.append(weights.weight(verdict.outcome, verdict.judgements) * verdict.share)
+        edits = human_answers_for_preferences(rules.counted(read, left_out)) if rules.edits_train else None
+        edits_used = _edit_rows_write(training_round, edits, weights, train_file, train_weights)
     train = len(train_weights)
     if (weighting != "none" or any(weight != 1.0 for weight in train_weights)) and train:
         try:
@@ -349,11 +356,37 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
         train_pairs=train,
         heldout_pairs=heldout,
         votes_left_out=rules.left_out(read, left_out),
+        edits_used=edits_used,
     )
     if train < settings.ROUND_MIN_TRAIN_PAIRS:
         training_round.finish(Status.FAILED, error=f"only {train} training pairs after the rules were applied")
         raise RoundStopped
     return train_path, heldout_path
+
+
+def _edit_rows_write(
+    training_round: TrainingRound,
+    edits: QuerySet[HumanAnswer] | None,
+    weights: PairWeights,
+    train_file: JsonLinesWriter,
+    train_weights: list[float],
+) -> int:
+    """Write the rows of these written answers (None: the rules' `edits` is off) to the training file, each with its
+    weight in `train_weights`; returns how many answers gave rows. Written answers on held-out prompts
+    are left out of both files: those prompts never train, and the held-out accuracy the gate reads stays a measure
+    on sampled answers, comparable from round to round."""
+    if edits is None:
+        return 0
+    used = 0
+    for answer in edits.iterator(chunk_size=500):
+        if is_heldout(answer.judgement.pair.prompt, training_round.holdout_fraction):
+            continue
+        rows = edit_preference_rows(answer)
+        for row in rows:
+            train_file.write(row)
+            train_weights.append(weights.weight("written", [WrittenVote(answer.author_id)]))
+        used += bool(rows)
+    return used
 
 
 def _weights_write(path: Path, weights: list[float]) -> list[float]:

@@ -98,6 +98,14 @@ class Watched:
         assert self.foreign_requests() == [], (path, self.foreign_requests())
         assert "evil.example" not in self.page.url
 
+    def vote_with(self, field: str, text: str, choice: str) -> None:
+        """Type `text` into the vote form's `field` and vote `choice`; the next page (an htmx swap) must stay inert."""
+        self.page.fill(f"textarea[name={field}]", text)
+        self.page.click(f"button[value={choice}]")
+        self.page.wait_for_selector("[data-testid=waiting]")
+        self.page.wait_for_load_state("networkidle")
+        self.assert_inert(f"/ after voting with a hostile {field}")
+
     def close(self):
         self.context.close()
 
@@ -133,11 +141,7 @@ def test_the_annotate_page_with_hostile_output_runs_and_loads_nothing(browser, l
     assert watched.violations() == []
 
     # A hostile rationale, through the page, then the next page (htmx swap) stays inert as well.
-    watched.page.fill("textarea[name=rationale]", HOSTILE)
-    watched.page.click("button[value=tie]")
-    watched.page.wait_for_selector("[data-testid=waiting]")
-    watched.page.wait_for_load_state("networkidle")
-    watched.assert_inert("/ after voting")
+    watched.vote_with("rationale", HOSTILE, "tie")
     assert Judgement.objects.get().rationale.startswith("<script>")
     watched.close()
 
@@ -234,4 +238,34 @@ def test_the_rank_page_with_hostile_answers_runs_and_loads_nothing(browser, live
     watched.page.wait_for_load_state("networkidle")
     watched.assert_inert("/ after ranking")
     assert Judgement.objects.get().rationale.startswith("<script>")
+    watched.close()
+
+
+def test_a_hostile_written_answer_is_inert_where_annotators_and_staff_see_it(
+    browser, live_server, annotator, staff, hostile_pair
+):
+    """An answer an annotator writes (issue 19 part 3) is hostile text like any answer: typed into the annotate
+    page's box and sent with the vote, then shown to staff on the pair page, sanitised."""
+    from annotate.models import Campaign, HumanAnswer
+
+    Campaign.objects.filter(pk=hostile_pair.campaign_id).update(edits_allowed=True)
+    watched = Watched(browser, live_server)
+    watched.log_in("ann", "ann-password-1")
+    watched.page.wait_for_selector("[data-testid=answer-left]")
+    watched.page.click("[data-testid=edit] summary")
+    watched.page.click("[data-testid=edit-from-left]")  # the hostile answer, copied into the box as text
+    assert "<script>" in watched.page.input_value("textarea[name=edit]")
+    watched.vote_with("edit", f"My answer.\n\n{HOSTILE}", "both_bad")
+    assert HumanAnswer.objects.get().text.startswith("My answer.\n\n<script>")
+    watched.close()
+
+    watched = Watched(browser, live_server)
+    watched.log_in("sam", "sam-password-1")
+    path = f"/pairs/{hostile_pair.pk}/"
+    watched.visit(path)
+    watched.assert_inert(path)
+    assert watched.violations() == []
+    written = watched.page.locator("[data-testid=human-answer]")
+    assert written.count() == 1 and "remote image" in written.inner_text()
+    assert written.locator("img, script, svg, iframe, a[href^='javascript']").count() == 0
     watched.close()

@@ -16,6 +16,7 @@ from annotate.annotation import services
 from annotate.annotation.simulation import Profile, SimulatedAnnotator, prefer_shorter, simulated_annotator_judge
 from annotate.models import AnnotatorAction, Campaign, Judgement, Pair
 from annotate.rounds import services as rounds
+from tests.annotate.voting import vote_with_edit
 
 pytestmark = pytest.mark.django_db
 
@@ -223,7 +224,8 @@ def test_every_column_the_page_offers_sorts_both_ways_and_the_api_gives_each(
     for _ in range(2):
         make_pair(required=1)
     _vote(late, "tie")
-    _vote(late, "both_bad")
+    Campaign.objects.filter(name="default").update(edits_allowed=True)  # eve also writes a better answer
+    vote_with_edit(late, lambda pair: "Written by eve.", choice="both_bad")
     for pair, expected in zip(Pair.objects.order_by("id")[:3], ["b", "a", "a"], strict=True):  # careful: 2 of 3
         services.pair_mark_gold(pair=pair, expected=expected)
     services.annotator_act(annotator=population, action="pause", by=staff, reason="left on every pair")
@@ -328,10 +330,11 @@ def test_the_page_answers_htmx_with_its_fragment(population, staff_client):
 
 def test_queries_do_not_grow_with_annotators_or_votes(population, staff_client, django_assert_max_num_queries):
     # The session and user, the campaigns for the filter, gold answers, repeats, the votes' fingerprint, the cache,
-    # the votes, names, standings; storing the report in the database cache takes three more; the AI judges (none).
-    with django_assert_max_num_queries(16):
+    # the votes, names, standings; storing the report in the database cache takes three more; the AI judges (none);
+    # the written answers' counts per annotator (annotate/quality/edits.py: one query).
+    with django_assert_max_num_queries(17):
         assert staff_client.get("/quality/").status_code == 200
-    with django_assert_max_num_queries(10):  # the report from the cache: neither the votes nor the names
+    with django_assert_max_num_queries(12):  # the report from the cache: neither the votes nor the names
         assert staff_client.get("/quality/").status_code == 200
     with django_assert_max_num_queries(14):
         assert staff_client.get(f"/quality/annotators/{SPAMMER}/").status_code == 200

@@ -18,10 +18,10 @@ from annotate.data import exports, import_jobs
 from annotate.data.exports import ExportFilters
 from annotate.hooks import services as hooks
 from annotate.judging import services as judging
-from annotate.models import DataImport, Export
+from annotate.models import Campaign, DataImport, Export
 from annotate.rounds import services as rounds
 
-from .voting import vote_as_annotator
+from .voting import vote_as_annotator, vote_with_edit
 
 pytestmark = pytest.mark.django_db
 
@@ -86,6 +86,7 @@ ACCESS = {
     "campaign-edit": (STAFF_PAGE, ["get", "post"]),
     "pair-detail": (STAFF_PAGE, ["get"]),
     "pair-gold": (STAFF_PAGE, ["post"]),
+    "edit-review": (STAFF_PAGE, ["post"]),
     "leaderboard": (STAFF_PAGE, ["get"]),
     "quality": (STAFF_PAGE, ["get"]),
     "quality-annotator": (STAFF_PAGE, ["get"]),
@@ -93,6 +94,7 @@ ACCESS = {
     "api-campaigns": (STAFF_API, ["get", "post"]),
     "api-campaign": (STAFF_API, ["get"]),
     "api-pair-gold": (STAFF_API, ["post"]),
+    "api-edit-review": (STAFF_API, ["post"]),
     "api-annotator": (STAFF_API, ["get"]),
     "api-annotator-actions": (STAFF_API, ["post"]),
     "api-leaderboard": (STAFF_API, ["get"]),
@@ -200,7 +202,11 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
     settings.OIDC_RP_CLIENT_ID, settings.OIDC_OP_ISSUER = "pairloop", "http://127.0.0.1:9"  # single sign-on set up
     settings.OIDC_OP_AUTHORIZATION_ENDPOINT = "http://127.0.0.1:9/authorize"  # nothing is asked of the provider
     voted = make_pair()
-    vote_as_annotator(django_user_model.objects.create_user("voter"), pair=voted)
+    voter = django_user_model.objects.create_user("voter")
+    vote_as_annotator(voter, pair=voted)
+    edited = make_pair()  # a vote with a better answer written: its campaign takes them
+    Campaign.objects.filter(pk=edited.campaign_id).update(edits_allowed=True)
+    written = vote_with_edit(voter, lambda _: "A better answer.", choice="both_bad").human_answer
     pair = make_pair()  # still open: the annotator may be dealt it
     training_round = rounds.round_start(trigger="api", started_by=staff)
     export = exports.export_create(
@@ -223,7 +229,7 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
     )
     return {"pair_id": pair.pk, "campaign_id": pair.campaign_id, "round_id": training_round.pk,
             "version_id": serving_version.pk, "export_id": export.pk, "import_id": data_import.pk,
-            "endpoint_id": endpoint.pk,
+            "endpoint_id": endpoint.pk, "answer_id": written.pk,
             "username": annotator.username,
             "object_id": 999999, "id": 999999, "content_type_id": 999999}  # fmt: skip
 

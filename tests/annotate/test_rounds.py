@@ -57,7 +57,8 @@ def test_start_queues_a_round_on_the_serving_version(round_settings, votes, serv
     assert training_round.rules == {"combine": "majority", "include_ties": False, "include_both_bad": False,
                                     "min_agreement": 0.0, "include_gold": False, "include_repeats": False,
                                     "include_excluded_annotators": False, "exclude_head_to_head": False,
-                                    "min_competence": 0.0, "include_judge": False}  # fmt: skip
+                                    "min_competence": 0.0, "include_judge": False,
+                                    "edits": "edits_and_choices"}  # fmt: skip
 
 
 def test_a_second_round_cannot_start_while_one_runs(round_settings, votes, serving_version):

@@ -44,3 +44,23 @@ def vote_as_annotator(
     )
     assert recorded.created and recorded.judgement.choice == choice
     return recorded.judgement
+
+
+def vote_with_edit(annotator: Any, edit: Any, *, choice: str = "a", strength: int = 2) -> Judgement:
+    """The annotator takes the next pair, votes `choice` (a, or both_bad) on it and sends `edit(pair)` as the better
+    answer written with the vote (empty: none), through annotate.annotation.edits as the vote form does."""
+    from annotate.annotation import edits
+
+    assignment = services.assignment_lease_next(annotator=annotator)
+    assert assignment is not None, f"no pair is open for {annotator}"
+    side = ("left" if assignment.a_on_left else "right") if choice == "a" else choice
+    recorded = edits.judgement_record_with_edit(
+        annotator=annotator,
+        pair_id=assignment.pair_id,
+        choice=side,
+        strength=strength if choice == "a" else None,
+        rationale="",
+        idempotency_key=uuid.uuid4(),
+        edit=edit(assignment.pair),
+    )
+    return recorded.judgement

@@ -14,6 +14,7 @@ import yaml
 from django.conf import settings
 from django.template.loader import render_to_string
 
+from annotate.data.exports.edits import EDITS_MAPPING, FORMATS_WITH_EDITS
 from annotate.data.exports.filters import ExportFilters
 from annotate.data.exports.formats import FORMATS, MESSAGES, DatasetFormat
 from annotate.data.exports.stream import ExportStats
@@ -72,7 +73,18 @@ def _filter_lines(filters: ExportFilters, spec: DatasetFormat) -> list[tuple[str
         ("votes on head-to-head pairs", "left out" if rules.exclude_head_to_head else "included (off-policy)"),
         ("minimum annotator competence (MACE)", f"{rules.min_competence:g}"),
         ("weights", filters.weighting if filters.weighting != "none" else "none"),
+        ("written answers (rule edits)", _edits_line(rules.edits, spec.name)),
     ]
+
+
+def _edits_line(edits: str, dataset_format: str) -> str:
+    if dataset_format not in FORMATS_WITH_EDITS:
+        return "none: this format holds none"
+    return {
+        "off": "left out",
+        "edits_only": "only: the votes' own choices left out",
+        "edits_and_choices": "included beside the votes' choices",
+    }[edits]
 
 
 def dataset_card(
@@ -119,6 +131,7 @@ def dataset_card(
                 ("votes read (after the filters)", f"{stats.votes_read:,}"),
                 ("rankings among them (3 or 4 answers ranked)", f"{stats.rankings_read:,}"),
                 ("verdicts by outcome", _counts(stats.outcomes) or "none"),
+                ("rows from written answers", f"{stats.edit_rows:,} (from {stats.edits:,} answers annotators wrote)"),
                 ("left out: no row in this format", _counts(stats.left_out) or "none"),
                 ("votes behind the rows, by source", _counts(stats.sources) or "none"),
                 ("date range of those votes", span),
@@ -128,7 +141,7 @@ def dataset_card(
         "filters": _table(("filter", "value"), _filter_lines(filters, spec)),
         "combine": combine,
         "combine_meaning": _COMBINE_RULES[combine],
-        "mapping": spec.mapping,
+        "mapping": spec.mapping + (f" {EDITS_MAPPING}" if dataset_format in FORMATS_WITH_EDITS else ""),
         "weights": weights_described(filters.weighting, extremes, normalised=False) if weighted else "",
         "weights_rule": WEIGHTS_RULE,
         "schema": _table(

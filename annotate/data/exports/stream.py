@@ -27,6 +27,7 @@ from django.db.models.functions import Cast
 from django.db.models.sql.compiler import SQLCompiler
 from django.db.models.sql.constants import MULTI
 
+from annotate.data.exports.edits import edit_rows_write
 from annotate.data.exports.filters import ExportFilters, judgements_matching
 from annotate.data.exports.formats import (
     FORMATS,
@@ -227,6 +228,14 @@ class ExportStats:
     last_vote: datetime | None = None
     lightest: float | None = None  # the smallest and largest row weight, when the rows carry weights
     heaviest: float | None = None
+    edits: int = 0  # written answers that gave rows (annotate/data/exports/edits.py)
+    edit_rows: int = 0
+
+    def edit_row(self, row: dict[str, Any]) -> None:
+        self.rows += 1
+        self.edit_rows += 1
+        if WEIGHT_COLUMN.name in row:
+            self.weigh(row[WEIGHT_COLUMN.name])
 
     def weigh(self, weight: float) -> None:
         self.lightest = weight if self.lightest is None else min(self.lightest, weight)
@@ -283,11 +292,14 @@ def export_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = open_writer(file_format, partial, spec.schema)
     build_rows, write = spec.rows, writer.write
+    choices = filters.rules.choices_train  # else only written answers give rows (rule edits: edits_only)
     try:
         try:
             counted = _counted(rows.chunks(), stats, on_progress)
             verdicts = export_verdicts(counted, spec.rules(filters.rules), whole_rankings=spec.whole_rankings)
             for verdict in verdicts:
+                if not choices:
+                    continue
                 written = 0
                 for row in build_rows(verdict, context):
                     write(row)
@@ -299,6 +311,14 @@ def export_write(
                     stats.add(verdict)
                 else:
                     stats.left_out[verdict.outcome] += 1
+            stats.edits = edit_rows_write(
+                dataset_format=dataset_format,
+                filters=filters,
+                left_out=left_out,
+                context=context,
+                write=write,
+                on_row=stats.edit_row,
+            )
         finally:
             writer.close()
         os.replace(partial, path)
