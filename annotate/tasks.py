@@ -17,6 +17,7 @@ from annotate.rounds import canary, deploy
 from annotate.rounds import services as rounds
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerUnavailable
+from annotate.turns import services as turns
 
 
 @shared_task(bind=True, max_retries=3)  # beat asks again every PAIR_REFILL_INTERVAL: a long outage piles up nothing
@@ -129,3 +130,14 @@ def webhook_deliveries_send_due() -> int:
 def webhook_deliveries_prune() -> int:
     """Delete webhook deliveries that ended more than WEBHOOK_KEEP_DAYS ago."""
     return hooks.webhook_deliveries_prune()
+
+
+@shared_task
+def continuation_make(continuation_id: int) -> bool:
+    """Sample the pair of an annotator's longer conversation (annotate.turns), when no page streamed it."""
+    return turns.continuation_pair_make(continuation_id=continuation_id)
+
+
+@shared_task
+def continuations_make_due() -> int:
+    return turns.continuations_make_due()

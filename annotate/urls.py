@@ -19,6 +19,7 @@ from annotate.quality import api as quality_api
 from annotate.quality import views as quality_views
 from annotate.rounds import api as rounds_api
 from annotate.rounds import views as round_views
+from annotate.turns import views as turns_views
 from annotate.web import sso
 
 
@@ -41,6 +42,9 @@ annotator_pages = [
     path("pairs/<id:pair_id>/judge/", views.judge, name="judge"),
     path("pairs/<id:pair_id>/skip/", views.skip, name="skip"),
     path("votes/undo/", views.undo, name="undo"),
+    path("pairs/<id:pair_id>/continue/", turns_views.next_turn, name="next-turn"),
+    path("conversations/<id:continuation_id>/stream/", turns_views.stream, name="continuation-stream"),
+    path("conversations/<id:continuation_id>/later/", turns_views.stop_waiting, name="continuation-later"),
     path("accounts/login/", sso.LoginView.as_view(), name="login"),
     path("accounts/sso/login/", sso.sso_login, name="sso-login"),
     path("accounts/sso/callback/", sso.sso_callback, name="sso-callback"),

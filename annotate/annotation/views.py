@@ -22,6 +22,7 @@ from annotate.errors import Conflict, Invalid
 from annotate.models import Assignment, Campaign, Judgement, ModelVersion, TrainingRound
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerUnavailable, client_from_settings
+from annotate.turns.context import turns_context
 from annotate.web.pages import AppRequest, render_page
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def _annotate_context(request: AppRequest, assignment: Assignment | None, **extr
         "undoable": services.judgement_undoable(annotator=request.user),
         "previous": services.judgement_undone_last(assignment=assignment) if assignment else None,
         "strengths": list(zip(Judgement.Strength.values, STRENGTH_KEYS, Judgement.Strength.labels, strict=True)),
+        **turns_context(request.user),
         **extra,
     }
 

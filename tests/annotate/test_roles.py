@@ -6,6 +6,7 @@ a real object's, so a caller who may call a route must get through to its view: 
 """
 
 import re
+import uuid
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -19,6 +20,7 @@ from annotate.data.exports import ExportFilters
 from annotate.hooks import services as hooks
 from annotate.models import DataImport, Export
 from annotate.rounds import services as rounds
+from annotate.turns import services as turns
 
 from .voting import vote_as_annotator
 
@@ -38,6 +40,9 @@ ACCESS = {
     "judge": (ANNOTATOR_PAGE, ["post"]),
     "skip": (ANNOTATOR_PAGE, ["post"]),
     "undo": (ANNOTATOR_PAGE, ["post"]),
+    "next-turn": (ANNOTATOR_PAGE, ["post"]),
+    "continuation-stream": (ANNOTATOR_PAGE, ["get"]),  # another's conversation: 409, as a pair not leased to you
+    "continuation-later": (ANNOTATOR_PAGE, ["post"]),
     "login": (PUBLIC, ["get", "post"]),
     "sso-login": (PUBLIC, ["get"]),  # with single sign-on set up (route_values); 404 without
     "sso-callback": (PUBLIC, ["get"]),
@@ -194,6 +199,13 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
     settings.OIDC_OP_AUTHORIZATION_ENDPOINT = "http://127.0.0.1:9/authorize"  # nothing is asked of the provider
     voted = make_pair()
     vote_as_annotator(django_user_model.objects.create_user("voter"), pair=voted)
+    talked = make_pair()  # the annotator's vote, whose conversation they continue (annotate.turns)
+    vote_as_annotator(annotator, pair=talked)
+    talked.campaign.continuation_allowed = True
+    talked.campaign.save()
+    continuation = turns.continuation_start(
+        annotator=annotator, pair_id=talked.pk, message="And then?", idempotency_key=uuid.uuid4()
+    ).continuation
     pair = make_pair()  # still open: the annotator may be dealt it
     training_round = rounds.round_start(trigger="api", started_by=staff)
     export = exports.export_create(
@@ -211,7 +223,7 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
     )
     return {"pair_id": pair.pk, "campaign_id": pair.campaign_id, "round_id": training_round.pk,
             "version_id": serving_version.pk, "export_id": export.pk, "import_id": data_import.pk,
-            "endpoint_id": endpoint.pk,
+            "endpoint_id": endpoint.pk, "continuation_id": continuation.pk,
             "username": annotator.username,
             "object_id": 999999, "id": 999999, "content_type_id": 999999}  # fmt: skip
 
