@@ -19,6 +19,7 @@ from annotate.quality import api as quality_api
 from annotate.quality import views as quality_views
 from annotate.rounds import api as rounds_api
 from annotate.rounds import views as round_views
+from annotate.turns import api as turns_api
 from annotate.turns import views as turns_views
 from annotate.web import sso
 
@@ -56,6 +57,8 @@ annotator_api = [
     path("api/pairs/skip/", api.pairs_skip, name="api-pairs-skip"),
     path("api/judgements/", api.judgements_create, name="api-judgements"),
     path("api/judgements/undo/", api.judgements_undo, name="api-judgements-undo"),
+    path("api/conversations/", turns_api.conversations_create, name="api-conversations"),
+    path("api/conversations/<id:continuation_id>/", turns_api.conversation_detail, name="api-conversation"),
 ]
 
 staff_pages = [

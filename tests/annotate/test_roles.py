@@ -51,6 +51,8 @@ ACCESS = {
     "api-pairs-skip": (ANNOTATOR_API, ["post"]),
     "api-judgements": (ANNOTATOR_API, ["post"]),
     "api-judgements-undo": (ANNOTATOR_API, ["post"]),
+    "api-conversations": (ANNOTATOR_API, ["post"]),
+    "api-conversation": (ANNOTATOR_API, ["get"]),  # staff read any; an annotator only their own
     "rounds": (STAFF_PAGE, ["get"]),
     "round-start": (STAFF_PAGE, ["post"]),
     "round-detail": (STAFF_PAGE, ["get"]),

@@ -361,3 +361,87 @@ def test_a_campaign_without_continuation_offers_nothing(client, annotator, make_
     client.force_login(annotator)
     judged(make_pair, annotator, prompt_set="plain")
     assert b'data-testid="next-turn"' not in client.get(reverse("annotate")).content
+
+
+@pytest.fixture
+def api_as(db):
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    def make(user):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+        return client
+
+    return make
+
+
+def test_the_api_continues_a_conversation_and_a_worker_makes_its_pair(
+    api_as, annotator, other_annotator, staff, campaign, make_pair, stub, monkeypatch
+):
+    sent = []
+    monkeypatch.setattr("annotate.turns.api.enqueue", lambda name, *args: sent.append((name, args)) or True)
+    pair, _ = judged(make_pair, annotator)
+    api = api_as(annotator)
+    body = {"pair": pair.pk, "message": "And then?", "idempotency_key": str(uuid.uuid4())}
+
+    created = api.post("/api/conversations/", body, format="json")
+    again = api.post("/api/conversations/", body, format="json")
+
+    assert (created.status_code, again.status_code) == (202, 200)
+    conversation = created.json()
+    assert again.json()["id"] == conversation["id"] and conversation["status"] == "pending"
+    assert [m["role"] for m in conversation["messages"]] == ["user", "assistant", "user"]
+    assert sent == [("annotate.tasks.continuation_make", (conversation["id"],))]
+    assert services.continuation_pair_make(continuation_id=conversation["id"])  # the worker's task
+    ready = api.get(f"/api/conversations/{conversation['id']}/").json()
+    assert ready["status"] == "ready" and ready["pair"]
+    leased = api.get("/api/pairs/next/").json()
+    assert leased["pair"] == ready["pair"] and leased["prompt"] == conversation["messages"]
+    assert api_as(other_annotator).get(f"/api/conversations/{conversation['id']}/").status_code == 404
+    assert api_as(staff).get(f"/api/conversations/{conversation['id']}/").status_code == 200
+
+
+def test_the_api_refuses_bad_next_turns_with_json_and_stores_nothing(api_as, annotator, campaign, make_pair):
+    pair, _ = judged(make_pair, annotator)
+    api = api_as(annotator)
+
+    def post(**fields):
+        body = {"pair": pair.pk, "message": "More?", "idempotency_key": str(uuid.uuid4()), **fields}
+        return api.post("/api/conversations/", body, format="json")
+
+    answers = {
+        "empty": post(message=""),
+        "2 MB": post(message="x" * 2_000_000),
+        "NUL": post(message="a\x00b"),
+        "no key": post(idempotency_key="nope"),
+        "huge id": post(pair=2**63),
+        "not judged": post(pair=make_pair(prompt_set="talk").pk),
+    }
+
+    assert {name: answer.status_code for name, answer in answers.items()} == {
+        "empty": 400, "2 MB": 400, "NUL": 400, "no key": 400, "huge id": 400, "not judged": 409,
+    }  # fmt: skip
+    assert all(answer["Content-Type"] == "application/json" for answer in answers.values())
+    assert "message" in answers["2 MB"].json()["errors"]
+    assert not Continuation.objects.exists()
+
+
+def test_a_continued_vote_can_no_longer_be_undone(client, annotator, campaign, make_pair):
+    client.force_login(annotator)
+    pair, judgement = judged(make_pair, annotator)
+    assert annotation.judgement_undoable(annotator=annotator) == judgement
+    next_turn(client, pair)
+
+    assert annotation.judgement_undoable(annotator=annotator) is None  # the page no longer offers it
+    refused = client.post(reverse("undo"), {"judgement": judgement.pk})
+    assert refused.status_code == 409 and b"you continued its conversation" in refused.content
+    assert Judgement.objects.filter(pk=judgement.pk).exists() and Continuation.objects.get().judgement == judgement
+
+
+def test_the_waiting_page_does_not_poll_away_a_next_turn_being_written(client, annotator, campaign, make_pair):
+    client.force_login(annotator)
+    judged(make_pair, annotator)
+    page = client.get(reverse("annotate")).content.decode()
+    assert 'data-testid="next-turn"' in page and 'data-testid="waiting"' in page
+    assert 'hx-trigger="every 5s"' not in page  # a swap would take the half-written message with it
