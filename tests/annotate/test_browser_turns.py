@@ -10,9 +10,16 @@ import time
 import pytest
 
 from annotate.models import Campaign, Continuation, Judgement
-from tests.annotate.browsers import CHROMIUM, CHROMIUM_ARGS
+from tests.annotate.browsers import CHROMIUM
 from tests.annotate.model_server_stub import ModelServerStub
-from tests.annotate.test_browser_annotate import NO_SIDEWAYS_SCROLL, SIZES, open_annotate, screenshot_path, swapped_in
+from tests.annotate.test_browser_annotate import (  # noqa: F401 (browser: the module's Chromium, a fixture)
+    NO_SIDEWAYS_SCROLL,
+    SIZES,
+    browser,
+    open_annotate,
+    screenshot_path,
+    swapped_in,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -22,16 +29,6 @@ pytestmark = [
 
 FIRST = "What is a good first houseplant?"
 NEXT = "Which of those needs the least light?"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -75,7 +72,7 @@ def watch_it_stream_in(page, tmp_path, size: str) -> None:
     page.screenshot(path=screenshot_path(tmp_path, f"annotate-multi-turn-{size}"))
 
 
-def test_a_conversation_continued_with_the_keyboard_alone(browser, live_server, talking, tmp_path):
+def test_a_conversation_continued_with_the_keyboard_alone(browser, live_server, talking, tmp_path):  # noqa: F811
     page = open_annotate(browser, live_server, "desktop")
     page.evaluate("window.notReloaded = true")
     page.keyboard.press("w")
@@ -101,7 +98,7 @@ def test_a_conversation_continued_with_the_keyboard_alone(browser, live_server, 
     page.close()
 
 
-def test_a_conversation_continued_with_the_mouse_alone(browser, live_server, talking, tmp_path):
+def test_a_conversation_continued_with_the_mouse_alone(browser, live_server, talking, tmp_path):  # noqa: F811
     page = open_annotate(browser, live_server, "phone")  # (logging in is typed)
     page.evaluate("window.notReloaded = true")
     page.click("label:has(> input[name=strength][value='2'])")
