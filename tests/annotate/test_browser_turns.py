@@ -120,3 +120,37 @@ def test_a_conversation_continued_with_the_mouse_alone(browser, live_server, tal
     assert page.evaluate("window.notReloaded") is True
     assert SIZES["phone"] == (390, 844)
     page.close()
+
+
+def test_a_hostile_conversation_streams_in_and_runs_nothing(browser, live_server, settings, serving_version, make_pair):  # noqa: F811
+    """Hostile text in every part of a continued conversation: the chosen answer (now the assistant's turn), the
+    annotator's next turn, and answers streamed piece by piece (each piece is added as text, never as HTML)."""
+    from django.contrib.auth.models import User
+
+    from tests.annotate.test_browser_hostile import HOSTILE, Watched
+
+    User.objects.create_user("ann", password="ann-password-1")
+    Campaign.objects.create(name="talk", continuation_allowed=True)
+    make_pair(texts=(f"Left. {HOSTILE}", f"Right. {HOSTILE}"), messages=[{"role": "user", "content": FIRST}],
+              prompt_set="talk")  # fmt: skip
+    server = ModelServerStub(served_models=(serving_version.name,))
+    server.stream_piece_seconds = 0.02
+    with server.running():
+        settings.VLLM_BASE_URL = server.url
+        watched = Watched(browser, live_server)
+        watched.log_in("ann", "ann-password-1")
+        page = watched.page
+        page.click("label:has(> input[name=strength][value='1'])")
+        page.click("button[name=choice][value=left]")
+        page.wait_for_selector("[data-testid=next-turn]")
+        page.fill("textarea[name=message]", HOSTILE)
+        page.click("[data-testid=next-turn-send]")
+        page.wait_for_selector("[data-testid=answer-left]")
+        page.wait_for_load_state("networkidle")
+
+        watched.assert_inert("/ after a continued conversation")
+        assert page.locator("#pair img, #pair script, #pair svg, #pair iframe").count() == 0
+        assert page.locator("#pair a[href^='javascript']").count() == 0
+        assert watched.violations() == []
+        assert Continuation.objects.get().prompt.messages[-1]["content"] == HOSTILE.strip()
+        watched.close()
