@@ -1459,6 +1459,14 @@ class Continuation(models.Model):
         self.refresh_from_db()
         return released == 1
 
+    def retry(self) -> bool:
+        """failed -> pending, its tries counted afresh: the annotator asks again once the model server is back."""
+        again = Continuation.objects.filter(pk=self.pk, status=self.Status.FAILED).update(
+            status=self.Status.PENDING, attempts=0, finished_at=None, annotator_waits=True
+        )
+        self.refresh_from_db()
+        return again == 1
+
     def fail(self, *, holder: str, error: str) -> bool:
         """sampling -> failed for a reason no retry mends (the model server refused the conversation)."""
         failed = self._mine(holder).update(

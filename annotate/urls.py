@@ -46,6 +46,7 @@ annotator_pages = [
     path("pairs/<id:pair_id>/continue/", turns_views.next_turn, name="next-turn"),
     path("conversations/<id:continuation_id>/stream/", turns_views.stream, name="continuation-stream"),
     path("conversations/<id:continuation_id>/later/", turns_views.stop_waiting, name="continuation-later"),
+    path("conversations/<id:continuation_id>/retry/", turns_views.retry, name="continuation-retry"),
     path("accounts/login/", sso.LoginView.as_view(), name="login"),
     path("accounts/sso/login/", sso.sso_login, name="sso-login"),
     path("accounts/sso/callback/", sso.sso_callback, name="sso-callback"),

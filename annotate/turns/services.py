@@ -122,6 +122,16 @@ def continuation_stop_waiting(*, annotator: User, continuation_id: int) -> None:
         raise Conflict("no such conversation of yours")
 
 
+def continuation_retry(*, annotator: User, continuation_id: int) -> Continuation:
+    """Sample a conversation that failed again (the model server was away for longer than its tries lasted)."""
+    continuation = Continuation.objects.filter(pk=continuation_id, annotator=annotator).first()
+    if continuation is None:
+        raise Conflict("no such conversation of yours")
+    if not continuation.retry():
+        raise Conflict("this conversation has not failed: its pair is on its way or made")
+    return continuation
+
+
 # --- Writing the next turn -----------------------------------------------------------------------------------------
 
 

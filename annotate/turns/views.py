@@ -104,3 +104,17 @@ def stop_waiting(request: AppRequest, continuation_id: int) -> HttpResponse:
     except Conflict as error:
         return _refused(request, error)
     return _after_answer(request)
+
+
+@require_POST
+@login_required
+def retry(request: AppRequest, continuation_id: int) -> HttpResponse:
+    """Try a failed conversation again: the page streams it anew (without JavaScript, a worker samples it)."""
+    try:
+        continuation = services.continuation_retry(annotator=request.user, continuation_id=continuation_id)
+    except Conflict as error:
+        return _refused(request, error)
+    if not request.htmx:
+        enqueue("annotate.tasks.continuation_make", continuation.pk)
+        return HttpResponseRedirect(reverse("annotate"))
+    return _render_annotate(request, _annotate_context(request, None))

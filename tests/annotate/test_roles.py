@@ -43,6 +43,7 @@ ACCESS = {
     "next-turn": (ANNOTATOR_PAGE, ["post"]),
     "continuation-stream": (ANNOTATOR_PAGE, ["get"]),  # another's conversation: 409, as a pair not leased to you
     "continuation-later": (ANNOTATOR_PAGE, ["post"]),
+    "continuation-retry": (ANNOTATOR_PAGE, ["post"]),  # one that has not failed: 409
     "login": (PUBLIC, ["get", "post"]),
     "sso-login": (PUBLIC, ["get"]),  # with single sign-on set up (route_values); 404 without
     "sso-callback": (PUBLIC, ["get"]),

@@ -63,6 +63,14 @@ def start(annotator, pair, key=None):
     return services.continuation_start(annotator=annotator, pair_id=pair.pk, message="More?", idempotency_key=key)
 
 
+def continued(client, make_pair, annotator):
+    """The annotator, logged in, votes on a pair of the campaign and continues it on the page: its continuation."""
+    client.force_login(annotator)
+    pair, _ = judged(make_pair, annotator)
+    next_turn(client, pair)
+    return Continuation.objects.get()
+
+
 def chosen_text(judgement):
     pair = judgement.pair
     return (pair.completion_a if judgement.choice == Judgement.Choice.A else pair.completion_b).text
@@ -244,10 +252,7 @@ def test_the_same_turn_sent_at_once_from_several_threads_makes_one_conversation(
 def test_a_model_server_dying_mid_stream_is_said_and_the_pair_is_made_later(
     client, annotator, campaign, make_pair, stub
 ):
-    client.force_login(annotator)
-    pair, _ = judged(make_pair, annotator)
-    next_turn(client, pair)
-    continuation = Continuation.objects.get()
+    continuation = continued(client, make_pair, annotator)
     stub.stream_cut_after = 2
 
     events = events_of(client.get(reverse("continuation-stream", args=[continuation.pk])))
@@ -311,10 +316,7 @@ def test_streams_beyond_the_process_limit_are_refused_and_the_page_polls(
     client, annotator, campaign, make_pair, stub, settings
 ):
     settings.CONTINUATION_STREAMS_PER_PROCESS = 0
-    client.force_login(annotator)
-    pair, _ = judged(make_pair, annotator)
-    next_turn(client, pair)
-    continuation = Continuation.objects.get()
+    continuation = continued(client, make_pair, annotator)
 
     never_read = client.get(reverse("continuation-stream", args=[continuation.pk]))  # takes nothing until read
     refused = events_of(client.get(reverse("continuation-stream", args=[continuation.pk])))
@@ -445,3 +447,28 @@ def test_the_waiting_page_does_not_poll_away_a_next_turn_being_written(client, a
     page = client.get(reverse("annotate")).content.decode()
     assert 'data-testid="next-turn"' in page and 'data-testid="waiting"' in page
     assert 'hx-trigger="every 5s"' not in page  # a swap would take the half-written message with it
+
+
+def test_a_conversation_given_up_after_its_tries_can_be_tried_again(
+    client, annotator, campaign, make_pair, stub, settings
+):
+    settings.CONTINUATION_MAX_ATTEMPTS = 1
+    continuation = continued(client, make_pair, annotator)
+    stub.stream_cut_after = 1
+    events = events_of(client.get(reverse("continuation-stream", args=[continuation.pk])))
+    assert events[-1][0] == "failed" and "given up" in events[-1][1]["message"]
+    continuation.refresh_from_db()
+    assert continuation.status == Continuation.Status.FAILED
+    assert services.continuations_due() == []  # nothing retries it by itself
+    page = client.get(reverse("annotate"))
+    assert b'data-testid="continuation-retry"' in page.content
+
+    stub.stream_cut_after = None
+    again = client.post(reverse("continuation-retry", args=[continuation.pk]), **HTMX)
+
+    assert again.status_code == 200 and b"data-stream-url" in again.content
+    assert events_of(client.get(reverse("continuation-stream", args=[continuation.pk])))[-1][0] == "ready"
+    continuation.refresh_from_db()
+    assert continuation.status == Continuation.Status.READY and continuation.attempts == 0
+    twice = client.post(reverse("continuation-retry", args=[continuation.pk]), **HTMX)
+    assert twice.status_code == 409 and b"has not failed" in twice.content
