@@ -90,6 +90,8 @@ def test_exports_load_with_datasets_in_trls_conversational_format(conversations,
     export = exports.export_run(export=export)
     assert export.status == Export.Status.DONE
 
+    card = Path(export.path).with_suffix(".md").read_text(encoding="utf-8")
+    assert "| verdicts on multi-turn conversations (the whole conversation is the prompt) | 6 |" in card
     dataset = load_dataset("json", data_files=export.path, split="train")
     multi = [row for row in dataset if turns.is_multi_turn(row["prompt"])]
     assert len(multi) == (6 if dataset_format == "trl-preference" else 12)  # unpaired: a row per answer

@@ -117,6 +117,10 @@ def dataset_card(
                 ("verdicts (pairs, or votes when one row per vote)", f"{stats.verdicts:,}"),
                 ("votes read (after the filters)", f"{stats.votes_read:,}"),
                 ("verdicts by outcome", _counts(stats.outcomes) or "none"),
+                (
+                    "verdicts on multi-turn conversations (the whole conversation is the prompt)",
+                    f"{stats.multi_turn:,}",
+                ),
                 ("left out: no row in this format", _counts(stats.left_out) or "none"),
                 ("votes behind the rows, by source", _counts(stats.sources) or "none"),
                 ("date range of those votes", span),
