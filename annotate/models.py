@@ -109,6 +109,11 @@ class Campaign(models.Model):
         help_text=f"Answers each new pair shows ({MIN_ANSWERS_PER_PAIR}: compare two; up to {MAX_ANSWERS_PER_PAIR}: "
         "annotators rank them).",
     )
+    # Multi-turn (annotate.turns): after a vote, the annotator may write the next user turn of the conversation.
+    continuation_allowed = models.BooleanField(
+        default=False,
+        help_text="After choosing an answer, annotators may write the next user turn; its pair is sampled live.",
+    )
 
     objects = CampaignQuerySet.as_manager()
 
@@ -1054,6 +1059,9 @@ class TrainingRound(models.Model):
     holdout_fraction = models.FloatField(default=0.2)
     train_pairs = models.PositiveIntegerField(null=True, blank=True)
     heldout_pairs = models.PositiveIntegerField(null=True, blank=True)
+    # Pairs whose prompt is a conversation of more than one user turn (annotate.turns), among the above.
+    multi_turn_train_pairs = models.PositiveIntegerField(null=True, blank=True)
+    multi_turn_heldout_pairs = models.PositiveIntegerField(null=True, blank=True)
     directory = models.CharField(max_length=500, blank=True, help_text="Data, adapter, metrics and logs.")
     evaluation = models.JSONField(default=dict, blank=True)
     phase_seconds = models.JSONField(default=dict, blank=True, help_text="Wall time of each phase, in seconds.")
@@ -1679,3 +1687,96 @@ class HumanAnswer(models.Model):
         if moved != 1:
             raise Conflict(f"this written answer is not {current} (someone reviewed it meanwhile)")
         self.refresh_from_db()
+
+
+class Continuation(models.Model):
+    """An annotator's next user turn after a vote (annotate.turns): the conversation so far, the answer they chose as
+    the assistant's turn, and their new message make a new prompt, whose pair is sampled live and leased to them first.
+
+    Its pair is made by one holder at a time: the page's stream (a web process) or a sampling worker claims it with an
+    expiry and is the only one that may finish, release or fail it; a claim whose holder died runs out and the next
+    sweep or page takes it over, so a conversation never stays stuck half-made."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting to be sampled"
+        SAMPLING = "sampling", "Being sampled"
+        READY = "ready", "Pair ready"
+        FAILED = "failed", "Could not be sampled"
+
+    judgement = models.OneToOneField(Judgement, on_delete=models.PROTECT, related_name="continuation")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="continuations")
+    prompt = models.ForeignKey(
+        Prompt, on_delete=models.PROTECT, related_name="continuations", help_text="The longer conversation."
+    )
+    pair = models.OneToOneField(
+        Pair, null=True, blank=True, on_delete=models.PROTECT, related_name="continuation", help_text="Its new pair."
+    )
+    idempotency_key = models.UUIDField(unique=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    holder = models.CharField(max_length=200, blank=True, help_text="Who is sampling it (host:pid:token).")
+    claim_expires_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Samplings that failed so far.")
+    error = models.TextField(blank=True, help_text="Why the last sampling failed.")
+    annotator_waits = models.BooleanField(default=True, help_text="The annotator's page waits for its pair.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["status", "claim_expires_at"], name="continuation_open_idx")]
+
+    def __str__(self) -> str:
+        return f"Continuation {self.pk} of {self.judgement_id}"
+
+    def _claimable(self) -> models.QuerySet[Continuation]:
+        now = timezone.now()
+        pending = Q(status=self.Status.PENDING)
+        abandoned = Q(status=self.Status.SAMPLING, claim_expires_at__lt=now)
+        return Continuation.objects.filter(pk=self.pk).filter(pending | abandoned)
+
+    def claim(self, *, holder: str, seconds: float) -> bool:
+        """pending (or sampling under a claim that ran out) -> sampling, held by `holder` for `seconds`; False when
+        someone else holds it or it ended."""
+        taken = self._claimable().update(
+            status=self.Status.SAMPLING, holder=holder, claim_expires_at=timezone.now() + _seconds(seconds)
+        )
+        self.refresh_from_db()
+        return taken == 1
+
+    def _mine(self, holder: str) -> models.QuerySet[Continuation]:
+        return Continuation.objects.filter(pk=self.pk, status=self.Status.SAMPLING, holder=holder)
+
+    def finish(self, *, holder: str, pair: Pair) -> bool:
+        """sampling -> ready with its pair, by its holder only."""
+        done = self._mine(holder).update(
+            status=self.Status.READY, pair=pair, holder="", claim_expires_at=None, finished_at=timezone.now()
+        )
+        self.refresh_from_db()
+        return done == 1
+
+    def release(self, *, holder: str, error: str, max_attempts: int) -> bool:
+        """sampling -> pending again after a failed try (the model server went away), so it is made later; failed
+        after `max_attempts` tries. By its holder only."""
+        attempts = self.attempts + 1
+        status = self.Status.FAILED if attempts >= max_attempts else self.Status.PENDING
+        released = self._mine(holder).update(
+            status=status, holder="", claim_expires_at=None, attempts=F("attempts") + 1, error=error[:2000]
+        )
+        self.refresh_from_db()
+        return released == 1
+
+    def retry(self) -> bool:
+        """failed -> pending, its tries counted afresh: the annotator asks again once the model server is back."""
+        again = Continuation.objects.filter(pk=self.pk, status=self.Status.FAILED).update(
+            status=self.Status.PENDING, attempts=0, finished_at=None, annotator_waits=True
+        )
+        self.refresh_from_db()
+        return again == 1
+
+    def fail(self, *, holder: str, error: str) -> bool:
+        """sampling -> failed for a reason no retry mends (the model server refused the conversation)."""
+        failed = self._mine(holder).update(
+            status=self.Status.FAILED, holder="", claim_expires_at=None, error=error[:2000], finished_at=timezone.now()
+        )
+        self.refresh_from_db()
+        return failed == 1

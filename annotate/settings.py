@@ -583,3 +583,19 @@ CELERY_BEAT_SCHEDULE["judges-run"] = {
     "task": "annotate.tasks.judges_run",
     "schedule": env_float("JUDGE_INTERVAL", 30.0),
 }
+
+# Multi-turn conversations (annotate.turns): the annotator's next user turn after a vote, its pair sampled live and
+# streamed to the page (server-sent events).
+CONTINUATION_MESSAGE_MAX_CHARACTERS = env_int("CONTINUATION_MESSAGE_MAX_CHARACTERS", 4000)
+# How long after a vote the page offers to continue its conversation.
+CONTINUATION_OFFER_SECONDS = env_int("CONTINUATION_OFFER_SECONDS", 600)
+# The longest a stream (both answers) may take; its claim on the conversation runs out this + 30 s after it began.
+CONTINUATION_STREAM_SECONDS = env_float("CONTINUATION_STREAM_SECONDS", 120.0)
+# Streams one web process relays at once: each holds one of its threads (gunicorn --threads) while the answers are
+# written, so keep this below the thread count. One more is refused (503) and that page polls instead.
+CONTINUATION_STREAMS_PER_PROCESS = env_int("CONTINUATION_STREAMS_PER_PROCESS", 2)
+# A conversation nobody streamed within this long (no JavaScript, a closed tab, a stream that broke) is sampled by a
+# worker (beat's `continuations-make`, every 15 s).
+CONTINUATION_STREAM_GRACE_SECONDS = env_float("CONTINUATION_STREAM_GRACE_SECONDS", 10.0)
+CONTINUATION_MAX_ATTEMPTS = env_int("CONTINUATION_MAX_ATTEMPTS", 20)
+CELERY_BEAT_SCHEDULE["continuations-make"] = {"task": "annotate.tasks.continuations_make_due", "schedule": 15.0}

@@ -18,6 +18,7 @@ from annotate.rounds import canary, deploy
 from annotate.rounds import services as rounds
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerUnavailable
+from annotate.turns import services as turns
 
 
 @shared_task(bind=True, max_retries=3)  # beat asks again every PAIR_REFILL_INTERVAL: a long outage piles up nothing
@@ -144,3 +145,14 @@ def judge_run(judge_id: int) -> int:
 def judges_run() -> int:
     """A batch for every enabled AI judge (beat)."""
     return judging.judges_run()
+
+
+@shared_task
+def continuation_make(continuation_id: int) -> bool:
+    """Sample the pair of an annotator's longer conversation (annotate.turns), when no page streamed it."""
+    return turns.continuation_pair_make(continuation_id=continuation_id)
+
+
+@shared_task
+def continuations_make_due() -> int:
+    return turns.continuations_make_due()

@@ -21,6 +21,8 @@ from annotate.quality import api as quality_api
 from annotate.quality import views as quality_views
 from annotate.rounds import api as rounds_api
 from annotate.rounds import views as round_views
+from annotate.turns import api as turns_api
+from annotate.turns import views as turns_views
 from annotate.web import sso
 
 
@@ -44,6 +46,10 @@ annotator_pages = [
     path("pairs/<id:pair_id>/skip/", views.skip, name="skip"),
     path("pairs/<id:pair_id>/rank/", rank_views.rank, name="rank"),
     path("votes/undo/", views.undo, name="undo"),
+    path("pairs/<id:pair_id>/continue/", turns_views.next_turn, name="next-turn"),
+    path("conversations/<id:continuation_id>/stream/", turns_views.stream, name="continuation-stream"),
+    path("conversations/<id:continuation_id>/later/", turns_views.stop_waiting, name="continuation-later"),
+    path("conversations/<id:continuation_id>/retry/", turns_views.retry, name="continuation-retry"),
     path("accounts/login/", sso.LoginView.as_view(), name="login"),
     path("accounts/sso/login/", sso.sso_login, name="sso-login"),
     path("accounts/sso/callback/", sso.sso_callback, name="sso-callback"),
@@ -55,6 +61,8 @@ annotator_api = [
     path("api/pairs/skip/", api.pairs_skip, name="api-pairs-skip"),
     path("api/judgements/", api.judgements_create, name="api-judgements"),
     path("api/judgements/undo/", api.judgements_undo, name="api-judgements-undo"),
+    path("api/conversations/", turns_api.conversations_create, name="api-conversations"),
+    path("api/conversations/<id:continuation_id>/", turns_api.conversation_detail, name="api-conversation"),
 ]
 
 staff_pages = [

@@ -2,11 +2,11 @@
 
     .venv/bin/python -m bench.stand_in_server --port 8201 [--token-seconds 0.03] [--tokens 32] [--max-sequences 32]
 
-It answers GET /health and /v1/models, POST /v1/chat/completions (n=1), /v1/load_lora_adapter and
-/v1/unload_lora_adapter with vLLM's status codes and body shapes. An answer has between half and one and a half
-times --tokens tokens (fewer when max_tokens says so), drawn from its seed, so twins differ and a seed repeats its
-answer; it is sent after --token-seconds per token. Like vLLM's --max-num-seqs, at most --max-sequences answers are
-generated at once and the others wait for a slot, so one replica has a fixed capacity
+It answers GET /health and /v1/models, POST /v1/chat/completions (n=1; streamed with "stream": true),
+/v1/load_lora_adapter and /v1/unload_lora_adapter with vLLM's status codes and body shapes. An answer has between
+half and one and a half times --tokens tokens (fewer when max_tokens says so), drawn from its seed, so twins differ
+and a seed repeats its answer; it is sent after --token-seconds per token. Like vLLM's --max-num-seqs, at most
+--max-sequences answers are generated at once and the others wait for a slot, so one replica has a fixed capacity
 (max_sequences / (tokens x token_seconds) answers a second) that more replicas add to.
 
 The wait is a sleep, so the stand-in uses almost no CPU: on a small machine the sampling workers' own work, not the
@@ -115,6 +115,9 @@ class _Handler(BaseHTTPRequestHandler):
         mean = self.server.tokens
         tokens = min(int(body.get("max_tokens") or mean * 2), draw.randint(max(1, mean // 2), mean * 3 // 2))
         text = " ".join(draw.choice(WORDS) for _ in range(tokens))
+        if body.get("stream"):
+            self._chat_streamed(body, text.split(" "))
+            return
         asked = time.monotonic()
         with self.server.slots:  # a free sequence slot, as in vLLM's scheduler
             slot_taken = time.monotonic()
@@ -134,6 +137,26 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens},
             },
         )
+
+    def _chat_streamed(self, body: dict[str, Any], words: list[str]) -> None:
+        """vLLM's streamed answer: a server-sent event per token, --token-seconds apart, then [DONE]."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        with self.server.slots:
+            for number, word in enumerate(words):
+                time.sleep(self.server.token_seconds)
+                last = number == len(words) - 1
+                piece = {"content": word if number == 0 else " " + word}
+                choice = {"index": 0, "delta": piece, "finish_reason": "length" if last else None}
+                chunk = {"id": f"chatcmpl-{body.get('seed')}", "model": body["model"], "choices": [choice]}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+        with self.server.lock:
+            self.server.answers += 1
+        self.wfile.write(b"data: [DONE]\n\n")
 
 
 def main() -> int:

@@ -80,6 +80,7 @@ class CampaignForm(forms.ModelForm):  # type: ignore[type-arg]
             "name", "title", "guidelines", "votes_per_pair", "gold_rate", "repeat_rate", "quota_per_annotator",
             "groups", "is_active", "system_prompt", "temperature", "top_p", "max_tokens", "sides", "opponent_version",
             "second_temperature", "second_top_p", "answers_per_pair", "edits_allowed",
+            "continuation_allowed",
         ]  # fmt: skip
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 6})}
 

@@ -38,6 +38,7 @@ from annotate.models import (
     Assignment,
     Campaign,
     Completion,
+    Continuation,
     HumanAnswer,
     Judgement,
     ModelVersion,
@@ -504,17 +505,19 @@ def judgement_undoable(*, annotator: User) -> Judgement | None:
     round has read it (a round reads every vote up to its `last_judgement_id`), and they are not paused."""
     last = (
         Judgement.objects.filter(annotator=annotator, assignment__isnull=False)
-        .select_related("assignment")
+        .select_related("assignment", "continuation")  # the join spares a statement on every page
         .order_by("-id")
         .first()
     )
-    if last is None or last.source != Judgement.Source.HUMAN or _undo_refusal(last) is not None:
+    if last is None or last.source != Judgement.Source.HUMAN or _undo_refusal(last, hasattr(last, "continuation")):
         return None
     # Only whether the page offers the undo: judgement_undo asks the database before it changes anything.
     return None if _annotator_is_paused_cached(annotator) else last
 
 
-def _undo_refusal(judgement: Judgement) -> str | None:
+def _undo_refusal(judgement: Judgement, continued: bool) -> str | None:
+    if continued:  # its chosen answer is a turn of a longer conversation now (annotate.turns)
+        return "this vote can no longer be undone: you continued its conversation"
     assignment = judgement.assignment
     if assignment is None or assignment.expires_at <= timezone.now():
         return "this vote can no longer be undone: its lease has run out"
@@ -539,7 +542,7 @@ def judgement_undo(*, annotator: User, judgement_id: int) -> Assignment:
         )
         if last is None or last.pk != judgement_id or last.assignment_id is None:
             raise Conflict("only your last vote can be undone, once")
-        refusal = _undo_refusal(last)
+        refusal = _undo_refusal(last, Continuation.objects.filter(judgement_id=last.pk).exists())
         if refusal is not None:
             raise Conflict(refusal)
         if annotator_is_paused(annotator):

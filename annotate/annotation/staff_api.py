@@ -56,6 +56,7 @@ class CampaignItem(serializers.ModelSerializer[Campaign]):
             "id", "name", "title", "guidelines", "votes_per_pair", "gold_rate", "repeat_rate", "quota_per_annotator",
             "groups", "is_active", "created_at", "system_prompt", "temperature", "top_p", "max_tokens", "sides",
             "opponent_version", "second_temperature", "second_top_p", "answers_per_pair", "edits_allowed",
+            "continuation_allowed",
         ]  # fmt: skip
 
     def get_fields(self) -> dict[str, serializers.Field]:  # type: ignore[type-arg]

@@ -23,6 +23,7 @@ from annotate.judging import services as judging
 from annotate.models import Assignment, Campaign, Judgement, ModelVersion, TrainingRound
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerUnavailable, client_from_settings
+from annotate.turns.context import turns_context
 from annotate.web.pages import AppRequest, render_page
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def _annotate_context(request: AppRequest, assignment: Assignment | None, **extr
         "edit_max_length": settings.EDIT_MAX_LENGTH,
         "strengths": list(zip(Judgement.Strength.values, STRENGTH_KEYS, Judgement.Strength.labels, strict=True)),
         "judge_hint": judging.judge_hint_for(assignment),
+        **turns_context(request.user),
         **extra,
     }
 

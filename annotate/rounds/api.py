@@ -105,6 +105,7 @@ class RoundOutput(serializers.ModelSerializer[TrainingRound]):
             "last_judgement_id", "holdout_fraction", "train_pairs", "heldout_pairs", "progress_percent", "metrics",
             "evaluation", "phase_seconds", "override_reason", "error", "log_tail", "created_at", "started_at",
             "finished_at", "revision", "gate_mode", "canary_started_at", "canary_decision",
+            "multi_turn_train_pairs", "multi_turn_heldout_pairs",
         ]  # fmt: skip
 
 

@@ -53,6 +53,7 @@ from annotate.sampling.generation import (
     SamplingParams,
     client_from_settings,
 )
+from annotate.turns.services import is_multi_turn
 from training.config import TUNABLE_FIELDS, FieldSpec, RoundConfig
 from training.data import weights_to_mean_one
 from training.gate import gate_decision
@@ -325,12 +326,15 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     weights = PairWeights(weighting, competence)
     train_weights: list[float] = []
     disagreement = _Disagreement()
+    multi_turn = {False: 0, True: 0}  # pairs of conversations with more than one user turn, by held out or not
     with JsonLinesWriter(train_path) as train_file, JsonLinesWriter(heldout_path) as heldout_file:
         for verdict in verdicts(counted, rules):
             disagreement.add(verdict.votes, verdict.agreement)
             if verdict.chosen is None or not rules.choices_train:
                 continue
-            if is_heldout(verdict.pair.prompt, training_round.holdout_fraction):
+            held_out = is_heldout(verdict.pair.prompt, training_round.holdout_fraction)
+            multi_turn[held_out] += is_multi_turn(verdict.pair.prompt.messages)
+            if held_out:
                 heldout_file.write(trl_preference_row(verdict))
                 heldout += 1
             else:
@@ -355,6 +359,8 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
         votes_read=counted.count,
         train_pairs=train,
         heldout_pairs=heldout,
+        multi_turn_train_pairs=multi_turn[False],
+        multi_turn_heldout_pairs=multi_turn[True],
         votes_left_out=rules.left_out(read, left_out),
         edits_used=edits_used,
     )

@@ -8,6 +8,7 @@ VLLM_SERVER_RETRY_SECONDS, loads every adapter on each replica, and each answer 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import ssl
 import threading
@@ -41,6 +42,10 @@ class ModelServerRefused(Exception):
         """True when the content sent was refused (400, 413, 422: a prompt too long for the model...); False when the
         server refused the caller or the model name (401, 403, 404), which no single prompt can be blamed for."""
         return self.status_code in (400, 413, 422)
+
+
+class ReaderGone(Exception):
+    """A streamed answer's reader stopped listening (the page was closed): the stream is dropped, nothing is kept."""
 
 
 # A campaign's system prompt: long enough for detailed instructions, short enough to leave the model room to answer.
@@ -192,6 +197,76 @@ class ModelServerClient:
             server=self.base_url,
         )
 
+    def chat_stream(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        params: SamplingParams,
+        on_text: Callable[[str], bool],
+    ) -> Sample:
+        """One answer streamed as it is written (the server's server-sent events): `on_text` gets each new piece and
+        returns False to stop listening (ReaderGone is raised). Raises ModelServerUnavailable when the server goes away
+        or the stream ends before the answer does: a half answer is never returned."""
+        request = {
+            "model": model,
+            "messages": messages,
+            "n": 1,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **asdict(params),
+        }
+        started = time.monotonic()
+        pieces: list[str] = []
+        finish_reason, response_id = "", ""
+        usage: dict[str, Any] = {}
+        where = f"POST {self.base_url}/v1/chat/completions (stream)"
+        try:
+            with self._http.stream("POST", "/v1/chat/completions", json=request) as response:
+                if response.status_code >= 500:
+                    raise ModelServerUnavailable(f"{where}: HTTP {response.status_code}")
+                if response.status_code != 200:
+                    response.read()
+                    raise ModelServerRefused(
+                        f"HTTP {response.status_code}: {response.text[:500]}", response.status_code
+                    )
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if event.get("model", model) != model:
+                        raise ModelServerRefused(
+                            f"{self.base_url} answered as {event.get('model')!r}, not {model!r}", 409
+                        )
+                    response_id = event.get("id", response_id)
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content") or ""
+                        if piece:
+                            pieces.append(piece)
+                            if not on_text(piece):
+                                raise ReaderGone
+                        finish_reason = choice.get("finish_reason") or finish_reason
+        except httpx.HTTPError as error:
+            raise ModelServerUnavailable(f"{where}: {error}") from error
+        except ValueError as error:  # a line that is not JSON: a broken stream
+            raise ModelServerUnavailable(f"{where}: {error}") from error
+        if not finish_reason:
+            raise ModelServerUnavailable(f"{where}: the stream ended before the answer did")
+        return Sample(
+            text="".join(pieces),
+            finish_reason=finish_reason,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            latency_ms=int((time.monotonic() - started) * 1000),
+            response_id=response_id,
+            sampling={**asdict(params), "n": 1},
+            server=self.base_url,
+        )
+
     def is_healthy(self) -> bool:
         try:
             return self._request("GET", "/health").status_code == 200
@@ -283,6 +358,20 @@ class ModelServerPool:
             finally:
                 with self._lock:
                     self._in_flight[index] -= 1
+
+    def chat_stream(self, **request: Any) -> Sample:
+        """ModelServerClient.chat_stream on the least busy replica. Not tried again elsewhere: the reader has seen
+        part of it. A replica that went away is set aside like any other."""
+        index = self._next(set())
+        client = self.clients[index]
+        try:
+            return client.chat_stream(**request)
+        except ModelServerUnavailable as error:
+            _set_aside(client.base_url, error)
+            raise
+        finally:
+            with self._lock:
+                self._in_flight[index] -= 1
 
     def _next(self, tried: set[int]) -> int:
         """The replica for the next try: of those not tried yet, the least busy one not set aside (all of them when

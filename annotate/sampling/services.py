@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
@@ -120,11 +121,22 @@ class AnswerRecipe:
     def sample(self, client: ModelServerPool, prompt: Prompt) -> Sample:
         """One answer with a fresh seed. Its `sampling` (the completion's lineage) is what was sent, and the system
         prompt when the campaign's was sent."""
+        messages, params = self._request(prompt)
+        return self._recorded(client.chat(model=self.version.name, messages=messages, params=params), messages, prompt)
+
+    def sample_streamed(self, client: ModelServerPool, prompt: Prompt, on_text: Callable[[str], bool]) -> Sample:
+        """As `sample`, with each piece of the answer handed to `on_text` as the server writes it (annotate.turns)."""
+        messages, params = self._request(prompt)
+        sample = client.chat_stream(model=self.version.name, messages=messages, params=params, on_text=on_text)
+        return self._recorded(sample, messages, prompt)
+
+    def _request(self, prompt: Prompt) -> tuple[list[dict[str, Any]], SamplingParams]:
         params = SamplingParams.from_settings(
             _new_seed(), temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens
         )
-        messages = messages_with_system_prompt(prompt.messages, self.system_prompt)
-        sample = client.chat(model=self.version.name, messages=messages, params=params)
+        return messages_with_system_prompt(prompt.messages, self.system_prompt), params
+
+    def _recorded(self, sample: Sample, messages: list[dict[str, Any]], prompt: Prompt) -> Sample:
         if messages is prompt.messages:
             return sample
         return replace(sample, sampling={**sample.sampling, "system_prompt": self.system_prompt})

@@ -40,6 +40,10 @@ class ModelServerStub:
         self.before_answer: dict[str, Callable[[], None]] = {}  # prompt -> called (in the server thread) first
         self.requests: list[dict[str, Any]] = []
         self.answer_as: str | None = None  # the model name its answers claim (a misrouted request), if not the asked
+        # Streamed answers (annotate.turns): seconds between pieces, and the piece after which the connection is cut
+        # (the server died mid-stream), if any.
+        self.stream_piece_seconds = 0.0
+        self.stream_cut_after: int | None = None
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -65,6 +69,29 @@ class ModelServerStub:
 
             def _error(self, status: int, kind: str, message: str) -> None:
                 self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+
+            def _stream(self, body: dict[str, Any], text: str) -> None:
+                """The answer as vLLM streams it: one server-sent event per word, then the usage, then [DONE]."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                model = stub.answer_as or body["model"]
+                words = text.split(" ")
+                for number, word in enumerate(words):
+                    if stub.stream_cut_after is not None and number >= stub.stream_cut_after:
+                        self.wfile.flush()
+                        self.connection.shutdown(2)  # the server went away: no finish, no [DONE]
+                        return
+                    piece = word if number == 0 else " " + word
+                    last = number == len(words) - 1
+                    choice = {"index": 0, "delta": {"content": piece}, "finish_reason": "stop" if last else None}
+                    chunk = {"id": f"chatcmpl-{body['seed']}", "model": model, "choices": [choice]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                    time.sleep(stub.stream_piece_seconds)
+                usage = {"prompt_tokens": 10, "completion_tokens": len(words)}
+                final = {"id": f"chatcmpl-{body['seed']}", "model": model, "choices": [], "usage": usage}
+                self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
 
             def do_GET(self) -> None:
                 if self.path == "/health":
@@ -92,6 +119,8 @@ class ModelServerStub:
                     self._error(400, "BadRequestError", CONTEXT_ERROR.format(tokens=len(content) // 4))
                 elif content in stub.failing_prompts:
                     self._error(500, "InternalServerError", "EngineCore encountered an issue.")
+                elif body.get("stream"):
+                    self._stream(body, f"Answer to {content[:40]!r} with seed {body['seed']}.")
                 else:
                     text = f"Answer to {content[:40]!r} with seed {body['seed']}."
                     self._send(

@@ -6,6 +6,7 @@ a real object's, so a caller who may call a route must get through to its view: 
 """
 
 import re
+import uuid
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -20,6 +21,7 @@ from annotate.hooks import services as hooks
 from annotate.judging import services as judging
 from annotate.models import Campaign, DataImport, Export
 from annotate.rounds import services as rounds
+from annotate.turns import services as turns
 
 from .voting import vote_as_annotator, vote_with_edit
 
@@ -40,6 +42,10 @@ ACCESS = {
     "skip": (ANNOTATOR_PAGE, ["post"]),
     "rank": (ANNOTATOR_PAGE, ["post"]),
     "undo": (ANNOTATOR_PAGE, ["post"]),
+    "next-turn": (ANNOTATOR_PAGE, ["post"]),
+    "continuation-stream": (ANNOTATOR_PAGE, ["get"]),  # another's conversation: 409, as a pair not leased to you
+    "continuation-later": (ANNOTATOR_PAGE, ["post"]),
+    "continuation-retry": (ANNOTATOR_PAGE, ["post"]),  # one that has not failed: 409
     "login": (PUBLIC, ["get", "post"]),
     "sso-login": (PUBLIC, ["get"]),  # with single sign-on set up (route_values); 404 without
     "sso-callback": (PUBLIC, ["get"]),
@@ -48,6 +54,8 @@ ACCESS = {
     "api-pairs-skip": (ANNOTATOR_API, ["post"]),
     "api-judgements": (ANNOTATOR_API, ["post"]),
     "api-judgements-undo": (ANNOTATOR_API, ["post"]),
+    "api-conversations": (ANNOTATOR_API, ["post"]),
+    "api-conversation": (ANNOTATOR_API, ["get"]),  # staff read any; an annotator only their own
     "rounds": (STAFF_PAGE, ["get"]),
     "round-start": (STAFF_PAGE, ["post"]),
     "round-detail": (STAFF_PAGE, ["get"]),
@@ -207,6 +215,13 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
     edited = make_pair()  # a vote with a better answer written: its campaign takes them
     Campaign.objects.filter(pk=edited.campaign_id).update(edits_allowed=True)
     written = vote_with_edit(voter, lambda _: "A better answer.", choice="both_bad").human_answer
+    talked = make_pair()  # the annotator's vote, whose conversation they continue (annotate.turns)
+    vote_as_annotator(annotator, pair=talked)
+    talked.campaign.continuation_allowed = True
+    talked.campaign.save()
+    continuation = turns.continuation_start(
+        annotator=annotator, pair_id=talked.pk, message="And then?", idempotency_key=uuid.uuid4()
+    ).continuation
     pair = make_pair()  # still open: the annotator may be dealt it
     training_round = rounds.round_start(trigger="api", started_by=staff)
     export = exports.export_create(
@@ -229,7 +244,7 @@ def route_values(settings, tmp_path, make_pair, annotator, staff, django_user_mo
     )
     return {"pair_id": pair.pk, "campaign_id": pair.campaign_id, "round_id": training_round.pk,
             "version_id": serving_version.pk, "export_id": export.pk, "import_id": data_import.pk,
-            "endpoint_id": endpoint.pk, "answer_id": written.pk,
+            "endpoint_id": endpoint.pk, "answer_id": written.pk, "continuation_id": continuation.pk,
             "username": annotator.username,
             "object_id": 999999, "id": 999999, "content_type_id": 999999}  # fmt: skip
 

@@ -132,6 +132,10 @@ def dataset_card(
                 ("rankings among them (3 or 4 answers ranked)", f"{stats.rankings_read:,}"),
                 ("verdicts by outcome", _counts(stats.outcomes) or "none"),
                 ("rows from written answers", f"{stats.edit_rows:,} (from {stats.edits:,} answers annotators wrote)"),
+                (
+                    "verdicts on multi-turn conversations (the whole conversation is the prompt)",
+                    f"{stats.multi_turn:,}",
+                ),
                 ("left out: no row in this format", _counts(stats.left_out) or "none"),
                 ("votes behind the rows, by source", _counts(stats.sources) or "none"),
                 ("date range of those votes", span),

@@ -42,6 +42,7 @@ from annotate.data.exports.formats import (
 from annotate.data.exports.writers import open_writer
 from annotate.models import Judgement, PairExtraAnswer
 from annotate.quality.preferences import PairWeights, PreferenceRules, combine, implied_verdicts
+from annotate.turns.services import is_multi_turn
 
 READ_CHUNK = 2000  # votes fetched from the database at a time (and between progress reports)
 Progress = Callable[[int], None]
@@ -224,6 +225,7 @@ class ExportStats:
     imported_from: Counter[str] = field(default_factory=Counter)  # imported votes behind the rows, by file
     answers_by_version: Counter[int] = field(default_factory=Counter)
     answers_by_sampling: Counter[str] = field(default_factory=Counter)  # by formats.sampling_label
+    multi_turn: int = 0  # verdicts on conversations of more than one user turn (annotate.turns)
     first_vote: datetime | None = None  # as a datetime once the export is written (finish)
     last_vote: datetime | None = None
     lightest: float | None = None  # the smallest and largest row weight, when the rows carry weights
@@ -248,6 +250,7 @@ class ExportStats:
         self.answers_by_version[verdict.pair.completion_b_version] += 1
         self.answers_by_sampling[verdict.pair.completion_a_sampling] += 1
         self.answers_by_sampling[verdict.pair.completion_b_sampling] += 1
+        self.multi_turn += is_multi_turn(verdict.pair.prompt)
         for vote in verdict.judgements:
             self.sources[vote.source] += 1
             if vote.source == Judgement.Source.IMPORTED:
