@@ -127,8 +127,11 @@ class JudgementOutput(serializers.Serializer[Any]):
 
     @extend_schema_field(HumanAnswerOutput(allow_null=True))
     def get_edit(self, judgement: Judgement) -> dict[str, Any] | None:
-        human_answer = HumanAnswer.objects.filter(judgement=judgement).first()
-        return HumanAnswerOutput(human_answer).data if human_answer else None
+        try:
+            human_answer = judgement.human_answer  # known already for a vote just recorded
+        except HumanAnswer.DoesNotExist:
+            return None
+        return HumanAnswerOutput(human_answer).data
 
 
 @extend_schema(

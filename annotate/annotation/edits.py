@@ -93,6 +93,23 @@ def judgement_record_with_edit(
     errors = edit_problems(text, edit_from)
     if errors:
         raise Invalid(errors)
+    if not text:
+        # The vote alone, with no transaction of its own around it (the annotator's cycle stays at its pinned
+        # statements): a new vote has no written answer, which its answer then reads without asking.
+        recorded = judgement_record(
+            annotator=annotator,
+            pair_id=pair_id,
+            choice=choice,
+            strength=strength,
+            rationale=rationale,
+            idempotency_key=idempotency_key,
+            source=source,
+            time_spent_ms=time_spent_ms,
+            ranks=ranks,
+        )
+        if recorded.created:
+            Judgement.human_answer.related.set_cached_value(recorded.judgement, None)
+        return recorded
     with transaction.atomic():
         recorded = judgement_record(
             annotator=annotator,
