@@ -24,6 +24,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from annotate.annotation import rankings
 from annotate.broker import enqueue
 from annotate.cache import cached_read
 from annotate.errors import Conflict, Invalid
@@ -33,6 +34,7 @@ from annotate.models import (
     Assignment,
     Campaign,
     Continuation,
+    HumanAnswer,
     Judgement,
     ModelVersion,
     Pair,
@@ -98,7 +100,9 @@ def _refusal(judgement: Judgement, campaigns: list[int]) -> str | None:
         return "this campaign does not allow continuing the conversation"
     if judgement.is_repeat or judgement.pair.is_gold:
         return "this pair was a check, not a conversation to continue"
-    if judgement.choice not in (Judgement.Choice.A, Judgement.Choice.B):
+    if _chosen_answer(judgement) is None and _written_answer(judgement) is None:
+        if judgement.ranking is not None:
+            return "rank one answer best to continue from it (the first place is shared), or write a better answer"
         return "choose one answer to continue from (a tie or both-bad vote has none)"
     if Continuation.objects.filter(judgement=judgement).exists():
         return "you continued this conversation already"
@@ -152,10 +156,36 @@ def _validate_message(message: str) -> str:
     return message
 
 
-def _assistant_turn(judgement: Judgement) -> str:
-    """The answer the annotator chose, which becomes the assistant's turn of the longer conversation."""
+def _chosen_answer(judgement: Judgement) -> str | None:
+    """The sampled answer the vote put first: the chosen side of a vote on two answers, the single answer ranked
+    best in a ranking; None after a tie, "both bad", or a ranking whose first place is shared."""
     pair = judgement.pair
-    return pair.completion_a.text if judgement.choice == Judgement.Choice.A else pair.completion_b.text
+    if judgement.ranking is not None:
+        top = rankings.ranking_top(judgement.ranking)
+        return None if top is None or judgement.choice == Judgement.Choice.BOTH_BAD else pair.answers()[top].text
+    if judgement.choice == Judgement.Choice.A:
+        return pair.completion_a.text
+    if judgement.choice == Judgement.Choice.B:
+        return pair.completion_b.text
+    return None
+
+
+def _written_answer(judgement: Judgement) -> str | None:
+    """The better answer the annotator wrote with the vote (annotate/annotation/edits.py), unless staff rejected it."""
+    return (
+        HumanAnswer.objects.filter(judgement=judgement, status=HumanAnswer.Status.ACCEPTED)
+        .values_list("text", flat=True)
+        .first()
+    )
+
+
+def _assistant_turn(judgement: Judgement) -> str:
+    """The assistant's turn of the longer conversation: the answer the annotator wrote with the vote if any, else the
+    answer they put first (_chosen_answer). Only called for a vote _refusal lets through, which has one of them."""
+    turn = _written_answer(judgement) or _chosen_answer(judgement)
+    if turn is None:
+        raise Conflict("this vote has no answer to continue from")
+    return turn
 
 
 def _replay(*, key: uuid.UUID, annotator: User, pair_id: int, message: str) -> StartedContinuation | None:
