@@ -49,7 +49,7 @@ from annotate.sampling.generation import (
     Sample,
     client_from_settings,
 )
-from annotate.sampling.services import AnswerRecipe, campaign_recipes, pair_create
+from annotate.sampling.services import AnswerRecipe, campaign_recipes, pair_create, recipes_for_answers
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +279,8 @@ class ContinuationWork:
 
     continuation: Continuation
     serving: ModelVersion
-    recipes: tuple[AnswerRecipe, AnswerRecipe]
+    # One per answer: two, or the campaign's answers_per_pair (a ranking pair) when it asks for more.
+    recipes: tuple[AnswerRecipe, ...]
 
 
 def continuation_claim(*, continuation: Continuation, holder: str, client: ModelServerPool) -> ContinuationWork | None:
@@ -292,26 +293,27 @@ def continuation_claim(*, continuation: Continuation, holder: str, client: Model
     if serving is None:
         continuation.release(holder=holder, error="no model version serves", max_attempts=_max_attempts())
         return None
-    recipes = campaign_recipes(campaign, serving)
+    sides = campaign_recipes(campaign, serving)
     try:
-        for opponent in {recipe.version for recipe in recipes} - {serving}:
+        for opponent in {recipe.version for recipe in sides} - {serving}:
             opponent.ensure_loaded(client)
     except (ModelServerRefused, ModelServerUnavailable) as error:
         continuation.release(holder=holder, error=f"the opponent version: {error}", max_attempts=_max_attempts())
         return None
-    if recipes[0] != recipes[1] and secrets.randbelow(2):
-        recipes = (recipes[1], recipes[0])  # which side is A (and left) carries no meaning
-    return ContinuationWork(continuation, serving, recipes)
+    if sides[0] != sides[1] and secrets.randbelow(2):
+        sides = (sides[1], sides[0])  # which side is A (and left) carries no meaning
+    count = campaign.answers_per_pair if campaign is not None else 2
+    return ContinuationWork(continuation, serving, recipes_for_answers(sides, count))
 
 
 def _max_attempts() -> int:
     return settings.CONTINUATION_MAX_ATTEMPTS
 
 
-def continuation_pair_store(*, work: ContinuationWork, holder: str, answers: tuple[Sample, Sample]) -> Pair | None:
-    """Store the two answers as the continuation's pair and lease it to its annotator, answer A on the left as the
-    stream showed it. None (the continuation released, to be sampled again) when the answers are the same text or
-    the claim was lost meanwhile."""
+def continuation_pair_store(*, work: ContinuationWork, holder: str, answers: tuple[Sample, ...]) -> Pair | None:
+    """Store the answers (one per recipe: a ranking pair's extra ones after A and B) as the continuation's pair and
+    lease it to its annotator, answer A on the left as the stream showed it. None (the continuation released, to be
+    sampled again) when two answers are the same text or the claim was lost meanwhile."""
     continuation = work.continuation
     with transaction.atomic():
         pair = pair_create(
@@ -321,9 +323,10 @@ def continuation_pair_store(*, work: ContinuationWork, holder: str, answers: tup
             second=answers[1],
             first_version=work.recipes[0].version,
             second_version=work.recipes[1].version,
+            extra=[(recipe.version, answer) for recipe, answer in zip(work.recipes[2:], answers[2:], strict=True)],
         )
         if pair is None:
-            continuation.release(holder=holder, error="the two answers were the same", max_attempts=_max_attempts())
+            continuation.release(holder=holder, error="two answers were the same", max_attempts=_max_attempts())
             return None
         if not continuation.finish(holder=holder, pair=pair):
             transaction.set_rollback(True)  # its claim ran out and another holder took it: theirs counts
@@ -372,9 +375,9 @@ def continuation_pair_make(*, continuation_id: int) -> bool:
         if work is None:
             return False
         try:
-            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="continuation") as pool:
+            with ThreadPoolExecutor(max_workers=len(work.recipes), thread_name_prefix="continuation") as pool:
                 futures = [pool.submit(recipe.sample, client, continuation.prompt) for recipe in work.recipes]
-                answers = (futures[0].result(), futures[1].result())
+                answers = tuple(future.result() for future in futures)
         except (ModelServerUnavailable, ModelServerRefused) as error:
             logger.warning("continuation %s: %s", continuation_id, error)
             continuation_sampling_failed(work=work, holder=holder, error=error)

@@ -239,15 +239,13 @@ def test_rank_edit_continue_and_rank_again_then_a_round_counts_all_of_it(
     continuation.refresh_from_db()
     continued = continuation.pair
     assert continued is not None and continued.prompt.messages == continuation.prompt.messages
+    assert continued.answer_count == 3  # the campaign's K, for the longer conversation too
 
-    # 3. The continued pair is leased to its writer first: they judge it on the page (its form, as dealt).
+    # 3. The continued pair is leased to its writer first: they rank it on the page.
     assignment = leased(annotator)
     assert assignment.pair_id == continued.pk
-    if continued.is_ranking:
-        assert post_ranking(client, continued.pk, screen_ranks(assignment, [1, 3, 2])).status_code == 302
-    else:
-        data = {"choice": "left", "strength": "2", "idempotency_key": str(uuid.uuid4()), "rationale": ""}
-        assert client.post(reverse("judge", args=[continued.pk]), data).status_code == 302
+    assert 'data-testid="rank-form"' in client.get("/").content.decode()
+    assert post_ranking(client, continued.pk, screen_ranks(assignment, [1, 3, 2])).status_code == 302
     # And the other first-turn pair, ranked without an edit.
     assignment = leased(annotator)
     assert assignment.pair_id == other.pk
@@ -258,18 +256,40 @@ def test_rank_edit_continue_and_rank_again_then_a_round_counts_all_of_it(
     train_path, _ = rounds.round_prepare(training_round)
     rows = [json.loads(line) for line in train_path.read_text().splitlines()]
     training_round.refresh_from_db()
-    rankings_read = 2 + continued.is_ranking
-    implied = 3 * rankings_read + (0 if continued.is_ranking else 1)  # a strict 3-ranking implies 3 pairs
-    assert len(rows) == implied + 3  # and the written answer against each of the three sampled answers
+    rankings_read = 3
+    assert len(rows) == 3 * 3 + 3  # a strict ranking of 3 implies 3 pairs; the written answer against each of 3
     assert training_round.edits_used == 1
-    assert (training_round.multi_turn_train_pairs, training_round.multi_turn_heldout_pairs) == (1, 0)
+    assert (training_round.multi_turn_train_pairs, training_round.multi_turn_heldout_pairs) == (3, 0)
     written_rows = [row for row in rows if row["chosen"][-1]["content"] == BETTER]
     assert sorted(row["rejected"][-1]["content"] for row in written_rows) == sorted(a.text for a in first.answers())
     multi = [row for row in rows if turns.is_multi_turn(row["prompt"])]
-    assert len(multi) == 1 and multi[0]["prompt"] == continuation.prompt.messages
+    assert len(multi) == 3 and all(row["prompt"] == continuation.prompt.messages for row in multi)
 
     client.force_login(staff)
     page = client.get(reverse("round-detail", args=[training_round.pk])).content.decode()
     assert f"{rankings_read} rankings read" in page
     assert 'data-testid="edits-used">1 used' in page
-    assert "1 of the training pairs and 0 of the held-out ones continue a conversation" in page
+    assert "3 of the training pairs and 0 of the held-out ones continue a conversation" in page
+
+
+def test_the_stream_writes_every_answer_of_a_ranking_pair_and_shows_two(client, annotator, campaign, settings, stub):
+    (pair,) = sample_pairs(settings, 1)
+    client.force_login(annotator)
+    assignment = leased(annotator)
+    assert post_ranking(client, pair.pk, screen_ranks(assignment, [1, 2, 3]), edit=BETTER).status_code == 302
+    assert next_turn(client, pair.pk).status_code == 302
+    continuation = Continuation.objects.get()
+    stub.stream_piece_seconds = 0.01
+    response = client.get(reverse("continuation-stream", args=[continuation.pk]))
+    body = b"".join(response.streaming_content).decode()
+    events = [block for block in body.split("\n\n") if block.startswith("event: ")]
+    texts = [json.loads(block.split("data: ", 1)[1]) for block in events if block.startswith("event: text")]
+    assert texts and {text["side"] for text in texts} == {0, 1}  # two panes on the page
+    assert events[-1].startswith("event: ready")
+    continuation.refresh_from_db()
+    stored = continuation.pair
+    assert stored is not None and stored.answer_count == 3
+    assert continuation.prompt.messages[1]["content"] == BETTER
+    for side in (0, 1):  # what each pane showed is the stored answer
+        streamed = "".join(text["text"] for text in texts if text["side"] == side)
+        assert streamed == stored.answers()[side].text
