@@ -176,6 +176,18 @@ def test_a_conversation_goes_on_from_the_answer_ranked_first(client, annotator, 
     assert messages[1] == {"role": "assistant", "content": pair.answers()[1].text}
 
 
+def test_the_offer_takes_n_while_a_ranking_pair_is_shown_whose_t_ties(client, annotator, campaign, settings):
+    first, _ = sample_pairs(settings, 2)
+    client.force_login(annotator)
+    assignment = leased(annotator)
+    assert post_ranking(client, first.pk, screen_ranks(assignment, [1, 2, 3])).status_code == 302
+    html = client.get("/").content.decode()
+    assert 'data-testid="next-turn"' in html and 'data-testid="rank-form"' in html
+    offer = html[html.index('data-testid="next-turn"') : html.index('data-testid="rank-form"')]
+    assert 'data-key="n"' in offer and 'data-key="t"' not in offer
+    assert html.count('data-key="t"') == 1 and "data-rank-tie" in html  # T is the ranking's tie only
+
+
 def test_a_shared_first_place_has_nothing_to_continue_from_409_nothing_stored(client, annotator, campaign, settings):
     (pair,) = sample_pairs(settings, 1)
     client.force_login(annotator)
