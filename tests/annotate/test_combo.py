@@ -305,3 +305,28 @@ def test_the_stream_writes_every_answer_of_a_ranking_pair_and_shows_two(client, 
     for side in (0, 1):  # what each pane showed is the stored answer
         streamed = "".join(text["text"] for text in texts if text["side"] == side)
         assert streamed == stored.answers()[side].text
+
+
+def test_the_api_takes_a_ranking_with_an_edit_and_continues_from_it(annotator, campaign, settings):
+    (pair,) = sample_pairs(settings, 1)
+    api = APIClient()
+    api.force_authenticate(annotator)
+    leased_pair = api.get(reverse("api-pairs-next")).json()
+    assert leased_pair["pair"] == pair.pk and len(leased_pair["answers"]) == 3
+    body = {"pair": pair.pk, "choice": "rank", "ranks": [2, 1, 3], "idempotency_key": str(uuid.uuid4())}
+    refused = api.post(reverse("api-judgements"), {**body, "edit": BETTER, "edit_from": "left"}, format="json")
+    assert refused.status_code == 400 and "edit_from" in refused.json()["errors"]
+    assert not Judgement.objects.exists() and not HumanAnswer.objects.exists()
+
+    first = api.post(reverse("api-judgements"), {**body, "edit": BETTER}, format="json")
+    again = api.post(reverse("api-judgements"), {**body, "edit": BETTER}, format="json")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["edit"] == again.json()["edit"] and first.json()["edit"]["text"] == BETTER
+    assert HumanAnswer.objects.count() == 1 and Judgement.objects.count() == 1
+    best = leased_pair["answers"][1]["text"]  # ranked 1 on the API's order
+    assert HumanAnswer.objects.get().started_from.text == best
+
+    turn = {"pair": pair.pk, "message": "More?", "idempotency_key": str(uuid.uuid4())}
+    started = api.post("/api/conversations/", turn, format="json")
+    assert started.status_code == 202, started.content
+    assert Continuation.objects.get().prompt.messages[1] == {"role": "assistant", "content": BETTER}
