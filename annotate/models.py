@@ -470,6 +470,8 @@ class Pair(models.Model):
 
     def answers(self) -> list[Completion]:
         """Its answers by position: A (0), B (1), then the extra ones (2, 3) of a ranking pair."""
+        if self.answer_count <= 2:
+            return [self.completion_a, self.completion_b]  # nothing more to ask the database for
         extra = [row.completion for row in self.extra_answers.select_related("completion").order_by("position")]
         return [self.completion_a, self.completion_b, *extra]
 

@@ -1,7 +1,8 @@
 """Answers annotators write: with a vote, the annotator may edit the answer they chose, or write one when both are
-bad. The edit is stored with the vote, in the same transaction and under the same idempotency key, as a
-HumanAnswer (author, the sampled answer it started from, the diff's size); it trains and is exported as the chosen
-answer against the pair's sampled answers (PreferenceRules.edits) unless staff reject it.
+bad; on a ranking pair, the answer they rank first, or one when all are bad. The edit is stored with the vote, in
+the same transaction and under the same idempotency key, as a HumanAnswer (author, the sampled answer it started
+from, the diff's size); it trains and is exported as the chosen answer against each of the pair's sampled answers
+(all K of a ranking pair; PreferenceRules.edits) unless staff reject it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 
+from annotate.annotation import rankings
 from annotate.annotation.services import RecordedJudgement, judgement_record
 from annotate.errors import Invalid
 from annotate.models import Completion, HumanAnswer, Judgement, Pair
@@ -146,7 +148,15 @@ def judgement_record_with_edit(
 
 def _started_from(judgement: Judgement, pair: Pair, edit_from: str) -> Completion | None:
     """The sampled answer the edit began as: the side the page says, else the one voted for; none after a tie or
-    "both bad" (written afresh)."""
+    "both bad" (written afresh). On a ranking pair, the answer ranked best (no side to name: its page has no
+    left and right); none when the first place is shared or all are bad."""
+    if judgement.ranking is not None:
+        if edit_from:
+            raise Invalid(
+                {"edit_from": "a ranking's written answer starts from the answer ranked first: leave it empty"}
+            )
+        top = rankings.ranking_top(judgement.ranking)
+        return None if top is None else pair.answers()[top]
     if edit_from:
         a_side = "left" if judgement.a_on_left is not False else "right"
         return pair.completion_a if edit_from == a_side else pair.completion_b

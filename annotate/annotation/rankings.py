@@ -86,6 +86,12 @@ def choice_between(ranking: Sequence[int], first: int, second: int, *, all_bad: 
     return Judgement.Choice.A if ranking[first] < ranking[second] else Judgement.Choice.B
 
 
+def ranking_top(ranking: Sequence[int]) -> int | None:
+    """The position of the single answer ranked best; None when several share the first place (or all are bad)."""
+    best = [position for position, rank in enumerate(ranking) if rank == min(ranking)]
+    return best[0] if len(best) == 1 else None
+
+
 def implied_pairs(ranking: Sequence[int]) -> list[tuple[int, int]]:
     """(better, worse) positions for every two answers with different ranks, in position order."""
     pairs = []

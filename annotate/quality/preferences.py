@@ -446,12 +446,13 @@ def human_answers_for_preferences(judgements: QuerySet[Judgement]) -> QuerySet[H
 
 
 def edit_preference_rows(answer: HumanAnswer) -> list[dict[str, Any]]:
-    """A written answer's rows: chosen over each of its pair's sampled answers (the one it was edited from too:
-    that row holds exactly what the annotator changed). A sampled answer it copied unchanged gives no row."""
+    """A written answer's rows: chosen over each of its pair's sampled answers, all K of a ranking pair (the one it
+    was edited from too: that row holds exactly what the annotator changed). A sampled answer it copied unchanged
+    gives no row."""
     pair = answer.judgement.pair
     return [
         preference_row(pair.prompt.messages, answer.text, sampled.text)
-        for sampled in (pair.completion_a, pair.completion_b)
+        for sampled in pair.answers()
         if sampled.text.strip() != answer.text
     ]
 

@@ -24,6 +24,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from annotate.annotation import rankings
 from annotate.broker import enqueue
 from annotate.cache import cached_read
 from annotate.errors import Conflict, Invalid
@@ -33,6 +34,7 @@ from annotate.models import (
     Assignment,
     Campaign,
     Continuation,
+    HumanAnswer,
     Judgement,
     ModelVersion,
     Pair,
@@ -47,7 +49,7 @@ from annotate.sampling.generation import (
     Sample,
     client_from_settings,
 )
-from annotate.sampling.services import AnswerRecipe, campaign_recipes, pair_create
+from annotate.sampling.services import AnswerRecipe, campaign_recipes, pair_create, recipes_for_answers
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +100,9 @@ def _refusal(judgement: Judgement, campaigns: list[int]) -> str | None:
         return "this campaign does not allow continuing the conversation"
     if judgement.is_repeat or judgement.pair.is_gold:
         return "this pair was a check, not a conversation to continue"
-    if judgement.choice not in (Judgement.Choice.A, Judgement.Choice.B):
+    if _chosen_answer(judgement) is None and _written_answer(judgement) is None:
+        if judgement.ranking is not None:
+            return "rank one answer best to continue from it (the first place is shared), or write a better answer"
         return "choose one answer to continue from (a tie or both-bad vote has none)"
     if Continuation.objects.filter(judgement=judgement).exists():
         return "you continued this conversation already"
@@ -152,10 +156,36 @@ def _validate_message(message: str) -> str:
     return message
 
 
-def _assistant_turn(judgement: Judgement) -> str:
-    """The answer the annotator chose, which becomes the assistant's turn of the longer conversation."""
+def _chosen_answer(judgement: Judgement) -> str | None:
+    """The sampled answer the vote put first: the chosen side of a vote on two answers, the single answer ranked
+    best in a ranking; None after a tie, "both bad", or a ranking whose first place is shared."""
     pair = judgement.pair
-    return pair.completion_a.text if judgement.choice == Judgement.Choice.A else pair.completion_b.text
+    if judgement.ranking is not None:
+        top = rankings.ranking_top(judgement.ranking)
+        return None if top is None or judgement.choice == Judgement.Choice.BOTH_BAD else pair.answers()[top].text
+    if judgement.choice == Judgement.Choice.A:
+        return pair.completion_a.text
+    if judgement.choice == Judgement.Choice.B:
+        return pair.completion_b.text
+    return None
+
+
+def _written_answer(judgement: Judgement) -> str | None:
+    """The better answer the annotator wrote with the vote (annotate/annotation/edits.py), unless staff rejected it."""
+    return (
+        HumanAnswer.objects.filter(judgement=judgement, status=HumanAnswer.Status.ACCEPTED)
+        .values_list("text", flat=True)
+        .first()
+    )
+
+
+def _assistant_turn(judgement: Judgement) -> str:
+    """The assistant's turn of the longer conversation: the answer the annotator wrote with the vote if any, else the
+    answer they put first (_chosen_answer). Only called for a vote _refusal lets through, which has one of them."""
+    turn = _written_answer(judgement) or _chosen_answer(judgement)
+    if turn is None:
+        raise Conflict("this vote has no answer to continue from")
+    return turn
 
 
 def _replay(*, key: uuid.UUID, annotator: User, pair_id: int, message: str) -> StartedContinuation | None:
@@ -249,7 +279,8 @@ class ContinuationWork:
 
     continuation: Continuation
     serving: ModelVersion
-    recipes: tuple[AnswerRecipe, AnswerRecipe]
+    # One per answer: two, or the campaign's answers_per_pair (a ranking pair) when it asks for more.
+    recipes: tuple[AnswerRecipe, ...]
 
 
 def continuation_claim(*, continuation: Continuation, holder: str, client: ModelServerPool) -> ContinuationWork | None:
@@ -262,26 +293,27 @@ def continuation_claim(*, continuation: Continuation, holder: str, client: Model
     if serving is None:
         continuation.release(holder=holder, error="no model version serves", max_attempts=_max_attempts())
         return None
-    recipes = campaign_recipes(campaign, serving)
+    sides = campaign_recipes(campaign, serving)
     try:
-        for opponent in {recipe.version for recipe in recipes} - {serving}:
+        for opponent in {recipe.version for recipe in sides} - {serving}:
             opponent.ensure_loaded(client)
     except (ModelServerRefused, ModelServerUnavailable) as error:
         continuation.release(holder=holder, error=f"the opponent version: {error}", max_attempts=_max_attempts())
         return None
-    if recipes[0] != recipes[1] and secrets.randbelow(2):
-        recipes = (recipes[1], recipes[0])  # which side is A (and left) carries no meaning
-    return ContinuationWork(continuation, serving, recipes)
+    if sides[0] != sides[1] and secrets.randbelow(2):
+        sides = (sides[1], sides[0])  # which side is A (and left) carries no meaning
+    count = campaign.answers_per_pair if campaign is not None else 2
+    return ContinuationWork(continuation, serving, recipes_for_answers(sides, count))
 
 
 def _max_attempts() -> int:
     return settings.CONTINUATION_MAX_ATTEMPTS
 
 
-def continuation_pair_store(*, work: ContinuationWork, holder: str, answers: tuple[Sample, Sample]) -> Pair | None:
-    """Store the two answers as the continuation's pair and lease it to its annotator, answer A on the left as the
-    stream showed it. None (the continuation released, to be sampled again) when the answers are the same text or
-    the claim was lost meanwhile."""
+def continuation_pair_store(*, work: ContinuationWork, holder: str, answers: tuple[Sample, ...]) -> Pair | None:
+    """Store the answers (one per recipe: a ranking pair's extra ones after A and B) as the continuation's pair and
+    lease it to its annotator, answer A on the left as the stream showed it. None (the continuation released, to be
+    sampled again) when two answers are the same text or the claim was lost meanwhile."""
     continuation = work.continuation
     with transaction.atomic():
         pair = pair_create(
@@ -291,9 +323,10 @@ def continuation_pair_store(*, work: ContinuationWork, holder: str, answers: tup
             second=answers[1],
             first_version=work.recipes[0].version,
             second_version=work.recipes[1].version,
+            extra=[(recipe.version, answer) for recipe, answer in zip(work.recipes[2:], answers[2:], strict=True)],
         )
         if pair is None:
-            continuation.release(holder=holder, error="the two answers were the same", max_attempts=_max_attempts())
+            continuation.release(holder=holder, error="two answers were the same", max_attempts=_max_attempts())
             return None
         if not continuation.finish(holder=holder, pair=pair):
             transaction.set_rollback(True)  # its claim ran out and another holder took it: theirs counts
@@ -342,9 +375,9 @@ def continuation_pair_make(*, continuation_id: int) -> bool:
         if work is None:
             return False
         try:
-            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="continuation") as pool:
+            with ThreadPoolExecutor(max_workers=len(work.recipes), thread_name_prefix="continuation") as pool:
                 futures = [pool.submit(recipe.sample, client, continuation.prompt) for recipe in work.recipes]
-                answers = (futures[0].result(), futures[1].result())
+                answers = tuple(future.result() for future in futures)
         except (ModelServerUnavailable, ModelServerRefused) as error:
             logger.warning("continuation %s: %s", continuation_id, error)
             continuation_sampling_failed(work=work, holder=holder, error=error)

@@ -1,7 +1,9 @@
 """The live pair of a longer conversation, streamed to the annotator's page as server-sent events.
 
 The web process relays the model server's streams for both answers at once (two threads reading, the request's
-thread writing events) and stores the pair when both are done. A stream holds one web thread for as long as the
+thread writing events) and stores the pair when both are done. In a campaign of K > 2 answers per pair the extra
+answers are written at the same time (a thread each) but not shown: the page has two panes; they appear with the
+stored ranking pair. A stream holds one web thread for as long as the
 answers take (seconds), and no database connection meanwhile: it reads what it needs first, closes its connection,
 and opens one again only to store the pair. At most CONTINUATION_STREAMS_PER_PROCESS streams run in one process; one
 more is refused (503) and that page polls instead, so streams never take every thread of a web process.
@@ -84,7 +86,8 @@ class _Relay:
         self.events: queue.Queue[tuple[str, int, Any]] = queue.Queue()
         self.stop = threading.Event()
         self.threads = [
-            threading.Thread(target=self._write, args=(side,), name=f"stream-{side}", daemon=True) for side in (0, 1)
+            threading.Thread(target=self._write, args=(side,), name=f"stream-{side}", daemon=True)
+            for side in range(len(work.recipes))
         ]
 
     def start(self) -> None:
@@ -95,7 +98,8 @@ class _Relay:
         recipe = self.work.recipes[side]
 
         def on_text(piece: str) -> bool:
-            self.events.put(("text", side, piece))
+            if side < 2:  # the page's two panes; a ranking pair's extra answers are shown once the pair is stored
+                self.events.put(("text", side, piece))
             return not self.stop.is_set()
 
         try:
@@ -146,7 +150,7 @@ def _relayed(work: ContinuationWork, holder: str, client: ModelServerPool) -> It
         relay.start()
         deadline = time.monotonic() + settings.CONTINUATION_STREAM_SECONDS
         yield event("started", {"continuation": work.continuation.pk})
-        while len(answers) < 2:
+        while len(answers) < len(work.recipes):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ModelServerUnavailable(f"no answer within {settings.CONTINUATION_STREAM_SECONDS:.0f} s")
@@ -161,10 +165,11 @@ def _relayed(work: ContinuationWork, holder: str, client: ModelServerPool) -> It
                 answers[side] = payload
             else:
                 raise payload
-        pair = services.continuation_pair_store(work=work, holder=holder, answers=(answers[0], answers[1]))
+        in_order = tuple(answers[side] for side in range(len(work.recipes)))
+        pair = services.continuation_pair_store(work=work, holder=holder, answers=in_order)
         ended = True
         if pair is None:
-            yield event("failed", {"message": "The two answers could not be used; new ones are being written."})
+            yield event("failed", {"message": "The answers could not be used; new ones are being written."})
         else:
             yield event("ready", {"pair": pair.pk})
     except (ModelServerUnavailable, ModelServerRefused, ReaderGone) as error:

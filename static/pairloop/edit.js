@@ -29,12 +29,24 @@ document.addEventListener("click", (event) => {
   if (!button) return;
   const details = button.closest("details.edit-answer");
   const side = button.dataset.editFrom;
-  const source = document.getElementById(`edit-source-${side}`);
+  const source = side === "top" ? rankedFirst(details) : document.getElementById(`edit-source-${side}`);
+  const note = details && details.querySelector("[data-edit-from-note]");
+  if (note) note.hidden = source !== null;
   if (!details || !source) return;
   const textarea = details.querySelector("textarea[name=edit]");
   textarea.value = JSON.parse(source.textContent);
-  details.querySelector("input[name=edit_from]").value = side;
+  // On a ranking the server starts from the answer ranked 1 itself: it sends no side.
+  details.querySelector("input[name=edit_from]").value = side === "top" ? "" : side;
   details.querySelector(".edit-from").hidden = false;
   details.open = true;
   textarea.focus();
 });
+
+// On a ranking pair (templates/annotate/_rank.html): the text of the one answer ranked 1 so far, or null when none
+// is, or several share the first place.
+function rankedFirst(details) {
+  const form = details && details.closest("form");
+  const first = form ? [...form.querySelectorAll(".rank-answer input[type=radio][value='1']:checked")] : [];
+  if (first.length !== 1) return null;
+  return document.getElementById(`edit-source-place-${first[0].name.slice("rank_".length)}`);
+}

@@ -26,7 +26,7 @@ EDITS_MAPPING = (
 
 def edit_rows(answer: HumanAnswer, context: RowContext) -> Iterator[Row]:
     pair = answer.judgement.pair
-    for sampled in (pair.completion_a, pair.completion_b):
+    for sampled in pair.answers():  # all K answers of a ranking pair
         if sampled.text.strip() == answer.text:
             continue  # copied unchanged: nothing to prefer
         row = {
