@@ -377,6 +377,8 @@ def dpo_arguments(config: RoundConfig) -> DPOConfig:
         # graph for unused ones at each step (transformers' default does, and warns that it found none).
         ddp_find_unused_parameters=False,
         precompute_ref_log_probs=config.precompute_reference,
+        # The reference pass keeps no activations for a backward pass: whole batches, whatever pass_tokens says
+        precompute_ref_batch_size=config.batch_size,
         gradient_checkpointing=config.gradient_checkpointing,
         torch_compile=config.torch_compile,
         logging_steps=1,

@@ -350,10 +350,15 @@ def test_a_pair_weighted_zero_is_as_if_it_were_left_out(base_model_dir: Path, tm
         assert_same_gradients(both, alone)
 
 
+def test_the_default_pass_holds_one_pair_at_the_default_max_length(tmp_path: Path) -> None:
+    assert pairs_per_pass(RoundConfig(base_model_dir="/m", output_dir=str(tmp_path))) == 1
+
+
 @pytest.mark.parametrize(
     ("batch_size", "max_length", "pass_tokens", "pairs", "accumulation"),
     [
-        (8, 256, 1024, 2, 4),  # the defaults: two pairs of 256 tokens a row fill 1,024 tokens
+        (8, 256, 512, 1, 8),  # the defaults: one pair of 256 tokens a row fills 512 tokens
+        (8, 256, 1024, 2, 4),
         (8, 128, 1024, 4, 2),
         (8, 64, 1024, 8, 1),  # the whole batch fits
         (6, 128, 1024, 3, 2),  # 4 pairs would fit, but 4 does not divide 6: micro-batches stay equal
@@ -373,6 +378,7 @@ def test_a_batch_too_large_for_one_pass_runs_as_equal_micro_batches(
 
     assert pairs_per_pass(config) == arguments.per_device_train_batch_size == pairs
     assert arguments.gradient_accumulation_steps == accumulation
+    assert arguments.precompute_ref_batch_size == batch_size  # no backward pass there: whole batches
     twice = dpo_arguments(RoundConfig.from_dict({**config.to_dict(), "gradient_accumulation_steps": 2}))
     assert (twice.per_device_train_batch_size, twice.gradient_accumulation_steps) == (pairs, 2 * accumulation)
 
