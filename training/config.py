@@ -140,6 +140,12 @@ class RoundConfig:
     # default on where the CPU multiplies bf16 natively: there its matrix products run about 4x faster than fp32.
     cpu_bf16: bool = dataclasses.field(default_factory=cpu_multiplies_bf16)
     torch_compile: bool = False
+    # Memory lever (docs/benchmarks.md, "Training memory"): the most tokens one forward and backward pass may hold,
+    # counted as rows x max_length (a pair is two rows). A batch larger than that runs as equal micro-batches whose
+    # gradients add up before the optimizer step (gradient accumulation): the same step, with the activations held
+    # at once bounded by this figure instead of by batch_size x max_length. 0: the whole batch in one pass.
+    # 512 at the defaults (max_length 256): one pair a pass, 2.9 GiB peak against 3.5 GiB at 1,024 and 8.2 at no limit.
+    pass_tokens: int = 512
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -213,6 +219,8 @@ def _check_ranges(config: RoundConfig) -> None:
         problems.append(f"lora_dropout must be in [0, 1), got {config.lora_dropout}")
     if config.label_smoothing > 0 and config.loss_type != "sigmoid":
         problems.append(f"label_smoothing needs the sigmoid loss (robust DPO), not {config.loss_type!r}")
+    if config.pass_tokens < 0:
+        problems.append(f"pass_tokens must be >= 0 (0: no limit), got {config.pass_tokens}")
     if config.seed < 0:
         problems.append(f"seed must be >= 0, got {config.seed}")
     if problems:

@@ -361,8 +361,9 @@ def dpo_arguments(config: RoundConfig) -> DPOConfig:
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        # A batch too large for one pass (config.pass_tokens) is split into micro-batches: the same step in less memory
+        per_device_train_batch_size=pairs_per_pass(config),
+        gradient_accumulation_steps=config.gradient_accumulation_steps * (config.batch_size // pairs_per_pass(config)),
         max_length=config.max_length,
         seed=config.seed,
         # Weights stay fp32 (bf16 weights swallow small updates); the passes autocast to bf16 on a GPU that has it,
@@ -376,6 +377,8 @@ def dpo_arguments(config: RoundConfig) -> DPOConfig:
         # graph for unused ones at each step (transformers' default does, and warns that it found none).
         ddp_find_unused_parameters=False,
         precompute_ref_log_probs=config.precompute_reference,
+        # The reference pass keeps no activations for a backward pass: whole batches, whatever pass_tokens says
+        precompute_ref_batch_size=config.batch_size,
         gradient_checkpointing=config.gradient_checkpointing,
         torch_compile=config.torch_compile,
         logging_steps=1,
@@ -384,6 +387,20 @@ def dpo_arguments(config: RoundConfig) -> DPOConfig:
         push_to_hub=False,
         disable_tqdm=True,
     )
+
+
+def pairs_per_pass(config: RoundConfig) -> int:
+    """Pairs in one forward and backward pass: the largest divisor of batch_size whose rows (two a pair) at max_length
+    fit in config.pass_tokens, or 1 when not even one pair fits; the whole batch when pass_tokens is 0.
+
+    A divisor, so that every micro-batch of a step holds as many pairs: the mean of their mean losses is then the
+    batch's mean loss, and the step the one a single pass would take (Trainer divides each micro-batch's loss by their
+    number).
+    """
+    if config.pass_tokens == 0:
+        return config.batch_size
+    fitting = max(1, config.pass_tokens // (2 * config.max_length))
+    return max(size for size in range(1, min(fitting, config.batch_size) + 1) if config.batch_size % size == 0)
 
 
 class MetricsFileCallback(TrainerCallback):

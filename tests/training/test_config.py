@@ -69,6 +69,7 @@ def test_unknown_loss_type_lists_the_supported_ones() -> None:
         ("max_steps", 0, "max_steps must be -1 or >= 1"),
         ("max_steps", -2, "max_steps must be -1 or >= 1"),
         ("seed", -1, "seed must be >= 0"),
+        ("pass_tokens", -1, r"pass_tokens must be >= 0 \(0: no limit\)"),
         ("output_dir", " ", "output_dir must not be empty"),
     ],
 )

@@ -21,6 +21,7 @@ from training.dpo import (
     build_trainer,
     dpo_arguments,
     metrics_record,
+    pairs_per_pass,
     run_training,
     train_round,
 )
@@ -347,6 +348,54 @@ def test_a_pair_weighted_zero_is_as_if_it_were_left_out(base_model_dir: Path, tm
     assert_same_gradients(weighted, alone)
     with pytest.raises(AssertionError):  # the pair left out does move the adapter when it counts
         assert_same_gradients(both, alone)
+
+
+def test_the_default_pass_holds_one_pair_at_the_default_max_length(tmp_path: Path) -> None:
+    assert pairs_per_pass(RoundConfig(base_model_dir="/m", output_dir=str(tmp_path))) == 1
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "max_length", "pass_tokens", "pairs", "accumulation"),
+    [
+        (8, 256, 512, 1, 8),  # the defaults: one pair of 256 tokens a row fills 512 tokens
+        (8, 256, 1024, 2, 4),
+        (8, 128, 1024, 4, 2),
+        (8, 64, 1024, 8, 1),  # the whole batch fits
+        (6, 128, 1024, 3, 2),  # 4 pairs would fit, but 4 does not divide 6: micro-batches stay equal
+        (7, 256, 1024, 1, 7),  # a prime batch
+        (8, 2048, 1024, 1, 8),  # not even one pair fits: one pair a pass
+        (8, 256, 0, 8, 1),  # 0: no limit
+    ],
+)
+def test_a_batch_too_large_for_one_pass_runs_as_equal_micro_batches(
+    tmp_path: Path, batch_size: int, max_length: int, pass_tokens: int, pairs: int, accumulation: int
+) -> None:
+    config = tiny_round_config(
+        Path("/m"), tmp_path, batch_size=batch_size, max_length=max_length, pass_tokens=pass_tokens
+    )
+
+    arguments = dpo_arguments(config)
+
+    assert pairs_per_pass(config) == arguments.per_device_train_batch_size == pairs
+    assert arguments.gradient_accumulation_steps == accumulation
+    assert arguments.precompute_ref_batch_size == batch_size  # no backward pass there: whole batches
+    twice = dpo_arguments(RoundConfig.from_dict({**config.to_dict(), "gradient_accumulation_steps": 2}))
+    assert (twice.per_device_train_batch_size, twice.gradient_accumulation_steps) == (pairs, 2 * accumulation)
+
+
+def test_micro_batches_take_the_step_one_pass_takes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Four pairs in passes of one pair (pass_tokens 128 at max_length 64) give the gradients and the logged loss of
+    the four in one pass: the memory lever changes no step."""
+    rows = TINY_PAIRS[:4]
+    whole = tiny_round_config(tiny_model_dir, tmp_path / "whole", max_steps=1, batch_size=4, pass_tokens=0)
+    split = tiny_round_config(tiny_model_dir, tmp_path / "split", max_steps=1, batch_size=4, pass_tokens=128)
+    assert (pairs_per_pass(whole), pairs_per_pass(split)) == (4, 1)
+
+    whole_gradients, whole_loss = first_step(whole, rows)
+    split_gradients, split_loss = first_step(split, rows)
+
+    assert_same_gradients(split_gradients, whole_gradients)
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
 
 
 def test_weights_reach_the_batches_scaled_to_mean_one(tiny_model_dir: Path, tmp_path: Path) -> None:
