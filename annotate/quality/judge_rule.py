@@ -47,4 +47,4 @@ def judge_rule_stored(data: Mapping[str, Any]) -> tuple[str, float]:
 
 def judge_rule_described(rule: str, weight: float) -> str:
     """For a dataset card or a round page: "left out", "included like people's votes" or "weighted 0.5"."""
-    return f"weighted {weight:g} (a person's vote: 1)" if rule == "weight" else JUDGE_RULE_LABELS[rule]
+    return f"weighted {weight:g} (a person's vote: 1)" if rule == "weight" else JUDGE_RULE_LABELS.get(rule, rule)

@@ -90,7 +90,7 @@ def test_rounds_leave_out_include_or_weigh_judge_votes_by_the_setting(settings, 
 
 
 @pytest.mark.usefixtures("settled")
-def test_a_round_stored_with_the_old_include_judge_reads_it(settings, tmp_path):
+def test_a_round_stored_with_the_old_include_judge_reads_it(settings, tmp_path, client, staff):
     settings.ROUND_DIR = tmp_path / "rounds"
     settings.ROUND_MIN_TRAIN_PAIRS = 4
     settings.ROUND_HOLDOUT_FRACTION = 0.0
@@ -100,6 +100,9 @@ def test_a_round_stored_with_the_old_include_judge_reads_it(settings, tmp_path):
     training_round.refresh_from_db()
     train_path, _ = rounds.round_prepare(training_round)
     assert len(train_path.read_text().splitlines()) == 7
+    client.force_login(staff)
+    page = client.get(f"/rounds/{training_round.pk}/").content.decode()
+    assert '<span data-testid="judge-rule">included like people&#x27;s votes</span>' in page
 
 
 @pytest.mark.usefixtures("settled")
