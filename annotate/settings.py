@@ -12,6 +12,7 @@ from typing import cast
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from annotate.quality.judge_rule import JUDGE_WEIGHT_DEFAULT, judge_rule_errors
 from training.config import TUNABLE_FIELDS, FieldSpec
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -401,8 +402,13 @@ ROUND_EXCLUDE_HEAD_TO_HEAD = env_bool("ROUND_EXCLUDE_HEAD_TO_HEAD", False)
 ROUND_EDITS = env_str("ROUND_EDITS", "edits_and_choices")
 if ROUND_EDITS not in ("off", "edits_only", "edits_and_choices"):
     raise ImproperlyConfigured(f"ROUND_EDITS must be off, edits_only or edits_and_choices, not {ROUND_EDITS!r}")
-# The AI judge's votes (pairs it settled alone, annotate.judging) train only when this is on; exports choose per export.
-ROUND_INCLUDE_JUDGE = env_bool("ROUND_INCLUDE_JUDGE", False)
+# The AI judge's votes (pairs it settled alone, annotate.judging) in rounds: out, weight (each counts
+# ROUND_JUDGE_WEIGHT, a person's vote 1) or in (annotate/quality/judge_rule.py); exports choose per export. The older
+# ROUND_INCLUDE_JUDGE=1 still means in.
+ROUND_JUDGE = env_str("ROUND_JUDGE", "in" if env_bool("ROUND_INCLUDE_JUDGE", False) else "out")
+ROUND_JUDGE_WEIGHT = env_float("ROUND_JUDGE_WEIGHT", JUDGE_WEIGHT_DEFAULT)
+for _field, _problem in judge_rule_errors(ROUND_JUDGE, ROUND_JUDGE_WEIGHT).items():
+    raise ImproperlyConfigured(f"ROUND_{_field.upper()} {_problem}")
 # Set each round's label smoothing (robust DPO) from how much its votes disagree, instead of ROUND_LABEL_SMOOTHING.
 ROUND_LABEL_SMOOTHING_AUTO = env_bool("ROUND_LABEL_SMOOTHING_AUTO", False)
 ROUND_GATE_MIN_ACCURACY = env_float("ROUND_GATE_MIN_ACCURACY", 0.5)

@@ -16,7 +16,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from annotate.annotation import edits, rankings, services
-from annotate.models import MAX_ANSWERS_PER_PAIR, Assignment, HumanAnswer, Judgement
+from annotate.judging import services as judging
+from annotate.models import MAX_ANSWERS_PER_PAIR, Assignment, HumanAnswer, Judgement, JudgeVerdict
 from annotate.sampling import services as sampling
 
 # Ids are 64-bit integer columns: a larger number is refused as a bad field, not sent to the database.
@@ -31,6 +32,25 @@ class AnswerSerializer(serializers.Serializer[Any]):
     text = serializers.CharField()
 
 
+class JudgeHintOutput(serializers.Serializer[Any]):
+    """The AI judge's verdict, as the annotate page shows it: on the sides as this annotator sees them."""
+
+    verdict = serializers.IntegerField(
+        source="pk", help_text="Send it back as `judge_verdict` with the vote: the vote is recorded as made with it."
+    )
+    choice = serializers.SerializerMethodField(
+        help_text="left or right (the answer it preferred, as shown), tie, or unsure (it changed its mind when the "
+        "answers were swapped)."
+    )
+    confidence = serializers.FloatField(allow_null=True)
+
+    def get_choice(self, verdict: JudgeVerdict) -> str:
+        assignment: Assignment = self.context["assignment"]
+        if verdict.choice not in (Judgement.Choice.A, Judgement.Choice.B):
+            return verdict.choice
+        return "left" if (verdict.choice == Judgement.Choice.A) == assignment.a_on_left else "right"
+
+
 class NextPairOutput(serializers.Serializer[Any]):
     pair = serializers.IntegerField(source="pair_id")
     prompt = serializers.ListField(child=serializers.DictField(), source="pair.prompt.messages")
@@ -40,6 +60,16 @@ class NextPairOutput(serializers.Serializer[Any]):
     answers = serializers.SerializerMethodField(
         help_text="A ranking pair's answers in the order to rank them by (`ranks` follows it); empty for two answers."
     )
+
+    judge_hint = serializers.SerializerMethodField(
+        help_text="The campaign's AI judge's verdict on this pair, only when the campaign shows it to annotators (as "
+        "the annotate page does); null otherwise, and always on gold pairs and repeats."
+    )
+
+    @extend_schema_field(JudgeHintOutput(allow_null=True))
+    def get_judge_hint(self, assignment: Assignment) -> dict[str, Any] | None:
+        verdict = judging.judge_hint_for(assignment)
+        return JudgeHintOutput(verdict, context={"assignment": assignment}).data if verdict else None
 
     def get_answers(self, assignment: Assignment) -> list[dict[str, str]]:
         if not assignment.pair.is_ranking:
@@ -98,6 +128,15 @@ class JudgementInput(serializers.Serializer[Any]):
         required=False,
         default="",
         help_text="The side whose answer the edit started from; empty: the side voted for (none after tie, both_bad).",
+    )
+    judge_verdict = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=1,
+        max_value=ID_MAX,
+        help_text="`judge_hint.verdict` when the pair came with the AI judge's verdict: the vote is recorded as made "
+        "with it on screen. A verdict that was not shown for this pair is ignored.",
     )
 
 
@@ -159,6 +198,8 @@ def judgements_create(request: Request) -> Response:
         edit_from=data.validated_data["edit_from"],
         ranks=_ranks(data.validated_data),
     )
+    verdict = data.validated_data["judge_verdict"]
+    judging.judge_hint_record(judgement=recorded.judgement, verdict_id=None if verdict is None else str(verdict))
     return Response(
         JudgementOutput(recorded.judgement).data,
         status=status.HTTP_201_CREATED if recorded.created else status.HTTP_200_OK,

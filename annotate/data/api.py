@@ -24,6 +24,7 @@ from annotate.annotation import services
 from annotate.data import exports, import_jobs, imports
 from annotate.data.exports import ExportFilters
 from annotate.models import DataImport, Export, Judgement, Pair, Prompt
+from annotate.quality.judge_rule import JUDGE_RULES, JUDGE_WEIGHT_DEFAULT, JUDGE_WEIGHT_HELP, judge_rule_errors
 from annotate.quality.preferences import EDITS_RULES
 from annotate.web.staff_api import (
     BAD_FILTERS,
@@ -391,9 +392,13 @@ class ExportInput(serializers.Serializer[Any]):
     exclude_head_to_head = serializers.BooleanField(
         default=False, help_text="Leave out votes on head-to-head pairs (answers from two model versions)."
     )
-    include_judge = serializers.BooleanField(
-        default=False, help_text="Votes of the AI judge on pairs it settled alone (left out by default)."
+    judge = serializers.ChoiceField(
+        choices=JUDGE_RULES,
+        default="out",
+        help_text="Votes of the AI judge on pairs it settled alone: out (the default), weight (trl-preference only: "
+        "each counts judge_weight, a person's vote 1) or in.",
     )
+    judge_weight = serializers.FloatField(default=JUDGE_WEIGHT_DEFAULT, help_text=JUDGE_WEIGHT_HELP)
     min_competence = serializers.FloatField(
         default=0.0, min_value=0.0, max_value=1.0, help_text="Leave out annotators whose MACE competence is lower."
     )
@@ -409,6 +414,12 @@ class ExportInput(serializers.Serializer[Any]):
         help_text="trl-preference only: a weight column from the votes' strength and/or their voters' competence.",
     )
     license = serializers.CharField(default="", allow_blank=True, max_length=100, help_text="Stated on the card.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        errors = judge_rule_errors(attrs.get("judge", "out"), attrs.get("judge_weight", JUDGE_WEIGHT_DEFAULT))
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
 
     def to_filters(self) -> ExportFilters:
         return ExportFilters.from_values(self.validated_data)

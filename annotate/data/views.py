@@ -19,6 +19,7 @@ from annotate.data import exports, import_jobs, imports
 from annotate.data.exports import ExportFilters
 from annotate.errors import Invalid
 from annotate.models import DataImport, Export, Judgement, ModelVersion, Prompt
+from annotate.quality.judge_rule import JUDGE_RULES, JUDGE_WEIGHT_DEFAULT, JUDGE_WEIGHT_HELP, judge_rule_errors
 from annotate.quality.preferences import EDITS_RULES
 from annotate.web.pages import AppRequest, render_page, staff_required
 from training.config import WEIGHTINGS
@@ -186,7 +187,13 @@ class ExportForm(forms.Form):
     include_gold = forms.BooleanField(required=False, label="Include votes on gold pairs")
     include_repeats = forms.BooleanField(required=False, label="Include repeat votes")
     include_excluded_annotators = forms.BooleanField(required=False, label="Include excluded annotators' votes")
-    include_judge = forms.BooleanField(required=False, label="Include the AI judge's votes")
+    judge = forms.ChoiceField(
+        choices=[(rule, rule) for rule in JUDGE_RULES], required=False, initial="out", label="The AI judge's votes",
+        help_text="out: left out; weight (trl-preference only): each counts the weight below, a person's vote 1; in.",
+    )  # fmt: skip
+    judge_weight = forms.FloatField(
+        initial=JUDGE_WEIGHT_DEFAULT, required=False, label="Weight of a judge vote", help_text=JUDGE_WEIGHT_HELP
+    )
     exclude_head_to_head = forms.BooleanField(
         required=False, label="Leave out head-to-head votes", help_text="Pairs whose answers come from two versions."
     )
@@ -207,6 +214,15 @@ class ExportForm(forms.Form):
         super().__init__(*args, **kwargs)
         prompt_sets = Prompt.objects.order_by("prompt_set").values_list("prompt_set", flat=True).distinct()
         self.fields["prompt_sets"].choices = [(name, name) for name in prompt_sets]  # type: ignore[attr-defined]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        weight = data.get("judge_weight")
+        for name, problem in judge_rule_errors(
+            data.get("judge") or "out", JUDGE_WEIGHT_DEFAULT if weight is None else weight
+        ).items():
+            self.add_error(name, problem)
+        return data
 
     def to_filters(self) -> ExportFilters:
         data = self.cleaned_data

@@ -73,6 +73,9 @@ class TrustItem(serializers.Serializer[Any]):
     checks_agreement = serializers.FloatField(allow_null=True)
     settled = serializers.IntegerField()
     votes_saved = serializers.IntegerField(help_text="People's votes the pairs it settled would have needed.")
+    settled_unchecked = serializers.IntegerField(
+        help_text="Pairs it settled alone that no person has voted on (kept settled when routing stops)."
+    )
 
 
 class JudgeItem(serializers.ModelSerializer[Judge]):
@@ -125,6 +128,7 @@ def trust_data(prompt_version: str, trust: Trust) -> dict[str, Any]:
         "checks_agreement": trust.checks_agreement,
         "settled": trust.settled,
         "votes_saved": trust.votes_saved,
+        "settled_unchecked": trust.settled_unchecked,
     }
 
 

@@ -16,11 +16,21 @@ def judge_of(campaign: Campaign) -> Judge | None:
 
 
 def judge_trust(*, judge: Judge, prompt_version: str | None = None) -> Trust:
-    """The judge's trust from its verdicts (one prompt version, or all when None)."""
+    """The judge's trust from its verdicts (one prompt version, or all when None).
+
+    `settled_unchecked` counts the pairs it settled alone that no person has voted on. When routing stops by itself
+    they are kept, not reopened to people, and the quality page says how many remain (judging/_unchecked.html). Why
+    keep them: its votes there are marked (source judge) and train only by the judge rule, out by default, so a stop
+    poisons no round; the stop says its recent checks slipped, not that each earlier verdict is wrong; and reopening
+    every one at once would spend annotators' time on a judge's whole history without anyone deciding it, and put
+    people's votes beside a judge vote that already filled the pair. Staff see the number and decide (the checks and
+    the exports' `sources` filter find them)."""
     verdicts = JudgeVerdict.objects.filter(judge=judge).exclude(status=JudgeVerdict.Status.ASKING)
     if prompt_version is not None:
         verdicts = verdicts.filter(prompt_version=prompt_version)
-    rows = list(verdicts.values("pair_id", "status", "choice", "consistent", "is_check", "pair__gold_choice"))
+    rows = list(
+        verdicts.values("pair_id", "status", "choice", "consistent", "is_check", "settled", "pair__gold_choice")
+    )
     pair_ids = [row["pair_id"] for row in rows]
     people: dict[int, list[str]] = defaultdict(list)
     votes = (
@@ -46,6 +56,7 @@ def judge_trust(*, judge: Judge, prompt_version: str | None = None) -> Trust:
         compared.append((row["choice"], majority))
         if row["is_check"]:
             checks.append((row["choice"], majority))
+    unchecked = len({row["pair_id"] for row in rows if row["settled"] and row["pair_id"] not in people})
     settled = verdicts.filter(settled=True)
     saved = settled.aggregate(saved=Sum(F("pair__judgements_required")))["saved"] or 0
     return trust_measure(
@@ -56,6 +67,7 @@ def judge_trust(*, judge: Judge, prompt_version: str | None = None) -> Trust:
         checks=checks,
         settled=settled.count(),
         votes_saved=saved,
+        settled_unchecked=unchecked,
     )
 
 

@@ -91,6 +91,7 @@ class Trust:
     checks_kappa: float | None = None
     settled: int = 0
     votes_saved: int = 0
+    settled_unchecked: int = 0  # pairs it settled alone that no person has voted on (judging.selectors.judge_trust)
 
     @property
     def flip_rate(self) -> float | None:
@@ -141,6 +142,7 @@ def trust_measure(
     checks: Sequence[tuple[str, str]],
     settled: int = 0,
     votes_saved: int = 0,
+    settled_unchecked: int = 0,
 ) -> Trust:
     """`answered`: (choice, consistent) of each answered verdict; `compared`: (judge, people's majority) per
     people-voted pair; `gold`: (judge, expected); `checks`: (judge, people's majority) on its checked pairs."""
@@ -163,4 +165,5 @@ def trust_measure(
         checks_kappa=kappa([judge for judge, _ in checks], [people for _, people in checks]),
         settled=settled,
         votes_saved=votes_saved,
+        settled_unchecked=settled_unchecked,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -17,6 +18,7 @@ from annotate.judging.api import JudgeSettings, app_hosts_of, trust_data
 from annotate.judging.selectors import judge_hint_effect, judge_of, judge_trust_by_version
 from annotate.judging.trust import Trust, routing_refusal
 from annotate.models import Campaign, Judge
+from annotate.quality.judge_rule import judge_rule_described
 from annotate.web.pages import AppRequest, staff_required
 
 VERDICTS_SHOWN = 30
@@ -32,6 +34,9 @@ def judge_summary(judge: Judge) -> dict[str, Any]:
         "current": current,
         "refusal": routing_refusal(current, judging.judge_bars(judge)),
         "hint": judge_hint_effect(judge=judge),
+        # Over every prompt version: a pair is settled once, by whichever version answered it.
+        "unchecked": sum(t["measured"].settled_unchecked for t in trusts),
+        "round_judge_rule": judge_rule_described(settings.ROUND_JUDGE, settings.ROUND_JUDGE_WEIGHT),
     }
 
 

@@ -15,6 +15,7 @@ from django.db.models import Count, F, Q, QuerySet
 
 from annotate.annotation import rankings
 from annotate.models import Completion, HumanAnswer, Judgement, Pair
+from annotate.quality.judge_rule import JUDGE_WEIGHT_DEFAULT, JudgeRule, judge_rule_errors, judge_rule_stored
 
 Combine = Literal["majority", "all", "unanimous"]
 # What annotators' written answers (HumanAnswer) add: nothing; only their rows (the votes' own choices are left
@@ -48,8 +49,10 @@ class PreferenceRules:
     # Written answers train as the chosen answer against both sampled answers of their pair (edit_preference_rows);
     # by default beside the choices: a vote with an answer written is still a vote between the two.
     edits: Edits = "edits_and_choices"
-    # The AI judge's votes (Judgement.Source.JUDGE, pairs it settled alone): left out unless included.
-    include_judge: bool = False
+    # The AI judge's votes (Judgement.Source.JUDGE, pairs it settled alone): out, weight or in (judge_rule.py);
+    # judge_weight is each judge vote's weight under "weight" (PairWeights).
+    judge: JudgeRule = "out"
+    judge_weight: float = JUDGE_WEIGHT_DEFAULT
 
     def __post_init__(self) -> None:
         if self.edits not in EDITS_RULES:
@@ -60,6 +63,16 @@ class PreferenceRules:
             raise ValueError("min_agreement must be between 0 and 1")
         if not 0.0 <= self.min_competence <= 1.0:
             raise ValueError("min_competence must be between 0 and 1")
+        for problem in judge_rule_errors(self.judge, self.judge_weight).values():
+            raise ValueError(f"judge rule: {problem}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreferenceRules:
+        """Rules as stored (as_dict), also those stored before a field existed: a missing field takes its default,
+        and the old include_judge (true/false) reads as the judge rule in/out."""
+        judge, judge_weight = judge_rule_stored(data)
+        known = {name: value for name, value in data.items() if name in cls.__dataclass_fields__}
+        return cls(**{**known, "judge": judge, "judge_weight": judge_weight})
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,8 +86,14 @@ class PreferenceRules:
             "exclude_head_to_head": self.exclude_head_to_head,
             "min_competence": self.min_competence,
             "edits": self.edits,
-            "include_judge": self.include_judge,
+            "judge": self.judge,
+            "judge_weight": self.judge_weight,
         }
+
+    @property
+    def judge_weighted(self) -> bool:
+        """Whether judge votes count with their own weight (so training rows need a weight column)."""
+        return self.judge == "weight"
 
     @property
     def choices_train(self) -> bool:
@@ -101,7 +120,7 @@ class PreferenceRules:
             reasons["repeat votes (self-consistency checks)"] = Q(is_repeat=True)
         if not self.include_excluded_annotators:
             reasons["votes of excluded annotators"] = Q(annotator__standing__votes_excluded=True)
-        if not self.include_judge:
+        if self.judge == "out":
             reasons["votes of the AI judge"] = Q(source=Judgement.Source.JUDGE)
         if self.exclude_head_to_head:
             same_version = F("pair__completion_b__model_version_id")
@@ -291,6 +310,10 @@ class RankedVote:
     def pk(self) -> int:
         return self.judgement.pk
 
+    @property
+    def source(self) -> str:
+        return self.judgement.source
+
 
 @dataclass(frozen=True, slots=True)
 class ImpliedVerdict(Generic[VoteT]):
@@ -372,22 +395,29 @@ class WeighedVote(Protocol):
     @property
     def annotator_id(self) -> int | None: ...
 
+    @property
+    def source(self) -> str: ...
+
 
 # What the round page's and the dataset card's readers need to know about a weight; PairWeights computes it.
 WEIGHTS_RULE = (
     "A pair's weight comes from the votes for its winner: by strength, their mean strength divided by 3 (slightly "
     "1/3, clearly 2/3, much better 1; a vote without a strength, such as an imported one, counts as clearly); by "
     "competence, their voters' mean MACE competence (a voter without an estimate, such as an imported vote, counts "
-    "as the mean estimate, or 1 when there is none); by both, the product of the two."
+    "as the mean estimate, or 1 when there is none); by both, the product of the two. Under the judge rule weight, "
+    "a pair's weight is also multiplied by the mean of its winning votes' judge factors (a judge vote: the judge "
+    "weight staff set; a person's: 1)."
 )
 
 
 class PairWeights:
     """A training pair's weight from the votes behind it, before normalising (see WEIGHTS_RULE)."""
 
-    def __init__(self, weighting: Weighting, competence: Mapping[int, float]) -> None:
+    def __init__(self, weighting: Weighting, competence: Mapping[int, float], judge_weight: float = 1.0) -> None:
         self.weighting = weighting
         self.competence = competence
+        # What a judge vote counts for against a person's 1: the rules' judge_weight under the rule "weight", else 1.
+        self.judge_weight = judge_weight
         self.unknown_competence = sum(competence.values()) / len(competence) if competence else 1.0
 
     def weight(self, outcome: str, votes: Sequence[WeighedVote]) -> float:
@@ -399,7 +429,20 @@ class PairWeights:
         if self.weighting in ("competence", "strength+competence"):
             scores = [self._competence(vote.annotator_id) for vote in backing]
             weight *= sum(scores) / len(scores)
+        if self.judge_weight != 1.0:
+            factors = [self.judge_weight if vote.source == Judgement.Source.JUDGE else 1.0 for vote in backing]
+            weight *= sum(factors) / len(factors)
         return weight
+
+    @classmethod
+    def for_rules(cls, weighting: Weighting, competence: Mapping[int, float], rules: PreferenceRules) -> PairWeights:
+        """The weights rounds and exports use: the weighting, and the judge's weight when the rules weigh it."""
+        return cls(weighting, competence, rules.judge_weight if rules.judge_weighted else 1.0)
+
+    @property
+    def judged_weight(self) -> float | None:
+        """The judge votes' weight when it is not 1 (for weights_described), else None."""
+        return None if self.judge_weight == 1.0 else self.judge_weight
 
     def _competence(self, annotator_id: int | None) -> float:
         if annotator_id is None:
@@ -407,13 +450,19 @@ class PairWeights:
         return self.competence.get(annotator_id, self.unknown_competence)
 
 
-def weights_described(weighting: Weighting, weights: Sequence[float], *, normalised: bool = True) -> str:
+def weights_described(
+    weighting: Weighting, weights: Sequence[float], *, normalised: bool = True, judge_weight: float | None = None
+) -> str:
     """How the weights were set, for a round page or a dataset card, e.g.
-    "strength × competence, normalised to mean 1; min 0.4, max 1.8"."""  # noqa: RUF002
-    if weighting == "none" or not weights:
+    "strength × competence, normalised to mean 1; min 0.4, max 1.8"; judge_weight: the judge rule weighs the AI
+    judge's votes by it."""  # noqa: RUF002
+    names = [WEIGHTING_NAMES[weighting]] if weighting != "none" else []
+    if judge_weight is not None:
+        names.append(f"AI judge's votes {judge_weight:g}")
+    if not names or not weights:
         return WEIGHTING_NAMES["none"]
     scale = "normalised to mean 1" if normalised else "as computed, not normalised"
-    return f"{WEIGHTING_NAMES[weighting]}, {scale}; min {min(weights):.2f}, max {max(weights):.2f}"
+    return f"{' and '.join(names)}, {scale}; min {min(weights):.2f}, max {max(weights):.2f}"
 
 
 def assistant(text: str) -> list[dict[str, str]]:
@@ -464,6 +513,7 @@ class WrittenVote:
     annotator_id: int | None
     choice: str = "written"
     strength: float | None = STRONGEST
+    source: str = Judgement.Source.HUMAN
 
 
 EDITS_WEIGHT_RULE = (

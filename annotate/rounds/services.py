@@ -28,6 +28,7 @@ from django.utils import timezone
 from annotate.broker import enqueue
 from annotate.errors import Conflict, Invalid
 from annotate.models import HumanAnswer, Judgement, ModelVersion, Prompt, TrainingRound
+from annotate.quality.judge_rule import JudgeRule
 from annotate.quality.preferences import (
     Combine,
     Edits,
@@ -79,7 +80,8 @@ def round_rules() -> PreferenceRules:
         min_agreement=settings.ROUND_MIN_AGREEMENT,
         min_competence=settings.ROUND_MIN_COMPETENCE,
         exclude_head_to_head=settings.ROUND_EXCLUDE_HEAD_TO_HEAD,
-        include_judge=settings.ROUND_INCLUDE_JUDGE,
+        judge=cast(JudgeRule, settings.ROUND_JUDGE),
+        judge_weight=settings.ROUND_JUDGE_WEIGHT,
         edits=cast(Edits, settings.ROUND_EDITS),
     )
 
@@ -313,7 +315,7 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     """Read the votes up to the round's cut-off and write its train and held-out files (TRL's conversational format)."""
     directory = Path(settings.ROUND_DIR) / f"round-{training_round.pk}"
     directory.mkdir(parents=True, exist_ok=True)
-    rules = PreferenceRules(**training_round.rules)
+    rules = PreferenceRules.from_dict(training_round.rules)
     cutoff = training_round.last_judgement_id or 0
     read = Judgement.objects.filter(pk__lte=cutoff)
     weighting = cast(Weighting, training_round.config.get("weighting", "none"))
@@ -323,7 +325,7 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     counted = _Counted(votes.iterator(chunk_size=2000))
     train_path, heldout_path = directory / TRAIN_FILE, directory / HELDOUT_FILE
     heldout = 0
-    weights = PairWeights(weighting, competence)
+    weights = PairWeights.for_rules(weighting, competence, rules)
     train_weights: list[float] = []
     disagreement = _Disagreement()
     multi_turn = {False: 0, True: 0}  # pairs of conversations with more than one user turn, by held out or not
@@ -354,7 +356,8 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
         training_round.record(config={**training_round.config, "label_smoothing": disagreement.label_smoothing()})
     training_round.record(
         label_smoothing_basis=disagreement.describe(),
-        weighting_basis=weights_described(weighting, train_weights) + _rankings_described(counted.rankings),
+        weighting_basis=weights_described(weighting, train_weights, judge_weight=weights.judged_weight)
+        + _rankings_described(counted.rankings),
         directory=str(directory),
         votes_read=counted.count,
         train_pairs=train,

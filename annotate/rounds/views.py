@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from annotate.errors import Conflict, Invalid
 from annotate.models import ModelVersion, TrainingRound
+from annotate.quality.judge_rule import judge_rule_described, judge_rule_stored
 from annotate.quality.preferences import WEIGHTS_RULE
 from annotate.rounds import canary
 from annotate.rounds import services as rounds
@@ -191,6 +192,8 @@ def _render_detail(
         "canary": canary.canary_summary(training_round),
         "canary_form": canary_form or CanaryDecisionForm(),
         "weights_rule": WEIGHTS_RULE if training_round.config.get("weighting", "none") != "none" else "",
+        # Rules stored before the judge rule had three values read as in / out (judge_rule_stored).
+        "judge_rule": judge_rule_described(*judge_rule_stored(training_round.rules)),
     }
     return render_page(request, "rounds/detail.html", "round", context, status=status)
 

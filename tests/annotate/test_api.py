@@ -59,7 +59,8 @@ def test_next_pair_shows_sides_as_leased(api, annotator, make_pair):
     )
     assert data["lease_expires"].startswith(assignment.expires_at.strftime("%Y-%m-%dT%H:%M"))
     assert data["answers"] == []  # only a ranking pair (three or more answers) lists them
-    assert set(data) == {"pair", "prompt", "left", "right", "lease_expires", "answers"}
+    assert set(data) == {"pair", "prompt", "left", "right", "lease_expires", "answers", "judge_hint"}
+    assert data["judge_hint"] is None  # only when the campaign shows its AI judge's verdict
 
 
 def test_next_pair_is_204_when_none_is_ready(api, serving_version):

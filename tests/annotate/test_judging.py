@@ -124,7 +124,7 @@ def test_a_judge_that_agrees_with_gold_earns_routing_and_saves_peoples_votes(sta
     # Judge votes train only by the rule: left out by default, in when included.
     default = list(verdicts(judgements_for_preferences(rules=PreferenceRules()), PreferenceRules()))
     assert {v.pair.pk for v in default}.isdisjoint({p.pk for p in untouched})
-    included = PreferenceRules(include_judge=True)
+    included = PreferenceRules(judge="in")
     with_judge = list(verdicts(judgements_for_preferences(rules=included), included))
     assert {p.pk for p in untouched} <= {v.pair.pk for v in with_judge}
 
@@ -307,13 +307,9 @@ def test_a_failed_verdict_is_asked_again_later_up_to_the_attempts_allowed(stand_
     assert JudgeVerdict.objects.get(pair=other).attempts == 2
 
 
-def test_exports_mark_judge_votes_and_the_card_says_how_many(stand_in, pairs, annotator, staff, settings, tmp_path):
-    import json
-
-    from annotate.data import exports
-    from annotate.data.exports import ExportFilters
-
-    settings.EXPORT_DIR = tmp_path / "exports"
+@pytest.fixture
+def settled(stand_in, pairs, annotator):
+    """4 gold pairs, 4 pairs people voted on, 3 pairs the judge settled alone; the judge."""
     pairs(4, gold=True)
     pairs(4)
     people_vote_on_all(annotator, 4)
@@ -321,9 +317,19 @@ def test_exports_mark_judge_votes_and_the_card_says_how_many(stand_in, pairs, an
     judge = configure(stand_in.url)
     judging.judge_run(judge_id=judge.pk, limit=50)
     assert judge_trust(judge=judge).settled == 3
+    return judge
 
-    def export(include_judge: bool) -> tuple[list[dict[str, Any]], str]:
-        filters = ExportFilters(rules=PreferenceRules(include_judge=include_judge))
+
+def test_exports_mark_judge_votes_and_the_card_says_how_many(settled, staff, settings, tmp_path):
+    import json
+
+    from annotate.data import exports
+    from annotate.data.exports import ExportFilters
+
+    settings.EXPORT_DIR = tmp_path / "exports"
+
+    def export(judge: str) -> tuple[list[dict[str, Any]], str]:
+        filters = ExportFilters(rules=PreferenceRules(judge=judge))  # type: ignore[arg-type]
         done = exports.export_run(
             export=exports.export_create(
                 created_by=staff, dataset_format="trl-preference", file_format="jsonl", filters=filters
@@ -333,9 +339,16 @@ def test_exports_mark_judge_votes_and_the_card_says_how_many(stand_in, pairs, an
         rows = [json.loads(line) for line in files["data"].read_text().splitlines()]
         return rows, files["card"].read_text()
 
-    rows, card = export(include_judge=False)
+    rows, card = export("out")
     assert len(rows) == 4 and {row["source"] for row in rows} == {"human"}
     assert "votes of the AI judge" in card and "left out" in card
-    rows, card = export(include_judge=True)
+    rows, card = export("in")
     assert len(rows) == 7 and sum(row["source"] == "judge" for row in rows) == 3
     assert "human: 4, judge: 3" in card, card
+    assert all("weight" not in row for row in rows)
+    # weight: the same rows, each judge row weighing the judge weight (0.5 by default) against a person's 1.
+    rows, card = export("weight")
+    assert len(rows) == 7
+    assert sorted(row["weight"] for row in rows) == [0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0]
+    assert {row["weight"] for row in rows if row["source"] == "judge"} == {0.5}
+    assert "weighted 0.5 (a person's vote: 1)" in card, card

@@ -57,7 +57,7 @@ def test_start_queues_a_round_on_the_serving_version(round_settings, votes, serv
     assert training_round.rules == {"combine": "majority", "include_ties": False, "include_both_bad": False,
                                     "min_agreement": 0.0, "include_gold": False, "include_repeats": False,
                                     "include_excluded_annotators": False, "exclude_head_to_head": False,
-                                    "min_competence": 0.0, "include_judge": False,
+                                    "min_competence": 0.0, "judge": "out", "judge_weight": 0.5,
                                     "edits": "edits_and_choices"}  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from annotate.data.exports.filters import ExportFilters
 from annotate.data.exports.formats import FORMATS, MESSAGES, DatasetFormat
 from annotate.data.exports.stream import ExportStats
 from annotate.models import ModelVersion
+from annotate.quality.judge_rule import judge_rule_described
 from annotate.quality.preferences import WEIGHTS_RULE, weights_described
 
 _COMBINE_RULES = {
@@ -69,12 +70,16 @@ def _filter_lines(filters: ExportFilters, spec: DatasetFormat) -> list[tuple[str
         ("votes on gold pairs", "included" if rules.include_gold else "left out (they test annotators)"),
         ("repeat votes", "included" if rules.include_repeats else "left out (they test self-consistency)"),
         ("votes of excluded annotators", "included" if rules.include_excluded_annotators else "left out"),
-        ("votes of the AI judge", "included" if rules.include_judge else "left out"),
+        ("votes of the AI judge", judge_rule_described(rules.judge, rules.judge_weight)),
         ("votes on head-to-head pairs", "left out" if rules.exclude_head_to_head else "included (off-policy)"),
         ("minimum annotator competence (MACE)", f"{rules.min_competence:g}"),
         ("weights", filters.weighting if filters.weighting != "none" else "none"),
         ("written answers (rule edits)", _edits_line(rules.edits, spec.name)),
     ]
+
+
+def _judge_weight(filters: ExportFilters) -> float | None:
+    return filters.rules.judge_weight if filters.rules.judge_weighted else None
 
 
 def _edits_line(edits: str, dataset_format: str) -> str:
@@ -100,7 +105,7 @@ def dataset_card(
 ) -> str:
     """The Markdown card written beside an export (YAML front matter as the Hugging Face Hub reads it)."""
     spec = FORMATS[dataset_format]
-    weighted = filters.weighting != "none"
+    weighted = filters.weighted
     if weighted:
         spec = spec.with_weights()
     extremes = [weight for weight in (stats.lightest, stats.heaviest) if weight is not None]
@@ -146,7 +151,9 @@ def dataset_card(
         "combine": combine,
         "combine_meaning": _COMBINE_RULES[combine],
         "mapping": spec.mapping + (f" {EDITS_MAPPING}" if dataset_format in FORMATS_WITH_EDITS else ""),
-        "weights": weights_described(filters.weighting, extremes, normalised=False) if weighted else "",
+        "weights": weights_described(filters.weighting, extremes, normalised=False, judge_weight=_judge_weight(filters))
+        if weighted
+        else "",
         "weights_rule": WEIGHTS_RULE,
         "schema": _table(
             ("column", "type", "meaning"), [(c.name, _arrow_type(c.type), c.meaning) for c in spec.columns]

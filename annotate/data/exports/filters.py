@@ -12,6 +12,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from annotate.models import Judgement, ModelVersion, Prompt
+from annotate.quality.judge_rule import JUDGE_WEIGHT_DEFAULT
 from annotate.quality.preferences import PreferenceRules, Weighting
 
 SOURCES = tuple(Judgement.Source.values)
@@ -55,11 +56,17 @@ class ExportFilters:
                 exclude_head_to_head=bool(values.get("exclude_head_to_head", False)),
                 min_competence=float(values.get("min_competence") or 0.0),
                 edits=values.get("edits") or "edits_and_choices",
-                include_judge=bool(values.get("include_judge", False)),
+                judge=values.get("judge") or "out",
+                judge_weight=float(values.get("judge_weight") or JUDGE_WEIGHT_DEFAULT),
             ),
             weighting=values.get("weighting") or "none",
             license=values["license"],
         )
+
+    @property
+    def weighted(self) -> bool:
+        """Whether rows carry a weight: a weighting asked for, or the judge rule weighs the judge's votes."""
+        return self.weighting != "none" or self.rules.judge_weighted
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,19 +95,7 @@ class ExportFilters:
             annotators=tuple(data.get("annotators", ())),
             sources=tuple(data.get("sources", ())),
             on_policy=bool(data.get("on_policy", False)),
-            rules=PreferenceRules(
-                combine=data.get("combine", "majority"),
-                include_ties=bool(data.get("include_ties", False)),
-                include_both_bad=bool(data.get("include_both_bad", False)),
-                min_agreement=float(data.get("min_agreement", 0.0)),
-                include_gold=bool(data.get("include_gold", False)),
-                include_repeats=bool(data.get("include_repeats", False)),
-                include_excluded_annotators=bool(data.get("include_excluded_annotators", False)),
-                exclude_head_to_head=bool(data.get("exclude_head_to_head", False)),
-                min_competence=float(data.get("min_competence", 0.0)),
-                edits=data.get("edits", "edits_and_choices"),
-                include_judge=bool(data.get("include_judge", False)),
-            ),
+            rules=PreferenceRules.from_dict(data),
             weighting=data.get("weighting", "none"),
             license=data.get("license", ""),
         )

@@ -38,6 +38,8 @@ def export_errors(*, dataset_format: str, file_format: str, filters: ExportFilte
         errors["weighting"] = f"must be one of {', '.join(WEIGHTINGS)}"
     elif filters.weighting != "none" and dataset_format != WEIGHTED_FORMAT:
         errors["weighting"] = f"only {WEIGHTED_FORMAT} rows carry a weight"
+    if filters.rules.judge_weighted and dataset_format != WEIGHTED_FORMAT:
+        errors["judge"] = f"weight: only {WEIGHTED_FORMAT} rows carry a weight (use out or in)"
     return {**errors, **filter_errors(filters)}
 
 

@@ -284,13 +284,14 @@ def export_write(
     """Stream the matching votes into `path` as rows of the format. Writes beside it and renames when complete,
     so a failed export never leaves half a file under the final name."""
     spec = FORMATS[dataset_format]
-    weighted = filters.weighting != "none"
+    weighted = filters.weighted
     left_out, competence = filters.rules.left_out_and_competence(judgements_matching(filters), filters.weighting)
     if weighted:
         spec = spec.with_weights()
     stats = ExportStats()
     rows = VoteRows(votes_to_export(filters, left_out), READ_CHUNK)
-    context = RowContext(PairWeights(filters.weighting, competence) if weighted else None, rows.vote_time)
+    weights = PairWeights.for_rules(filters.weighting, competence, filters.rules) if weighted else None
+    context = RowContext(weights, rows.vote_time)
     partial = path.with_name(path.name + ".partial")
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = open_writer(file_format, partial, spec.schema)
