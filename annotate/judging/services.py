@@ -20,6 +20,7 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from annotate.broker import enqueue
+from annotate.cache import cached_read
 from annotate.errors import Invalid
 from annotate.events import VOTE_RECORDED, webhook_events_emit
 from annotate.hooks.transport import (
@@ -328,11 +329,21 @@ def judge_bars(judge: Judge) -> Bars:
 def judge_hint_for(assignment: Assignment | None) -> JudgeVerdict | None:
     """The judge's verdict the annotate page shows beside a pair that needs votes, when its campaign asks for it
     (never on gold pairs or repeats: those measure the people themselves)."""
+    from annotate.invalidation import JUDGE_HINTS
     from annotate.judging.selectors import verdict_for_pair
 
     if assignment is None or assignment.kind != Assignment.Kind.PAIR:
         return None
+    # Asked on every pair dealt: the few campaigns that show a judge come from the cache (forgotten when a judge is
+    # saved), so the annotator's cycle asks the database nothing more where no campaign shows one.
+    showing = cached_read(JUDGE_HINTS, "campaigns", _campaigns_showing_judge)
+    if assignment.pair.campaign_id not in showing:
+        return None
     return verdict_for_pair(pair_id=assignment.pair_id)
+
+
+def _campaigns_showing_judge() -> set[int]:
+    return set(Judge.objects.filter(show_to_annotators=True, enabled=True).values_list("campaign_id", flat=True))
 
 
 def judge_hint_record(*, judgement: Judgement, verdict_id: str | None) -> JudgeHint | None:

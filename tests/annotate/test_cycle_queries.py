@@ -164,3 +164,26 @@ def test_a_resent_or_undone_vote_is_answered_as_before(api, annotator, make_pair
     assert refused.status_code == 409
     assert "undone" in refused.json()["detail"]
     assert not Judgement.objects.filter(idempotency_key=key).exists()
+
+
+def test_a_judge_shown_to_annotators_is_seen_by_the_next_lease(annotator, make_pair):
+    """Whether a campaign shows its AI judge is a cached read of the cycle: staff turning the hint on must reach the
+    very next pair dealt, not a pair dealt after the cache's lifetime."""
+    from annotate.judging import services as judging
+    from tests.annotate.judge_stand_in import stand_in_judge
+    from tests.annotate.test_judging import BAD, CAMPAIGN, GOOD, configure
+
+    for _ in range(3):
+        make_pair(texts=(GOOD, BAD), prompt_set=CAMPAIGN)
+    with stand_in_judge() as stand_in:
+        judge = configure(stand_in.url, routing_allowed=False)
+        assert judging.judge_run(judge_id=judge.pk, limit=10) == 3
+    api = Client(headers={"authorization": f"Token {Token.objects.create(user=annotator).key}"})
+    first = api.get("/api/pairs/next/").json()
+    assert first["judge_hint"] is None  # "no campaign shows a judge" is cached now
+    assert _vote(api, first["pair"]).status_code == 201
+
+    configure(judge.url, routing_allowed=False, show_to_annotators=True)
+
+    hint = api.get("/api/pairs/next/").json()["judge_hint"]
+    assert hint is not None and hint["choice"] in ("left", "right")
