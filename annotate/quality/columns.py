@@ -8,7 +8,7 @@ entry here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -72,6 +72,8 @@ class QualityColumn:
     values: tuple[QualityValue, ...]
     sort_value: Callable[[QualityRow], Any] | None = None
     css_class: str = ""
+    # A column only some campaigns fill: on the page only when a row has something in it (the API always has it).
+    shown_if: Callable[[QualityRow], bool] | None = None
 
     def sort_key(self, row: QualityRow) -> Any:
         return (self.sort_value or self.values[0].read)(row)
@@ -210,6 +212,7 @@ QUALITY_COLUMNS: tuple[QualityColumn, ...] = (
             beside="{} changed",
             beside_unknown=False,
         ),
+        shown_if=lambda row: bool(row.edits.written),
     ),
     _column(
         "flags",
@@ -304,6 +307,14 @@ def _cell_html(column: QualityColumn, row: QualityRow, annotator_url: str) -> Sa
     return format_html_join(" ", "{}", ((part,) for part in [_written(first.kind, value), *hints]))
 
 
-def table_cells(row: QualityRow, *, annotator_url: str) -> list[Cell]:
-    """The row's cells on the page, one per column; the annotator's name links to `annotator_url`."""
-    return [Cell(column.css_class, _cell_html(column, row, annotator_url)) for column in QUALITY_COLUMNS]
+def columns_shown(rows: Sequence[QualityRow]) -> list[QualityColumn]:
+    """The page's columns for these rows: every column, less those only some campaigns fill when no row fills them
+    (a column of zeros for written answers where no campaign takes them only widens the table)."""
+    return [
+        column for column in QUALITY_COLUMNS if column.shown_if is None or any(column.shown_if(row) for row in rows)
+    ]
+
+
+def table_cells(row: QualityRow, *, annotator_url: str, columns: Sequence[QualityColumn]) -> list[Cell]:
+    """The row's cells on the page, one per column shown; the annotator's name links to `annotator_url`."""
+    return [Cell(column.css_class, _cell_html(column, row, annotator_url)) for column in columns]

@@ -24,7 +24,7 @@ from annotate.errors import Invalid
 from annotate.judging.views import judges_for_quality
 from annotate.models import AnnotatorAction, AnnotatorStanding, Judgement
 from annotate.quality.agreement import p_value_text
-from annotate.quality.columns import QUALITY_COLUMNS, Cell, QualityRow, flag_word, table_cells
+from annotate.quality.columns import Cell, QualityColumn, QualityRow, columns_shown, flag_word, table_cells
 from annotate.quality.filters import QualityFilters
 from annotate.quality.selectors import quality_rows
 from annotate.web.pages import AppRequest, render_page, staff_required
@@ -39,10 +39,10 @@ class Heading:
     direction: str  # "ascending", "descending" or "" when the table is not sorted by this column
 
 
-def _headings(request: AppRequest, filters: QualityFilters) -> list[Heading]:
+def _headings(request: AppRequest, filters: QualityFilters, columns: list[QualityColumn]) -> list[Heading]:
     current = filters.cleaned_data["sort"]
     headings = []
-    for column in QUALITY_COLUMNS:
+    for column in columns:
         key = column.name
         direction = "ascending" if current == key else "descending" if current == f"-{key}" else ""
         # A click on the sorted column turns it round; on another, it starts the column's own way.
@@ -58,12 +58,12 @@ class TableRow:
     css_class: str  # "flagged" when a signal asks for a look, "held" when staff paused them or excluded their votes
 
 
-def _table(rows: list[QualityRow], filter_query: str) -> list[TableRow]:
+def _table(rows: list[QualityRow], filter_query: str, columns: list[QualityColumn]) -> list[TableRow]:
     """The annotator table's rows as the page writes them; each name links to its drill-down with the same filters."""
     table = []
     for row in rows:
         url = reverse("quality-annotator", args=[row.username])
-        cells = table_cells(row, annotator_url=f"{url}?{filter_query}" if filter_query else url)
+        cells = table_cells(row, annotator_url=f"{url}?{filter_query}" if filter_query else url, columns=columns)
         held = row.paused or row.votes_excluded
         table.append(TableRow(row.username, cells, "held" if held else "flagged" if row.signals.flags else ""))
     return table
@@ -78,8 +78,12 @@ def quality(request: AppRequest) -> HttpResponse:
         return render_page(request, "quality/quality.html", "quality", context, status=400)
     report, rows = quality_rows(filters.judgements(), sort=filters.cleaned_data["sort"])
     filter_query = filters.query(sort="")
+    columns = columns_shown(rows)
     context.update(
-        report=report, rows=_table(rows, filter_query), headings=_headings(request, filters), filter_query=filter_query
+        report=report,
+        rows=_table(rows, filter_query, columns),
+        headings=_headings(request, filters, columns),
+        filter_query=filter_query,
     )
     context["judges"] = judges_for_quality()
     return render_page(request, "quality/quality.html", "quality", context)

@@ -403,3 +403,14 @@ def test_a_refused_vote_keeps_what_they_wrote_in_the_box(client, annotator, make
     body = response.content.decode()
     assert response.status_code == 400 and nothing_stored()
     assert 'placeholder="Your answer">&lt;b&gt;kept&lt;/b&gt; draft</textarea>' in body
+
+
+def test_the_written_column_shows_only_where_someone_wrote_an_answer(client, annotator, staff, make_pair):
+    """A column of zeros where no campaign takes written answers would only widen the quality table (at 1280 px it
+    then no longer fits: test_quality_browser); the API keeps the values either way."""
+    make_pair(texts=("one", "two"))
+    client.force_login(annotator)
+    post_vote(client, lease(client), choice="tie")
+    client.force_login(staff)
+    assert client.get(reverse("api-quality")).json()["annotators"][0]["edits"] == 0
+    assert ">Written<" not in client.get(reverse("quality")).content.decode()
