@@ -95,10 +95,9 @@ def judgement_record_with_edit(
     errors = edit_problems(text, edit_from)
     if errors:
         raise Invalid(errors)
-    if not text:
-        # The vote alone, with no transaction of its own around it (the annotator's cycle stays at its pinned
-        # statements): a new vote has no written answer, which its answer then reads without asking.
-        recorded = judgement_record(
+
+    def vote() -> RecordedJudgement:
+        return judgement_record(
             annotator=annotator,
             pair_id=pair_id,
             choice=choice,
@@ -109,22 +108,17 @@ def judgement_record_with_edit(
             time_spent_ms=time_spent_ms,
             ranks=ranks,
         )
+
+    if not text:
+        # The vote alone, with no transaction of its own around it (the annotator's cycle stays at its pinned
+        # statements): a new vote has no written answer, which its answer then reads without asking.
+        recorded = vote()
         if recorded.created:
             Judgement.human_answer.related.set_cached_value(recorded.judgement, None)
         return recorded
     with transaction.atomic():
-        recorded = judgement_record(
-            annotator=annotator,
-            pair_id=pair_id,
-            choice=choice,
-            strength=strength,
-            rationale=rationale,
-            idempotency_key=idempotency_key,
-            source=source,
-            time_spent_ms=time_spent_ms,
-            ranks=ranks,
-        )
-        if not recorded.created or not text:
+        recorded = vote()
+        if not recorded.created:
             return recorded
         # Asked after the vote, so that a pair not shown to them is refused as such (the vote's Conflict) and a
         # resend is answered even if staff turned edits off since; an Invalid here takes the vote back with it.
