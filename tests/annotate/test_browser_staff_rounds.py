@@ -69,6 +69,9 @@ def test_round_pages_and_the_dashboard_fit_and_agree(canary_settings, live_serve
     page.fill("#canary-reason", "its answers read worse")
     page.click("button[name=decision][value=reject]")
     page.wait_for_selector("text=Yes, reject it")
+    # Measured once its stylesheets have loaded: the text is there before them, and unstyled the page is 469 px wide
+    # (CI measured that once; aborting the CSS here reproduces the same 469 px).
+    page.wait_for_load_state("load")
     widths_confirm = page.evaluate(WIDTHS)
     page.screenshot(path=str(shots / f"rounds-reject-confirm-{size}.png"))
     waiting.refresh_from_db()

@@ -293,6 +293,7 @@ def test_the_campaign_page_sets_the_sampling_and_names_a_bad_value(staff, servin
             campaign.refresh_from_db()
             assert campaign.temperature is None and campaign.system_prompt == ""
             page.locator("input[name=temperature]").scroll_into_view_if_needed()
+            page.wait_for_load_state("load")  # widths only once the stylesheets apply (the text comes before them)
             page.screenshot(path=str(tmp_path / f"campaign-sampling-{name}.png"))  # for a person to look at
             assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
             page.fill("input[name=temperature]", "0.4")

@@ -61,6 +61,7 @@ def test_staff_register_an_endpoint_and_read_its_deliveries(staff, live_server, 
         assert page.inner_text("[data-testid=secret]") == endpoint.secret
         page.screenshot(path=str(shots / "webhooks-desktop.png"))
         page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_load_state("load")  # widths only once the stylesheets apply (the text comes before them)
         assert page.evaluate(WIDE) <= 0
         page.screenshot(path=str(shots / "webhooks-phone.png"))
 
