@@ -6,6 +6,7 @@ Each variable is listed with its default in README.md ("Configuration").
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import cast
 
@@ -389,6 +390,11 @@ ADAPTER_STORE_DIR = Path(env_str("ADAPTER_STORE_DIR", str(VAR_DIR / "adapters"))
 TRAINING_LAUNCHER = env_str("TRAINING_LAUNCHER", "")
 # CPU threads for training and evaluation processes; the default leaves half the cores to the model server.
 TRAINING_CPU_THREADS = env_int("TRAINING_CPU_THREADS", max(1, (os.cpu_count() or 2) // 2))
+# Keep a process with torch and TRL imported and the base model read, and fork each round from it
+# (annotate.rounds.warm): a round then skips its imports and model load. Off under a launcher, and by default on
+# hosts with an NVIDIA GPU (a process cannot hand CUDA to a forked child).
+TRAINING_WARM_START = env_bool("TRAINING_WARM_START", shutil.which("nvidia-smi") is None)
+TRAINING_WARM_READY_SECONDS = env_float("TRAINING_WARM_READY_SECONDS", 180.0)
 ROUND_AUTO_MIN_NEW_VOTES = env_int("ROUND_AUTO_MIN_NEW_VOTES", 0)  # 0: rounds start only when someone starts one
 ROUND_MIN_TRAIN_PAIRS = env_int("ROUND_MIN_TRAIN_PAIRS", 8)
 ROUND_HOLDOUT_FRACTION = env_float("ROUND_HOLDOUT_FRACTION", 0.2)

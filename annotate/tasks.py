@@ -14,7 +14,7 @@ from annotate.data import exports, import_jobs
 from annotate.hooks import services as hooks
 from annotate.judging import services as judging
 from annotate.models import DataImport, Export, TrainingRound
-from annotate.rounds import canary, deploy
+from annotate.rounds import canary, deploy, warm
 from annotate.rounds import services as rounds
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerUnavailable
@@ -88,6 +88,15 @@ def canaries_decide() -> str | None:
 def _fill_the_buffer_at_start(sender: Any, **kwargs: Any) -> None:
     # A fresh start (or a restarted vLLM) gets pairs, and the serving adapter reloaded, without waiting for beat.
     sampling.pairs_refill_request(throttle=False)
+
+
+@worker_ready.connect
+def _warm_the_trainer_at_start(sender: Any, **kwargs: Any) -> None:
+    # A trainer (a solo worker on the training queue) loads its warm trainer now, not when the first round waits for it.
+    # In a pool of processes the rounds run in the pool's children, which start their own.
+    solo = type(sender.pool).__module__ == "celery.concurrency.solo"
+    if solo and settings.CELERY_TRAINING_QUEUE in sender.app.amqp.queues.consume_from and warm.warm_start_enabled():
+        warm.warm_trainer(str(settings.BASE_MODEL_DIR))
 
 
 # Acknowledged on receipt like a round: an export runs once (Export.start), so a redelivery would only find it

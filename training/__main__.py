@@ -15,6 +15,9 @@ trains like `train`, then scores like `compare` in the same process (the model i
 accuracy (ties as half), accuracy_low/accuracy_high (95 % Wilson score interval), mean_margin, count, skipped.
 The base model's log-probabilities of the held-out pairs are cached in --reference-cache across runs.
 
+`warm` imports torch and TRL and loads a base model once, then runs each command it reads on stdin in a forked child
+(training.warm): what a trainer keeps between rounds, so a round does not start by importing and loading.
+
 `train` and `round` also run as several processes, `torchrun --standalone --nproc-per-node N -m training round ...`:
 they train one adapter together (data-parallel), and rank 0 alone writes it, scores it and reports (training.dpo).
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluate": evaluate_command,
             "compare": compare_command,
             "round": round_command,
+            "warm": warm_command,
         }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
@@ -91,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     round_.add_argument("--heldout", type=Path, required=True, help="JSON Lines held-out preference pairs")
     round_.add_argument("--evaluation-output", type=Path, required=True, help="where to write the comparison")
     round_.add_argument("--reference-cache", type=Path, help="JSON file of the base model's log-probs, reused")
+
+    warm = commands.add_parser("warm", help="import and load once, then fork a child per command read on stdin")
+    warm.add_argument("--model", type=Path, help="base model directory to load once (default: none)")
     return parser
 
 
@@ -135,6 +143,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def warm_command(args: argparse.Namespace) -> int:
+    from training.warm import serve
+
+    # Replies go to the starter through the original stdout; anything else printed here goes to stderr.
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return serve(args.model and _require_directory(args.model, "model"), sys.stdin.fileno(), replies)
+
+
 def compare_command(args: argparse.Namespace) -> int:
     _require_directory(args.model, "model")
     adapters = {"candidate": args.candidate, "parent": args.parent}
@@ -170,6 +187,7 @@ def round_command(args: argparse.Namespace) -> int:
     _require_file(args.heldout, "heldout")
     from training.dpo import train_and_evaluate_round
     from training.evaluate import ReferenceCache
+    from training.warm import WARM
 
     cache = ReferenceCache(args.reference_cache)
     result, results = train_and_evaluate_round(config, args.data, args.heldout, cache)
@@ -186,6 +204,7 @@ def round_command(args: argparse.Namespace) -> int:
         "train": round(result.runtime_seconds, 3),
         "evaluate": result.evaluate_seconds,
     }
+    report["warm_start"] = dict(WARM)  # forked from `python -m training warm`, and on the model it had read
     _write_report(args.evaluation_output, report)
     return 0
 

@@ -48,6 +48,7 @@ from training.config import RoundConfig
 from training.data import PreferenceRow, load_pairs, weights_to_mean_one
 from training.evaluate import EvalResult, ReferenceCache, compare_against_base, model_cache_key
 from training.fused_head import score_answer_positions_only
+from training.warm import preloaded_model_take
 
 ADAPTER_DIR = "adapter"
 CONFIG_FILE = "config.json"
@@ -326,9 +327,15 @@ def trained_pair_count(trainer: DPOTrainer) -> int:
     return len(cast(Dataset, trainer.train_dataset))  # given a Dataset, TRL's preprocessing returns one
 
 
+def base_model_read(model_dir: Path | str) -> PreTrainedModel:
+    """The base model in fp32 (bf16 weights swallow small updates)."""
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+
 def load_policy(config: RoundConfig) -> PreTrainedModel | PeftModel:
-    """The base model in fp32 (bf16 weights swallow small updates), with the parent adapter made trainable if any."""
-    model = AutoModelForCausalLM.from_pretrained(config.base_model_dir, dtype=torch.float32)
+    """The base model, with the parent adapter made trainable if any. In a child of `python -m training warm`, the
+    base model that server read (training.warm)."""
+    model = preloaded_model_take(config.base_model_dir) or base_model_read(config.base_model_dir)
     if config.parent_adapter_dir is None:
         return model
     if not (Path(config.parent_adapter_dir) / "adapter_config.json").is_file():

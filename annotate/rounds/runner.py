@@ -1,18 +1,19 @@
 """The edge to training/: run `python -m training ...` for a round as a process group, follow it, stop it.
 
 As annotate/sampling/generation.py is the only client of the model server, this is the only module that starts a
-training process: it builds the command (through TRAINING_LAUNCHER), gives it its CPU thread budget, streams its
+training process (itself, or forked by this worker's warm trainer, annotate/rounds/warm.py): it builds the command
+(through TRAINING_LAUNCHER), gives it its CPU thread budget, streams its
 metrics onto the round, obeys a cancel request, keeps its log tail, and reads the phases it measured. The round's
 lifecycle (what runs when, and what its outcome means) stays in annotate/rounds/services.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +24,13 @@ from typing import Any
 from django.conf import settings
 
 from annotate.models import TrainingRound
+from annotate.rounds.warm import WarmChild, dies_with_this_worker, training_environment, warm_start
 
 logger = logging.getLogger(__name__)
 
 Status = TrainingRound.Status
+# A round's training process: started here, or forked by this worker's warm trainer (annotate.rounds.warm)
+TrainingProcess = subprocess.Popen[bytes] | WarmChild
 
 
 class RoundStopped(Exception):
@@ -42,15 +46,6 @@ def training_command(*arguments: str) -> list[str]:
     """`python -m training <arguments>`, through TRAINING_LAUNCHER (`accelerate launch`, `torchrun ...`) if set."""
     launcher = shlex.split(settings.TRAINING_LAUNCHER) if settings.TRAINING_LAUNCHER else [sys.executable]
     return [*launcher, "-m", "training", *arguments]
-
-
-def _dies_with_this_worker(command: list[str]) -> list[str]:
-    """`command`, set to get SIGTERM should this worker die without a word (SIGKILL, the OOM killer): the kernel's
-    parent-death signal, set by util-linux's `setpriv` (a preexec_fn could, but is unsafe beside the round's heartbeat
-    thread). A launcher (torchrun, accelerate) stops its own workers on SIGTERM. Without setpriv on the host the
-    command runs as it is, and a killed worker's training process runs on to its end, its results unused."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
 def log_tail(path: Path, characters: int = 4000) -> str:
@@ -69,16 +64,24 @@ def metrics_read_new(path: Path, offset: int) -> tuple[list[dict[str, Any]], int
     return rows, offset + len(complete)
 
 
-def process_group_stop(process: subprocess.Popen[bytes], grace_seconds: float = 30) -> None:
+def process_group_stop(process: TrainingProcess, grace_seconds: float = 30) -> None:
     """Stop a process started with start_new_session=True, and its children: SIGTERM, then SIGKILL."""
     if process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGTERM)
+    _group_signal(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=grace_seconds)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        _group_signal(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def _group_signal(pid: int, number: signal.Signals) -> None:
+    try:
+        os.killpg(pid, number)
+    except ProcessLookupError:  # a forked process not yet leading its group (training.warm), or just ended
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, number)
 
 
 def training_process_run(
@@ -89,20 +92,20 @@ def training_process_run(
     Raises RoundStopped, with the round failed or cancelled and its log tail saved, when the process fails or is
     cancelled."""
     command = training_command(*arguments)
-    logger.info("round %s: %s", training_round.pk, shlex.join(command))
-    # More CPU threads than cores, shared with a vLLM server on the same CPU, makes OpenMP spin-wait: measured here,
-    # a DPO step went from seconds to minutes. The thread budget is explicit.
-    threads = str(settings.TRAINING_CPU_THREADS)
-    environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            _dies_with_this_worker(command),
-            cwd=settings.BASE_DIR,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process: TrainingProcess | None = warm_start(arguments, log_path)
+    if process is not None:
+        logger.info("round %s: %s (warm: pid %s)", training_round.pk, shlex.join(command), process.pid)
+    else:
+        logger.info("round %s: %s", training_round.pk, shlex.join(command))
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                dies_with_this_worker(command),
+                cwd=settings.BASE_DIR,
+                env=training_environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
     try:
         training_round.record(process_id=process.pid)
         _follow(training_round, process, arguments, log_path, metrics_path)
@@ -112,7 +115,7 @@ def training_process_run(
 
 def _follow(
     training_round: TrainingRound,
-    process: subprocess.Popen[bytes],
+    process: TrainingProcess,
     arguments: list[str],
     log_path: Path,
     metrics_path: Path | None,
@@ -134,8 +137,9 @@ def _follow(
         if not training_round.heartbeat():  # ended elsewhere (abandoned while this worker was frozen)
             raise RoundLost
         time.sleep(settings.ROUND_POLL_SECONDS)
-    if process.returncode != 0:
-        how = f"killed by signal {-process.returncode}" if process.returncode < 0 else f"exit {process.returncode}"
+    code = process.poll()
+    if code != 0:
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
         training_round.finish(
             Status.FAILED,
             log_tail=log_tail(log_path),
