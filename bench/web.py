@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.web [--annotators 100 --pause 5,30 --paced-seconds 120] [--closed 16,32,64]
                                   [--closed-seconds 15] [--repeats 2] [--conn-max-age 0,60] [--json FILE]
+                                  [--baseline DIR] [--port PORT] [--cache-url URL] [--broker-url URL]
 
 Bounded and loopback only: every phase stops at its deadline, every client talks to 127.0.0.1, and the run stops
 gunicorn when it ends. It needs PostgreSQL at 127.0.0.1:5432 (user postgres) and Redis at 127.0.0.1:6379; the
@@ -21,7 +22,10 @@ database `--database` (default `sampling_bench`) is dropped and made again, so n
      page (`GET /`) and its htmx vote (`POST /pairs/ID/judge/`, which answers with the next pair): p50/p95/p99;
    - closed loop: K annotators leasing and voting through the API with no pause, against K clients each calling
      the bare view twice (one indexed query behind the same token authentication), interleaved, `--repeats` times
-     for each K: cycles per second and the ratio to the bare view's.
+     for each K: cycles per second and the ratio to the bare view's. With `--baseline DIR` (a checkout of an
+     earlier commit, e.g. `git archive REV | tar -x -C DIR` with .venv linked in) a second gunicorn serves that
+     code on the same database, and its annotators run in the same rotation (this tree, the baseline, the bare
+     view), so before and after are measured under the same load; the paced phase runs this tree only.
 The load average (1 minute) is printed with each phase: the load generator shares the machine with the server.
 """
 
@@ -71,6 +75,9 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--cache-url", default="redis://127.0.0.1:6379/2",
                         help="CACHE_URL of the server (as in production); empty for the database cache")  # fmt: skip
+    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/0", help="CELERY_BROKER_URL of the server")
+    parser.add_argument("--baseline", type=Path, help="a checkout of an earlier commit, run beside this tree")
+    parser.add_argument("--port", type=int, default=0, help="this tree's port (the baseline's: the next); 0: free")
     parser.add_argument("--explain-only", action="store_true", help="stop after the query counts and the EXPLAIN")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args()
@@ -95,7 +102,7 @@ def configure_environment(arguments: argparse.Namespace) -> dict[str, str]:
     environment = {
         "DJANGO_SETTINGS_MODULE": "bench.web_settings",
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{arguments.database}",
-        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "CELERY_BROKER_URL": arguments.broker_url,
         "CACHE_URL": arguments.cache_url,
         # A queue of its own: the buffer holds thousands of pairs, so no refill should be asked for; if one were,
         # no worker of another deployment takes it.
@@ -305,10 +312,11 @@ def explain_lease() -> list[str]:
 # --- the server ------------------------------------------------------------------------------------------------
 
 
-def gunicorn_start(port: int, conn_max_age: int) -> subprocess.Popen[bytes]:
-    log = (REPO / "var" / "bench-web" / f"gunicorn-{conn_max_age}.log").open("wb")
+def gunicorn_start(port: int, conn_max_age: int, tree: Path = REPO) -> subprocess.Popen[bytes]:
+    name = "" if tree == REPO else "-baseline"
+    log = (REPO / "var" / "bench-web" / f"gunicorn-{conn_max_age}{name}.log").open("wb")
     command = [
-        str(REPO / ".venv" / "bin" / "gunicorn"),
+        str(tree / ".venv" / "bin" / "gunicorn"),
         "annotate.wsgi",
         "--bind",
         f"127.0.0.1:{port}",
@@ -321,7 +329,7 @@ def gunicorn_start(port: int, conn_max_age: int) -> subprocess.Popen[bytes]:
         "--capture-output",
     ]
     environment = {**os.environ, "DATABASE_CONN_MAX_AGE": str(conn_max_age)}
-    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=tree, env=environment, stdout=log, stderr=subprocess.STDOUT)
     import httpx
 
     deadline = time.monotonic() + 60
@@ -477,22 +485,28 @@ def paced(base: str, credentials: list[tuple[str, str]], arguments: argparse.Nam
     return {"endpoints": result, "votes": recorder.cycles, "load": [load_before, load()]}
 
 
-def closed(base: str, credentials: list[tuple[str, str]], arguments: argparse.Namespace) -> list[dict[str, Any]]:
+def closed(
+    base: str, credentials: list[tuple[str, str]], arguments: argparse.Namespace, baseline: str | None = None
+) -> list[dict[str, Any]]:
     levels = [int(value) for value in arguments.closed.split(",") if value]
     rows = []
+    kinds_in_turn = ["annotate", "bare"] if baseline is None else ["annotate", "baseline", "bare"]
     for level in levels:
-        runs: dict[str, list[float]] = {"annotate": [], "bare": []}
+        runs: dict[str, list[float]] = {kind: [] for kind in kinds_in_turn}
         statuses: dict[str, dict[int, int]] = {}
         loads = []
         for repeat in range(arguments.repeats):
-            kinds = ["annotate", "bare"] if repeat % 2 == 0 else ["bare", "annotate"]
+            turn = repeat % len(kinds_in_turn)  # each kind goes first in turn: none always meets a warmer machine
+            kinds = kinds_in_turn[turn:] + kinds_in_turn[:turn]
             for kind in kinds:
                 recorder = Recorder(arguments.max_requests)
                 deadline = time.monotonic() + arguments.closed_seconds
                 tokens = [token for token, _ in credentials[-level:]]
-                if kind == "annotate":
+                if kind in ("annotate", "baseline"):
+                    server = base if kind == "annotate" else str(baseline)
                     targets = [
-                        (lambda t=token, r=recorder, d=deadline: api_annotator(base, t, r, d, None)) for token in tokens
+                        (lambda t=token, r=recorder, d=deadline, s=server: api_annotator(s, t, r, d, None))
+                        for token in tokens
                     ]
                 else:
                     targets = [(lambda t=token, r=recorder, d=deadline: bare_client(base, t, r, d)) for token in tokens]
@@ -505,20 +519,25 @@ def closed(base: str, credentials: list[tuple[str, str]], arguments: argparse.Na
                     for code, count in counts.items():
                         merged[code] = merged.get(code, 0) + count
         annotate_rate, bare_rate = statistics.median(runs["annotate"]), statistics.median(runs["bare"])
-        rows.append(
-            {
-                "annotators": level,
-                "cycles_per_second": annotate_rate,
-                "bare_cycles_per_second": bare_rate,
-                "ratio": annotate_rate / bare_rate if bare_rate else float("nan"),
-                "runs": runs,
-                "statuses": statuses,
-                "load": statistics.median(loads),
-            }
-        )
+        row = {
+            "annotators": level,
+            "cycles_per_second": annotate_rate,
+            "bare_cycles_per_second": bare_rate,
+            "ratio": annotate_rate / bare_rate if bare_rate else float("nan"),
+            "runs": runs,
+            "statuses": statuses,
+            "load": statistics.median(loads),
+        }
+        baseline_note = ""
+        if baseline is not None:
+            row["baseline_cycles_per_second"] = statistics.median(runs["baseline"])
+            row["baseline_ratio"] = row["baseline_cycles_per_second"] / bare_rate if bare_rate else float("nan")
+            baseline_note = f", baseline {row['baseline_cycles_per_second']:6.1f} ({row['baseline_ratio']:.2f}x)"
+        rows.append(row)
         print(
             f"  closed loop {level:>3}: {annotate_rate:6.1f} cycles/s (lease + vote), bare view {bare_rate:6.1f} "
-            f"cycles/s (2 requests): {annotate_rate / bare_rate:.2f}x; runs {runs}; load {rows[-1]['load']:.1f}",
+            f"cycles/s (2 requests): {annotate_rate / bare_rate:.2f}x{baseline_note}; runs {runs}; "
+            f"load {row['load']:.1f}",
             flush=True,
         )
     return rows
@@ -577,16 +596,24 @@ def main() -> int:
 
     results["runs"] = []
     for conn_max_age in (int(value) for value in arguments.conn_max_age.split(",")):
-        port = free_port()
+        port = arguments.port or free_port()
         server = gunicorn_start(port, conn_max_age)
         base = f"http://127.0.0.1:{port}"
+        baseline_server, baseline_base = None, None
         try:
+            if arguments.baseline:
+                baseline_port = arguments.port + 1 if arguments.port else free_port()
+                baseline_server = gunicorn_start(baseline_port, conn_max_age, arguments.baseline.resolve())
+                baseline_base = f"http://127.0.0.1:{baseline_port}"
+                print(f"baseline {arguments.baseline} on {baseline_base}")
             print(f"\nDATABASE_CONN_MAX_AGE={conn_max_age}: gunicorn 2 workers x 4 threads on {base}")
             paced_result = paced(base, credentials[: arguments.annotators], arguments)
             print_paced(paced_result)
-            closed_result = closed(base, credentials[arguments.annotators + 1 :], arguments)
+            closed_result = closed(base, credentials[arguments.annotators + 1 :], arguments, baseline_base)
         finally:
             gunicorn_stop(server)
+            if baseline_server is not None:
+                gunicorn_stop(baseline_server)
         results["runs"].append({"conn_max_age": conn_max_age, "paced": paced_result, "closed": closed_result})
     if arguments.json:
         arguments.json.write_text(json.dumps(results, indent=2, default=str))
