@@ -57,6 +57,9 @@ PAIR_FIELDS = (
     "pair__completion_b_id", "pair__completion_b__text", "pair__completion_b__model_version_id",
     "pair__sampled_from_id", "pair__sampled_from__status", "a_sampling_json", "b_sampling_json", "pair__answer_count",
 )  # fmt: skip
+EXTRA_ANSWER_FIELDS = (
+    "pair_id", "completion_id", "completion__text", "completion__model_version_id", "completion__sampling",
+)  # fmt: skip
 _VOTE = slice(0, len(VOTE_FIELDS))
 _PAIR_ID = itemgetter(1)
 _CREATED_AT = VOTE_FIELDS.index("created_at")
@@ -144,18 +147,23 @@ def _pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
 
 
 def export_verdicts(
-    rows: Iterable[tuple[Any, ...]], rules: PreferenceRules, *, whole_rankings: bool = False
+    rows: Iterable[tuple[Any, ...]],
+    rules: PreferenceRules,
+    extra_answers: ExtraAnswers,
+    *,
+    whole_rankings: bool = False,
 ) -> Iterator[ExportVerdict]:
     """Combine tuples from votes_to_export into verdicts, pair by pair, with annotate.quality.preferences.combine.
     A vote's `created_at` is as the rows give it (VoteRows: as the database cursor gave it). The rankings of a
     ranking pair give verdicts on every two of its answers (_ranking_verdicts), or with `whole_rankings` one verdict
-    per ranking carrying all the answers."""
+    per ranking carrying all the answers; the rows must have come through `extra_answers.read_for`."""
     make_vote = ExportVote._make
     for pair_id, group in groupby(rows, key=_PAIR_ID):
         pair_rows = list(group)
         votes = [make_vote(row[_VOTE]) for row in pair_rows]
         if pair_rows[0][-1] > 2:
-            yield from _ranking_verdicts(_ranking_pair(pair_id, pair_rows[0]), votes, rules, whole_rankings)
+            ranking_pair = _ranking_pair(pair_id, pair_rows[0], extra_answers.pop(pair_id))
+            yield from _ranking_verdicts(ranking_pair, votes, rules, whole_rankings)
             continue
         if whole_rankings:
             continue  # a vote on two answers is no ranking
@@ -167,15 +175,33 @@ def export_verdicts(
             )
 
 
-def _ranking_pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
-    """A ranking pair with all its answers (its extra ones read here: one query per ranking pair)."""
+class ExtraAnswers:
+    """The answers beyond A and B of the ranking pairs among the votes: read with one query for each chunk of votes
+    that holds ranking pairs (one query per ranking pair made them most of an export's time), and forgotten once
+    their pair is built, so that what is held never outgrows a chunk."""
+
+    def __init__(self) -> None:
+        self._by_pair: dict[int, list[ExportAnswer]] = {}
+
+    def read_for(self, chunks: Iterable[Rows]) -> Iterator[Rows]:
+        """The chunks as they come, each once the extra answers of its ranking pairs are read."""
+        for chunk in chunks:
+            # A pair whose votes span two chunks was read with the first.
+            wanted = {row[1] for row in chunk if row[-1] > 2} - self._by_pair.keys()
+            if wanted:
+                found = PairExtraAnswer.objects.filter(pair_id__in=wanted).order_by("pair_id", "position")
+                for pair_id, completion, text, version, sampling in found.values_list(*EXTRA_ANSWER_FIELDS):
+                    answer = ExportAnswer(completion, text, version, sampling_label(sampling))
+                    self._by_pair.setdefault(pair_id, []).append(answer)
+            yield chunk
+
+    def pop(self, pair_id: int) -> list[ExportAnswer]:
+        return self._by_pair.pop(pair_id, [])
+
+
+def _ranking_pair(pair_id: int, row: tuple[Any, ...], extra: list[ExportAnswer]) -> ExportPair:
+    """A ranking pair with all its answers: A, B and the `extra` ones."""
     pair = _pair(pair_id, row)
-    extra = [
-        ExportAnswer(completion, text, version, sampling_label(sampling))
-        for completion, text, version, sampling in PairExtraAnswer.objects.filter(pair_id=pair_id)
-        .order_by("position")
-        .values_list("completion_id", "completion__text", "completion__model_version_id", "completion__sampling")
-    ]
     first = ExportAnswer(pair.completion_a_id, pair.completion_a_text, pair.completion_a_version,
                          pair.completion_a_sampling)  # fmt: skip
     second = ExportAnswer(pair.completion_b_id, pair.completion_b_text, pair.completion_b_version,
@@ -299,8 +325,11 @@ def export_write(
     choices = filters.rules.choices_train  # else only written answers give rows (rule edits: edits_only)
     try:
         try:
-            counted = _counted(rows.chunks(), stats, on_progress)
-            verdicts = export_verdicts(counted, spec.rules(filters.rules), whole_rankings=spec.whole_rankings)
+            extra_answers = ExtraAnswers()
+            counted = _counted(extra_answers.read_for(rows.chunks()), stats, on_progress)
+            verdicts = export_verdicts(
+                counted, spec.rules(filters.rules), extra_answers, whole_rankings=spec.whole_rankings
+            )
             for verdict in verdicts:
                 if not choices:
                     continue
