@@ -1,6 +1,7 @@
 import hashlib
 import json
 import re
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -157,6 +158,24 @@ def test_arena_is_one_row_per_vote_with_pseudonymous_judges(tmp_path, voted, dja
     assert not usernames & set(judges) and not any(name in judge for judge in judges for name in usernames)
     assert first_pair[0]["conversation_a"][-1] == {"role": "assistant", "content": "answer A"}
     assert first_pair[0]["conversation_a"][:-1] == pair.prompt.messages
+
+
+@pytest.mark.parametrize("local_zone", ["UTC", "Asia/Kolkata", "America/New_York"])
+def test_arena_times_and_the_cards_are_the_votes_whatever_the_servers_time_zone(
+    tmp_path, voted, staff, settings, monkeypatch, local_zone
+):
+    """The votes' times are UTC in the database; the process's own zone (TZ) must not move them."""
+    monkeypatch.setenv("TZ", local_zone)
+    time.tzset()
+    try:
+        pair = voted("a", "b")
+        rows, stats = export(tmp_path, "arena")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    cast = sorted(Judgement.objects.filter(pair=pair).values_list("created_at", flat=True))
+    assert [row["tstamp"] for row in rows] == [moment.timestamp() for moment in cast]
+    assert (stats.first_vote, stats.last_vote) == (cast[0], cast[-1])
 
 
 def test_hh_rlhf_rows_are_transcripts_that_read_back_as_the_same_preference(tmp_path, voted):

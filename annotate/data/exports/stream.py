@@ -3,9 +3,10 @@ the same rules training rounds use), turned into rows by the format and written 
 however many votes there are; the statistics the dataset card reports are gathered on the way.
 
 The votes are read as plain tuples through a server-side cursor on PostgreSQL, a chunk at a time, straight from the
-database cursor: Django's per-value converters are left out (on SQLite they parsed every vote's time, a third of an
-export's time), and a vote's time is parsed only where a row or the card shows it. Each pair's prompt is decoded
-once however many votes it has, and the rows are written in batches.
+database cursor: Django's per-value converters are left out (on SQLite they made every vote's time aware, a third
+of an export's time), and a vote's time is made a UTC datetime only where a row or the card shows it (SQLite's
+driver gives it naive). Each pair's prompt is decoded once however many votes it has, and the rows are written in
+batches; a ranking pair's extra answers are read with one query a chunk of votes.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def _as_is(raw: Any) -> datetime:
 
 
 def _sqlite_utc_time(raw: Any) -> datetime:
-    return raw if isinstance(raw, datetime) else datetime.fromisoformat(raw).replace(tzinfo=UTC)
+    # Django's sqlite3 connection parses the stored text into a naive datetime (the column's declared type): UTC.
+    return (raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)).replace(tzinfo=UTC)
 
 
 def _converted(raw: Any, converters: list[Any], expression: Any, connection: Any) -> datetime:
@@ -281,7 +283,7 @@ class ExportStats:
             self.sources[vote.source] += 1
             if vote.source == Judgement.Source.IMPORTED:
                 self.imported_from[vote.source_detail] += 1
-            # Compared as read: datetimes, or on SQLite the stored ISO text, which sorts as the times do.
+            # Compared as read (on SQLite naive datetimes, all UTC): they sort as the times do.
             if self.first_vote is None or vote.created_at < self.first_vote:
                 self.first_vote = vote.created_at
             if self.last_vote is None or vote.created_at > self.last_vote:
