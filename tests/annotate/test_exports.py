@@ -650,3 +650,24 @@ def test_the_card_front_matter_is_yaml_that_keeps_a_hostile_licence_as_one_value
 def test_card_read_takes_a_card_without_front_matter_as_body():
     assert exports.card_read("# Title\n\ntext\n") == ({}, "# Title\n\ntext\n")
     assert exports.card_read("---\n- a list\n---\nbody") == ({}, "body")
+
+
+def test_sampling_labels_say_each_answers_settings_whatever_was_labelled_before():
+    """Labels are remembered by settings: settings equal in Python but written differently keep their own label."""
+    from annotate.data.exports.formats import sampling_label
+
+    settings_and_labels = [
+        ({"temperature": 1.0, "top_p": 0.95, "max_tokens": 256}, "temperature 1.0, top_p 0.95, max_tokens 256"),
+        ({"temperature": 1, "top_p": 0.95, "max_tokens": 256, "seed": 2}, "temperature 1, top_p 0.95, max_tokens 256"),
+        ({"temperature": True, "top_p": 0.95, "max_tokens": 256}, "temperature True, top_p 0.95, max_tokens 256"),
+        ({"temperature": 0.0}, "temperature 0.0"),
+        ({"temperature": -0.0}, "temperature -0.0"),
+        ({"temperature": 0.7, "system_prompt": "Be brief."}, "temperature 0.7, system prompt 213c22ed7234"),
+        ({"temperature": 0.7, "system_prompt": "Be long."}, "temperature 0.7, system prompt fd09b35b60f5"),
+        ({"temperature": 0.7, "top_p": [1]}, "temperature 0.7, top_p [1]"),
+        ({}, "not recorded"),
+    ]  # fmt: skip
+    for _ in range(2):
+        assert [sampling_label(given) for given, _ in settings_and_labels] == [
+            label for _, label in settings_and_labels
+        ]

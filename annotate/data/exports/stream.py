@@ -213,11 +213,10 @@ def _ranking_pair(pair_id: int, row: tuple[Any, ...], extra: list[ExportAnswer])
 
 def _comparing(pair: ExportPair, first: ExportAnswer, second: ExportAnswer) -> ExportPair:
     """The pair as two of its answers, as the row builders read a pair of two."""
-    return replace(
-        pair,
-        completion_a_id=first.id, completion_a_text=first.text, completion_a_version=first.version,
-        completion_a_sampling=first.sampling, completion_b_id=second.id, completion_b_text=second.text,
-        completion_b_version=second.version, completion_b_sampling=second.sampling,
+    return ExportPair(
+        pair.id, pair.prompt_id, pair.prompt, pair.prompt_set,
+        first.id, first.text, first.version, second.id, second.text, second.version,
+        pair.sampled_from, pair.sampled_from_status, first.sampling, second.sampling, pair.answers,
     )  # fmt: skip
 
 
@@ -230,13 +229,18 @@ def _ranking_verdicts(
             yield ExportVerdict(pair, vote.choice, len(votes), 1.0, None, (vote,))
         return
     rankings_of = [vote.ranking for vote in votes]
+    # One pair of two per two answers compared, shared by their verdicts (the row builders then build what a pair's
+    # rows share once).
+    compared: dict[tuple[int, int], ExportPair] = {}
     for found in implied_verdicts(votes, rankings_of, len(pair.answers), rules,
                                   lambda vote, choice: vote._replace(choice=choice), lambda vote: vote.id):  # fmt: skip
-        combined = found.combined
+        combined, key = found.combined, (found.first, found.second)
+        two = compared.get(key)
+        if two is None:
+            two = compared[key] = _comparing(pair, pair.answers[found.first], pair.answers[found.second])
         yield ExportVerdict(
-            _comparing(pair, pair.answers[found.first], pair.answers[found.second]), combined.outcome, combined.votes,
-            combined.agreement, None, combined.judgements, share=found.share,
-        )  # fmt: skip
+            two, combined.outcome, combined.votes, combined.agreement, None, combined.judgements, share=found.share
+        )
 
 
 @dataclass
@@ -260,6 +264,9 @@ class ExportStats:
     heaviest: float | None = None
     edits: int = 0  # written answers that gave rows (annotate/data/exports/edits.py)
     edit_rows: int = 0
+    _verdict_kinds: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False, compare=False)
+    _last_prompt: list[Any] | None = field(default=None, repr=False, compare=False)
+    _last_multi_turn: bool = field(default=False, repr=False, compare=False)
 
     def edit_row(self, row: dict[str, Any]) -> None:
         self.rows += 1
@@ -272,13 +279,14 @@ class ExportStats:
         self.heaviest = weight if self.heaviest is None else max(self.heaviest, weight)
 
     def add(self, verdict: ExportVerdict) -> None:
-        self.verdicts += 1
-        self.outcomes[verdict.outcome] += 1
-        self.answers_by_version[verdict.pair.completion_a_version] += 1
-        self.answers_by_version[verdict.pair.completion_b_version] += 1
-        self.answers_by_sampling[verdict.pair.completion_a_sampling] += 1
-        self.answers_by_sampling[verdict.pair.completion_b_sampling] += 1
-        self.multi_turn += is_multi_turn(verdict.pair.prompt)
+        # A verdict is counted by what the card counts of it (outcome, answers, multi-turn), and the counts go into
+        # the counters in finish: one dict update a verdict instead of six counter updates.
+        pair = verdict.pair
+        if pair.prompt is not self._last_prompt:  # a pair's verdicts share their prompt
+            self._last_prompt, self._last_multi_turn = pair.prompt, is_multi_turn(pair.prompt)
+        kind = (verdict.outcome, pair.completion_a_version, pair.completion_a_sampling, pair.completion_b_version,
+                pair.completion_b_sampling, self._last_multi_turn)  # fmt: skip
+        self._verdict_kinds[kind] = self._verdict_kinds.get(kind, 0) + 1
         for vote in verdict.judgements:
             self.sources[vote.source] += 1
             if vote.source == Judgement.Source.IMPORTED:
@@ -290,7 +298,16 @@ class ExportStats:
                 self.last_vote = vote.created_at
 
     def finish(self, vote_time: VoteTime) -> None:
-        """The first and last vote's times as datetimes (they were kept as read)."""
+        """The verdicts counted, and the first and last vote's times as datetimes (they were kept as read)."""
+        for (outcome, a_version, a_sampling, b_version, b_sampling, multi_turn), count in self._verdict_kinds.items():
+            self.verdicts += count
+            self.outcomes[outcome] += count
+            self.answers_by_version[a_version] += count
+            self.answers_by_version[b_version] += count
+            self.answers_by_sampling[a_sampling] += count
+            self.answers_by_sampling[b_sampling] += count
+            self.multi_turn += count if multi_turn else 0
+        self._verdict_kinds.clear()
         self.first_vote = None if self.first_vote is None else vote_time(self.first_vote)
         self.last_vote = None if self.last_vote is None else vote_time(self.last_vote)
 
