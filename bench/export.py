@@ -16,7 +16,8 @@ so that the ultrafeedback format writes rows and the paired formats also write t
 
 Every format and file format is measured, interleaved with the dump and repeated (--repeat); the median and the
 spread are printed, with the ratio to the dump of the same round and the load average. Memory: the export of all votes
-against the export of 10 % of them (by prompt set) should be about the same above the idle floor.
+against the export of 10 % of them (by prompt set), for every format and file format, should be about the same above
+the idle floor.
 
     --previous DIR   also runs every export with the code of another checkout (say, `git worktree add DIR COMMIT`),
                      interleaved with this one's on the same database, and prints the ratio of this one to it
@@ -354,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
         runs = [_run("idle", "10%")]
         for _ in range(arguments.repeat):
             runs += _rounds(previous=arguments.previous is not None)
-        runs += [_run("export", "10%", "trl-preference", "jsonl"), _run("export", "10%", "arena", "parquet")]
+        runs += [_run("export", "10%", dataset_format, file_format) for dataset_format in FORMATS
+                 for file_format in ("jsonl", "parquet")]  # fmt: skip
         results = []
         for number, run in enumerate(runs, start=1):
             print(f"[{number}/{len(runs)}] {run['name']} ...", flush=True)
