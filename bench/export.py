@@ -5,7 +5,9 @@
     .venv/bin/python -m bench.export --database postgres://postgres@127.0.0.1:5432/bench_export   # PostgreSQL
 
 Fills a scratch database (SQLite in a temporary directory, or the PostgreSQL database given, emptied first) through
-bulk_create, then runs each export in a fresh Python process, so that its peak resident memory (ru_maxrss) is its own:
+bulk_create, then runs each export in a fresh Python process, so that its peak resident memory (ru_maxrss) is its own.
+One pair in RANKING_EVERY is a ranking pair of four answers whose two votes are rankings (some of them "all bad"),
+so that the ultrafeedback format writes rows and the paired formats also write the pairs rankings imply:
 
     idle        Django set up and the export modules imported, nothing exported: the floor of every process
     export      annotate.data.exports.export_write, the code behind the page, the API and the command
@@ -14,7 +16,8 @@ bulk_create, then runs each export in a fresh Python process, so that its peak r
 
 Every format and file format is measured, interleaved with the dump and repeated (--repeat); the median and the
 spread are printed, with the ratio to the dump of the same round and the load average. Memory: the export of all votes
-against the export of 10 % of them (by prompt set) should be about the same above the idle floor.
+against the export of 10 % of them (by prompt set), for every format and file format, should be about the same above
+the idle floor.
 
     --previous DIR   also runs every export with the code of another checkout (say, `git worktree add DIR COMMIT`),
                      interleaved with this one's on the same database, and prints the ratio of this one to it
@@ -42,6 +45,8 @@ PROMPTS = 20_000
 ANNOTATORS = 50
 # Prompt i is in set "a" when i % 20 == 0 and in "b" when i % 20 == 1: each holds 5 % of the pairs.
 SHARES = {"10%": ("a", "b"), "100%": ()}
+RANKING_EVERY = 10  # pair n is a ranking pair of RANKED_ANSWERS answers when n % RANKING_EVERY == 0
+RANKED_ANSWERS = 4
 
 
 def _django(database: str, scratch: Path) -> None:
@@ -72,7 +77,8 @@ def fill(database: str, scratch: Path, votes: int, seed: int = 0) -> dict[str, A
     from django.core.management import call_command
     from django.db import transaction
 
-    from annotate.models import Completion, Judgement, ModelVersion, Pair, Prompt, conversation_hash
+    from annotate.annotation.rankings import choice_of_ranking, ranking_all_bad, ranks_dense
+    from annotate.models import Completion, Judgement, ModelVersion, Pair, PairExtraAnswer, Prompt, conversation_hash
 
     started = time.perf_counter()
     call_command("flush", interactive=False, verbosity=0) if database.startswith("postgres") else None
@@ -95,20 +101,48 @@ def fill(database: str, scratch: Path, votes: int, seed: int = 0) -> dict[str, A
                 Prompt(id=i, messages=messages, content_hash=conversation_hash(messages), prompt_set=prompt_set)
             )
         Prompt.objects.bulk_create(prompts, batch_size=BATCH)
+
+    def vote(n: int, annotator: int) -> Judgement:
+        ranking = None
+        if n % RANKING_EVERY:
+            choice = rng.choices(("a", "b", "tie", "both_bad"), weights=(45, 45, 6, 4))[0]
+        elif rng.random() < 0.04:
+            ranking, choice = ranking_all_bad(RANKED_ANSWERS), Judgement.Choice.BOTH_BAD
+        else:
+            ranking = ranks_dense([rng.randint(1, RANKED_ANSWERS) for _ in range(RANKED_ANSWERS)])
+            choice = choice_of_ranking(ranking)
+        strength = rng.choice((1, 2, 3)) if ranking is None and choice in ("a", "b") else None
+        return Judgement(
+            pair_id=n,
+            annotator_id=annotator,
+            choice=choice,
+            strength=strength,
+            a_on_left=rng.random() < 0.5,
+            idempotency_key=uuid.UUID(int=rng.getrandbits(128)),
+            ranking=ranking,
+        )
+
+    # The extra answers of ranking pairs get ids after the pairs' own two (2n - 1 and 2n).
+    extra_ids = iter(range(2 * pairs + 1, 2 * pairs + RANKED_ANSWERS * pairs))
     for start in range(0, pairs, BATCH):
         numbers = range(start + 1, min(start + BATCH, pairs) + 1)
+        extra = [(n, position, next(extra_ids)) for n in numbers if n % RANKING_EVERY == 0
+                 for position in range(2, RANKED_ANSWERS)]  # fmt: skip
         with transaction.atomic():
             Completion.objects.bulk_create(
-                Completion(
-                    id=2 * n - side,
-                    prompt_id=n % PROMPTS or PROMPTS,
-                    model_version_id=versions[n % 2],
-                    text=_answer(rng, 2 * n - side),
-                    sampling={"temperature": 0.8, "top_p": 0.95, "max_tokens": 256, "seed": n},
-                    seed=n,
-                )
-                for n in numbers
-                for side in (1, 0)
+                [
+                    Completion(
+                        id=number,
+                        prompt_id=n % PROMPTS or PROMPTS,
+                        model_version_id=versions[n % 2],
+                        text=_answer(rng, number),
+                        sampling={"temperature": 0.8, "top_p": 0.95, "max_tokens": 256, "seed": n},
+                        seed=n,
+                    )
+                    for n, number in [(n, 2 * n - side) for n in numbers for side in (1, 0)]
+                    + [(n, number) for n, _, number in extra]
+                ],
+                batch_size=BATCH,
             )
             Pair.objects.bulk_create(
                 Pair(
@@ -119,25 +153,22 @@ def fill(database: str, scratch: Path, votes: int, seed: int = 0) -> dict[str, A
                     sampled_from_id=versions[n % 2],
                     judgements_required=2,
                     judgement_count=2,
+                    answer_count=2 if n % RANKING_EVERY else RANKED_ANSWERS,
                 )
                 for n in numbers
             )
-            Judgement.objects.bulk_create(
-                Judgement(
-                    pair_id=n,
-                    annotator_id=annotator,
-                    choice=choice,
-                    strength=rng.choice((1, 2, 3)) if choice in ("a", "b") else None,
-                    a_on_left=rng.random() < 0.5,
-                    idempotency_key=uuid.UUID(int=rng.getrandbits(128)),
-                )
-                for n in numbers
-                for annotator in rng.sample(users, 2)
-                for choice in [rng.choices(("a", "b", "tie", "both_bad"), weights=(45, 45, 6, 4))[0]]
+            PairExtraAnswer.objects.bulk_create(
+                PairExtraAnswer(pair_id=n, position=position, completion_id=number) for n, position, number in extra
             )
+            Judgement.objects.bulk_create(vote(n, annotator) for n in numbers for annotator in rng.sample(users, 2))
         print(f"  {min(start + BATCH, pairs):,} / {pairs:,} pairs", end="\r", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    return {"votes": Judgement.objects.count(), "pairs": pairs, "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "votes": Judgement.objects.count(),
+        "rankings": Judgement.objects.filter(ranking__isnull=False).count(),
+        "pairs": pairs,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 # --- One measured run (in its own process) -----------------------------------------------------------------------
@@ -201,7 +232,7 @@ def _in_subprocess(database: str, scratch: Path, run: dict[str, Any], previous: 
 
 # --- The whole benchmark -----------------------------------------------------------------------------------------
 
-FORMATS = ("trl-preference", "trl-unpaired", "arena", "hh-rlhf")
+FORMATS = ("trl-preference", "trl-unpaired", "arena", "hh-rlhf", "ultrafeedback")
 GOAL_VOTES_PER_SECOND = 50_000
 
 
@@ -243,7 +274,8 @@ def report(fill_result: dict[str, Any], results: list[dict[str, Any]], database:
     lines = [
         f"database: {'PostgreSQL' if database.startswith('postgres') else 'SQLite'}; "
         f"load average before: {load}; after: {_load()}",
-        f"data: {fill_result['votes']:,} votes on {fill_result['pairs']:,} pairs, written in {fill_result['seconds']}s",
+        f"data: {fill_result['votes']:,} votes on {fill_result['pairs']:,} pairs ({fill_result.get('rankings', 0):,} "
+        f"of them rankings of {RANKED_ANSWERS} answers), written in {fill_result['seconds']}s",
         f"idle process (Django and the export modules loaded): {idle:.0f} MiB",
         f"baseline dump ({len(dumps)} runs): median {dump_wall:,.0f} votes/s by the clock, "
         f"{dump_cpu:,.0f} per CPU second",
@@ -323,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
         runs = [_run("idle", "10%")]
         for _ in range(arguments.repeat):
             runs += _rounds(previous=arguments.previous is not None)
-        runs += [_run("export", "10%", "trl-preference", "jsonl"), _run("export", "10%", "arena", "parquet")]
+        runs += [_run("export", "10%", dataset_format, file_format) for dataset_format in FORMATS
+                 for file_format in ("jsonl", "parquet")]  # fmt: skip
         results = []
         for number, run in enumerate(runs, start=1):
             print(f"[{number}/{len(runs)}] {run['name']} ...", flush=True)

@@ -13,6 +13,7 @@ import orjson
 # infinity become null, which every JSON reader accepts (the standard library would write NaN, which strict ones
 # refuse).
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+WRITE_BUFFER = 1 << 20
 
 
 class JsonLinesWriter:
@@ -22,7 +23,8 @@ class JsonLinesWriter:
     than the standard library (docs/benchmarks.md)."""
 
     def __init__(self, path: Path | str) -> None:
-        self._file = Path(path).open("wb")  # noqa: SIM115 (closed by close() or the with block)
+        # A buffer of a few hundred rows, not of a few (the default 8 KiB): fewer system calls, the same bytes.
+        self._file = Path(path).open("wb", buffering=WRITE_BUFFER)  # noqa: SIM115 (closed by close() or the with block)
 
     def write(self, row: Any) -> None:
         self._file.write(orjson.dumps(row, option=_OPTIONS) + b"\n")

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations, groupby
+from operator import itemgetter
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from django.db.models import Count, F, Q, QuerySet
@@ -243,12 +244,16 @@ def _mean_strength(votes: Sequence[VoteFields]) -> float | None:
 
 
 def _pair_verdicts(votes: Sequence[VoteT], rules: PreferenceRules) -> Iterator[Combined[VoteT]]:
-    counts = Counter(vote.choice for vote in votes)
+    # Counted in a plain dict: this runs for every pair a round or an export reads, and making a Counter (an ABC
+    # check on its argument) cost as much as the rest of it. Sorted as Counter.most_common sorts.
+    counts: dict[str, int] = {}
+    for vote in votes:
+        counts[vote.choice] = counts.get(vote.choice, 0) + 1
     if rules.combine == "all":
         for vote in votes:
             yield Combined(vote.choice, len(votes), counts[vote.choice] / len(votes), vote.strength, (vote,))
         return
-    (top, top_count), *rest = counts.most_common()
+    (top, top_count), *rest = sorted(counts.items(), key=itemgetter(1), reverse=True)
     if rest and rest[0][1] == top_count:
         return  # a draw between outcomes: the votes say nothing clear
     if rules.combine == "unanimous" and rest:

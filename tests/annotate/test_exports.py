@@ -1,6 +1,7 @@
 import hashlib
 import json
 import re
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -17,9 +18,9 @@ from jsonschema import Draft202012Validator
 from annotate.data import exports, imports
 from annotate.data.exports import ExportFilters
 from annotate.errors import Invalid
-from annotate.models import Completion, Export, Judgement, ModelVersion
+from annotate.models import Campaign, Completion, Export, Judgement, ModelVersion
 from annotate.quality.preferences import PreferenceRules
-from tests.annotate.voting import vote_as_annotator
+from tests.annotate.voting import rank_as_annotator, vote_as_annotator
 from tests.conftest import REPO, SHARED_DATA
 from training.data import hh_rlhf_to_trl
 
@@ -159,6 +160,24 @@ def test_arena_is_one_row_per_vote_with_pseudonymous_judges(tmp_path, voted, dja
     assert first_pair[0]["conversation_a"][:-1] == pair.prompt.messages
 
 
+@pytest.mark.parametrize("local_zone", ["UTC", "Asia/Kolkata", "America/New_York"])
+def test_arena_times_and_the_cards_are_the_votes_whatever_the_servers_time_zone(
+    tmp_path, voted, staff, settings, monkeypatch, local_zone
+):
+    """The votes' times are UTC in the database; the process's own zone (TZ) must not move them."""
+    monkeypatch.setenv("TZ", local_zone)
+    time.tzset()
+    try:
+        pair = voted("a", "b")
+        rows, stats = export(tmp_path, "arena")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    cast = sorted(Judgement.objects.filter(pair=pair).values_list("created_at", flat=True))
+    assert [row["tstamp"] for row in rows] == [moment.timestamp() for moment in cast]
+    assert (stats.first_vote, stats.last_vote) == (cast[0], cast[-1])
+
+
 def test_hh_rlhf_rows_are_transcripts_that_read_back_as_the_same_preference(tmp_path, voted):
     pair = voted(
         "a",
@@ -230,19 +249,25 @@ def test_votes_of_one_pair_split_across_read_chunks_are_combined(tmp_path, voted
 
 
 @pytest.mark.parametrize("dataset_format", exports.DATASET_FORMATS)
-def test_the_queries_do_not_grow_with_the_rows(tmp_path, voted, dataset_format):
+def test_the_queries_do_not_grow_with_the_rows(tmp_path, voted, make_ranking_pair, django_user_model, dataset_format):
+    """Nor with the ranking pairs: their extra answers are read with two queries a chunk of votes, not one a pair."""
+    ranker = django_user_model.objects.create_user("ranker")
+
     def queries_for_export():
         with CaptureQueriesContext(connection) as queries:
-            export(tmp_path, dataset_format, rules=PreferenceRules(include_ties=True, include_both_bad=True))
+            rows, _ = export(tmp_path, dataset_format, rules=PreferenceRules(include_ties=True, include_both_bad=True))
+        assert rows
         return len(queries)
 
     voted("a", "b", "b")
     voted("tie")
+    rank_as_annotator(ranker, pair=make_ranking_pair(), ranking=[1, 2, 3, 4])
     few = queries_for_export()
     for _ in range(10):
         voted("a", "both_bad")
         voted("b")
-    assert queries_for_export() == few <= 3
+        rank_as_annotator(ranker, pair=make_ranking_pair(count=3), ranking=[2, 1, 2])
+    assert queries_for_export() == few <= 5
 
 
 # Whole rankings (ultrafeedback) have no rows from these votes on pairs of two: test_rankings checks theirs.
@@ -321,6 +346,44 @@ def fixed_votes(voted, monkeypatch):
 
 @pytest.mark.parametrize("variant", list(PINNED_JSONL))
 def test_exports_write_the_same_bytes_as_before_they_were_made_faster(tmp_path, fixed_votes, monkeypatch, variant):
+    _assert_writes_the_pinned_bytes(tmp_path, monkeypatch, variant, PINNED_JSONL[variant])
+
+
+# The same with rankings among the votes (pairs of four and three answers, ranked by two annotators each, one of them
+# "all bad"): what ultrafeedback writes, and the pairs the rankings imply in every other format. Computed with the
+# code of commit cf366a3, which read a ranking pair's extra answers with one query per pair; the votes are read
+# three at a time here, so that a ranking pair's votes span two chunks.
+PINNED_WITH_RANKINGS_JSONL = {
+    "trl-preference": "b8b7e4e4895f31fb6e3262949b174942a40af3e2e7c3c39441ffc1565831c402",
+    "trl-preference weighted": "566a8e769856afd7cba34c97e616b647f663f9d3fbc357c39431f981a765fce9",
+    "trl-unpaired": "e76b587dbe86336463a2fd0f2ea465eeb0f98332570c3fdd0d9ca3edcccca6b6",
+    "arena": "892d8fa24d686be52bda19f6abcbb97767af267dccd6e61109d81c12f84291ec",
+    "hh-rlhf": "e3c7b0baf2c78f6393ba4fed3a11da5d10c4c9b5fefba62809840f9ad3ec2633",
+    "ultrafeedback": "6435263208cb6e2a244eded698aaa0d7893b4ff97b70404dbc92e2f00fe545bb",
+}
+
+
+@pytest.fixture
+def fixed_rankings(fixed_votes, make_ranking_pair, ranking_campaign, django_user_model):
+    Campaign.objects.filter(pk=ranking_campaign.pk).update(votes_per_pair=2)
+    rankers = [django_user_model.objects.create_user(f"ranker{i}") for i in range(2)]
+    four = make_ranking_pair(texts=["Réponse A 🙂", 'Answer "B" \\ here', "Answer C\nover two lines", "Answer D"])
+    rank_as_annotator(rankers[0], pair=four, ranking=[1, 2, 3, 4])
+    rank_as_annotator(rankers[1], pair=four, ranking=[2, 1, 3, 3])
+    three = make_ranking_pair(count=3)
+    rank_as_annotator(rankers[0], pair=three, ranking=[1, 1, 2])
+    rank_as_annotator(rankers[1], pair=three)  # all bad
+
+
+@pytest.mark.parametrize("variant", list(PINNED_WITH_RANKINGS_JSONL))
+def test_exports_with_rankings_write_the_same_bytes_as_before_they_were_made_faster(
+    tmp_path, fixed_rankings, monkeypatch, variant
+):
+    monkeypatch.setattr(exports.stream, "READ_CHUNK", 3)
+    _assert_writes_the_pinned_bytes(tmp_path, monkeypatch, variant, PINNED_WITH_RANKINGS_JSONL[variant])
+
+
+def _assert_writes_the_pinned_bytes(tmp_path, monkeypatch, variant, pinned):
     dataset_format, _, weighted = variant.partition(" ")
     filters = ExportFilters(
         rules=PreferenceRules(include_ties=True, include_both_bad=True), weighting="strength" if weighted else "none"
@@ -334,7 +397,8 @@ def test_exports_write_the_same_bytes_as_before_they_were_made_faster(tmp_path, 
         )
 
     jsonl = paths["jsonl"].read_bytes()
-    assert hashlib.sha256(_numbered(jsonl)).hexdigest() == PINNED_JSONL[variant], _numbered(jsonl).decode()
+    assert jsonl
+    assert hashlib.sha256(_numbered(jsonl)).hexdigest() == pinned, _numbered(jsonl).decode()
     # Parquet: the file pyarrow writes from the same rows, three to a record batch and row group.
     schema = (
         exports.FORMATS[dataset_format].with_weights().schema if weighted else exports.FORMATS[dataset_format].schema
@@ -586,3 +650,24 @@ def test_the_card_front_matter_is_yaml_that_keeps_a_hostile_licence_as_one_value
 def test_card_read_takes_a_card_without_front_matter_as_body():
     assert exports.card_read("# Title\n\ntext\n") == ({}, "# Title\n\ntext\n")
     assert exports.card_read("---\n- a list\n---\nbody") == ({}, "body")
+
+
+def test_sampling_labels_say_each_answers_settings_whatever_was_labelled_before():
+    """Labels are remembered by settings: settings equal in Python but written differently keep their own label."""
+    from annotate.data.exports.formats import sampling_label
+
+    settings_and_labels = [
+        ({"temperature": 1.0, "top_p": 0.95, "max_tokens": 256}, "temperature 1.0, top_p 0.95, max_tokens 256"),
+        ({"temperature": 1, "top_p": 0.95, "max_tokens": 256, "seed": 2}, "temperature 1, top_p 0.95, max_tokens 256"),
+        ({"temperature": True, "top_p": 0.95, "max_tokens": 256}, "temperature True, top_p 0.95, max_tokens 256"),
+        ({"temperature": 0.0}, "temperature 0.0"),
+        ({"temperature": -0.0}, "temperature -0.0"),
+        ({"temperature": 0.7, "system_prompt": "Be brief."}, "temperature 0.7, system prompt 213c22ed7234"),
+        ({"temperature": 0.7, "system_prompt": "Be long."}, "temperature 0.7, system prompt fd09b35b60f5"),
+        ({"temperature": 0.7, "top_p": [1]}, "temperature 0.7, top_p [1]"),
+        ({}, "not recorded"),
+    ]  # fmt: skip
+    for _ in range(2):
+        assert [sampling_label(given) for given, _ in settings_and_labels] == [
+            label for _, label in settings_and_labels
+        ]

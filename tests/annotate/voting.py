@@ -64,3 +64,24 @@ def vote_with_edit(annotator: Any, edit: Any, *, choice: str = "a", strength: in
         edit=edit(assignment.pair),
     )
     return recorded.judgement
+
+
+def rank_as_annotator(annotator: Any, *, pair: Pair, ranking: list[int] | None = None) -> Judgement:
+    """The annotator takes the next pair (it must be `pair`, a ranking pair) and ranks its answers so that the
+    stored ranking, by the pair's own positions (A, B, extras), is `ranking` whatever order their screen showed
+    them in; without a ranking they find every answer bad."""
+    assignment = services.assignment_lease_next(annotator=annotator)
+    assert assignment is not None, f"no pair is open for {annotator}"
+    assert assignment.pair_id == pair.pk, f"{annotator} was dealt pair {assignment.pair_id}, not {pair.pk}"
+    order = assignment.answer_order
+    recorded = services.judgement_record(
+        annotator=annotator,
+        pair_id=pair.pk,
+        choice="rank" if ranking else "all_bad",
+        strength=None,
+        rationale="",
+        idempotency_key=uuid.uuid4(),
+        ranks=[ranking[position] for position in order] if ranking else [1] * len(order),
+    )
+    assert recorded.created and recorded.judgement.ranking == (ranking or [1] * len(order))
+    return recorded.judgement

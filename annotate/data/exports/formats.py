@@ -12,7 +12,7 @@ import hmac
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import pyarrow as pa
 from django.conf import settings
@@ -21,6 +21,7 @@ from annotate.models import Judgement, ModelVersion
 from annotate.quality.preferences import DECISIVE, PairWeights, PreferenceRules, assistant, preference_row
 
 Row = dict[str, Any]
+T = TypeVar("T")
 Messages = list[dict[str, str]]
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 
@@ -118,12 +119,21 @@ class RowContext:
         self.version_names: dict[int, str] = dict(ModelVersion.objects.values_list("id", "name"))
         self._key = settings.SECRET_KEY.encode()
         self._judges: dict[tuple[int | None, str], str] = {}  # one entry per annotator or imported file
+        self._of_pair: tuple[ExportPair, Callable[..., Any], Any] | None = None
 
     def vote_time(self, vote: ExportVote) -> datetime:
         """When the vote was cast (its time is read as the database gives it, and turned into a datetime here)."""
         if self._vote_time is None:
             return vote.created_at  # type: ignore[no-any-return]
         return self._vote_time(vote.created_at)
+
+    def of_pair(self, pair: ExportPair, build: Callable[[ExportPair, RowContext], T]) -> T:
+        """`build(pair, self)`, made once for consecutive verdicts on the same pair (an arena pair's votes come one
+        verdict each): what their rows share is built once a pair, not once a row."""
+        last = self._of_pair
+        if last is None or last[0] is not pair or last[1] is not build:
+            last = self._of_pair = (pair, build, build(pair, self))
+        return last[2]  # type: ignore[no-any-return]
 
     def name(self, version_id: int) -> str:
         return self.version_names[version_id]
@@ -145,7 +155,33 @@ def sampling_label(sampling: dict[str, Any]) -> str:
     the text itself may be long). The seed is left out: every answer has its own."""
     if not sampling:
         return "not recorded"
-    parts = [f"{key} {sampling[key]}" for key in ("temperature", "top_p", "max_tokens") if key in sampling]
+    # Every answer has its own sampling (its seed), but few answers' settings differ: their labels are remembered
+    # (an export labels two answers a pair). The values' types are in the key, as 1 and 1.0 label differently; a
+    # float zero is never looked up, as 0.0 and -0.0 are one key and two labels.
+    values = [sampling.get(key, _ABSENT) for key in _SAMPLING_KEYS]
+    if 0 in values:
+        return _sampling_label(sampling)
+    key = (*values, *map(type, values), sampling.get("system_prompt"))
+    try:
+        return _SAMPLING_LABELS[key]
+    except KeyError:
+        label = _sampling_label(sampling)
+    except TypeError:  # a value that cannot be a key (not what pairloop stores)
+        return _sampling_label(sampling)
+    if len(_SAMPLING_LABELS) >= _SAMPLING_LABELS_KEPT:
+        _SAMPLING_LABELS.clear()
+    _SAMPLING_LABELS[key] = label
+    return label
+
+
+_SAMPLING_KEYS = ("temperature", "top_p", "max_tokens")
+_ABSENT = object()
+_SAMPLING_LABELS: dict[tuple[Any, ...], str] = {}
+_SAMPLING_LABELS_KEPT = 1024
+
+
+def _sampling_label(sampling: dict[str, Any]) -> str:
+    parts = [f"{key} {sampling[key]}" for key in _SAMPLING_KEYS if key in sampling]
     if sampling.get("system_prompt"):
         parts.append(f"system prompt {hashlib.sha256(str(sampling['system_prompt']).encode()).hexdigest()[:12]}")
     return ", ".join(parts)
@@ -234,20 +270,33 @@ ARENA_WINNERS = {"a": "model_a", "b": "model_b", "tie": "tie", "both_bad": "tie 
 
 
 def arena_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:
-    pair, prompt = verdict.pair, verdict.pair.prompt
+    question_id, model_a, model_b, conversation_a, conversation_b, turn = context.of_pair(verdict.pair, _arena_battle)
     for vote in verdict.judgements:  # one vote per verdict: arena exports combine with "all"
         yield {
-            "question_id": str(pair.id),
-            "model_a": context.name(pair.completion_a_version),
-            "model_b": context.name(pair.completion_b_version),
+            "question_id": question_id,
+            "model_a": model_a,
+            "model_b": model_b,
             "winner": ARENA_WINNERS[vote.choice],
             "judge": context.judge(vote),
-            "conversation_a": [*prompt, *assistant(pair.completion_a_text)],
-            "conversation_b": [*prompt, *assistant(pair.completion_b_text)],
-            "turn": sum(1 for message in prompt if message["role"] == "user"),
+            "conversation_a": conversation_a,
+            "conversation_b": conversation_b,
+            "turn": turn,
             "anony": True,
             "tstamp": context.vote_time(vote).timestamp(),
         }
+
+
+def _arena_battle(pair: ExportPair, context: RowContext) -> tuple[str, str, str, Messages, Messages, int]:
+    """What every vote's row on the pair shares (its votes' rows hold the same conversations, not copies)."""
+    prompt = pair.prompt
+    return (
+        str(pair.id),
+        context.name(pair.completion_a_version),
+        context.name(pair.completion_b_version),
+        [*prompt, *assistant(pair.completion_a_text)],
+        [*prompt, *assistant(pair.completion_b_text)],
+        sum(1 for message in prompt if message["role"] == "user"),
+    )
 
 
 def ultrafeedback_rows(verdict: ExportVerdict, context: RowContext) -> Iterator[Row]:

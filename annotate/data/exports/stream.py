@@ -3,9 +3,10 @@ the same rules training rounds use), turned into rows by the format and written 
 however many votes there are; the statistics the dataset card reports are gathered on the way.
 
 The votes are read as plain tuples through a server-side cursor on PostgreSQL, a chunk at a time, straight from the
-database cursor: Django's per-value converters are left out (on SQLite they parsed every vote's time, a third of an
-export's time), and a vote's time is parsed only where a row or the card shows it. Each pair's prompt is decoded
-once however many votes it has, and the rows are written in batches.
+database cursor: Django's per-value converters are left out (on SQLite they made every vote's time aware, a third
+of an export's time), and a vote's time is made a UTC datetime only where a row or the card shows it (SQLite's
+driver gives it naive). Each pair's prompt is decoded once however many votes it has, and the rows are written in
+batches; a ranking pair's extra answers are read with one query a chunk of votes.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from annotate.data.exports.formats import (
     sampling_label,
 )
 from annotate.data.exports.writers import open_writer
-from annotate.models import Judgement, PairExtraAnswer
+from annotate.models import Completion, Judgement, PairExtraAnswer
 from annotate.quality.preferences import PairWeights, PreferenceRules, combine, implied_verdicts
 from annotate.turns.services import is_multi_turn
 
@@ -57,6 +58,7 @@ PAIR_FIELDS = (
     "pair__completion_b_id", "pair__completion_b__text", "pair__completion_b__model_version_id",
     "pair__sampled_from_id", "pair__sampled_from__status", "a_sampling_json", "b_sampling_json", "pair__answer_count",
 )  # fmt: skip
+EXTRA_ANSWER_FIELDS = ("id", "text", "model_version_id", "sampling")  # of a ranking pair's extra answers
 _VOTE = slice(0, len(VOTE_FIELDS))
 _PAIR_ID = itemgetter(1)
 _CREATED_AT = VOTE_FIELDS.index("created_at")
@@ -124,7 +126,8 @@ def _as_is(raw: Any) -> datetime:
 
 
 def _sqlite_utc_time(raw: Any) -> datetime:
-    return raw if isinstance(raw, datetime) else datetime.fromisoformat(raw).replace(tzinfo=UTC)
+    # Django's sqlite3 connection parses the stored text into a naive datetime (the column's declared type): UTC.
+    return (raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)).replace(tzinfo=UTC)
 
 
 def _converted(raw: Any, converters: list[Any], expression: Any, connection: Any) -> datetime:
@@ -144,18 +147,23 @@ def _pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
 
 
 def export_verdicts(
-    rows: Iterable[tuple[Any, ...]], rules: PreferenceRules, *, whole_rankings: bool = False
+    rows: Iterable[tuple[Any, ...]],
+    rules: PreferenceRules,
+    extra_answers: ExtraAnswers,
+    *,
+    whole_rankings: bool = False,
 ) -> Iterator[ExportVerdict]:
     """Combine tuples from votes_to_export into verdicts, pair by pair, with annotate.quality.preferences.combine.
     A vote's `created_at` is as the rows give it (VoteRows: as the database cursor gave it). The rankings of a
     ranking pair give verdicts on every two of its answers (_ranking_verdicts), or with `whole_rankings` one verdict
-    per ranking carrying all the answers."""
+    per ranking carrying all the answers; the rows must have come through `extra_answers.read_for`."""
     make_vote = ExportVote._make
     for pair_id, group in groupby(rows, key=_PAIR_ID):
         pair_rows = list(group)
         votes = [make_vote(row[_VOTE]) for row in pair_rows]
         if pair_rows[0][-1] > 2:
-            yield from _ranking_verdicts(_ranking_pair(pair_id, pair_rows[0]), votes, rules, whole_rankings)
+            ranking_pair = _ranking_pair(pair_id, pair_rows[0], extra_answers.pop(pair_id))
+            yield from _ranking_verdicts(ranking_pair, votes, rules, whole_rankings)
             continue
         if whole_rankings:
             continue  # a vote on two answers is no ranking
@@ -167,15 +175,44 @@ def export_verdicts(
             )
 
 
-def _ranking_pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
-    """A ranking pair with all its answers (its extra ones read here: one query per ranking pair)."""
+class ExtraAnswers:
+    """The answers beyond A and B of the ranking pairs among the votes: read with one query for each chunk of votes
+    that holds ranking pairs (one query per ranking pair made them most of an export's time), and forgotten once
+    their pair is built, so that what is held never outgrows a chunk."""
+
+    def __init__(self) -> None:
+        self._by_pair: dict[int, list[ExportAnswer]] = {}
+
+    def read_for(self, chunks: Iterable[Rows]) -> Iterator[Rows]:
+        """The chunks as they come, each once the extra answers of its ranking pairs are read."""
+        for chunk in chunks:
+            # A pair whose votes span two chunks was read with the first.
+            wanted = {row[1] for row in chunk if row[-1] > 2} - self._by_pair.keys()
+            if wanted:
+                self._read(wanted)
+            yield chunk
+
+    def _read(self, pair_ids: set[int]) -> None:
+        # Two queries, each through its index whatever the planner's statistics say: joined in one, PostgreSQL read
+        # every answer's text (a hash join) when the tables had just been filled and not analysed yet, 200 ms a chunk.
+        positions = PairExtraAnswer.objects.filter(pair_id__in=pair_ids).order_by("pair_id", "position")
+        extra = list(positions.values_list("pair_id", "completion_id"))
+        answers = {
+            completion: ExportAnswer(completion, text, version, sampling_label(sampling))
+            for completion, text, version, sampling in Completion.objects.filter(
+                pk__in=[completion for _, completion in extra]
+            ).values_list(*EXTRA_ANSWER_FIELDS)
+        }
+        for pair_id, completion in extra:
+            self._by_pair.setdefault(pair_id, []).append(answers[completion])
+
+    def pop(self, pair_id: int) -> list[ExportAnswer]:
+        return self._by_pair.pop(pair_id, [])
+
+
+def _ranking_pair(pair_id: int, row: tuple[Any, ...], extra: list[ExportAnswer]) -> ExportPair:
+    """A ranking pair with all its answers: A, B and the `extra` ones."""
     pair = _pair(pair_id, row)
-    extra = [
-        ExportAnswer(completion, text, version, sampling_label(sampling))
-        for completion, text, version, sampling in PairExtraAnswer.objects.filter(pair_id=pair_id)
-        .order_by("position")
-        .values_list("completion_id", "completion__text", "completion__model_version_id", "completion__sampling")
-    ]
     first = ExportAnswer(pair.completion_a_id, pair.completion_a_text, pair.completion_a_version,
                          pair.completion_a_sampling)  # fmt: skip
     second = ExportAnswer(pair.completion_b_id, pair.completion_b_text, pair.completion_b_version,
@@ -185,11 +222,10 @@ def _ranking_pair(pair_id: int, row: tuple[Any, ...]) -> ExportPair:
 
 def _comparing(pair: ExportPair, first: ExportAnswer, second: ExportAnswer) -> ExportPair:
     """The pair as two of its answers, as the row builders read a pair of two."""
-    return replace(
-        pair,
-        completion_a_id=first.id, completion_a_text=first.text, completion_a_version=first.version,
-        completion_a_sampling=first.sampling, completion_b_id=second.id, completion_b_text=second.text,
-        completion_b_version=second.version, completion_b_sampling=second.sampling,
+    return ExportPair(
+        pair.id, pair.prompt_id, pair.prompt, pair.prompt_set,
+        first.id, first.text, first.version, second.id, second.text, second.version,
+        pair.sampled_from, pair.sampled_from_status, first.sampling, second.sampling, pair.answers,
     )  # fmt: skip
 
 
@@ -202,13 +238,18 @@ def _ranking_verdicts(
             yield ExportVerdict(pair, vote.choice, len(votes), 1.0, None, (vote,))
         return
     rankings_of = [vote.ranking for vote in votes]
+    # One pair of two per two answers compared, shared by their verdicts (the row builders then build what a pair's
+    # rows share once).
+    compared: dict[tuple[int, int], ExportPair] = {}
     for found in implied_verdicts(votes, rankings_of, len(pair.answers), rules,
                                   lambda vote, choice: vote._replace(choice=choice), lambda vote: vote.id):  # fmt: skip
-        combined = found.combined
+        combined, key = found.combined, (found.first, found.second)
+        two = compared.get(key)
+        if two is None:
+            two = compared[key] = _comparing(pair, pair.answers[found.first], pair.answers[found.second])
         yield ExportVerdict(
-            _comparing(pair, pair.answers[found.first], pair.answers[found.second]), combined.outcome, combined.votes,
-            combined.agreement, None, combined.judgements, share=found.share,
-        )  # fmt: skip
+            two, combined.outcome, combined.votes, combined.agreement, None, combined.judgements, share=found.share
+        )
 
 
 @dataclass
@@ -232,6 +273,9 @@ class ExportStats:
     heaviest: float | None = None
     edits: int = 0  # written answers that gave rows (annotate/data/exports/edits.py)
     edit_rows: int = 0
+    _verdict_kinds: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False, compare=False)
+    _last_prompt: list[Any] | None = field(default=None, repr=False, compare=False)
+    _last_multi_turn: bool = field(default=False, repr=False, compare=False)
 
     def edit_row(self, row: dict[str, Any]) -> None:
         self.rows += 1
@@ -244,25 +288,35 @@ class ExportStats:
         self.heaviest = weight if self.heaviest is None else max(self.heaviest, weight)
 
     def add(self, verdict: ExportVerdict) -> None:
-        self.verdicts += 1
-        self.outcomes[verdict.outcome] += 1
-        self.answers_by_version[verdict.pair.completion_a_version] += 1
-        self.answers_by_version[verdict.pair.completion_b_version] += 1
-        self.answers_by_sampling[verdict.pair.completion_a_sampling] += 1
-        self.answers_by_sampling[verdict.pair.completion_b_sampling] += 1
-        self.multi_turn += is_multi_turn(verdict.pair.prompt)
+        # A verdict is counted by what the card counts of it (outcome, answers, multi-turn), and the counts go into
+        # the counters in finish: one dict update a verdict instead of six counter updates.
+        pair = verdict.pair
+        if pair.prompt is not self._last_prompt:  # a pair's verdicts share their prompt
+            self._last_prompt, self._last_multi_turn = pair.prompt, is_multi_turn(pair.prompt)
+        kind = (verdict.outcome, pair.completion_a_version, pair.completion_a_sampling, pair.completion_b_version,
+                pair.completion_b_sampling, self._last_multi_turn)  # fmt: skip
+        self._verdict_kinds[kind] = self._verdict_kinds.get(kind, 0) + 1
         for vote in verdict.judgements:
             self.sources[vote.source] += 1
             if vote.source == Judgement.Source.IMPORTED:
                 self.imported_from[vote.source_detail] += 1
-            # Compared as read: datetimes, or on SQLite the stored ISO text, which sorts as the times do.
+            # Compared as read (on SQLite naive datetimes, all UTC): they sort as the times do.
             if self.first_vote is None or vote.created_at < self.first_vote:
                 self.first_vote = vote.created_at
             if self.last_vote is None or vote.created_at > self.last_vote:
                 self.last_vote = vote.created_at
 
     def finish(self, vote_time: VoteTime) -> None:
-        """The first and last vote's times as datetimes (they were kept as read)."""
+        """The verdicts counted, and the first and last vote's times as datetimes (they were kept as read)."""
+        for (outcome, a_version, a_sampling, b_version, b_sampling, multi_turn), count in self._verdict_kinds.items():
+            self.verdicts += count
+            self.outcomes[outcome] += count
+            self.answers_by_version[a_version] += count
+            self.answers_by_version[b_version] += count
+            self.answers_by_sampling[a_sampling] += count
+            self.answers_by_sampling[b_sampling] += count
+            self.multi_turn += count if multi_turn else 0
+        self._verdict_kinds.clear()
         self.first_vote = None if self.first_vote is None else vote_time(self.first_vote)
         self.last_vote = None if self.last_vote is None else vote_time(self.last_vote)
 
@@ -299,8 +353,11 @@ def export_write(
     choices = filters.rules.choices_train  # else only written answers give rows (rule edits: edits_only)
     try:
         try:
-            counted = _counted(rows.chunks(), stats, on_progress)
-            verdicts = export_verdicts(counted, spec.rules(filters.rules), whole_rankings=spec.whole_rankings)
+            extra_answers = ExtraAnswers()
+            counted = _counted(extra_answers.read_for(rows.chunks()), stats, on_progress)
+            verdicts = export_verdicts(
+                counted, spec.rules(filters.rules), extra_answers, whole_rankings=spec.whole_rankings
+            )
             for verdict in verdicts:
                 if not choices:
                     continue
