@@ -83,6 +83,8 @@ def serve(model_dir: Path | None, requests: int, replies: IO[str]) -> int:
                     line, pending = pending.split(b"\n", 1)
                     pid = os.fork()
                     if pid == 0:
+                        os.close(requests)  # the server's pipes are not the round's: only the server ends them
+                        os.close(replies.fileno())
                         _child_run(line)  # never returns
                     children.add(pid)
                     _reply(replies, {"pid": pid})
