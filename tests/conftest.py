@@ -3,13 +3,47 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.db import OperationalError
+from django.db.backends.base.operations import BaseDatabaseOperations
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def flush_retried_on_deadlock(flush: Callable[..., Any], attempts: int = 5, pause: float = 1.0) -> Callable[..., Any]:
+    """`flush` (BaseDatabaseOperations.execute_sql_flush), tried again when PostgreSQL ended it as a deadlock.
+
+    Between transactional tests pytest-django empties every table with one TRUNCATE. The tests that start real Celery
+    workers leave them running, as production would, and a worker may be in a transaction at that moment (a refill
+    writing pairs): PostgreSQL then ends one of the two as a deadlock. CI saw the flush lose once, which left the
+    tables full and failed the next test. The flush runs in one transaction and rolls back whole, so it is the one
+    that waits and tries again; the workers' transactions are what is under test."""
+
+    def execute_sql_flush(self: BaseDatabaseOperations, sql_list: Any) -> Any:
+        for attempt in range(attempts):
+            try:
+                return flush(self, sql_list)
+            except OperationalError as error:
+                if "deadlock detected" not in str(error) or attempt == attempts - 1:
+                    raise
+                time.sleep(pause)
+        return None
+
+    return execute_sql_flush
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _flush_past_workers() -> Iterator[None]:
+    original = BaseDatabaseOperations.execute_sql_flush
+    BaseDatabaseOperations.execute_sql_flush = flush_retried_on_deadlock(original)  # type: ignore[method-assign]
+    yield
+    BaseDatabaseOperations.execute_sql_flush = original  # type: ignore[method-assign]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
