@@ -7,7 +7,8 @@ document.addEventListener(
     const details = event.target;
     if (!(details instanceof HTMLDetailsElement) || !details.classList.contains("edit-answer")) return;
     details.querySelector(".edit-from").hidden = false;
-    if (details.open) details.querySelector("textarea[name=edit]").focus();
+    // No focus here: "toggle" fires a task after the box opened, and by then the annotator may have pressed Esc to
+    // leave it; focusing it again would send the next vote key into the box as text. The click handlers below focus.
   },
   true, // toggle does not bubble
 );
