@@ -138,6 +138,41 @@ def simulate_votes(arguments: argparse.Namespace, count: int, seed: int) -> None
                  "--seed", str(seed), *profiles, stdout=io.StringIO())  # fmt: skip
 
 
+def leaderboard_print() -> list[dict[str, Any]]:
+    """The leaderboard as the page shows it (Bradley-Terry on every head-to-head vote, the base model at 1000, 95 %
+    bootstrap intervals), and for each version its record against its parent with the Wilson 95 % interval of its
+    win rate (ties and both-bad votes half a win): "above its parent" needs that interval wholly above 0.5."""
+    from annotate.leaderboard.selectors import leaderboard_standings
+    from training.stats import wilson_interval
+
+    board = leaderboard_standings()
+    records = {
+        (row.version.pk, column.pk): cell
+        for row in board.matrix
+        for column, cell in zip(board.matrix_columns, row.cells, strict=True)
+    }
+    rows = []
+    print(f"\nLeaderboard ({board.votes} head-to-head votes, {board.bootstrap_rounds} bootstrap rounds):")
+    for standing in board.standings:
+        version, rating = standing.version, standing.rating
+        row: dict[str, Any] = {"version": version.name, "status": version.status, "votes": standing.record.votes}
+        row.update(rating=rating.rating, lower=rating.lower, upper=rating.upper)
+        line = f"  {version.name} ({version.status}): {rating.rating:.1f} [{rating.lower:.1f}, {rating.upper:.1f}]"
+        line += f", {standing.record.votes} votes"
+        parent = version.parent
+        record = records.get((version.pk, parent.pk)) if parent is not None else None
+        if parent is not None and record is not None and record.votes:
+            low, high = wilson_interval(record.wins + record.ties / 2, record.votes)
+            row["against_parent"] = {"votes": record.votes, "wins": record.wins, "ties": record.ties}
+            row["against_parent"].update(losses=record.losses, win_rate=record.win_rate, low=low, high=high)
+            line += f"; against its parent {parent.name}: {record.wins}-{record.ties}-{record.losses}"
+            line += f" (wins-ties-losses), win rate {record.win_rate:.3f} [{low:.3f}, {high:.3f}]"
+            line += " (above its parent)" if low > 0.5 else ""
+        print(line, flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> int:
     arguments = parse_arguments()
     scratch = configure_environment(arguments)
@@ -253,6 +288,8 @@ def main() -> int:
                 },
             }
             results["rounds"].append(row)
+            if arguments.output:  # kept round by round: a run stopped later still leaves what it measured
+                arguments.output.write_text(json.dumps(results, indent=2))
             ready = "serving" if arguments.gate == "offline" else "canary"
             accuracy = row["accuracy"] if row["accuracy"] is not None else float("nan")
             parent = row["parent_accuracy"] if row["parent_accuracy"] is not None else float("nan")
@@ -269,6 +306,7 @@ def main() -> int:
                 print(f"  canary: {c['votes']} head-to-head votes, win rate {c['win_rate']:.3f} "
                       f"[{c['low']:.3f}, {c['high']:.3f}]: {c['decision']} ({c['reason']}), "
                       f"{canary_seconds:.0f} s", flush=True)  # fmt: skip
+        results["leaderboard"] = leaderboard_print()
         print("\nSamples (seed 7000): the base model, then each serving round's candidate:")
         for index in range(0, min(2, len(heldout)) * arguments.samples, arguments.samples):
             prompt = base_answers[index][0]
