@@ -80,23 +80,25 @@ def test_writing_a_better_answer_with_the_keyboard_alone(browser, live_server, a
 
 
 # D then Esc within one task: the box's "toggle" event, which fires a task after it opens, comes only after both.
-D_THEN_ESC = """() => {
+# The promise settles once that event has reached the box itself, after the page's own listener (on the document, in
+# the capture phase) has run: no waiting by the clock.
+D_THEN_ESC = """() => new Promise((settled) => {
   const key = (target, name) => target.dispatchEvent(new KeyboardEvent("keydown", {key: name, bubbles: true}));
+  const box = document.querySelector("details.edit-answer");
+  box.addEventListener("toggle", () => settled({opened, afterToggle: document.activeElement.name}), {once: true});
   key(document.body, "d");
   const opened = document.activeElement.name;
   key(document.activeElement, "Escape");
-  return opened;
-}"""
-LATER = "() => new Promise((done) => requestAnimationFrame(() => setTimeout(done, 100)))"
+})"""
 
 
 def test_esc_straight_after_d_stays_out_of_the_box(browser, live_server, annotator, pairs):  # noqa: F811
     """A loaded machine ran the box's "toggle" event after the annotator's Esc, and it put the cursor back in the box:
     the next key (Z, to start from an answer) went into it as text. Only the click that opens the box focuses it."""
     page = open_annotate(browser, live_server, "desktop")
-    assert page.evaluate(D_THEN_ESC) == "edit"
-    page.evaluate(LATER)  # the toggle event has fired by now
-    assert page.evaluate("document.activeElement.name") != "edit"
+    focus = page.evaluate(D_THEN_ESC)
+    assert focus["opened"] == "edit"  # D put the cursor in the box at once
+    assert focus["afterToggle"] != "edit"  # and the toggle event, after Esc, left it out
     side = side_of(page, LEFT_OR_RIGHT)
     page.keyboard.press("z" if side == "left" else "x")  # a key again, not text
     assert page.input_value("textarea[name=edit]") == LEFT_OR_RIGHT
