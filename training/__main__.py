@@ -7,13 +7,17 @@
         --output compare.json [--reference-cache FILE]
     python -m training round --config CONFIG.json --data PAIRS.jsonl --heldout HELDOUT.jsonl \
         --evaluation-output compare.json [--reference-cache FILE]
+    python -m training prescore --config CONFIG.json --data PAIRS.jsonl [--heldout HELDOUT.jsonl] \
+        --reference-cache FILE --seconds 15 --output report.json
 
 `compare` scores a candidate adapter and its parent (another adapter, or the base model when --parent is left out)
 on the same held-out pairs against the same fixed reference, the base model, so the two numbers compare. `round`
 trains like `train`, then scores like `compare` in the same process (the model is loaded once). Both write
 {"reference": "base", "interval": ..., "models": {"candidate": {...}, "parent": {...}}, ...}, each model with
 accuracy (ties as half), accuracy_low/accuracy_high (95 % Wilson score interval), mean_margin, count, skipped.
-The base model's log-probabilities of the held-out pairs are cached in --reference-cache across runs.
+The base model's log-probabilities of the held-out pairs are cached in --reference-cache across runs, and so are the
+training reference's log-probabilities of the training pairs (`train` and `round`). `prescore` fills that cache
+ahead of a round, for at most --seconds: what a trainer does while it waits for the next round.
 
 `warm` imports torch and TRL and loads a base model once, then runs each command it reads on stdin in a forked child
 (training.warm): what a trainer keeps between rounds, so a round does not start by importing and loading.
@@ -53,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluate": evaluate_command,
             "compare": compare_command,
             "round": round_command,
+            "prescore": prescore_command,
             "warm": warm_command,
         }
         return commands[args.command](args)
@@ -68,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one DPO round (a LoRA adapter)")
     train.add_argument("--config", type=Path, required=True, help="JSON file holding RoundConfig fields")
     train.add_argument("--data", type=Path, required=True, help="JSON Lines preference pairs in TRL's format")
+    train.add_argument("--reference-cache", type=Path, help="JSON file of reference log-probs, reused")
 
     evaluate = commands.add_parser("evaluate", help="implicit-reward accuracy on held-out pairs")
     evaluate.add_argument("--model", type=Path, required=True, help="base model directory")
@@ -97,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     round_.add_argument("--evaluation-output", type=Path, required=True, help="where to write the comparison")
     round_.add_argument("--reference-cache", type=Path, help="JSON file of the base model's log-probs, reused")
 
+    prescore = commands.add_parser("prescore", help="score a coming round's reference log-probs into the cache")
+    prescore.add_argument("--config", type=Path, required=True, help="JSON file holding the round's RoundConfig")
+    prescore.add_argument("--data", type=Path, required=True, help="JSON Lines preference pairs it would train on")
+    prescore.add_argument("--heldout", type=Path, help="JSON Lines held-out preference pairs it would score")
+    prescore.add_argument("--reference-cache", type=Path, required=True, help="JSON file the log-probs go to")
+    prescore.add_argument("--seconds", type=float, default=15.0, help="stop scoring after about this long")
+    prescore.add_argument("--output", type=Path, required=True, help="where to write what was done, as JSON")
+
     warm = commands.add_parser("warm", help="import and load once, then fork a child per command read on stdin")
     warm.add_argument("--model", type=Path, help="base model directory to load once (default: none)")
     return parser
@@ -106,8 +120,9 @@ def train_command(args: argparse.Namespace) -> int:
     config = RoundConfig.from_json(_read_text(args.config, "config"))
     _require_file(args.data, "data")
     from training.dpo import is_main_process, train_round  # deferred: torch and TRL take seconds to import
+    from training.evaluate import ReferenceCache
 
-    result = train_round(config, args.data)
+    result = train_round(config, args.data, ReferenceCache(args.reference_cache))
     if not is_main_process():  # one of several processes of a launcher: rank 0 reports
         return 0
     # The machine-readable outcome is result.json; stdout also carries the trainer's own log lines.
@@ -140,6 +155,23 @@ def evaluate_command(args: argparse.Namespace) -> int:
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"accuracy {result.accuracy:.3f}, mean margin {result.mean_margin:.4f} on {result.count} pairs")
     print(f"written to {args.output}")
+    return 0
+
+
+def prescore_command(args: argparse.Namespace) -> int:
+    config = RoundConfig.from_json(_read_text(args.config, "config"))
+    rows = load_pairs(_require_file(args.data, "data"))
+    heldout = load_pairs(_require_file(args.heldout, "heldout")) if args.heldout is not None else []
+    if not args.seconds > 0:
+        raise ValueError(f"--seconds must be > 0, got {args.seconds}")
+    from training.dpo import prescore
+    from training.evaluate import ReferenceCache
+
+    report = prescore(config, rows, heldout, ReferenceCache(args.reference_cache), args.seconds)
+    report["seconds"] = round(time.monotonic() - STARTED, 3)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
     return 0
 
 
@@ -195,8 +227,12 @@ def round_command(args: argparse.Namespace) -> int:
         return 0
     print(f"trained {result.steps} steps on {result.pairs} pairs in {result.runtime_seconds:.1f} s")
     print(f"adapter: {result.adapter_dir}")
+    # The cache's counts are the held-out pairs' here; the training pairs' are the trainer's own
+    cache.hits -= result.reference_hits
+    cache.misses -= result.reference_misses
     report = comparison_report(results, cache, config.beta, config.max_length, args.heldout)
     report.update(model=config.base_model_dir, candidate=result.adapter_dir, parent=config.parent_adapter_dir)
+    report["training_reference"] = {"hits": result.reference_hits, "misses": result.reference_misses}
     # Where the process's time went; what the phases leave is importing torch and TRL (and writing the adapter).
     report["seconds"] = {
         "process": round(time.monotonic() - STARTED, 3),

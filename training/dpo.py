@@ -19,6 +19,7 @@ main process (rank 0) writes these files and scores the held-out pairs; the othe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -30,7 +31,7 @@ from typing import Any, Final, cast
 
 import torch
 from accelerate import PartialState
-from datasets import Dataset, load_from_disk
+from datasets import Dataset, Value, load_from_disk
 from peft import LoraConfig, PeftModel
 from torch.utils.data import Sampler
 from transformers import (
@@ -43,10 +44,20 @@ from transformers import (
     TrainingArguments,
 )
 from trl import DPOConfig, DPOTrainer
+from trl import __version__ as trl_version
 
 from training.config import RoundConfig
 from training.data import PreferenceRow, load_pairs, weights_to_mean_one
-from training.evaluate import EvalResult, ReferenceCache, compare_against_base, model_cache_key
+from training.evaluate import (
+    EvalResult,
+    ReferenceCache,
+    TokenizedPair,
+    active_adapter,
+    compare_against_base,
+    model_cache_key,
+    pair_length,
+    tokenize_rows,
+)
 from training.fused_head import score_answer_positions_only
 from training.warm import preloaded_model_take
 
@@ -70,11 +81,16 @@ class TrainResult:
     final_metrics: dict[str, Any]  # the last metrics.jsonl line
     load_seconds: float = 0.0  # reading the pairs, loading the model and TRL's preparation of the data
     evaluate_seconds: float = 0.0  # scoring the held-out pairs (train_and_evaluate_round only)
+    # The training reference's log-probs: pairs found in the reference cache, pairs scored (both 0 without a cache)
+    reference_hits: int = 0
+    reference_misses: int = 0
 
 
-def train_round(config: RoundConfig, dataset_path: Path | str) -> TrainResult:
+def train_round(
+    config: RoundConfig, dataset_path: Path | str, reference_cache: ReferenceCache | None = None
+) -> TrainResult:
     """Train one DPO round on the pairs in dataset_path and write its outputs (see the module docstring)."""
-    return run_training(config, dataset_path)[1]
+    return run_training(config, dataset_path, reference_cache)[1]
 
 
 def train_and_evaluate_round(
@@ -92,7 +108,7 @@ def train_and_evaluate_round(
     get None for the scores.
     """
     heldout = load_pairs(heldout_path)  # refused before training starts if it is bad
-    trainer, result = run_training(config, dataset_path)
+    trainer, result = run_training(config, dataset_path, reference_cache)
     if not trainer.accelerator.is_main_process:
         return result, None
     started = time.monotonic()
@@ -116,7 +132,9 @@ def train_and_evaluate_round(
     return dataclasses.replace(result, evaluate_seconds=round(time.monotonic() - started, 3)), scores
 
 
-def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrainer, TrainResult]:
+def run_training(
+    config: RoundConfig, dataset_path: Path | str, reference_cache: ReferenceCache | None = None
+) -> tuple[DPOTrainer, TrainResult]:
     """`train_round`, also returning the trainer (its model holds the trained adapter, "default")."""
     output_dir = Path(config.output_dir)
     # Every process looks before the main one writes any of them: with several processes, the main one writes only
@@ -128,7 +146,9 @@ def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrai
     rows = load_pairs(dataset_path)
     metrics_path = output_dir / METRICS_FILE
     metrics = MetricsFileCallback(metrics_path)
-    trainer = build_trainer(config, rows, callbacks=[metrics])
+    before = (reference_cache.hits, reference_cache.misses) if reference_cache is not None else (0, 0)
+    trainer = build_trainer(config, rows, callbacks=[metrics], reference_cache=reference_cache)
+    after = (reference_cache.hits, reference_cache.misses) if reference_cache is not None else (0, 0)
     load_seconds = round(time.monotonic() - started, 3)
 
     is_main_process = trainer.accelerator.is_main_process
@@ -151,6 +171,8 @@ def run_training(config: RoundConfig, dataset_path: Path | str) -> tuple[DPOTrai
         train_loss=float(output.training_loss),
         final_metrics=metrics.last_record,
         load_seconds=load_seconds,
+        reference_hits=after[0] - before[0],
+        reference_misses=after[1] - before[1],
     )
     if is_main_process:
         (output_dir / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
@@ -166,9 +188,15 @@ def is_main_process() -> bool:
 
 
 def build_trainer(
-    config: RoundConfig, rows: Sequence[PreferenceRow], callbacks: Sequence[TrainerCallback] = ()
+    config: RoundConfig,
+    rows: Sequence[PreferenceRow],
+    callbacks: Sequence[TrainerCallback] = (),
+    reference_cache: ReferenceCache | None = None,
+    reference_deadline: float | None = None,
 ) -> DPOTrainer:
-    """The DPOTrainer for one round, ready to `.train()`."""
+    """The DPOTrainer for one round, ready to `.train()`. With a reference cache, the reference pass takes the pairs
+    it holds from it and adds those it scores (see WeightedDPOTrainer); with a deadline too (a time.monotonic()
+    value), the pass stops there with ReferencePassStopped, what it scored saved."""
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_dir)
     score_answer_positions_only(enabled=not config.torch_compile)  # before TRL's reference pass in the constructor
     trainer_class = LengthGroupedDPOTrainer if config.group_by_length else WeightedDPOTrainer
@@ -184,6 +212,10 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=None if config.parent_adapter_dir else lora_config(config),
         callbacks=list(callbacks),
+        # Without a file, a cache in memory: the pass is the same (each pair alone), only nothing is kept
+        reference_cache=reference_cache if reference_cache is not None else ReferenceCache(None),
+        reference_key=reference_key(config),
+        reference_deadline=reference_deadline,
     )
     if trained_pair_count(trainer) == 0:
         raise ValueError(f"every pair's prompt fills max_length={config.max_length} tokens: nothing left to train on")
@@ -227,12 +259,70 @@ class WeightedDPOTrainer(DPOTrainer):
     weight column nothing changes: the trainer is DPOTrainer.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        reference_cache: ReferenceCache | None = None,
+        reference_key: str = "",
+        reference_deadline: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Read by the reference pass, which runs inside DPOTrainer's constructor
+        self.reference_cache = reference_cache
+        self.reference_key = reference_key
+        self.reference_deadline = reference_deadline
         super().__init__(*args, **kwargs)
         # The reference log-probs were precomputed above with TRL's collator, which must not see the weights (they
         # would reach the model as an argument); training batches carry them.
         if WEIGHT in cast(Dataset, self.train_dataset).column_names:
             self.data_collator = _WithWeights(self.data_collator)
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        """The reference's log-probs of every pair, each pair scored alone, those in the reference cache read from it.
+
+        TRL's own pass (taken without a cache, and by a launcher's several processes) scores batches of
+        `batch_size` pairs padded to their longest; in bf16 the padding moves a sum by up to a few tenths of a nat, so
+        the same pair scored in another batch differs. Alone, a pair's log-probs depend on nothing but the pair, the
+        reference and the arithmetic (`reference_key`): the value a trainer scored while idle is the value this round
+        would compute, bit for bit (tests/training/test_prescore.py). Scored in eval mode, under the same autocast
+        as TRL's pass; no slower here than TRL's batches of 8 (no padding to compute).
+        """
+        if self.reference_cache is None or self.accelerator.num_processes > 1:
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+        pairs = [
+            TokenizedPair(list(prompt), list(chosen), list(rejected))
+            for prompt, chosen, rejected in zip(
+                dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True
+            )
+        ]
+        max_length = cast(DPOConfig, self.args).max_length or 0
+        scores = self.reference_cache.scores_by(self.reference_key, pairs, max_length, self._reference_scores_alone)
+        dataset = dataset.add_column("ref_chosen_logps", [score[0] for score in scores])
+        dataset = dataset.add_column("ref_rejected_logps", [score[1] for score in scores])
+        for column in ("ref_chosen_logps", "ref_rejected_logps"):
+            dataset = dataset.cast_column(column, Value("float32"))  # as TRL's pass stores them
+        return dataset
+
+    def _reference_scores_alone(self, pairs: list[TokenizedPair]) -> Iterator[tuple[float, float]]:
+        device = self.accelerator.device
+        model = cast(torch.nn.Module, self.model)
+        training = model.training
+        model.eval()
+        try:
+            for pair in pairs:
+                if self.reference_deadline is not None and time.monotonic() >= self.reference_deadline:
+                    raise ReferencePassStopped(f"the deadline came with {len(pairs)} pairs not all scored")
+                example = {
+                    "prompt_ids": pair.prompt_ids,
+                    "chosen_ids": pair.chosen_ids,
+                    "rejected_ids": pair.rejected_ids,
+                }
+                inputs = {key: value.to(device) for key, value in self.data_collator([example]).items()}
+                chosen, rejected = self.compute_ref_log_probs(model, inputs)
+                # float32 as computed; a Python float holds it exactly, and the cast back gives the same bits
+                yield float(chosen.float().item()), float(rejected.float().item())
+        finally:
+            model.train(training)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -321,6 +411,68 @@ class LengthGroupedSampler(Sampler[int]):
             batches += [ordered[low : low + self.batch_size] for low in range(0, len(ordered), self.batch_size)]
         for position in torch.randperm(len(batches), generator=self.generator).tolist():
             yield from batches[position]
+
+
+class ReferencePassStopped(Exception):
+    """The reference pass reached its deadline (prescoring: the trainer's idle time is measured out in slices)."""
+
+
+def reference_key(config: RoundConfig) -> str:
+    """What the training reference's log-probs of a pair depend on, besides the pair and max_length: the base model,
+    the parent adapter's contents (round 2 and later), the arithmetic (bf16 autocast or fp32, torch's version, the
+    CPU threads: a sum's rounding can change with the way a product is split), and TRL's version."""
+    parent = "base"
+    if config.parent_adapter_dir:
+        digest = hashlib.sha256()
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            digest.update((Path(config.parent_adapter_dir) / name).read_bytes())
+        parent = f"adapter {digest.hexdigest()}"
+    bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else config.cpu_bf16
+    arithmetic = f"{'bf16' if bf16 else 'fp32'}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"training reference: {model_cache_key(config.base_model_dir)}, {parent}, {arithmetic}, trl {trl_version}"
+
+
+def prescore(
+    config: RoundConfig,
+    rows: Sequence[PreferenceRow],
+    heldout: Sequence[PreferenceRow],
+    cache: ReferenceCache,
+    seconds: float,
+) -> dict[str, Any]:
+    """Score into `cache`, for at most about `seconds`, what the next round on `config` would compute first: the
+    training reference's log-probs of `rows` and the base model's of the `heldout` pairs. Returns what it did;
+    "complete" is false when time ran out first (what was scored is saved: the next call goes on from there)."""
+    deadline = time.monotonic() + seconds
+    report: dict[str, Any] = {"complete": False, "train_pairs": len(rows), "heldout_pairs": len(heldout)}
+    try:
+        trainer = build_trainer(config, rows, reference_cache=cache, reference_deadline=deadline)
+    except ReferencePassStopped:
+        report.update(scored=cache.misses, held=cache.hits)
+        return report
+    report.update(scored=cache.misses, held=cache.hits)
+    if heldout:
+        model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+        model.eval()
+        before = (cache.hits, cache.misses)
+        # Slices of a batch, so that the deadline holds here too; the evaluation scores them the same way
+        tokenizer: Any = trainer.processing_class
+        pairs, _ = tokenize_rows(tokenizer, heldout, config.max_length)
+        # In the order score_pairs batches them, so that on a first round the slices are the evaluation's batches
+        pairs.sort(key=pair_length)
+        key = model_cache_key(config.base_model_dir)
+        for start in range(0, len(pairs), config.batch_size):
+            if time.monotonic() >= deadline:
+                break
+            with active_adapter(model, None):
+                cache.scores(model, key, pairs[start : start + config.batch_size], config.max_length,
+                             config.batch_size, tokenizer.pad_token_id)  # fmt: skip
+        else:
+            report["complete"] = True
+        report["heldout_scored"] = cache.misses - before[1]
+        report["heldout_held"] = cache.hits - before[0]
+    else:
+        report["complete"] = True
+    return report
 
 
 def trained_pair_count(trainer: DPOTrainer) -> int:

@@ -14,10 +14,11 @@ each because TRL's differs or has none:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ def score_pairs(
     """
     collator = DataCollatorForPreference(pad_token_id=pad_token_id, max_length=max_length)
     device = next(model.parameters()).device
-    order = sorted(range(len(pairs)), key=lambda index: _pair_length(pairs[index]))
+    order = sorted(range(len(pairs)), key=lambda index: pair_length(pairs[index]))
     scores: list[tuple[float, float]] = [(0.0, 0.0)] * len(pairs)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
@@ -123,7 +124,7 @@ def score_pairs(
     return scores
 
 
-def _pair_length(pair: TokenizedPair) -> int:
+def pair_length(pair: TokenizedPair) -> int:
     return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
 
 
@@ -153,49 +154,79 @@ def pair_logprobs(
 
 
 class ReferenceCache:
-    """Log-probabilities of held-out pairs under the fixed reference (the base model), kept in a JSON file.
+    """Log-probabilities of pairs under a model that does not change, kept in a JSON file across rounds.
 
-    Keyed by the model directory, max_length and a hash of the pair's tokens: the base model's log-probabilities of
-    a pair never change, so each later round scores only the pairs it has not seen. `None` as the path keeps the
-    cache in memory only.
+    Two kinds live in one file, told apart by the model key: the held-out pairs under the fixed reference of the
+    evaluation (the base model, fp32), and the training pairs under a round's DPO reference (the base model or the
+    parent adapter, as training computes them: `training.dpo.reference_key`), which a trainer scores while it is
+    idle (`python -m training prescore`). Keyed by the model key, max_length and a hash of the pair's tokens, so
+    each later round scores only the pairs it has not seen. `None` as the path keeps the cache in memory only.
+
+    Several processes may write the file (two trainers on one host): each save merges with what the file holds
+    under an advisory lock (`flock`, released by the kernel when its process dies), then replaces the file whole.
     """
 
     def __init__(self, path: Path | str | None) -> None:
         self.path = None if path is None else Path(path)
-        self.entries: dict[str, list[float]] = {}
-        if self.path is not None and self.path.is_file():
-            try:
-                stored = json.loads(self.path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"reference cache {self.path} is not valid JSON: {error}") from error
-            if not isinstance(stored, dict) or not isinstance(stored.get("entries"), dict):
-                raise ValueError(f'reference cache {self.path} must be a JSON object with an "entries" object')
-            self.entries = stored["entries"]
+        self.entries: dict[str, list[float]] = self._read()
         self.hits = 0
         self.misses = 0
+
+    def _read(self) -> dict[str, list[float]]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"reference cache {self.path} is not valid JSON: {error}") from error
+        if not isinstance(stored, dict) or not isinstance(stored.get("entries"), dict):
+            raise ValueError(f'reference cache {self.path} must be a JSON object with an "entries" object')
+        return dict(stored["entries"])
 
     def scores(
         self, model: Any, model_key: str, pairs: Sequence[TokenizedPair], max_length: int, batch_size: int, pad: int
     ) -> list[tuple[float, float]]:
         """The reference scores of `pairs`, computing with the model's active adapter only those not cached yet."""
+        return self.scores_by(
+            model_key, pairs, max_length, lambda missing: score_pairs(model, missing, max_length, batch_size, pad)
+        )
+
+    def scores_by(
+        self,
+        model_key: str,
+        pairs: Sequence[TokenizedPair],
+        max_length: int,
+        compute: Callable[[list[TokenizedPair]], Iterable[tuple[float, float]]],
+    ) -> list[tuple[float, float]]:
+        """The scores of `pairs` under `model_key`, `compute` called on those not cached yet (it may yield them one
+        at a time: what it yielded is saved even when it stops with an exception)."""
         keys = [pair.cache_key(model_key, max_length) for pair in pairs]
         missing = [index for index, key in enumerate(keys) if key not in self.entries]
-        computed = score_pairs(model, [pairs[index] for index in missing], max_length, batch_size, pad)
-        for index, score in zip(missing, computed, strict=True):
-            self.entries[keys[index]] = list(score)
-        self.misses += len(missing)
+        computed = 0
+        try:
+            for index, score in zip(missing, compute([pairs[index] for index in missing]), strict=False):
+                self.entries[keys[index]] = [float(score[0]), float(score[1])]
+                computed += 1
+        finally:
+            self.misses += computed
+            if computed:
+                self.save()
+        if computed < len(missing):
+            raise ValueError(f"{len(missing)} pairs to score, {computed} scored")
         self.hits += len(pairs) - len(missing)
-        if missing:
-            self.save()
         return [(self.entries[key][0], self.entries[key][1]) for key in keys]
 
     def save(self) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"entries": self.entries}) + "\n", encoding="utf-8")
-        temporary.replace(self.path)  # atomic: a reader never sees half a file
+        with self.path.with_name(self.path.name + ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {**self._read(), **self.entries}
+            temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({"entries": merged}) + "\n", encoding="utf-8")
+            temporary.replace(self.path)  # atomic: a reader never sees half a file
+        self.entries = merged
 
 
 def model_cache_key(model_dir: Path | str) -> str:
