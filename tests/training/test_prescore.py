@@ -110,7 +110,14 @@ def test_prescore_refuses_a_bad_deadline_and_missing_files_with_exit_2(tiny_mode
     config = config_file(tmp_path, tiny_model_dir)
     pairs = tmp_path / "pairs.jsonl"
     write_pairs(TINY_PAIRS, pairs)
-    common: list[str | Path] = ["--config", config, "--reference-cache", tmp_path / "c.json", "--output", tmp_path / "r.json"]
+    common: list[str | Path] = [
+        "--config",
+        config,
+        "--reference-cache",
+        tmp_path / "c.json",
+        "--output",
+        tmp_path / "r.json",
+    ]
     refused = training("prescore", *common, "--data", pairs, "--seconds", "0")
     assert refused.returncode == 2 and "--seconds must be > 0" in refused.stderr
     missing = training("prescore", *common, "--data", tmp_path / "none.jsonl")
