@@ -395,6 +395,18 @@ TRAINING_CPU_THREADS = env_int("TRAINING_CPU_THREADS", max(1, (os.cpu_count() or
 # hosts with an NVIDIA GPU (a process cannot hand CUDA to a forked child).
 TRAINING_WARM_START = env_bool("TRAINING_WARM_START", shutil.which("nvidia-smi") is None)
 TRAINING_WARM_READY_SECONDS = env_float("TRAINING_WARM_READY_SECONDS", 180.0)
+# While no round trains, a warm trainer scores what the next round would score first (annotate.rounds.prescore): at
+# most this many seconds at a time (a round clicked meanwhile waits that long at most), asked every INTERVAL. 0: off.
+ROUND_PRESCORE_SECONDS = env_float("ROUND_PRESCORE_SECONDS", 15.0)
+ROUND_PRESCORE_INTERVAL = env_float("ROUND_PRESCORE_INTERVAL", 20.0)
+CELERY_TASK_ROUTES["annotate.tasks.round_prescore"] = {"queue": CELERY_TRAINING_QUEUE}
+if ROUND_PRESCORE_SECONDS > 0:
+    # Expiring with the next ask: asks a busy trainer could not take do not pile up behind a round
+    CELERY_BEAT_SCHEDULE["round-prescore"] = {
+        "task": "annotate.tasks.round_prescore",
+        "schedule": ROUND_PRESCORE_INTERVAL,
+        "options": {"expires": ROUND_PRESCORE_INTERVAL},
+    }
 ROUND_AUTO_MIN_NEW_VOTES = env_int("ROUND_AUTO_MIN_NEW_VOTES", 0)  # 0: rounds start only when someone starts one
 ROUND_MIN_TRAIN_PAIRS = env_int("ROUND_MIN_TRAIN_PAIRS", 8)
 ROUND_HOLDOUT_FRACTION = env_float("ROUND_HOLDOUT_FRACTION", 0.2)

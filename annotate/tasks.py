@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Task, shared_task
@@ -14,11 +15,13 @@ from annotate.data import exports, import_jobs
 from annotate.hooks import services as hooks
 from annotate.judging import services as judging
 from annotate.models import DataImport, Export, TrainingRound
-from annotate.rounds import canary, deploy, warm
+from annotate.rounds import canary, deploy, prescore, warm
 from annotate.rounds import services as rounds
 from annotate.sampling import services as sampling
 from annotate.sampling.generation import ModelServerUnavailable
 from annotate.turns import services as turns
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, max_retries=3)  # beat asks again every PAIR_REFILL_INTERVAL: a long outage piles up nothing
@@ -56,6 +59,14 @@ def round_run(round_id: int) -> None:
 def round_deploy(round_id: int) -> None:
     """Deploy a round that is deploying (just evaluated, or promoted), or retry one the model server missed."""
     deploy.round_deploy_retry(round_id=round_id)
+
+
+@shared_task(acks_late=False)
+def round_prescore() -> str:
+    """Score ahead what the next round would score first, while the trainer waits (annotate.rounds.prescore)."""
+    done = prescore.round_prescore()
+    logger.info("prescore: %s", done)
+    return done
 
 
 @shared_task(acks_late=False)

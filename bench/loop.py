@@ -63,6 +63,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--canary-votes", type=int, default=20, help="CANARY_MIN_VOTES")
     parser.add_argument("--canary-target-win-rate", type=float, default=0.55, help="CANARY_TARGET_WIN_RATE")
     parser.add_argument("--seed", type=int, default=1, help="seeds the simulated annotators' choices")
+    parser.add_argument("--prescore", action="store_true",
+                        help="let the idle trainer prescore the round's pairs before the click, as beat would ask it "
+                             "(annotate.rounds.prescore); its time is shown apart")  # fmt: skip
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     return parser.parse_args()
 
@@ -92,6 +95,31 @@ def configure_environment(arguments: argparse.Namespace) -> Path:
     for name in ("DATABASE_URL", "CELERY_BROKER_URL", "VLLM_BASE_URL"):
         os.environ.pop(name, None)
     return scratch
+
+
+def prescore_wait(scratch: Path) -> float:
+    """Ask the trainer to prescore (the task beat sends every ROUND_PRESCORE_INTERVAL) until it says it is up to
+    date with the votes and the serving version; the seconds that took, all of it the trainer's idle time."""
+    from django.conf import settings
+
+    from annotate.broker import enqueue
+    from annotate.models import Judgement, ModelVersion
+    from annotate.rounds.prescore import PRESCORE_DIR, STATE_FILE
+
+    started = time.monotonic()
+    serving = ModelVersion.objects.serving()
+    last = Judgement.objects.order_by("-id").values_list("id", flat=True).first()
+    state = Path(settings.ROUND_DIR) / PRESCORE_DIR / STATE_FILE
+    while time.monotonic() - started < 900:
+        try:
+            done = json.loads(state.read_text())
+        except (OSError, ValueError):
+            done = {}
+        if serving is not None and done.get("version") == serving.pk and done.get("last_judgement") == last:
+            return round(time.monotonic() - started, 1)
+        enqueue("annotate.tasks.round_prescore")
+        time.sleep(5)
+    raise SystemExit(f"the trainer did not prescore in 900 s; see {scratch / 'trainer.log'}")
 
 
 def start(name: str, command: list[str], scratch: Path) -> subprocess.Popen[bytes]:
@@ -230,6 +258,7 @@ def main() -> int:
             started = time.monotonic()
             simulate_votes(arguments, arguments.votes, arguments.seed * 1000 + number)
             votes_seconds = time.monotonic() - started
+            prescore_seconds = prescore_wait(scratch) if arguments.prescore else None
             clicked = time.monotonic()
             training_round = rounds.round_start(
                 trigger=TrainingRound.Trigger.COMMAND, overrides=overrides, gate_mode=arguments.gate
@@ -283,6 +312,7 @@ def main() -> int:
                 "seconds": {
                     "votes": round(votes_seconds, 1),
                     "click_to_ready": round(ready_seconds, 1),
+                    "prescore_seconds": prescore_seconds,
                     **phases,
                     "canary": round(canary_seconds, 1),
                 },
@@ -299,8 +329,9 @@ def main() -> int:
                   f"({row['offline_gate'].get('reason')})\n"
                   f"  candidate: {tokens:.1f} tokens ({tokens / baseline:.2f}x base), {non_answers:.0%} non-answers"
                   f"{' (collapsed)' if row['collapsed'] else ''}; round ended {training_round.status}\n"
-                  f"  wall time (s): votes {votes_seconds:.0f}, click to {ready} {ready_seconds:.0f} "
-                  f"(phases {phases})", flush=True)  # fmt: skip
+                  f"  wall time (s): votes {votes_seconds:.0f}, "
+                  + (f"prescoring before the click {prescore_seconds:.0f}, " if prescore_seconds is not None else "")
+                  + f"click to {ready} {ready_seconds:.0f} (phases {phases})", flush=True)  # fmt: skip
             if row["canary"]:
                 c = row["canary"]
                 print(f"  canary: {c['votes']} head-to-head votes, win rate {c['win_rate']:.3f} "

@@ -1,16 +1,19 @@
 """Benchmark: a round's training process started cold (`python -m training round`, what a trainer did before) against
-the same round forked by the warm trainer (`python -m training warm`, training.warm), interleaved and repeated.
+the same round forked by the warm trainer (`python -m training warm`, training.warm), and forked after the idle
+trainer prescored its pairs (`python -m training prescore`, annotate.rounds.prescore), interleaved and repeated.
 
     .venv/bin/python -m bench.warm_start                      # 32 pairs (26 train, 6 held out), 3 repeats
     .venv/bin/python -m bench.warm_start --pairs 32 --heldout 10 --repeats 5 --threads 2
 
-Both run the round's default RoundConfig on the default base model, with the same pairs (HH-RLHF questions, the
-shorter answer preferred: the loop benchmark's kind of vote), the same seed and thread budget, each into its own
-folder, with the reference cache empty (a first round). Timed by the clock from the request to the process's exit,
-as the trainer waits for it; each run's phases are the ones the process reports (start = imports and anything
-before loading, load = model and data and the reference pass, train, evaluate). The warm trainer is started and
-loaded before the first run, as a trainer worker does when it starts. Prints the medians with their spread, the ratio
-warm / cold of the medians, whether the adapters are the same bit for bit, and the load average before and after.
+All three run the round's default RoundConfig on the default base model, with the same pairs (HH-RLHF questions,
+the shorter answer preferred: the loop benchmark's kind of vote), the same seed and thread budget, each into its own
+folder, with the reference cache empty (a first round) except for "prescored", whose cache the prescoring filled
+just before (its own time is shown apart: the trainer's idle time, not the round's). Timed by the clock from the
+request to the process's exit, as the trainer waits for it; each run's phases are the ones the process reports
+(start = imports and anything before loading, load = model and data and the reference pass, train, evaluate). The
+warm trainer is started and loaded before the first run, as a trainer worker does when it starts. Prints the
+medians with their spread, the ratios of the medians, whether the adapters are the same bit for bit, and the load
+average before and after.
 """
 
 from __future__ import annotations
@@ -51,7 +54,15 @@ def round_argv(folder: Path, model: Path, train: Path, heldout: Path) -> list[st
     config = RoundConfig(base_model_dir=str(model), output_dir=str(folder / "output"))
     (folder / "config.json").write_text(config.to_json())
     return ["round", "--config", str(folder / "config.json"), "--data", str(train), "--heldout", str(heldout),
-            "--evaluation-output", str(folder / "evaluation.json")]  # fmt: skip
+            "--evaluation-output", str(folder / "evaluation.json"), "--reference-cache",
+            str(folder / "reference.json")]  # fmt: skip
+
+
+def prescore_argv(folder: Path, train: Path, heldout: Path) -> list[str]:
+    """What the idle trainer runs before the round in `folder` (round_argv wrote its config): into its cache."""
+    return ["prescore", "--config", str(folder / "config.json"), "--data", str(train), "--heldout", str(heldout),
+            "--reference-cache", str(folder / "reference.json"), "--seconds", "900",
+            "--output", str(folder / "prescore.json")]  # fmt: skip
 
 
 class Warm:
@@ -84,7 +95,8 @@ def main() -> int:
     threads = str(arguments.threads)
     environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     load_before = os.getloadavg()
-    runs: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": []}
+    kinds = ("cold", "warm", "prescored")
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as scratch:
         folder = Path(scratch)
         train, heldout = folder / "train.jsonl", folder / "heldout.jsonl"
@@ -97,9 +109,16 @@ def main() -> int:
         print(f"warm trainer ready in {time.monotonic() - started:.1f} s (once per trainer worker), resident "
               f"{int(resident.split()[1]) / 2**20:.2f} GiB", flush=True)  # fmt: skip
         for repeat in range(arguments.repeats):
-            for kind in ("cold", "warm") if repeat % 2 == 0 else ("warm", "cold"):
+            for kind in kinds[repeat % 3 :] + kinds[: repeat % 3]:  # each kind first once in three
                 run = folder / f"{kind}-{repeat}"
                 argv = round_argv(run, arguments.model, train, heldout)
+                prescore_seconds = None
+                if kind == "prescored":
+                    started = time.monotonic()
+                    if warm.run(prescore_argv(run, train, heldout), folder / f"{kind}-{repeat}-prescore.log",
+                                arguments.threads) != 0:  # fmt: skip
+                        raise SystemExit(f"prescoring {repeat} failed: see {folder / f'{kind}-{repeat}-prescore.log'}")
+                    prescore_seconds = time.monotonic() - started
                 started = time.monotonic()
                 if kind == "cold":
                     with (folder / f"{kind}-{repeat}.log").open("wb") as log:
@@ -116,9 +135,12 @@ def main() -> int:
                 adapter = load_file(run / "output" / "adapter" / "adapter_model.safetensors")
                 accuracy = report["models"]["candidate"]["accuracy"]
                 runs[kind].append({"seconds": seconds, "phases": phases, "adapter": adapter, "accuracy": accuracy})
+                scored = report["training_reference"]["misses"] + report["reference_cache"]["misses"]
                 print(f"{kind} {repeat}: {seconds:.1f} s, phases "
                       + ", ".join(f"{name} {phases[name]:.1f}" for name in ("start", "load", "train", "evaluate"))
-                      + f", accuracy {accuracy:.3f}, load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+                      + f", accuracy {accuracy:.3f}, pairs the round scored with a reference {scored}"
+                      + (f" (prescoring took {prescore_seconds:.1f} s before)" if prescore_seconds else "")
+                      + f", load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
         assert warm.process.stdin is not None
         warm.process.stdin.close()
         warm.process.wait()
@@ -132,6 +154,10 @@ def main() -> int:
     reference = runs["cold"][0]["adapter"]
     same = all(all(run["adapter"][name].equal(reference[name]) for name in reference) for kind in runs
                for run in runs[kind])  # fmt: skip
+    print(
+        f"prescored / warm (median seconds): {medians['prescored'] / medians['warm']:.2f}x; "
+        f"prescored / cold: {medians['prescored'] / medians['cold']:.2f}x"
+    )
     print(f"warm / cold (median seconds): {medians['warm'] / medians['cold']:.2f}x; "
           f"adapters the same bit for bit in every run: {same}")  # fmt: skip
     print(f"load average before {load_before[0]:.1f} {load_before[1]:.1f}, after {os.getloadavg()[0]:.1f} "

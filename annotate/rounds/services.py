@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -166,7 +166,7 @@ def _abandoned_reason(training_round: TrainingRound) -> str:
     )
 
 
-def _holdout_fraction(parent: ModelVersion) -> float:
+def holdout_fraction_for(parent: ModelVersion) -> float:
     """The setting, but never above the fraction of an earlier round in the parent's lineage (see the model)."""
     fractions = [settings.ROUND_HOLDOUT_FRACTION]
     version: ModelVersion | None = parent
@@ -226,7 +226,7 @@ def round_start(
                 config=config,
                 rules=round_rules().as_dict(),
                 last_judgement_id=Judgement.objects.aggregate(last=Max("id"))["last"] or 0,
-                holdout_fraction=_holdout_fraction(parent),
+                holdout_fraction=holdout_fraction_for(parent),
                 gate_mode=gate_mode,
             )
     except IntegrityError:
@@ -311,6 +311,54 @@ def _phase(training_round: TrainingRound, name: str) -> Iterator[None]:
     training_round.record_phases({name: round(time.monotonic() - started, 1)})
 
 
+@dataclass
+class _Written:
+    """What writing a round's train and held-out files found on the way."""
+
+    votes: _Counted
+    heldout: int = 0
+    train_weights: list[float] = field(default_factory=list)
+    disagreement: _Disagreement = field(default_factory=lambda: _Disagreement())
+    multi_turn: dict[bool, int] = field(default_factory=lambda: {False: 0, True: 0})  # by held out or not
+    edits_used: int = 0
+    judged_weight: float | None = None  # PairWeights.judged_weight: what a judge's vote weighs, when it is set
+
+
+def rows_write(
+    read: QuerySet[Judgement],
+    rules: PreferenceRules,
+    weighting: Weighting,
+    holdout_fraction: float,
+    train_path: Path,
+    heldout_path: Path,
+) -> tuple[_Written, Any]:
+    """Write the train and held-out files (TRL's conversational format) of the votes `read` under `rules`; returns
+    what was written and the rules' verdict on which votes count (for `rules.left_out`)."""
+    # Which votes the rules leave out is decided once.
+    left_out, competence = rules.left_out_and_competence(read, weighting)
+    votes = judgements_for_preferences(rules.counted(read, left_out))
+    written = _Written(votes=_Counted(votes.iterator(chunk_size=2000)))
+    weights = PairWeights.for_rules(weighting, competence, rules)
+    with JsonLinesWriter(train_path) as train_file, JsonLinesWriter(heldout_path) as heldout_file:
+        for verdict in verdicts(written.votes, rules):
+            written.disagreement.add(verdict.votes, verdict.agreement)
+            if verdict.chosen is None or not rules.choices_train:
+                continue
+            held_out = is_heldout(verdict.pair.prompt, holdout_fraction)
+            written.multi_turn[held_out] += is_multi_turn(verdict.pair.prompt.messages)
+            if held_out:
+                heldout_file.write(trl_preference_row(verdict))
+                written.heldout += 1
+            else:
+                train_file.write(trl_preference_row(verdict))
+                # A pair implied by a ranking weighs its share of the ranking (quality.preferences.ranking_verdicts).
+                written.train_weights.append(weights.weight(verdict.outcome, verdict.judgements) * verdict.share)
+        edits = human_answers_for_preferences(rules.counted(read, left_out)) if rules.edits_train else None
+        written.edits_used = _edit_rows_write(holdout_fraction, edits, weights, train_file, written.train_weights)
+    written.judged_weight = weights.judged_weight
+    return written, left_out
+
+
 def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     """Read the votes up to the round's cut-off and write its train and held-out files (TRL's conversational format)."""
     directory = Path(settings.ROUND_DIR) / f"round-{training_round.pk}"
@@ -319,32 +367,9 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
     cutoff = training_round.last_judgement_id or 0
     read = Judgement.objects.filter(pk__lte=cutoff)
     weighting = cast(Weighting, training_round.config.get("weighting", "none"))
-    # Which votes the rules leave out is decided once.
-    left_out, competence = rules.left_out_and_competence(read, weighting)
-    votes = judgements_for_preferences(rules.counted(read, left_out))
-    counted = _Counted(votes.iterator(chunk_size=2000))
     train_path, heldout_path = directory / TRAIN_FILE, directory / HELDOUT_FILE
-    heldout = 0
-    weights = PairWeights.for_rules(weighting, competence, rules)
-    train_weights: list[float] = []
-    disagreement = _Disagreement()
-    multi_turn = {False: 0, True: 0}  # pairs of conversations with more than one user turn, by held out or not
-    with JsonLinesWriter(train_path) as train_file, JsonLinesWriter(heldout_path) as heldout_file:
-        for verdict in verdicts(counted, rules):
-            disagreement.add(verdict.votes, verdict.agreement)
-            if verdict.chosen is None or not rules.choices_train:
-                continue
-            held_out = is_heldout(verdict.pair.prompt, training_round.holdout_fraction)
-            multi_turn[held_out] += is_multi_turn(verdict.pair.prompt.messages)
-            if held_out:
-                heldout_file.write(trl_preference_row(verdict))
-                heldout += 1
-            else:
-                train_file.write(trl_preference_row(verdict))
-                # A pair implied by a ranking weighs its share of the ranking (quality.preferences.ranking_verdicts).
-                train_weights.append(weights.weight(verdict.outcome, verdict.judgements) * verdict.share)
-        edits = human_answers_for_preferences(rules.counted(read, left_out)) if rules.edits_train else None
-        edits_used = _edit_rows_write(training_round, edits, weights, train_file, train_weights)
+    written, left_out = rows_write(read, rules, weighting, training_round.holdout_fraction, train_path, heldout_path)
+    train_weights = written.train_weights
     train = len(train_weights)
     if (weighting != "none" or any(weight != 1.0 for weight in train_weights)) and train:
         try:
@@ -353,19 +378,21 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
             training_round.finish(Status.FAILED, error=f"weighting by {weighting}: {error}")
             raise RoundStopped from None
     if settings.ROUND_LABEL_SMOOTHING_AUTO and training_round.config.get("loss_type") == "sigmoid":
-        training_round.record(config={**training_round.config, "label_smoothing": disagreement.label_smoothing()})
+        training_round.record(
+            config={**training_round.config, "label_smoothing": written.disagreement.label_smoothing()}
+        )
     training_round.record(
-        label_smoothing_basis=disagreement.describe(),
-        weighting_basis=weights_described(weighting, train_weights, judge_weight=weights.judged_weight)
-        + _rankings_described(counted.rankings),
+        label_smoothing_basis=written.disagreement.describe(),
+        weighting_basis=weights_described(weighting, train_weights, judge_weight=written.judged_weight)
+        + _rankings_described(written.votes.rankings),
         directory=str(directory),
-        votes_read=counted.count,
+        votes_read=written.votes.count,
         train_pairs=train,
-        heldout_pairs=heldout,
-        multi_turn_train_pairs=multi_turn[False],
-        multi_turn_heldout_pairs=multi_turn[True],
+        heldout_pairs=written.heldout,
+        multi_turn_train_pairs=written.multi_turn[False],
+        multi_turn_heldout_pairs=written.multi_turn[True],
         votes_left_out=rules.left_out(read, left_out),
-        edits_used=edits_used,
+        edits_used=written.edits_used,
     )
     if train < settings.ROUND_MIN_TRAIN_PAIRS:
         training_round.finish(Status.FAILED, error=f"only {train} training pairs after the rules were applied")
@@ -374,7 +401,7 @@ def round_prepare(training_round: TrainingRound) -> tuple[Path, Path]:
 
 
 def _edit_rows_write(
-    training_round: TrainingRound,
+    holdout_fraction: float,
     edits: QuerySet[HumanAnswer] | None,
     weights: PairWeights,
     train_file: JsonLinesWriter,
@@ -388,7 +415,7 @@ def _edit_rows_write(
         return 0
     used = 0
     for answer in edits.iterator(chunk_size=500):
-        if is_heldout(answer.judgement.pair.prompt, training_round.holdout_fraction):
+        if is_heldout(answer.judgement.pair.prompt, holdout_fraction):
             continue
         rows = edit_preference_rows(answer)
         for row in rows:
@@ -471,10 +498,12 @@ def round_train_and_evaluate(training_round: TrainingRound, train_path: Path, he
     config_path.write_text(config.to_json())
     training_round.advance(Status.TRAINING, config=config.to_dict(), started_at=timezone.now())
     comparison = directory / "evaluation.json"
+    # The cache holds the training reference's log-probs of pairs seen before (or prescored while the trainer was
+    # idle: annotate.rounds.prescore) and the base model's of held-out pairs
     arguments = ["train", "--config", str(config_path), "--data", str(train_path)]
+    arguments += ["--reference-cache", str(Path(settings.ROUND_DIR) / REFERENCE_CACHE)]
     if training_round.heldout_pairs:
         arguments = ["round", *arguments[1:], "--heldout", str(heldout_path), "--evaluation-output", str(comparison)]
-        arguments += ["--reference-cache", str(Path(settings.ROUND_DIR) / REFERENCE_CACHE)]
     with _phase(training_round, "train_and_evaluate"):
         training_process_run(
             training_round, arguments, directory / "train.log", metrics_path=output_dir / "metrics.jsonl"
