@@ -399,6 +399,8 @@ TRAINING_WARM_READY_SECONDS = env_float("TRAINING_WARM_READY_SECONDS", 180.0)
 # most this many seconds at a time (a round clicked meanwhile waits that long at most), asked every INTERVAL. 0: off.
 ROUND_PRESCORE_SECONDS = env_float("ROUND_PRESCORE_SECONDS", 15.0)
 ROUND_PRESCORE_INTERVAL = env_float("ROUND_PRESCORE_INTERVAL", 20.0)
+# Each ask that finds new votes reads them all and tokenizes every pair again: above this many votes it does nothing.
+ROUND_PRESCORE_MAX_VOTES = env_int("ROUND_PRESCORE_MAX_VOTES", 5000)
 CELERY_TASK_ROUTES["annotate.tasks.round_prescore"] = {"queue": CELERY_TRAINING_QUEUE}
 if ROUND_PRESCORE_SECONDS > 0:
     # Expiring with the next ask: asks a busy trainer could not take do not pile up behind a round

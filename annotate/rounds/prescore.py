@@ -15,7 +15,10 @@ host whose trainer never prescored (another machine, a fresh disk) only takes lo
 trainers that prescore at once only do the same work twice (the cache merges their saves).
 
 Only where rounds start warm (training.warm, `TRAINING_WARM_START`): a cold process would spend seconds importing
-torch at every ask, and on a GPU host the round's own pass is short.
+torch at every ask, and on a GPU host the round's own pass is short. And only up to ROUND_PRESCORE_MAX_VOTES votes:
+each ask that finds something new reads every vote and tokenizes every pair again (the cache is keyed by tokens),
+which a larger set would spend its slices on; a slice that scores nothing is not asked again until something
+changes.
 """
 
 from __future__ import annotations
@@ -80,8 +83,12 @@ def round_prescore() -> str:
     rules = round_rules()
     last = Judgement.objects.aggregate(last=Max("id"))["last"] or 0
     state = _state(parent, last, fraction, rules, config)
-    if _state_read(directory) == state:
-        return "up to date"
+    known = _state_read(directory) or {}
+    if known == state or known == {**state, "stalled": True}:
+        return "up to date" if known == state else "stalled on these votes: the round will score its own pairs"
+    votes = Judgement.objects.filter(pk__lte=last).count()
+    if votes > settings.ROUND_PRESCORE_MAX_VOTES:
+        return f"off above ROUND_PRESCORE_MAX_VOTES={settings.ROUND_PRESCORE_MAX_VOTES} votes ({votes}): see there"
     train, heldout = directory / "train.jsonl", directory / "heldout.jsonl"
     weighting = cast(Weighting, defaults.get("weighting", "none"))
     written, _ = rows_write(Judgement.objects.filter(pk__lte=last), rules, weighting, fraction, train, heldout)
@@ -114,6 +121,11 @@ def round_prescore() -> str:
     if report.get("complete"):
         _state_write(directory, state)
         return f"complete: {said}"
+    if not report.get("scored") and not report.get("heldout_scored"):
+        # Not one pair in a whole slice (the pairs' preparation alone fills it): asking again would only burn the
+        # cores. Left to the round, until the votes or the serving version change.
+        _state_write(directory, {**state, "stalled": True})
+        return f"no progress in {settings.ROUND_PRESCORE_SECONDS} s: the round will score its own pairs ({said})"
     enqueue("annotate.tasks.round_prescore")  # the rest, after whatever else waits on the queue (a round)
     return f"more to score: {said}"
 

@@ -529,8 +529,11 @@ def _evaluation(training_round: TrainingRound, comparison: Path) -> dict[str, An
     if not comparison.is_file():
         evaluation["gate"] = {"promote": False, "reason": "no held-out votes to evaluate on"}
         return evaluation
-    models = json.loads(comparison.read_text())["models"]
+    compared = json.loads(comparison.read_text())
+    models = compared["models"]
     candidate, parent = models["candidate"], models.get("parent") or {}
+    if "training_reference" in compared:  # how many training pairs' reference log-probs came from the cache
+        evaluation["training_reference"] = compared["training_reference"]
     evaluation.update(
         accuracy=candidate["accuracy"],
         accuracy_interval=[candidate.get("accuracy_low"), candidate.get("accuracy_high")],

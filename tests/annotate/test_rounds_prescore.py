@@ -47,6 +47,7 @@ def test_a_round_after_an_idle_trainer_prescored_scores_no_pair_again(idle_loop,
     assert first.status == Status.SERVING, first.error + first.log_tail
     report = report_of(first)
     assert report["training_reference"] == {"hits": first.train_pairs, "misses": 0}
+    assert first.evaluation["training_reference"] == report["training_reference"]  # the round's record says so too
     assert (report["reference_cache"]["hits"], report["reference_cache"]["misses"]) == (first.heldout_pairs, 0)
 
     # Round 1 serves: the next round's reference is its adapter, under which nothing was scored yet
@@ -87,14 +88,26 @@ def test_nothing_is_scored_beside_a_round_in_progress_or_where_it_is_off(idle_lo
     assert not (Path(settings.ROUND_DIR) / rounds.REFERENCE_CACHE).exists()
 
 
-def test_a_slice_that_runs_out_of_time_asks_again_for_the_rest(idle_loop, monkeypatch):
+def test_a_slice_that_scores_nothing_is_not_asked_again_until_the_votes_change(
+    idle_loop, monkeypatch, make_pair, django_user_model
+):
     asked: list[str] = []
     monkeypatch.setattr(prescore, "enqueue", lambda name, *args: asked.append(name))  # the queue's edge
-    idle_loop.ROUND_PRESCORE_SECONDS = 0.001
-    assert prescore.round_prescore().startswith("more to score: 0 training pairs scored")
-    assert asked == ["annotate.tasks.round_prescore"]
+    idle_loop.ROUND_PRESCORE_SECONDS = 0.001  # gone before the first pair
+    assert prescore.round_prescore().startswith("no progress in 0.001 s: the round will score its own pairs")
     idle_loop.ROUND_PRESCORE_SECONDS = 300.0
+    assert prescore.round_prescore() == "stalled on these votes: the round will score its own pairs"
+    assert asked == []  # nothing burns the cores again and again
+
+    pair = make_pair(texts=("brief", "a far longer answer than the other"))
+    vote_as_annotator(django_user_model.objects.create_user("late"), pair=pair, choice="a", strength=2)
     assert prescore.round_prescore().startswith("complete: ")
+
+
+def test_above_the_vote_limit_nothing_is_read(idle_loop):
+    idle_loop.ROUND_PRESCORE_MAX_VOTES = 7  # the loop cast 8
+    assert prescore.round_prescore() == "off above ROUND_PRESCORE_MAX_VOTES=7 votes (8): see there"
+    assert not (Path(settings.ROUND_DIR) / "prescore" / "train.jsonl").exists()
 
 
 def test_beat_asks_on_the_training_queue_and_an_ask_expires_with_the_next():
