@@ -92,9 +92,9 @@ def round_prescore() -> str:
     train, heldout = directory / "train.jsonl", directory / "heldout.jsonl"
     weighting = cast(Weighting, defaults.get("weighting", "none"))
     written, _ = rows_write(Judgement.objects.filter(pk__lte=last), rules, weighting, fraction, train, heldout)
-    if not written.train_weights and not written.heldout:
+    if not written.train_weights:  # held-out pairs alone make no round
         _state_write(directory, state)
-        return "no pair to score"
+        return "no training pair to score yet"
     config_path = directory / "config.json"
     config_path.write_text(config.to_json())
     output = directory / "report.json"
@@ -112,6 +112,7 @@ def round_prescore() -> str:
     finally:
         process_group_stop(process)
     if code != 0 or not output.is_file():
+        _state_write(directory, {**state, "stalled": True})  # not again on these votes: the round will say why
         return f"`python -m training prescore` failed (exit {code}); see {directory / 'prescore.log'}"
     report = json.loads(output.read_text())
     said = (

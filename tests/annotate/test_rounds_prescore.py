@@ -104,6 +104,15 @@ def test_a_slice_that_scores_nothing_is_not_asked_again_until_the_votes_change(
     assert prescore.round_prescore().startswith("complete: ")
 
 
+def test_a_prescore_that_fails_says_where_to_look_and_is_not_asked_again_on_the_same_votes(idle_loop):
+    # Every prompt, in the model's chat template, is longer than the shortest max_length: nothing left to train on
+    idle_loop.ROUND_CONFIG_DEFAULTS = {**idle_loop.ROUND_CONFIG_DEFAULTS, "max_length": 32}
+    done = prescore.round_prescore()
+    assert done.startswith("`python -m training prescore` failed (exit 2); see "), done
+    assert "nothing left to train on" in (Path(settings.ROUND_DIR) / "prescore" / "prescore.log").read_text()
+    assert prescore.round_prescore() == "stalled on these votes: the round will score its own pairs"
+
+
 def test_above_the_vote_limit_nothing_is_read(idle_loop):
     idle_loop.ROUND_PRESCORE_MAX_VOTES = 7  # the loop cast 8
     assert prescore.round_prescore() == "off above ROUND_PRESCORE_MAX_VOTES=7 votes (8): see there"
