@@ -280,14 +280,16 @@ class WeightedDPOTrainer(DPOTrainer):
     def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
         """The reference's log-probs of every pair, each pair scored alone, those in the reference cache read from it.
 
-        TRL's own pass (taken without a cache, and by a launcher's several processes) scores batches of
+        TRL's own pass (taken without a cache, by a launcher's several processes and on a GPU) scores batches of
         `batch_size` pairs padded to their longest; in bf16 the padding moves a sum by up to a few tenths of a nat, so
         the same pair scored in another batch differs. Alone, a pair's log-probs depend on nothing but the pair, the
         reference and the arithmetic (`reference_key`): the value a trainer scored while idle is the value this round
         would compute, bit for bit (tests/training/test_prescore.py). Scored in eval mode, under the same autocast
         as TRL's pass; no slower here than TRL's batches of 8 (no padding to compute).
         """
-        if self.reference_cache is None or self.accelerator.num_processes > 1:
+        if self.reference_cache is None or self.accelerator.num_processes > 1 or self.accelerator.device.type != "cpu":
+            # A GPU scores a padded batch about as fast as one pair: TRL's batches there, as before (nothing
+            # prescores on a GPU host: annotate.rounds.prescore runs where rounds start warm, on CPUs)
             return super()._precompute_ref_logps(dataset, name, batch_size)
         pairs = [
             TokenizedPair(list(prompt), list(chosen), list(rejected))

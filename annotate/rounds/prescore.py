@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any, cast
@@ -89,15 +90,18 @@ def round_prescore() -> str:
     votes = Judgement.objects.filter(pk__lte=last).count()
     if votes > settings.ROUND_PRESCORE_MAX_VOTES:
         return f"off above ROUND_PRESCORE_MAX_VOTES={settings.ROUND_PRESCORE_MAX_VOTES} votes ({votes}): see there"
-    train, heldout = directory / "train.jsonl", directory / "heldout.jsonl"
+    # This worker's own files (two trainers on one host may prescore at once); the state and the log are shared
+    work = directory / f"worker-{os.getpid()}"
+    work.mkdir(exist_ok=True)
+    train, heldout = work / "train.jsonl", work / "heldout.jsonl"
     weighting = cast(Weighting, defaults.get("weighting", "none"))
     written, _ = rows_write(Judgement.objects.filter(pk__lte=last), rules, weighting, fraction, train, heldout)
     if not written.train_weights:  # held-out pairs alone make no round
         _state_write(directory, state)
         return "no training pair to score yet"
-    config_path = directory / "config.json"
+    config_path = work / "config.json"
     config_path.write_text(config.to_json())
-    output = directory / "report.json"
+    output = work / "report.json"
     output.unlink(missing_ok=True)
     arguments = ["prescore", "--config", str(config_path), "--data", str(train), "--heldout", str(heldout)]
     arguments += ["--reference-cache", str(Path(settings.ROUND_DIR) / REFERENCE_CACHE)]
@@ -152,6 +156,6 @@ def _state_read(directory: Path) -> dict[str, Any] | None:
 
 
 def _state_write(directory: Path, state: dict[str, Any]) -> None:
-    temporary = directory / f"{STATE_FILE}.tmp"
+    temporary = directory / f"{STATE_FILE}.{os.getpid()}.tmp"
     temporary.write_text(json.dumps(state))
     temporary.replace(directory / STATE_FILE)
