@@ -6,6 +6,7 @@ machine, `--train-pairs 300` for about 14); every size is an argument, so a GPU 
 
     .venv/bin/python -m bench.hh_rlhf_cpu
     python -m bench.hh_rlhf_cpu --train-pairs 800 --max-length 1024 --epochs 2
+    .venv/bin/python -m bench.hh_rlhf_cpu --train-pairs 300 --train-pool 700 --eval-pairs 300 --cpu-bf16 off
 
 Pairs whose prompt alone fills max_length are dropped (TRL drops them from training; the evaluation skips them),
 so a short max_length also trains and evaluates on fewer, shorter conversations.
@@ -59,9 +60,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=RoundConfig.learning_rate)
     parser.add_argument("--beta", type=float, default=RoundConfig.beta)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-pool", type=int, default=TRAIN_POOL,
+                        help="rows 1-N are the training pool, the rest held out (700 leaves 300 held out)")  # fmt: skip
+    parser.add_argument("--cpu-bf16", choices=("on", "off"), help="bf16 autocast on the CPU (default: the round's)")
     arguments = parser.parse_args(argv)
-    if not 1 <= arguments.train_pairs <= TRAIN_POOL or arguments.eval_pairs < 1:
-        parser.error(f"--train-pairs must be in [1, {TRAIN_POOL}] and --eval-pairs >= 1")
+    if not 1 <= arguments.train_pairs <= arguments.train_pool or arguments.eval_pairs < 1:
+        parser.error(f"--train-pairs must be in [1, {arguments.train_pool}] and --eval-pairs >= 1")
     return arguments
 
 
@@ -78,8 +82,8 @@ def convert_rows(lines: Sequence[str]) -> tuple[list[PreferenceRow], int]:
 
 def run(arguments: argparse.Namespace) -> dict[str, Any]:
     lines = [line for line in arguments.data.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train_rows, train_skipped = convert_rows(lines[:TRAIN_POOL][: arguments.train_pairs])
-    heldout, heldout_skipped = convert_rows(lines[TRAIN_POOL:][: arguments.eval_pairs])
+    train_rows, train_skipped = convert_rows(lines[: arguments.train_pool][: arguments.train_pairs])
+    heldout, heldout_skipped = convert_rows(lines[arguments.train_pool :][: arguments.eval_pairs])
     output_dir = arguments.output_dir or REPO / "var" / "bench" / time.strftime("hh-rlhf-%Y%m%d-%H%M%S")
     output_dir.mkdir(parents=True, exist_ok=True)
     write_pairs(train_rows, output_dir / "train.jsonl")
@@ -94,6 +98,7 @@ def run(arguments: argparse.Namespace) -> dict[str, Any]:
         batch_size=arguments.batch_size,
         max_length=arguments.max_length,
         seed=arguments.seed,
+        **({} if arguments.cpu_bf16 is None else {"cpu_bf16": arguments.cpu_bf16 == "on"}),
     )
 
     started = time.monotonic()
