@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, cast
@@ -90,11 +91,29 @@ def round_prescore() -> str:
     votes = Judgement.objects.filter(pk__lte=last).count()
     if votes > settings.ROUND_PRESCORE_MAX_VOTES:
         return f"off above ROUND_PRESCORE_MAX_VOTES={settings.ROUND_PRESCORE_MAX_VOTES} votes ({votes}): see there"
-    # This worker's own files (two trainers on one host may prescore at once); the state and the log are shared
+    # This worker's own files (two trainers on one host may prescore at once), gone after each ask; the state and the
+    # log are shared
     work = directory / f"worker-{os.getpid()}"
     work.mkdir(exist_ok=True)
+    try:
+        return _score(
+            directory, work, state, config, rules, fraction, last, cast(Weighting, defaults.get("weighting", "none"))
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _score(
+    directory: Path,
+    work: Path,
+    state: dict[str, Any],
+    config: RoundConfig,
+    rules: PreferenceRules,
+    fraction: float,
+    last: int,
+    weighting: Weighting,
+) -> str:
     train, heldout = work / "train.jsonl", work / "heldout.jsonl"
-    weighting = cast(Weighting, defaults.get("weighting", "none"))
     written, _ = rows_write(Judgement.objects.filter(pk__lte=last), rules, weighting, fraction, train, heldout)
     if not written.train_weights:  # held-out pairs alone make no round
         _state_write(directory, state)

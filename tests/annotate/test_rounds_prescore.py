@@ -42,6 +42,7 @@ def test_a_round_after_an_idle_trainer_prescored_scores_no_pair_again(idle_loop,
     done = prescore.round_prescore()
     assert done.startswith("complete: ") and "0 already held" in done, done
     assert prescore.round_prescore() == "up to date"
+    assert not list((Path(settings.ROUND_DIR) / "prescore").glob("worker-*"))  # each ask's files go with it
 
     first = run_round()
     assert first.status == Status.SERVING, first.error + first.log_tail
