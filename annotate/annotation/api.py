@@ -88,7 +88,43 @@ def pairs_next(request: Request) -> Response:
     if assignment is None:
         sampling.pairs_refill_request()
         return Response(status=status.HTTP_204_NO_CONTENT)
-    return Response(NextPairOutput(assignment).data)
+    return Response(next_pair_data(assignment))
+
+
+# The two hot answers of the annotator's cycle are written out by hand: a DRF serializer deep-copies its declared
+# fields for every instance it renders, a share of the cycle's CPU. The serializers above stay what the OpenAPI schema
+# and the rarer answers (an undo) use; tests/annotate/test_api_output.py holds the two to the same output.
+_DATETIME = serializers.DateTimeField()
+
+
+def _judge_hint_data(assignment: Assignment) -> dict[str, Any] | None:
+    verdict = judging.judge_hint_for(assignment)
+    if verdict is None:
+        return None
+    choice = verdict.choice
+    if choice in (Judgement.Choice.A, Judgement.Choice.B):
+        choice = "left" if (choice == Judgement.Choice.A) == assignment.a_on_left else "right"
+    confidence = verdict.confidence
+    return {"verdict": verdict.pk, "choice": choice, "confidence": None if confidence is None else float(confidence)}
+
+
+def next_pair_data(assignment: Assignment) -> dict[str, Any]:
+    """NextPairOutput(assignment).data, without the serializer's per-instance copies of its fields."""
+    pair = assignment.pair
+    if pair.is_ranking:
+        answers = pair.answers()
+        ranked = [{"text": answers[position].text} for position in assignment.answer_order]
+    else:
+        ranked = []
+    return {
+        "pair": assignment.pair_id,
+        "prompt": [dict(message) for message in pair.prompt.messages],
+        "left": {"text": assignment.left.text},
+        "right": {"text": assignment.right.text},
+        "lease_expires": _DATETIME.to_representation(assignment.expires_at),
+        "answers": ranked,
+        "judge_hint": _judge_hint_data(assignment),
+    }
 
 
 class JudgementInput(serializers.Serializer[Any]):
@@ -201,9 +237,33 @@ def judgements_create(request: Request) -> Response:
     verdict = data.validated_data["judge_verdict"]
     judging.judge_hint_record(judgement=recorded.judgement, verdict_id=None if verdict is None else str(verdict))
     return Response(
-        JudgementOutput(recorded.judgement).data,
+        judgement_data(recorded.judgement),
         status=status.HTTP_201_CREATED if recorded.created else status.HTTP_200_OK,
     )
+
+
+def judgement_data(judgement: Judgement) -> dict[str, Any]:
+    """JudgementOutput(judgement).data, without the serializer's per-instance copies of its fields."""
+    try:
+        human_answer = judgement.human_answer  # known already for a vote just recorded
+    except HumanAnswer.DoesNotExist:
+        edit = None
+    else:
+        edit = HumanAnswerOutput(human_answer).data
+    ranking = judgement.ranking
+    return {
+        "id": judgement.pk,
+        "pair": judgement.pair_id,
+        "choice": str(judgement.choice_on_screen),
+        "choice_relative_to_pair": str(judgement.choice),
+        "strength": judgement.strength,
+        "ranking": None if ranking is None else [int(rank) for rank in ranking],
+        "rationale": str(judgement.rationale),
+        "idempotency_key": str(judgement.idempotency_key),
+        "time_spent_ms": judgement.time_spent_ms,
+        "created_at": _DATETIME.to_representation(judgement.created_at),
+        "edit": edit,
+    }
 
 
 def _ranks(validated: dict[str, Any]) -> list[int] | None:
