@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,32 +157,61 @@ def pair_logprobs(
 class ReferenceCache:
     """Log-probabilities of pairs under a model that does not change, kept in a JSON file across rounds.
 
-    Two kinds live in one file, told apart by the model key: the held-out pairs under the fixed reference of the
+    Two kinds live in one file, grouped by the model key: the held-out pairs under the fixed reference of the
     evaluation (the base model, fp32), and the training pairs under a round's DPO reference (the base model or the
     parent adapter, as training computes them: `training.dpo.reference_key`), which a trainer scores while it is
-    idle (`python -m training prescore`). Keyed by the model key, max_length and a hash of the pair's tokens, so
+    idle (`python -m training prescore`). Within a group, keyed by max_length and a hash of the pair's tokens, so
     each later round scores only the pairs it has not seen. `None` as the path keeps the cache in memory only.
+
+    Bounded: the file keeps the `keep_models` groups used last (each group notes when it was last read or written)
+    and drops the rest at each save. Each promotion makes a new parent, so without this every parent a host ever
+    trained from stayed in the file, rewritten whole at each save; the four kept cover the evaluation's base, the
+    serving version's reference in fp32 and bf16, and the one before it (a rollback).
 
     Several processes may write the file (two trainers on one host): each save merges with what the file holds
     under an advisory lock (`flock`, released by the kernel when its process dies), then replaces the file whole.
+    A file of the earlier layout (one flat "entries" object, which does not say which model a pair was scored
+    under, so it could not be pruned) is read as empty and replaced: its pairs are scored again once.
     """
 
-    def __init__(self, path: Path | str | None) -> None:
+    KEEP_MODELS = 4
+    # A group only read (every pair found) is marked used on disk at most this often: a save rewrites the file.
+    USED_SAVE_SECONDS = 60.0
+
+    def __init__(self, path: Path | str | None, keep_models: int = KEEP_MODELS) -> None:
+        if keep_models < 1:
+            raise ValueError("keep_models must be at least 1")
         self.path = None if path is None else Path(path)
-        self.entries: dict[str, list[float]] = self._read()
+        self.keep_models = keep_models
+        self.models: dict[str, dict[str, Any]] = self._read()
         self.hits = 0
         self.misses = 0
 
-    def _read(self) -> dict[str, list[float]]:
+    def _read(self) -> dict[str, dict[str, Any]]:
         if self.path is None or not self.path.is_file():
             return {}
         try:
             stored = json.loads(self.path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"reference cache {self.path} is not valid JSON: {error}") from error
-        if not isinstance(stored, dict) or not isinstance(stored.get("entries"), dict):
-            raise ValueError(f'reference cache {self.path} must be a JSON object with an "entries" object')
-        return dict(stored["entries"])
+        if isinstance(stored, dict) and "models" not in stored and isinstance(stored.get("entries"), dict):
+            return {}  # the earlier layout: scored again, then saved in this one
+        models = stored.get("models") if isinstance(stored, dict) else None
+        if not isinstance(models, dict) or not all(
+            isinstance(group, dict)
+            and isinstance(group.get("entries"), dict)
+            and isinstance(group.get("used"), int | float)
+            for group in models.values()
+        ):
+            raise ValueError(
+                f'reference cache {self.path} must be a JSON object with a "models" object of '
+                '{"used": seconds, "entries": {...}} by model key'
+            )
+        return {key: {"used": float(group["used"]), "entries": dict(group["entries"])} for key, group in models.items()}
+
+    @property
+    def entries_count(self) -> int:
+        return sum(len(group["entries"]) for group in self.models.values())
 
     def scores(
         self, model: Any, model_key: str, pairs: Sequence[TokenizedPair], max_length: int, batch_size: int, pad: int
@@ -200,33 +230,47 @@ class ReferenceCache:
     ) -> list[tuple[float, float]]:
         """The scores of `pairs` under `model_key`, `compute` called on those not cached yet (it may yield them one
         at a time: what it yielded is saved even when it stops with an exception)."""
+        group = self.models.setdefault(model_key, {"used": 0.0, "entries": {}})
+        entries: dict[str, list[float]] = group["entries"]
+        last_used, group["used"] = group["used"], time.time()
         keys = [pair.cache_key(model_key, max_length) for pair in pairs]
-        missing = [index for index, key in enumerate(keys) if key not in self.entries]
+        missing = [index for index, key in enumerate(keys) if key not in entries]
         computed = 0
         try:
             for index, score in zip(missing, compute([pairs[index] for index in missing]), strict=False):
-                self.entries[keys[index]] = [float(score[0]), float(score[1])]
+                entries[keys[index]] = [float(score[0]), float(score[1])]
                 computed += 1
         finally:
             self.misses += computed
-            if computed:
+            if computed or group["used"] - last_used > self.USED_SAVE_SECONDS:
                 self.save()
         if computed < len(missing):
             raise ValueError(f"{len(missing)} pairs to score, {computed} scored")
         self.hits += len(pairs) - len(missing)
-        return [(self.entries[key][0], self.entries[key][1]) for key in keys]
+        entries = self.models[model_key]["entries"]
+        return [(entries[key][0], entries[key][1]) for key in keys]
 
     def save(self) -> None:
         if self.path is None:
+            self.models = self._pruned(self.models)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.with_name(self.path.name + ".lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            merged = {**self._read(), **self.entries}
+            merged = self._read()
+            for key, group in self.models.items():
+                into = merged.setdefault(key, {"used": 0.0, "entries": {}})
+                into["entries"].update(group["entries"])
+                into["used"] = max(into["used"], group["used"])
+            merged = self._pruned(merged)
             temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps({"entries": merged}) + "\n", encoding="utf-8")
+            temporary.write_text(json.dumps({"models": merged}) + "\n", encoding="utf-8")
             temporary.replace(self.path)  # atomic: a reader never sees half a file
-        self.entries = merged
+        self.models = merged
+
+    def _pruned(self, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        kept = sorted(models, key=lambda key: models[key]["used"], reverse=True)[: self.keep_models]
+        return {key: models[key] for key in kept}
 
 
 def model_cache_key(model_dir: Path | str) -> str:

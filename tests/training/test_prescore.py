@@ -156,3 +156,66 @@ def test_a_pass_stopped_part_way_keeps_the_pairs_it_scored(tmp_path: Path) -> No
     again = ReferenceCache(path)
     scores = again.scores_by("model", pairs, 64, lambda todo: [(-9.0, -9.0)] * len(todo))
     assert scores == [(-1.0, -1.0), (-2.0, -2.0), (-9.0, -9.0), (-9.0, -9.0)] and again.misses == 2
+
+
+def _clock(monkeypatch: pytest.MonkeyPatch, start: float = 1_000_000.0) -> list[float]:
+    """training.evaluate's clock, moved by the test: `now[0] += seconds`."""
+    import training.evaluate
+
+    now = [start]
+    monkeypatch.setattr(training.evaluate.time, "time", lambda: now[0])
+    return now
+
+
+def test_the_cache_keeps_the_models_used_last_and_drops_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each promotion brings a new parent: the file keeps the groups used last, not every parent ever trained from."""
+    from training.evaluate import ReferenceCache, TokenizedPair
+
+    now = _clock(monkeypatch)
+    path = tmp_path / "reference.json"
+    pairs = [TokenizedPair([1, 2], [3], [4]), TokenizedPair([1, 2], [5], [6])]
+    for value, model in enumerate(("parent-1", "parent-2", "parent-3")):
+        now[0] += 10
+        ReferenceCache(path, keep_models=2).scores_by(model, pairs, 64, lambda todo, v=value: [(-v, -v)] * len(todo))
+
+    stored = json.loads(path.read_text())
+    assert sorted(stored["models"]) == ["parent-2", "parent-3"]
+    reopened = ReferenceCache(path, keep_models=2)
+    assert reopened.scores_by("parent-3", pairs, 64, lambda todo: []) == [(-2.0, -2.0)] * 2
+    assert reopened.scores_by("parent-1", pairs, 64, lambda todo: [(-9.0, -9.0)] * len(todo)) == [(-9.0, -9.0)] * 2
+    assert (reopened.hits, reopened.misses) == (2, 2)  # parent-1 was dropped: scored again
+
+
+def test_a_model_only_read_counts_as_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluation's base model is read every round and written rarely: a read marks it used, so it is kept."""
+    from training.evaluate import ReferenceCache, TokenizedPair
+
+    now = _clock(monkeypatch)
+    path = tmp_path / "reference.json"
+    pairs = [TokenizedPair([1], [2], [3])]
+    ReferenceCache(path, keep_models=2).scores_by("base", pairs, 64, lambda todo: [(-1.0, -1.0)])
+    now[0] += 10
+    ReferenceCache(path, keep_models=2).scores_by("parent-1", pairs, 64, lambda todo: [(-2.0, -2.0)])
+    now[0] += ReferenceCache.USED_SAVE_SECONDS + 1
+    assert ReferenceCache(path, keep_models=2).scores_by("base", pairs, 64, lambda todo: []) == [(-1.0, -1.0)]
+    now[0] += 10
+    ReferenceCache(path, keep_models=2).scores_by("parent-2", pairs, 64, lambda todo: [(-3.0, -3.0)])
+
+    assert sorted(json.loads(path.read_text())["models"]) == ["base", "parent-2"]
+
+
+def test_a_cache_of_the_earlier_layout_is_scored_again_and_replaced(tmp_path: Path) -> None:
+    from training.evaluate import ReferenceCache, TokenizedPair
+
+    path = tmp_path / "reference.json"
+    pairs = [TokenizedPair([1], [2], [3])]
+    path.write_text(json.dumps({"entries": {pairs[0].cache_key("base", 64): [-5.0, -5.0]}}))
+    cache = ReferenceCache(path)
+    assert cache.scores_by("base", pairs, 64, lambda todo: [(-1.0, -1.0)]) == [(-1.0, -1.0)] and cache.misses == 1
+    assert list(json.loads(path.read_text())) == ["models"]
+
+    path.write_text(json.dumps({"models": {"base": {"entries": []}}}))
+    with pytest.raises(ValueError, match='must be a JSON object with a "models" object'):
+        ReferenceCache(path)
