@@ -209,10 +209,6 @@ class ReferenceCache:
             )
         return {key: {"used": float(group["used"]), "entries": dict(group["entries"])} for key, group in models.items()}
 
-    @property
-    def entries_count(self) -> int:
-        return sum(len(group["entries"]) for group in self.models.values())
-
     def scores(
         self, model: Any, model_key: str, pairs: Sequence[TokenizedPair], max_length: int, batch_size: int, pad: int
     ) -> list[tuple[float, float]]:
@@ -247,7 +243,7 @@ class ReferenceCache:
         if computed < len(missing):
             raise ValueError(f"{len(missing)} pairs to score, {computed} scored")
         self.hits += len(pairs) - len(missing)
-        entries = self.models[model_key]["entries"]
+        # From this call's own entries: a save may have pruned the group meanwhile (others used newer ones).
         return [(entries[key][0], entries[key][1]) for key in keys]
 
     def save(self) -> None:

@@ -219,3 +219,23 @@ def test_a_cache_of_the_earlier_layout_is_scored_again_and_replaced(tmp_path: Pa
     path.write_text(json.dumps({"models": {"base": {"entries": []}}}))
     with pytest.raises(ValueError, match='must be a JSON object with a "models" object'):
         ReferenceCache(path)
+
+
+def test_a_pass_answers_even_when_its_group_was_pruned_by_a_newer_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another trainer saved a newer group while this one scored: this pass's save keeps only the newer one (one group
+    kept here), and still answers with what it scored."""
+    from training.evaluate import ReferenceCache, TokenizedPair
+
+    now = _clock(monkeypatch)
+    path = tmp_path / "reference.json"
+    pairs = [TokenizedPair([1], [2], [3])]
+
+    def meanwhile(todo: list[TokenizedPair]) -> list[tuple[float, float]]:
+        now[0] += 10
+        ReferenceCache(path, keep_models=1).scores_by("newer", pairs, 64, lambda rest: [(-2.0, -2.0)])
+        return [(-1.0, -1.0)]
+
+    assert ReferenceCache(path, keep_models=1).scores_by("older", pairs, 64, meanwhile) == [(-1.0, -1.0)]
+    assert list(json.loads(path.read_text())["models"]) == ["newer"]
