@@ -73,7 +73,7 @@ def test_the_api_cycle_runs_the_pinned_statements(api, make_pair, monkeypatch):
     assert len(lease_sql) == 5, "\n".join(lease_sql)
     held, held_sql = _statements(lambda: api.get("/api/pairs/next/"))
     assert held.json()["pair"] == leased.json()["pair"]
-    # 1 the token; 2 the current lease; 3 its expiry moved; 4 the expiry read back.
+    # 1 the token; 2 the current lease's id; 3 its expiry moved; 4 the lease read with its pair (and the new expiry).
     assert len(held_sql) == 4, "\n".join(held_sql)
 
     voted, vote_sql = _statements(lambda: _vote(api, leased.json()["pair"]))
