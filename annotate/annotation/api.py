@@ -45,10 +45,14 @@ class JudgeHintOutput(serializers.Serializer[Any]):
     confidence = serializers.FloatField(allow_null=True)
 
     def get_choice(self, verdict: JudgeVerdict) -> str:
-        assignment: Assignment = self.context["assignment"]
-        if verdict.choice not in (Judgement.Choice.A, Judgement.Choice.B):
-            return verdict.choice
-        return "left" if (verdict.choice == Judgement.Choice.A) == assignment.a_on_left else "right"
+        return _verdict_on_screen(verdict, self.context["assignment"])
+
+
+def _verdict_on_screen(verdict: JudgeVerdict, assignment: Assignment) -> str:
+    """The judge's choice on the sides as this annotator sees them (left or right), else as it is (tie, unsure)."""
+    if verdict.choice not in (Judgement.Choice.A, Judgement.Choice.B):
+        return verdict.choice
+    return "left" if (verdict.choice == Judgement.Choice.A) == assignment.a_on_left else "right"
 
 
 class NextPairOutput(serializers.Serializer[Any]):
@@ -101,11 +105,12 @@ def _judge_hint_data(assignment: Assignment) -> dict[str, Any] | None:
     verdict = judging.judge_hint_for(assignment)
     if verdict is None:
         return None
-    choice = verdict.choice
-    if choice in (Judgement.Choice.A, Judgement.Choice.B):
-        choice = "left" if (choice == Judgement.Choice.A) == assignment.a_on_left else "right"
     confidence = verdict.confidence
-    return {"verdict": verdict.pk, "choice": choice, "confidence": None if confidence is None else float(confidence)}
+    return {
+        "verdict": verdict.pk,
+        "choice": _verdict_on_screen(verdict, assignment),
+        "confidence": None if confidence is None else float(confidence),
+    }
 
 
 def next_pair_data(assignment: Assignment) -> dict[str, Any]:
