@@ -323,6 +323,8 @@ VLLM_SERVER_RETRY_SECONDS = env_float("VLLM_SERVER_RETRY_SECONDS", 30.0)
 VLLM_HOST = env_str("VLLM_HOST", "127.0.0.1")
 VLLM_PORT = env_int("VLLM_PORT", 8100)
 VLLM_API_KEY = env_str("VLLM_API_KEY", "")
+# Seconds the model server may stay silent (connecting, or between two pieces of a streamed answer): every answer is
+# streamed, so this bounds a hung server, not a long answer on a slow CPU.
 VLLM_TIMEOUT = env_float("VLLM_TIMEOUT", 120.0)
 VLLM_EXTRA_ARGS = env_str("VLLM_EXTRA_ARGS", "")
 VLLM_MAX_LORA_RANK = env_int("VLLM_MAX_LORA_RANK", 16)

@@ -13,7 +13,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -172,30 +172,13 @@ class ModelServerClient:
         return response
 
     def chat(self, *, model: str, messages: list[dict[str, Any]], params: SamplingParams) -> Sample:
-        """One answer to a conversation, sampled with the model's chat template."""
-        request = {"model": model, "messages": messages, "n": 1, **asdict(params)}
-        started = time.monotonic()
-        response = self._request("POST", "/v1/chat/completions", json=request)
-        latency_ms = int((time.monotonic() - started) * 1000)
-        if response.status_code != 200:
-            # A 4xx means the request itself is wrong (unknown model, prompt too long): retrying will not help.
-            raise ModelServerRefused(f"HTTP {response.status_code}: {response.text[:500]}", response.status_code)
-        body = response.json()
-        if body.get("model", model) != model:
-            # Never store an answer under a version that did not make it.
-            raise ModelServerRefused(f"{self.base_url} answered as {body.get('model')!r}, not {model!r}", 409)
-        choice = body["choices"][0]
-        usage = body.get("usage") or {}
-        return Sample(
-            text=choice["message"]["content"] or "",
-            finish_reason=choice.get("finish_reason") or "",
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            latency_ms=latency_ms,
-            response_id=body.get("id", ""),
-            sampling={**asdict(params), "n": 1},
-            server=self.base_url,
-        )
+        """One answer to a conversation, sampled with the model's chat template.
+
+        Asked for as a stream and read whole, so the client's timeout measures the server's silence, not the answer's
+        length: on a slow CPU a batch of 32 answers of 256 tokens can take minutes to finish while every one of them
+        gains a token every second or so, and read whole those requests all timed out together (and their replica
+        was set aside) although the server was working."""
+        return self._answer(model=model, messages=messages, params=params, on_text=None)
 
     def chat_stream(
         self,
@@ -208,6 +191,16 @@ class ModelServerClient:
         """One answer streamed as it is written (the server's server-sent events): `on_text` gets each new piece and
         returns False to stop listening (ReaderGone is raised). Raises ModelServerUnavailable when the server goes away
         or the stream ends before the answer does: a half answer is never returned."""
+        return self._answer(model=model, messages=messages, params=params, on_text=on_text)
+
+    def _answer(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        params: SamplingParams,
+        on_text: Callable[[str], bool] | None,
+    ) -> Sample:
         request = {
             "model": model,
             "messages": messages,
@@ -226,18 +219,21 @@ class ModelServerClient:
                 if response.status_code >= 500:
                     raise ModelServerUnavailable(f"{where}: HTTP {response.status_code}")
                 if response.status_code != 200:
+                    # A 4xx means the request itself is wrong (unknown model, prompt too long): retrying will not help.
                     response.read()
                     raise ModelServerRefused(
                         f"HTTP {response.status_code}: {response.text[:500]}", response.status_code
                     )
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    event = json.loads(data)
+                for event in _events(response, model):
+                    if "error" in event:  # vLLM's word for a failure after the stream began
+                        error = event["error"] if isinstance(event["error"], dict) else {"message": event["error"]}
+                        code = error.get("code")
+                        message = f"{where}: {str(error.get('message'))[:500]}"
+                        if isinstance(code, int) and 400 <= code < 500:
+                            raise ModelServerRefused(message, code)
+                        raise ModelServerUnavailable(message)
                     if event.get("model", model) != model:
+                        # Never store an answer under a version that did not make it.
                         raise ModelServerRefused(
                             f"{self.base_url} answered as {event.get('model')!r}, not {model!r}", 409
                         )
@@ -247,7 +243,7 @@ class ModelServerClient:
                         piece = (choice.get("delta") or {}).get("content") or ""
                         if piece:
                             pieces.append(piece)
-                            if not on_text(piece):
+                            if on_text is not None and not on_text(piece):
                                 raise ReaderGone
                         finish_reason = choice.get("finish_reason") or finish_reason
         except httpx.HTTPError as error:
@@ -292,6 +288,27 @@ class ModelServerClient:
             raise ModelServerRefused(
                 f"unloading {name}: HTTP {response.status_code}: {response.text[:500]}", response.status_code
             )
+
+
+def _events(response: httpx.Response, model: str) -> Iterator[dict[str, Any]]:
+    """An answer's server-sent events up to [DONE], as dicts. A server that ignores `stream` (some OpenAI-compatible
+    ones do) answers whole, in JSON: that answer is given as the one event it would have streamed."""
+    if response.headers.get("content-type", "").startswith("application/json"):
+        response.read()
+        body = response.json()
+        choices = body.get("choices") or [{}]
+        delta = {"content": (choices[0].get("message") or {}).get("content")}
+        choice = {"delta": delta, "finish_reason": choices[0].get("finish_reason")}
+        usage = body.get("usage")
+        yield {"id": body.get("id", ""), "model": body.get("model", model), "usage": usage, "choices": [choice]}
+        return
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
 
 
 # Replicas that could not be reached, and until when each is left out (shared by the pools of one process).

@@ -40,10 +40,13 @@ class ModelServerStub:
         self.before_answer: dict[str, Callable[[], None]] = {}  # prompt -> called (in the server thread) first
         self.requests: list[dict[str, Any]] = []
         self.answer_as: str | None = None  # the model name its answers claim (a misrouted request), if not the asked
-        # Streamed answers (annotate.turns): seconds between pieces, and the piece after which the connection is cut
+        # Seconds the server takes per word of an answer: a streamed answer sends each word as it is written; one asked
+        # for whole is sent, like vLLM's, once its last word is. And the piece after which a stream's connection is cut
         # (the server died mid-stream), if any.
         self.stream_piece_seconds = 0.0
         self.stream_cut_after: int | None = None
+        self.stream_error: str | None = None  # at the cut, send this as vLLM's error event and [DONE] instead
+        self.ignore_stream = False  # answer a streamed request whole, in JSON, as some OpenAI-compatible servers do
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -79,6 +82,11 @@ class ModelServerStub:
                 words = text.split(" ")
                 for number, word in enumerate(words):
                     if stub.stream_cut_after is not None and number >= stub.stream_cut_after:
+                        if stub.stream_error is not None:
+                            failure = {"message": stub.stream_error, "type": "InternalServerError", "code": 500}
+                            error = {"error": failure}
+                            self.wfile.write(f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode())
+                            return
                         self.wfile.flush()
                         self.connection.shutdown(2)  # the server went away: no finish, no [DONE]
                         return
@@ -119,10 +127,11 @@ class ModelServerStub:
                     self._error(400, "BadRequestError", CONTEXT_ERROR.format(tokens=len(content) // 4))
                 elif content in stub.failing_prompts:
                     self._error(500, "InternalServerError", "EngineCore encountered an issue.")
-                elif body.get("stream"):
+                elif body.get("stream") and not stub.ignore_stream:
                     self._stream(body, f"Answer to {content[:40]!r} with seed {body['seed']}.")
                 else:
                     text = f"Answer to {content[:40]!r} with seed {body['seed']}."
+                    time.sleep(stub.stream_piece_seconds * len(text.split(" ")))
                     self._send(
                         200,
                         {

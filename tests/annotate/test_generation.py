@@ -69,6 +69,44 @@ def test_a_request_that_takes_too_long_is_worth_retrying(stub):
         ask(client, "Hello")
 
 
+def test_an_answer_longer_in_the_writing_than_the_timeout_is_kept_while_the_server_keeps_writing(stub):
+    """The timeout measures the server's silence, not the answer's length: on a slow CPU a batch of 32 answers of 256
+    tokens takes minutes, each gaining a token every second or so. Asked for whole (as before), this answer, written
+    over about 1.8 s, timed out at 1 s; streamed, no gap between its words comes near the timeout."""
+    stub.stream_piece_seconds = 0.3
+    with ModelServerClient(stub.url, timeout=1.0) as client:
+        sample = ask(client, "Hello")
+    assert sample.text == "Answer to 'Hello' with seed 1234."
+    assert sample.finish_reason == "stop"
+    assert sample.latency_ms > 1000  # longer than the timeout, all told
+    assert stub.requests[-1]["stream"] is True
+
+
+def test_a_server_that_goes_silent_mid_answer_is_worth_retrying(stub):
+    stub.stream_piece_seconds = 1.5
+    with ModelServerClient(stub.url, timeout=0.5) as client, pytest.raises(ModelServerUnavailable, match="timed out"):
+        ask(client, "Hello")
+
+
+def test_an_error_the_server_sends_mid_answer_is_worth_retrying_and_named(stub):
+    stub.stream_cut_after, stub.stream_error = 2, "EngineCore encountered an issue."
+    with ModelServerClient(stub.url) as client, pytest.raises(ModelServerUnavailable, match="EngineCore encountered"):
+        ask(client, "Hello")
+
+
+def test_a_server_that_ignores_stream_and_answers_whole_is_understood(stub):
+    """Some OpenAI-compatible servers answer a streamed request whole, in JSON: the answer is taken as it is."""
+    stub.ignore_stream = True
+    with ModelServerClient(stub.url) as client:
+        sample = ask(client, "Hello")
+    assert (sample.text, sample.finish_reason, sample.response_id) == (
+        "Answer to 'Hello' with seed 1234.",
+        "stop",
+        "chatcmpl-1234",
+    )
+    assert sample.completion_tokens is not None
+
+
 def test_nothing_listening_is_worth_retrying():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
