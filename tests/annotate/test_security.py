@@ -342,8 +342,18 @@ def test_an_admin_sees_and_unlocks_lockouts_in_the_admin(client, django_user_mod
 
 @pytest.fixture
 def throttle_rates(monkeypatch):
-    """DRF reads its rates once, at import: set them where its throttles look."""
+    """DRF reads its rates once, at import: set them where its throttles look. The throttles count in windows aligned
+    to the clock, so their clock is held a second into an hour: a window's edge between two of a test's requests
+    started a new count (the anonymous requests of the per-address test were all served once, a minute turning)."""
+    import time
+    import types
+
     from rest_framework.throttling import SimpleRateThrottle
+
+    from annotate.web import throttling
+
+    held = (int(time.time()) // 3600) * 3600 + 1.0
+    monkeypatch.setattr(throttling, "time", types.SimpleNamespace(time=lambda: held))
 
     def set_rate(scope, rate):
         monkeypatch.setitem(SimpleRateThrottle.THROTTLE_RATES, scope, rate)
