@@ -139,24 +139,33 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _chat_streamed(self, body: dict[str, Any], words: list[str]) -> None:
-        """vLLM's streamed answer: a server-sent event per token, --token-seconds apart, then [DONE]."""
+        """vLLM's streamed answer: a server-sent event per token, --token-seconds apart, the usage, then [DONE]. The
+        answer waits for a sequence slot and is counted as one asked for whole is."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
+        answer_id = f"chatcmpl-{body.get('seed')}-{time.monotonic_ns()}"
+        asked = time.monotonic()
         with self.server.slots:
+            slot_taken = time.monotonic()
             for number, word in enumerate(words):
                 time.sleep(self.server.token_seconds)
                 last = number == len(words) - 1
                 piece = {"content": word if number == 0 else " " + word}
                 choice = {"index": 0, "delta": piece, "finish_reason": "length" if last else None}
-                chunk = {"id": f"chatcmpl-{body.get('seed')}", "model": body["model"], "choices": [choice]}
+                chunk = {"id": answer_id, "model": body["model"], "choices": [choice]}
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
         with self.server.lock:
             self.server.answers += 1
-        self.wfile.write(b"data: [DONE]\n\n")
+            self.server.generating_seconds += time.monotonic() - slot_taken
+            self.server.waiting_seconds += slot_taken - asked
+        prompt_tokens = sum(len(str(message.get("content", ""))) for message in body.get("messages", [])) // 4
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words)}
+        final = {"id": answer_id, "model": body["model"], "choices": [], "usage": usage}
+        self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
 
 
 def main() -> int:
