@@ -102,10 +102,12 @@ def test_round_trains_deploys_serves_and_rolls_back(vllm_server, celery_worker, 
     new.refresh_from_db()
     assert new.status == "retired"
     assert ModelVersion.objects.get(status="serving") == base
-    # The buffer from the base model may still be full; asking for one pair more shows sampling uses it again.
+    # The buffer from the base model may still be full; asking for one pair more shows sampling uses it again. The
+    # serve action also asked the worker for a refill, which may store pairs from the base model before or while this
+    # one runs (seen here: 2 more, the worker's and this one), so the count grows by at least one, not exactly one.
     settings.PAIR_BUFFER_TARGET = sampling.pairs_ready_count(base) + 1
     wait_until(lambda: sampling.pairs_refill() > 0, 120, "a refill (the worker's may hold the lock)")
-    assert pairs_from(base).count() == before + 1
+    assert pairs_from(base).count() > before
 
 
 def services_base_model():
