@@ -20,6 +20,8 @@ import json
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -118,15 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             self._chat_streamed(body, text.split(" "))
             return
-        asked = time.monotonic()
-        with self.server.slots:  # a free sequence slot, as in vLLM's scheduler
-            slot_taken = time.monotonic()
+        with self._slot():
             time.sleep(tokens * self.server.token_seconds)
-        with self.server.lock:
-            self.server.answers += 1
-            self.server.generating_seconds += time.monotonic() - slot_taken
-            self.server.waiting_seconds += slot_taken - asked
-        prompt_tokens = sum(len(str(message.get("content", ""))) for message in body.get("messages", [])) // 4
         self._send(
             200,
             {
@@ -134,9 +129,22 @@ class _Handler(BaseHTTPRequestHandler):
                 "object": "chat.completion",
                 "model": body["model"],
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens},
+                "usage": _usage(body, tokens),
             },
         )
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """A free sequence slot, as in vLLM's scheduler, held while the answer is generated; the answer is counted, with
+        the time it waited for the slot and the time it held it."""
+        asked = time.monotonic()
+        with self.server.slots:
+            slot_taken = time.monotonic()
+            yield
+        with self.server.lock:
+            self.server.answers += 1
+            self.server.generating_seconds += time.monotonic() - slot_taken
+            self.server.waiting_seconds += slot_taken - asked
 
     def _chat_streamed(self, body: dict[str, Any], words: list[str]) -> None:
         """vLLM's streamed answer: a server-sent event per token, --token-seconds apart, the usage, then [DONE]. The
@@ -147,9 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         answer_id = f"chatcmpl-{body.get('seed')}-{time.monotonic_ns()}"
-        asked = time.monotonic()
-        with self.server.slots:
-            slot_taken = time.monotonic()
+        with self._slot():
             for number, word in enumerate(words):
                 time.sleep(self.server.token_seconds)
                 last = number == len(words) - 1
@@ -158,14 +164,13 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = {"id": answer_id, "model": body["model"], "choices": [choice]}
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
-        with self.server.lock:
-            self.server.answers += 1
-            self.server.generating_seconds += time.monotonic() - slot_taken
-            self.server.waiting_seconds += slot_taken - asked
-        prompt_tokens = sum(len(str(message.get("content", ""))) for message in body.get("messages", [])) // 4
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words)}
-        final = {"id": answer_id, "model": body["model"], "choices": [], "usage": usage}
+        final = {"id": answer_id, "model": body["model"], "choices": [], "usage": _usage(body, len(words))}
         self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+
+
+def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
+    prompt_tokens = sum(len(str(message.get("content", ""))) for message in body.get("messages", [])) // 4
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
 
 
 def main() -> int:

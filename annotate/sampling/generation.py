@@ -178,7 +178,7 @@ class ModelServerClient:
         length: on a slow CPU a batch of 32 answers of 256 tokens can take minutes to finish while every one of them
         gains a token every second or so, and read whole those requests all timed out together (and their replica
         was set aside) although the server was working."""
-        return self._answer(model=model, messages=messages, params=params, on_text=None)
+        return self.chat_stream(model=model, messages=messages, params=params, on_text=_keep_listening)
 
     def chat_stream(
         self,
@@ -191,16 +191,6 @@ class ModelServerClient:
         """One answer streamed as it is written (the server's server-sent events): `on_text` gets each new piece and
         returns False to stop listening (ReaderGone is raised). Raises ModelServerUnavailable when the server goes away
         or the stream ends before the answer does: a half answer is never returned."""
-        return self._answer(model=model, messages=messages, params=params, on_text=on_text)
-
-    def _answer(
-        self,
-        *,
-        model: str,
-        messages: list[dict[str, Any]],
-        params: SamplingParams,
-        on_text: Callable[[str], bool] | None,
-    ) -> Sample:
         request = {
             "model": model,
             "messages": messages,
@@ -243,7 +233,7 @@ class ModelServerClient:
                         piece = (choice.get("delta") or {}).get("content") or ""
                         if piece:
                             pieces.append(piece)
-                            if on_text is not None and not on_text(piece):
+                            if not on_text(piece):
                                 raise ReaderGone
                         finish_reason = choice.get("finish_reason") or finish_reason
         except httpx.HTTPError as error:
@@ -288,6 +278,11 @@ class ModelServerClient:
             raise ModelServerRefused(
                 f"unloading {name}: HTTP {response.status_code}: {response.text[:500]}", response.status_code
             )
+
+
+def _keep_listening(piece: str) -> bool:
+    """`chat`'s reader of a streamed answer: it wants the whole answer and never stops early."""
+    return True
 
 
 def _events(response: httpx.Response, model: str) -> Iterator[dict[str, Any]]:
